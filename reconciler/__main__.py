@@ -1,0 +1,5 @@
+"""``python -m reconciler`` is ``smtpctl``."""
+
+from reconciler.cli.main import entry
+
+entry()

@@ -1,0 +1,1 @@
+"""The ``smtpctl`` command line (the top layer: parse, call, render)."""

@@ -1,0 +1,1 @@
+"""Test-support code: real servers on loopback, emulators, canaries."""

@@ -1,0 +1,68 @@
+"""Canary secrets: planted in every secret source and token; no output may contain them.
+
+Every test that resolves a secret uses these values (or ``canary(name)``), and the
+``leak_guard`` fixture (tests/conftest.py) greps captured stdout/stderr and log records
+for them at teardown.  Tests also call ``assert_no_canary`` on transcripts, status,
+store files and exception texts they produce.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+_PREFIX = "CANARY"
+PASSWORD = "CANARY-pw-7f3a9c-" + "x" * 4
+CLIENT_SECRET = "CANARY-cs-51bd02"
+REFRESH_TOKEN = "CANARY-rt-c0ffee"
+ACCESS_TOKEN_PREFIX = "CANARY-at-"
+
+_planted: set[str] = {PASSWORD, CLIENT_SECRET, REFRESH_TOKEN}
+
+
+def canary(name: str) -> str:
+    """A fresh canary value, registered so ``assert_no_canary`` looks for it too."""
+    value = f"{_PREFIX}-{name}-{os.urandom(4).hex()}"
+    _planted.add(value)
+    return value
+
+
+def _forms(value: str) -> Iterable[str]:
+    yield value
+    # Base64 forms as they would appear in AUTH PLAIN / XOAUTH2 payloads.
+    yield base64.b64encode(value.encode()).decode()
+    for pre in ("\0u\0", "\0", "user=u\x01auth=Bearer "):
+        enc = base64.b64encode((pre + value).encode()).decode()
+        yield enc[8:-4] if len(enc) > 16 else enc
+
+
+def planted() -> set[str]:
+    return set(_planted)
+
+
+def find_canary(text: str | bytes) -> str | None:
+    """The first planted canary (or a base64 form of one) found in ``text``."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if ACCESS_TOKEN_PREFIX in text:
+        return ACCESS_TOKEN_PREFIX
+    for value in _planted:
+        for form in _forms(value):
+            if form and form in text:
+                return value
+    return None
+
+
+def assert_no_canary(*texts: str | bytes, where: str = "output") -> None:
+    for text in texts:
+        hit = find_canary(text)
+        assert hit is None, f"secret canary leaked into {where}"
+
+
+def assert_no_canary_in_tree(root: Path) -> None:
+    """Grep every file under ``root`` (state directories, logs) for canaries."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert_no_canary(path.read_bytes(), where=str(path))
