@@ -1,0 +1,35 @@
+"""The result of one connection test (plain data; the contract between probe and engine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    direction: Literal["c", "s"]  # c: client to server, s: server to client
+    line: str  # already redacted: never holds a credential
+    elapsed_seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"direction": self.direction, "line": self.line,
+                "elapsedSeconds": round(self.elapsed_seconds, 6)}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    passed: bool
+    stage: str  # resolve|connect|tls|banner|ehlo|starttls|auth|mail_from|rcpt_to|quit
+    reason: str  # a name from reconciler.catalog
+    message: str
+    action: str
+    retryable: bool
+    duration_seconds: float
+    warnings: tuple[str, ...] = ()  # catalog reasons of kind "warning"
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    transcript: tuple[TranscriptLine, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)  # mechanism, tls version, peer, ...
+    # True when the server rejected the OAuth token (the engine drops the cached token
+    # and retries once with a fresh one before reporting failure).
+    token_rejected: bool = False
