@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
+
+from reconciler.secret import Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +36,17 @@ class Verdict:
     # True when the server rejected the OAuth token (the engine drops the cached token
     # and retries once with a fresh one before reporting failure).
     token_rejected: bool = False
+
+
+# A callable that returns an OAuth 2.0 access token; ``force_refresh=True`` asks for a
+# fresh token (the cached one was rejected by the server).
+TokenProvider = Callable[[bool], Awaitable[Secret]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCredentials:
+    """What the probe needs besides the spec, resolved by the credentials layer."""
+
+    password: Secret | None = None  # UsernamePassword
+    token_provider: TokenProvider | None = None  # OAuth2
+    ca_bundle_pem: str | None = None  # spec.tls.caBundleFrom, resolved (a CA is not secret)
