@@ -1,0 +1,53 @@
+"""kstatus conditions: set/remove with ``lastTransitionTime`` semantics.
+
+``lastTransitionTime`` changes only when a condition's *status* changes (a new reason or
+message with the same status keeps the old time), exactly like ``meta.SetStatusCondition``
+in apimachinery.  Every condition carries the ``observedGeneration`` it was computed for.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+SELECTED = "Selected"
+
+
+def rfc3339(epoch: float) -> str:
+    """An RFC 3339 UTC time with second precision, as Kubernetes writes them."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find(conditions: list[dict[str, Any]], ctype: str) -> dict[str, Any] | None:
+    for c in conditions:
+        if c.get("type") == ctype:
+            return c
+    return None
+
+
+def is_true(status: dict[str, Any], ctype: str) -> bool:
+    c = find(status.get("conditions") or [], ctype)
+    return c is not None and c.get("status") == "True"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str,
+    *, generation: int, now: float,
+) -> list[dict[str, Any]]:
+    """A new list with ``ctype`` set; keeps ``lastTransitionTime`` unless status changed."""
+    old = find(conditions, ctype)
+    ltt = old["lastTransitionTime"] if old and old.get("status") == status else rfc3339(now)
+    new = {"type": ctype, "status": status, "reason": reason, "message": message,
+           "lastTransitionTime": ltt, "observedGeneration": generation}
+    out = [c for c in conditions if c.get("type") != ctype]
+    out.append(new)
+    order = {READY: 0, STALLED: 1, RECONCILING: 2, SELECTED: 3}
+    out.sort(key=lambda c: order.get(str(c.get("type")), 9))
+    return out
+
+
+def remove_condition(conditions: list[dict[str, Any]], ctype: str) -> list[dict[str, Any]]:
+    return [c for c in conditions if c.get("type") != ctype]

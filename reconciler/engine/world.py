@@ -1,0 +1,183 @@
+"""The ``World``: everything a reconcile pass may touch, injected by the runtime.
+
+``reconcile(obj, world)`` is a pure function of the stored object and the world.  The
+world bundles the side effects so that every runtime - the local CLI, the Kubernetes
+operator, a test - supplies its own:
+
+* ``store`` - the :class:`reconciler.stores.base.Store` (SQLite locally, the CR status
+  subresource in Kubernetes);
+* ``resolve_credentials(resource, provider)`` - the credentials layer (secret sources +
+  OAuth 2.0 token manager) returning an object with ``probe: ProbeCredentials`` and
+  ``versions: {name: keyed version}``; raises ``CredentialError(reason, message)``;
+* ``probe(spec, creds)`` - the connection test (``reconciler.probe.run_probe`` bound to the
+  runtime's ``EgressPolicy``) returning a ``Verdict``;
+* ``check_provider(provider)`` - the OAuth2Provider readiness check;
+* ``events`` - where transitions go (Kubernetes Events, the local history, a progress bar);
+* ``limits`` - the global and per-host concurrency limits on connection tests;
+* ``clock`` - epoch seconds (tests pass a fake clock to reason about refresh and backoff);
+* ``announce_testing`` - write ``Reconciling=True`` before a test (an extra status write;
+  the local CLI and the operator both do it so ``kubectl wait``/``get`` show the test in
+  flight; a benchmark may turn it off).
+
+The engine depends on the credentials layer only through the structural protocols
+:class:`Credentials` and :class:`ProviderHealth` below, so it does not import SMTP or
+OAuth stacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.probe.verdict import ProbeCredentials, Verdict
+from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
+from reconciler.stores.base import Event, Store
+
+
+class Credentials(Protocol):
+    """What ``resolve_credentials`` returns (``credentials.resolve.SmtpCredentials``)."""
+
+    @property
+    def probe(self) -> ProbeCredentials: ...
+
+    @property
+    def versions(self) -> Mapping[str, str]: ...
+
+
+class ProviderHealth(Protocol):
+    """What ``check_provider`` returns (``credentials.oauth.ProviderCheck``)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def warnings(self) -> tuple[str, ...] | list[str]: ...
+
+
+ResolveFn = Callable[[ExternalSmtp, OAuth2Provider | None], Awaitable[Credentials]]
+ProbeFn = Callable[[ExternalSmtpSpec, ProbeCredentials], Awaitable[Verdict]]
+CheckProviderFn = Callable[[OAuth2Provider], Awaitable[ProviderHealth]]
+
+
+class EventSink(Protocol):
+    async def emit(self, event: Event) -> None: ...
+
+
+class StoreEventSink:
+    """Events go to the store's history (the local runtime's default)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def emit(self, event: Event) -> None:
+        await self._store.record_event(event)
+
+
+class Limits:
+    """A global limit and a per-host limit on concurrent connection tests.
+
+    The per-host limit keeps one relay from being hammered by a fleet of resources that
+    all point at it (and from tripping its rate limits, which would fail the tests).
+    """
+
+    def __init__(self, concurrency: int = 16, per_host: int = 4) -> None:
+        if concurrency < 1 or per_host < 1:
+            raise ValueError("concurrency limits must be at least 1")
+        self.concurrency = concurrency
+        self.per_host = per_host
+        self._global = asyncio.Semaphore(concurrency)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        key = host.lower()
+        sem = self._hosts.get(key)
+        if sem is None:
+            sem = self._hosts[key] = asyncio.Semaphore(self.per_host)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with sem, self._global:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] == 0:  # do not grow without bound over many hosts
+                del self._users[key]
+                self._hosts.pop(key, None)
+
+
+class World(Protocol):
+    """The side effects of a reconcile pass (see the module docstring)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def events(self) -> EventSink: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def announce_testing(self) -> bool: ...
+
+    def clock(self) -> float: ...
+
+    async def resolve_credentials(
+        self, resource: ExternalSmtp, provider: OAuth2Provider | None
+    ) -> Credentials: ...
+
+    async def probe(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict: ...
+
+    async def check_provider(self, provider: OAuth2Provider) -> ProviderHealth: ...
+
+    def scope_lock(self, namespace: str) -> asyncio.Lock: ...
+
+
+@dataclass
+class BasicWorld:
+    """A :class:`World` assembled from functions (what runtimes and tests build)."""
+
+    store: Store
+    resolve_fn: ResolveFn
+    probe_fn: ProbeFn
+    check_provider_fn: CheckProviderFn
+    events: EventSink
+    limits: Limits = field(default_factory=Limits)
+    clock_fn: Callable[[], float] = time.time
+    announce_testing: bool = True
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def clock(self) -> float:
+        return self.clock_fn()
+
+    async def resolve_credentials(
+        self, resource: ExternalSmtp, provider: OAuth2Provider | None
+    ) -> Credentials:
+        return await self.resolve_fn(resource, provider)
+
+    async def probe(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        return await self.probe_fn(spec, creds)
+
+    async def check_provider(self, provider: OAuth2Provider) -> ProviderHealth:
+        return await self.check_provider_fn(provider)
+
+    def scope_lock(self, namespace: str) -> asyncio.Lock:
+        """Serialises selection within a scope in this process."""
+        lock = self._locks.get(namespace)
+        if lock is None:
+            lock = self._locks[namespace] = asyncio.Lock()
+        return lock
