@@ -1,0 +1,332 @@
+"""The local runtime: apply manifests to the embedded store and reconcile them.
+
+This is the local equivalent of the operator.  It reads manifests, upserts them into the
+:class:`~reconciler.stores.local.LocalStore` (generation rule of Kubernetes), and runs
+the engine's ``reconcile`` for every resource that needs it, concurrently:
+
+* OAuth2Provider resources first (an ExternalSmtp waits for its provider's Ready);
+* then every ExternalSmtp, in tasks bounded by the world's limits (a global limit and a
+  per-host limit on connection tests: one relay is not hammered by a fleet);
+* a final selection pass per namespace touched (the engine already selects after each
+  change; this one covers deletions and prunes).
+
+``watch`` keeps running: it sleeps until the earliest ``requeue_after`` (re-verification
+with jitter, backoff), and re-reads the input paths when a file changes.
+
+Decisions where the issue is silent:
+
+* invalid documents abort the whole apply before anything is written (exit 1): a GitOps
+  pipeline must not half-apply a broken commit;
+* ``--prune`` deletes resources of the *namespaces present in the input* that are not in
+  the input (the scope is state directory + namespace);
+* the apply lock is held for the whole apply (or the whole watch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from reconciler.engine.reconcile import ReconcileResult, reconcile, render_validation_error
+from reconciler.engine.selection import select_scope
+from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
+from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
+from reconciler.stores.base import Event, ObjectRef, StoredObject
+from reconciler.stores.local import LocalStore, Upserted
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class InputError(Exception):
+    """Unreadable or invalid input (exit 1 for invalid documents, 2 for I/O)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    source: str  # file[:line]
+    data: dict[str, Any]
+
+
+def _expand(paths: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        if p == "-":
+            out.append(p)
+            continue
+        path = Path(p)
+        if path.is_dir():
+            out.extend(str(f) for f in sorted(path.rglob("*"))
+                       if f.is_file() and f.suffix in MANIFEST_SUFFIXES)
+        elif path.exists():
+            out.append(p)
+        else:
+            raise InputError(f"{p}: no such file or directory", usage=True)
+    return out
+
+
+def load_documents(paths: Iterable[str]) -> list[Document]:
+    """Read YAML/JSON documents from files, directories and ``-`` (stdin)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    docs: list[Document] = []
+    for p in _expand(paths):
+        try:
+            text = sys.stdin.read() if p == "-" else Path(p).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{p}: cannot read: {exc.__class__.__name__}", usage=True) from None
+        name = "<stdin>" if p == "-" else p
+        try:
+            for i, data in enumerate(yaml.load_all(text, Loader=loader)):
+                if data is None:
+                    continue
+                if not isinstance(data, dict):
+                    raise InputError(f"{name}: document {i + 1}: expected a mapping")
+                docs.append(Document(f"{name}#{i + 1}", data))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise InputError(f"{name}{where}: {problem}") from None
+    return docs
+
+
+def validate_documents(docs: list[Document]) -> list[dict[str, Any]]:
+    """Typed validation of every document; raises InputError listing every problem."""
+    problems: list[str] = []
+    manifests: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for d in docs:
+        kind = d.data.get("kind")
+        if kind not in (KIND_SMTP, KIND_OAUTH2):
+            problems.append(f"{d.source}: kind: expected ExternalSmtp or OAuth2Provider")
+            continue
+        try:
+            res = parse_resource(d.data)
+        except ValidationError as exc:
+            problems.append(f"{d.source}: {render_validation_error(exc, limit=10)}")
+            continue
+        key = (str(kind), res.metadata.namespace, res.metadata.name)
+        if key in seen:
+            problems.append(f"{d.source}: duplicate {kind} {key[1]}/{key[2]} (also in "
+                            f"{seen[key]})")
+            continue
+        seen[key] = d.source
+        m = {k: v for k, v in d.data.items() if k != "status"}
+        meta = dict(m.get("metadata") or {})
+        meta["namespace"] = res.metadata.namespace
+        m["metadata"] = meta
+        manifests.append(m)
+    if problems:
+        raise InputError("invalid input:\n  " + "\n  ".join(problems))
+    return manifests
+
+
+def ref_of(manifest: dict[str, Any]) -> ObjectRef:
+    meta = manifest.get("metadata") or {}
+    return ObjectRef(str(manifest["kind"]), str(meta.get("namespace", "default")),
+                     str(meta["name"]))
+
+
+# --- the world -------------------------------------------------------------------------
+
+
+def build_world(store: LocalStore, *, limits: Limits | None = None,
+                events: Any = None, announce_testing: bool = True,
+                clock: Callable[[], float] = time.time) -> BasicWorld:
+    """A World wired to the real credentials layer and probe (imported here, lazily)."""
+    import reconciler.probe as probe_pkg
+    from reconciler.credentials.oauth import TokenManager, check_provider
+    from reconciler.credentials.resolve import resolve_smtp_credentials
+    from reconciler.credentials.sources import default_sources
+    from reconciler.probe.egress import EgressPolicy
+    from reconciler.probe.verdict import ProbeCredentials, Verdict
+    from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
+
+    sources = default_sources()
+    tokens = TokenManager(sources)
+    policy = EgressPolicy()
+
+    async def resolve_fn(res: ExternalSmtp, provider: OAuth2Provider | None) -> Any:
+        providers = {provider.metadata.name: provider} if provider is not None else {}
+        return await resolve_smtp_credentials(res, providers=providers, sources=sources,
+                                              tokens=tokens)
+
+    async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        # run_probe lands with the probe issue; looked up at call time until then.
+        run_probe = getattr(probe_pkg, "run_probe")  # noqa: B009
+        verdict: Verdict = await run_probe(spec, creds, policy=policy)
+        return verdict
+
+    async def check_fn(provider: OAuth2Provider) -> Any:
+        return await check_provider(provider, tokens)
+
+    return BasicWorld(store=store, resolve_fn=resolve_fn, probe_fn=probe_fn,
+                      check_provider_fn=check_fn,
+                      events=events if events is not None else StoreEventSink(store),
+                      limits=limits or Limits(), clock_fn=clock,
+                      announce_testing=announce_testing)
+
+
+# --- apply -------------------------------------------------------------------------------
+
+
+ProgressFn = Callable[[ReconcileResult], None]
+
+
+@dataclass
+class ApplyOutcome:
+    upserted: list[Upserted] = field(default_factory=list)
+    pruned: list[ObjectRef] = field(default_factory=list)
+    results: list[ReconcileResult] = field(default_factory=list)
+
+    @property
+    def tests_run(self) -> int:
+        return sum(1 for r in self.results if r.tested)
+
+
+async def reconcile_objects(objs: list[StoredObject], world: BasicWorld, *,
+                            progress: ProgressFn | None = None,
+                            max_tasks: int | None = None) -> list[ReconcileResult]:
+    """Reconcile providers, then relays, concurrently; one final selection per scope."""
+    bound = asyncio.Semaphore(max_tasks or max(64, world.limits.concurrency * 4))
+    results: list[ReconcileResult] = []
+
+    async def one(o: StoredObject) -> None:
+        async with bound:
+            r = await reconcile(o, world)
+        results.append(r)
+        if progress is not None:
+            progress(r)
+
+    providers = [o for o in objs if o.ref.kind == KIND_OAUTH2]
+    relays = [o for o in objs if o.ref.kind == KIND_SMTP]
+    await asyncio.gather(*(one(o) for o in providers))
+    # Re-read relays: the provider pass may not change them, but a long wait might have.
+    await asyncio.gather(*(one(o) for o in relays))
+    for ns in sorted({o.ref.namespace for o in relays}):
+        await select_scope(ns, world)
+    order = {o.ref: i for i, o in enumerate(objs)}
+    results.sort(key=lambda r: order.get(r.ref, 0))
+    return results
+
+
+async def delete_refs(store: LocalStore, world: BasicWorld,
+                      refs: list[ObjectRef]) -> list[ObjectRef]:
+    """Delete, then re-run selection in the affected namespaces (the next relay takes over)."""
+    gone: list[ObjectRef] = []
+    for ref in refs:
+        if store.delete_sync(ref):
+            gone.append(ref)
+            await world.events.emit(Event(ref, "Normal", "Deleted", f"{ref} was deleted",
+                                          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    for ns in sorted({r.namespace for r in gone if r.kind == KIND_SMTP}):
+        await select_scope(ns, world)
+    return gone
+
+
+def prune_candidates(store: LocalStore, manifests: list[dict[str, Any]]) -> list[ObjectRef]:
+    keep = {ref_of(m) for m in manifests}
+    namespaces = {r.namespace for r in keep}
+    return [o.ref for ns in sorted(namespaces) for o in store.list_sync(None, ns)
+            if o.ref not in keep]
+
+
+async def apply_manifests(store: LocalStore, world: BasicWorld, manifests: list[dict[str, Any]],
+                          *, prune: bool = False, progress: ProgressFn | None = None,
+                          on_upserted: Callable[[list[Upserted]], None] | None = None,
+                          ) -> ApplyOutcome:
+    out = ApplyOutcome()
+    out.upserted = store.upsert_many(manifests, now=world.clock())
+    if on_upserted is not None:
+        on_upserted(out.upserted)
+    if prune:
+        out.pruned = await delete_refs(store, world, prune_candidates(store, manifests))
+    out.results = await reconcile_objects([u.obj for u in out.upserted], world,
+                                          progress=progress)
+    return out
+
+
+# --- watch ---------------------------------------------------------------------------------
+
+
+def _mtimes(paths: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in paths:
+        if p == "-":
+            continue
+        path = Path(p)
+        files = [path] if path.is_file() else (
+            [f for f in path.rglob("*") if f.suffix in MANIFEST_SUFFIXES] if path.is_dir() else [])
+        for f in files:
+            try:
+                out[str(f)] = f.stat().st_mtime_ns / 1e9
+            except OSError:
+                continue
+    return out
+
+
+async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *,
+                prune: bool = False, poll: float = 1.0, max_sleep: float = 60.0,
+                stop: asyncio.Event | None = None, progress: ProgressFn | None = None,
+                on_error: Callable[[str], None] | None = None,
+                iterations: int | None = None) -> None:
+    """Keep reconciling: re-verify when due, re-apply when an input file changes.
+
+    ``paths`` None means reconcile what is in the store (``smtpctl reconcile --watch``).
+    ``stop`` ends the loop; ``iterations`` bounds it (tests).
+    """
+    stop = stop or asyncio.Event()
+    seen: dict[str, float] = {}
+    due: dict[ObjectRef, float] = {}
+    n = 0
+    while not stop.is_set() and (iterations is None or n < iterations):
+        n += 1
+        now = world.clock()
+        if paths is not None:
+            current = _mtimes(paths)
+            if current != seen:
+                seen = current
+                try:
+                    manifests = validate_documents(load_documents(paths))
+                except InputError as exc:
+                    if on_error:
+                        on_error(str(exc))
+                else:
+                    outcome = await apply_manifests(store, world, manifests, prune=prune,
+                                                    progress=progress)
+                    for r in outcome.results:
+                        due[r.ref] = now + r.requeue_after if r.requeue_after is not None \
+                            else float("inf")
+        objs = {o.ref: o for o in store.list_sync()}
+        for ref in list(due):
+            if ref not in objs:
+                del due[ref]
+        todo = [o for ref, o in objs.items() if due.get(ref, 0.0) <= now]
+        if todo:
+            for r in await reconcile_objects(todo, world, progress=progress):
+                due[r.ref] = world.clock() + r.requeue_after if r.requeue_after is not None \
+                    else float("inf")
+        nxt = min(due.values(), default=now + max_sleep)
+        sleep = max(0.05, min(nxt - world.clock(), poll if paths is not None else max_sleep,
+                              max_sleep))
+        with_timeout: Awaitable[Any] = stop.wait()
+        try:
+            await asyncio.wait_for(with_timeout, timeout=sleep)
+        except TimeoutError:
+            pass
+
+
+def default_state() -> str:
+    return os.environ.get("SMTPCTL_STATE", ".smtpctl")
