@@ -1,0 +1,825 @@
+"""A Kubernetes API server emulator, faithful where our operator depends on it.
+
+No kube-apiserver can run on the CI machines, so the operator's end-to-end tests run it
+against this emulator, built on kmock (kopf's author's mock server; kopf's own tests use
+it).  kmock gives us the HTTP server, request parsing, API discovery and a DSL to inject
+faults (``emu['patch', kmock.subresource('status')] << 409``); its stock
+``KubernetesEmulator`` is a dict-merging store, so this subclass replaces the storage
+semantics with the documented API server behaviour:
+
+* ``metadata.resourceVersion`` from one global counter; ``uid``; ``creationTimestamp``;
+  ``metadata.generation`` for custom resources, bumped only when something outside
+  ``metadata`` and ``status`` changes (and when deletion starts, as the server does).
+* Optimistic concurrency: PUT/PATCH carrying a ``resourceVersion`` that is not current
+  is ``409 Conflict``; a PUT of a custom resource without one is ``422`` (custom
+  resources do not allow unconditional updates).  A no-op write does not bump anything.
+* The ``status`` subresource: writes to ``/status`` change only ``.status``; writes to
+  the main resource ignore ``.status``; ``.status`` is dropped on create.
+* Lists carry the list ``resourceVersion``; watches resume from a ``resourceVersion``,
+  replaying what happened since; after :meth:`KubeEmulator.compact` (etcd compaction) a
+  watch from an older version gets an ``ERROR`` event with a ``410 Expired`` Status.
+  Label selectors (equality and set based) and field selectors filter lists and
+  watches; an object whose labels stop (start) matching is a ``DELETED`` (``ADDED``)
+  event for that watch, as in the real server.  ``timeoutSeconds``,
+  ``sendInitialEvents`` and ``limit``/``continue`` are honoured.
+* Finalizers: DELETE sets ``deletionTimestamp``; the object goes away when the last
+  finalizer is removed; no finalizer may be added while deleting.  Garbage collection of
+  dependents by ``ownerReferences`` (background propagation).
+* Secrets and Events (core v1), Leases (coordination.k8s.io/v1), Events
+  (events.k8s.io/v1), and CRDs: creating a ``CustomResourceDefinition`` (or
+  :meth:`install_crd`) serves its kinds, validating every write of a custom resource
+  against the CRD's ``openAPIV3Schema`` with pruning, defaults and CEL rules
+  (tests/support/kube_schema.py) -> ``422 Invalid`` with causes.
+
+Known gaps (documented in docs/operator.md): no authentication/RBAC, no admission
+webhooks, no server-side apply, strategic-merge patches of built-in kinds are treated
+as JSON merge patches, paginated lists read the current state rather than a snapshot,
+namespaces are not objects (any namespace name is accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import copy
+import datetime
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jsonpatch
+import yaml
+from kmock import KubernetesEmulator, ResourceInfo, Server
+from kmock._internal import apps, enums, rendering
+
+from tests.support.kube_schema import StructuralSchema
+from tests.support.kube_selectors import parse_field_selector, parse_label_selector
+
+Obj = dict[str, Any]
+ResKey = tuple[str, str, str]  # group, version, plural
+
+
+@dataclass
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    status_subresource: bool = False
+    generation: bool = False
+    schema: StructuralSchema | None = None
+    unconditional_update: bool = True
+
+    @property
+    def key(self) -> ResKey:
+        return (self.group, self.version, self.plural)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+class ApiError(Exception):
+    """An API failure rendered as a ``v1 Status`` body with the right HTTP code."""
+
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+    def body(self) -> Obj:
+        out: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details is not None:
+            out["details"] = self.details
+        return out
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Event:
+    rv: int
+    type: str
+    obj: Obj
+    prev: Obj | None
+
+
+BUILTIN_KINDS = (
+    Kind("", "v1", "secrets", "Secret"),
+    Kind("", "v1", "configmaps", "ConfigMap"),
+    Kind("", "v1", "events", "Event"),
+    Kind("events.k8s.io", "v1", "events", "Event"),
+    Kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    Kind(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        status_subresource=True,
+        generation=True,
+    ),
+)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+@attrs.define(kw_only=True)
+class KubeEmulator(KubernetesEmulator):
+    """The emulated API server (see the module docstring for what it guarantees)."""
+
+    history_limit: int = 500_000
+    _kinds: dict[ResKey, Kind] = attrs.field(factory=dict, init=False)
+    _data: dict[ResKey, dict[tuple[str, str], Obj]] = attrs.field(factory=dict, init=False)
+    _rv: int = attrs.field(default=1000, init=False)
+    _hist: dict[ResKey, list[_Event]] = attrs.field(factory=dict, init=False)
+    _hist_rvs: dict[ResKey, list[int]] = attrs.field(factory=dict, init=False)
+    _compacted_rv: int = attrs.field(default=0, init=False)
+    _wake: dict[ResKey, asyncio.Event] = attrs.field(factory=dict, init=False)
+    _epoch: int = attrs.field(default=0, init=False)
+    write_log: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.fallback[enums.method.PUT] << self._serve_replace
+        for kind in BUILTIN_KINDS:
+            self.register(Kind(**kind.__dict__))
+
+    # --- kinds and CRDs ----------------------------------------------------------------
+    def register(self, kind: Kind) -> None:
+        self._kinds[kind.key] = kind
+        self._data.setdefault(kind.key, {})
+        self._hist.setdefault(kind.key, [])
+        self._hist_rvs.setdefault(kind.key, [])
+        verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+        self.resources[f"{kind.api_version}/{kind.plural}"] = ResourceInfo(
+            kind=kind.kind,
+            namespaced=kind.namespaced,
+            singular=kind.kind.lower(),
+            verbs=verbs,
+            subresources={"status"} if kind.status_subresource else set(),
+        )
+
+    def install_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve a CRD's kinds (what the server does once a CRD is Established)."""
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            if not version.get("served", True):
+                continue
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            self.register(
+                Kind(
+                    group=spec["group"],
+                    version=version["name"],
+                    plural=spec["names"]["plural"],
+                    kind=spec["names"]["kind"],
+                    namespaced=spec.get("scope") == "Namespaced",
+                    status_subresource="status" in (version.get("subresources") or {}),
+                    generation=True,
+                    unconditional_update=False,
+                    schema=StructuralSchema(schema) if schema else None,
+                )
+            )
+
+    def install_crd_files(self, directory: Path) -> int:
+        count = 0
+        for path in sorted(directory.glob("*.y*ml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    self.install_crd(doc)
+                    count += 1
+        return count
+
+    def _kind(self, request: rendering.Request) -> Kind:
+        res = request.resource
+        key = (res.group, res.version, res.plural) if res is not None else None
+        kind = self._kinds.get(key) if key is not None else None  # type: ignore[arg-type]
+        if kind is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return kind
+
+    # --- direct access for tests (not over HTTP) -------------------------------------
+    @property
+    def resource_version(self) -> int:
+        return self._rv
+
+    def get_object(self, api_version: str, plural: str, namespace: str, name: str) -> Obj | None:
+        group, _, version = api_version.rpartition("/")
+        obj = self._data.get((group, version, plural), {}).get((namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def list_objects(
+        self, api_version: str, plural: str, namespace: str | None = None
+    ) -> list[Obj]:
+        group, _, version = api_version.rpartition("/")
+        return [
+            copy.deepcopy(o)
+            for (ns, _n), o in sorted(self._data.get((group, version, plural), {}).items())
+            if namespace is None or ns == namespace
+        ]
+
+    def compact(self) -> int:
+        """Forget all watch history up to now (etcd compaction); older watches get 410."""
+        self._compacted_rv = self._rv
+        for key in self._hist:
+            self._hist[key] = []
+            self._hist_rvs[key] = []
+        return self._rv
+
+    def interrupt_watches(self) -> None:
+        """Close every open watch stream (a dropped connection or an API server restart)."""
+        self._epoch += 1
+        for key in list(self._wake):
+            self._wake_up(key)
+
+    def open_watches(self) -> int:
+        return sum(1 for r in self._requests if r.action == enums.action.WATCH) - 0
+
+    # --- the HTTP side -----------------------------------------------------------------
+    async def _handle(self, request: rendering.Request) -> Any:
+        # Skip the stock emulator's dict-merging bookkeeping: our handlers own the state.
+        return await apps.RawHandler._handle(self, request)
+
+    async def _render_error(self, exc: Exception) -> Any:
+        import aiohttp.web
+
+        if isinstance(exc, ApiError):
+            return aiohttp.web.json_response(exc.body(), status=exc.code)
+        return await super()._render_error(exc)
+
+    def _not_found(self, kind: Kind, name: str) -> ApiError:
+        return ApiError(
+            404,
+            "NotFound",
+            f'{kind.qualified} "{name}" not found',
+            {"name": name, "group": kind.group, "kind": kind.plural},
+        )
+
+    def _conflict(self, kind: Kind, name: str) -> ApiError:
+        return ApiError(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {kind.qualified} "{name}": the object has been '
+            "modified; please apply your changes to the latest version and try again",
+            {"name": name, "group": kind.group, "kind": kind.plural},
+        )
+
+    def _invalid(self, kind: Kind, name: str, causes: list[dict[str, str]]) -> ApiError:
+        text = ", ".join(c["message"] for c in causes)
+        qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+        return ApiError(
+            422,
+            "Invalid",
+            f'{qualified} "{name}" is invalid: {text}',
+            {"name": name, "group": kind.group, "kind": kind.kind, "causes": causes},
+        )
+
+    async def _serve_fetch(self, request: rendering.Request) -> Any:
+        kind = self._kind(request)
+        obj = self._data[kind.key].get((request.namespace or "", request.name or ""))
+        if obj is None:
+            raise self._not_found(kind, request.name or "")
+        return obj
+
+    def _filters(self, request: rendering.Request) -> Callable[[Obj], bool]:
+        try:
+            labels = parse_label_selector(request.params.get("labelSelector"))
+            fields = parse_field_selector(request.params.get("fieldSelector"))
+        except ValueError as exc:
+            raise ApiError(400, "BadRequest", str(exc)) from None
+        ns, name = request.namespace, request.name
+
+        def match(obj: Obj) -> bool:
+            meta = obj.get("metadata", {})
+            if ns is not None and meta.get("namespace") != ns:
+                return False
+            if name is not None and meta.get("name") != name:
+                return False
+            return labels(meta.get("labels") or {}) and fields(obj)
+
+        return match
+
+    async def _serve_list(self, request: rendering.Request) -> Any:
+        kind = self._kind(request)
+        match = self._filters(request)
+        items = [o for _k, o in sorted(self._data[kind.key].items()) if match(o)]
+        meta: Obj = {"resourceVersion": str(self._rv)}
+        cont = request.params.get("continue")
+        if cont:
+            start = tuple(json.loads(base64.b64decode(cont)))
+            items = [
+                o
+                for o in items
+                if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start
+            ]
+        limit = int(request.params.get("limit") or 0)
+        if limit and len(items) > limit:
+            last = items[limit - 1]["metadata"]
+            meta["continue"] = base64.b64encode(
+                json.dumps([last.get("namespace", ""), last["name"]]).encode()
+            ).decode()
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        return {
+            "apiVersion": kind.api_version,
+            "kind": f"{kind.kind}List",
+            "metadata": meta,
+            "items": items,
+        }
+
+    def _wake_up(self, key: ResKey) -> None:
+        old = self._wake.get(key)
+        self._wake[key] = asyncio.Event()
+        if old is not None:
+            old.set()
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        kind = self._kind(request)
+        match = self._filters(request)
+        params = request.params
+        timeout = float(params.get("timeoutSeconds") or 0) or None
+        raw_rv = params.get("resourceVersion")
+        initial = params.get("sendInitialEvents") == "true"
+        yield b""  # send the headers now: a watch with nothing to say is still a stream
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        epoch = self._epoch
+        if raw_rv in (None, "", "0") or initial:
+            cursor = self._rv
+            for _k, obj in sorted(self._data[kind.key].items()):
+                if match(obj):
+                    yield {"type": "ADDED", "object": obj}
+            if initial:
+                yield {
+                    "type": "BOOKMARK",
+                    "object": {
+                        "kind": kind.kind,
+                        "apiVersion": kind.api_version,
+                        "metadata": {
+                            "resourceVersion": str(cursor),
+                            "annotations": {"k8s.io/initial-events-end": "true"},
+                        },
+                    },
+                }
+        else:
+            try:
+                cursor = int(raw_rv)
+            except ValueError:
+                raise ApiError(400, "BadRequest", f"invalid resourceVersion {raw_rv!r}") from None
+        while True:
+            if cursor < self._compacted_rv:
+                yield {
+                    "type": "ERROR",
+                    "object": ApiError(
+                        410, "Expired", f"too old resource version: {cursor} ({self._compacted_rv})"
+                    ).body(),
+                }
+                return
+            if epoch != self._epoch:
+                return
+            waiter = self._wake.setdefault(kind.key, asyncio.Event())
+            rvs, hist = self._hist_rvs[kind.key], self._hist[kind.key]
+            for ev in hist[bisect.bisect_right(rvs, cursor) :]:
+                cursor = ev.rv
+                now, before = match(ev.obj), ev.prev is not None and match(ev.prev)
+                if ev.type == "MODIFIED" and now and not before:
+                    yield {"type": "ADDED", "object": ev.obj}
+                elif ev.type == "MODIFIED" and before and not now:
+                    yield {"type": "DELETED", "object": ev.obj}
+                elif now:
+                    yield {"type": ev.type, "object": ev.obj}
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), remaining)
+
+    # --- writes ------------------------------------------------------------------------
+    def _record(self, kind: Kind, type_: str, obj: Obj, prev: Obj | None) -> None:
+        hist, rvs = self._hist[kind.key], self._hist_rvs[kind.key]
+        hist.append(_Event(int(obj["metadata"]["resourceVersion"]), type_, obj, prev))
+        rvs.append(hist[-1].rv)
+        if len(hist) > self.history_limit:
+            drop = len(hist) - self.history_limit
+            self._compacted_rv = max(self._compacted_rv, rvs[drop - 1])
+            del hist[:drop], rvs[:drop]
+        self.write_log.append(
+            (type_, kind.plural, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        )
+        self._wake_up(kind.key)
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _admit(self, kind: Kind, obj: Obj, old: Obj | None) -> Obj:
+        """Prune, default and validate a custom resource (the API server's order)."""
+        if kind.key == ("", "v1", "secrets"):
+            # The server folds the write-only stringData into base64 data.
+            string_data = obj.pop("stringData", None) or {}
+            if string_data:
+                obj["data"] = {
+                    **(obj.get("data") or {}),
+                    **{k: base64.b64encode(v.encode()).decode() for k, v in string_data.items()},
+                }
+            obj.setdefault("type", "Opaque")
+        if kind.schema is None:
+            return obj
+        obj = kind.schema.default(kind.schema.prune(obj))
+        causes = kind.schema.validate(obj, old)
+        if causes:
+            raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
+        return obj
+
+    async def _serve_create(self, request: rendering.Request) -> Any:
+        kind = self._kind(request)
+        body = request.data
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was not a JSON object")
+        if body.get("kind") not in (None, kind.kind) or body.get("apiVersion") not in (
+            None,
+            kind.api_version,
+        ):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the API version in the data ({body.get('apiVersion')}) does not match "
+                f"the expected API version ({kind.api_version})",
+            )
+        obj: Obj = copy.deepcopy(body)
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        meta: Obj = obj.setdefault("metadata", {})
+        if kind.namespaced:
+            ns = request.namespace or meta.get("namespace") or "default"
+            if meta.get("namespace") not in (None, ns):
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does "
+                    "not match the namespace sent on the request",
+                )
+            meta["namespace"] = ns
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not meta.get("name"):
+            raise self._invalid(
+                kind,
+                "",
+                [
+                    {
+                        "reason": "FieldValueRequired",
+                        "field": "metadata.name",
+                        "message": "metadata.name: Required value: name or "
+                        "generateName is required",
+                    }
+                ],
+            )
+        if meta.get("resourceVersion"):
+            raise ApiError(
+                400, "BadRequest", "resourceVersion should not be set on objects to be created"
+            )
+        key = (meta.get("namespace", ""), meta["name"])
+        if key in self._data[kind.key]:
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{kind.qualified} "{meta["name"]}" already exists',
+                {"name": meta["name"], "group": kind.group, "kind": kind.plural},
+            )
+        if kind.status_subresource:
+            obj.pop("status", None)
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
+            meta.pop(field, None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        if kind.generation:
+            meta["generation"] = 1
+        obj = self._admit(kind, obj, None)
+        obj["metadata"]["resourceVersion"] = self._next_rv()
+        self._data[kind.key][key] = obj
+        self._record(kind, "ADDED", obj, None)
+        if kind.plural == "customresourcedefinitions":
+            self.install_crd(obj)
+        return rendering.Response(status=201, payload=obj)
+
+    async def _serve_update(self, request: rendering.Request) -> Any:
+        """PATCH: merge patch, JSON patch; strategic merge for built-in kinds only."""
+        kind = self._kind(request)
+        old = self._existing(kind, request)
+        ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        try:
+            if ctype == "application/json-patch+json":
+                new = jsonpatch.apply_patch(old, request.data or [])
+            elif ctype == "application/merge-patch+json" or (
+                ctype == "application/strategic-merge-patch+json"
+                and kind.schema is None
+                and kind.group != "apiextensions.k8s.io"
+            ):
+                new = merge_patch(old, request.data or {})
+            else:
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted "
+                    f"media types include: application/json-patch+json, "
+                    f"application/merge-patch+json (got {ctype!r})",
+                )
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise ApiError(422, "Invalid", f"the patch could not be applied: {exc}") from None
+        rv = (
+            ((request.data or {}).get("metadata") or {}).get("resourceVersion")
+            if isinstance(request.data, dict)
+            else None
+        )
+        if rv is None and isinstance(request.data, list):
+            rv = None  # a JSON patch may `test` the resourceVersion; applied above
+        elif rv is not None and rv != old["metadata"]["resourceVersion"]:
+            raise self._conflict(kind, old["metadata"]["name"])
+        return self._write(kind, old, new, request.subresource)
+
+    async def _serve_replace(self, request: rendering.Request) -> Any:
+        """PUT: a full replacement, optimistic on ``metadata.resourceVersion``."""
+        kind = self._kind(request)
+        old = self._existing(kind, request)
+        new = request.data
+        if not isinstance(new, dict):
+            raise ApiError(400, "BadRequest", "the body of the request was not a JSON object")
+        meta = new.get("metadata") or {}
+        if meta.get("name") not in (None, old["metadata"]["name"]):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the name of the object ({meta.get('name')}) does "
+                f"not match the name on the URL ({old['metadata']['name']})",
+            )
+        rv = meta.get("resourceVersion")
+        if rv is None and not kind.unconditional_update:
+            raise self._invalid(
+                kind,
+                old["metadata"]["name"],
+                [
+                    {
+                        "reason": "FieldValueInvalid",
+                        "field": "metadata.resourceVersion",
+                        "message": "metadata.resourceVersion: Invalid value: 0x0: "
+                        "must be specified for an update",
+                    }
+                ],
+            )
+        if rv is not None and rv != old["metadata"]["resourceVersion"]:
+            raise self._conflict(kind, old["metadata"]["name"])
+        return self._write(kind, old, new, request.subresource)
+
+    def _existing(self, kind: Kind, request: rendering.Request) -> Obj:
+        obj = self._data[kind.key].get((request.namespace or "", request.name or ""))
+        if obj is None:
+            raise self._not_found(kind, request.name or "")
+        if request.subresource not in (None, "status") or (
+            request.subresource == "status" and not kind.status_subresource
+        ):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return obj
+
+    def _write(self, kind: Kind, old: Obj, incoming: Obj, subresource: str | None) -> Obj:
+        new: Obj = copy.deepcopy(old)
+        old_meta = old["metadata"]
+        if subresource == "status":
+            if "status" in incoming:
+                new["status"] = copy.deepcopy(incoming["status"])
+            else:
+                new.pop("status", None)
+        else:
+            for key in set(incoming) | set(old):
+                if key in ("metadata", "apiVersion", "kind"):
+                    continue
+                if key == "status" and kind.status_subresource:
+                    continue
+                if key in incoming:
+                    new[key] = copy.deepcopy(incoming[key])
+                else:
+                    new.pop(key, None)
+            in_meta = incoming.get("metadata") or {}
+            for field in ("labels", "annotations", "finalizers", "ownerReferences"):
+                if in_meta.get(field):
+                    new["metadata"][field] = copy.deepcopy(in_meta[field])
+                else:
+                    new["metadata"].pop(field, None)
+            if old_meta.get("deletionTimestamp"):
+                added = set(new["metadata"].get("finalizers", [])) - set(
+                    old_meta.get("finalizers", [])
+                )
+                if added:
+                    raise self._invalid(
+                        kind,
+                        old_meta["name"],
+                        [
+                            {
+                                "reason": "FieldValueForbidden",
+                                "field": "metadata.finalizers",
+                                "message": "metadata.finalizers: Forbidden: no new "
+                                "finalizers can be added if the object is being deleted",
+                            }
+                        ],
+                    )
+        content = ("metadata", "status")
+        if kind.generation and {k: v for k, v in new.items() if k not in content} != {
+            k: v for k, v in old.items() if k not in content
+        }:
+            new["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
+        new = self._admit(kind, new, old)
+        if new == old:
+            return old  # a no-op write is not a write: no new resourceVersion, no event
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        key = (old_meta.get("namespace", ""), old_meta["name"])
+        self._data[kind.key][key] = new
+        self._record(kind, "MODIFIED", new, old)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            self._remove(kind, key)
+        return new
+
+    def _remove(self, kind: Kind, key: tuple[str, str]) -> Obj:
+        obj = self._data[kind.key].pop(key)
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = self._next_rv()
+        self._record(kind, "DELETED", gone, obj)
+        self._collect_dependents(obj["metadata"]["uid"])
+        return gone
+
+    def _collect_dependents(self, owner_uid: str) -> None:
+        """Background garbage collection: delete objects owned by a deleted object."""
+        for kind in list(self._kinds.values()):
+            for key, obj in list(self._data[kind.key].items()):
+                refs = obj["metadata"].get("ownerReferences") or []
+                if any(r.get("uid") == owner_uid for r in refs):
+                    self._delete(kind, key)
+
+    def _delete(self, kind: Kind, key: tuple[str, str]) -> Obj:
+        obj = self._data[kind.key][key]
+        meta = obj["metadata"]
+        if not meta.get("finalizers"):
+            return self._remove(kind, key)
+        if meta.get("deletionTimestamp"):
+            return obj
+        new = copy.deepcopy(obj)
+        new["metadata"]["deletionTimestamp"] = _now()
+        new["metadata"]["deletionGracePeriodSeconds"] = 0
+        if kind.generation:  # the server bumps generation when graceful deletion starts
+            new["metadata"]["generation"] = int(meta.get("generation", 1)) + 1
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self._data[kind.key][key] = new
+        self._record(kind, "MODIFIED", new, obj)
+        return new
+
+    async def _serve_delete(self, request: rendering.Request) -> Any:
+        kind = self._kind(request)
+        key = (request.namespace or "", request.name or "")
+        obj = self._data[kind.key].get(key)
+        if obj is None:
+            raise self._not_found(kind, request.name or "")
+        pre = (request.data or {}).get("preconditions") if isinstance(request.data, dict) else None
+        if pre:
+            if pre.get("resourceVersion") not in (
+                None,
+                obj["metadata"]["resourceVersion"],
+            ) or pre.get("uid") not in (None, obj["metadata"]["uid"]):
+                raise self._conflict(kind, obj["metadata"]["name"])
+        return self._delete(kind, key)
+
+
+# --- running it for tests and subprocesses --------------------------------------------
+
+
+def kubeconfig_text(url: str, namespace: str = "default") -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+            "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
+            "contexts": [
+                {
+                    "name": "emulator",
+                    "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace},
+                }
+            ],
+        }
+    )
+
+
+class EmulatorThread:
+    """The emulator on its own event loop in a thread, for sync tests and subprocesses.
+
+    ``with EmulatorThread(crd_dir=...) as kube:`` gives ``kube.url``,
+    ``kube.write_kubeconfig(path)`` and ``kube.call(fn, *args)`` to run a function on the
+    emulator's loop (e.g. ``kube.call(kube.emu.compact)``).
+    """
+
+    def __init__(self, crd_dir: Path | None = None, **options: Any) -> None:
+        self._options = options
+        self._crd_dir = crd_dir
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.emu: KubeEmulator | None = None
+        self.url = ""
+
+    def __enter__(self) -> EmulatorThread:
+        self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("emulator did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with KubeEmulator(**self._options) as emu, Server(emu) as server:
+            if self._crd_dir is not None:
+                emu.install_crd_files(self._crd_dir)
+            self.emu = emu
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+            emu.interrupt_watches()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._loop is not None
+
+        async def _go() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(_go(), self._loop).result(10)
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        path.write_text(kubeconfig_text(self.url, namespace))
+        return path
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(
+    crd_dir: Path | None = None, **options: Any
+) -> AsyncIterator[tuple[KubeEmulator, str]]:
+    """The emulator on the current loop: ``async with running_emulator() as (emu, url)``."""
+    async with KubeEmulator(**options) as emu, Server(emu) as server:
+        if crd_dir is not None:
+            emu.install_crd_files(crd_dir)
+        try:
+            yield emu, str(server.url).rstrip("/")
+        finally:
+            emu.interrupt_watches()
+
+
+def iter_docs(path: Path) -> Iterator[Obj]:
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc:
+            yield doc
