@@ -145,6 +145,9 @@ _ENTRIES: tuple[Reason, ...] = (
            "Mount or create the file, or change the file reference", retryable=True),
     Reason("SecretFileInsecure", "The referenced secret file is group- or world-writable",
            "chmod go-w the file (and its directory)", stalled=True),
+    Reason("SecretValueInvalid", "The referenced secret value is empty or not UTF-8 text",
+           "Put the value into the Secret key, variable or file named in the message",
+           retryable=True),
     Reason("KubernetesUnavailable", "secretKeyRef needs a Kubernetes API",
            "Run the operator, or pass a kubeconfig (--kubeconfig / KUBECONFIG); locally, "
            "use env or file references instead", stalled=True),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from reconciler.resources import SecretRef
 from reconciler.secret import Secret
@@ -20,13 +20,27 @@ class Resolved:
 class CredentialError(Exception):
     """Resolution failed.  ``reason`` is a catalog name; ``message`` never holds a value."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, cause_reason: str | None = None) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+        # For wrapping reasons (OAuth2ProviderNotReady): the underlying catalog reason.
+        self.cause_reason = cause_reason
 
 
 class SecretSource(Protocol):
     """Resolves a reference (secretKeyRef | env | file) in a namespace."""
 
     async def resolve(self, ref: SecretRef, namespace: str) -> Resolved: ...
+
+
+@runtime_checkable
+class WritableSecretSource(SecretSource, Protocol):
+    """A source that can also store a value (refresh-token rotation, ``smtpctl oauth login``).
+
+    ``write`` returns the new version of the reference.  A read-only source (environment
+    variables, a read-only mount) raises :class:`CredentialError` and the caller keeps the
+    value in memory and raises the ``RefreshTokenNotPersisted`` warning.
+    """
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str: ...

@@ -1,0 +1,503 @@
+"""OAuth 2.0 access tokens for ``OAuth2Provider`` resources.
+
+:class:`TokenManager` obtains tokens with authlib's httpx client (RFC 6749 sections 4.4
+client credentials and 6 refresh token; no hand-written OAuth) and keeps them in memory:
+
+* **Cache** per provider identity (namespace/name), valid while the provider's spec hash
+  and the versions of its client secret and refresh token are unchanged, until
+  ``expires_in`` minus a skew.  The skew is capped at half the lifetime, so a provider that
+  issues very short-lived tokens still gets cache hits.  A response without ``expires_in``
+  is assumed to live one hour (RFC 6749 leaves the default to the provider; a token the
+  server rejects earlier is refreshed through ``force_refresh``).
+* **Single-flight**: one lock per provider.  Concurrent callers wait for the one request in
+  flight and share its token.  A ``force_refresh`` caller that waited while someone else
+  refreshed takes that fresh token instead of asking again.
+* **Retries** for transient failures (connection errors, timeouts, HTTP 5xx/429,
+  ``temporarily_unavailable``/``server_error``) with tenacity: exponential backoff with
+  jitter, a bounded number of attempts.  Everything else fails at once with its reason.
+* **Refresh-token rotation**: a new ``refresh_token`` in a response is written back to the
+  provider's ``refreshTokenFrom`` (file: atomic replace, mode 0600; Kubernetes: patch).
+  When the source is read-only the new token is kept in memory (and preferred over the
+  source while the source's version is unchanged) and the provider carries the warning
+  ``RefreshTokenNotPersisted``.
+* **https only**, except loopback: checked again here at request time, not just by the
+  schema, because a provider object can be built without validation.
+
+Errors are :class:`~reconciler.credentials.base.CredentialError` with a catalog reason; the
+provider's ``error_description`` is included (scrubbed of the secrets we sent, shortened),
+tokens and secrets never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import ssl
+import time
+import warnings as _warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from authlib.deprecate import AuthlibDeprecationWarning
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from reconciler.credentials.base import CredentialError, Resolved, SecretSource
+from reconciler.resources import OAuth2Provider, is_loopback_url
+from reconciler.secret import MASK, Secret
+
+with _warnings.catch_warnings():
+    # authlib 1.9 announces a future move to the httpx2 package; httpx is what we ship.
+    # (authlib.deprecate installs an "always" filter at import, hence the import above.)
+    _warnings.simplefilter("ignore", AuthlibDeprecationWarning)
+    from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
+
+__all__ = ["ProviderCheck", "TokenManager", "check_provider", "provider_key", "revoke"]
+
+DEFAULT_EXPIRES_IN = 3600.0
+_DESCRIPTION_MAX = 300
+_TRANSIENT_OAUTH_ERRORS = {"temporarily_unavailable", "server_error"}
+_OAUTH_REASONS = {
+    "invalid_client": "OAuth2InvalidClient",
+    "invalid_grant": "OAuth2InvalidGrant",
+    "invalid_scope": "OAuth2InvalidScope",
+    "unauthorized_client": "OAuth2UnauthorizedClient",
+}
+
+Verify = ssl.SSLContext | bool | str
+
+
+def provider_key(provider: OAuth2Provider) -> str:
+    """The identity a token belongs to: ``namespace/name``."""
+    return f"{provider.metadata.namespace}/{provider.metadata.name}"
+
+
+def spec_hash(provider: OAuth2Provider) -> str:
+    doc = provider.spec.model_dump(mode="json", by_alias=True)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def require_secure_url(url: str, what: str) -> None:
+    """https everywhere; plain http only for a loopback host (tests, local development)."""
+    if not (url.startswith("https://") or is_loopback_url(url)):
+        raise CredentialError(
+            "InvalidSpec",
+            f"{what} {url} must be an https:// URL (http:// is allowed only for loopback hosts)",
+        )
+
+
+class _Transient(Exception):
+    """Raised inside the retry loop for failures worth another attempt."""
+
+    def __init__(self, error: CredentialError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass
+class _Entry:
+    """What the manager remembers about one provider (in memory only)."""
+
+    cache_key: str = ""
+    token: Secret | None = None
+    expires_at: float = 0.0
+    obtained_at: float = 0.0
+    generation: int = 0
+    digest_version: str | None = None
+    # Refresh-token rotation: a token we could not (or did not yet) persist, valid while the
+    # source still shows ``rotated_over`` (the version we replaced).
+    rotated: Secret | None = None
+    rotated_over: str | None = None
+    # Versions we wrote ourselves -> the version the user gave, so our own rotation does
+    # not look like a user change in provider_version() (no retest per rotation).
+    written: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    warning_messages: tuple[str, ...] = ()
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCheck:
+    """The provider's own readiness (``OAuth2Provider`` status ``Ready``)."""
+
+    ready: bool
+    reason: str
+    message: str
+    version: str | None
+    warnings: tuple[str, ...] = ()
+
+
+class TokenManager:
+    """Obtains, caches and refreshes access tokens for OAuth2Provider resources."""
+
+    def __init__(
+        self,
+        sources: SecretSource,
+        *,
+        skew_seconds: float = 60,
+        timeout_seconds: float = 10,
+        attempts: int = 3,
+        retry_initial_seconds: float = 0.5,
+        retry_max_seconds: float = 5,
+        verify: Verify = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sources = sources
+        self._skew = skew_seconds
+        self._timeout = timeout_seconds
+        self._attempts = max(1, attempts)
+        self._retry_initial = retry_initial_seconds
+        self._retry_max = retry_max_seconds
+        self._verify = verify
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self.requests = 0  # token endpoint requests made (for tests and metrics)
+
+    # --- public API -----------------------------------------------------------------
+
+    async def token(self, provider: OAuth2Provider, *, force_refresh: bool = False) -> Secret:
+        """A valid access token for ``provider`` (cached unless expired or ``force_refresh``)."""
+        entry = self._entries.setdefault(provider_key(provider), _Entry())
+        seen_generation = entry.generation
+        async with entry.lock:
+            secrets = await self._resolve(provider, entry)
+            cache_key = self._cache_key(provider, secrets)
+            now = self._clock()
+            if entry.token is not None and entry.cache_key == cache_key:
+                if force_refresh and entry.generation != seen_generation:
+                    return entry.token  # refreshed by another caller while we waited
+                if not force_refresh and now < entry.expires_at:
+                    return entry.token
+            return await self._fetch(provider, entry, secrets, cache_key)
+
+    def provider_version(self, provider: OAuth2Provider) -> str | None:
+        """Versions behind the last token (spec + client secret + refresh token), or None."""
+        entry = self._entries.get(provider_key(provider))
+        return entry.digest_version if entry is not None and entry.token is not None else None
+
+    def invalidate(self, provider: OAuth2Provider) -> None:
+        """Drop the cached token (e.g. after the provider was deleted or changed)."""
+        entry = self._entries.get(provider_key(provider))
+        if entry is not None:
+            entry.token = None
+            entry.expires_at = 0.0
+
+    def expires_in(self, provider: OAuth2Provider) -> float | None:
+        entry = self._entries.get(provider_key(provider))
+        if entry is None or entry.token is None:
+            return None
+        return max(0.0, entry.expires_at - self._clock())
+
+    @property
+    def warnings(self) -> dict[str, tuple[str, ...]]:
+        """Warning reasons per provider key (``namespace/name``), e.g. RefreshTokenNotPersisted."""
+        return {k: e.warnings for k, e in self._entries.items() if e.warnings}
+
+    def warning_messages(self, provider: OAuth2Provider) -> tuple[str, ...]:
+        entry = self._entries.get(provider_key(provider))
+        return entry.warning_messages if entry is not None else ()
+
+    def provider_warnings(self, provider: OAuth2Provider) -> tuple[str, ...]:
+        entry = self._entries.get(provider_key(provider))
+        return entry.warnings if entry is not None else ()
+
+    def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A plain httpx client with this manager's TLS and timeout settings."""
+        return httpx.AsyncClient(verify=self._verify, timeout=self._timeout,
+                                 follow_redirects=False, **kwargs)
+
+    def oauth_client(self, provider: OAuth2Provider, client_secret: Secret | None,
+                     **kwargs: Any) -> AsyncOAuth2Client:
+        """authlib's client for ``provider`` (client authentication as the spec says)."""
+        spec = provider.spec
+        method = spec.token_endpoint_auth_method if client_secret is not None else "none"
+        return AsyncOAuth2Client(
+            client_id=spec.client_id,
+            client_secret=client_secret.reveal() if client_secret is not None else None,
+            token_endpoint_auth_method=method,
+            revocation_endpoint_auth_method=method,
+            scope=" ".join(spec.scopes) or None,
+            verify=self._verify,
+            timeout=self._timeout,
+            follow_redirects=False,
+            trust_env=False,
+            **kwargs,
+        )
+
+    # --- internals ------------------------------------------------------------------
+
+    async def _resolve(self, provider: OAuth2Provider, entry: _Entry) -> dict[str, Resolved]:
+        spec = provider.spec
+        ns = provider.metadata.namespace
+        out: dict[str, Resolved] = {}
+        if spec.client_secret_from is not None:
+            out["clientSecretFrom"] = await self._sources.resolve(spec.client_secret_from, ns)
+        if spec.grant_type != "ClientCredentials" and spec.refresh_token_from is not None:
+            rt = await self._sources.resolve(spec.refresh_token_from, ns)
+            if entry.rotated is not None:
+                if rt.version == entry.rotated_over:
+                    rt = Resolved(entry.rotated, rt.version)  # in-memory rotation wins
+                else:  # the user put a new token into the source: it wins
+                    entry.rotated = entry.rotated_over = None
+                    entry.warnings = entry.warning_messages = ()
+            out["refreshTokenFrom"] = rt
+        return out
+
+    def _cache_key(self, provider: OAuth2Provider, secrets: dict[str, Resolved]) -> str:
+        parts = [spec_hash(provider)] + [f"{k}={v.version}" for k, v in sorted(secrets.items())]
+        return "|".join(parts)
+
+    def _digest_version(self, provider: OAuth2Provider, entry: _Entry,
+                        secrets: dict[str, Resolved]) -> str:
+        parts = [spec_hash(provider)]
+        for k, v in sorted(secrets.items()):
+            parts.append(f"{k}={entry.written.get(v.version, v.version)}")
+        return "o:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+    async def _fetch(self, provider: OAuth2Provider, entry: _Entry,
+                     secrets: dict[str, Resolved], cache_key: str) -> Secret:
+        spec = provider.spec
+        require_secure_url(spec.token_endpoint, "tokenEndpoint")
+        client_secret = secrets.get("clientSecretFrom")
+        refresh = secrets.get("refreshTokenFrom")
+        sent = [s.value for s in (client_secret, refresh) if s is not None]
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(multiplier=self._retry_initial, max=self._retry_max,
+                                        jitter=self._retry_initial),
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    body = await self._request(provider, client_secret, refresh, sent)
+        except _Transient as exc:
+            raise exc.error from None
+
+        access = body.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise CredentialError(
+                "OAuth2TokenEndpointError",
+                f"token endpoint {spec.token_endpoint} answered without an access_token",
+            )
+        token_type = str(body.get("token_type") or "Bearer")
+        if token_type.lower() != "bearer":
+            raise CredentialError(
+                "OAuth2TokenEndpointError",
+                f"token endpoint {spec.token_endpoint} issued a {token_type!r} token; "
+                "SMTP XOAUTH2/OAUTHBEARER need a Bearer token",
+            )
+        lifetime = _expires_in(body.get("expires_in"))
+        now = self._clock()
+        skew = min(self._skew, lifetime / 2)
+
+        token = Secret(access)
+        new_rt = body.get("refresh_token")
+        if (refresh is not None and isinstance(new_rt, str) and new_rt
+                and new_rt != refresh.value.reveal()):
+            cache_key = await self._rotate(provider, entry, secrets, Secret(new_rt))
+
+        entry.token = token
+        entry.obtained_at = now
+        entry.expires_at = now + lifetime - skew
+        entry.cache_key = cache_key
+        entry.generation += 1
+        entry.digest_version = self._digest_version(provider, entry, secrets)
+        return token
+
+    async def _rotate(self, provider: OAuth2Provider, entry: _Entry,
+                      secrets: dict[str, Resolved], new_rt: Secret) -> str:
+        """Persist a rotated refresh token; returns the cache key for the new versions."""
+        ref = provider.spec.refresh_token_from
+        assert ref is not None
+        old = secrets["refreshTokenFrom"]
+        user_version = entry.written.get(old.version, old.version)
+        writer = getattr(self._sources, "write", None)
+        try:
+            if writer is None:
+                raise CredentialError("RefreshTokenNotPersisted", f"{ref.describe()} is read-only")
+            new_version: str = await writer(ref, provider.metadata.namespace, new_rt)
+        except CredentialError as exc:
+            entry.rotated = new_rt
+            entry.rotated_over = old.version
+            entry.warnings = ("RefreshTokenNotPersisted",)
+            entry.warning_messages = (
+                f"the token endpoint rotated the refresh token but {ref.describe()} could not "
+                f"be updated ({exc.message}); the new token is kept in memory only and the "
+                f"next restart will fail",
+            )
+            # The source is unchanged, so the cache key stays valid.
+            return self._cache_key(provider, secrets)
+        entry.rotated = entry.rotated_over = None
+        entry.warnings = entry.warning_messages = ()
+        entry.written = {new_version: user_version}
+        secrets["refreshTokenFrom"] = Resolved(new_rt, new_version)
+        return self._cache_key(provider, secrets)
+
+    async def _request(self, provider: OAuth2Provider, client_secret: Resolved | None,
+                       refresh: Resolved | None, sent: list[Secret]) -> dict[str, Any]:
+        """One token request; maps every failure to a CredentialError (or _Transient)."""
+        spec = provider.spec
+        url = spec.token_endpoint
+        self.requests += 1
+        try:
+            async with self.oauth_client(
+                provider, client_secret.value if client_secret else None
+            ) as client:
+                if spec.grant_type == "ClientCredentials":
+                    token = await client.fetch_token(url, grant_type="client_credentials")
+                else:
+                    assert refresh is not None
+                    token = await client.refresh_token(url, refresh_token=refresh.value.reveal())
+        except OAuthError as exc:
+            error = str(exc.error or "")
+            desc = _scrub(str(exc.description or ""), sent)
+            text = f"token endpoint {url} answered {error}" + (f": {desc}" if desc else "")
+            if error in _TRANSIENT_OAUTH_ERRORS:
+                raise _Transient(CredentialError("OAuth2TokenEndpointUnavailable", text)) from None
+            raise CredentialError(_OAUTH_REASONS.get(error, "OAuth2TokenEndpointError"),
+                                  text) from None
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            text = f"token endpoint {url} answered HTTP {status}"
+            if status >= 500 or status == 429:
+                raise _Transient(CredentialError("OAuth2TokenEndpointUnavailable", text)) from None
+            raise CredentialError("OAuth2TokenEndpointError", text) from None
+        except httpx.TimeoutException:
+            raise _Transient(CredentialError(
+                "OAuth2TokenEndpointUnavailable",
+                f"token endpoint {url} did not answer within {self._timeout:g}s")) from None
+        except httpx.TransportError as exc:
+            raise _Transient(CredentialError(
+                "OAuth2TokenEndpointUnavailable",
+                f"token endpoint {url} could not be reached ({type(exc).__name__})")) from None
+        except ValueError:
+            raise CredentialError(
+                "OAuth2TokenEndpointError",
+                f"token endpoint {url} answered something that is not a JSON object") from None
+        return dict(token)
+
+
+def _expires_in(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_EXPIRES_IN
+    return seconds if seconds > 0 else DEFAULT_EXPIRES_IN
+
+
+def _scrub(text: str, secrets: list[Secret]) -> str:
+    """The provider's words, minus anything we sent it, one line, bounded."""
+    for s in secrets:
+        raw = s.reveal()
+        if raw:
+            text = text.replace(raw, MASK)
+    text = " ".join(text.split())
+    if len(text) > _DESCRIPTION_MAX:
+        text = text[: _DESCRIPTION_MAX - 3] + "..."
+    return text
+
+
+async def check_provider(provider: OAuth2Provider, tokens: TokenManager) -> ProviderCheck:
+    """The provider's readiness: a token can be obtained and ``testEndpoint`` accepts it."""
+    try:
+        token = await tokens.token(provider)
+        if provider.spec.test_endpoint:
+            await _call_test_endpoint(provider, tokens, token)
+    except CredentialError as exc:
+        return ProviderCheck(False, exc.reason, exc.message, tokens.provider_version(provider),
+                             tokens.provider_warnings(provider))
+    left = tokens.expires_in(provider)
+    message = "An access token was obtained"
+    if left is not None:
+        message += f" (cached for {left:.0f}s)"
+    if provider.spec.test_endpoint:
+        message += "; the test endpoint accepted it"
+    extra = tokens.warning_messages(provider)
+    if extra:
+        message += "; warning: " + " ".join(extra)
+    return ProviderCheck(True, "TokenObtained", message, tokens.provider_version(provider),
+                         tokens.provider_warnings(provider))
+
+
+async def _call_test_endpoint(provider: OAuth2Provider, tokens: TokenManager,
+                              token: Secret) -> None:
+    url = provider.spec.test_endpoint
+    assert url is not None
+    require_secure_url(url, "testEndpoint")
+    for attempt in range(2):
+        try:
+            async with tokens.http_client() as http:
+                resp = await http.get(url, headers={"Authorization": f"Bearer {token.reveal()}"})
+        except httpx.HTTPError as exc:
+            raise CredentialError(
+                "OAuth2TestEndpointFailed",
+                f"test endpoint {url} could not be reached ({type(exc).__name__})",
+            ) from None
+        if 200 <= resp.status_code < 300:
+            return
+        if resp.status_code == 401 and attempt == 0:
+            # A token rejected as expired or revoked: fetch a fresh one and ask once more.
+            token = await tokens.token(provider, force_refresh=True)
+            continue
+        raise CredentialError(
+            "OAuth2TestEndpointFailed",
+            f"test endpoint {url} answered HTTP {resp.status_code} to the access token",
+        )
+
+
+async def revoke(provider: OAuth2Provider, sources: SecretSource, tokens: TokenManager) -> str:
+    """Revoke the provider's refresh token at ``revokeEndpoint`` (RFC 7009).
+
+    Returns a description of what was revoked.  For a ClientCredentials provider there is
+    no long-lived token: the cached access token (if any) is revoked instead.
+    """
+    spec = provider.spec
+    if not spec.revoke_endpoint:
+        raise CredentialError("InvalidSpec",
+                              f"OAuth2Provider {provider.metadata.name!r} has no revokeEndpoint")
+    require_secure_url(spec.revoke_endpoint, "revokeEndpoint")
+    ns = provider.metadata.namespace
+    client_secret = (await sources.resolve(spec.client_secret_from, ns)
+                     if spec.client_secret_from is not None else None)
+    if spec.grant_type != "ClientCredentials" and spec.refresh_token_from is not None:
+        target = (await sources.resolve(spec.refresh_token_from, ns)).value
+        hint, what = "refresh_token", f"the refresh token from {spec.refresh_token_from.describe()}"
+    else:
+        target = await tokens.token(provider)
+        hint, what = "access_token", "the current access token"
+    sent = [target] + ([client_secret.value] if client_secret else [])
+    try:
+        async with tokens.oauth_client(provider, client_secret.value if client_secret else None
+                                       ) as client:
+            resp = await client.revoke_token(spec.revoke_endpoint, token=target.reveal(),
+                                             token_type_hint=hint)
+    except httpx.HTTPError as exc:
+        raise CredentialError(
+            "OAuth2TokenEndpointUnavailable",
+            f"revoke endpoint {spec.revoke_endpoint} could not be reached ({type(exc).__name__})",
+        ) from None
+    if resp.status_code >= 400:
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = {}
+        error = str(doc.get("error", "")) if isinstance(doc, dict) else ""
+        desc = _scrub(str(doc.get("error_description", "")) if isinstance(doc, dict) else "",
+                      sent)
+        reason = _OAUTH_REASONS.get(error, "OAuth2TokenEndpointError")
+        raise CredentialError(
+            reason,
+            f"revoke endpoint {spec.revoke_endpoint} answered HTTP {resp.status_code}"
+            + (f" {error}" if error else "") + (f": {desc}" if desc else ""),
+        )
+    tokens.invalidate(provider)
+    return what

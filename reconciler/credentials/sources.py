@@ -1,0 +1,470 @@
+"""Secret sources: environment variables, files and Kubernetes Secrets behind one protocol.
+
+A manifest holds references (``secretKeyRef`` | ``env`` | ``file``); :class:`SourceRouter`
+sends each to the source for its shape.  Every resolution yields a
+:class:`~reconciler.secret.Secret` plus a *version* that changes when the value changes and
+is safe to store, so the engine can notice a rotated secret without keeping the secret:
+
+* ``env``  -> ``env:`` + keyed hash of the value;
+* ``file`` -> ``file:`` + inode + ``mtime_ns`` + keyed hash (a rewrite with the same value
+  still counts as a change: that is what a rotation tool does, and a retest is cheap);
+* ``secretKeyRef`` -> ``k8s:`` + the Secret's ``resourceVersion`` + the key name.
+
+Decisions where the issue is silent:
+
+* An empty value (empty file, empty variable, empty Secret key) is rejected with
+  ``SecretValueInvalid``: it cannot authenticate anything and failing at resolution gives a
+  clearer message than an opaque AUTH failure later.  So is a value that is not UTF-8.
+* File values: exactly one trailing line terminator is removed, ``"\\n"`` or ``"\\r\\n"``
+  (a file saved by a Windows editor); nothing else (spaces, a second newline) is touched.
+* A file that is group- or world-writable is refused (``SecretFileInsecure``), and so is a
+  group/world-writable directory *without* the sticky bit (anyone could swap the file).
+  Kubernetes mounts Secret volumes on a sticky tmpfs, which therefore passes.
+* Relative file paths are relative to the process' working directory (or ``base_dir``).
+
+The Kubernetes source uses the synchronous ``kubernetes`` client in a worker thread
+(``kubernetes_asyncio`` is not a dependency); it is imported only when the first
+``secretKeyRef`` is resolved, so ``env``/``file`` users never pay for it.  Responses are
+read raw (``_preload_content=False``) and parsed here: no model objects holding decoded
+secrets linger, and nothing in the client logs a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from reconciler.credentials.base import CredentialError, Resolved, SecretSource
+from reconciler.resources import SecretKeySelector, SecretRef
+from reconciler.secret import Secret, keyed_version
+
+__all__ = [
+    "EnvSource",
+    "FileSource",
+    "KubeSecretSource",
+    "SourceRouter",
+    "default_sources",
+    "trim_newline",
+]
+
+
+def trim_newline(text: str) -> str:
+    """Remove exactly one trailing line terminator (``\\r\\n`` or ``\\n``)."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    if text.endswith("\n"):
+        return text[:-1]
+    return text
+
+
+def _check_value(value: str, what: str) -> None:
+    if not value:
+        raise CredentialError("SecretValueInvalid", f"{what} is empty")
+
+
+# --- env ------------------------------------------------------------------------------
+
+
+class EnvSource:
+    """``env: NAME``: a variable of the reconciler's own environment (read-only)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        # None: read os.environ at resolution time (so a changed variable is seen).
+        self._environ = environ
+
+    async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
+        name = _require(ref.env, ref, "env")
+        env = os.environ if self._environ is None else self._environ
+        raw = env.get(name)
+        if raw is None:
+            raise CredentialError("EnvVarNotSet", f"environment variable {name} is not set")
+        _check_value(raw, f"environment variable {name}")
+        value = Secret(raw)
+        return Resolved(value=value, version="env:" + keyed_version(value))
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+        raise CredentialError(
+            "RefreshTokenNotPersisted",
+            f"environment variable {ref.env} is read-only; the new value is kept in memory",
+        )
+
+
+# --- file -----------------------------------------------------------------------------
+
+
+class FileSource:
+    """``file: PATH``: a local file, e.g. a mounted Kubernetes Secret volume key."""
+
+    def __init__(self, base_dir: str | os.PathLike[str] | None = None) -> None:
+        self._base = Path(base_dir) if base_dir is not None else None
+
+    def _path(self, ref: SecretRef) -> Path:
+        path = Path(_require(ref.file, ref, "file")).expanduser()
+        if not path.is_absolute() and self._base is not None:
+            path = self._base / path
+        return path
+
+    async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
+        return await asyncio.to_thread(self._resolve_sync, self._path(ref))
+
+    def _resolve_sync(self, path: Path) -> Resolved:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise CredentialError("SecretFileNotFound", f"file {path} does not exist") from None
+        except NotADirectoryError:
+            raise CredentialError("SecretFileNotFound", f"file {path} does not exist") from None
+        except PermissionError:
+            raise CredentialError(
+                "SecretAccessDenied", f"file {path} cannot be read (permission denied)"
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialError("SecretFileNotFound", f"{path} is not a regular file")
+        _check_mode(path, st)
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())  # the version describes the bytes actually read
+                data = fh.read()
+        except PermissionError:
+            raise CredentialError(
+                "SecretAccessDenied", f"file {path} cannot be read (permission denied)"
+            ) from None
+        except FileNotFoundError:
+            raise CredentialError("SecretFileNotFound", f"file {path} does not exist") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CredentialError("SecretValueInvalid", f"file {path} is not UTF-8 text") from None
+        text = trim_newline(text)
+        _check_value(text, f"file {path}")
+        value = Secret(text)
+        return Resolved(value=value, version=_file_version(st, value))
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+        return await asyncio.to_thread(self._write_sync, self._path(ref), value)
+
+    def _write_sync(self, path: Path, value: Secret) -> str:
+        """Atomically replace the file: temp file (0600) in the same directory, fsync, rename.
+
+        A reader never sees a half-written token, and the file keeps (or gets) mode 0600.
+        """
+        directory = path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise CredentialError(
+                "RefreshTokenNotPersisted",
+                f"file {path} cannot be written ({exc.strerror or type(exc).__name__})",
+            ) from None
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(value.reveal().encode("utf-8") + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise CredentialError(
+                "RefreshTokenNotPersisted",
+                f"file {path} cannot be written ({exc.strerror or type(exc).__name__})",
+            ) from None
+        return _file_version(os.stat(path), value)
+
+
+def _file_version(st: os.stat_result, value: Secret) -> str:
+    return f"file:{st.st_ino}:{st.st_mtime_ns}:{keyed_version(value)}"
+
+
+def _check_mode(path: Path, st: os.stat_result) -> None:
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CredentialError(
+            "SecretFileInsecure",
+            f"file {path} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run chmod go-w {path}",
+        )
+    parent = path.resolve().parent
+    try:
+        pst = os.stat(parent)
+    except OSError:
+        return
+    if pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not pst.st_mode & stat.S_ISVTX:
+        raise CredentialError(
+            "SecretFileInsecure",
+            f"directory {parent} of file {path} is group- or world-writable without the "
+            f"sticky bit (mode {stat.S_IMODE(pst.st_mode):04o}); run chmod go-w {parent}",
+        )
+
+
+# --- Kubernetes -----------------------------------------------------------------------
+
+ApiClientFactory = Callable[[], Any]  # returns a kubernetes.client.ApiClient
+
+
+class KubeSecretSource:
+    """``secretKeyRef``: a key of a Secret in the resource's namespace, via the API server.
+
+    ``api_client_factory`` builds a ``kubernetes.client.ApiClient`` (once, lazily, in the
+    worker thread); :func:`default_sources` passes one for in-cluster or kubeconfig use.
+    """
+
+    def __init__(
+        self, api_client_factory: ApiClientFactory, *, timeout_seconds: float = 10
+    ) -> None:
+        self._factory = api_client_factory
+        self._timeout = timeout_seconds
+        self._api: Any = None
+        self._lock = threading.Lock()
+
+    def _core(self) -> Any:
+        with self._lock:
+            if self._api is None:
+                from kubernetes import client
+
+                try:
+                    self._api = client.CoreV1Api(self._factory())
+                except CredentialError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any config error (bad kubeconfig, no token)
+                    raise CredentialError(
+                        "KubernetesUnavailable",
+                        f"cannot configure the Kubernetes client: {type(exc).__name__}",
+                    ) from None
+            return self._api
+
+    async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
+        sel = _require(ref.secret_key_ref, ref, "secretKeyRef")
+        return await asyncio.to_thread(self._resolve_sync, sel, namespace)
+
+    def _read(self, sel: SecretKeySelector, namespace: str) -> dict[str, Any]:
+        api = self._core()
+        try:
+            resp = api.read_namespaced_secret(
+                sel.name, namespace, _preload_content=False, _request_timeout=self._timeout
+            )
+            body = resp.data
+        except _kube_exceptions() as exc:
+            raise _kube_error(exc, sel.name, namespace, "read") from None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise CredentialError(
+                "SecretSourceUnavailable",
+                f"the Kubernetes API answered garbage for Secret {sel.name!r} in namespace "
+                f"{namespace!r}",
+            ) from None
+        if not isinstance(doc, dict):
+            raise CredentialError(
+                "SecretSourceUnavailable",
+                f"the Kubernetes API answered garbage for Secret {sel.name!r}",
+            )
+        return doc
+
+    def _resolve_sync(self, sel: SecretKeySelector, namespace: str) -> Resolved:
+        doc = self._read(sel, namespace)
+        what = f"Secret {sel.name!r} key {sel.key!r} in namespace {namespace!r}"
+        data = doc.get("data") or {}
+        raw = data.get(sel.key) if isinstance(data, dict) else None
+        if raw is None:
+            raise CredentialError(
+                "SecretKeyNotFound",
+                f"Secret {sel.name!r} in namespace {namespace!r} has no key {sel.key!r}",
+            )
+        try:
+            text = base64.b64decode(str(raw), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise CredentialError("SecretValueInvalid", f"{what} is not UTF-8 text") from None
+        _check_value(text, what)
+        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        value = Secret(text)
+        # Without a resourceVersion (a non-conforming server) fall back to the keyed hash.
+        version = f"k8s:{rv}:{sel.key}" if rv else f"k8s:{keyed_version(value)}:{sel.key}"
+        return Resolved(value=value, version=version)
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+        sel = _require(ref.secret_key_ref, ref, "secretKeyRef")
+        return await asyncio.to_thread(self._write_sync, sel, namespace, value)
+
+    def _write_sync(self, sel: SecretKeySelector, namespace: str, value: Secret) -> str:
+        """Merge-patch one key of the Secret (creating the Secret when it does not exist)."""
+        api = self._core()
+        encoded = base64.b64encode(value.reveal().encode("utf-8")).decode("ascii")
+        try:
+            resp = api.patch_namespaced_secret(
+                sel.name, namespace, {"data": {sel.key: encoded}},
+                _preload_content=False, _request_timeout=self._timeout,
+            )
+        except _kube_exceptions() as exc:
+            err = _kube_error(exc, sel.name, namespace, "patch")
+            if err.reason != "SecretNotFound":
+                raise CredentialError("RefreshTokenNotPersisted", err.message) from None
+            try:
+                resp = api.create_namespaced_secret(
+                    namespace,
+                    {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                     "metadata": {"name": sel.name, "namespace": namespace},
+                     "data": {sel.key: encoded}},
+                    _preload_content=False, _request_timeout=self._timeout,
+                )
+            except _kube_exceptions() as exc2:
+                err = _kube_error(exc2, sel.name, namespace, "create")
+                raise CredentialError("RefreshTokenNotPersisted", err.message) from None
+        try:
+            doc = json.loads(resp.data)
+            rv = str(doc["metadata"]["resourceVersion"])
+        except (ValueError, KeyError, TypeError):
+            rv = ""
+        return f"k8s:{rv}:{sel.key}" if rv else f"k8s:{keyed_version(value)}:{sel.key}"
+
+
+def _kube_exceptions() -> tuple[type[Exception], ...]:
+    """What the client raises for API errors and transport failures."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    return (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+def _kube_error(exc: Exception, name: str, namespace: str, verb: str) -> CredentialError:
+    """Map a client exception to a catalog reason.  Never renders the exception body."""
+    from kubernetes.client.exceptions import ApiException
+
+    where = f"Secret {name!r} in namespace {namespace!r}"
+    if isinstance(exc, ApiException) and exc.status:
+        status = int(exc.status)
+        if status == 404:
+            return CredentialError("SecretNotFound", f"{where} does not exist")
+        if status in (401, 403):
+            return CredentialError(
+                "SecretAccessDenied",
+                f"the reconciler may not {verb} {where} (HTTP {status} from the Kubernetes API)",
+            )
+        return CredentialError(
+            "SecretSourceUnavailable",
+            f"the Kubernetes API answered HTTP {status} reading {where}",
+        )
+    return CredentialError(
+        "SecretSourceUnavailable",
+        f"the Kubernetes API could not be reached to {verb} {where} ({type(exc).__name__})",
+    )
+
+
+# --- router ---------------------------------------------------------------------------
+
+
+class SourceRouter:
+    """Sends each reference to the source for its shape (``secretKeyRef`` | ``env`` | ``file``)."""
+
+    def __init__(
+        self,
+        *,
+        env: SecretSource | None = None,
+        file: SecretSource | None = None,
+        kube: SecretSource | None = None,
+        kube_unavailable_hint: str = "",
+    ) -> None:
+        self.env = env if env is not None else EnvSource()
+        self.file = file if file is not None else FileSource()
+        self.kube = kube
+        self._hint = kube_unavailable_hint
+
+    def _pick(self, ref: SecretRef) -> SecretSource:
+        kind = ref.source
+        if kind == "env":
+            return self.env
+        if kind == "file":
+            return self.file
+        if self.kube is None:
+            raise CredentialError(
+                "KubernetesUnavailable",
+                f"{ref.describe()} is a secretKeyRef, which needs a Kubernetes API, and none "
+                f"is configured{self._hint}: pass --kubeconfig (or set KUBECONFIG), run in a "
+                f"cluster, or use an env or file reference",
+            )
+        return self.kube
+
+    async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
+        return await self._pick(ref).resolve(ref, namespace)
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+        source = self._pick(ref)
+        writer = getattr(source, "write", None)
+        if writer is None:
+            raise CredentialError(
+                "RefreshTokenNotPersisted", f"{ref.describe()} is read-only"
+            )
+        version: str = await writer(ref, namespace, value)
+        return version
+
+
+def default_sources(
+    *,
+    kubeconfig: str | None = None,
+    in_cluster: bool | None = None,
+    context: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> SourceRouter:
+    """The usual sources: env, file, and a Kubernetes Secret source when a cluster is known.
+
+    The Kubernetes configuration is chosen like client-go does, in this order: an explicit
+    ``kubeconfig``; ``in_cluster=True``; ``in_cluster=None`` and ``KUBERNETES_SERVICE_HOST``
+    set (running in a pod); ``$KUBECONFIG``; ``~/.kube/config`` when it exists.  Nothing is
+    imported or contacted here: the client is built on the first ``secretKeyRef``.
+    """
+    env = os.environ if environ is None else environ
+    factory: ApiClientFactory | None = None
+    if kubeconfig is not None:
+        factory = _kubeconfig_factory(kubeconfig, context)
+    elif in_cluster or (in_cluster is None and env.get("KUBERNETES_SERVICE_HOST")):
+        factory = _in_cluster_factory
+    elif in_cluster is None or in_cluster is False:
+        path = env.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
+        first = path.split(os.pathsep)[0] if path else ""
+        if first and Path(first).exists():
+            factory = _kubeconfig_factory(first, context)
+    kube = KubeSecretSource(factory) if factory is not None else None
+    return SourceRouter(
+        env=EnvSource(environ), file=FileSource(base_dir), kube=kube,
+        kube_unavailable_hint=" (no kubeconfig found and not running in a cluster)",
+    )
+
+
+def _kubeconfig_factory(path: str, context: str | None) -> ApiClientFactory:
+    def build() -> Any:
+        from kubernetes import config
+
+        if not Path(path).exists():
+            raise CredentialError("KubernetesUnavailable", f"kubeconfig {path} does not exist")
+        return config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=path, context=context, persist_config=False
+        )
+
+    return build
+
+
+def _in_cluster_factory() -> Any:
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(cfg)
+
+
+def _require(value: Any, ref: SecretRef, shape: str) -> Any:
+    if value is None:  # pragma: no cover - the router never sends the wrong shape
+        raise CredentialError("InvalidSpec", f"{ref.describe()} is not a {shape} reference")
+    return value
