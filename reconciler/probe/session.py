@@ -1,0 +1,514 @@
+"""One connection attempt of the probe: the stages from DNS to QUIT.
+
+The attempt raises :class:`~reconciler.probe.failure.ProbeFailure` at the first stage
+that fails and records everything else (timings, TLS facts, warnings) on the shared
+:class:`AttemptState`.  Retries and the implicit-TLS fallback are the runner's business.
+
+Invariants enforced here (DESIGN.md guarantees 5 and 6):
+
+* AUTH is only sent on an encrypted connection unless ``spec.allowPlaintextAuth``; the
+  check happens before the first AUTH byte is written;
+* with ``startTLS: true`` a missing or refused STARTTLS fails the attempt (a downgrade,
+  never a warning);
+* the egress policy judges every resolved address, and the socket is connected to that
+  exact address (no second DNS lookup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any, Literal
+
+from aiosmtplib.errors import (
+    SMTPDataError,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+from aiosmtplib.esmtp import parse_esmtp_extensions
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX
+from aiosmtplib.response import SMTPResponse
+
+from reconciler import catalog
+from reconciler.probe import sasl, tlsconfig
+from reconciler.probe.egress import EgressPolicy
+from reconciler.probe.failure import ProbeFailure, reply_failure
+from reconciler.probe.transcript import Transcript
+from reconciler.probe.verdict import ProbeCredentials
+from reconciler.probe.wire import Wire
+from reconciler.resources import ExternalSmtpSpec
+from reconciler.secret import Secret
+
+Mode = Literal["implicit", "starttls", "none", "fallback"]
+_TRANSIENT_GAI = {socket.EAI_AGAIN}
+
+
+@dataclass
+class AttemptState:
+    """What the runner and the attempts share for one probe."""
+
+    spec: ExternalSmtpSpec
+    creds: ProbeCredentials
+    policy: EgressPolicy
+    transcript: Transcript
+    deadline: float  # time.monotonic() value
+    send_test_message_to: str | None = None
+    stage: str = "resolve"
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    token: Secret | None = None
+    token_refreshed: bool = False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timeout(self, cap: float | None = None) -> float:
+        """The time budget of the next step: what is left of the deadline (capped)."""
+        left = self.remaining()
+        if left <= 0.01:
+            raise ProbeFailure(self.stage, "DeadlineExceeded",
+                               f"{self.spec.connection_test.timeout_seconds:g}s elapsed",
+                               timeout=True)
+        return min(left, cap) if cap is not None else left
+
+    @contextlib.contextmanager
+    def at(self, stage: str) -> Iterator[None]:
+        self.stage = stage
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = round(
+                self.stage_seconds.get(stage, 0.0) + time.monotonic() - start, 6)
+
+    def warn(self, reason: str) -> None:
+        assert catalog.get(reason).kind == "warning"
+        if reason not in self.warnings:
+            self.warnings.append(reason)
+
+
+def _io_failure(stage: str, exc: BaseException, state: AttemptState, budget: float) -> ProbeFailure:
+    """A transport-level exception during ``stage`` as a failure (no secret in it)."""
+    redact = state.transcript.redact
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        problem = tlsconfig.certificate_problem(exc)
+        state.details["certificateProblem"] = problem
+        name = tlsconfig.server_name(state.spec)
+        return ProbeFailure(stage, "CertificateInvalid",
+                            tlsconfig.describe_certificate_problem(problem, exc, name))
+    if isinstance(exc, ssl.SSLError):
+        return ProbeFailure(stage, "TLSHandshakeFailed",
+                            f"TLS handshake failed ({exc.reason or type(exc).__name__})")
+    if isinstance(exc, SMTPServerDisconnected) and "upgrading" in str(exc):
+        return ProbeFailure(stage, "TLSHandshakeFailed",
+                            "the connection was closed during the TLS handshake")
+    if isinstance(exc, (SMTPTimeoutError, TimeoutError)):
+        state.transcript.note(f"no complete reply within {budget:.1f}s")
+        return ProbeFailure(stage, "ReadTimeout",
+                            f"no complete reply within {budget:.1f}s at stage {stage}",
+                            timeout=True)
+    if isinstance(exc, SMTPServerDisconnected):
+        state.transcript.note("connection closed by the server")
+        return ProbeFailure(stage, "ProtocolError",
+                            f"the server closed the connection at stage {stage}")
+    if isinstance(exc, SMTPResponseException):
+        text = redact(exc.message)[:200]
+        state.transcript.note(f"unreadable reply: {text}")
+        return ProbeFailure(stage, "ProtocolError", f"unreadable reply at stage {stage}: {text}")
+    if isinstance(exc, (ConnectionError, OSError)):
+        state.transcript.note("connection lost")
+        return ProbeFailure(stage, "ProtocolError",
+                            f"the connection was lost at stage {stage} ({type(exc).__name__})")
+    raise exc
+
+
+@contextlib.contextmanager
+def _guard(state: AttemptState, budget: float) -> Iterator[None]:
+    """Turn transport exceptions raised in the block into ProbeFailure."""
+    try:
+        yield
+    except ProbeFailure:
+        raise
+    except (SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError, TimeoutError,
+            ssl.SSLError, OSError) as exc:
+        raise _io_failure(state.stage, exc, state, budget) from None
+
+
+def _format_peer(sockaddr: tuple[Any, ...]) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _resolve(state: AttemptState, host: str, port: int) -> list[tuple[Any, ...]]:
+    loop = asyncio.get_running_loop()
+    budget = state.timeout(10.0)
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
+            budget,
+        )
+    except socket.gaierror as exc:
+        transient = exc.errno in _TRANSIENT_GAI
+        raise ProbeFailure("resolve", "UnknownHost",
+                           f"{host!r} does not resolve ({exc.strerror})",
+                           retryable=True if transient else None) from None
+    except TimeoutError:
+        raise ProbeFailure("resolve", "UnknownHost", f"DNS lookup of {host!r} timed out",
+                           timeout=True) from None
+    seen: list[tuple[Any, ...]] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        entry = (family, *sockaddr)
+        if entry not in seen:
+            seen.append(entry)
+    allowed = [e for e in seen if state.policy.permits(e[1])]
+    if not allowed:
+        why = state.policy.refusal(seen[0][1]) if seen else "no address"
+        raise ProbeFailure("resolve", "EgressDenied", f"{host!r} resolves to {seen[0][1]}: {why}"
+                           if seen else f"{host!r} has no address")
+    state.details["addresses"] = [e[1] for e in allowed][:8]
+    return allowed
+
+
+async def _connect(state: AttemptState, addresses: list[tuple[Any, ...]]) -> socket.socket:
+    """Connect to the first address that accepts (in resolver order)."""
+    loop = asyncio.get_running_loop()
+    last: ProbeFailure | None = None
+    for family, *sockaddr in addresses[:4]:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        budget = state.timeout(max(1.0, state.spec.connection_test.timeout_seconds / 2))
+        peer = _format_peer(tuple(sockaddr))
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, tuple(sockaddr)), budget)
+        except TimeoutError:
+            sock.close()
+            last = ProbeFailure("connect", "ConnectTimeout",
+                                f"no answer from {peer} within {budget:.1f}s", timeout=True)
+            break  # the budget is spent; do not start the next address
+        except OSError as exc:
+            sock.close()
+            last = ProbeFailure("connect", "ConnectionRefused",
+                                f"{peer}: {exc.strerror or type(exc).__name__}")
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        state.details["peer"] = peer
+        return sock
+    assert last is not None
+    raise last
+
+
+async def _ehlo(state: AttemptState, wire: Wire, local_name: str) -> dict[str, str]:
+    """EHLO (HELO when the server does not know EHLO); returns the extensions."""
+    budget = state.timeout()
+    with _guard(state, budget):
+        reply = await wire.command(f"EHLO {local_name}", budget)
+        if reply.code in (500, 502):
+            reply = await wire.command(f"HELO {local_name}", state.timeout())
+            if reply.code == 250:
+                state.details["esmtp"] = False
+                return {}
+        if reply.code != 250:
+            raise reply_failure("ehlo", reply.code, reply.message, state.transcript.redact)
+    extensions, auth = parse_esmtp_extensions(reply.message)
+    extensions["auth"] = " ".join(m.upper() for m in auth)
+    state.details["esmtp"] = True
+    return extensions
+
+
+def _local_name(sock_name: Any) -> str:
+    """An address literal of our end (RFC 5321 4.1.3): no FQDN lookup, always valid."""
+    if isinstance(sock_name, tuple) and sock_name:
+        host = str(sock_name[0])
+        return f"[IPv6:{host}]" if ":" in host else f"[{host}]"
+    return "[127.0.0.1]"
+
+
+def _record_tls(state: AttemptState, wire: Wire) -> None:
+    obj = wire.transport_info("ssl_object")
+    if obj is not None:
+        state.details["tlsVersion"] = obj.version()
+        cipher = obj.cipher()
+        state.details["tlsCipher"] = cipher[0] if cipher else None
+    if not state.spec.tls.verify:
+        state.warn("TLSVerificationDisabled")
+
+
+async def run_attempt(state: AttemptState, mode: Mode, port: int) -> None:
+    """One connection: raise ProbeFailure, or return when every check passed."""
+    spec = state.spec
+    transcript = state.transcript
+    tls_ctx = tlsconfig.client_context(spec, state.creds.ca_bundle_pem)
+    sni = tlsconfig.server_name(spec)
+    state.details["tlsMode"] = "implicit" if mode == "implicit" else "none"
+    state.details["tlsVersion"] = None
+
+    with state.at("resolve"):
+        addresses = await _resolve(state, spec.host, port)
+    with state.at("connect"):
+        sock = await _connect(state, addresses)
+    wire = Wire(transcript)
+    try:
+        stage = "tls" if mode == "implicit" else "connect"
+        with state.at(stage):
+            budget = state.timeout()
+            try:
+                await wire.open(sock, tls=tls_ctx if mode == "implicit" else None,
+                                server_hostname=sni, timeout=budget)
+            except TimeoutError:
+                sock.close()
+                raise ProbeFailure(stage, "ReadTimeout",
+                                   f"no TLS handshake within {budget:.1f}s: is this port "
+                                   "plain SMTP or STARTTLS?", timeout=True) from None
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                if isinstance(exc, ssl.SSLError) or mode == "implicit":
+                    failure = _io_failure(stage, exc, state, budget)
+                    if failure.reason == "ProtocolError":
+                        failure = ProbeFailure(stage, "TLSHandshakeFailed",
+                                               "the connection was closed during the TLS "
+                                               "handshake")
+                    raise failure from None
+                raise _io_failure(stage, exc, state, budget) from None
+        if mode == "implicit":
+            _record_tls(state, wire)
+
+        with state.at("banner"):
+            budget = state.timeout()
+            with _guard(state, budget):
+                banner = await wire.read_reply(budget)
+            if banner.code != 220:
+                raise reply_failure("banner", banner.code, banner.message, transcript.redact)
+
+        local_name = _local_name(wire.transport_info("sockname"))
+        with state.at("ehlo"):
+            extensions = await _ehlo(state, wire, local_name)
+
+        want_tls = mode == "starttls" or (mode == "fallback" and "starttls" in extensions)
+        if want_tls:
+            with state.at("starttls"):
+                if "starttls" not in extensions:
+                    raise ProbeFailure("starttls", "StartTLSUnavailable",
+                                       "the server did not advertise STARTTLS; continuing in "
+                                       "plaintext would be a downgrade")
+                budget = state.timeout()
+                try:
+                    await wire.starttls(tls_ctx, sni, budget)
+                except SMTPResponseException as exc:
+                    if exc.code > 0:  # a reply other than 220: refused
+                        raise reply_failure("starttls", exc.code, exc.message,
+                                            transcript.redact) from None
+                    raise _io_failure("starttls", exc, state, budget) from None
+                except (SMTPServerDisconnected, SMTPTimeoutError, TimeoutError, ssl.SSLError,
+                        OSError) as exc:
+                    raise _io_failure("starttls", exc, state, budget) from None
+            state.details["tlsMode"] = "starttls"
+            _record_tls(state, wire)
+            with state.at("ehlo"):
+                extensions = await _ehlo(state, wire, local_name)
+
+        state.details["pipelining"] = "pipelining" in extensions
+        await _authenticate(state, wire, extensions)
+        await _relay_check(state, wire, extensions)
+
+        with state.at("quit"):
+            try:
+                await wire.command("QUIT", state.timeout(5.0))
+            except (SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError, OSError):
+                pass  # every check passed; a server that hangs up without 221 is fine
+    finally:
+        # After open() the transport owns the socket and closes it on its own schedule;
+        # closing the socket object here too would free the descriptor under it.
+        if wire.transport is None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        wire.close()
+
+
+# --- AUTH -----------------------------------------------------------------------------
+
+
+async def _authenticate(state: AttemptState, wire: Wire, extensions: dict[str, str]) -> None:
+    spec = state.spec
+    state.details["mechanism"] = None
+    if spec.authentication == "None":
+        return
+    with state.at("auth"):
+        if not wire.encrypted:
+            if not spec.allow_plaintext_auth:
+                hint = (" although the server offers STARTTLS (set spec.startTLS: true)"
+                        if "starttls" in extensions else "")
+                raise ProbeFailure("auth", "PlaintextAuthRefused",
+                                   f"the connection is not encrypted{hint}; no credentials "
+                                   "were sent")
+            state.warn("PlaintextAuthUsed")
+        advertised = extensions.get("auth", "").split()
+        mech = sasl.choose_mechanism(spec.authentication, advertised)
+        if mech is None:
+            offered = " ".join(advertised) or "no AUTH mechanism"
+            raise ProbeFailure("auth", "AuthNotSupported", f"the server offers {offered}")
+        state.details["mechanism"] = mech
+        username = spec.username or ""
+        if spec.authentication == "UsernamePassword":
+            await _auth_password(state, wire, mech, username)
+        else:
+            await _auth_oauth(state, wire, mech, username)
+
+
+async def _auth_password(state: AttemptState, wire: Wire, mech: str, username: str) -> None:
+    password = state.creds.password
+    if password is None:
+        raise ProbeFailure("auth", "AuthenticationFailed", "no password was resolved")
+    budget = state.timeout()
+    with _guard(state, budget):
+        outcome = await sasl.auth_password(wire, mech, username, password, budget)
+    if outcome.final.code != 235:
+        raise reply_failure("auth", outcome.final.code, outcome.final.message,
+                            state.transcript.redact)
+
+
+async def _token(state: AttemptState, force: bool) -> Secret:
+    provider = state.creds.token_provider
+    if provider is None:
+        raise ProbeFailure("credentials", "OAuth2ProviderNotReady", "no access token provider")
+    try:
+        token = await asyncio.wait_for(provider(force), state.timeout())
+    except TimeoutError:
+        raise ProbeFailure("credentials", "OAuth2TokenEndpointUnavailable",
+                           "the access token was not obtained in time", timeout=True) from None
+    except Exception as exc:  # noqa: BLE001 - the credentials layer raises CredentialError
+        reason = getattr(exc, "reason", None)
+        message = getattr(exc, "message", None)
+        if not isinstance(reason, str) or reason not in catalog.CATALOG:
+            reason = "OAuth2TokenEndpointUnavailable"
+        detail = state.transcript.redact(message) if isinstance(message, str) else \
+            type(exc).__name__
+        raise ProbeFailure("credentials", reason, detail) from None
+    state.transcript.redact.add(token)
+    state.token = token
+    return token
+
+
+def _token_rejected(reply: SMTPResponse) -> bool:
+    return 500 <= reply.code < 600 and reply.code not in (500, 502, 504, 530, 538)
+
+
+async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str) -> None:
+    """XOAUTH2/OAUTHBEARER; a rejected token is refreshed once and AUTH retried."""
+    token = state.token or await _token(state, force=state.token_refreshed)
+    while True:
+        budget = state.timeout()
+        with _guard(state, budget):
+            outcome = await sasl.auth_oauth(wire, mech, username, token, budget)
+        final = outcome.final
+        if final.code == 235:
+            return
+        if outcome.oauth_error:
+            state.details["oauthError"] = {k: str(v) for k, v in outcome.oauth_error.items()
+                                           if k in ("status", "scope", "schemes")}
+        rejected = _token_rejected(final)
+        if rejected and not state.token_refreshed:
+            state.token_refreshed = True
+            state.transcript.note("token rejected; fetching a fresh one")
+            token = await _token(state, force=True)
+            if wire.protocol is not None and wire.protocol.is_connected:
+                continue
+            raise ProbeFailure("auth", "ProtocolError",
+                               "the server closed the connection after rejecting the token",
+                               token_rejected=True)
+        failure = reply_failure("auth", final.code, final.message, state.transcript.redact,
+                                oauth=True, token_rejected=rejected)
+        extra = sasl.describe_oauth_error(outcome.oauth_error)
+        if extra:
+            failure.detail = f"{failure.detail}; {extra}"
+        raise failure
+
+
+# --- relay check ----------------------------------------------------------------------
+
+
+def _check_address(address: str) -> str:
+    if COMMAND_INJECTION_REGEX.search(address.encode()) or any(c in address for c in "<> "):
+        raise ProbeFailure("mail_from", "InvalidSpec", "the address contains invalid characters")
+    return address
+
+
+async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, str]) -> None:
+    spec = state.spec
+    send_to = state.send_test_message_to
+    if not spec.connection_test.check_relay and send_to is None:
+        state.details["relayCheck"] = "skipped"
+        return
+    sender = spec.sender
+    if sender is None:
+        state.details["relayCheck"] = "skipped: no sender address (spec.from)"
+        return
+    recipient = send_to or spec.connection_test.probe_recipient or sender
+    mail = f"MAIL FROM:<{_check_address(sender)}>"
+    rcpt = f"RCPT TO:<{_check_address(recipient)}>"
+    redact = state.transcript.redact
+    budget = state.timeout()
+    if send_to is None and "pipelining" in extensions:
+        with state.at("mail_from"), _guard(state, budget):
+            replies = await wire.pipeline([mail, rcpt, "RSET"], budget)
+        if replies[0].code // 100 != 2:
+            raise reply_failure("mail_from", replies[0].code, replies[0].message, redact)
+        if len(replies) < 2:
+            raise ProbeFailure("rcpt_to", "ProtocolError", "no reply to RCPT TO")
+        if replies[1].code // 100 != 2:
+            raise reply_failure("rcpt_to", replies[1].code, replies[1].message, redact)
+        state.details["relayCheck"] = "passed"
+        return
+    with state.at("mail_from"), _guard(state, budget):
+        reply = await wire.command(mail, budget)
+    if reply.code // 100 != 2:
+        raise reply_failure("mail_from", reply.code, reply.message, redact)
+    with state.at("rcpt_to"), _guard(state, budget):
+        reply = await wire.command(rcpt, state.timeout())
+    if reply.code // 100 != 2:
+        raise reply_failure("rcpt_to", reply.code, reply.message, redact)
+    if send_to is None:
+        with state.at("rcpt_to"), _guard(state, budget):
+            await wire.command("RSET", state.timeout())
+        state.details["relayCheck"] = "passed"
+        return
+    with state.at("data"):
+        await _send_message(state, wire, sender, send_to)
+    state.details["relayCheck"] = "passed"
+    state.details["testMessageSent"] = True
+
+
+async def _send_message(state: AttemptState, wire: Wire, sender: str, to: str) -> None:
+    """The opt-in test message (``smtpctl test --send-test-message``)."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = "smtpctl connection test"
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(domain="smtpctl.invalid")
+    msg.set_content("This message was sent by `smtpctl test --send-test-message`.\n"
+                    "It confirms that this relay accepts mail from this sender.\n")
+    payload = msg.as_bytes()
+    budget = state.timeout()
+    proto = wire.protocol
+    with _guard(state, budget):
+        if proto is None:
+            raise SMTPServerDisconnected("Connection lost")
+        state.transcript.client("DATA")
+        state.transcript.client(f"[message of {len(payload)} bytes]")
+        try:
+            reply = await proto.execute_data_command(payload, timeout=budget)
+        except SMTPDataError as exc:
+            state.transcript.reply(exc.code, exc.message)
+            raise reply_failure("data", exc.code, exc.message, state.transcript.redact) from None
+        state.transcript.reply(reply.code, reply.message)

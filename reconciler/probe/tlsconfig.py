@@ -1,0 +1,78 @@
+"""TLS settings of a probe, and what a failed handshake means.
+
+Certificates are verified against the system trust store plus ``spec.tls.caBundleFrom``
+(resolved by the credentials layer into ``ProbeCredentials.ca_bundle_pem``), the host
+name is checked against ``spec.tls.serverName`` (default ``spec.host``), and TLS 1.2 is
+the floor (``spec.tls.minVersion`` can raise it to 1.3).  ``spec.tls.verify: false``
+switches verification off; the runner reports it as a warning.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from reconciler.resources import ExternalSmtpSpec
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def client_context(spec: ExternalSmtpSpec, ca_bundle_pem: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if ca_bundle_pem:
+        ctx.load_verify_locations(cadata=ca_bundle_pem)
+    ctx.minimum_version = _VERSIONS[spec.tls.min_version]
+    if not spec.tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def server_name(spec: ExternalSmtpSpec) -> str:
+    return spec.tls.server_name or spec.host
+
+
+# OpenSSL X509_V_ERR_* codes -> what we tell the user.
+_CERT_PROBLEMS = {
+    9: "not-yet-valid",
+    10: "expired",
+    18: "self-signed",
+    19: "self-signed",  # self-signed certificate in the chain
+    20: "unknown-ca",
+    21: "unknown-ca",
+    2: "unknown-ca",
+    62: "wrong-host",
+    64: "wrong-host",
+}
+_PROBLEM_TEXT = {
+    "expired": "the certificate has expired",
+    "not-yet-valid": "the certificate is not valid yet",
+    "self-signed": "the certificate is self-signed and not trusted",
+    "unknown-ca": "the certificate was issued by an unknown certificate authority",
+    "wrong-host": "the certificate is not valid for the server name",
+}
+
+
+def certificate_problem(exc: ssl.SSLCertVerificationError) -> str:
+    """A short stable word: expired | wrong-host | self-signed | unknown-ca | other."""
+    code = getattr(exc, "verify_code", None)
+    if isinstance(code, int) and code in _CERT_PROBLEMS:
+        return _CERT_PROBLEMS[code]
+    text = str(getattr(exc, "verify_message", "") or exc).lower()
+    if "expired" in text:
+        return "expired"
+    if "hostname" in text or "ip address mismatch" in text:
+        return "wrong-host"
+    if "self-signed" in text or "self signed" in text:
+        return "self-signed"
+    if "issuer" in text:
+        return "unknown-ca"
+    return "other"
+
+
+def describe_certificate_problem(problem: str, exc: ssl.SSLCertVerificationError,
+                                 name: str) -> str:
+    text = _PROBLEM_TEXT.get(problem, "the certificate could not be verified")
+    if problem == "wrong-host":
+        text += f" {name!r}"
+    verify = getattr(exc, "verify_message", None)
+    return f"{text} ({verify})" if verify else text

@@ -1,0 +1,163 @@
+"""The SMTP wire: aiosmtplib's protocol, plus PIPELINING, plus the transcript.
+
+aiosmtplib's :class:`~aiosmtplib.protocol.SMTPProtocol` does the byte work we want from a
+well-kept library: reply parsing, the size bounds (8 KiB per line, 32 KiB per reply, so a
+never-ending multi-line reply or a 1 MB line ends as an error instead of eating memory),
+read timeouts, and STARTTLS with the RFC 3207 injection defence.  We use it directly
+rather than through ``aiosmtplib.SMTP`` because the probe needs three things the
+high-level client does not give: a transcript of every line, a socket we connected
+ourselves (so the egress guard judges the exact address we use), and PIPELINING of
+MAIL/RCPT/RSET.  The last one needs the small subclass below: the stock protocol drops
+bytes that arrive while no command is waiting, which is exactly what pipelined replies do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+from aiosmtplib.errors import SMTPResponseException, SMTPServerDisconnected
+from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.response import SMTPResponse
+
+from reconciler.probe.transcript import Transcript
+
+
+class _PipeliningProtocol(SMTPProtocol):
+    """Keeps replies that arrive before they are awaited (PIPELINING), size-bounded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pipelining = False
+        self._overflow = False
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._response_waiter
+        idle = waiter is not None and (waiter.done() or not self._response_pending)
+        if self.pipelining and idle:
+            if len(self._buffer) + len(data) > MAX_RESPONSE_LENGTH:
+                self._overflow = True
+                del self._buffer[:]
+                return
+            self._buffer.extend(data)
+            return
+        super().data_received(data)
+
+    async def read_next(self, timeout: float | None) -> SMTPResponse:
+        """The next reply: from the buffer if it is already complete, else from the wire."""
+        if self._overflow:
+            raise SMTPResponseException(-1, "Response too long")
+        if self._buffer:
+            response = self._read_response_from_buffer()
+            if response is not None:
+                return response
+        return await self.read_response(timeout=timeout)
+
+
+class Wire:
+    """One SMTP connection with its transcript.  Not reusable after :meth:`close`."""
+
+    def __init__(self, transcript: Transcript) -> None:
+        self.transcript = transcript
+        self.protocol: _PipeliningProtocol | None = None
+        self.transport: asyncio.BaseTransport | None = None
+
+    async def open(
+        self, sock: socket.socket, *, tls: ssl.SSLContext | None, server_hostname: str | None,
+        timeout: float,
+    ) -> None:
+        """Take over a connected socket; with ``tls``, run the handshake (implicit TLS)."""
+        loop = asyncio.get_running_loop()
+        protocol = _PipeliningProtocol()
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: protocol, sock=sock, ssl=tls,
+                server_hostname=server_hostname if tls is not None else None,
+                ssl_handshake_timeout=timeout if tls is not None else None,
+            ),
+            timeout,
+        )
+        self.protocol, self.transport = protocol, transport
+
+    def _proto(self) -> _PipeliningProtocol:
+        if self.protocol is None or not self.protocol.is_connected:
+            raise SMTPServerDisconnected("Connection lost")
+        return self.protocol
+
+    async def read_reply(self, timeout: float) -> SMTPResponse:
+        """Read one reply (the greeting) and record it."""
+        response = await self._proto().read_response(timeout=timeout)
+        self.transcript.reply(response.code, response.message)
+        return response
+
+    async def command(
+        self, line: str, timeout: float, *, display: str | None = None,
+    ) -> SMTPResponse:
+        """Send one command line and record both sides.
+
+        ``display`` replaces the line in the transcript (AUTH payloads); the redactor
+        still runs over it.
+        """
+        self.transcript.client(line if display is None else display)
+        response = await self._proto().execute_command(line.encode("utf-8"), timeout=timeout)
+        self.transcript.reply(response.code, response.message)
+        return response
+
+    async def pipeline(self, lines: Sequence[str], timeout: float) -> list[SMTPResponse]:
+        """Send several commands in one write (RFC 2920) and read their replies in order.
+
+        Stops reading at the first reply that ends the session (421); the caller sees
+        fewer replies than commands then.
+        """
+        proto = self._proto()
+        for line in lines:
+            self.transcript.client(line)
+        proto.pipelining = True
+        try:
+            proto._response_pending = True
+            proto.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
+            replies: list[SMTPResponse] = []
+            for _ in lines:
+                response = await proto.read_next(timeout)
+                self.transcript.reply(response.code, response.message)
+                replies.append(response)
+                if response.code == 421:
+                    break
+                proto._response_pending = True
+            return replies
+        finally:
+            proto.pipelining = False
+
+    async def starttls(
+        self, context: ssl.SSLContext, server_hostname: str, timeout: float
+    ) -> SMTPResponse:
+        """STARTTLS and the handshake; a non-220 reply raises SMTPResponseException."""
+        proto = self._proto()
+        self.transcript.client("STARTTLS")
+        try:
+            response = await proto.start_tls(context, server_hostname=server_hostname,
+                                             timeout=timeout)
+        except SMTPResponseException as exc:
+            if exc.code > 0:
+                self.transcript.reply(exc.code, exc.message)
+            raise
+        self.transcript.reply(response.code, response.message)
+        self.transport = proto.transport
+        return response
+
+    def transport_info(self, key: str) -> Any:
+        return None if self.transport is None else self.transport.get_extra_info(key)
+
+    @property
+    def encrypted(self) -> bool:
+        return (self.transport_info("sslcontext") is not None
+                or self.transport_info("ssl_object") is not None)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.transport = None
+        self.protocol = None
