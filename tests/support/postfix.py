@@ -1,0 +1,622 @@
+"""A real MTA on loopback: Debian's Postfix with Dovecot as its SASL backend.
+
+The interop peer nobody on this project wrote.  :func:`start_peer` builds a private
+instance under a fresh temp directory and returns a :class:`PostfixPeer`; ``stop()``
+takes everything down again.  Facts this module relies on are in
+``/work/shared/reference/real-mta-peer.md``; the decisions are written down here:
+
+* **Private everything.**  ``postfix -c ROOT/etc`` with its own ``queue_directory``,
+  ``data_directory`` and maillog, and ``dovecot -c ROOT/dovecot/dovecot.conf`` with its own
+  ``base_dir``/``state_dir``/``instance_name``: nothing reads or writes ``/etc/postfix``,
+  ``/var/spool/postfix`` or ``/run/dovecot``, so two instances (``pytest -n 2``: one per
+  worker) coexist, each on its own free ports.  No file lock is needed.
+* **Nothing leaves the machine.**  Listeners on ``127.0.0.1`` only, every transport is
+  ``error:`` and no DATA is ever sent by the tests.
+* **Three listeners**: STARTTLS submission (``smtpd_tls_security_level=encrypt``,
+  ``smtpd_tls_auth_only=yes``), implicit TLS (``smtpd_tls_wrappermode=yes``) and a plain
+  one that offers *no* STARTTLS but does advertise AUTH: the bait for a downgrade (a
+  client asked for STARTTLS must fail, a client with credentials must not send them).
+* **SASL by Dovecot**: a ``passwd-file`` passdb for PLAIN/LOGIN and an ``oauth2`` passdb
+  for XOAUTH2/OAUTHBEARER that asks :class:`IntrospectionServer` (served by this process)
+  whether a token is active.  Dovecot's ``disable_plaintext_auth`` is off: whether AUTH
+  may happen in the clear is Postfix's per-listener policy, which is what clients see.
+* **Send-as**: ``smtpd_sender_login_maps`` + ``reject_sender_login_mismatch``.  Postfix's
+  default ``smtpd_delay_reject = yes`` is kept, as on real relays: the ``553 5.7.1 Sender
+  address rejected: not owned by user`` answer arrives at RCPT TO, not MAIL FROM.
+* **Daemons detach with ``</dev/null >LOG 2>&1``**: one that inherits a pipe of the
+  caller makes the caller (pytest capture, ``subprocess.run``) hang.
+* **Certificates** come from a trustme CA; ``ca_pem``/``ca_file`` is what a client trusts.
+
+Usable as a pytest fixture (:func:`postfix_peer`, session scoped, one per xdist worker,
+skipping with a reason when the Debian packages are missing) or as a context manager
+(``with start_peer() as peer:``) from scripts such as the interop matrix and the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import pytest
+import trustme
+
+from reconciler.secret import Secret
+from tests.support import canary
+from tests.support.introspection import IntrospectionServer
+
+USER = "probe@interop.test"  # the SASL login; owns its own address for send-as
+OTHER_SENDER = "someone-else@interop.test"  # an address USER may not send as
+HOSTNAME = "mx.interop.test"
+REQUIRED_BINARIES = ("postfix", "postconf", "dovecot", "doveadm")
+_START_TIMEOUT = 20.0
+_STOP_TIMEOUT = 15.0
+
+
+def missing_binaries() -> list[str]:
+    """Which of Postfix/Dovecot's binaries are not installed (``[]`` when all are)."""
+    return [b for b in REQUIRED_BINARIES if _which(b) is None]
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
+def skip_reason() -> str | None:
+    """Why the peer cannot run here, or ``None`` when it can."""
+    missing = missing_binaries()
+    if missing:
+        return (f"Postfix/Dovecot not installed ({', '.join(missing)} missing): "
+                "run ./dev test as root, or apt-get install postfix dovecot-core")
+    if os.geteuid() != 0:
+        return "the Postfix/Dovecot interop peer must be started as root"
+    return None
+
+
+def free_port() -> int:
+    """An ephemeral port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PostfixPeer:
+    """A running Postfix + Dovecot pair and what a client needs to talk to it."""
+
+    root: Path
+    ports: dict[str, int]  # listener name (see LISTENERS) -> port on 127.0.0.1
+    ca_pem: str
+    ca_file: Path
+    password: Secret
+    introspection: IntrospectionServer
+    host: str = "127.0.0.1"
+    user: str = USER
+    other_sender: str = OTHER_SENDER
+    _dovecot_pid: int | None = field(default=None, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def starttls_port(self) -> int:
+        return self.ports["starttls"]
+
+    @property
+    def implicit_port(self) -> int:
+        return self.ports["implicit"]
+
+    @property
+    def plain_port(self) -> int:
+        return self.ports["plain"]
+
+    @property
+    def maillog(self) -> Path:
+        return self.root / "log" / "maillog"
+
+    @property
+    def dovecot_log(self) -> Path:
+        return self.root / "log" / "dovecot.log"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    def issue_token(self, name: str = "token") -> Secret:
+        """A fresh canary access token that Dovecot will accept for :attr:`user`."""
+        token = Secret(canary.ACCESS_TOKEN_PREFIX + canary.canary(name))
+        self.introspection.grant(token, self.user)
+        return token
+
+    def logs(self) -> str:
+        """Postfix's and Dovecot's logs (for assertions and failure reports)."""
+        parts = []
+        for path in (self.maillog, self.dovecot_log):
+            if path.exists():
+                parts.append(path.read_text("utf-8", "replace"))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        """Stop Postfix and Dovecot and wait for them; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            _stop_daemons(self.root, self._dovecot_pid)
+        finally:
+            self.introspection.stop()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostfixPeer:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def _main_cf(root: Path) -> str:
+    return f"""\
+# Generated by tests/support/postfix.py: a private, loopback-only, never-delivering relay.
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {HOSTNAME}
+mydomain = interop.test
+myorigin = $myhostname
+mydestination =
+relay_domains =
+local_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.1/32
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+biff = no
+smtpd_banner = $myhostname ESMTP interop peer
+# Nothing may ever leave the machine: every transport is an error.  smtpd would then
+# treat every recipient as unknown and answer RCPT TO with 550 5.1.1 (which would fail
+# every relay check), so that lookup is switched off: RCPT is decided by the relay and
+# send-as restrictions alone, as on a real submission relay.  No test sends DATA anyway.
+default_transport = error:the interop peer never delivers
+relay_transport = error:the interop peer never delivers
+local_transport = error:the interop peer never delivers
+smtpd_reject_unlisted_recipient = no
+smtpd_reject_unlisted_sender = no
+# SASL through Dovecot, relay only for authenticated clients.
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = private/auth
+smtpd_sasl_security_options = noanonymous
+smtpd_sasl_tls_security_options = noanonymous
+smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
+smtpd_sender_login_maps = texthash:{root}/etc/sender_logins
+smtpd_sender_restrictions = reject_sender_login_mismatch
+# TLS with a trustme certificate.
+smtpd_tls_chain_files = {root}/etc/server.pem
+smtpd_tls_security_level = may
+smtpd_tls_session_cache_database =
+smtpd_tls_loglevel = 1
+smtp_tls_session_cache_database =
+# No syslog here: log to a file of ours.
+maillog_file = {root}/log/maillog
+maillog_file_prefixes = {root}/log
+"""
+
+
+_SERVICES = """\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+
+# Listener name -> smtpd overrides.  The ``*_only`` listeners narrow the advertised SASL
+# mechanisms (``smtpd_sasl_mechanism_filter``) so that a client which picks "the strongest
+# mechanism both sides support" can be made to use each one against the real server.
+LISTENERS: dict[str, tuple[str, ...]] = {
+    "starttls": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes"),
+    "implicit": ("smtpd_tls_wrappermode=yes",),
+    "plain": ("smtpd_tls_security_level=none", "smtpd_tls_auth_only=no"),
+    "login_only": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                   "smtpd_sasl_mechanism_filter=login"),
+    "xoauth2_only": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                     "smtpd_sasl_mechanism_filter=xoauth2"),
+    "oauthbearer_only": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                         "smtpd_sasl_mechanism_filter=oauthbearer"),
+}
+
+
+def _master_cf(ports: dict[str, int]) -> str:
+    lines = ["# Generated by tests/support/postfix.py.  No :25 listener; chroot off everywhere."]
+    for name, overrides in LISTENERS.items():
+        lines.append(f"127.0.0.1:{ports[name]} inet n - n - - smtpd")
+        lines.append(f"  -o syslog_name=postfix/{name}")
+        lines.extend(f"  -o {o}" for o in (*overrides, "smtpd_sasl_auth_enable=yes"))
+    return "\n".join(lines) + "\n" + _SERVICES
+
+
+def _dovecot_conf(root: Path, introspection_url: str) -> str:
+    return f"""\
+# Generated by tests/support/postfix.py: Dovecot as an authentication service only.
+base_dir = {root}/dovecot/run
+state_dir = {root}/dovecot/state
+instance_name = smtpctl-interop-{root.name}
+log_path = {root}/log/dovecot.log
+info_log_path = {root}/log/dovecot.log
+protocols =
+ssl = no
+# Postfix decides per listener whether AUTH may happen in the clear.
+disable_plaintext_auth = no
+auth_mechanisms = plain login xoauth2 oauthbearer
+# Without these a failed login delays the next one past a client's short timeouts.
+auth_failure_delay = 0
+login_trusted_networks = 127.0.0.0/8
+auth_verbose = yes
+passdb {{
+  driver = passwd-file
+  mechanisms = plain login
+  args = scheme=PLAIN {root}/dovecot/passwd
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/dovecot/oauth2.conf.ext
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home=/nonexistent
+}}
+service auth {{
+  unix_listener {root}/queue/private/auth {{
+    mode = 0660
+    user = postfix
+    group = postfix
+  }}
+}}
+# No auth penalty: anvil's per-IP penalty delays the login after a failed one by
+# seconds (every test client is 127.0.0.1); a listener nobody may open disables it.
+service anvil {{
+  chroot =
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"""
+
+
+def _oauth2_conf(introspection_url: str) -> str:
+    return f"""\
+introspection_mode = post
+introspection_url = {introspection_url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
+
+def _write(path: Path, text: str, mode: int = 0o644, group: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if group is not None:
+        os.chown(path, 0, grp.getgrnam(group).gr_gid)
+    path.chmod(mode)
+
+
+def _run(argv: list[str], log: Path, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """Run a daemon-control command detached from our stdio (output appended to ``log``)."""
+    with open(log, "ab") as out:
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            timeout=timeout, check=False, start_new_session=True,
+        )
+
+
+def _postfix(root: Path, *args: str, timeout: float = _START_TIMEOUT) -> int:
+    argv = [_which("postfix") or "postfix", "-c", str(root / "etc"), *args]
+    return _run(argv, root / "log" / "control.log", timeout).returncode
+
+
+def _stop_daemons(root: Path, dovecot_pid: int | None) -> None:
+    """SIGTERM both daemon masters at once (each stops its children), then wait for both.
+
+    Signalling directly instead of ``postfix stop`` / ``doveadm stop``: those wait one
+    after the other (about 2 s + 3 s here); in parallel teardown costs the slower one.
+    """
+    pids = [p for p in (_read_pid(root / "queue" / "pid" / "master.pid"),
+                        dovecot_pid or _read_pid(root / "dovecot" / "run" / "master.pid"))
+            if p is not None]
+    for sig, wait in ((signal.SIGTERM, _STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _wait_for(what: str, predicate: Callable[[], bool], root: Path) -> None:
+    """Poll ``predicate`` (bounded by the start timeout); fail with the daemons' logs."""
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"interop peer: {what} within {_START_TIMEOUT:.0f}s\n{_log_tail(root)}")
+
+
+def _log_tail(root: Path, lines: int = 15) -> str:
+    """The last lines of every log of the instance (none holds a secret: no auth_debug)."""
+    out = []
+    for path in sorted((root / "log").glob("*")):
+        text = path.read_text("utf-8", "replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _issue_cert(ca: trustme.CA, path: Path) -> None:
+    # Deliberately not "localhost": connecting by that name is the wrong-host case.
+    cert = ca.issue_cert(HOSTNAME, "127.0.0.1")
+    pem = cert.private_key_pem.bytes() + b"".join(c.bytes() for c in cert.cert_chain_pems)
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+def start_peer(ca: trustme.CA | None = None) -> PostfixPeer:
+    """Configure and start a private Postfix + Dovecot; stop it with ``peer.stop()``.
+
+    Raises ``RuntimeError`` (after cleaning up) when either daemon does not come up.
+    """
+    reason = skip_reason()
+    if reason:
+        raise RuntimeError(reason)
+    ca = ca or trustme.CA()
+    # mkdtemp is 0700; the unprivileged postfix/dovecot users must traverse the tree.
+    root = Path(tempfile.mkdtemp(prefix="smtpctl-postfix-"))
+    root.chmod(0o755)
+    introspection = IntrospectionServer().start()
+    ports: dict[str, int] = {}
+    for name in LISTENERS:  # the kernel may hand out a port twice: bounded re-pick
+        for _ in range(20):
+            port = free_port()
+            if port not in ports.values():
+                break
+        ports[name] = port
+    password = Secret(canary.PASSWORD)
+    ca_file = root / "etc" / "ca.pem"
+    peer = PostfixPeer(
+        root=root, ports=ports,
+        ca_pem=ca.cert_pem.bytes().decode(), ca_file=ca_file, password=password,
+        introspection=introspection,
+    )
+    try:
+        for sub in ("etc", "log", "data", "queue", "dovecot/run", "dovecot/state"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        postfix_uid = pwd.getpwnam("postfix").pw_uid
+        os.chown(root / "data", postfix_uid, grp.getgrnam("postfix").gr_gid)
+        _write(root / "etc" / "main.cf", _main_cf(root))
+        _write(root / "etc" / "master.cf", _master_cf(ports))
+        _write(root / "etc" / "sender_logins", f"{USER} {USER}\n")
+        _write(ca_file, peer.ca_pem)
+        _issue_cert(ca, root / "etc" / "server.pem")
+        _write(root / "dovecot" / "dovecot.conf", _dovecot_conf(root, introspection.url))
+        _write(root / "dovecot" / "oauth2.conf.ext", _oauth2_conf(introspection.url))
+        # The one place the clear password is written: Dovecot's own password file
+        # (0640 root:dovecot), deleted with the instance.
+        _write(root / "dovecot" / "passwd", f"{USER}:{{PLAIN}}{password.reveal()}\n",
+               mode=0o640, group="dovecot")
+
+        if _postfix(root, "start") != 0:
+            raise RuntimeError(f"interop peer: `postfix start` failed\n{_log_tail(root)}")
+        if _run([_which("dovecot") or "dovecot", "-c", str(root / "dovecot" / "dovecot.conf")],
+                root / "log" / "control.log", _START_TIMEOUT).returncode != 0:
+            raise RuntimeError(f"interop peer: dovecot did not start\n{_log_tail(root)}")
+        auth_socket = root / "queue" / "private" / "auth"
+        _wait_for("Dovecot's auth socket did not appear", auth_socket.exists, root)
+        for port in ports.values():
+            _wait_for(f"Postfix did not listen on 127.0.0.1:{port}",
+                      functools.partial(_listening, port), root)
+        peer._dovecot_pid = _read_pid(root / "dovecot" / "run" / "master.pid")
+    except BaseException:
+        peer.stop()
+        raise
+    return peer
+
+
+# --- swaks, the reference client ---------------------------------------------------------
+
+SWAKS_EXIT_MEANING: dict[int, str] = {
+    0: "passed", 1: "bad options", 2: "could not connect", 6: "connection closed",
+    10: "missing Perl module", 21: "bad banner", 22: "HELO/EHLO rejected",
+    23: "MAIL FROM rejected", 24: "RCPT TO rejected", 28: "AUTH failed", 29: "TLS failed",
+    32: "EHLO after TLS rejected",
+}
+
+
+@dataclass(frozen=True)
+class SwaksResult:
+    """What swaks did: its exit code and its transcript (passwords already hidden)."""
+
+    exit_code: int
+    transcript: str
+    elapsed_seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def verdict(self) -> str:
+        meaning = SWAKS_EXIT_MEANING.get(self.exit_code, "error")
+        return "passed" if self.passed else f"failed: {meaning} (exit {self.exit_code})"
+
+    @property
+    def sent_auth(self) -> bool:
+        """Whether swaks sent an AUTH command (whatever the outcome)."""
+        return any(line.lstrip(" ").startswith(("-> AUTH", "~> AUTH"))
+                   for line in self.transcript.splitlines())
+
+
+def swaks_skip_reason() -> str | None:
+    """Why swaks cannot act as the reference client here, or ``None``."""
+    if _which("swaks") is None:
+        return "swaks is not installed (apt-get install swaks libnet-ssleay-perl)"
+    probe = subprocess.run(["swaks", "--support"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=30, check=False)
+    if "=== TLS supported" not in probe.stdout + probe.stderr:
+        return "swaks has no TLS support here (apt-get install libnet-ssleay-perl)"
+    return None
+
+
+def run_swaks(
+    server: str, port: int, *, tls: Literal["starttls", "implicit", "none"],
+    auth: str | None = None, user: str | None = None, password: Secret | None = None,
+    sender: str = USER, recipient: str = USER, ca_file: Path | None = None,
+    verify: bool = True, timeout: float = 10.0, quit_after: str = "RCPT",
+    extra: tuple[str, ...] = (),
+) -> SwaksResult:
+    """Run swaks for the same dialogue the probe has: TLS, AUTH, MAIL, RCPT, then QUIT.
+
+    The password travels in ``SWAKS_OPT_auth_password`` (not argv, which other users can
+    read in /proc) and ``--auth-hide-password`` keeps it out of the transcript; the
+    transcript is still checked against the canaries by the callers.
+    """
+    argv = ["swaks", "--server", f"{server}:{port}", "--from", sender, "--to", recipient,
+            "--quit-after", quit_after, "--timeout", f"{max(1, int(timeout))}s",
+            "--auth-hide-password", "--helo", "probe.interop.test"]
+    if tls == "starttls":
+        argv.append("--tls")
+    elif tls == "implicit":
+        argv.append("--tls-on-connect")
+    if tls != "none" and verify:
+        argv.append("--tls-verify")
+        if ca_file is not None:
+            argv += ["--tls-ca-path", str(ca_file)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWAKS_")}
+    if auth is not None:
+        argv += ["--auth", auth, "--auth-user", user or USER]
+        if password is not None:
+            env["SWAKS_OPT_auth_password"] = password.reveal()
+    argv += list(extra)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              env=env, timeout=timeout + 10, check=False)
+        code, out = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        code = 124
+        out = (exc.stdout or b"").decode("utf-8", "replace") if isinstance(
+            exc.stdout, bytes) else (exc.stdout or "")
+    return SwaksResult(code, out, time.monotonic() - started)
+
+
+# --- pytest ------------------------------------------------------------------------------
+
+
+_shared: PostfixPeer | None = None
+_shared_users = 0
+
+
+@contextlib.contextmanager
+def shared_peer() -> Iterator[PostfixPeer]:
+    """The process-wide instance: started by the first user, stopped by the last.
+
+    Every interop module imports :func:`postfix_peer`; pytest makes one session fixture
+    per importing module, and this reference count makes them all share one instance
+    per process (one per xdist worker) instead of paying 2 s of start-up per module.
+    """
+    global _shared, _shared_users
+    if _shared is None:
+        _shared = start_peer()
+    _shared_users += 1
+    try:
+        yield _shared
+    finally:
+        _shared_users -= 1
+        if _shared_users == 0:
+            peer, _shared = _shared, None
+            peer.stop()
+
+
+@pytest.fixture(scope="session")
+def postfix_peer() -> Iterator[PostfixPeer]:
+    """One Postfix + Dovecot per pytest process (per xdist worker), stopped at session end.
+
+    Skips (with the reason) when the Debian packages are not installed or we are not root.
+    """
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with shared_peer() as peer:
+        yield peer
+
+
+@pytest.fixture(scope="session")
+def swaks_ready() -> None:
+    """Skip a test that needs swaks with TLS support when it is missing."""
+    reason = swaks_skip_reason()
+    if reason:
+        pytest.skip(reason)
