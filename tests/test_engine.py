@@ -214,7 +214,7 @@ async def test_credentials_error_is_reported_without_test(env: Any) -> None:
 
 
 async def test_invalid_stored_manifest_is_stalled(env: Any) -> None:
-    store, fake, world = env
+    store, _fake, world = env
     bad = doc("a", "relay.test")
     bad["spec"]["port"] = 0
     r = (await apply(store, world, bad))["a"]

@@ -146,10 +146,10 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
                 clock: Callable[[], float] = time.time) -> BasicWorld:
     """A World wired to the real credentials layer and probe (imported here, lazily)."""
-    import reconciler.probe as probe_pkg
     from reconciler.credentials.oauth import TokenManager, check_provider
     from reconciler.credentials.resolve import resolve_smtp_credentials
     from reconciler.credentials.sources import default_sources
+    from reconciler.probe import run_probe
     from reconciler.probe.egress import EgressPolicy
     from reconciler.probe.verdict import ProbeCredentials, Verdict
     from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
@@ -164,8 +164,6 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                                               tokens=tokens)
 
     async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
-        # run_probe lands with the probe issue; looked up at call time until then.
-        run_probe = getattr(probe_pkg, "run_probe")  # noqa: B009
         verdict: Verdict = await run_probe(spec, creds, policy=policy)
         return verdict
 

@@ -1,0 +1,103 @@
+"""``smtpctl describe KIND NAME``: conditions, active vs latest generation, the last test
+with stage timings and its redacted transcript, the test history and recent events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_state
+from reconciler.cli.localcmd import fail_usage, kind_of, open_store
+
+HELP = "show one resource in detail: conditions, last-known-good, last test, history"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", help="externalsmtp | oauth2provider")
+    parser.add_argument("name")
+    parser.add_argument("-n", "--namespace", default="default")
+    add_state(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler.stores.base import ObjectRef
+
+    kind = kind_of(args.kind)
+    if kind is None:
+        return fail_usage(f"unknown kind {args.kind!r}")
+    store = open_store(args.state, create=False)
+    if store is None:
+        return EXIT_USAGE
+    try:
+        ref = ObjectRef(kind, args.namespace, args.name)
+        obj = store.get_sync(ref)
+        if obj is None:
+            print(f"smtpctl: {kind} {args.namespace}/{args.name} not found", file=sys.stderr)
+            return EXIT_FAILED
+        tests = store.tests_sync(ref)
+        events = store.events_sync(ref)
+    finally:
+        store.close()
+    sys.stdout.write(render(obj, tests, events))
+    return EXIT_OK
+
+
+def render(obj: Any, tests: list[dict[str, Any]], events: list[Any]) -> str:
+    st = obj.status
+    spec = obj.manifest.get("spec") or {}
+    out: list[str] = []
+    w = out.append
+    w(f"Name:         {obj.ref.name}")
+    w(f"Namespace:    {obj.ref.namespace}")
+    w(f"Kind:         {obj.ref.kind}")
+    w(f"Created:      {obj.created_at}")
+    w(f"Generation:   {obj.generation} (observed {st.get('observedGeneration', '-')})")
+    if obj.ref.kind == "ExternalSmtp":
+        w(f"Spec:         {spec.get('host')}:{spec.get('port')} "
+          f"auth={spec.get('authentication')} startTLS={spec.get('startTLS', False)} "
+          f"selected={spec.get('selected', False)}")
+        active = st.get("active")
+        if active:
+            same = active.get("generation") == obj.generation
+            w(f"Active:       generation {active.get('generation')} "
+              f"({active.get('host')}:{active.get('port')}, {active.get('tlsMode')}, "
+              f"{active.get('authentication')})"
+              + ("" if same else f"  <- latest generation {obj.generation} is not in use"))
+        else:
+            w("Active:       none (never passed a test)")
+        w(f"Selected:     {'yes' if st.get('selected') else 'no'}")
+    w("Conditions:")
+    for c in st.get("conditions") or []:
+        w(f"  {c.get('type'):<12} {c.get('status'):<8} {c.get('reason', '')}  "
+          f"(gen {c.get('observedGeneration')}, since {c.get('lastTransitionTime')})")
+        if c.get("message"):
+            w(f"      {c['message']}")
+    if tests:
+        last = tests[0]
+        w("Last test:")
+        w(f"  {'passed' if last.get('passed') else 'FAILED'} at {last.get('at')} "
+          f"(generation {last.get('generation')}), stage {last.get('stage')}, "
+          f"reason {last.get('reason')}, {last.get('durationSeconds', 0):.3f}s")
+        if last.get("message"):
+            w(f"  {last['message']}")
+        stages = last.get("stageSeconds") or {}
+        if stages:
+            w("  Stages: " + ", ".join(f"{k} {v * 1000:.1f}ms" for k, v in stages.items()))
+        if last.get("warnings"):
+            w("  Warnings: " + ", ".join(last["warnings"]))
+        transcript = last.get("transcript") or []
+        if transcript:
+            w("  Transcript (redacted):")
+            for t in transcript[:80]:
+                arrow = "C:" if t.get("direction") == "c" else "S:"
+                w(f"    {t.get('elapsedSeconds', 0):8.4f} {arrow} {t.get('line')}")
+        w("History:")
+        for t in tests:
+            w(f"  {t.get('at')}  gen {t.get('generation'):<3} "
+              f"{'passed' if t.get('passed') else 'failed':<7} {t.get('reason')}")
+    if events:
+        w("Events:")
+        for e in events:
+            w(f"  {e.at}  {e.type:<8} {e.reason:<22} {e.message}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,156 @@
+"""Helpers shared by the local-store commands (apply, plan, get, describe, delete, ...).
+
+Rendering lives here so every command prints resources the same way: a rich table on a
+terminal, aligned plain text otherwise (pipes, CI logs), JSON/YAML for machines.  Status
+is rendered from the store, which never holds a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
+
+from reconciler.cli.common import EXIT_USAGE
+from reconciler.engine import conditions as cond
+from reconciler.stores.base import StoredObject, StoreError
+from reconciler.stores.local import LocalStore
+
+KIND_ALIASES = {
+    "externalsmtp": "ExternalSmtp", "externalsmtps": "ExternalSmtp", "smtp": "ExternalSmtp",
+    "es": "ExternalSmtp", "oauth2provider": "OAuth2Provider",
+    "oauth2providers": "OAuth2Provider", "provider": "OAuth2Provider",
+    "providers": "OAuth2Provider", "o2p": "OAuth2Provider",
+}
+
+
+def kind_of(word: str) -> str | None:
+    return KIND_ALIASES.get(word.lower().split(".")[0])
+
+
+def add_limits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, default=16, metavar="N",
+                        help="connection tests at once, overall (default 16)")
+    parser.add_argument("--per-host", type=int, default=4, metavar="N",
+                        help="connection tests at once against one host (default 4)")
+
+
+def add_lock_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lock-timeout", type=float, default=30.0, metavar="S",
+                        help="wait this long for another apply on the same state (default 30)")
+
+
+def open_store(state: str, *, create: bool) -> LocalStore | None:
+    try:
+        return LocalStore(state, create=create)
+    except (StoreError, OSError) as exc:
+        print(f"smtpctl: {exc}", file=sys.stderr)
+        return None
+
+
+def fail_usage(message: str) -> int:
+    print(f"smtpctl: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def ready_cell(st: dict[str, Any]) -> tuple[str, str]:
+    c = cond.find(st.get("conditions") or [], cond.READY)
+    if c is None:
+        return "Unknown", "Pending"
+    return str(c.get("status")), str(c.get("reason", ""))
+
+
+def row(obj: StoredObject, *, tested: str = "", wide: bool = False) -> list[str]:
+    st = obj.status
+    spec = obj.manifest.get("spec") or {}
+    ready, reason = ready_cell(st)
+    if obj.ref.kind == "ExternalSmtp":
+        host = f"{spec.get('host', '')}:{spec.get('port', '')}"
+        auth = str(spec.get("authentication", ""))
+        selected = "yes" if st.get("selected") else "-"
+    else:
+        host = str(spec.get("tokenEndpoint", ""))
+        auth = str(spec.get("grantType", ""))
+        selected = ""
+    active = st.get("activeGeneration")
+    cells = [f"{obj.ref.namespace}/{obj.ref.name}", _short_kind(obj.ref.kind), host, auth,
+             ready, selected, reason]
+    if wide:
+        cells += [str(obj.generation), "-" if active is None else str(active),
+                  str(st.get("lastTestTime", "-"))]
+    if tested:
+        cells.append(tested)
+    return cells
+
+
+def _short_kind(kind: str) -> str:
+    return {"ExternalSmtp": "smtp", "OAuth2Provider": "oauth2"}.get(kind, kind)
+
+
+HEADER = ["NAME", "KIND", "HOST", "AUTH", "READY", "SELECTED", "REASON"]
+WIDE = ["GEN", "ACTIVE", "LAST TEST"]
+
+
+def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], out: TextIO | None = None
+                ) -> None:
+    out = out or sys.stdout
+    rows = [list(r) for r in rows]
+    if is_tty(out):
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for h in header:
+            table.add_column(h, overflow="fold")
+        for r in rows:
+            styled = []
+            for h, cell in zip(header, r, strict=False):
+                if h == "READY":
+                    color = {"True": "green", "False": "red"}.get(cell, "yellow")
+                    styled.append(f"[{color}]{cell}[/{color}]")
+                else:
+                    styled.append(cell.replace("[", "\\["))
+            table.add_row(*styled)
+        Console(file=out).print(table)
+        return
+    widths = [len(h) for h in header]
+    for r in rows:
+        for i, cell in enumerate(r[: len(widths)]):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(header)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    out.write("\n".join(lines) + "\n")
+
+
+def object_json(obj: StoredObject) -> dict[str, Any]:
+    """The resource as kubectl would show it: manifest + server fields + status."""
+    meta = dict(obj.manifest.get("metadata") or {})
+    meta.update({"generation": obj.generation, "creationTimestamp": obj.created_at,
+                 "uid": obj.uid, "resourceVersion": obj.version})
+    out = {k: v for k, v in obj.manifest.items() if k != "metadata"}
+    out["metadata"] = meta
+    out["status"] = obj.status
+    return out
+
+
+def dump(objs: list[dict[str, Any]], fmt: str, *, single: bool) -> str:
+    data: Any = objs[0] if single and len(objs) == 1 else {"apiVersion": "v1", "kind": "List",
+                                                             "items": objs}
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    import yaml
+
+    return str(yaml.safe_dump(data, sort_keys=False))
