@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# End-to-end scenarios against a REAL cluster (kind), for people who have Docker + kind.
+# CI runs the same scenarios against the API emulator (tests/test_operator_e2e.py); this
+# script checks what the emulator cannot: real RBAC, real admission/CEL, real kubelet
+# probes, real leader election between pods.
+#
+#   hack/e2e-kind.sh            create a kind cluster, build+load the image, run scenarios
+#   KEEP=1 hack/e2e-kind.sh     keep the cluster afterwards
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLUSTER=${CLUSTER:-smtpctl-e2e}
+IMAGE=ghcr.io/smtpctl/smtpctl:0.1.0
+NS=e2e
+for tool in docker kind kubectl; do
+  command -v "$tool" >/dev/null || { echo "e2e-kind: $tool is required" >&2; exit 2; }
+done
+cleanup() { [ "${KEEP:-0}" = 1 ] || kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+kind create cluster --name "$CLUSTER" --wait 120s
+docker build -t "$IMAGE" .
+kind load docker-image "$IMAGE" --name "$CLUSTER"
+
+kubectl apply -k manifests/operator
+kubectl -n smtpctl-system rollout status deploy/smtpctl-operator --timeout=180s
+kubectl create namespace "$NS"
+
+# A relay inside the cluster: the demo server from the same image (STARTTLS + AUTH).
+kubectl -n "$NS" run relay --image="$IMAGE" --port=2525 --command -- \
+  smtpctl demo --serve-only --listen 0.0.0.0:2525
+kubectl -n "$NS" expose pod relay --port=2525
+kubectl -n "$NS" wait --for=condition=Ready pod/relay --timeout=120s
+
+step() { echo; echo "== $*"; }
+
+step "Secret created after the ExternalSmtp (GitOps ordering race)"
+cat <<YAML | kubectl -n "$NS" apply -f -
+apiVersion: smtp.reconciler.dev/v1alpha1
+kind: ExternalSmtp
+metadata: {name: relay}
+spec:
+  host: relay.$NS.svc
+  port: 2525
+  startTLS: true
+  authentication: UsernamePassword
+  username: demo
+  passwordFrom: {secretKeyRef: {name: relay-password, key: password}}
+  tls: {verify: false}
+  selected: true
+YAML
+sleep 5
+kubectl -n "$NS" get externalsmtp relay -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'; echo
+kubectl -n "$NS" create secret generic relay-password --from-literal=password=demo-password
+kubectl -n "$NS" wait --for=condition=Ready externalsmtp/relay --timeout=60s
+
+step "published Secret"
+kubectl -n "$NS" get secret smtp-active-relay -o jsonpath='{.data.SMTP_HOST}' | base64 -d; echo
+
+step "rotation: a wrong password turns Ready False, generation stays active"
+kubectl -n "$NS" create secret generic relay-password --from-literal=password=wrong \
+  --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$NS" wait --for=condition=Ready=false externalsmtp/relay --timeout=60s
+kubectl -n "$NS" get externalsmtp relay -o jsonpath='{.status.activeGeneration}'; echo
+
+step "leader handover: delete the leader pod"
+leader=$(kubectl -n smtpctl-system get lease smtpctl-operator -o jsonpath='{.spec.holderIdentity}')
+kubectl -n smtpctl-system delete pod "$leader" --wait=false
+sleep 20
+kubectl -n smtpctl-system get lease smtpctl-operator -o jsonpath='{.spec.holderIdentity}'; echo
+
+step "deletion with finalizer cleanup"
+kubectl -n "$NS" delete externalsmtp relay --timeout=60s
+! kubectl -n "$NS" get secret smtp-active-relay 2>/dev/null
+echo; echo "e2e-kind: all scenarios passed"
