@@ -74,7 +74,8 @@ class Secret:
                 return value
             if isinstance(value, str):
                 return Secret(value)
-            raise TypeError("expected a string")
+            # ValueError (not TypeError): pydantic turns it into a ValidationError.
+            raise ValueError("expected a string")
 
         return core_schema.no_info_plain_validator_function(
             _validate,

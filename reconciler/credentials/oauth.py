@@ -338,8 +338,22 @@ class TokenManager:
             return self._cache_key(provider, secrets)
         entry.rotated = entry.rotated_over = None
         entry.warnings = entry.warning_messages = ()
-        entry.written = {new_version: user_version}
+        written = {new_version: user_version}
         secrets["refreshTokenFrom"] = Resolved(new_rt, new_version)
+        # Our write may also have changed the version of the *other* reference: a
+        # Kubernetes Secret holding both client secret and refresh token gets one new
+        # resourceVersion.  Re-read, and remember those changes as ours too.
+        try:
+            fresh = await self._resolve(provider, entry)
+        except CredentialError:
+            fresh = {}
+        for k, v in fresh.items():
+            old_v = secrets.get(k)
+            if k != "refreshTokenFrom" and old_v is not None and old_v.version != v.version \
+                    and old_v.value == v.value:
+                written[v.version] = entry.written.get(old_v.version, old_v.version)
+                secrets[k] = v
+        entry.written = written
         return self._cache_key(provider, secrets)
 
     async def _request(self, provider: OAuth2Provider, client_secret: Resolved | None,
