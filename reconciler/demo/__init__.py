@@ -1,0 +1,1 @@
+"""``smtpctl demo``: the product's first impression, run against real loopback servers."""

@@ -1,0 +1,268 @@
+"""The demo story, step by step, on real loopback servers.
+
+1. Start an aiosmtpd relay (STARTTLS with a trustme CA, AUTH) and an OAuth 2.0 token
+   endpoint, both on 127.0.0.1 with ephemeral ports.
+2. Write manifests referencing credentials by file and environment variable.
+3. ``apply``: the password relay and the OAuth relay become Ready; the password relay is
+   selected (the OAuth relay does not ask to be).
+4. Rotate the password (server and file), no manifest change: ``plan`` sees it, ``apply``
+   re-tests only that relay.
+5. A broken update (a wrong username): generation 2 fails its test, generation 1 stays
+   active and selected - ``get active`` still hands out generation 1.
+6. Stop the servers; print the commands to try next.
+
+The demo runs the same CLI entry point a user types (``reconciler.cli.main.main``) in
+this process, and checks every step: if the story does not hold, it says which step
+failed and exits 1.  It never prints a secret: the secrets are random, live in the
+temporary work directory's 0600 files and this process's environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from reconciler.cli.main import main as smtpctl
+from reconciler.demo import manifests
+from reconciler.devservers.oauth import ClientConfig, OAuthServer
+from reconciler.devservers.smtp import RelayServer
+
+USER = "billing@example.test"
+OAUTH_USER = "notify@example.test"
+CLIENT_SECRET_ENV = "SMTPCTL_DEMO_CLIENT_SECRET"  # noqa: S105 - a variable name
+PASSWORD_SEED_ENV = "SMTPCTL_DEMO_PASSWORD"  # noqa: S105 - a variable name
+SCOPE = "https://mail.example.test/.default"
+
+
+class StoryFailed(Exception):
+    pass
+
+
+class Demo:
+    def __init__(self, workdir: Path, out: TextIO) -> None:
+        self.dir = workdir
+        self.out = out
+        self.state = workdir / "state"
+        self.mdir = workdir / "manifests"
+        self.sdir = workdir / "secrets"
+        self.steps = 0
+        self.password = ""
+
+    # --- output ------------------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def step(self, title: str) -> None:
+        self.steps += 1
+        self.say()
+        self.say(f"== {self.steps}. {title}")
+
+    def run(self, *args: str, expect: int | tuple[int, ...] = 0) -> tuple[int, str]:
+        """Run an smtpctl command in-process, echoing it and its output."""
+        shown = " ".join(a if a != str(self.state) else "$STATE" for a in args)
+        shown = shown.replace(str(self.mdir), "$DEMO/manifests")
+        self.say(f"$ smtpctl {shown}")
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            code = smtpctl([*args])
+        text = buf.getvalue()
+        for line in text.rstrip("\n").splitlines():
+            self.say("  " + line)
+        wanted = expect if isinstance(expect, tuple) else (expect,)
+        if code not in wanted:
+            raise StoryFailed(f"`smtpctl {shown}` exited {code}, expected {wanted}")
+        return code, text
+
+    def status(self, name: str) -> dict[str, Any]:
+        from reconciler.stores.base import ObjectRef
+        from reconciler.stores.local import LocalStore
+
+        with LocalStore(self.state, create=False) as store:
+            obj = store.get_sync(ObjectRef("ExternalSmtp", "default", name))
+        if obj is None:
+            raise StoryFailed(f"{name} is not in the store")
+        return {"generation": obj.generation, **obj.status}
+
+    def check(self, ok: bool, what: str) -> None:
+        if not ok:
+            raise StoryFailed(what)
+        self.say(f"  ok: {what}")
+
+    # --- the story -----------------------------------------------------------------------
+    def play(self) -> None:
+        for d in (self.mdir, self.sdir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.sdir, 0o700)
+        # Random secrets; a test may seed them (with canaries) to prove none leaks.
+        password = os.environ.get(PASSWORD_SEED_ENV) or secrets.token_urlsafe(18)
+        client_secret = os.environ.get(CLIENT_SECRET_ENV) or secrets.token_urlsafe(18)
+        os.environ[CLIENT_SECRET_ENV] = client_secret
+        self.password = password
+        self.step("Starting a real SMTP relay (STARTTLS, AUTH) and an OAuth 2.0 token "
+                  "endpoint on loopback")
+        oauth = OAuthServer(clients=[ClientConfig("smtp-demo", client_secret,
+                                                  grants=("client_credentials",),
+                                                  subject=OAUTH_USER)])
+        relay = RelayServer(mode="starttls", users={USER: password})
+
+        def token_ok(user: str, token: str) -> bool:
+            info = oauth.token_info(token)
+            return info is not None and info.subject.lower() == user.lower()
+
+        relay.token_validator = token_ok
+        with oauth, relay:
+            self.say(f"  relay          127.0.0.1:{relay.port} (STARTTLS required, "
+                     "AUTH PLAIN/LOGIN/XOAUTH2/OAUTHBEARER)")
+            self.say(f"  token endpoint {oauth.token_url}")
+            ca = self.sdir / "relay-ca.pem"
+            ca.write_text(relay.ca_pem)
+            pw_file = self.sdir / "smtp-password"
+            self._write_secret(pw_file, password)
+            values = {"port": relay.port, "username": USER, "sender": USER,
+                      "password_file": pw_file, "ca_file": ca, "oauth_user": OAUTH_USER,
+                      "token_url": oauth.token_url, "scope": SCOPE,
+                      "client_secret_env": CLIENT_SECRET_ENV}
+            (self.mdir / "oauth2provider.yaml").write_text(manifests.PROVIDER.format(**values))
+            relays = self.mdir / "relays.yaml"
+            relays.write_text(manifests.PASSWORD_RELAY.format(**values) + "---\n"
+                              + manifests.OAUTH_RELAY.format(**values))
+            self.say(f"  manifests in {self.mdir} (password from a file, client secret "
+                     f"from ${CLIENT_SECRET_ENV}, CA from a file)")
+            self._first_apply(relay)
+            self._rotation(relay, pw_file)
+            self._broken_update(relays, relay)
+        self.say()
+        self.say("Servers stopped.")
+
+    def _first_apply(self, relay: RelayServer) -> None:
+        self.step("Apply: every relay is tested before it is saved as Ready")
+        self.run("apply", "-f", str(self.mdir), "--state", str(self.state))
+        b, o = self.status("billing-relay"), self.status("oauth-relay")
+        self.check(_ready(b) and _ready(o), "billing-relay (password) and oauth-relay "
+                   "(OAuth 2.0) are Ready")
+        self.check(b.get("selected") is True and not o.get("selected"),
+                   "billing-relay is the selected relay (one per namespace)")
+        self.step("Apply again, nothing changed: zero connection tests")
+        before = relay.connections
+        self.run("apply", "-f", str(self.mdir), "--state", str(self.state))
+        self.check(relay.connections == before,
+                   f"the relay saw no new connection ({relay.connections} in total)")
+
+    def _rotation(self, relay: RelayServer, pw_file: Path) -> None:
+        self.step("Rotate the SMTP password (server and secret file), manifests unchanged")
+        new = f"{self.password}-rotated-{secrets.token_hex(4)}"
+        relay.users[USER] = new
+        self._write_secret(pw_file, new)
+        self.run("plan", "-f", str(self.mdir), "--state", str(self.state), expect=3)
+        before = relay.connections
+        self.run("apply", "-f", str(self.mdir), "--state", str(self.state))
+        self.check(relay.connections == before + 1,
+                   "only billing-relay was re-tested, with the rotated password")
+        self.check(_ready(self.status("billing-relay")), "billing-relay is Ready again")
+
+    def _broken_update(self, relays: Path, relay: RelayServer) -> None:
+        self.step("A broken update: generation 2 uses a username the relay does not know")
+        text = relays.read_text().replace(f"username: {USER}", "username: typo@example.test", 1)
+        relays.write_text(text)
+        self.run("plan", "-f", str(self.mdir), "--state", str(self.state), expect=3)
+        self.run("apply", "-f", str(self.mdir), "--state", str(self.state), expect=1)
+        b = self.status("billing-relay")
+        ready = _cond(b, "Ready")
+        self.check(b["generation"] == 2 and ready.get("status") == "False"
+                   and ready.get("reason") == "AuthenticationFailed",
+                   "generation 2 failed its test (AuthenticationFailed)")
+        self.check(b.get("activeGeneration") == 1 and b.get("selected") is True,
+                   "generation 1 remains active and selected (last-known-good)")
+        self.say(f"  Ready message: {ready.get('message')}")
+        _, env = self.run("get", "active", "-o", "env", "--state", str(self.state))
+        self.check(f"SMTP_USERNAME='{USER}'" in env and "SMTP_GENERATION='1'" in env,
+                   "applications are still handed generation 1")
+
+    def _write_secret(self, path: Path, value: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value + "\n")
+
+    def next_steps(self, kept: bool) -> None:
+        st = str(self.state)
+        self.say()
+        self.say("Try next:")
+        if kept:
+            self.say(f"  smtpctl get -o wide --state {st}")
+            self.say(f"  smtpctl describe externalsmtp billing-relay --state {st}")
+            self.say(f"  smtpctl get active -o javamail --state {st}")
+            self.say(f"  smtpctl validate -f {self.mdir}")
+        self.say("  smtpctl validate -f my-relay.yaml        # offline schema check, CI-friendly")
+        self.say("  smtpctl plan -f my-relay.yaml            # what would change and be tested")
+        self.say("  smtpctl apply -f my-relay.yaml           # test connection and save")
+        self.say("  smtpctl get active -o env                # the selected relay as SMTP_*")
+        self.say("  smtpctl apply -f DIR --watch             # keep re-verifying (refreshInterval)")
+        if not kept:
+            self.say("  smtpctl demo --keep                      # keep the demo state to "
+                     "explore it with get/describe")
+        if kept:
+            self.say(f"(demo files kept in {self.dir}; remove them with: rm -rf {self.dir})")
+
+
+def _cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+def _ready(status: dict[str, Any]) -> bool:
+    return _cond(status, "Ready").get("status") == "True"
+
+
+@contextlib.contextmanager
+def _workdir(path: str | None, keep: bool) -> Iterator[Path]:
+    if path:
+        p = Path(path)
+        if p.exists() and any(p.iterdir()):
+            raise StoryFailed(f"{p} is not empty; give a new or empty --workdir")
+        p.mkdir(parents=True, exist_ok=True)
+        yield p
+        return
+    p = Path(tempfile.mkdtemp(prefix="smtpctl-demo-"))
+    try:
+        yield p
+    finally:
+        if not keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def play(workdir: str | None = None, *, keep: bool = False, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    started = time.monotonic()
+    try:
+        with _workdir(workdir, keep) as wd:
+            demo = Demo(wd, out)
+            demo.say("smtpctl demo: declarative 'Test Connection And Save' for SMTP relays")
+            try:
+                with warnings.catch_warnings():
+                    # aiosmtpd's own deprecation notice (Session.login_data) is noise here.
+                    warnings.filterwarnings("ignore", category=DeprecationWarning)
+                    demo.play()
+            except StoryFailed as exc:
+                demo.say(f"\ndemo FAILED at step {demo.steps}: {exc}")
+                return 1
+            finally:
+                os.environ.pop(CLIENT_SECRET_ENV, None)
+            demo.say(f"\nDemo finished in {time.monotonic() - started:.1f}s: every step held.")
+            demo.next_steps(kept=keep or bool(workdir))
+    except StoryFailed as exc:
+        out.write(f"smtpctl demo: {exc}\n")
+        return 2
+    return 0
