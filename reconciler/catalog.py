@@ -175,6 +175,9 @@ _ENTRIES: tuple[Reason, ...] = (
            "The message carries the provider's error and error_description", stalled=True),
     Reason("OAuth2TestEndpointFailed", "The provider's test endpoint rejected the token",
            "Check spec.testEndpoint and the scopes the token carries", retryable=True),
+    Reason("OAuth2LoginFailed", "The authorization-code login did not complete",
+           "The message says why (consent denied, state mismatch, timeout, no refresh "
+           "token issued); run `smtpctl oauth login PROVIDER -f FILE` again", stalled=True),
     Reason("RefreshTokenNotPersisted", "A rotated refresh token could not be written back",
            "The refresh token source is read-only: the new token is kept in memory only "
            "and the next restart will fail; make the source writable", kind="warning"),

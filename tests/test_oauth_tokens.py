@@ -211,10 +211,10 @@ async def test_http_token_endpoint_refused_at_request_time(oauth_server: OAuthSe
 
 async def test_error_description_scrubbed_of_sent_secrets(oauth_server: OAuthServer) -> None:
     """A provider that echoes the secret back must not make us print it."""
-    from reconciler.credentials.oauth import _scrub
+    from reconciler.credentials.oauth import scrub
     from reconciler.secret import Secret
 
-    text = _scrub(f"bad secret {canary.CLIENT_SECRET}\nline two", [Secret(canary.CLIENT_SECRET)])
+    text = scrub(f"bad secret {canary.CLIENT_SECRET}\nline two", [Secret(canary.CLIENT_SECRET)])
     assert canary.CLIENT_SECRET not in text and "\n" not in text
 
 

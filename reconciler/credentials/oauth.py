@@ -59,7 +59,10 @@ with _warnings.catch_warnings():
     _warnings.simplefilter("ignore", AuthlibDeprecationWarning)
     from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 
-__all__ = ["ProviderCheck", "TokenManager", "check_provider", "provider_key", "revoke"]
+__all__ = [
+    "OAuthError", "ProviderCheck", "TokenManager", "check_provider", "provider_key", "revoke",
+    "scrub", "token_error",
+]
 
 DEFAULT_EXPIRES_IN = 3600.0
 _DESCRIPTION_MAX = 300
@@ -227,7 +230,6 @@ class TokenManager:
             verify=self._verify,
             timeout=self._timeout,
             follow_redirects=False,
-            trust_env=False,
             **kwargs,
         )
 
@@ -371,33 +373,40 @@ class TokenManager:
                 else:
                     assert refresh is not None
                     token = await client.refresh_token(url, refresh_token=refresh.value.reveal())
-        except OAuthError as exc:
-            error = str(exc.error or "")
-            desc = _scrub(str(exc.description or ""), sent)
-            text = f"token endpoint {url} answered {error}" + (f": {desc}" if desc else "")
-            if error in _TRANSIENT_OAUTH_ERRORS:
-                raise _Transient(CredentialError("OAuth2TokenEndpointUnavailable", text)) from None
-            raise CredentialError(_OAUTH_REASONS.get(error, "OAuth2TokenEndpointError"),
-                                  text) from None
-        except httpx.HTTPStatusError as exc:
-            status = exc.response.status_code
-            text = f"token endpoint {url} answered HTTP {status}"
-            if status >= 500 or status == 429:
-                raise _Transient(CredentialError("OAuth2TokenEndpointUnavailable", text)) from None
-            raise CredentialError("OAuth2TokenEndpointError", text) from None
-        except httpx.TimeoutException:
-            raise _Transient(CredentialError(
-                "OAuth2TokenEndpointUnavailable",
-                f"token endpoint {url} did not answer within {self._timeout:g}s")) from None
-        except httpx.TransportError as exc:
-            raise _Transient(CredentialError(
-                "OAuth2TokenEndpointUnavailable",
-                f"token endpoint {url} could not be reached ({type(exc).__name__})")) from None
-        except ValueError:
-            raise CredentialError(
-                "OAuth2TokenEndpointError",
-                f"token endpoint {url} answered something that is not a JSON object") from None
+        except (OAuthError, httpx.HTTPError, ValueError) as exc:
+            err, transient = token_error(exc, url, sent, self._timeout)
+            if transient:
+                raise _Transient(err) from None
+            raise err from None
         return dict(token)
+
+
+def token_error(exc: Exception, url: str, sent: list[Secret],
+                timeout: float) -> tuple[CredentialError, bool]:
+    """Map a token request failure to (error, transient).  Never renders a response body."""
+    if isinstance(exc, OAuthError):
+        error = str(exc.error or "")
+        desc = scrub(str(exc.description or ""), sent)
+        text = f"token endpoint {url} answered {error}" + (f": {desc}" if desc else "")
+        if error in _TRANSIENT_OAUTH_ERRORS:
+            return CredentialError("OAuth2TokenEndpointUnavailable", text), True
+        return CredentialError(_OAUTH_REASONS.get(error, "OAuth2TokenEndpointError"), text), False
+    if isinstance(exc, httpx.HTTPStatusError):
+        status = exc.response.status_code
+        text = f"token endpoint {url} answered HTTP {status}"
+        if status >= 500 or status == 429:
+            return CredentialError("OAuth2TokenEndpointUnavailable", text), True
+        return CredentialError("OAuth2TokenEndpointError", text), False
+    if isinstance(exc, httpx.TimeoutException):
+        return CredentialError("OAuth2TokenEndpointUnavailable",
+                               f"token endpoint {url} did not answer within {timeout:g}s"), True
+    if isinstance(exc, httpx.HTTPError):
+        return CredentialError(
+            "OAuth2TokenEndpointUnavailable",
+            f"token endpoint {url} could not be reached ({type(exc).__name__})"), True
+    return CredentialError(
+        "OAuth2TokenEndpointError",
+        f"token endpoint {url} answered something that is not a JSON object"), False
 
 
 def _expires_in(value: Any) -> float:
@@ -408,7 +417,7 @@ def _expires_in(value: Any) -> float:
     return seconds if seconds > 0 else DEFAULT_EXPIRES_IN
 
 
-def _scrub(text: str, secrets: list[Secret]) -> str:
+def scrub(text: str, secrets: list[Secret]) -> str:
     """The provider's words, minus anything we sent it, one line, bounded."""
     for s in secrets:
         raw = s.reveal()
@@ -505,7 +514,7 @@ async def revoke(provider: OAuth2Provider, sources: SecretSource, tokens: TokenM
         except ValueError:
             doc = {}
         error = str(doc.get("error", "")) if isinstance(doc, dict) else ""
-        desc = _scrub(str(doc.get("error_description", "")) if isinstance(doc, dict) else "",
+        desc = scrub(str(doc.get("error_description", "")) if isinstance(doc, dict) else "",
                       sent)
         reason = _OAUTH_REASONS.get(error, "OAuth2TokenEndpointError")
         raise CredentialError(
