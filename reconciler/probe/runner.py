@@ -93,7 +93,7 @@ async def _run(state: AttemptState, total: float) -> int:
     attempts = 0
     retrying = AsyncRetrying(
         stop=stop_after_attempt(MAX_ATTEMPTS) | stop_before_delay(total * 0.8),
-        wait=wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.2),
+        wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
         retry=retry_if_exception(_transient),
         reraise=True,
     )

@@ -67,18 +67,29 @@ class AttemptState:
     details: dict[str, Any] = field(default_factory=dict)
     token: Secret | None = None
     token_refreshed: bool = False
+    deadline_bound: bool = False
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
     def timeout(self, cap: float | None = None) -> float:
-        """The time budget of the next step: what is left of the deadline (capped)."""
+        """The time budget of the next step: the read timeout, or what is left of the
+        deadline when that is less.
+
+        The read timeout (half the total, at least 1 s) is JavaMail's ``timeout``: one
+        silent reply ends the test as ``ReadTimeout``.  When instead the deadline cuts a
+        step short after the test already made progress, the reason is
+        ``DeadlineExceeded`` (a slow server, not a silent one); ``deadline_bound`` tells
+        which of the two limits applied to the last step.
+        """
+        total = float(self.spec.connection_test.timeout_seconds)
         left = self.remaining()
         if left <= 0.01:
-            raise ProbeFailure(self.stage, "DeadlineExceeded",
-                               f"{self.spec.connection_test.timeout_seconds:g}s elapsed",
+            raise ProbeFailure(self.stage, "DeadlineExceeded", f"{total:g}s elapsed",
                                timeout=True)
-        return min(left, cap) if cap is not None else left
+        limit = max(1.0, total / 2) if cap is None else cap
+        self.deadline_bound = left < limit and (total - left) > 0.25 * total
+        return min(left, limit)
 
     @contextlib.contextmanager
     def at(self, stage: str) -> Iterator[None]:
@@ -113,6 +124,11 @@ def _io_failure(stage: str, exc: BaseException, state: AttemptState, budget: flo
                             "the connection was closed during the TLS handshake")
     if isinstance(exc, (SMTPTimeoutError, TimeoutError)):
         state.transcript.note(f"no complete reply within {budget:.1f}s")
+        if state.deadline_bound:
+            total = state.spec.connection_test.timeout_seconds
+            return ProbeFailure(stage, "DeadlineExceeded",
+                                f"{total:g}s elapsed at stage {stage}; the server answers, "
+                                "but too slowly", timeout=True)
         return ProbeFailure(stage, "ReadTimeout",
                             f"no complete reply within {budget:.1f}s at stage {stage}",
                             timeout=True)

@@ -83,7 +83,9 @@ class Wire:
         self.protocol, self.transport = protocol, transport
 
     def _proto(self) -> _PipeliningProtocol:
-        if self.protocol is None or not self.protocol.is_connected:
+        # Not ``is_connected``: a reply may already be buffered from a server that sent
+        # it and hung up (a 421 greeting); the protocol raises itself when it must write.
+        if self.protocol is None:
             raise SMTPServerDisconnected("Connection lost")
         return self.protocol
 
