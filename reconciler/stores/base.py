@@ -64,6 +64,8 @@ class TestMemo:
     backoff.
     """
 
+    __test__ = False  # not a pytest test class, despite the name
+
     digest: str
     generation: int
     tested_at: float
@@ -120,6 +122,8 @@ StatusMutator = Callable[[StoredObject], StatusWrite | None]
 @dataclass(frozen=True, slots=True)
 class TestRecord:
     """One connection test for the history (``smtpctl describe``); already redacted."""
+
+    __test__ = False  # not a pytest test class, despite the name
 
     ref: ObjectRef
     generation: int
