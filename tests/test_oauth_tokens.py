@@ -249,3 +249,95 @@ async def test_check_provider_not_ready(oauth_server: OAuthServer) -> None:
     check = await check_provider(p, manager())
     assert not check.ready and check.reason == "OAuth2InvalidScope"
     assert_clean(check)
+
+
+async def test_https_token_endpoint_with_private_ca() -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    with make_server(ssl_context=server_ctx) as server:
+        assert server.token_url.startswith("https://")
+        p = provider(server)
+        token = await manager(verify=client_ctx).token(p)
+        assert server.is_valid(token.reveal())
+        # Without the CA the certificate is rejected: unavailable, never a plaintext retry.
+        with pytest.raises(CredentialError) as exc:
+            await manager(attempts=1).token(p)
+        assert exc.value.reason == "OAuth2TokenEndpointUnavailable"
+
+
+async def test_ipv6_loopback_endpoint() -> None:
+    with make_server(host="::1") as server:
+        assert server.token_url.startswith("http://[::1]:")
+        token = await manager().token(provider(server))
+        assert server.is_valid(token.reveal())
+
+
+def test_devserver_binds_loopback_only() -> None:
+    with pytest.raises(ValueError):
+        OAuthServer(host="0.0.0.0")
+
+
+async def test_devserver_rfc6749_details(oauth_server: OAuthServer) -> None:
+    """Spot checks of the server's protocol behaviour the client relies on."""
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        # Basic auth failure: 401 + WWW-Authenticate (RFC 6749 5.2).
+        r = await http.post(oauth_server.token_url, data={"grant_type": "client_credentials"},
+                            auth=("m365-app", "wrong"))
+        assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+        assert r.headers["www-authenticate"].startswith("Basic")
+        # Two client authentication methods at once: invalid_request.
+        r = await http.post(oauth_server.token_url, auth=("m365-app", canary.CLIENT_SECRET),
+                            data={"grant_type": "client_credentials",
+                                  "client_secret": canary.CLIENT_SECRET})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+        # Unknown grant type.
+        r = await http.post(oauth_server.token_url, auth=("m365-app", canary.CLIENT_SECRET),
+                            data={"grant_type": "password"})
+        assert r.json()["error"] == "unsupported_grant_type"
+        # A success is not cacheable and carries expires_in.
+        r = await http.post(oauth_server.token_url, auth=("m365-app", canary.CLIENT_SECRET),
+                            data={"grant_type": "client_credentials"})
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        body = r.json()
+        assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+        assert body["scope"] == M365_SCOPE and "refresh_token" not in body
+        # The test endpoint accepts exactly that token.
+        r = await http.get(oauth_server.test_url,
+                           headers={"Authorization": f"Bearer {body['access_token']}"})
+        assert r.status_code == 200 and r.json()["sub"] == MAILBOX
+        r = await http.get(oauth_server.test_url, headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401 and "invalid_token" in r.headers["www-authenticate"]
+        # Revocation kills the access token (RFC 7009); unknown tokens still get 200.
+        r = await http.post(oauth_server.revoke_url, auth=("m365-app", canary.CLIENT_SECRET),
+                            data={"token": body["access_token"]})
+        assert r.status_code == 200 and not oauth_server.is_valid(body["access_token"])
+        r = await http.post(oauth_server.revoke_url, auth=("m365-app", canary.CLIENT_SECRET),
+                            data={"token": "unknown"})
+        assert r.status_code == 200
+        # A JSON body is not a form: invalid_request.
+        r = await http.post(oauth_server.token_url, json={"grant_type": "client_credentials"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request"
+
+
+def test_credential_reasons_are_in_the_catalog() -> None:
+    """Every reason the credentials layer can raise is a catalog entry (static scan)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "reconciler" / "credentials"
+    found: set[str] = set()
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        found |= set(re.findall(r'CredentialError\(\s*"([A-Za-z0-9]+)"', text))
+        found |= set(re.findall(r'"(OAuth2[A-Za-z0-9]+)"', text))
+    assert len(found) > 15
+    assert found <= set(catalog.CATALOG), found - set(catalog.CATALOG)
