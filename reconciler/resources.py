@@ -15,9 +15,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 API_GROUP = "smtp.reconciler.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -34,14 +42,20 @@ Stage = Literal[
     "auth", "mail_from", "rcpt_to", "data", "quit",
 ]
 
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
+# The regular expressions below are the ones in schemas/*.json, written so that Python's
+# ``re`` and ECMA-262 (jsonschema_rs, Kubernetes' RE2) agree: ``[0-9]`` not ``\d`` (which
+# matches any Unicode digit in Python), and ``\Z``/fullmatch where the schema says ``$``
+# (Python's ``$`` also matches before a trailing newline).
+_DURATION_RE = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)(h|ms|m|s|us|µs|ns))+\Z")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s|us|µs|ns)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)"
-    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"^(?=.{1,253}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
-_LOOPBACK_URL_RE = re.compile(r"^http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?(/|$)")
+_LOOPBACK_URL_RE = re.compile(
+    r"^http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?(/|\Z)"
+)
 _LITERAL_SECRET_FIELDS = {
     "password": "passwordFrom",
     "clientSecret": "clientSecretFrom",
@@ -62,16 +76,26 @@ def is_loopback_url(url: str) -> bool:
 
 
 def valid_host(host: str) -> bool:
-    """A DNS name or an IP literal; no scheme, no port, no path."""
+    """A DNS name or an IP literal; no scheme, no port, no path.
+
+    IPv4 literals match the host-name pattern; IPv6 literals are accepted without a zone
+    (``%eth0``), which the JSON Schema's IPv6 pattern does not allow either.
+    """
+    if _HOSTNAME_RE.match(host):
+        return True
+    if "%" in host or ":" not in host:
+        return False
     try:
-        ipaddress.ip_address(host)
+        ipaddress.IPv6Address(host)
         return True
     except ValueError:
-        return bool(_HOSTNAME_RE.match(host))
+        return False
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        hide_input_in_errors=True, populate_by_name=True, extra="forbid", frozen=True
+    )
 
 
 # --- references -----------------------------------------------------------------------
@@ -86,8 +110,8 @@ class SecretRef(_Model):
     """Where a secret value comes from: exactly one of secretKeyRef, env, file."""
 
     secret_key_ref: SecretKeySelector | None = Field(default=None, alias="secretKeyRef")
-    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    file: str | None = Field(default=None, min_length=1)
+    env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=253)
+    file: str | None = Field(default=None, min_length=1, max_length=4096)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -120,8 +144,8 @@ class LocalObjectReference(_Model):
 
 class SocketFactory(_Model):
     class_: Literal["javax.net.ssl.SSLSocketFactory"] | None = Field(default=None, alias="class")
-    port: int | None = Field(default=None, ge=1, le=65535)
-    fallback: bool = True
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    fallback: StrictBool = True
 
     @model_validator(mode="after")
     def _port_with_class(self) -> SocketFactory:
@@ -131,33 +155,35 @@ class SocketFactory(_Model):
 
 
 class TLSSpec(_Model):
-    verify: bool = True
+    verify: StrictBool = True
     ca_bundle_from: SecretRef | None = Field(default=None, alias="caBundleFrom")
-    server_name: str | None = Field(default=None, alias="serverName", min_length=1)
+    server_name: str | None = Field(default=None, alias="serverName", min_length=1, max_length=253)
     min_version: Literal["1.2", "1.3"] = Field(default="1.2", alias="minVersion")
 
 
 class ConnectionTest(_Model):
-    check_relay: bool = Field(default=True, alias="checkRelay")
-    probe_recipient: str | None = Field(default=None, alias="probeRecipient")
-    timeout_seconds: float = Field(default=30, alias="timeoutSeconds", ge=1, le=600)
+    check_relay: StrictBool = Field(default=True, alias="checkRelay")
+    probe_recipient: str | None = Field(default=None, alias="probeRecipient", max_length=320)
+    timeout_seconds: float = Field(default=30, alias="timeoutSeconds", ge=1, le=600, strict=True)
 
 
 class ExternalSmtpSpec(_Model):
     host: str = Field(min_length=1, max_length=253)
-    port: int = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535)
     authentication: Authentication
-    start_tls: bool = Field(default=False, alias="startTLS")
+    start_tls: StrictBool = Field(default=False, alias="startTLS")
     username: str | None = Field(default=None, min_length=1, max_length=320)
     password_from: SecretRef | None = Field(default=None, alias="passwordFrom")
-    oauth2_provider_ref: LocalObjectReference | None = Field(default=None, alias="oauth2ProviderRef")
+    oauth2_provider_ref: LocalObjectReference | None = Field(
+        default=None, alias="oauth2ProviderRef"
+    )
     socket_factory: SocketFactory | None = Field(default=None, alias="socketFactory")
-    selected: bool = False
+    selected: StrictBool = False
     from_: str | None = Field(default=None, alias="from", min_length=3, max_length=320)
     tls: TLSSpec = Field(default_factory=TLSSpec)
-    allow_plaintext_auth: bool = Field(default=False, alias="allowPlaintextAuth")
+    allow_plaintext_auth: StrictBool = Field(default=False, alias="allowPlaintextAuth")
     connection_test: ConnectionTest = Field(default_factory=ConnectionTest, alias="connectionTest")
-    refresh_interval: str = Field(default="1h", alias="refreshInterval")
+    refresh_interval: str = Field(default="1h", alias="refreshInterval", max_length=64)
 
     @model_validator(mode="before")
     @classmethod
@@ -197,7 +223,9 @@ class ExternalSmtpSpec(_Model):
             if self.oauth2_provider_ref is None:
                 raise ValueError("oauth2ProviderRef is required when authentication is OAuth2")
             if self.password_from is not None:
-                raise ValueError("passwordFrom is only allowed when authentication is UsernamePassword")
+                raise ValueError(
+                    "passwordFrom is only allowed when authentication is UsernamePassword"
+                )
         else:
             if self.password_from is not None or self.oauth2_provider_ref is not None:
                 raise ValueError(
@@ -243,10 +271,11 @@ class OAuth2ProviderSpec(_Model):
     client_id: str = Field(alias="clientId", min_length=1, max_length=16000)
     client_secret_from: SecretRef | None = Field(default=None, alias="clientSecretFrom")
     refresh_token_from: SecretRef | None = Field(default=None, alias="refreshTokenFrom")
-    authorization_endpoint: str | None = Field(default=None, alias="authorizationEndpoint")
-    token_endpoint: str = Field(alias="tokenEndpoint")
-    revoke_endpoint: str | None = Field(default=None, alias="revokeEndpoint")
-    test_endpoint: str | None = Field(default=None, alias="testEndpoint")
+    authorization_endpoint: str | None = Field(
+        default=None, alias="authorizationEndpoint", max_length=2048)
+    token_endpoint: str = Field(alias="tokenEndpoint", max_length=2048)
+    revoke_endpoint: str | None = Field(default=None, alias="revokeEndpoint", max_length=2048)
+    test_endpoint: str | None = Field(default=None, alias="testEndpoint", max_length=2048)
     scopes: list[str] = Field(default_factory=list)
     token_endpoint_auth_method: TokenEndpointAuthMethod = Field(
         default="client_secret_basic", alias="tokenEndpointAuthMethod"
@@ -297,7 +326,8 @@ class ObjectMeta(BaseModel):
     name: str = Field(
         min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
     )
-    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str = Field(
+        default="default", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None
@@ -311,10 +341,10 @@ class Condition(BaseModel):
 
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True)
 
-    type: str
+    type: str = Field(max_length=316)
     status: ConditionStatus
-    reason: str
-    message: str = ""
+    reason: str = Field(max_length=1024)
+    message: str = Field(default="", max_length=32768)
     last_transition_time: str = Field(alias="lastTransitionTime")
     observed_generation: int | None = Field(default=None, alias="observedGeneration")
 
@@ -376,6 +406,12 @@ class ExternalSmtp(BaseModel):
     spec: ExternalSmtpSpec
     status: ExternalSmtpStatus | None = None
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Manifests use the wire (camelCase) names only, as the JSON Schema says."""
+        kwargs.setdefault("by_name", False)
+        return super().model_validate(obj, **kwargs)
+
 
 class OAuth2Provider(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="forbid")
@@ -385,6 +421,12 @@ class OAuth2Provider(BaseModel):
     metadata: ObjectMeta
     spec: OAuth2ProviderSpec
     status: OAuth2ProviderStatus | None = None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """Manifests use the wire (camelCase) names only, as the JSON Schema says."""
+        kwargs.setdefault("by_name", False)
+        return super().model_validate(obj, **kwargs)
 
 
 Resource = Annotated[ExternalSmtp | OAuth2Provider, Field(discriminator="kind")]

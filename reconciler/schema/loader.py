@@ -1,0 +1,298 @@
+"""Bounded, strict reading of YAML and JSON manifests.
+
+The hot path is PyYAML's C loader (``yaml.CSafeLoader``): parsing in C, construction in
+Python.  On top of it this module adds what a CI validator needs and PyYAML does not do:
+
+* **duplicate keys** are reported (PyYAML silently keeps the last one, so a second
+  ``port:`` would quietly override the first);
+* **Kubernetes scalar typing**: timestamps stay strings (``lastTransitionTime`` must not
+  turn into a ``datetime``), and tags that have no JSON equivalent (``!!binary``,
+  ``!!set``, ``!!timestamp``, custom ``!Tags``) are errors rather than Python objects;
+* **bounds**: files larger than ``max_bytes`` are refused before parsing, libyaml caps
+  nesting at 1000 levels, and documents that use anchors are measured before anything
+  walks them, so an alias bomb ("billion laughs") or a recursive alias is reported instead
+  of expanding; structures are shared, never copied, while measuring;
+* **encoding**: input must be UTF-8 (a UTF-8 BOM is accepted); tabs and other scanner
+  errors get a hint.
+
+Nothing here raises for bad input: every problem becomes a :class:`LoadProblem`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, NamedTuple
+
+import yaml
+
+from reconciler.schema.diagnostics import JsonPath
+
+MAX_BYTES = 8 * 1024 * 1024
+"""Largest file read (8 MiB: about 20,000 manifests in one stream)."""
+MAX_NODES = 100_000
+"""Largest expanded size of one document that uses anchors/aliases (a manifest has ~50)."""
+MAX_DEPTH = 64
+"""Deepest nesting accepted in a document that uses anchors (a manifest needs ~6)."""
+
+_TS = "tag:yaml.org,2002:timestamp"
+_VALUE = "tag:yaml.org,2002:value"
+_NO_JSON = ("tag:yaml.org,2002:binary", "tag:yaml.org,2002:set", "tag:yaml.org,2002:omap",
+            "tag:yaml.org,2002:pairs", _TS)
+
+
+class LoadProblem(NamedTuple):
+    """A problem found while reading; ``document`` is None for file-level problems."""
+
+    line: int
+    column: int
+    message: str
+    document: int | None = None
+    path: JsonPath = ()
+
+
+class Document:
+    """One document of a stream; ``dup_marks`` are (line, column, key) of duplicate keys."""
+
+    __slots__ = ("data", "dup_marks", "index", "problems")
+
+    def __init__(self, index: int, data: Any) -> None:
+        self.index = index
+        self.data = data
+        self.problems: list[LoadProblem] = []
+        self.dup_marks: list[tuple[int, int, str]] = []
+
+
+class LoadedFile:
+    __slots__ = ("documents", "fmt", "name", "problems", "text")
+
+    def __init__(self, name: str, text: str | None, fmt: str) -> None:
+        self.name = name
+        self.text = text
+        self.fmt = fmt  # "yaml" | "json"
+        self.documents: list[Document] = []
+        self.problems: list[LoadProblem] = []
+
+
+class _Loader(yaml.CSafeLoader):
+    """CSafeLoader with Kubernetes-like scalar typing and duplicate-key detection."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                k = (key_node.tag, key_node.value)
+                if k in seen:
+                    m = key_node.start_mark
+                    self.duplicates.append((m.line + 1, m.column + 1, key_node.value))
+                seen.add(k)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_TS, _VALUE)]
+    for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.yaml_constructors = {
+    tag: fn for tag, fn in yaml.CSafeLoader.yaml_constructors.items() if tag not in _NO_JSON
+}
+
+
+def yaml_loader_class() -> type[yaml.CSafeLoader]:
+    """The loader class (for :mod:`positions`, which must resolve scalars the same way)."""
+    return _Loader
+
+
+def decode(
+    name: str, raw: bytes, *, max_bytes: int = MAX_BYTES
+) -> tuple[str | None, LoadProblem | None]:
+    """Bytes -> text, or a problem (too large, not UTF-8, a NUL byte)."""
+    if len(raw) > max_bytes:
+        return None, LoadProblem(0, 0, f"file is {len(raw)} bytes, larger than the limit of "
+                                       f"{max_bytes} bytes (--max-bytes); split it")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None, LoadProblem(1, 1, "file is UTF-16 encoded; save it as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, LoadProblem(line, col, f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
+                                            "cannot be decoded); save it as UTF-8")
+    return text, None
+
+
+def _yaml_problem(exc: yaml.YAMLError, document: int, text: str) -> LoadProblem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    if "constructor for the tag" in problem:
+        msg = (f"YAML tag not allowed in a manifest: {problem} (use only JSON-compatible "
+               "values: mappings, lists, strings, numbers, booleans, null)")
+    else:
+        msg = f"YAML syntax error: {context + ': ' if context else ''}{problem}"
+    if mark is not None and "\t" in _line_at(text, mark.line)[: mark.column + 1]:
+        msg += " (tabs are not allowed for indentation in YAML; use spaces)"
+    return LoadProblem(line, col, msg + "; checking of this file stopped here", document)
+
+
+def _line_at(text: str, line: int) -> str:
+    lines = text.split("\n", line + 1)
+    return lines[line] if line < len(lines) else ""
+
+
+def load_yaml(name: str, text: str) -> LoadedFile:
+    out = LoadedFile(name, text, "yaml")
+    loader = _Loader(text)
+    try:
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            before = len(loader.duplicates)
+            doc = Document(len(out.documents), loader.get_data())
+            doc.dup_marks.extend(loader.duplicates[before:])
+            out.documents.append(doc)
+    except yaml.YAMLError as exc:
+        out.problems.append(_yaml_problem(exc, len(out.documents), text))
+    except RecursionError:
+        out.problems.append(LoadProblem(0, 0, "document is nested too deeply to read",
+                                        len(out.documents)))
+    finally:
+        loader.dispose()
+    if "&" in text:
+        for doc in out.documents:
+            problem = measure(doc.data)
+            if problem is not None:
+                doc.problems.append(LoadProblem(1, 1, problem, doc.index))
+                doc.data = None
+    return out
+
+
+def _dup_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_json(name: str, text: str) -> LoadedFile:
+    """A ``.json`` file holds one document (possibly a ``kind: List``)."""
+    out = LoadedFile(name, text, "json")
+    try:
+        data = json.loads(text, object_pairs_hook=_dup_hook, parse_constant=_no_constant)
+    except _DuplicateKey as exc:
+        out.problems.append(LoadProblem(0, 0, f"duplicate key {exc.key!r}", 0))
+        return out
+    except json.JSONDecodeError as exc:
+        out.problems.append(LoadProblem(exc.lineno, exc.colno, f"JSON syntax error: {exc.msg}", 0))
+        return out
+    except (ValueError, RecursionError) as exc:
+        msg = ("document is nested too deeply to read" if isinstance(exc, RecursionError)
+               else str(exc))
+        out.problems.append(LoadProblem(1, 1, f"JSON error: {msg}", 0))
+        return out
+    out.documents.append(Document(0, data))
+    return out
+
+
+def load(name: str, raw: bytes, *, max_bytes: int = MAX_BYTES) -> LoadedFile:
+    fmt = "json" if name.lower().endswith(".json") else "yaml"
+    text, problem = decode(name, raw, max_bytes=max_bytes)
+    if text is None:
+        out = LoadedFile(name, None, fmt)
+        assert problem is not None
+        out.problems.append(problem)
+        return out
+    return load_json(name, text) if fmt == "json" else load_yaml(name, text)
+
+
+def measure(data: Any, *, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why ``data`` is not a sane JSON-like tree, or None.
+
+    Sizes are memoised by object identity so a shared (aliased) subtree is measured once
+    but counted every time it is used: the result is the size the document *would* have
+    if expanded, computed in time proportional to the number of distinct nodes.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        if depth > max_depth:
+            raise _Unsane(f"document is nested deeper than {max_depth} levels")
+        if isinstance(node, dict):
+            items: Any = node.values()
+        elif isinstance(node, list):
+            items = node
+        else:
+            if isinstance(node, float) and not math.isfinite(node):
+                raise _Unsane("document contains a NaN or infinite number (not valid JSON)")
+            return 1
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in active:
+            raise _Unsane("document contains a recursive alias (an anchor that refers to itself)")
+        active.add(ident)
+        total = 1
+        for child in items:
+            total += size(child, depth + 1)
+            if total > max_nodes:
+                raise _Unsane(f"document expands to more than {max_nodes} nodes through YAML "
+                              "aliases (an alias bomb?); write it without anchors")
+        active.discard(ident)
+        sizes[ident] = total
+        return total
+
+    try:
+        size(data, 0)
+    except _Unsane as exc:
+        return str(exc)
+    except RecursionError:
+        return "document is nested too deeply"
+    return None
+
+
+class _Unsane(Exception):
+    pass
+
+
+def unsupported_value(data: Any, max_depth: int = 200) -> tuple[JsonPath, str] | None:
+    """Find a value that has no JSON equivalent (non-string key, bytes, dates...).
+
+    Called only when the compiled validator refuses a document, so the hot path pays nothing.
+    """
+    stack: list[tuple[Any, JsonPath]] = [(data, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > max_depth:
+            return path[:max_depth], f"document is nested deeper than {max_depth} levels"
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    return path, f"mapping key {k!r} is a {type(k).__name__}; keys must be strings"
+                stack.append((v, (*path, k)))
+        elif isinstance(node, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(node))
+        elif node is None or isinstance(node, str | bool | int):
+            continue
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                return path, "NaN and infinite numbers are not valid JSON"
+        else:
+            return path, f"a value of type {type(node).__name__} is not allowed in a manifest"
+    return None

@@ -1,0 +1,267 @@
+"""The core of ``smtpctl validate``: files and streams in, diagnostics out.
+
+Work per document on the hot path: one C-loader construction, one compiled
+``jsonschema_rs`` ``is_valid`` call, a handful of dict lookups for the semantic checks.
+Only a document with a problem pays for more: a full error iteration and the positions
+(the file is composed again once, lazily).
+
+Document classification: a mapping whose ``kind`` is ours, or whose ``apiVersion`` is in
+our API group, is validated; any other mapping (a Deployment next to the relays) is
+skipped and counted; an empty document (a trailing ``---``) is ignored; anything that
+is not a mapping is an error.  A ``kind: List`` (``kubectl get -o yaml`` output) is
+expanded into its items.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+from reconciler.schema.diagnostics import Diagnostic, JsonPath, Severity, format_path
+from reconciler.schema.loader import MAX_BYTES, load, unsupported_value
+from reconciler.schema.messages import drop_shadowed, translate
+from reconciler.schema.positions import PositionIndex
+from reconciler.schema.schemas import API_GROUP, KINDS, validator
+from reconciler.schema.semantic import Resource, check_document, check_set
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class Options(NamedTuple):
+    strict: bool = False
+    allow_status: bool = False
+    max_bytes: int = MAX_BYTES
+
+
+class DocumentResult:
+    """One validated document (for per-document outputs such as junit)."""
+
+    __slots__ = ("diagnostics", "file", "index", "kind", "name")
+
+    def __init__(self, file: str, index: int, kind: str | None, name: str | None) -> None:
+        self.file = file
+        self.index = index
+        self.kind = kind
+        self.name = name
+        self.diagnostics: list[Diagnostic] = []
+
+
+class Report:
+    """The outcome of one run: counts, every diagnostic, and per-document results."""
+
+    __slots__ = ("diagnostics", "documents", "files", "io_errors", "results", "skipped")
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.skipped = 0
+        self.files = 0
+        self.io_errors = 0
+        self.diagnostics: list[Diagnostic] = []
+        self.results: list[DocumentResult] = []
+
+    @property
+    def valid(self) -> bool:
+        return self.io_errors == 0 and not any(d.severity == "error" for d in self.diagnostics)
+
+    def counts(self) -> tuple[int, int]:
+        errors = sum(1 for d in self.diagnostics if d.severity == "error")
+        return errors, len(self.diagnostics) - errors
+
+
+class _Context(NamedTuple):
+    file: str
+    positions: PositionIndex
+    doc_index: int
+    base: JsonPath
+    result: DocumentResult
+
+
+class Validator:
+    """Accumulates one run over many inputs; call :meth:`finish` for the report."""
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or Options()
+        self.report = Report()
+        self._resources: list[Resource] = []
+        self._contexts: list[_Context] = []
+
+    # --- inputs -----------------------------------------------------------------------
+    def add_paths(self, paths: list[str], stdin: BinaryIO | None = None) -> None:
+        for name, raw in iter_inputs(paths, stdin):
+            if isinstance(raw, OSError):
+                self.report.io_errors += 1
+                self._diag(name, 0, 0, "", None, None, "error", _io_message(raw))
+            else:
+                self.add_bytes(name, raw)
+
+    def add_bytes(self, name: str, raw: bytes) -> None:
+        self.report.files += 1
+        loaded = load(name, raw, max_bytes=self.options.max_bytes)
+        positions = PositionIndex(loaded.text)
+        for problem in loaded.problems:
+            path = format_path(problem.path)
+            self._diag(name, problem.line, problem.column, path, None, None, "error",
+                       problem.message)
+        for doc in loaded.documents:
+            if doc.problems:
+                self.report.documents += 1
+                result = DocumentResult(name, doc.index, None, None)
+                self.report.results.append(result)
+                for p in doc.problems:
+                    self._diag(name, p.line, p.column, "", None, None, "error", p.message, result)
+                continue
+            dups = doc.dup_marks
+            if doc.data is None and not dups:
+                continue
+            data = doc.data
+            if (isinstance(data, dict) and data.get("kind") == "List"
+                    and data.get("apiVersion") == "v1" and isinstance(data.get("items"), list)):
+                for i, item in enumerate(data["items"]):
+                    self._document(name, positions, doc.index, ("items", i), item, [])
+                self._document(name, positions, doc.index, (), None, dups)
+            else:
+                self._document(name, positions, doc.index, (), data, dups)
+
+    # --- one document -----------------------------------------------------------------
+    def _document(self, file: str, positions: PositionIndex, index: int, base: JsonPath,
+                  data: Any, dups: list[tuple[int, int, str]]) -> None:
+        kind = name = None
+        if isinstance(data, dict):
+            k = data.get("kind")
+            api = data.get("apiVersion")
+            ours = k in KINDS or (isinstance(api, str) and api.split("/")[0] == API_GROUP)
+            if not ours and not dups:
+                self.report.skipped += 1
+                return
+            kind = k if isinstance(k, str) else None
+            meta = data.get("metadata")
+            if isinstance(meta, dict) and isinstance(meta.get("name"), str):
+                name = meta["name"]
+        elif data is None and not dups:
+            return
+        self.report.documents += 1
+        result = DocumentResult(file, index, kind, name)
+        self.report.results.append(result)
+        ctx = _Context(file, positions, index, base, result)
+
+        for line, col, key in dups:
+            path = positions.path_at(index, line, col)
+            self._diag(file, line, col, format_path(path), kind, name, "error",
+                       f"duplicate key {key!r}: YAML forbids it, and the later value would "
+                       "silently replace the earlier one", result)
+        if data is None:
+            return
+        if not isinstance(data, dict):
+            what = "a list" if isinstance(data, list) else f"a {type(data).__name__} scalar"
+            self._at(ctx, (), "error", f"document is {what}, not a mapping: a manifest is a "
+                     "mapping with apiVersion, kind, metadata and spec")
+            return
+        if kind not in KINDS:
+            shown = repr(data.get("kind")) if isinstance(data.get("kind"), str) else "missing"
+            self._at(ctx, ("kind",), "error",
+                     f"kind is {shown}: the {API_GROUP} API group has kinds "
+                     f"{' and '.join(KINDS)}")
+            return
+        assert kind is not None
+        v = validator(kind)
+        try:
+            ok = v.is_valid(data)
+            errors = [] if ok else list(v.iter_errors(data))
+        except ValueError:
+            bad = unsupported_value(data)
+            path, msg = bad if bad is not None else ((), "document cannot be validated")
+            self._at(ctx, path, "error", msg)
+            return
+        if errors:
+            messages = [m for e in errors for m in translate(kind, e)]
+            seen: set[tuple[JsonPath, str]] = set()
+            for m in drop_shadowed(messages):
+                if (m.path, m.text) not in seen:
+                    seen.add((m.path, m.text))
+                    self._at(ctx, m.path, "error", m.text)
+        for f in check_document(data, kind, allow_status=self.options.allow_status):
+            self._at(ctx, f.path, f.severity, f.message)
+        meta = data.get("metadata")
+        ns = meta.get("namespace") if isinstance(meta, dict) else None
+        self._resources.append(Resource(len(self._contexts), kind,
+                                        ns if isinstance(ns, str) else "default", name, data))
+        self._contexts.append(ctx)
+
+    # --- output -----------------------------------------------------------------------
+    def _at(self, ctx: _Context, path: JsonPath, severity: Severity, message: str) -> None:
+        full = (*ctx.base, *path)
+        line, col = ctx.positions.locate(ctx.doc_index, full)
+        r = ctx.result
+        self._diag(ctx.file, line, col, format_path(full), r.kind, r.name, severity, message, r)
+
+    def _diag(self, file: str, line: int, col: int, path: str, kind: str | None,
+              name: str | None, severity: Severity, message: str,
+              result: DocumentResult | None = None) -> None:
+        if severity == "warning" and self.options.strict:
+            severity = "error"
+        d = Diagnostic(file, line, col, path, kind, name, severity, message)
+        self.report.diagnostics.append(d)
+        if result is not None:
+            result.diagnostics.append(d)
+
+    def finish(self) -> Report:
+        for key, finding in check_set(self._resources):
+            self._at(self._contexts[key], finding.path, finding.severity, finding.message)
+        order: dict[str, int] = {}
+        for d in self.report.diagnostics:
+            order.setdefault(d.file, len(order))
+        self.report.diagnostics.sort(key=lambda d: (order[d.file], d.line, d.column))
+        for r in self.report.results:
+            r.diagnostics.sort(key=lambda d: (d.line, d.column))
+        return self.report
+
+
+def validate_paths(paths: list[str], options: Options | None = None,
+                   stdin: BinaryIO | None = None) -> Report:
+    v = Validator(options)
+    v.add_paths(paths, stdin)
+    return v.finish()
+
+
+def validate_bytes(name: str, raw: bytes, options: Options | None = None) -> Report:
+    v = Validator(options)
+    v.add_bytes(name, raw)
+    return v.finish()
+
+
+def iter_inputs(paths: list[str], stdin: BinaryIO | None = None
+                ) -> Iterator[tuple[str, bytes | OSError]]:
+    """(name, content or the OSError) for files, directories (recursive) and ``-``."""
+    for p in paths:
+        if p == "-":
+            stream = stdin if stdin is not None else sys.stdin.buffer
+            yield "<stdin>", stream.read()
+            continue
+        path = Path(p)
+        if path.is_dir():
+            found = False
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if f.lower().endswith(SUFFIXES) and not f.startswith("."):
+                        found = True
+                        yield from _read(os.path.join(root, f))
+            if not found:
+                yield p, FileNotFoundError(f"no *.yaml, *.yml or *.json files under {p}")
+        else:
+            yield from _read(p)
+
+
+def _read(p: str) -> Iterator[tuple[str, bytes | OSError]]:
+    try:
+        with open(p, "rb") as fh:
+            yield p, fh.read(MAX_BYTES * 4 + 1)
+    except OSError as exc:
+        yield p, exc
+
+
+def _io_message(exc: OSError) -> str:
+    return f"cannot read: {exc.strerror or exc}"
