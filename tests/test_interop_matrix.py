@@ -37,6 +37,7 @@ from tests.support.canary import assert_no_canary
 from tests.support.postfix import (
     PostfixPeer,
     SwaksResult,
+    assert_secret_absent,
     postfix_peer,
     run_swaks,
     start_peer,
@@ -274,6 +275,7 @@ def doc_block(text: str) -> str | None:
 async def test_cell(postfix_peer: PostfixPeer, cell: Cell) -> None:
     verdict = await run_cell_probe(postfix_peer, cell)
     assert_no_canary(*verdict_texts(verdict), where=f"probe verdict of {cell.id}")
+    assert_secret_absent("\n".join(verdict_texts(verdict)), canary.PASSWORD, cell.id)
     assert probe_outcome(verdict) == cell.expect_probe, verdict.message
     if cell.swaks is None:
         return
@@ -283,6 +285,7 @@ async def test_cell(postfix_peer: PostfixPeer, cell: Cell) -> None:
     result = run_cell_swaks(postfix_peer, cell)
     assert result is not None
     assert_no_canary(result.transcript, where=f"swaks transcript of {cell.id}")
+    assert_secret_absent(result.transcript, canary.PASSWORD, f"swaks transcript of {cell.id}")
     assert swaks_outcome(result, cell) == cell.expect_swaks
 
 

@@ -9,8 +9,15 @@ from __future__ import annotations
 import pytest
 
 from reconciler.secret import Secret as _Secret
+from tests.support import canary
 from tests.support.canary import assert_no_canary, assert_no_canary_in_tree
-from tests.support.postfix import PostfixPeer, postfix_peer, run_swaks, swaks_ready
+from tests.support.postfix import (
+    PostfixPeer,
+    assert_secret_absent,
+    postfix_peer,
+    run_swaks,
+    swaks_ready,
+)
 
 pytestmark = [pytest.mark.postfix, pytest.mark.usefixtures("swaks_ready")]
 __all__ = ["postfix_peer", "swaks_ready"]  # session fixtures, imported for pytest
@@ -18,6 +25,7 @@ __all__ = ["postfix_peer", "swaks_ready"]  # session fixtures, imported for pyte
 
 def _checked(result_transcript: str) -> None:
     assert_no_canary(result_transcript, where="swaks transcript")
+    assert_secret_absent(result_transcript, canary.PASSWORD, "swaks transcript")
 
 
 def test_starttls_plain_passes(postfix_peer: PostfixPeer) -> None:

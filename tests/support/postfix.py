@@ -34,6 +34,7 @@ skipping with a reason when the Debian packages are missing) or as a context man
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import grp
@@ -571,6 +572,32 @@ def run_swaks(
         out = (exc.stdout or b"").decode("utf-8", "replace") if isinstance(
             exc.stdout, bytes) else (exc.stdout or "")
     return SwaksResult(code, out, time.monotonic() - started)
+
+
+# --- leak checks ---------------------------------------------------------------------------
+
+
+def secret_forms(value: str) -> list[str]:
+    """``value`` and its base64 forms at all three alignments inside a larger payload.
+
+    ``canary.find_canary`` knows the forms for a few fixed SASL prefixes; an AUTH PLAIN
+    payload ``\\0probe@interop.test\\0PASSWORD`` puts the password at the third
+    alignment, which it misses.  The middle of the encoding (quads made of the value's
+    bytes only) is the same whatever comes before or after, so it is what to look for.
+    """
+    raw = value.encode()
+    forms = [value]
+    for k in range(3):
+        enc = base64.b64encode(b"\0" * k + raw).decode()
+        forms.append(enc[4 if k else 0: -4])
+    return [f for f in forms if len(f) >= 8]
+
+
+def assert_secret_absent(text: str | bytes, value: str, where: str) -> None:
+    """Fail when ``value`` (or a base64 form of it) occurs in ``text``."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    assert not any(form in text for form in secret_forms(value)), f"secret leaked into {where}"
 
 
 # --- pytest ------------------------------------------------------------------------------

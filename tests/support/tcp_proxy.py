@@ -114,13 +114,27 @@ class TcpProxy:
         self.connections = []
 
     def wait_closed(self, count: int = 1, timeout: float = 5.0) -> list[Connection]:
-        """Block until ``count`` connections have finished (bounded), then return them."""
+        """Block until ``count`` connections have finished (bounded), then return them.
+
+        From a coroutine use :meth:`closed`: blocking the caller's event loop would keep
+        the client's own transport from closing.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             done = [c for c in self.connections if c.closed]
             if len(done) >= count:
                 return done
             time.sleep(0.01)
+        return [c for c in self.connections if c.closed]
+
+    async def closed(self, count: int = 1, timeout: float = 5.0) -> list[Connection]:
+        """:meth:`wait_closed` for async callers: yields so their transports can close."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = [c for c in self.connections if c.closed]
+            if len(done) >= count:
+                return done
+            await asyncio.sleep(0.01)
         return [c for c in self.connections if c.closed]
 
     # --- the proxy (runs on the proxy thread) ---
