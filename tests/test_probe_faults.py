@@ -237,3 +237,24 @@ async def test_connect_timeout() -> None:
         for s in fillers:
             s.close()
         listener.close()
+
+
+async def test_server_hangs_up_after_rejecting_token(fault: type[FaultServer],
+                                                     ca: trustme.CA) -> None:
+    """Refresh once, reconnect once with the fresh token, then report the rejection."""
+    from tests.support.smtp_servers import TokenSource, new_token
+
+    challenge = "334 eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIn0="
+    server = fault("ok", tls="implicit", server_context=server_context(ca.issue_cert("127.0.0.1")),
+                   extensions=("AUTH XOAUTH2",), replies={"AUTH": challenge, "": "535 5.7.8 no"},
+                   close_after=("",))
+    source = TokenSource(new_token(), new_token())
+    spec = make_spec(server.port, mode="implicit", auth="OAuth2")
+    v = await run_probe(spec, ProbeCredentials(token_provider=source,
+                                               ca_bundle_pem=ca.cert_pem.bytes().decode()))
+    assert (v.passed, v.reason, v.stage) == (False, "OAuth2AuthenticationFailed", "auth")
+    assert v.token_rejected is True
+    assert source.calls == [False, True]
+    assert len(server.connections) == 2
+    assert "status=401" in v.message
+    assert_clean(v)

@@ -109,7 +109,8 @@ async def _run(state: AttemptState, total: float) -> int:
                 # The server hung up after rejecting the token: one new connection with the
                 # fresh token (the refresh already happened inside the attempt).
                 if (failure.token_rejected and failure.reason == "ProtocolError"
-                        and state.token is not None and attempts == 1):
+                        and state.token_refreshed and not state.reconnected):
+                    state.reconnected = True
                     state.transcript.note("reconnecting with the fresh token")
                     await _attempt(state)
                 else:

@@ -68,6 +68,7 @@ class AttemptState:
     token: Secret | None = None
     token_refreshed: bool = False
     deadline_bound: bool = False
+    reconnected: bool = False  # the one reconnect after a token rejection was used
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -422,10 +423,18 @@ def _token_rejected(reply: SMTPResponse) -> bool:
 async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str) -> None:
     """XOAUTH2/OAUTHBEARER; a rejected token is refreshed once and AUTH retried."""
     token = state.token or await _token(state, force=state.token_refreshed)
+    retry = False
     while True:
         budget = state.timeout()
-        with _guard(state, budget):
-            outcome = await sasl.auth_oauth(wire, mech, username, token, budget)
+        try:
+            with _guard(state, budget):
+                outcome = await sasl.auth_oauth(wire, mech, username, token, budget)
+        except ProbeFailure as failure:
+            # The server hung up after rejecting the first token (some do): the runner
+            # reconnects once with the fresh token.
+            if retry and failure.reason == "ProtocolError":
+                failure.token_rejected = True
+            raise
         final = outcome.final
         if final.code == 235:
             return
@@ -437,6 +446,7 @@ async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str)
             state.token_refreshed = True
             state.transcript.note("token rejected; fetching a fresh one")
             token = await _token(state, force=True)
+            retry = True
             if wire.protocol is not None and wire.protocol.is_connected:
                 continue
             raise ProbeFailure("auth", "ProtocolError",

@@ -16,8 +16,9 @@ AUTH was ever sent in the clear.  Behaviours:
 ``no_starttls``        do not advertise STARTTLS (a downgrade), offer AUTH in the clear
 ``disconnect_after_auth``  close the connection when AUTH arrives
 
-``delay`` makes the command loop answer every command that many seconds late (a slow
-but live server: the deadline case).
+``close_after`` hangs up right after the reply to those verbs; ``delay`` makes the
+command loop answer every command that many seconds late (a slow but live server: the
+deadline case).
 
 ``tls="implicit"`` wraps the listener in TLS; ``tls_cert`` chooses the certificate
 (the expired / wrong-host / self-signed cases).  ``replies`` overrides the reply to a
@@ -49,7 +50,8 @@ class FaultServer:
                  server_context: ssl.SSLContext | None = None,
                  replies: dict[str, str] | None = None,
                  extensions: tuple[str, ...] = ("PIPELINING", "AUTH PLAIN LOGIN"),
-                 limit: int = 4_000_000, delay: float = 0.0) -> None:
+                 limit: int = 4_000_000, delay: float = 0.0,
+                 close_after: tuple[str, ...] = ()) -> None:
         self.behaviour = behaviour
         self.tls = tls
         self.server_context = server_context
@@ -57,6 +59,7 @@ class FaultServer:
         self.extensions = extensions
         self.limit = limit
         self.delay = delay  # seconds before every reply of the command loop ("slow")
+        self.close_after = close_after  # verbs after whose (overridden) reply we hang up
         self.port = 0
         self.connections: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -182,7 +185,7 @@ class FaultServer:
             if verb in self.replies:
                 reply = self.replies[verb].replace("{line}", text)
                 await self._send(conn, writer, reply.encode() + b"\r\n")
-                if reply.startswith("221"):
+                if reply.startswith("221") or verb in self.close_after:
                     return
                 continue
             if verb in ("EHLO", "HELO"):
