@@ -429,11 +429,11 @@ async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str)
         try:
             with _guard(state, budget):
                 outcome = await sasl.auth_oauth(wire, mech, username, token, budget)
-        except ProbeFailure as failure:
+        except ProbeFailure as lost:
             # The server hung up after rejecting the first token (some do): the runner
             # reconnects once with the fresh token.
-            if retry and failure.reason == "ProtocolError":
-                failure.token_rejected = True
+            if retry and lost.reason == "ProtocolError":
+                lost.token_rejected = True
             raise
         final = outcome.final
         if final.code == 235:
