@@ -341,3 +341,72 @@ def test_credential_reasons_are_in_the_catalog() -> None:
         found |= set(re.findall(r'"(OAuth2[A-Za-z0-9]+)"', text))
     assert len(found) > 15
     assert found <= set(catalog.CATALOG), found - set(catalog.CATALOG)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason", "needle"),
+    [
+        (200, {"token_type": "Bearer", "expires_in": 60}, "OAuth2TokenEndpointError",
+         "without an access_token"),
+        (200, {"access_token": canary.ACCESS_TOKEN_PREFIX + "mac", "token_type": "mac"},
+         "OAuth2TokenEndpointError", "'mac'"),
+        (400, {"error": "invalid_request", "error_description": "missing\nthing " + "x" * 400},
+         "OAuth2TokenEndpointError", "invalid_request: missing thing"),
+        (429, {"error": "slow_down"}, "OAuth2TokenEndpointError", "slow_down"),
+        (200, {"access_token": canary.ACCESS_TOKEN_PREFIX + "x", "expires_in": "soon"},
+         "OAuth2TokenEndpointError", "malformed"),
+    ],
+)
+async def test_misbehaving_token_endpoint(oauth_server: OAuthServer, status: int,
+                                          body: dict[str, Any], reason: str,
+                                          needle: str) -> None:
+    oauth_server.respond_next(status, body)
+    with pytest.raises(CredentialError) as exc:
+        await manager(attempts=1).token(provider(oauth_server))
+    assert exc.value.reason == reason
+    assert needle in exc.value.message
+    assert len(exc.value.message) < 400  # error_description is bounded
+    assert_clean(exc.value)
+
+
+async def test_non_json_4xx_is_endpoint_error(oauth_server: OAuthServer) -> None:
+    oauth_server.fail_next(1, 404)
+    with pytest.raises(CredentialError) as exc:
+        await manager().token(provider(oauth_server))
+    assert exc.value.reason == "OAuth2TokenEndpointError" and "HTTP 404" in exc.value.message
+
+
+@pytest.mark.parametrize(("expires_in", "cached_for"), [(None, 3600.0), ("120", 120.0),
+                                                        (-5, 3600.0)])
+async def test_expires_in_parsing(oauth_server: OAuthServer, expires_in: Any,
+                                  cached_for: float) -> None:
+    body: dict[str, Any] = {"access_token": canary.ACCESS_TOKEN_PREFIX + "x",
+                            "token_type": "bearer"}
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    oauth_server.respond_next(200, body)
+    now = [0.0]
+    tm = manager(clock=lambda: now[0], skew_seconds=10)
+    p = provider(oauth_server)
+    await tm.token(p)
+    assert tm.expires_in(p) == cached_for - 10
+
+
+async def test_server_error_oauth_code_is_retried(oauth_server: OAuthServer) -> None:
+    oauth_server.error_next(1, "server_error")  # HTTP 500 with a JSON error body
+    tm = manager(attempts=2)
+    await tm.token(provider(oauth_server))
+    assert tm.requests == 2
+
+
+def test_heavy_stacks_are_imported_lazily() -> None:
+    """Resolving env/file references must not import Kubernetes, authlib or httpx."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reconciler.credentials.sources, reconciler.credentials.resolve; "
+            "print(sorted(m for m in ('kubernetes', 'authlib', 'httpx', 'aiohttp') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

@@ -406,7 +406,8 @@ def token_error(exc: Exception, url: str, sent: list[Secret],
             f"token endpoint {url} could not be reached ({type(exc).__name__})"), True
     return CredentialError(
         "OAuth2TokenEndpointError",
-        f"token endpoint {url} answered something that is not a JSON object"), False
+        f"token endpoint {url} answered a malformed token response (not a JSON object, or "
+        f"fields of the wrong type)"), False
 
 
 def _expires_in(value: Any) -> float:

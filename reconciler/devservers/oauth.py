@@ -24,9 +24,10 @@ XOAUTH2/OAUTHBEARER validator asks :meth:`OAuthServer.is_valid` / :meth:`token_i
 accepts only tokens this server issued and that have not expired.
 
 Fault switches for tests: :meth:`fail_next` (answer 5xx N times), :meth:`delay_next`
-(answer slowly N times), ``fail_with_error`` (answer an OAuth error such as
-``temporarily_unavailable``).  Binds to 127.0.0.1 (or ::1) on port 0 only; start and stop
-from synchronous code (``with OAuthServer(...) as server:``).
+(answer slowly N times), :meth:`error_next` (answer an OAuth error such as
+``temporarily_unavailable``), :meth:`respond_next` (answer exactly this JSON).
+Binds to 127.0.0.1 (or ::1) on port 0 only; start and stop from synchronous code
+(``with OAuthServer(...) as server:``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class _Faults:
     error_count: int = 0
     error: str = "temporarily_unavailable"
     deny_next: bool = False
+    raw: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -251,6 +253,11 @@ class OAuthServer:
         """Answer the next ``count`` token requests with an OAuth error body (HTTP 400)."""
         with self._lock:
             self.faults.error_count, self.faults.error = count, error
+
+    def respond_next(self, status: int, body: dict[str, Any]) -> None:
+        """Answer the next token request with exactly this JSON (a misbehaving provider)."""
+        with self._lock:
+            self.faults.raw.append((status, body))
 
     def deny_next(self) -> None:
         """The next /authorize request is refused by the "user" (error=access_denied)."""
@@ -458,6 +465,10 @@ class OAuthServer:
         return 200, {"sub": info.subject, "scope": " ".join(info.scope),
                      "client_id": info.client_id}, {}
 
+    def take_raw(self) -> tuple[int, dict[str, Any]] | None:
+        with self._lock:
+            return self.faults.raw.pop(0) if self.faults.raw else None
+
     def take_fault(self) -> tuple[float, int | None, str | None]:
         """(delay seconds, fail status, oauth error) for the next token request."""
         with self._lock:
@@ -553,6 +564,10 @@ def _make_handler(server: OAuthServer) -> type[BaseHTTPRequestHandler]:
             if error is not None:
                 self._send_json(400 if error != "server_error" else 500,
                                 {"error": error, "error_description": "try again later"})
+                return
+            raw = server.take_raw()
+            if raw is not None:
+                self._send_json(*raw)
                 return
             self._send_json(*server.handle_token(self.headers, form))
 
