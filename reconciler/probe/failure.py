@@ -16,7 +16,7 @@ class ProbeFailure(Exception):
 
     def __init__(
         self, stage: str, reason: str, detail: str = "", *, retryable: bool | None = None,
-        timeout: bool = False, token_rejected: bool = False,
+        timeout: bool = False, token_rejected: bool = False, retry_now: bool = True,
     ) -> None:
         super().__init__(f"{stage}: {reason}")
         catalog.get(reason)  # unknown reasons are programming errors: fail loudly
@@ -26,6 +26,9 @@ class ProbeFailure(Exception):
         self.retryable = catalog.get(reason).retryable if retryable is None else retryable
         self.timeout = timeout
         self.token_rejected = token_rejected
+        # False when a retry *within this probe* cannot help even though the reason is
+        # retryable later (an unknown host name: DNS will not change in a second).
+        self.retry_now = retry_now
 
     @property
     def message(self) -> str:

@@ -54,8 +54,9 @@ _FALLBACK_STAGES = frozenset({"connect", "tls"})
 
 
 def _transient(exc: BaseException) -> bool:
-    return (isinstance(exc, ProbeFailure) and exc.retryable and not exc.timeout
-            and exc.stage in _RETRY_STAGES and exc.reason in _RETRY_REASONS)
+    return (isinstance(exc, ProbeFailure) and exc.retryable and exc.retry_now
+            and not exc.timeout and exc.stage in _RETRY_STAGES
+            and exc.reason in _RETRY_REASONS)
 
 
 async def _attempt(state: AttemptState) -> None:
@@ -156,24 +157,22 @@ async def run_probe(
     duration = time.monotonic() - started
     if spec.tls.verify is False and state.details.get("tlsVersion"):
         state.warn("TLSVerificationDisabled")
-    common = {
-        "duration_seconds": round(duration, 6),
-        "warnings": tuple(state.warnings),
-        "stage_seconds": dict(state.stage_seconds),
-        "transcript": state.transcript.lines(),
-        "details": dict(state.details),
-    }
+    transcript = state.transcript.lines()
+    details = dict(state.details)
     if failure is None:
         ok = catalog.get("TestPassed")
         message = ok.message
         if state.warnings:
             message += " (warnings: " + ", ".join(state.warnings) + ")"
         return Verdict(passed=True, stage="quit", reason=ok.name, message=message,
-                       action=ok.action, retryable=False, **common)  # type: ignore[arg-type]
-    entry = catalog.get(failure.reason)
+                       action=ok.action, retryable=False, duration_seconds=round(duration, 6),
+                       warnings=tuple(state.warnings), stage_seconds=dict(state.stage_seconds),
+                       transcript=transcript, details=details)
     return Verdict(
         passed=False, stage=failure.stage, reason=failure.reason,
-        message=state.transcript.redact(failure.message), action=entry.action,
-        retryable=failure.retryable, token_rejected=failure.token_rejected,
-        **common,  # type: ignore[arg-type]
+        message=state.transcript.redact(failure.message),
+        action=catalog.get(failure.reason).action, retryable=failure.retryable,
+        duration_seconds=round(duration, 6), warnings=tuple(state.warnings),
+        stage_seconds=dict(state.stage_seconds), transcript=transcript, details=details,
+        token_rejected=failure.token_rejected,
     )

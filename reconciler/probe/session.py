@@ -177,7 +177,7 @@ async def _resolve(state: AttemptState, host: str, port: int) -> list[tuple[Any,
         transient = exc.errno in _TRANSIENT_GAI
         raise ProbeFailure("resolve", "UnknownHost",
                            f"{host!r} does not resolve ({exc.strerror})",
-                           retryable=True if transient else None) from None
+                           retry_now=transient) from None
     except TimeoutError:
         raise ProbeFailure("resolve", "UnknownHost", f"DNS lookup of {host!r} timed out",
                            timeout=True) from None
