@@ -28,6 +28,8 @@ from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_files, a
 
 HELP = "run the connection test of ExternalSmtp resources, without saving anything"
 MAX_CONCURRENT = 8
+JSON_KEYS = ("name", "namespace", "passed", "stage", "reason", "message", "action",
+             "retryable", "warnings", "durationSeconds", "transcript")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     results = asyncio.run(_test_all(relays, providers, args, policy))
     if args.output == "json":
-        print(json.dumps({"results": results}, indent=2))
+        # Exactly the documented shape (issue 3); details are for the text view.
+        public = [{k: v for k, v in r.items() if k in JSON_KEYS} for r in results]
+        print(json.dumps({"results": public}, indent=2))
     else:
         _print_text(results, verbose=args.verbose)
     return EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED
