@@ -330,7 +330,7 @@ class ObjectMeta(BaseModel):
         default="default", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    generation: int | None = None
+    generation: StrictInt | None = None
     uid: str | None = None
     resource_version: str | None = Field(default=None, alias="resourceVersion")
     creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
@@ -346,18 +346,18 @@ class Condition(BaseModel):
     reason: str = Field(max_length=1024)
     message: str = Field(default="", max_length=32768)
     last_transition_time: str = Field(alias="lastTransitionTime")
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    observed_generation: StrictInt | None = Field(default=None, alias="observedGeneration")
 
 
 class TestSummary(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True)
 
-    passed: bool | None = None
+    passed: StrictBool | None = None
     stage: str | None = None
     reason: str | None = None
     message: str | None = None
-    duration_seconds: float | None = Field(default=None, alias="durationSeconds")
-    generation: int | None = None
+    duration_seconds: float | None = Field(default=None, alias="durationSeconds", strict=True)
+    generation: StrictInt | None = None
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -366,9 +366,9 @@ class ActiveRelay(BaseModel):
 
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
 
-    generation: int
+    generation: StrictInt
     host: str
-    port: int
+    port: StrictInt
     authentication: Authentication
     tls_mode: Literal["implicit", "starttls", "none"] = Field(alias="tlsMode")
     username: str | None = None
@@ -379,10 +379,10 @@ class ActiveRelay(BaseModel):
 class ExternalSmtpStatus(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
 
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    observed_generation: StrictInt | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list)
-    selected: bool = False
-    active_generation: int | None = Field(default=None, alias="activeGeneration")
+    selected: StrictBool = False
+    active_generation: StrictInt | None = Field(default=None, alias="activeGeneration")
     active: ActiveRelay | None = None
     last_test_time: str | None = Field(default=None, alias="lastTestTime")
     last_successful_test_time: str | None = Field(default=None, alias="lastSuccessfulTestTime")
@@ -392,7 +392,7 @@ class ExternalSmtpStatus(BaseModel):
 class OAuth2ProviderStatus(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
 
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    observed_generation: StrictInt | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list)
     last_token_time: str | None = Field(default=None, alias="lastTokenTime")
 

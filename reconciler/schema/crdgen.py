@@ -17,8 +17,9 @@ node, no ``$ref``, no ``additionalProperties`` next to ``properties``, and combi
 * a string-or-list field (``scopes``) cannot be typed structurally: it keeps
   ``x-kubernetes-preserve-unknown-fields`` plus a CEL type check;
 * ``metadata`` is left to the API server (it validates names itself);
-* ``status`` is typed for ``kubectl explain`` and keeps unknown fields
-  (``x-kubernetes-preserve-unknown-fields``) so a newer reconciler can add fields.
+* ``status`` is typed for ``kubectl explain`` and every object in it keeps unknown fields
+  (``x-kubernetes-preserve-unknown-fields``), as the JSON Schema and the models do, so a
+  newer reconciler can add fields without a CRD change.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def structural(node: Any, root: dict[str, Any], *, status: bool = False) -> Any:
         # string-or-list (scopes): not expressible structurally; keep the value as given
         # and let the reconciler's model reject anything else (InvalidSpec).
         out["x-kubernetes-preserve-unknown-fields"] = True
+    if status and out.get("type") == "object":
+        out["x-kubernetes-preserve-unknown-fields"] = True
     if isinstance(node.get("additionalProperties"), dict) and "properties" not in node:
         out["additionalProperties"] = structural(node["additionalProperties"], root)
     rules = cel_rules(node)
@@ -136,7 +139,6 @@ def crd(kind: str) -> dict[str, Any]:
     props = root["properties"]
     spec = structural(props["spec"], root)
     status = structural(props["status"], root, status=True)
-    status["x-kubernetes-preserve-unknown-fields"] = True
     schema = {
         "type": "object",
         "description": root["description"],

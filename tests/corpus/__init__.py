@@ -1,0 +1,1 @@
+"""The manifest corpus shared by the agreement, CRD/CEL and fuzz tests."""
