@@ -316,10 +316,17 @@ async def test_devserver_rfc6749_details(oauth_server: OAuthServer) -> None:
         assert r.status_code == 200 and r.json()["sub"] == MAILBOX
         r = await http.get(oauth_server.test_url, headers={"Authorization": "Bearer nope"})
         assert r.status_code == 401 and "invalid_token" in r.headers["www-authenticate"]
+        # Introspection (RFC 7662) of a live token.
+        r = await http.post(oauth_server.introspect_url, data={"token": body["access_token"]})
+        intro = r.json()
+        assert intro["active"] is True and intro["username"] == MAILBOX
+        assert intro["scope"] == M365_SCOPE and intro["exp"] > 0
         # Revocation kills the access token (RFC 7009); unknown tokens still get 200.
         r = await http.post(oauth_server.revoke_url, auth=("m365-app", canary.CLIENT_SECRET),
                             data={"token": body["access_token"]})
         assert r.status_code == 200 and not oauth_server.is_valid(body["access_token"])
+        r = await http.post(oauth_server.introspect_url, data={"token": body["access_token"]})
+        assert r.json() == {"active": False}
         r = await http.post(oauth_server.revoke_url, auth=("m365-app", canary.CLIENT_SECRET),
                             data={"token": "unknown"})
         assert r.status_code == 200

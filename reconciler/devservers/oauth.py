@@ -18,6 +18,11 @@ specified precisely by the RFCs, so it is written here faithfully and kept reada
 * ``POST /revoke`` (RFC 7009): revokes access or refresh tokens; 200 even for unknown ones.
 * ``GET /test``: a protected resource for ``testEndpoint``: 200 with the subject and scope
   for a live Bearer token, 401 ``invalid_token`` otherwise (RFC 6750 section 3).
+* ``POST /introspect`` (RFC 7662): ``{"active": true, "username", "sub", "scope",
+  "client_id", "exp"}`` for a live access token, ``{"active": false}`` otherwise.  RFC 7662
+  wants the caller authenticated; this loopback development server accepts anonymous
+  callers so that a resource server such as Dovecot's ``oauth2`` passdb
+  (``introspection_mode = post``) can use it unchanged.
 
 It records every issued access token with expiry, subject and scope; an SMTP relay's
 XOAUTH2/OAUTHBEARER validator asks :meth:`OAuthServer.is_valid` / :meth:`token_info` so it
@@ -196,6 +201,10 @@ class OAuthServer:
     @property
     def test_url(self) -> str:
         return self.url + "/test"
+
+    @property
+    def introspect_url(self) -> str:
+        return self.url + "/introspect"
 
     # --- administration (tests, demo) ---------------------------------------------------
 
@@ -465,6 +474,17 @@ class OAuthServer:
         return 200, {"sub": info.subject, "scope": " ".join(info.scope),
                      "client_id": info.client_id}, {}
 
+    def handle_introspect(self, form: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            self.requests.append(("/introspect", form.get("token_type_hint", "")))
+        info = self.token_info(form.get("token", ""))
+        if info is None:
+            return {"active": False}
+        exp = int(time.time() + (info.expires_at - time.monotonic()))
+        return {"active": True, "username": info.subject, "sub": info.subject,
+                "scope": " ".join(info.scope), "client_id": info.client_id, "exp": exp,
+                "token_type": "Bearer"}
+
     def take_raw(self) -> tuple[int, dict[str, Any]] | None:
         with self._lock:
             return self.faults.raw.pop(0) if self.faults.raw else None
@@ -545,7 +565,7 @@ def _make_handler(server: OAuthServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
             form = self._form()
-            if path not in ("/token", "/revoke"):
+            if path not in ("/token", "/revoke", "/introspect"):
                 self._send_json(404, {"error": "not_found"})
                 return
             if form is None:
@@ -554,6 +574,9 @@ def _make_handler(server: OAuthServer) -> type[BaseHTTPRequestHandler]:
                 return
             if path == "/revoke":
                 self._send_json(*server.handle_revoke(self.headers, form))
+                return
+            if path == "/introspect":
+                self._send_json(200, server.handle_introspect(form))
                 return
             delay, fail, error = server.take_fault()
             if delay:
