@@ -258,3 +258,27 @@ async def test_server_hangs_up_after_rejecting_token(fault: type[FaultServer],
     assert len(server.connections) == 2
     assert "status=401" in v.message
     assert_clean(v)
+
+
+async def test_tls_handshake_timeout_does_not_fall_back(fault: type[FaultServer]) -> None:
+    """JavaMail's fallback skips timeouts; so do we (the budget is spent)."""
+    server = fault("no_banner")
+    spec = make_spec(server.port, mode="implicit", fallback=True, timeout=1)
+    v = await run_probe(spec, creds())
+    assert (v.passed, v.reason, v.stage) == (False, "ReadTimeout", "tls")
+    assert v.details["fallbackUsed"] is False
+    assert len(server.connections) == 1
+
+
+async def test_cancellation_propagates(fault: type[FaultServer]) -> None:
+    import asyncio
+
+    server = fault("no_banner")
+    task = asyncio.create_task(run_probe(make_spec(server.port, timeout=30), creds()))
+    for _ in range(100):
+        if server.connections:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
