@@ -108,3 +108,24 @@ def keyed_version(value: str | Secret, *, key: bytes | None = None) -> str:
     raw = value.reveal() if isinstance(value, Secret) else value
     digest = hmac.new(key or _process_key(), raw.encode(), hashlib.sha256).hexdigest()
     return "h:" + digest[:24]
+
+
+def _register_yaml() -> None:
+    """YAML dumps of a Secret show the mask (PyYAML is a dependency; loaded by every CLI)."""
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - PyYAML is a hard dependency
+        return
+
+    def represent(dumper: Any, _value: Secret) -> Any:
+        return dumper.represent_str(MASK)
+
+    for dumper in (yaml.SafeDumper, yaml.Dumper):
+        yaml.add_representer(Secret, represent, Dumper=dumper)
+    for name in ("CSafeDumper", "CDumper"):
+        cdumper = getattr(yaml, name, None)
+        if cdumper is not None:
+            yaml.add_representer(Secret, represent, Dumper=cdumper)
+
+
+_register_yaml()

@@ -432,7 +432,9 @@ def default_sources(
     elif in_cluster or (in_cluster is None and env.get("KUBERNETES_SERVICE_HOST")):
         factory = _in_cluster_factory
     elif in_cluster is None or in_cluster is False:
-        path = env.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
+        home = env.get("HOME")
+        default = Path(home) / ".kube" / "config" if home else Path("~/.kube/config").expanduser()
+        path = env.get("KUBECONFIG") or str(default)
         first = path.split(os.pathsep)[0] if path else ""
         if first and Path(first).exists():
             factory = _kubeconfig_factory(first, context)
