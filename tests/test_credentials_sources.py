@@ -421,3 +421,19 @@ async def test_router_dispatch(tmp_path: Path) -> None:
     assert (await src.resolve(ref(file=str(path)), "d")).value.reveal() == "from-file"
     err = await fail(src.write(ref(env="E"), "d", Secret("x")))
     assert err.reason == "RefreshTokenNotPersisted"
+
+
+async def test_kube_garbage_answer_and_bad_base64(kube: Any) -> None:
+    emu, url, cfg = kube
+    emu["get", kmock.name("garbage")] << b"<html>proxy error</html>"
+    src = default_sources(kubeconfig=str(cfg))
+    err = await fail(src.resolve(skref("garbage"), "mail"))
+    assert err.reason == "SecretSourceUnavailable" and "garbage" in err.message
+    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b64"},
+            "data": {"password": "%%%not-base64%%%"}}
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"{url}/api/v1/namespaces/mail/secrets", json=body)
+    if r.status_code != 201:
+        pytest.skip("the emulator validates base64 like the API server")
+    err = await fail(src.resolve(skref("b64"), "mail"))
+    assert err.reason == "SecretValueInvalid"
