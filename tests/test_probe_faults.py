@@ -282,3 +282,15 @@ async def test_cancellation_propagates(fault: type[FaultServer]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_hangup_after_rcpt_still_passes(fault: type[FaultServer], ca: trustme.CA) -> None:
+    """MAIL and RCPT were accepted: a server that does not answer RSET/QUIT is fine."""
+    server = fault("ok", tls="implicit", server_context=server_context(ca.issue_cert("127.0.0.1")),
+                   replies={"RCPT": "250 2.1.5 OK"}, close_after=("RCPT",))
+    v = await run_probe(make_spec(server.port, mode="implicit"), creds(ca))
+    assert v.passed, v.message
+    assert v.details["relayCheck"] == "passed"
+    sent = [t.line for t in v.transcript if t.direction == "c"]
+    assert sent[-4:] == ["MAIL FROM:<app@example.test>", "RCPT TO:<app@example.test>",
+                         "RSET", "QUIT"]

@@ -100,3 +100,13 @@ def test_transcript_reply_lines_keep_the_wire_form() -> None:
     t.reply(250, "mx.example\nPIPELINING\nAUTH PLAIN")
     assert [x.line for x in t.lines()] == ["250-mx.example", "250-PIPELINING",
                                            "250 AUTH PLAIN"]
+
+
+async def test_optional_tail_replies(pair: tuple[Wire, socket.socket]) -> None:
+    wire, server = pair
+    task = asyncio.create_task(wire.pipeline([*COMMANDS, "QUIT"], 5, required=2))
+    await _read_commands(server, 4)
+    await asyncio.get_running_loop().sock_sendall(server, b"250 ok\r\n250 ok\r\n")
+    server.shutdown(socket.SHUT_WR)  # hangs up without answering RSET and QUIT
+    replies = await task
+    assert [r.code for r in replies] == [250, 250]

@@ -336,9 +336,11 @@ async def run_attempt(state: AttemptState, mode: Mode, port: int) -> None:
 
         state.details["pipelining"] = "pipelining" in extensions
         await _authenticate(state, wire, extensions)
-        await _relay_check(state, wire, extensions)
+        quit_sent = await _relay_check(state, wire, extensions)
 
         with state.at("quit"):
+            if quit_sent:
+                return
             try:
                 await wire.command("QUIT", state.timeout(5.0))
             except (SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError, OSError):
@@ -469,16 +471,22 @@ def _check_address(address: str) -> str:
     return address
 
 
-async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, str]) -> None:
+async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, str]) -> bool:
+    """MAIL FROM / RCPT TO / RSET (never DATA unless opted in).  True when QUIT was sent.
+
+    With PIPELINING the whole tail of the dialogue, ``MAIL``, ``RCPT``, ``RSET`` and
+    ``QUIT`` (RFC 2920 allows QUIT last in a group), goes out in one write: one round trip
+    instead of four.
+    """
     spec = state.spec
     send_to = state.send_test_message_to
     if not spec.connection_test.check_relay and send_to is None:
         state.details["relayCheck"] = "skipped"
-        return
+        return False
     sender = spec.sender
     if sender is None:
         state.details["relayCheck"] = "skipped: no sender address (spec.from)"
-        return
+        return False
     recipient = send_to or spec.connection_test.probe_recipient or sender
     mail = f"MAIL FROM:<{_check_address(sender)}>"
     rcpt = f"RCPT TO:<{_check_address(recipient)}>"
@@ -486,7 +494,7 @@ async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, st
     budget = state.timeout()
     if send_to is None and "pipelining" in extensions:
         with state.at("mail_from"), _guard(state, budget):
-            replies = await wire.pipeline([mail, rcpt, "RSET"], budget)
+            replies = await wire.pipeline([mail, rcpt, "RSET", "QUIT"], budget, required=2)
         if replies[0].code // 100 != 2:
             raise reply_failure("mail_from", replies[0].code, replies[0].message, redact)
         if len(replies) < 2:
@@ -494,7 +502,7 @@ async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, st
         if replies[1].code // 100 != 2:
             raise reply_failure("rcpt_to", replies[1].code, replies[1].message, redact)
         state.details["relayCheck"] = "passed"
-        return
+        return True
     with state.at("mail_from"), _guard(state, budget):
         reply = await wire.command(mail, budget)
     if reply.code // 100 != 2:
@@ -507,11 +515,12 @@ async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, st
         with state.at("rcpt_to"), _guard(state, budget):
             await wire.command("RSET", state.timeout())
         state.details["relayCheck"] = "passed"
-        return
+        return False
     with state.at("data"):
         await _send_message(state, wire, sender, send_to)
     state.details["relayCheck"] = "passed"
     state.details["testMessageSent"] = True
+    return False
 
 
 async def _send_message(state: AttemptState, wire: Wire, sender: str, to: str) -> None:

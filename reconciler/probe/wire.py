@@ -19,8 +19,8 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from aiosmtplib.errors import SMTPResponseException, SMTPServerDisconnected
-from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.errors import SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError
+from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, MAX_RESPONSE_LENGTH, SMTPProtocol
 from aiosmtplib.response import SMTPResponse
 
 from reconciler.probe.transcript import Transcript
@@ -108,22 +108,37 @@ class Wire:
         self.transcript.reply(response.code, response.message)
         return response
 
-    async def pipeline(self, lines: Sequence[str], timeout: float) -> list[SMTPResponse]:
+    async def pipeline(
+        self, lines: Sequence[str], timeout: float, *, required: int | None = None,
+        tail_timeout: float = 5.0,
+    ) -> list[SMTPResponse]:
         """Send several commands in one write (RFC 2920) and read their replies in order.
 
         Stops reading at the first reply that ends the session (421); the caller sees
-        fewer replies than commands then.
+        fewer replies than commands then.  Replies after the first ``required`` ones
+        (RSET, QUIT) are read with ``tail_timeout`` and are optional: a server that hangs
+        up or stays silent there does not turn the checks already answered into a failure.
         """
         proto = self._proto()
         for line in lines:
+            if COMMAND_INJECTION_REGEX.search(line.encode("utf-8")):
+                raise ValueError("Command contains a prohibited control character")
             self.transcript.client(line)
+        need = len(lines) if required is None else required
         proto.pipelining = True
         try:
             proto._response_pending = True
             proto.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
             replies: list[SMTPResponse] = []
-            for _ in lines:
-                response = await proto.read_next(timeout)
+            for i in range(len(lines)):
+                optional = i >= need
+                try:
+                    response = await proto.read_next(
+                        min(timeout, tail_timeout) if optional else timeout)
+                except (SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError):
+                    if optional:
+                        break
+                    raise
                 self.transcript.reply(response.code, response.message)
                 replies.append(response)
                 if response.code == 421:
