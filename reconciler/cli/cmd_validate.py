@@ -20,7 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from reconciler.schema.loader import MAX_BYTES
     from reconciler.schema.report import FORMATS
 
-    add_files(parser)
+    add_files(parser, required=False)
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="more paths, as -f (pre-commit passes file names this way)")
     add_output(parser, FORMATS)
     parser.add_argument("--strict", action="store_true",
                         help="treat warnings as errors (e.g. an oauth2ProviderRef that names "
@@ -35,9 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.schema.report import render
     from reconciler.schema.validate import Options, validate_paths
 
+    paths = [*(args.files or []), *args.paths]
+    if not paths:
+        print("smtpctl validate: give at least one -f PATH (or - for stdin)", file=sys.stderr)
+        return EXIT_USAGE
     options = Options(strict=args.strict, allow_status=args.allow_status,
                       max_bytes=args.max_bytes)
-    report = validate_paths(list(args.files), options)
+    report = validate_paths(paths, options)
     sys.stdout.write(render(report, args.output))
     sys.stdout.flush()
     if report.io_errors:
