@@ -126,6 +126,19 @@ def test_usage_errors(capfd: pytest.CaptureFixture[str]) -> None:
     assert main(["oauth", "login", "p", "-f", "x.yaml", "--auth-param", "novalue"]) == 2
 
 
+def test_login_refuses_read_only_target_before_starting(
+    oauth_server: OAuthServer, tmp_path: Path, env: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    spec = {"grantType": "AuthorizationCode", "clientId": "cli-app",
+            "authorizationEndpoint": oauth_server.authorize_url,
+            "tokenEndpoint": oauth_server.token_url,
+            "refreshTokenFrom": {"env": "SMTPCTL_TEST_RT"}}
+    f = manifest(tmp_path, spec)
+    assert main(["oauth", "login", "prov", "-f", str(f), "--no-browser"]) == 2
+    assert "cannot be written" in capfd.readouterr().err
+    assert not any(path == "/authorize" for path, _ in oauth_server.requests)
+
+
 def _login_cli(server: OAuthServer, tmp_path: Path, *extra: str) -> tuple[int, str, str]:
     """Run `smtpctl oauth login` as a process and play the browser for it."""
     spec = {"grantType": "AuthorizationCode", "clientId": "cli-app",

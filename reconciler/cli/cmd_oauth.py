@@ -111,9 +111,13 @@ async def _login(args: argparse.Namespace, provider: Any, sources: Any, tokens: 
         import webbrowser
 
         opener = webbrowser.open
-    if provider.spec.refresh_token_from is None and not args.print_refresh_token:
-        print("smtpctl: the provider has no refreshTokenFrom; pass --print-refresh-token",
-              file=sys.stderr)
+    target = provider.spec.refresh_token_from
+    if (target is None or target.env is not None) and not args.print_refresh_token:
+        # Refuse before the browser dance: the token would have nowhere to go.
+        why = ("has no refreshTokenFrom" if target is None else
+               f"reads its refresh token from {target.describe()}, which cannot be written")
+        print(f"smtpctl: the provider {why}; pass --print-refresh-token and store the token "
+              "yourself, or use a file or secretKeyRef reference", file=sys.stderr)
         return EXIT_USAGE
     result = await login(provider, sources, tokens, announce=announce, open_browser=opener,
                          timeout_seconds=args.timeout or 300, extra_params=extra,
