@@ -57,7 +57,7 @@ import attrs
 import jsonpatch
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
-from kmock._internal import apps, enums, rendering
+from kmock._internal import apps, enums, parsing, rendering
 
 from tests.support.kube_schema import StructuralSchema
 from tests.support.kube_selectors import parse_field_selector, parse_label_selector
@@ -126,6 +126,7 @@ class _Event:
 
 
 BUILTIN_KINDS = (
+    Kind("", "v1", "namespaces", "Namespace", namespaced=False),
     Kind("", "v1", "secrets", "Secret"),
     Kind("", "v1", "configmaps", "ConfigMap"),
     Kind("", "v1", "events", "Event"),
@@ -141,6 +142,27 @@ BUILTIN_KINDS = (
         generation=True,
     ),
 )
+
+
+_parse_path = parsing.parse_path
+
+
+def _parse_path_with_namespaces(path: str) -> parsing.ParsedPath:
+    """kmock reads ``/api/v1/namespaces/NAME`` as "namespace NAME, no resource" (and fails
+    on ``/api/v1/namespaces``); the API server means the cluster-scoped Namespace object."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (
+        len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))
+    ):
+        name = parts[3] if len(parts) > 3 else None
+        sub = parts[4] if len(parts) > 4 else None
+        return parsing.ParsedPath("", "v1", "namespaces", None, name, sub)
+    return _parse_path(path)
+
+
+# The one place we patch kmock: its path parser, for the Namespace resource (kopf lists and
+# watches namespaces).  Only this emulator uses kmock in this code base.
+parsing.parse_path = _parse_path_with_namespaces
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -176,6 +198,31 @@ class KubeEmulator(KubernetesEmulator):
         self.fallback[enums.method.PUT] << self._serve_replace
         for kind in BUILTIN_KINDS:
             self.register(Kind(**kind.__dict__))
+        for ns in ("default", "kube-system"):
+            self._ensure_namespace(ns)
+
+    def _ensure_namespace(self, name: str) -> None:
+        """Namespaces come into being on first use (the real server would say 404 until
+        one creates them; tests here would only be noisier for it)."""
+        key: ResKey = ("", "v1", "namespaces")
+        if ("", name) in self._data[key]:
+            return
+        kind = self._kinds[key]
+        obj: Obj = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "uid": str(uuid.uuid4()),
+                "creationTimestamp": _now(),
+                "labels": {"kubernetes.io/metadata.name": name},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }
+        obj["metadata"]["resourceVersion"] = self._next_rv()
+        self._data[key][("", name)] = obj
+        self._record(kind, "ADDED", obj, None)
 
     # --- kinds and CRDs ----------------------------------------------------------------
     def register(self, kind: Kind) -> None:
@@ -491,6 +538,7 @@ class KubeEmulator(KubernetesEmulator):
                     "not match the namespace sent on the request",
                 )
             meta["namespace"] = ns
+            self._ensure_namespace(ns)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):

@@ -1,0 +1,79 @@
+"""``smtpctl operator``: run the Kubernetes operator (see reconciler/runtimes/operator.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+from reconciler.cli.common import EXIT_USAGE
+
+HELP = "run the Kubernetes operator (reconcile ExternalSmtp/OAuth2Provider resources)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None,
+                        help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[],
+                       metavar="NS", help="reconcile only this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="reconcile every namespace (the default without --namespace)")
+    parser.add_argument("--selector", "-l", default=None, metavar="LABELS",
+                        help="only resources matching this label selector (sharding)")
+    parser.add_argument("--publish-secret", default="smtp-active-relay", metavar="NAME",
+                        help="name of the Secret with the selected relay per namespace")
+    parser.add_argument("--no-leader-election", dest="leader_election", action="store_false",
+                        help="do not take a Lease (a single replica only)")
+    parser.add_argument("--lease-name", default="smtpctl-operator")
+    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE") or None)
+    parser.add_argument("--identity", default=os.environ.get("POD_NAME") or None)
+    parser.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS")
+    parser.add_argument("--renew-deadline", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--renew-period", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--health-host", default="0.0.0.0")  # noqa: S104 - kubelet probes
+    parser.add_argument("--health-port", type=int, default=8080,
+                        help="/healthz and /readyz (0: any free port, -1: off)")
+    parser.add_argument("--metrics-port", type=int, default=9090,
+                        help="/metrics (0: any free port, -1: off)")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="connection tests at once, in total")
+    parser.add_argument("--per-host", type=int, default=4,
+                        help="connection tests at once against one relay host")
+    parser.add_argument("--no-announce-testing", dest="announce_testing",
+                        action="store_false",
+                        help="skip the Reconciling=True write before each test")
+    parser.add_argument("--allow-loopback", action="store_true",
+                        help="allow connection tests to loopback addresses (off in a pod)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler.runtimes import logjson
+    from reconciler.runtimes.operator import OperatorConfig, run_operator
+
+    logjson.setup(logging.DEBUG if args.verbose else logging.INFO)
+    if args.renew_deadline >= args.lease_duration:
+        logging.getLogger("smtpctl.operator").error("--renew-deadline must be shorter than "
+                                                    "--lease-duration")
+        return EXIT_USAGE
+    config = OperatorConfig(
+        kubeconfig=args.kubeconfig, context=args.context, namespaces=list(args.namespaces),
+        selector=args.selector, publish_secret=args.publish_secret,
+        leader_election=args.leader_election, lease_name=args.lease_name,
+        lease_namespace=args.lease_namespace, lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline, renew_period=args.renew_period,
+        health_host=args.health_host, health_port=args.health_port,
+        metrics_port=args.metrics_port, concurrency=args.concurrency, per_host=args.per_host,
+        announce_testing=args.announce_testing, allow_loopback=args.allow_loopback,
+    )
+    if args.identity:
+        config.identity = args.identity
+    try:
+        return asyncio.run(run_operator(config))
+    except OSError as exc:
+        logging.getLogger("smtpctl.operator").error("cannot start", extra={
+            "error": type(exc).__name__})
+        return EXIT_USAGE

@@ -1,0 +1,140 @@
+"""Leader election with a ``coordination.k8s.io/v1`` Lease, as client-go does it.
+
+Only the leader reconciles; standbys poll the Lease and take over when it has not been
+renewed for ``lease_duration`` seconds (the leader died or was partitioned).  Every write
+is an optimistic update carrying the Lease's ``resourceVersion``, so two candidates that
+race for an expired Lease cannot both win: one gets ``409 Conflict`` and stays standby.
+
+The leader renews every ``renew_period``.  If it cannot renew before ``renew_deadline``
+(the API is unreachable, or another holder appears), :meth:`LeaseElector.hold` returns:
+the operator then stops reconciling at once and exits, and its Deployment restarts it
+as a standby - the same contract as controller-runtime.  ``renew_deadline`` is shorter
+than ``lease_duration`` so that the old leader has stopped before anyone can take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from typing import Any
+
+from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
+
+log = logging.getLogger(__name__)
+
+
+def _micro_time(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str | None) -> float:
+    if not text:
+        return 0.0
+    text = text.replace("Z", "+00:00")
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class LeaseElector:
+    def __init__(self, api: KubeApi, *, namespace: str, name: str, identity: str,
+                 lease_duration: float = 15.0, renew_deadline: float = 10.0,
+                 renew_period: float = 2.0, retry_period: float = 2.0) -> None:
+        if not renew_deadline < lease_duration:
+            raise ValueError("renew_deadline must be shorter than lease_duration")
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.renew_period = renew_period
+        self.retry_period = retry_period
+        self.is_leader = False
+        self.transitions = 0
+
+    @property
+    def _path(self) -> str:
+        return resource_path("coordination.k8s.io/v1", "leases", self.namespace, self.name)
+
+    def _spec(self, now: float, acquire_time: str | None, transitions: int) -> dict[str, Any]:
+        return {"holderIdentity": self.identity,
+                "leaseDurationSeconds": max(1, round(self.lease_duration)),
+                "acquireTime": acquire_time or _micro_time(now), "renewTime": _micro_time(now),
+                "leaseTransitions": transitions}
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One attempt; True when we hold the Lease afterwards."""
+        now = time.time()
+        try:
+            lease = await self.api.get(self._path)
+        except ApiError as exc:
+            if exc.code != 404:
+                return False
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": self._spec(now, None, 0)}
+            try:
+                await self.api.post(resource_path("coordination.k8s.io/v1", "leases",
+                                                  self.namespace), body)
+            except ApiError:
+                return False
+            return True
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        renewed = _parse_time(spec.get("renewTime"))
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
+        mine = holder == self.identity
+        if not mine and holder and renewed + duration > now:
+            return False  # someone else holds a live lease
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
+        lease["spec"] = self._spec(now, spec.get("acquireTime") if mine else None, transitions)
+        try:
+            await self.api.put(self._path, lease)  # carries metadata.resourceVersion
+        except ApiError:
+            return False  # 409: another candidate won the race
+        if not mine:
+            self.transitions = transitions
+        return True
+
+    async def acquire(self) -> None:
+        """Wait (as a standby) until we are the leader."""
+        while not await self.try_acquire_or_renew():
+            await asyncio.sleep(self.retry_period)
+        self.is_leader = True
+        log.info("became leader", extra={"lease": f"{self.namespace}/{self.name}",
+                                         "identity": self.identity})
+
+    async def hold(self) -> None:
+        """Renew until we cannot; returns when leadership is lost."""
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.renew_period)
+            try:
+                ok = await asyncio.wait_for(self.try_acquire_or_renew(), self.renew_deadline)
+            except TimeoutError:
+                ok = False
+            if ok:
+                last_ok = time.monotonic()
+            elif time.monotonic() - last_ok >= self.renew_deadline:
+                self.is_leader = False
+                log.error("lost leadership", extra={"lease": f"{self.namespace}/{self.name}",
+                                                    "identity": self.identity})
+                return
+
+    async def release(self) -> None:
+        """Give the Lease up on a clean shutdown so a standby takes over at once."""
+        if not self.is_leader:
+            return
+        try:
+            lease = await self.api.get(self._path)
+            if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                lease["spec"]["holderIdentity"] = ""
+                lease["spec"]["renewTime"] = _micro_time(0)
+                await self.api.put(self._path, lease)
+        except ApiError:
+            pass
+        self.is_leader = False

@@ -1,0 +1,44 @@
+"""Prometheus metrics of the operator (prometheus-client, one private registry).
+
+A private :class:`CollectorRegistry` rather than the global one, so tests can run several
+operators in one process and read exact values.  Label values are catalog reasons, stage
+names and condition types - never resource spec values, never secrets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tests = Counter("smtpctl_connection_tests_total",
+                             "Connection tests run, by result and reason",
+                             ["result", "reason"], registry=r)
+        self.test_duration = Histogram(
+            "smtpctl_connection_test_stage_seconds", "Duration of connection test stages",
+            ["stage"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.reconciles = Counter("smtpctl_reconciles_total", "Reconcile passes, by action",
+                                  ["kind", "action"], registry=r)
+        self.resources = Gauge("smtpctl_resources", "Resources by condition status",
+                               ["kind", "condition", "status"], registry=r)
+        self.queue_depth = Gauge("smtpctl_queue_depth",
+                                 "Resources whose reconcile is due or running", registry=r)
+        self.workers = Gauge("smtpctl_workers", "Per-resource workers", registry=r)
+        self.token_fetches = Counter("smtpctl_oauth2_token_fetches_total",
+                                     "OAuth 2.0 access tokens fetched", ["result"], registry=r)
+        self.events = Counter("smtpctl_events_total", "Events emitted, by reason",
+                              ["type", "reason"], registry=r)
+        self.published = Counter("smtpctl_published_secret_writes_total",
+                                 "Writes of the published active-relay Secret", ["op"],
+                                 registry=r)
+        self.leader = Gauge("smtpctl_leader", "1 while this replica holds the Lease",
+                            registry=r)
+        self.api_requests = Gauge("smtpctl_api_requests",
+                                  "API requests made by the store and publisher", registry=r)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

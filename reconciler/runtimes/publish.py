@@ -1,0 +1,177 @@
+"""Publishing the selected relay of a namespace as a Secret applications can mount.
+
+For each namespace with an active relay the operator maintains one Secret (default name
+``smtp-active-relay``) whose keys are the ``SMTP_*`` names of ``smtpctl get active -o env``
+(:mod:`reconciler.engine.active`), with the resolved password or a fresh access token.
+
+* The content comes from the relay's **last-known-good** summary (``status.active``),
+  never from a spec that has not passed a test.
+* It is rewritten only when its *fingerprint* changes - relay, active generation and the
+  digest of the tested configuration (which includes the secret versions) - so a password
+  rotation that passed its test republishes, and nothing else does.  The fingerprint is
+  kept in an annotation, so a restarted operator does not rewrite it either.  An OAuth2
+  access token is refreshed when less than a quarter of its life is left.
+* It carries an owner reference to the active ExternalSmtp (deleting the relay deletes
+  it) and is deleted when no relay is active in the namespace.
+* The password reference of the active generation is ``status.active.passwordFrom``; when
+  the API server pruned it, the spec's reference is used only if the spec *is* the active
+  generation - otherwise the Secret is left as it is rather than guessed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from reconciler.credentials.base import CredentialError, SecretSource
+from reconciler.engine.active import ActiveRelayView, to_env
+from reconciler.resources import API_VERSION, KIND_SMTP, SecretRef
+from reconciler.secret import Secret
+from reconciler.stores.kube import KubeStore
+from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT = "smtp.reconciler.dev/fingerprint"
+TOKEN_EXPIRES = "smtp.reconciler.dev/token-expires-at"  # noqa: S105 - an annotation
+MANAGED_BY = {"app.kubernetes.io/managed-by": "smtpctl-operator"}
+
+TokenFn = Callable[[str, str], Awaitable[tuple[Secret, float | None]]]  # (ns, provider)
+
+
+class Publisher:
+    def __init__(self, api: KubeApi, store: KubeStore, sources: SecretSource, *,
+                 name: str = "smtp-active-relay", token_fn: TokenFn | None = None,
+                 on_write: Callable[[str], None] | None = None) -> None:
+        self.api = api
+        self.store = store
+        self.sources = sources
+        self.name = name
+        self.token_fn = token_fn
+        self.on_write = on_write
+        self._published: dict[str, tuple[str, float]] = {}  # ns -> (fingerprint, token expiry)
+        self._loaded: set[str] = set()
+
+    def _path(self, ns: str, with_name: bool = True) -> str:
+        return resource_path("v1", "secrets", ns, self.name if with_name else None)
+
+    def active_in(self, ns: str) -> dict[str, Any] | None:
+        for body in self.store.cached_objects(KIND_SMTP):
+            meta = body.get("metadata") or {}
+            st = body.get("status") or {}
+            if meta.get("namespace") == ns and st.get("selected") and st.get("active") \
+                    and not meta.get("deletionTimestamp"):
+                return body
+        return None
+
+    async def _load(self, ns: str) -> None:
+        """What is published already (after a restart), from its annotations."""
+        if ns in self._loaded:
+            return
+        try:
+            cur = await self.api.get(self._path(ns))
+            ann = (cur.get("metadata") or {}).get("annotations") or {}
+            self._published[ns] = (ann.get(FINGERPRINT, ""), float(ann.get(TOKEN_EXPIRES, 0)))
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+        self._loaded.add(ns)
+
+    async def sync(self, ns: str) -> str:
+        """Bring the namespace's Secret in line; returns created|updated|deleted|unchanged."""
+        await self._load(ns)
+        body = self.active_in(ns)
+        if body is None:
+            if ns in self._published:
+                try:
+                    await self.api.delete(self._path(ns))
+                except ApiError as exc:
+                    if exc.code != 404:
+                        raise
+                del self._published[ns]
+                self._note("deleted")
+                return "deleted"
+            return "unchanged"
+        meta, active = body["metadata"], body["status"]["active"]
+        fingerprint = f"{meta['name']}/{meta.get('uid', '')}/{active.get('generation')}/" \
+                      f"{active.get('digest', '')}"
+        old_fp, expiry = self._published.get(ns, ("", 0.0))
+        token_stale = active.get("authentication") == "OAuth2" and expiry and \
+            expiry - time.time() < 0
+        if fingerprint == old_fp and not token_stale:
+            return "unchanged"
+        view = ActiveRelayView(ns, meta["name"], active)
+        try:
+            secret, new_expiry = await self._credential(body, active)
+        except CredentialError as exc:
+            log.warning("not publishing: credential unavailable",
+                        extra={"resource": f"{KIND_SMTP}/{ns}/{meta['name']}",
+                               "reason": exc.reason})
+            return "unchanged"
+        if secret is None and active.get("authentication") != "None":
+            return "unchanged"  # the active generation's reference is unknown: keep as is
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in to_env(view, secret).items()}
+        manifest = {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {
+                "name": self.name, "namespace": ns, "labels": dict(MANAGED_BY),
+                "annotations": {FINGERPRINT: fingerprint,
+                                TOKEN_EXPIRES: str(int(new_expiry or 0))},
+                "ownerReferences": [{"apiVersion": API_VERSION, "kind": KIND_SMTP,
+                                     "name": meta["name"], "uid": meta.get("uid", ""),
+                                     "controller": True, "blockOwnerDeletion": False}],
+            },
+            "data": data,
+        }
+        op = "updated" if old_fp or ns in self._published else "created"
+        try:
+            if op == "created":
+                try:
+                    await self.api.post(self._path(ns, with_name=False), manifest)
+                except ApiError as exc:
+                    if exc.code != 409:
+                        raise
+                    op = "updated"
+            if op == "updated":
+                await self.api.put(self._path(ns), manifest)  # unconditional for Secrets
+        except ApiError as exc:
+            if exc.code == 404 and op == "updated":
+                await self.api.post(self._path(ns, with_name=False), manifest)
+                op = "created"
+            else:
+                raise
+        self._published[ns] = (fingerprint, float(new_expiry or 0))
+        self._note(op)
+        log.info("published active relay", extra={"namespace": ns, "relay": meta["name"],
+                                                   "generation": active.get("generation"),
+                                                   "op": op})
+        return op
+
+    def _note(self, op: str) -> None:
+        if self.on_write is not None:
+            self.on_write(op)
+
+    async def _credential(self, body: dict[str, Any],
+                          active: dict[str, Any]) -> tuple[Secret | None, float | None]:
+        ns = body["metadata"]["namespace"]
+        auth = active.get("authentication")
+        same_gen = active.get("generation") == body["metadata"].get("generation")
+        spec = body.get("spec") or {}
+        if auth == "UsernamePassword":
+            raw = active.get("passwordFrom") or (spec.get("passwordFrom") if same_gen else None)
+            if not raw:
+                return None, None
+            resolved = await self.sources.resolve(SecretRef.model_validate(raw), ns)
+            return resolved.value, None
+        if auth == "OAuth2" and self.token_fn is not None:
+            provider = active.get("oauth2Provider") or \
+                ((spec.get("oauth2ProviderRef") or {}).get("name") if same_gen else None)
+            if not provider:
+                return None, None
+            token, expires_in = await self.token_fn(ns, str(provider))
+            expiry = time.time() + 0.75 * expires_in if expires_in else time.time() + 1800
+            return token, expiry
+        return None, None

@@ -1,0 +1,266 @@
+"""The Kubernetes store: desired state is the custom resource, status its subresource.
+
+It implements :class:`reconciler.stores.base.Store` for the operator:
+
+* **Reads come from a cache** of custom resource bodies that the operator keeps current
+  from its watch streams (:meth:`KubeStore.observe` / :meth:`KubeStore.forget`) and primes
+  with one paginated LIST at start (:meth:`KubeStore.prime`), like controller-runtime's
+  cached client.  A cache miss falls back to a GET.  So a reconcile that decides "nothing
+  to do" costs no API request, which is what lets a restarted operator catch up with
+  10,000 unchanged resources quickly.
+* **Status writes are optimistic**: a PUT to ``/status`` carrying the cached
+  ``resourceVersion``.  On ``409 Conflict`` the store re-reads the object and calls the
+  engine's mutator again on the fresh object (re-applying the *decision*, never blindly
+  overwriting what another writer did), up to :data:`MAX_ATTEMPTS` times.
+* **The test memo** (last tested digest, due time, failures) lives in the annotation
+  :data:`MEMO_ANNOTATION`, written with a merge patch *after* the status, so a crash in
+  between costs at most one extra test after restart, never a Ready without a test.  The
+  digest also appears in ``status.active.digest`` (last-known-good).
+* ``record_event`` posts a core/v1 Event on the object; ``record_test`` keeps the last few
+  test records in memory (Kubernetes has no place for history; describe shows status).
+
+Never a secret: bodies here are custom resources, which hold only references.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP
+from reconciler.stores.base import (
+    Event,
+    ObjectRef,
+    StatusMutator,
+    StoredObject,
+    StoreError,
+    TestMemo,
+    TestRecord,
+)
+from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
+
+log = logging.getLogger(__name__)
+
+MEMO_ANNOTATION = "smtp.reconciler.dev/last-test"
+PLURALS = {KIND_SMTP: "externalsmtps", KIND_OAUTH2: "oauth2providers"}
+MAX_ATTEMPTS = 8
+HISTORY = 5
+_META_KEYS = ("name", "namespace", "labels", "annotations", "generation", "uid",
+              "resourceVersion", "creationTimestamp", "deletionTimestamp", "finalizers")
+
+Key = tuple[str, str, str]  # kind, namespace, name
+
+
+def ref_of(body: dict[str, Any]) -> ObjectRef:
+    meta = body.get("metadata") or {}
+    return ObjectRef(str(body.get("kind")), str(meta.get("namespace") or "default"),
+                     str(meta.get("name")))
+
+
+def to_stored(body: dict[str, Any]) -> StoredObject:
+    """The engine's view of a custom resource body."""
+    meta = body.get("metadata") or {}
+    memo: TestMemo | None = None
+    raw = (meta.get("annotations") or {}).get(MEMO_ANNOTATION)
+    if raw:
+        try:
+            memo = TestMemo.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            memo = None  # a mangled memo only costs a re-test
+    manifest = {
+        "apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations",
+                                          "generation", "uid", "resourceVersion",
+                                          "creationTimestamp") if k in meta},
+        "spec": body.get("spec") or {},
+    }
+    return StoredObject(
+        ref=ref_of(body), manifest=manifest, generation=int(meta.get("generation") or 1),
+        created_at=str(meta.get("creationTimestamp") or ""), status=dict(body.get("status") or {}),
+        memo=memo, version=str(meta.get("resourceVersion") or ""), uid=str(meta.get("uid") or ""),
+    )
+
+
+class KubeStore:
+    """The operator's :class:`~reconciler.stores.base.Store` (see the module docstring)."""
+
+    def __init__(self, api: KubeApi, *, namespaces: list[str] | None = None,
+                 label_selector: str | None = None) -> None:
+        self.api = api
+        self.namespaces = namespaces  # None: all namespaces
+        self.label_selector = label_selector
+        self._cache: dict[Key, dict[str, Any]] = {}
+        self._history: dict[ObjectRef, deque[TestRecord]] = {}
+        self.on_event: Callable[[Event], None] | None = None  # metrics hook
+
+    # --- cache maintenance (driven by the operator's watches) ---------------------------
+    @staticmethod
+    def _key(ref: ObjectRef) -> Key:
+        return (ref.kind, ref.namespace, ref.name)
+
+    def observe(self, body: dict[str, Any]) -> bool:
+        """Take a newer body into the cache; False when it is older than what we have."""
+        ref = ref_of(body)
+        key = self._key(ref)
+        old = self._cache.get(key)
+        if old is not None and _rv(old) > _rv(body) and old["metadata"].get("uid") == \
+                body["metadata"].get("uid"):
+            return False
+        self._cache[key] = _slim(body)
+        return True
+
+    def forget(self, ref: ObjectRef) -> None:
+        self._cache.pop(self._key(ref), None)
+        self._history.pop(ref, None)
+
+    def cached(self, ref: ObjectRef) -> dict[str, Any] | None:
+        return self._cache.get(self._key(ref))
+
+    def cached_objects(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [b for (k, _n, _m), b in self._cache.items() if kind is None or k == kind]
+
+    async def prime(self) -> int:
+        """One paginated LIST per kind and namespace; returns the number of objects."""
+        params = {"labelSelector": self.label_selector} if self.label_selector else None
+        count = 0
+        for kind, plural in PLURALS.items():
+            for ns in self.namespaces or [None]:  # type: ignore[list-item]
+                items, _rv_list = await self.api.list_all(
+                    resource_path(API_VERSION, plural, ns), params)
+                for item in items:
+                    item.setdefault("kind", kind)
+                    item.setdefault("apiVersion", API_VERSION)
+                    self.observe(item)
+                    count += 1
+        return count
+
+    # --- Store protocol -------------------------------------------------------------------
+    def _path(self, ref: ObjectRef, subresource: str | None = None) -> str:
+        return resource_path(API_VERSION, PLURALS[ref.kind], ref.namespace, ref.name, subresource)
+
+    async def _fetch(self, ref: ObjectRef) -> dict[str, Any] | None:
+        try:
+            body = await self.api.get(self._path(ref))
+        except ApiError as exc:
+            if exc.code == 404:
+                self.forget(ref)
+                return None
+            raise StoreError(f"cannot read {ref}: {exc.code} {exc.reason}") from None
+        self._cache[self._key(ref)] = _slim(body)
+        return body
+
+    async def get(self, ref: ObjectRef) -> StoredObject | None:
+        body = self._cache.get(self._key(ref))
+        if body is None:
+            body = await self._fetch(ref)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # a resource being deleted no longer takes part
+        return to_stored(body)
+
+    async def list(self, kind: str, namespace: str | None = None) -> list[StoredObject]:
+        out = [to_stored(b) for (k, ns, _n), b in sorted(self._cache.items())
+               if k == kind and (namespace is None or ns == namespace)
+               and not (b.get("metadata") or {}).get("deletionTimestamp")]
+        return out
+
+    async def update_status(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
+        body = self._cache.get(self._key(ref)) or await self._fetch(ref)
+        for _attempt in range(MAX_ATTEMPTS):
+            if body is None:
+                return None
+            cur = to_stored(body)
+            write = mutate(cur)
+            if write is None:
+                return cur
+            new_body = dict(body)
+            new_body["status"] = write.status
+            try:
+                if write.status != cur.status:
+                    stored = await self.api.put(self._path(ref, "status"), new_body)
+                    self.observe(stored)
+                    body = stored
+            except ApiError as exc:
+                if exc.code == 409:  # someone else wrote: re-read, re-decide
+                    body = await self._fetch(ref)
+                    continue
+                if exc.code == 404:
+                    self.forget(ref)
+                    return None
+                raise StoreError(f"cannot write status of {ref}: {exc.code} {exc.reason}") \
+                    from None
+            if write.memo != cur.memo:
+                body = await self._write_memo(ref, write.memo) or body
+            return to_stored(body)
+        raise StoreError(f"cannot write status of {ref}: still conflicting after "
+                         f"{MAX_ATTEMPTS} attempts")
+
+    async def _write_memo(self, ref: ObjectRef, memo: TestMemo | None) -> dict[str, Any] | None:
+        value = None if memo is None else json.dumps(memo.to_json(), sort_keys=True)
+        try:
+            body = await self.api.patch(self._path(ref),
+                                        {"metadata": {"annotations": {MEMO_ANNOTATION: value}}})
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
+        self.observe(body)
+        return body
+
+    async def record_test(self, record: TestRecord) -> None:
+        hist = self._history.setdefault(record.ref, deque(maxlen=HISTORY))
+        hist.append(record)
+
+    def history(self, ref: ObjectRef) -> builtins.list[TestRecord]:
+        return list(self._history.get(ref, ()))
+
+    async def record_event(self, event: Event) -> None:
+        """Post a core/v1 Event on the resource (best effort: an Event is not state)."""
+        if self.on_event is not None:
+            self.on_event(event)
+        body = self._cache.get(self._key(event.ref)) or {}
+        meta = body.get("metadata") or {}
+        ev = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{event.ref.name}.{uuid.uuid4().hex[:12]}",
+                         "namespace": event.ref.namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": event.ref.kind,
+                               "name": event.ref.name, "namespace": event.ref.namespace,
+                               "uid": meta.get("uid", ""),
+                               "resourceVersion": meta.get("resourceVersion", "")},
+            "reason": event.reason, "message": event.message[:1024], "type": event.type,
+            "firstTimestamp": event.at, "lastTimestamp": event.at, "count": 1,
+            "source": {"component": "smtpctl-operator"},
+            "reportingComponent": "smtp.reconciler.dev/operator",
+        }
+        try:
+            await self.api.post(resource_path("v1", "events", event.ref.namespace), ev)
+        except ApiError as exc:
+            log.warning("could not post event", extra={"resource": str(event.ref),
+                                                      "reason": event.reason, "code": exc.code})
+
+
+def _rv(body: dict[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:  # resourceVersions are opaque; ours are numbers, others may not be
+        return 0
+
+
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """Keep only what the store needs (kubectl's last-applied annotation can be large)."""
+    meta = body.get("metadata") or {}
+    slim_meta = {k: meta[k] for k in _META_KEYS if k in meta}
+    ann = slim_meta.get("annotations")
+    if ann and "kubectl.kubernetes.io/last-applied-configuration" in ann:
+        slim_meta["annotations"] = {k: v for k, v in ann.items()
+                                    if k != "kubectl.kubernetes.io/last-applied-configuration"}
+    out = {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind"),
+           "metadata": slim_meta, "spec": body.get("spec") or {}}
+    if "status" in body:
+        out["status"] = body["status"]
+    return out

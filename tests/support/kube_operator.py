@@ -1,0 +1,281 @@
+"""Running the real operator process against the emulator, for end-to-end tests.
+
+``cluster()`` starts the emulator (in a thread) with our CRDs - the generated ones from
+``manifests/crds`` when present, else a permissive stand-in with the same names, status
+subresource and scope - and writes a kubeconfig.  ``OperatorProcess`` runs
+``python -m reconciler operator --kubeconfig ...`` as a subprocess (the way it runs in a
+pod), logs to a file the tests grep for canaries, and is always stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kubernetes
+import yaml
+
+from tests.support import canary
+from tests.support.kube_emulator import EmulatorThread
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
+T = TypeVar("T")
+
+
+def standin_crd(kind: str, plural: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+@contextmanager
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    crd_dir = ROOT / "manifests" / "crds"
+    with EmulatorThread() as kube:
+        assert kube.emu is not None
+        installed = kube.call(kube.emu.install_crd_files, crd_dir) if crd_dir.is_dir() else 0
+        if not installed:
+            kube.call(kube.emu.install_crd, standin_crd("ExternalSmtp", "externalsmtps"))
+            kube.call(kube.emu.install_crd, standin_crd("OAuth2Provider", "oauth2providers"))
+        cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        client = kubernetes.config.new_client_from_config(str(cfg))
+        try:
+            yield Cluster(kube, cfg, client, tmp_path)
+        finally:
+            client.close()
+
+
+class Cluster:
+    def __init__(self, kube: EmulatorThread, kubeconfig: Path, client: Any, tmp: Path) -> None:
+        self.kube = kube
+        self.kubeconfig = kubeconfig
+        self.client = client
+        self.tmp = tmp
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.co = kubernetes.client.CustomObjectsApi(client)
+        self.coord = kubernetes.client.CoordinationV1Api(client)
+
+    # --- objects --------------------------------------------------------------------
+    def put_secret(self, ns: str, name: str, data: dict[str, str]) -> None:
+        body = {
+            "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+        try:
+            cur = self.core.read_namespaced_secret(name, ns)
+            body["metadata"]["resourceVersion"] = cur.metadata.resource_version
+            self.core.replace_namespaced_secret(name, ns, body)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.core.create_namespaced_secret(ns, body)
+
+    def create_smtp(
+        self, ns: str, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ExternalSmtp",
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": spec,
+        }
+        out: dict[str, Any] = self.co.create_namespaced_custom_object(
+            GROUP, VERSION, ns, "externalsmtps", body
+        )
+        return out
+
+    def patch_smtp(self, ns: str, name: str, patch: dict[str, Any]) -> None:
+        self.co.patch_namespaced_custom_object(GROUP, VERSION, ns, "externalsmtps", name, patch)
+
+    def delete_smtp(self, ns: str, name: str) -> None:
+        self.co.delete_namespaced_custom_object(GROUP, VERSION, ns, "externalsmtps", name)
+
+    def smtp(self, ns: str, name: str) -> dict[str, Any] | None:
+        assert self.kube.emu is not None
+        return self.kube.emu.get_object(f"{GROUP}/{VERSION}", "externalsmtps", ns, name)
+
+    def secret_data(self, ns: str, name: str) -> dict[str, str] | None:
+        assert self.kube.emu is not None
+        obj = self.kube.emu.get_object("v1", "secrets", ns, name)
+        if obj is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+
+    def events(self, ns: str) -> list[dict[str, Any]]:
+        assert self.kube.emu is not None
+        return self.kube.emu.list_objects("v1", "events", ns)
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+def wait_for(
+    what: str, fn: Callable[[], T | None], timeout: float = 30, interval: float = 0.1
+) -> T:
+    """Poll ``fn`` until it returns something truthy (bounded in time and count)."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    for _ in range(int(timeout / interval) + 1):
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class OperatorProcess:
+    """``smtpctl operator`` in a subprocess; stopped (and its log checked) on exit."""
+
+    def __init__(
+        self,
+        c: Cluster,
+        name: str,
+        *args: str,
+        lease_namespace: str = "default",
+        lease_duration: float = 3.0,
+    ) -> None:
+        self.log = c.tmp / f"operator-{name}.log"
+        self.identity = name
+        self.args = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "operator",
+            "--kubeconfig",
+            str(c.kubeconfig),
+            "--identity",
+            name,
+            "--lease-namespace",
+            lease_namespace,
+            "--lease-duration",
+            str(lease_duration),
+            "--renew-deadline",
+            str(lease_duration * 2 / 3),
+            "--renew-period",
+            str(lease_duration / 6),
+            "--health-port",
+            "-1",
+            "--metrics-port",
+            "-1",
+            "--allow-loopback",
+            "-v",
+            *args,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> OperatorProcess:
+        env = dict(os.environ, SMTPCTL_VERSION_KEY="e2e-version-key", PYTHONUNBUFFERED="1")
+        self._fh = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._fh.close()
+        canary.assert_no_canary(self.log.read_bytes(), where=f"operator log {self.log.name}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+
+def relay_spec(
+    port: int,
+    *,
+    selected: bool = True,
+    password_secret: str = "relay-password",
+    user: str = "user@example.test",
+    refresh: str = "1h",
+) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "startTLS": True,
+        "authentication": "UsernamePassword",
+        "username": user,
+        "passwordFrom": {"secretKeyRef": {"name": password_secret, "key": "password"}},
+        "tls": {
+            "caBundleFrom": {"secretKeyRef": {"name": "relay-ca", "key": "ca.crt"}},
+            "serverName": "localhost",
+        },
+        "connectionTest": {"checkRelay": False, "timeoutSeconds": 10},
+        "selected": selected,
+        "refreshInterval": refresh,
+    }
+
+
+def yaml_dump(obj: Any) -> str:
+    return str(yaml.safe_dump(obj))

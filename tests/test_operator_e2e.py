@@ -1,0 +1,221 @@
+"""End to end: the real ``smtpctl operator`` process against the API emulator, with a real
+aiosmtpd relay (STARTTLS + AUTH, trustme CA) on loopback.
+
+Each scenario of the issue is one test: apply -> Ready, selection and the published
+Secret; a Secret created after its ExternalSmtp; password rotation (good and bad, with
+last-known-good); watch interruption and 410 re-list; operator restart without re-test;
+leader handover between two processes; deletion with finalizer cleanup and failover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.devservers.smtp import RelayServer
+from tests.support import canary
+from tests.support.kube_operator import (
+    Cluster,
+    OperatorProcess,
+    cluster,
+    condition,
+    relay_spec,
+    wait_for,
+)
+
+USER = "user@example.test"
+NS = "mail"
+PUBLISHED = "smtp-active-relay"
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
+    with (
+        cluster(tmp_path) as c,
+        RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as relay,
+    ):
+        c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
+        yield c, relay
+
+
+def ready(c: Cluster, name: str, status: str = "True", reason: str | None = None) -> bool:
+    cond = condition(c.smtp(NS, name), "Ready")
+    return cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+
+
+def selected(c: Cluster, name: str) -> bool:
+    return bool(((c.smtp(NS, name) or {}).get("status") or {}).get("selected"))
+
+
+def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None:
+    c, relay = env
+    c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    c.create_smtp(NS, "first", relay_spec(relay.port))
+    with OperatorProcess(c, "op", "--namespace", NS) as op:
+        wait_for("first Ready", lambda: ready(c, "first"))
+        c.create_smtp(NS, "second", relay_spec(relay.port))
+        wait_for("second Ready", lambda: ready(c, "second"))
+        wait_for("first selected", lambda: selected(c, "first"))
+        # Exactly one selected: the older relay keeps it, the other says who won.
+        assert not selected(c, "second")
+        sel = condition(c.smtp(NS, "second"), "Selected")
+        assert sel.get("status") == "False" and "first" in sel.get("message", "")
+        first = c.smtp(NS, "first")
+        assert first is not None
+        assert "smtp.reconciler.dev/finalizer" in first["metadata"]["finalizers"]
+        assert first["status"]["observedGeneration"] == first["metadata"]["generation"] == 1
+        assert condition(first, "Ready")["observedGeneration"] == 1
+        data = wait_for("published Secret", lambda: c.secret_data(NS, PUBLISHED))
+        assert data["SMTP_HOST"] == "127.0.0.1" and data["SMTP_PORT"] == str(relay.port)
+        assert data["SMTP_USERNAME"] == USER and data["SMTP_TLS_MODE"] == "starttls"
+        assert data["SMTP_PASSWORD"] == canary.PASSWORD, "published password mismatch"
+        secret = c.kube.emu.get_object("v1", "secrets", NS, PUBLISHED)  # type: ignore[union-attr]
+        owner = secret["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["uid"]) == (
+            "ExternalSmtp",
+            "first",
+            first["metadata"]["uid"],
+        )
+        reasons = {e["reason"] for e in c.events(NS)}
+        assert {"TestPassed", "Active"} <= reasons
+        assert relay.connections >= 2
+        assert any(
+            r.get("msg") == "reconciled" and r.get("resource") == "ExternalSmtp/mail/first"
+            for r in op.logs()
+        )
+
+
+def test_secret_created_after_resource(env: tuple[Cluster, RelayServer]) -> None:
+    c, relay = env
+    c.create_smtp(NS, "early", relay_spec(relay.port))
+    with OperatorProcess(c, "op", "--namespace", NS):
+        wait_for("SecretNotFound", lambda: ready(c, "early", "False", "SecretNotFound"))
+        obj = c.smtp(NS, "early")
+        # Missing Secret: it may appear later - Reconciling, not Stalled.
+        assert condition(obj, "Reconciling").get("status") == "True"
+        assert condition(obj, "Stalled").get("status") != "True"
+        c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+        # Woken by the Secret watch (index Secret -> dependents), not by the backoff timer.
+        wait_for("Ready after the Secret appeared", lambda: ready(c, "early"), timeout=10)
+
+
+def test_rotation_good_then_bad_keeps_last_known_good(env: tuple[Cluster, RelayServer]) -> None:
+    c, relay = env
+    c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    c.create_smtp(NS, "rot", relay_spec(relay.port))
+    with OperatorProcess(c, "op", "--namespace", NS):
+        wait_for("Ready", lambda: ready(c, "rot"))
+        wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
+        before = relay.connections
+        new_password = canary.canary("rotated")
+        relay.users[USER] = new_password
+        c.put_secret(NS, "relay-password", {"password": new_password})
+        wait_for("re-tested after rotation", lambda: relay.connections > before, timeout=10)
+        wait_for(
+            "republished",
+            lambda: (c.secret_data(NS, PUBLISHED) or {}).get("SMTP_PASSWORD") == new_password,
+            timeout=10,
+        )
+        assert ready(c, "rot")
+        # A rotation to a wrong password fails; the last good configuration stays in use.
+        wrong = canary.canary("wrong")
+        c.put_secret(NS, "relay-password", {"password": wrong})
+        wait_for(
+            "auth failure", lambda: ready(c, "rot", "False", "AuthenticationFailed"), timeout=10
+        )
+        obj = c.smtp(NS, "rot")
+        assert obj is not None and obj["status"]["activeGeneration"] == 1
+        assert obj["status"]["selected"] is True
+        assert (c.secret_data(NS, PUBLISHED) or {}).get("SMTP_PASSWORD") == new_password
+
+
+def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, RelayServer]) -> None:
+    c, relay = env
+    c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    for name in ("r1", "r2", "r3"):
+        c.create_smtp(NS, name, relay_spec(relay.port))
+    with OperatorProcess(c, "op1", "--namespace", NS):
+        for name in ("r1", "r2", "r3"):
+            wait_for(f"{name} Ready", lambda n=name: ready(c, n))  # type: ignore[misc]
+        wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
+    rvs = {n: c.smtp(NS, n)["metadata"]["resourceVersion"] for n in ("r1", "r2", "r3")}  # type: ignore[index]
+    connections = relay.connections
+    with OperatorProcess(c, "op2", "--namespace", NS) as op:
+        wait_for(
+            "caught up", lambda: sum(1 for r in op.logs() if r.get("msg") == "reconciled") >= 3
+        )
+        # Zero connection tests, zero writes: the digest survived in the annotation.
+        assert relay.connections == connections
+        assert {n: c.smtp(NS, n)["metadata"]["resourceVersion"] for n in rvs} == rvs  # type: ignore[index]
+        assert all(r.get("action") == "skipped" for r in op.logs() if r.get("msg") == "reconciled")
+        # The API server compacts and drops the watches: kopf re-lists after 410 Gone and
+        # the operator still reacts to changes.
+        assert c.kube.emu is not None
+        c.kube.call(c.kube.emu.compact)
+        c.kube.call(c.kube.emu.interrupt_watches)
+        c.patch_smtp(NS, "r2", {"spec": {"refreshInterval": "2h"}})
+        wait_for(
+            "new generation observed",
+            lambda: condition(c.smtp(NS, "r2"), "Ready").get("observedGeneration") == 2,
+            timeout=20,
+        )
+        # ... and to Secret changes (the Secret watch re-listed too): a rotation re-tests.
+        rotated = canary.canary("after-410")
+        relay.users[USER] = rotated
+        c.put_secret(NS, "relay-password", {"password": rotated})
+        wait_for(
+            "re-tested after rotation", lambda: relay.connections >= connections + 3, timeout=20
+        )
+        wait_for("all Ready", lambda: all(ready(c, n) for n in rvs))
+
+
+def test_leader_handover(env: tuple[Cluster, RelayServer]) -> None:
+    c, relay = env
+    c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    c.create_smtp(NS, "lead", relay_spec(relay.port))
+    with OperatorProcess(c, "alpha", "--namespace", NS) as a:
+        wait_for("Ready", lambda: ready(c, "lead"))
+        with OperatorProcess(c, "beta", "--namespace", NS) as b:
+            lease = c.coord.read_namespaced_lease("smtpctl-operator", "default")
+            assert lease.spec.holder_identity == "alpha"
+            assert not any(r.get("msg") == "reconciled" for r in b.logs())  # standby is idle
+            a.kill()  # the leader dies without releasing its Lease
+            wait_for(
+                "beta leads",
+                lambda: (
+                    c.coord.read_namespaced_lease(
+                        "smtpctl-operator", "default"
+                    ).spec.holder_identity
+                    == "beta"
+                ),
+                timeout=15,
+            )
+            c.patch_smtp(NS, "lead", {"spec": {"refreshInterval": "3h"}})
+            wait_for(
+                "beta reconciles",
+                lambda: condition(c.smtp(NS, "lead"), "Ready").get("observedGeneration") == 2,
+                timeout=15,
+            )
+            assert any(r.get("msg") == "became leader" for r in b.logs())
+
+
+def test_deletion_fails_over_and_cleans_up(env: tuple[Cluster, RelayServer]) -> None:
+    c, relay = env
+    c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    c.create_smtp(NS, "one", relay_spec(relay.port))
+    with OperatorProcess(c, "op", "--namespace", NS):
+        wait_for("one selected", lambda: selected(c, "one"))
+        c.create_smtp(NS, "two", relay_spec(relay.port))
+        wait_for("two Ready", lambda: ready(c, "two"))
+        c.delete_smtp(NS, "one")
+        wait_for("one gone (finalizer removed)", lambda: c.smtp(NS, "one") is None)
+        wait_for("two took over", lambda: selected(c, "two"))
+        wait_for(
+            "published follows",
+            lambda: (c.secret_data(NS, PUBLISHED) or {}).get("SMTP_RELAY") == f"{NS}/two",
+        )
+        c.delete_smtp(NS, "two")
+        wait_for("two gone", lambda: c.smtp(NS, "two") is None)
+        wait_for("published Secret removed", lambda: c.secret_data(NS, PUBLISHED) is None)
