@@ -189,6 +189,9 @@ PROVIDER_REPLIES = [
      "SendAsDenied", "mail_from"),
     ("MAIL", "530 5.7.0 Must issue a STARTTLS command first", "StartTLSRequired", "mail_from"),
     ("RCPT", "550 5.7.1 Relaying denied", "RelayDenied", "rcpt_to"),
+    # Postfix's smtpd_delay_reject: a sender mismatch is answered at RCPT TO
+    ("RCPT", "553 5.7.1 <other@example.test>: Sender address rejected: not owned by user "
+             "app@example.test", "SenderRejected", "rcpt_to"),
     ("EHLO", "421 4.7.0 Too many connections", "ServerUnavailable", "ehlo"),
 ]
 

@@ -55,6 +55,12 @@ def _hint(code: int, text: str) -> str | None:
     return None
 
 
+def _about_sender(text: str) -> bool:
+    upper = text.upper()
+    return ("SENDER ADDRESS REJECTED" in upper or "NOT OWNED BY USER" in upper
+            or "SENDER REJECTED" in upper or "5.1.7" in text or "5.1.8" in text)
+
+
 _STAGE_DEFAULT = {
     "banner": "ServerUnavailable",
     "ehlo": "ProtocolError",
@@ -72,6 +78,10 @@ def classify_reply(stage: str, code: int, text: str, *, oauth: bool = False) -> 
     hint = _hint(code, text)
     if hint is not None:
         return hint
+    if stage in ("mail_from", "rcpt_to") and _about_sender(text):
+        # Postfix with smtpd_delay_reject=yes (its default) rejects a sender it does not
+        # accept only at RCPT TO: the reply, not the stage, says whose fault it is.
+        return "SenderRejected"
     if code == 421 or (400 <= code < 500 and stage in ("banner", "ehlo", "auth", "data")):
         return "ServerUnavailable"
     if stage == "auth":
