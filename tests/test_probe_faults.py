@@ -53,8 +53,10 @@ async def test_no_banner_is_read_timeout(fault: type[FaultServer]) -> None:
 
 
 async def test_slow_server_exceeds_the_deadline(fault: type[FaultServer]) -> None:
-    server = fault("no_starttls", delay=0.7)
-    v = await run_probe(make_spec(server.port, mode="plain", timeout=2, allowPlaintextAuth=True),
+    # every reply 0.9 s late: each one is well inside the 2 s read timeout, but together
+    # they overrun the 4 s deadline (no PIPELINING, so every command costs a delay)
+    server = fault("no_starttls", delay=0.9, extensions=("AUTH PLAIN LOGIN",))
+    v = await run_probe(make_spec(server.port, mode="plain", timeout=4, allowPlaintextAuth=True),
                         creds())
     assert (v.passed, v.reason) == (False, "DeadlineExceeded")
     assert v.stage in ("auth", "mail_from", "rcpt_to")
