@@ -549,6 +549,9 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         if elector is not None and code == 0:
             await elector.release()
         metrics.leader.set(0)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
         for runner in runners:
             await runner.cleanup()
         await api.close()
