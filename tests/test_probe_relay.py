@@ -276,3 +276,16 @@ async def test_plain_client_against_implicit_port_times_out(relay: Relay) -> Non
     v = await run_probe(make_spec(server.port, mode="starttls", timeout=1), password_creds(server))
     assert (v.passed, v.reason, v.stage) == (False, "ReadTimeout", "banner")
     assert v.message.startswith("Read timed out")
+
+
+async def test_ipv6_loopback_literal(relay: Relay) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = relay(mode="implicit", host="::1")
+    except OSError:
+        pytest.skip("cannot bind ::1 here")
+    v = await run_probe(make_spec(server.port, mode="implicit", host="::1"),
+                        password_creds(server))
+    assert v.passed, v.message
+    assert v.details["peer"] == f"[::1]:{server.port}"

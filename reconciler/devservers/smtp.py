@@ -265,6 +265,7 @@ class RelayServer:
         self.host = host
         self.server_hostname = server_hostname
         self._cert = self.ca.issue_cert(*cert_identities)
+        self._server_ctx: ssl.SSLContext | None = None
         self.port = 0
         self.connections = 0
         self.auth_attempts: list[AuthAttempt] = []
@@ -282,9 +283,12 @@ class RelayServer:
         return self.ca.cert_pem.bytes().decode()
 
     def server_tls_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._cert.configure_cert(ctx)
-        return ctx
+        """The server side's context (built once: every connection shares it)."""
+        if self._server_ctx is None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._cert.configure_cert(ctx)
+            self._server_ctx = ctx
+        return self._server_ctx
 
     def start(self) -> RelayServer:
         if self._thread is not None:

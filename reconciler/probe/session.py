@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import socket
 import ssl
 import time
@@ -169,10 +170,22 @@ async def _resolve(state: AttemptState, host: str, port: int) -> list[tuple[Any,
     loop = asyncio.get_running_loop()
     budget = state.timeout(10.0)
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
-            budget,
-        )
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    try:
+        infos: list[tuple[Any, ...]]
+        if literal is not None:  # an IP literal needs no resolver (and no thread hop)
+            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+            sockaddr = (host, port, 0, 0) if literal.version == 6 else (host, port)
+            infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+        else:
+            resolved = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                 proto=socket.IPPROTO_TCP),
+                budget,
+            )
+            infos = [tuple(info) for info in resolved]
     except socket.gaierror as exc:
         transient = exc.errno in _TRANSIENT_GAI
         raise ProbeFailure("resolve", "UnknownHost",
