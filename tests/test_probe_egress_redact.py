@@ -7,6 +7,8 @@ import ipaddress
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.devservers.smtp import RelayServer
 from reconciler.probe import EgressPolicy, ProbeCredentials, run_probe
@@ -100,3 +102,14 @@ def test_redactor_leaves_ordinary_text_alone() -> None:
 
 def test_redactor_without_secrets_is_identity() -> None:
     assert Redactor()("AUTH PLAIN AGZvbwBiYXI=") == "AUTH PLAIN AGZvbwBiYXI="
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.binary(min_size=8, max_size=64),
+       prefix=st.binary(max_size=40), suffix=st.binary(max_size=40))
+def test_redactor_property_base64_at_any_offset(secret: bytes, prefix: bytes,
+                                                suffix: bytes) -> None:
+    r = Redactor()
+    r.add(secret)
+    blob = base64.b64encode(prefix + secret + suffix).decode()
+    assert r(f"334 {blob}") == f"334 {MASK}"

@@ -12,7 +12,9 @@ themselves and masks, in every line both ways:
   arbitrary offset of the base64 text), or the whole base64 of a payload we sent.
 
 Fragments shorter than :data:`_MIN_FRAGMENT` characters are not used, so that a short
-secret cannot turn unrelated words into masks (a short secret is still masked verbatim).
+secret cannot turn unrelated words into masks.  A secret of 8 bytes or more is found at
+every alignment; a shorter one is still masked verbatim and inside the exact payloads the
+probe sent (those are registered whole).
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ import re
 
 from reconciler.secret import MASK, Secret
 
-_MIN_FRAGMENT = 6
+_MIN_FRAGMENT = 8  # two quartets: every alignment of a secret of 8+ bytes is covered
 _WORD = re.compile(r"\S+")
 
 
 def _b64_fragments(raw: bytes) -> set[str]:
-    """Base64 text that appears whenever ``raw`` is encoded inside a larger blob."""
+    """Base64 text that appears whenever ``raw`` is encoded inside a larger blob.
+
+    With ``k`` bytes before the secret (k = 0, 1, 2 modulo 3), the base64 quartets that
+    encode only secret bytes are the same whatever surrounds it: quartets ``g0..g1`` with
+    ``g0 = ceil(k / 3)`` and ``g1 = floor((k + len - 3) / 3)``.
+    """
     out: set[str] = set()
+    n = len(raw)
     for shift in range(3):
+        first, last = -(-shift // 3), (shift + n - 3) // 3
+        if last < first:
+            continue
         enc = base64.b64encode(b"\0" * shift + raw).decode()
-        start = 4 if shift else 0  # the first quartet mixes prefix bytes with the secret
-        middle = enc[start:-4] if len(enc) - start > 4 else ""
+        middle = enc[4 * first:4 * (last + 1)]
         if len(middle) >= _MIN_FRAGMENT:
             out.add(middle)
     full = base64.b64encode(raw).decode()
