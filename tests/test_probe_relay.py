@@ -84,6 +84,8 @@ async def test_password_mechanisms(relay: Relay, mechs: tuple[str, ...], expecte
     assert v.passed, v.message
     assert v.details["mechanism"] == expected
     assert [a.mechanism for a in server.auth_attempts] == [expected]
+    assert f"MAIL FROM:<{USER}>" in sent_lines(v)  # the user name is not over-redacted
+    assert any(line.startswith(f"AUTH {expected}") for line in sent_lines(v))
     assert_clean(v)
 
 

@@ -52,11 +52,18 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-async def _initial(wire: Wire, mech: str, payload: bytes, timeout: float) -> SMTPResponse:
-    """``AUTH MECH <initial response>``, or the two-step form for very long payloads."""
-    wire.transcript.redact.add(payload)
+async def _initial(wire: Wire, mech: str, payload: bytes, timeout: float, *,
+                   secret: bool = True) -> SMTPResponse:
+    """``AUTH MECH <initial response>``, or the two-step form for very long payloads.
+
+    ``secret=False`` for a payload that is not a credential (LOGIN's user name): it is
+    still masked in the AUTH line, but not registered with the redactor, which would
+    otherwise mask the user name in MAIL FROM as well.
+    """
     encoded = _b64(payload)
-    wire.transcript.redact.add(encoded)
+    if secret:
+        wire.transcript.redact.add(payload)
+        wire.transcript.redact.add(encoded)
     line = f"AUTH {mech} {encoded}"
     if len(line) <= _MAX_INITIAL_LINE:
         return await wire.command(line, timeout, display=f"AUTH {mech} ******")
@@ -74,7 +81,7 @@ async def auth_password(
         payload = b"\0" + username.encode() + b"\0" + password.reveal().encode()
         return AuthOutcome(await _initial(wire, "PLAIN", payload, timeout))
     if mech == "LOGIN":
-        reply = await _initial(wire, "LOGIN", username.encode(), timeout)
+        reply = await _initial(wire, "LOGIN", username.encode(), timeout, secret=False)
         if reply.code != 334:
             return AuthOutcome(reply)
         encoded = _b64(password.reveal().encode())
