@@ -68,7 +68,9 @@ def parse_duration(value: str) -> timedelta:
     if not _DURATION_RE.match(value):
         raise ValueError(f"{value!r} is not a duration such as 1h, 30m or 1h30m")
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
-    return timedelta(seconds=seconds)
+    # The schema's pattern cannot bound the value; an absurd interval means "practically
+    # never", not a crash (timedelta overflows past ~2.7 million years).
+    return timedelta(seconds=min(seconds, timedelta.max.total_seconds() // 2))
 
 
 def is_loopback_url(url: str) -> bool:

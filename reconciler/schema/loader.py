@@ -129,6 +129,10 @@ def decode(
 def _yaml_problem(exc: yaml.YAMLError, document: int, text: str) -> LoadProblem:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+    position = getattr(exc, "position", None)  # ReaderError: a character offset, no mark
+    if mark is None and isinstance(position, int):
+        line = text.count("\n", 0, position) + 1
+        col = position - (text.rfind("\n", 0, position) + 1) + 1
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     context = getattr(exc, "context", None)
     if "constructor for the tag" in problem:

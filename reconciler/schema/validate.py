@@ -133,13 +133,16 @@ class Validator:
             k = data.get("kind")
             api = data.get("apiVersion")
             ours = k in KINDS or (isinstance(api, str) and api.split("/")[0] == API_GROUP)
-            if not ours and not dups:
-                self.report.skipped += 1
-                return
             kind = k if isinstance(k, str) else None
             meta = data.get("metadata")
             if isinstance(meta, dict) and isinstance(meta.get("name"), str):
                 name = meta["name"]
+            if not ours:
+                self.report.skipped += 1
+                for line, col, key in dups:  # broken YAML is worth a word whatever the kind
+                    self._diag(file, line, col, format_path(positions.path_at(index, line, col)),
+                               kind, name, "error", _dup_message(key))
+                return
         elif data is None and not dups:
             return
         self.report.documents += 1
@@ -150,8 +153,7 @@ class Validator:
         for line, col, key in dups:
             path = positions.path_at(index, line, col)
             self._diag(file, line, col, format_path(path), kind, name, "error",
-                       f"duplicate key {key!r}: YAML forbids it, and the later value would "
-                       "silently replace the earlier one", result)
+                       _dup_message(key), result)
         if data is None:
             return
         if not isinstance(data, dict):
@@ -261,6 +263,11 @@ def _read(p: str) -> Iterator[tuple[str, bytes | OSError]]:
             yield p, fh.read(MAX_BYTES * 4 + 1)
     except OSError as exc:
         yield p, exc
+
+
+def _dup_message(key: str) -> str:
+    return (f"duplicate key {key!r}: YAML forbids it, and the later value would silently "
+            "replace the earlier one")
 
 
 def _io_message(exc: OSError) -> str:
