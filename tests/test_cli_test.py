@@ -163,9 +163,24 @@ def test_invalid_or_missing_input_exits_2(tmp_path: Path,
     bad.write_text("apiVersion: smtp.reconciler.dev/v1alpha1\nkind: ExternalSmtp\n"
                    "metadata: {name: x}\nspec: {host: h, port: 0}\n")
     assert main(["test", "-f", str(bad)]) == 2
+    err = capfd.readouterr().err
+    assert f"{bad}:4:" in err and "spec.port" in err  # file:line and the JSON path
     assert main(["test", "-f", str(tmp_path / "missing.yaml")]) == 2
     assert main(["test"]) == 2  # -f is required
     capfd.readouterr()
+
+
+def test_reads_stdin(tmp_path: Path, relay: Relay, ca_file: Path,
+                     capfd: pytest.CaptureFixture[str],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    server = relay(mode="starttls")
+    text = yaml.safe_dump(smtp_doc("piped", server, ca_file))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    code, data = run_json(capfd, "-f", "-")
+    assert code == 0 and [r["name"] for r in data["results"]] == ["piped"]
 
 
 def test_send_test_message_opt_in(tmp_path: Path, relay: Relay, ca_file: Path,

@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.resources import ExternalSmtp, OAuth2Provider, parse_resource
     from reconciler.runtimes.local import InputError, load_documents, validate_documents
 
+    if not _schema_valid(args.files):
+        return EXIT_USAGE
     try:
         manifests = validate_documents(load_documents(args.files))
         policy = EgressPolicy.from_strings(deny=args.deny_egress)
@@ -93,6 +95,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_text(results, verbose=args.verbose)
     return EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED
+
+
+def _schema_valid(files: list[str]) -> bool:
+    """Validate the input with the schema layer first, for ``file:line:col`` diagnostics
+    (guarantee 7); stdin is read once and handed to both readers.  Status is allowed
+    (``kubectl get -o yaml`` output can be tested as is)."""
+    import io
+
+    from reconciler.schema.report import render_text
+    from reconciler.schema.validate import Options, validate_paths
+
+    stdin: io.BytesIO | None = None
+    if "-" in files:
+        data = sys.stdin.buffer.read()
+        stdin = io.BytesIO(data)
+        sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
+    report = validate_paths(files, Options(allow_status=True), stdin=stdin)
+    if report.valid:
+        return True
+    print(render_text(report), file=sys.stderr, end="")
+    return False
 
 
 async def _test_all(relays: list[Any], providers: dict[tuple[str, str], Any],
