@@ -7,7 +7,9 @@ no state directory is read or written.
 Decisions where the issue is silent:
 
 * input errors (unreadable file, invalid manifest, no ExternalSmtp, unknown ``--name``)
-  exit 2, like usage errors: nothing was tested;
+  exit 2, like usage errors: nothing was tested.  The input is first checked by the
+  schema layer (the same diagnostics as ``smtpctl validate``: ``file:line:col``, JSON
+  path), then loaded like ``apply``/``plan`` load it;
 * a resource whose credentials cannot be resolved is reported as a failed result at stage
   ``credentials`` with the credential reason (``EnvVarNotSet``, ``KubernetesUnavailable``,
   ...), so one bad reference does not hide the others' results;
