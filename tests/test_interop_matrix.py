@@ -103,10 +103,9 @@ CELLS: tuple[Cell, ...] = (
          "startTLS: true, from: not owned",
          "PLAIN", lambda p: {"from": p.other_sender}, "password",
          _sw("starttls", "starttls", auth="PLAIN", sender="OTHER"),
-         "RelayDenied at rcpt_to", "RCPT TO rejected (exit 24)",
-         want_probe="SenderRejected at rcpt_to",
+         "SenderRejected at rcpt_to", "RCPT TO rejected (exit 24)",
          note="Postfix (smtpd_delay_reject=yes) answers `553 5.7.1 Sender address rejected` "
-              "at RCPT TO; the probe classifies it by stage"),
+              "at RCPT TO, not MAIL FROM; the probe reads the reply text"),
     Cell("xoauth2", "xoauth2_only", "STARTTLS required, XOAUTH2 only", "startTLS: true", "XOAUTH2",
          _oauth("xoauth2_only"), "token", None, "passed via XOAUTH2", "n/a (no XOAUTH2)"),
     Cell("oauthbearer", "oauthbearer_only", "STARTTLS required, OAUTHBEARER only", "startTLS: true",

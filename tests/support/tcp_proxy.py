@@ -44,6 +44,19 @@ class Connection:
     server_bytes: bytearray = field(default_factory=bytearray)
     round_trips: int = 0
     closed: bool = False
+    opened_at: float = field(default_factory=time.monotonic)  # accepted by the proxy
+    client_closed_at: float | None = None  # the client's EOF reached the proxy
+    closed_at: float | None = None  # both directions finished
+
+    @property
+    def seconds(self) -> float:
+        """How long the client was busy, as seen on the wire: connect to its close.
+
+        Ends at the client's EOF, not when the proxy has finished delivering it (that
+        adds up to one more delayed trip the client never waits for).
+        """
+        end = self.client_closed_at or self.closed_at or time.monotonic()
+        return end - self.opened_at
     _last: Literal["c", "s", ""] = ""
 
     def observe(self, direction: Literal["c", "s"], data: bytes) -> None:
@@ -163,6 +176,7 @@ class TcpProxy:
         finally:
             for w in (c_writer, s_writer):
                 w.close()
+            conn.closed_at = time.monotonic()
             conn.closed = True
             self._tasks.discard(task)
 
@@ -191,6 +205,8 @@ class TcpProxy:
                 data = await reader.read(_CHUNK)
                 if data:
                     conn.observe(direction, data)
+                elif direction == "c":
+                    conn.client_closed_at = time.monotonic()
                 await queue.put((time.monotonic() + self.delay, data))
                 if not data:
                     break
