@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,10 @@ class IntrospectionServer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active: dict[Secret, str] = {}  # token -> username
+        # Other token oracles asked when a token is not granted here (an OAuth server of
+        # the devservers: its tokens then work against Dovecot too).  Each returns an
+        # RFC 7662 answer; the first ``active`` one wins.
+        self.delegates: list[Callable[[Secret], dict[str, Any]]] = []
         self.requests = 0  # how many introspection calls Dovecot made
         server = self
 
@@ -77,9 +82,13 @@ class IntrospectionServer:
         with self._lock:
             self.requests += 1
             username = self._active.get(token) if path.split("?")[0] == PATH else None
-        if username is None:
-            return {"active": False}
-        return {"active": True, "username": username, "scope": "https://mail.example/smtp"}
+        if username is not None:
+            return {"active": True, "username": username, "scope": "https://mail.example/smtp"}
+        for delegate in list(self.delegates):
+            answer = delegate(token)
+            if answer.get("active") is True:
+                return answer
+        return {"active": False}
 
     def start(self) -> IntrospectionServer:
         self._thread.start()
