@@ -355,15 +355,21 @@ def _postfix(root: Path, *args: str, timeout: float = _START_TIMEOUT) -> int:
     return _run(argv, root / "log" / "control.log", timeout).returncode
 
 
+_DAEMON_NAMES = ("master", "dovecot")  # /proc/PID/comm of Postfix's and Dovecot's masters
+_PREFIX = "smtpctl-postfix-"
+
+
 def _stop_daemons(root: Path, dovecot_pid: int | None) -> None:
     """SIGTERM both daemon masters at once (each stops its children), then wait for both.
 
     Signalling directly instead of ``postfix stop`` / ``doveadm stop``: those wait one
     after the other (about 2 s + 3 s here); in parallel teardown costs the slower one.
+    Only a pid from this instance's pid files that still names a Postfix or Dovecot
+    master is signalled (a stale pid file may name a reused pid).
     """
-    pids = [p for p in (_read_pid(root / "queue" / "pid" / "master.pid"),
-                        dovecot_pid or _read_pid(root / "dovecot" / "run" / "master.pid"))
-            if p is not None]
+    candidates = (_read_pid(root / "queue" / "pid" / "master.pid"),
+                  dovecot_pid or _read_pid(root / "dovecot" / "run" / "master.pid"))
+    pids = [p for p in candidates if p is not None and _comm(p) in _DAEMON_NAMES]
     for sig, wait in ((signal.SIGTERM, _STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
         for pid in pids:
             try:
@@ -373,6 +379,36 @@ def _stop_daemons(root: Path, dovecot_pid: int | None) -> None:
         deadline = time.monotonic() + wait
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def sweep_stale_instances() -> list[Path]:
+    """Stop and remove instances left behind by a test process that was killed.
+
+    A session fixture's teardown does not run when pytest is SIGKILLed (a CI timeout);
+    its daemons would then live on.  Each instance records its owner's pid; an instance
+    whose owner is gone is stopped (through its own pid files) and deleted.  Instances of
+    live processes - another pytest worker, a concurrent run - are left alone.
+    """
+    swept = []
+    for root in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
+        if root.is_symlink() or not root.is_dir() or root.stat().st_uid != os.geteuid():
+            continue
+        owner = _read_pid(root / "owner.pid")
+        if owner is not None and _alive(owner):
+            continue
+        if owner is None and time.time() - root.stat().st_mtime < 120:
+            continue  # being created right now by someone (owner.pid is written first)
+        _stop_daemons(root, None)
+        shutil.rmtree(root, ignore_errors=True)
+        swept.append(root)
+    return swept
 
 
 def _read_pid(path: Path) -> int | None:
@@ -436,8 +472,10 @@ def start_peer(ca: trustme.CA | None = None) -> PostfixPeer:
         raise RuntimeError(reason)
     ca = ca or trustme.CA()
     # mkdtemp is 0700; the unprivileged postfix/dovecot users must traverse the tree.
-    root = Path(tempfile.mkdtemp(prefix="smtpctl-postfix-"))
+    sweep_stale_instances()
+    root = Path(tempfile.mkdtemp(prefix=_PREFIX))
     root.chmod(0o755)
+    (root / "owner.pid").write_text(f"{os.getpid()}\n")
     introspection = IntrospectionServer().start()
     ports: dict[str, int] = {}
     for name in LISTENERS:  # the kernel may hand out a port twice: bounded re-pick
@@ -521,6 +559,7 @@ class SwaksResult:
                    for line in self.transcript.splitlines())
 
 
+@functools.cache
 def swaks_skip_reason() -> str | None:
     """Why swaks cannot act as the reference client here, or ``None``."""
     if _which("swaks") is None:
