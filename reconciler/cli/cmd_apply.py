@@ -137,8 +137,19 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
 
 
 def report(store: Any, refs: list[Any], outcome: Any, fmt: str) -> int:
+    import dataclasses
+
     tested = {r.ref: ("tested" if r.tested else r.action) for r in outcome.results}
-    objs = [o for o in (store.get_sync(r) for r in refs) if o is not None]
+    # Rows from what the pass wrote (no re-read of 10,000 rows); selection may have
+    # changed other relays' Selected after their own pass, so relays are re-read when
+    # anything was tested.
+    if all(r.action == "skipped" or r.ref.kind != "ExternalSmtp" for r in outcome.results):
+        final = {r.ref: r.status for r in outcome.results}
+        objs = [dataclasses.replace(u.obj, status=final.get(u.obj.ref, u.obj.status))
+                for u in outcome.upserted]
+    else:
+        wanted = set(refs)
+        objs = [o for o in store.list_sync() if o.ref in wanted]
     all_ready = True
     rows = []
     from reconciler.cli.localcmd import ready_cell

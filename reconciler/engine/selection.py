@@ -124,10 +124,13 @@ async def select_scope(namespace: str, world: Any) -> str | None:
         previous = sorted((c for c in cands.values() if c.selected), key=lambda c: c.order)
         # Release first, then acquire: never two selected in the store.
         ordered = sorted(cands.values(), key=lambda c: c.name == winner)
+        by_name = {o.ref.name: o for o in objs}
         for c in ordered:
             sel, reason, msg = desired_selected(c, winner, namespace)
-            await world.store.update_status(ObjectRef(KIND, namespace, c.name),
-                                            selected_mutator(sel, reason, msg, now))
+            mutate = selected_mutator(sel, reason, msg, now)
+            if mutate(by_name[c.name]) is None:
+                continue  # already as desired in the snapshot: no write (fast re-apply)
+            await world.store.update_status(ObjectRef(KIND, namespace, c.name), mutate)
         if winner is not None and (not previous or previous[0].name != winner):
             ref = ObjectRef(KIND, namespace, winner)
             old = previous[0] if previous else None

@@ -159,6 +159,9 @@ class BasicWorld:
     limits: Limits = field(default_factory=Limits)
     clock_fn: Callable[[], float] = time.time
     announce_testing: bool = True
+    # Called by a runtime when a new pass over many resources begins: drop per-pass caches
+    # (the local runtime snapshots secret sources once per pass; see runtimes/local.py).
+    begin_pass: Callable[[], None] = lambda: None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def clock(self) -> float:

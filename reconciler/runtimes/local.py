@@ -142,6 +142,42 @@ def ref_of(manifest: dict[str, Any]) -> ObjectRef:
 # --- the world -------------------------------------------------------------------------
 
 
+class PassSnapshot:
+    """A secret source that resolves each reference at most once per pass.
+
+    10,000 relays usually share a handful of references (one CA file, one password
+    variable): resolving each once per pass turns 10,000 file reads into one, and gives
+    every resource of the pass the same view of a secret that rotates mid-pass.  The
+    cache lives in memory only (``Resolved`` holds a ``Secret``) and is dropped at the
+    start of every pass (``World.begin_pass``), so rotation is still seen on the next
+    pass.  Failures are not cached.  Writes (refresh-token rotation) go through and
+    invalidate the entry.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    @staticmethod
+    def _key(ref: Any, namespace: str) -> tuple[str, str]:
+        return (ref.model_dump_json(by_alias=True, exclude_none=True), namespace)
+
+    async def resolve(self, ref: Any, namespace: str) -> Any:
+        key = self._key(ref, namespace)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = await self._inner.resolve(ref, namespace)
+        return hit
+
+    async def write(self, ref: Any, namespace: str, value: Any) -> str:
+        self._cache.pop(self._key(ref, namespace), None)
+        version: str = await self._inner.write(ref, namespace, value)
+        return version
+
+
 def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
                 clock: Callable[[], float] = time.time) -> BasicWorld:
@@ -154,7 +190,7 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
     from reconciler.probe.verdict import ProbeCredentials, Verdict
     from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
 
-    sources = default_sources()
+    sources = PassSnapshot(default_sources())
     tokens = TokenManager(sources)
     policy = EgressPolicy()
 
@@ -174,7 +210,7 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                       check_provider_fn=check_fn,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
-                      announce_testing=announce_testing)
+                      announce_testing=announce_testing, begin_pass=sources.clear)
 
 
 # --- apply -------------------------------------------------------------------------------
@@ -196,8 +232,10 @@ class ApplyOutcome:
 
 async def reconcile_objects(objs: list[StoredObject], world: BasicWorld, *,
                             progress: ProgressFn | None = None,
-                            max_tasks: int | None = None) -> list[ReconcileResult]:
+                            max_tasks: int | None = None,
+                            force_select: bool = False) -> list[ReconcileResult]:
     """Reconcile providers, then relays, concurrently; one final selection per scope."""
+    world.begin_pass()
     bound = asyncio.Semaphore(max_tasks or max(64, world.limits.concurrency * 4))
     results: list[ReconcileResult] = []
 
@@ -213,8 +251,11 @@ async def reconcile_objects(objs: list[StoredObject], world: BasicWorld, *,
     await asyncio.gather(*(one(o) for o in providers))
     # Re-read relays: the provider pass may not change them, but a long wait might have.
     await asyncio.gather(*(one(o) for o in relays))
-    for ns in sorted({o.ref.namespace for o in relays}):
-        await select_scope(ns, world)
+    # A final selection pass per scope, unless nothing happened (the fast re-apply): the
+    # engine already selected after every change it made.
+    if force_select or any(r.action != "skipped" for r in results):
+        for ns in sorted({o.ref.namespace for o in relays}):
+            await select_scope(ns, world)
     order = {o.ref: i for i, o in enumerate(objs)}
     results.sort(key=lambda r: order.get(r.ref, 0))
     return results
@@ -252,7 +293,7 @@ async def apply_manifests(store: LocalStore, world: BasicWorld, manifests: list[
     if prune:
         out.pruned = await delete_refs(store, world, prune_candidates(store, manifests))
     out.results = await reconcile_objects([u.obj for u in out.upserted], world,
-                                          progress=progress)
+                                          progress=progress, force_select=bool(out.pruned))
     return out
 
 

@@ -259,9 +259,9 @@ class LocalStore:
     def upsert_many(self, manifests: list[dict[str, Any]], *, now: float | None = None
                     ) -> list[Upserted]:
         """Insert or update manifests in one transaction (the generation rule of Kubernetes:
-        it increments only when ``spec`` changes)."""
+        it increments only when ``spec`` changes).  Returns the objects as stored."""
         now = time.time() if now is None else now
-        changes: list[tuple[ObjectRef, str]] = []
+        out: list[Upserted] = []
         with self._tx() as db:
             for m in manifests:
                 meta = m.get("metadata") or {}
@@ -274,32 +274,37 @@ class LocalStore:
                                                   "creationTimestamp")}
                 clean["metadata"].setdefault("namespace", ref.namespace)
                 row = db.execute(
-                    "SELECT generation, manifest, version FROM resources "
+                    f"SELECT {self._COLS} FROM resources "  # noqa: S608
                     "WHERE kind=? AND namespace=? AND name=?",
                     (ref.kind, ref.namespace, ref.name)).fetchone()
                 text = _dumps(clean)
                 if row is None:
+                    uid, created = str(uuid.uuid4()), _rfc3339(now)
                     db.execute(
                         "INSERT INTO resources (kind, namespace, name, uid, generation, "
                         "created_at, manifest) VALUES (?,?,?,?,?,?,?)",
-                        (ref.kind, ref.namespace, ref.name, str(uuid.uuid4()), 1,
-                         _rfc3339(now), text))
-                    change = "created"
+                        (ref.kind, ref.namespace, ref.name, uid, 1, created, text))
+                    out.append(Upserted(StoredObject(ref, clean, 1, created, {}, None, "1", uid),
+                                        "created"))
+                    continue
+                _k, _n, _nm, uid, gen, created, old_text, status, memo, version = row
+                gen, version = int(gen), int(version)
+                if old_text == text:
+                    change = "unchanged"
                 else:
-                    gen, old_text, _ver = row
-                    if old_text == text:
-                        change = "unchanged"
-                    else:
-                        spec_changed = _spec_of(json.loads(old_text)) != _spec_of(clean)
-                        gen = int(gen) + (1 if spec_changed else 0)
-                        db.execute(
-                            "UPDATE resources SET manifest=?, generation=?, version=version+1 "
-                            "WHERE kind=? AND namespace=? AND name=?",
-                            (text, gen, ref.kind, ref.namespace, ref.name))
-                        change = "configured" if spec_changed else "metadata"
-                changes.append((ref, change))
-        # Re-read after the write transaction (cheap; keeps the loop above simple).
-        return [Upserted(self.get_sync(ref) or _gone(ref), change) for ref, change in changes]
+                    spec_changed = _spec_of(json.loads(old_text)) != _spec_of(clean)
+                    gen += 1 if spec_changed else 0
+                    version += 1
+                    db.execute(
+                        "UPDATE resources SET manifest=?, generation=?, version=? "
+                        "WHERE kind=? AND namespace=? AND name=?",
+                        (text, gen, version, ref.kind, ref.namespace, ref.name))
+                    change = "configured" if spec_changed else "metadata"
+                obj = StoredObject(
+                    ref, clean, gen, created, json.loads(status),
+                    TestMemo.from_json(json.loads(memo)) if memo else None, str(version), uid)
+                out.append(Upserted(obj, change))
+        return out
 
     def delete_sync(self, ref: ObjectRef) -> bool:
         with self._tx() as db:
@@ -379,5 +384,3 @@ class LocalStore:
                     "FROM events) WHERE rn > ?)", (EVENTS_KEEP,))
 
 
-def _gone(ref: ObjectRef) -> StoredObject:  # pragma: no cover - only on a concurrent delete
-    return StoredObject(ref, {}, 0, "", {}, None, "0")
