@@ -196,3 +196,51 @@ def test_warnings_do_not_fail_unless_strict() -> None:
     assert check(text).valid
     r = check(text, strict=True)
     assert not r.valid and only_error(r).path == "spec.tls.verify"
+
+
+TRICKY = """\
+a: 0x1F
+b: 0o17
+c: 1_000
+d: -1.5e3
+e: -.5
+f: [yes, No, on, OFF, true]
+g: [~, null, ""]
+h: &h {x: 1, y: [1, 2]}
+i: *h
+j: {<<: *h, y: 3}
+k: "2020-01-01"
+l: 2020-01-01T00:00:00Z
+m: !!str 123
+n: !!int "7"
+o: |
+  block
+p: [[], {}]
+q: {? simple : key}
+r: 12:30
+"""
+
+
+@pytest.mark.parametrize("text", [TRICKY, RELAY, RELAY + "  tls: {verify: no}\n"])
+def test_fast_constructor_matches_pyyaml(text: str) -> None:
+    """The fast path (and its fallback for merge keys / explicit tags) gives exactly what
+    PyYAML's own constructor gives with the same resolvers."""
+    import yaml
+
+    from reconciler.schema.loader import _Loader, load
+
+    class Reference(_Loader):
+        def construct_document(self, node: yaml.Node) -> Any:
+            return yaml.constructor.BaseConstructor.construct_document(self, node)
+
+    expected = list(yaml.load_all(text, Loader=Reference))
+    got = [d.data for d in load("t.yaml", text.encode()).documents]
+    assert got == expected
+    assert isinstance(got[0], dict)
+
+
+def test_fast_constructor_keeps_aliases_shared() -> None:
+    from reconciler.schema.loader import load
+
+    [doc] = list(load("t.yaml", b"a: &x [1]\nb: *x\n").documents)
+    assert doc.data["a"] is doc.data["b"]

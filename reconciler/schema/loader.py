@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import yaml
@@ -54,11 +55,12 @@ class LoadProblem(NamedTuple):
 class Document:
     """One document of a stream; ``dup_marks`` are (line, column, key) of duplicate keys."""
 
-    __slots__ = ("data", "dup_marks", "index", "problems")
+    __slots__ = ("data", "dup_marks", "index", "node", "problems")
 
-    def __init__(self, index: int, data: Any) -> None:
+    def __init__(self, index: int, data: Any, node: yaml.Node | None = None) -> None:
         self.index = index
         self.data = data
+        self.node = node  # the composed root (YAML only): marks for positions
         self.problems: list[LoadProblem] = []
         self.dup_marks: list[tuple[int, int, str]] = []
 
@@ -70,7 +72,7 @@ class LoadedFile:
         self.name = name
         self.text = text
         self.fmt = fmt  # "yaml" | "json"
-        self.documents: list[Document] = []
+        self.documents: Iterable[Document] = ()
         self.problems: list[LoadProblem] = []
 
 
@@ -80,6 +82,67 @@ class _Loader(yaml.CSafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[int, int, str]] = []
+        self.last_node: yaml.Node | None = None
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        """Build the document with :meth:`_fast`, or PyYAML's own constructor if the
+        document uses anything beyond plain JSON-like YAML (merge keys, explicit tags).
+
+        PyYAML's generic constructor is most of validate's time on a large input (a
+        generator and several method calls per node); the fast path does one call per node.
+        Both give identical results (the corpus and fuzz tests compare verdicts through
+        this loader).
+        """
+        before = len(self.duplicates)
+        try:
+            return self._fast(node, {})
+        except (_Fallback, RecursionError):
+            del self.duplicates[before:]
+            return super().construct_document(node)
+
+    def _fast(self, node: yaml.Node, memo: dict[int, Any]) -> Any:
+        cls = node.__class__
+        if cls is yaml.ScalarNode:
+            if node.tag == _STR:
+                return node.value
+            fn = _SCALARS.get(node.tag)
+            if fn is None:
+                raise _Fallback
+            return fn(self, node)
+        ident = id(node)
+        if ident in memo:
+            return memo[ident]
+        if cls is yaml.MappingNode and node.tag == _MAP:
+            out: dict[Any, Any] = {}
+            memo[ident] = out
+            seen: set[tuple[str, str]] = set()
+            for key_node, value_node in node.value:
+                if key_node.__class__ is not yaml.ScalarNode or key_node.tag == _MERGE:
+                    raise _Fallback
+                k = (key_node.tag, key_node.value)
+                if k in seen:
+                    m = key_node.start_mark
+                    self.duplicates.append((m.line + 1, m.column + 1, key_node.value))
+                seen.add(k)
+                out[self._fast(key_node, memo)] = self._fast(value_node, memo)
+            return out
+        if cls is yaml.SequenceNode and node.tag == _SEQ:
+            items: list[Any] = []
+            memo[ident] = items
+            for child in node.value:
+                items.append(self._fast(child, memo))
+            return items
+        raise _Fallback
+
+    def get_data(self) -> Any:
+        """As PyYAML's, but keeps the composed root node: its marks give positions for
+        free when the document turns out to have a problem (no second parse)."""
+        if self.check_node():
+            node = self.get_node()
+            if node is not None:
+                self.last_node = node
+                return self.construct_document(node)
+        return None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[tuple[str, str]] = set()
@@ -93,6 +156,21 @@ class _Loader(yaml.CSafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class _Fallback(Exception):
+    """The fast constructor met something only PyYAML's constructor handles."""
+
+
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+_SCALARS: dict[str, Any] = {
+    "tag:yaml.org,2002:int": yaml.constructor.SafeConstructor.construct_yaml_int,
+    "tag:yaml.org,2002:float": yaml.constructor.SafeConstructor.construct_yaml_float,
+    "tag:yaml.org,2002:bool": yaml.constructor.SafeConstructor.construct_yaml_bool,
+    "tag:yaml.org,2002:null": yaml.constructor.SafeConstructor.construct_yaml_null,
+}
+
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_TS, _VALUE)]
     for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
@@ -100,11 +178,6 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.yaml_constructors = {
     tag: fn for tag, fn in yaml.CSafeLoader.yaml_constructors.items() if tag not in _NO_JSON
 }
-
-
-def yaml_loader_class() -> type[yaml.CSafeLoader]:
-    """The loader class (for :mod:`positions`, which must resolve scalars the same way)."""
-    return _Loader
 
 
 def decode(
@@ -151,28 +224,41 @@ def _line_at(text: str, line: int) -> str:
 
 
 def load_yaml(name: str, text: str) -> LoadedFile:
+    """A file whose ``documents`` are produced lazily, one at a time.
+
+    A 10,000-document stream is validated document by document, so its constructed
+    documents never all sit in memory; ``problems`` is complete once ``documents`` has
+    been exhausted.
+    """
     out = LoadedFile(name, text, "yaml")
+    out.documents = _iter_yaml(text, out.problems)
+    return out
+
+
+def _iter_yaml(text: str, problems: list[LoadProblem]) -> Iterator[Document]:
     loader = _Loader(text)
+    anchors = "&" in text
+    index = 0
     try:
         while loader.check_data():  # type: ignore[no-untyped-call]
             before = len(loader.duplicates)
-            doc = Document(len(out.documents), loader.get_data())
+            data = loader.get_data()
+            doc = Document(index, data, loader.last_node)
+            loader.last_node = None
             doc.dup_marks.extend(loader.duplicates[before:])
-            out.documents.append(doc)
+            if anchors:
+                problem = measure(doc.data)
+                if problem is not None:
+                    doc.problems.append(LoadProblem(1, 1, problem, doc.index))
+                    doc.data = None
+            index += 1
+            yield doc
     except yaml.YAMLError as exc:
-        out.problems.append(_yaml_problem(exc, len(out.documents), text))
+        problems.append(_yaml_problem(exc, index, text))
     except RecursionError:
-        out.problems.append(LoadProblem(0, 0, "document is nested too deeply to read",
-                                        len(out.documents)))
+        problems.append(LoadProblem(0, 0, "document is nested too deeply to read", index))
     finally:
         loader.dispose()
-    if "&" in text:
-        for doc in out.documents:
-            problem = measure(doc.data)
-            if problem is not None:
-                doc.problems.append(LoadProblem(1, 1, problem, doc.index))
-                doc.data = None
-    return out
 
 
 def _dup_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -210,7 +296,7 @@ def load_json(name: str, text: str) -> LoadedFile:
                else str(exc))
         out.problems.append(LoadProblem(1, 1, f"JSON error: {msg}", 0))
         return out
-    out.documents.append(Document(0, data))
+    out.documents = [Document(0, data)]
     return out
 
 

@@ -1,43 +1,90 @@
 """JSON path -> line/column, computed only for documents that have problems.
 
 Valid documents never pay for positions: the hot path constructs plain Python objects
-with the C loader.  When a document has a problem, the file is composed once more
-(``yaml.compose_all`` with the same C loader class) into nodes that carry marks, and each
-problem's JSON path is looked up there.  Paths are followed as far as they exist, so a
-missing property points at the object that lacks it.
+with the C loader.  When a document has a problem, the file is composed again (libyaml
+in C) into nodes that carry marks, and each problem's JSON path is looked up there.
+Paths are followed as far as they exist, so a missing property points at the object that
+lacks it.
+
+The loader hands over the root node it composed for construction (:meth:`remember`),
+so a YAML document with a problem costs no second parse; the validate core forgets the
+node once the document is done.  Only when no node is known (JSON input, or a document
+already forgotten) is the text composed again, incrementally, keeping only the documents
+asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cached_property
+from typing import Any
 
 import yaml
 
 from reconciler.schema.diagnostics import JsonPath, PathPart
-from reconciler.schema.loader import yaml_loader_class
+
+_MERGE = "tag:yaml.org,2002:merge"
+_STR = "tag:yaml.org,2002:str"
+
+
+class _NodeLoader(yaml.CSafeLoader):
+    """Composes nodes only; every scalar is a plain string (types are irrelevant to
+    positions), which skips PyYAML's Python-level implicit resolvers."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        if kind is yaml.ScalarNode:
+            return _MERGE if value == "<<" and implicit[0] else _STR
+        return "tag:yaml.org,2002:seq" if kind is yaml.SequenceNode else "tag:yaml.org,2002:map"
 
 
 class PositionIndex:
-    """Lazily composed node trees of one file's documents."""
+    """Lazily composed node trees of the documents of one file."""
 
     def __init__(self, text: str | None) -> None:
         self._text = text
+        self._wanted: dict[int, yaml.Node | None] = {}
+        self._loader: _NodeLoader | None = None
+        self._next = 0
+        self._done = False
 
-    @cached_property
-    def _roots(self) -> list[yaml.Node | None]:
+    def remember(self, document: int, node: yaml.Node | None) -> None:
+        """Use the node the loader already composed (no second parse)."""
+        if node is not None:
+            self._wanted[document] = node
+
+    def forget(self, document: int) -> None:
+        self._wanted.pop(document, None)
+
+    def _root(self, document: int) -> yaml.Node | None:
+        if document in self._wanted:
+            return self._wanted[document]
         if self._text is None:
-            return []
-        roots: list[yaml.Node | None] = []
-        loader = yaml_loader_class()(self._text)
+            return None
+        if self._loader is None or document < self._next:
+            self._restart()
+        loader = self._loader
+        assert loader is not None
+        node: yaml.Node | None = None
         try:
-            while loader.check_node():
-                roots.append(loader.get_node())
+            while not self._done and self._next <= document:
+                if not loader.check_node():
+                    self._done = True
+                    break
+                got = loader.get_node()
+                if self._next == document:
+                    node = got
+                self._next += 1
         except yaml.YAMLError:
-            pass  # positions up to the syntax error are still useful
-        finally:
-            loader.dispose()
-        return roots
+            self._done = True  # positions up to the syntax error are still useful
+        self._wanted[document] = node
+        return node
+
+    def _restart(self) -> None:
+        if self._loader is not None:
+            self._loader.dispose()
+        assert self._text is not None
+        self._loader = _NodeLoader(self._text)
+        self._next = 0
+        self._done = False
 
     def locate(self, document: int, path: Sequence[PathPart]) -> tuple[int, int]:
         """1-based (line, column) of the deepest node on ``path`` in ``document``.
@@ -45,11 +92,9 @@ class PositionIndex:
         A scalar value points at the value (``port: 70000`` -> the 7); a mapping or list
         value points at its key, which is where people look for the field.
         """
-        roots = self._roots
-        if document >= len(roots) or roots[document] is None:
+        node = self._root(document)
+        if node is None:
             return (1, 1) if document == 0 else (0, 0)
-        node = roots[document]
-        assert node is not None
         mark = node.start_mark
         for part in path:
             found = _child(node, part)
@@ -63,10 +108,10 @@ class PositionIndex:
 
     def path_at(self, document: int, line: int, column: int) -> JsonPath:
         """The JSON path of the mapping key that starts at (line, column), if any."""
-        roots = self._roots
-        if document >= len(roots) or roots[document] is None:
+        root = self._root(document)
+        if root is None:
             return ()
-        stack: list[tuple[yaml.Node, JsonPath]] = [(roots[document], ())]  # type: ignore[list-item]
+        stack: list[tuple[yaml.Node, JsonPath]] = [(root, ())]
         seen: set[int] = set()
         while stack:
             node, path = stack.pop()
@@ -90,7 +135,7 @@ def _child(node: yaml.Node, part: PathPart) -> tuple[yaml.Node | None, yaml.Node
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode) and k.value == part:
                 hit = (k, v)  # the last duplicate wins, as in construction
-            elif k.tag == "tag:yaml.org,2002:merge" and hit is None:
+            elif k.tag == _MERGE and hit is None:
                 merged = v.value if isinstance(v, yaml.SequenceNode) else [v]
                 for m in merged:
                     sub = _child(m, part)

@@ -32,13 +32,23 @@ class Finding(NamedTuple):
 
 
 class Resource(NamedTuple):
-    """What cross-document checks need to know about one document."""
+    """What cross-document checks need to know about one document (not the document
+    itself: a 10,000-document stream must not stay in memory for these checks)."""
 
     key: int  # the caller's handle for the document
     kind: str
     namespace: str
     name: str | None
-    doc: dict[str, Any]
+    authentication: Any
+    provider_ref: Any
+    selected: bool
+
+    @classmethod
+    def of(cls, key: int, kind: str, namespace: str, name: str | None,
+           doc: dict[str, Any]) -> Resource:
+        spec = _obj(doc.get("spec"))
+        return cls(key, kind, namespace, name, spec.get("authentication"),
+                   _obj(spec.get("oauth2ProviderRef")).get("name"), spec.get("selected") is True)
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -147,14 +157,13 @@ def check_set(resources: list[Resource]) -> list[tuple[int, Finding]]:
             seen[ident] = r.key
         if r.kind != KIND_SMTP:
             continue
-        spec = _obj(r.doc.get("spec"))
-        ref = _obj(spec.get("oauth2ProviderRef")).get("name")
-        if spec.get("authentication") == "OAuth2" and isinstance(ref, str) \
+        ref = r.provider_ref
+        if r.authentication == "OAuth2" and isinstance(ref, str) \
                 and (r.namespace, ref) not in providers:
             out.append((r.key, Finding(("spec", "oauth2ProviderRef", "name"), "warning",
                                        f"no OAuth2Provider {ref!r} in namespace "
                                        f"{r.namespace!r} in the input")))
-        if spec.get("selected") is True:
+        if r.selected:
             if r.namespace in selected:
                 out.append((r.key, Finding(("spec", "selected"), "warning",
                                            f"{selected[r.namespace]!r} is also selected in "

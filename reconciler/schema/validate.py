@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from reconciler.schema.diagnostics import Diagnostic, JsonPath, Severity, format_path
-from reconciler.schema.loader import MAX_BYTES, load, unsupported_value
+from reconciler.schema.loader import MAX_BYTES, Document, LoadedFile, load, unsupported_value
 from reconciler.schema.messages import drop_shadowed, translate
 from reconciler.schema.positions import PositionIndex
 from reconciler.schema.schemas import API_GROUP, KINDS, validator
@@ -77,6 +77,10 @@ class _Context(NamedTuple):
     doc_index: int
     base: JsonPath
     result: DocumentResult
+    spots: dict[JsonPath, tuple[int, int]]  # positions kept for the cross-document checks
+
+
+_SET_PATHS: tuple[JsonPath, ...] = (("spec", "oauth2ProviderRef", "name"), ("spec", "selected"))
 
 
 class Validator:
@@ -101,29 +105,39 @@ class Validator:
         self.report.files += 1
         loaded = load(name, raw, max_bytes=self.options.max_bytes)
         positions = PositionIndex(loaded.text)
-        for problem in loaded.problems:
+        self._document_loop(name, loaded, positions)
+        for problem in loaded.problems:  # complete only now: documents are produced lazily
             path = format_path(problem.path)
             self._diag(name, problem.line, problem.column, path, None, None, "error",
                        problem.message)
+
+    def _document_loop(self, name: str, loaded: LoadedFile, positions: PositionIndex) -> None:
         for doc in loaded.documents:
-            if doc.problems:
-                self.report.documents += 1
-                result = DocumentResult(name, doc.index, None, None)
-                self.report.results.append(result)
-                for p in doc.problems:
-                    self._diag(name, p.line, p.column, "", None, None, "error", p.message, result)
-                continue
-            dups = doc.dup_marks
-            if doc.data is None and not dups:
-                continue
-            data = doc.data
-            if (isinstance(data, dict) and data.get("kind") == "List"
-                    and data.get("apiVersion") == "v1" and isinstance(data.get("items"), list)):
-                for i, item in enumerate(data["items"]):
-                    self._document(name, positions, doc.index, ("items", i), item, [])
-                self._document(name, positions, doc.index, (), None, dups)
-            else:
-                self._document(name, positions, doc.index, (), data, dups)
+            positions.remember(doc.index, doc.node)
+            try:
+                self._one(name, doc, positions)
+            finally:
+                positions.forget(doc.index)
+
+    def _one(self, name: str, doc: Document, positions: PositionIndex) -> None:
+        if doc.problems:
+            self.report.documents += 1
+            result = DocumentResult(name, doc.index, None, None)
+            self.report.results.append(result)
+            for p in doc.problems:
+                self._diag(name, p.line, p.column, "", None, None, "error", p.message, result)
+            return
+        dups = doc.dup_marks
+        if doc.data is None and not dups:
+            return
+        data = doc.data
+        if (isinstance(data, dict) and data.get("kind") == "List"
+                and data.get("apiVersion") == "v1" and isinstance(data.get("items"), list)):
+            for i, item in enumerate(data["items"]):
+                self._document(name, positions, doc.index, ("items", i), item, [])
+            self._document(name, positions, doc.index, (), None, dups)
+        else:
+            self._document(name, positions, doc.index, (), data, dups)
 
     # --- one document -----------------------------------------------------------------
     def _document(self, file: str, positions: PositionIndex, index: int, base: JsonPath,
@@ -148,7 +162,7 @@ class Validator:
         self.report.documents += 1
         result = DocumentResult(file, index, kind, name)
         self.report.results.append(result)
-        ctx = _Context(file, positions, index, base, result)
+        ctx = _Context(file, positions, index, base, result, {})
 
         for line, col, key in dups:
             path = positions.path_at(index, line, col)
@@ -188,14 +202,20 @@ class Validator:
             self._at(ctx, f.path, f.severity, f.message)
         meta = data.get("metadata")
         ns = meta.get("namespace") if isinstance(meta, dict) else None
-        self._resources.append(Resource(len(self._contexts), kind,
-                                        ns if isinstance(ns, str) else "default", name, data))
+        spec = data.get("spec")
+        if isinstance(spec, dict) and ("oauth2ProviderRef" in spec or spec.get("selected")):
+            for path in _SET_PATHS:  # the node is at hand now; it is forgotten after this doc
+                full = (*base, *path)
+                ctx.spots[full] = positions.locate(index, full)
+        self._resources.append(Resource.of(len(self._contexts), kind,
+                                           ns if isinstance(ns, str) else "default", name, data))
         self._contexts.append(ctx)
 
     # --- output -----------------------------------------------------------------------
     def _at(self, ctx: _Context, path: JsonPath, severity: Severity, message: str) -> None:
         full = (*ctx.base, *path)
-        line, col = ctx.positions.locate(ctx.doc_index, full)
+        spot = ctx.spots.get(full)
+        line, col = spot if spot is not None else ctx.positions.locate(ctx.doc_index, full)
         r = ctx.result
         self._diag(ctx.file, line, col, format_path(full), r.kind, r.name, severity, message, r)
 

@@ -34,8 +34,9 @@ EXAMPLES = ROOT / "manifests" / "examples"
 
 def _docs(path: Path) -> list[dict[str, Any]]:
     loaded = load(str(path), path.read_bytes())
+    docs = [d.data for d in loaded.documents if isinstance(d.data, dict)]
     assert not loaded.problems, loaded.problems
-    return [d.data for d in loaded.documents if isinstance(d.data, dict)]
+    return docs
 
 
 @functools.cache
