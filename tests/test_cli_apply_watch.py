@@ -1,0 +1,115 @@
+"""Watch mode (`apply --watch` / `reconcile --watch`) and the concurrency limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler.engine.world import Limits
+from reconciler.runtimes.local import build_world, watch
+from reconciler.stores.local import LocalStore
+from tests.support import canary
+from tests.support.engine_env import Env, cond, e2e_fixture  # noqa: F401
+
+
+async def _until(pred, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_watch_reapplies_changed_files_and_reverifies(e2e: Env) -> None:
+    doc = e2e.smtp("w", selected=True, refreshInterval="1s")
+    path = e2e.write("w.yaml", doc)
+    store = LocalStore(e2e.state)
+    world = build_world(store, limits=Limits(4, 2))
+    stop = asyncio.Event()
+    errors: list[str] = []
+    task = asyncio.create_task(watch(store, world, [str(path)], poll=0.05, max_sleep=0.5,
+                                     stop=stop, on_error=errors.append))
+    try:
+        await _until(lambda: e2e.relay.connections >= 1)
+        # re-verification on refreshInterval (1s +-10%) with no change at all
+        await _until(lambda: e2e.relay.connections >= 3)
+        # a changed file is re-applied: generation 2
+        doc["spec"]["refreshInterval"] = "1h"
+        path.write_text(yaml.safe_dump(doc))
+        os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        await _until(lambda: (store.get_sync(_ref("w")) or _never()).generation == 2)
+        # a broken file is reported, the store keeps the last good input
+        path.write_text("kind: [\n")
+        os.utime(path, ns=(time.time_ns() + 2 * 10**9, time.time_ns() + 2 * 10**9))
+        await _until(lambda: bool(errors))
+        assert "w.yaml" in errors[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        store.close()
+    st = e2e.status("w")
+    assert cond(st, "Ready")["status"] == "True" and st["generation"] == 2
+
+
+def _ref(name: str):  # type: ignore[no-untyped-def]
+    from reconciler.stores.base import ObjectRef
+    return ObjectRef("ExternalSmtp", "default", name)
+
+
+def _never():  # type: ignore[no-untyped-def]
+    raise AssertionError("missing")
+
+
+async def test_limits_bound_concurrent_tests_per_host() -> None:
+    limits = Limits(concurrency=6, per_host=2)
+    inflight: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    total = {"now": 0, "peak": 0}
+
+    async def one(host: str) -> None:
+        async with limits.slot(host):
+            inflight[host] = inflight.get(host, 0) + 1
+            total["now"] += 1
+            peak[host] = max(peak.get(host, 0), inflight[host])
+            total["peak"] = max(total["peak"], total["now"])
+            await asyncio.sleep(0.01)
+            inflight[host] -= 1
+            total["now"] -= 1
+
+    await asyncio.gather(*(one(f"h{i % 5}") for i in range(60)))
+    assert max(peak.values()) == 2 and total["peak"] <= 6
+    assert total["peak"] > 2  # hosts did run in parallel
+    with pytest.raises(ValueError):
+        Limits(0, 1)
+
+
+def test_concurrent_applies_do_not_interleave(e2e: Env) -> None:
+    docs = [e2e.smtp(f"c{i}") for i in range(20)]
+    path = e2e.write("c.yaml", *docs)
+    env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "reconciler", "apply", "-f", str(path), "--state",
+           str(e2e.state), "--lock-timeout", "30"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                              text=True) for _ in range(3)]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        outs.append(out)
+        assert p.returncode == 0, out
+        canary.assert_no_canary(out, where="apply output")
+    # one of them tested everything, the others found nothing to do: never twice
+    assert e2e.relay.connections == 20
+    assert sum("changed, 20 tested" in o for o in outs) == 1
+    assert sum("changed, 0 tested" in o for o in outs) == 2
+
+
+def test_reconcile_without_state_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "reconcile", "--state",
+                           str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no state directory" in proc.stderr
