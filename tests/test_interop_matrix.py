@@ -288,10 +288,12 @@ async def test_cell(postfix_peer: PostfixPeer, cell: Cell) -> None:
     assert swaks_outcome(result, cell) == cell.expect_swaks
 
 
-_WANTED = [c for c in CELLS if c.want_probe]
+_WANTED = [pytest.param(c, id=c.id) for c in CELLS if c.want_probe] or [
+    pytest.param(None, id="none", marks=pytest.mark.skip(
+        reason="no cell of the matrix differs from issue 3 today"))]
 
 
-@pytest.mark.parametrize("cell", _WANTED, ids=[c.id for c in _WANTED])
+@pytest.mark.parametrize("cell", _WANTED)
 @pytest.mark.xfail(strict=True, reason="probe differs from issue 3 here (see the cell note)")
 async def test_cell_meets_issue(postfix_peer: PostfixPeer, cell: Cell) -> None:
     verdict = await run_cell_probe(postfix_peer, cell)
