@@ -261,6 +261,10 @@ LISTENERS: dict[str, tuple[str, ...]] = {
                      "smtpd_sasl_mechanism_filter=xoauth2"),
     "oauthbearer_only": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
                          "smtpd_sasl_mechanism_filter=oauthbearer"),
+    "cram_md5_only": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                      "smtpd_sasl_mechanism_filter=cram-md5"),
+    # TLS but no SASL at all: a relay that authorises by IP only (AuthNotSupported).
+    "no_sasl": ("smtpd_tls_security_level=encrypt", "smtpd_sasl_auth_enable=no"),
 }
 
 
@@ -269,7 +273,7 @@ def _master_cf(ports: dict[str, int]) -> str:
     for name, overrides in LISTENERS.items():
         lines.append(f"127.0.0.1:{ports[name]} inet n - n - - smtpd")
         lines.append(f"  -o syslog_name=postfix/{name}")
-        lines.extend(f"  -o {o}" for o in (*overrides, "smtpd_sasl_auth_enable=yes"))
+        lines.extend(f"  -o {o}" for o in ("smtpd_sasl_auth_enable=yes", *overrides))
     return "\n".join(lines) + "\n" + _SERVICES
 
 
@@ -285,14 +289,14 @@ protocols =
 ssl = no
 # Postfix decides per listener whether AUTH may happen in the clear.
 disable_plaintext_auth = no
-auth_mechanisms = plain login xoauth2 oauthbearer
+auth_mechanisms = plain login cram-md5 xoauth2 oauthbearer
 # Without these a failed login delays the next one past a client's short timeouts.
 auth_failure_delay = 0
 login_trusted_networks = 127.0.0.0/8
 auth_verbose = yes
 passdb {{
   driver = passwd-file
-  mechanisms = plain login
+  mechanisms = plain login cram-md5
   args = scheme=PLAIN {root}/dovecot/passwd
 }}
 passdb {{
