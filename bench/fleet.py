@@ -44,6 +44,9 @@ PASSWORD = "bench-password-not-secret"
 
 
 def _relay_main(conn: Connection) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # aiosmtpd's login_data
     from reconciler.devservers.smtp import RelayServer
 
     relay = RelayServer(mode="starttls", users={USER: PASSWORD})

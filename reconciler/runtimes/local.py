@@ -77,16 +77,38 @@ def _expand(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def load_documents(paths: Iterable[str]) -> list[Document]:
-    """Read YAML/JSON documents from files, directories and ``-`` (stdin)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    docs: list[Document] = []
+def read_inputs(paths: Iterable[str]) -> list[tuple[str, str]]:
+    """(name, text) of every input file, directory entry and ``-`` (stdin)."""
+    out: list[tuple[str, str]] = []
     for p in _expand(paths):
         try:
             text = sys.stdin.read() if p == "-" else Path(p).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{p}: cannot read: {exc.__class__.__name__}", usage=True) from None
-        name = "<stdin>" if p == "-" else p
+        out.append(("<stdin>" if p == "-" else p, text))
+    return out
+
+
+def input_digest(inputs: list[tuple[str, str]]) -> str:
+    """Identifies an input set (names + bytes + smtpctl version) for the parse cache."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("smtpctl")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        ver = "dev"
+    h = hashlib.sha256(ver.encode())
+    for name, text in inputs:
+        h.update(b"\0" + name.encode() + b"\0" + text.encode())
+    return h.hexdigest()
+
+
+def parse_texts(inputs: list[tuple[str, str]]) -> list[Document]:
+    """YAML/JSON documents of the inputs (YAML is a superset of JSON)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    docs: list[Document] = []
+    for name, text in inputs:
         try:
             for i, data in enumerate(yaml.load_all(text, Loader=loader)):
                 if data is None:
@@ -100,6 +122,11 @@ def load_documents(paths: Iterable[str]) -> list[Document]:
             problem = getattr(exc, "problem", None) or "invalid YAML"
             raise InputError(f"{name}{where}: {problem}") from None
     return docs
+
+
+def load_documents(paths: Iterable[str]) -> list[Document]:
+    """Read YAML/JSON documents from files, directories and ``-`` (stdin)."""
+    return parse_texts(read_inputs(paths))
 
 
 def validate_documents(docs: list[Document]) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ DB_NAME = "state.db"
 KEY_NAME = "version.key"
 LOCK_NAME = "apply.lock"
 HISTORY_KEEP = 10  # test records kept per resource
+INPUT_CACHE_KEEP = 4  # validated input sets kept (apply of an unchanged repo skips YAML)
 EVENTS_KEEP = 50  # events kept per resource
 
 MIGRATIONS: list[str] = [
@@ -78,6 +79,13 @@ MIGRATIONS: list[str] = [
         at TEXT NOT NULL, type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL
     );
     CREATE INDEX events_by_ref ON events (kind, namespace, name, id);
+    """,
+    # 2: parse cache of validated input sets (manifests hold references only, never a
+    #    secret value: the models reject literal secrets)
+    """
+    CREATE TABLE input_cache (
+        digest TEXT PRIMARY KEY, manifests TEXT NOT NULL, at REAL NOT NULL
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -305,6 +313,22 @@ class LocalStore:
                     TestMemo.from_json(json.loads(memo)) if memo else None, str(version), uid)
                 out.append(Upserted(obj, change))
         return out
+
+    def cached_input(self, digest: str) -> list[dict[str, Any]] | None:
+        """The validated manifests of an input set applied before (see runtimes.local)."""
+        row = self._db.execute("SELECT manifests FROM input_cache WHERE digest=?",
+                               (digest,)).fetchone()
+        if row is None:
+            return None
+        data = json.loads(row[0])
+        return data if isinstance(data, list) else None
+
+    def cache_input(self, digest: str, manifests: list[dict[str, Any]]) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO input_cache (digest, manifests, at) "
+                       "VALUES (?,?,?)", (digest, _dumps(manifests), time.time()))
+            db.execute("DELETE FROM input_cache WHERE digest NOT IN (SELECT digest FROM "
+                       "input_cache ORDER BY at DESC LIMIT ?)", (INPUT_CACHE_KEEP,))
 
     def delete_sync(self, ref: ObjectRef) -> bool:
         with self._tx() as db:
