@@ -84,6 +84,27 @@ class _Loader(yaml.CSafeLoader):
         self.duplicates: list[tuple[int, int, str]] = []
         self.last_node: yaml.Node | None = None
 
+    # libyaml composes in C but asks Python to resolve every scalar's tag (a loop over
+    # regular expressions) and to track path resolvers (we register none).  Manifests
+    # repeat the same keys and values thousands of times, so the answer is memoised.
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode:
+            if not implicit[0]:
+                return _STR  # quoted, or the non-specific "!" tag
+            tag = _RESOLVED.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+                if len(_RESOLVED) < 65536:
+                    _RESOLVED[value] = tag
+            return tag
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None
+
+    def ascend_resolver(self) -> None:
+        return None
+
     def construct_document(self, node: yaml.Node) -> Any:
         """Build the document with :meth:`_fast`, or PyYAML's own constructor if the
         document uses anything beyond plain JSON-like YAML (merge keys, explicit tags).
@@ -115,16 +136,24 @@ class _Loader(yaml.CSafeLoader):
         if cls is yaml.MappingNode and node.tag == _MAP:
             out: dict[Any, Any] = {}
             memo[ident] = out
-            seen: set[tuple[str, str]] = set()
+            scalar = yaml.ScalarNode
             for key_node, value_node in node.value:
-                if key_node.__class__ is not yaml.ScalarNode or key_node.tag == _MERGE:
+                if key_node.__class__ is not scalar:
                     raise _Fallback
-                k = (key_node.tag, key_node.value)
-                if k in seen:
+                tag = key_node.tag
+                if tag == _STR:
+                    key = key_node.value
+                elif tag == _MERGE:
+                    raise _Fallback
+                else:
+                    key = self._fast(key_node, memo)
+                if key in out:  # equal keys (also `yes` and `true`) would collide
                     m = key_node.start_mark
                     self.duplicates.append((m.line + 1, m.column + 1, key_node.value))
-                seen.add(k)
-                out[self._fast(key_node, memo)] = self._fast(value_node, memo)
+                if value_node.__class__ is scalar and value_node.tag == _STR:
+                    out[key] = value_node.value  # the common case, without a call
+                else:
+                    out[key] = self._fast(value_node, memo)
             return out
         if cls is yaml.SequenceNode and node.tag == _SEQ:
             items: list[Any] = []
@@ -154,6 +183,10 @@ class _Loader(yaml.CSafeLoader):
                     self.duplicates.append((m.line + 1, m.column + 1, key_node.value))
                 seen.add(k)
         return super().construct_mapping(node, deep=deep)
+
+
+_RESOLVED: dict[str, str] = {}
+"""Plain scalar -> tag, for :meth:`_Loader.resolve` (depends on the value alone)."""
 
 
 class _Fallback(Exception):
