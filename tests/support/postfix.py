@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import functools
 import grp
 import os
@@ -215,6 +216,8 @@ smtpd_tls_security_level = may
 smtpd_tls_session_cache_database =
 smtpd_tls_loglevel = 1
 smtp_tls_session_cache_database =
+# For the "busy" listener (master.cf -o values cannot hold spaces).
+busy_client_restrictions = check_client_access texthash:{root}/etc/busy
 # No syslog here: log to a file of ours.
 maillog_file = {root}/log/maillog
 maillog_file_prefixes = {root}/log
@@ -265,6 +268,15 @@ LISTENERS: dict[str, tuple[str, ...]] = {
                       "smtpd_sasl_mechanism_filter=cram-md5"),
     # TLS but no SASL at all: a relay that authorises by IP only (AuthNotSupported).
     "no_sasl": ("smtpd_tls_security_level=encrypt", "smtpd_sasl_auth_enable=no"),
+    # A server certificate that expired yesterday (same CA).
+    "expired_cert": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                     "smtpd_tls_chain_files=$config_directory/expired.pem"),
+    # TLS 1.2 at most, for a client whose floor is TLS 1.3 (tls.minVersion).
+    "tls12_only": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                   "smtpd_tls_mandatory_protocols=<=TLSv1.2",
+                   "smtpd_tls_protocols=<=TLSv1.2"),
+    # Answers every connection with 421 (a relay that is temporarily refusing service).
+    "busy": ("smtpd_delay_reject=no", "smtpd_client_restrictions=$busy_client_restrictions"),
 }
 
 
@@ -441,6 +453,13 @@ def _wait_for(what: str, predicate: Callable[[], bool], root: Path) -> None:
     raise RuntimeError(f"interop peer: {what} within {_START_TIMEOUT:.0f}s\n{_log_tail(root)}")
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _log_tail(root: Path, lines: int = 15) -> str:
     """The last lines of every log of the instance (none holds a secret: no auth_debug)."""
     out = []
@@ -458,9 +477,25 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _issue_cert(ca: trustme.CA, path: Path) -> None:
+def _greets(port: int, wrapper: bool) -> bool:
+    """Whether the listener answers like an SMTP server: a reply code first, or - for
+    a wrappermode port, which waits for our TLS ClientHello - silence without a hang-up."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(0.5 if wrapper else 5)
+            try:
+                first = s.recv(64)
+            except TimeoutError:
+                return wrapper
+            return first[:3].isdigit()
+    except OSError:
+        return False
+
+
+def _issue_cert(ca: trustme.CA, path: Path, *, not_before: datetime.datetime | None = None,
+                not_after: datetime.datetime | None = None) -> None:
     # Deliberately not "localhost": connecting by that name is the wrong-host case.
-    cert = ca.issue_cert(HOSTNAME, "127.0.0.1")
+    cert = ca.issue_cert(HOSTNAME, "127.0.0.1", not_before=not_before, not_after=not_after)
     pem = cert.private_key_pem.bytes() + b"".join(c.bytes() for c in cert.cert_chain_pems)
     path.write_bytes(pem)
     path.chmod(0o600)
@@ -505,6 +540,10 @@ def start_peer(ca: trustme.CA | None = None) -> PostfixPeer:
         _write(root / "etc" / "sender_logins", f"{USER} {USER}\n")
         _write(ca_file, peer.ca_pem)
         _issue_cert(ca, root / "etc" / "server.pem")
+        yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+        _issue_cert(ca, root / "etc" / "expired.pem",
+                    not_before=yesterday - datetime.timedelta(days=30), not_after=yesterday)
+        _write(root / "etc" / "busy", "127.0.0.1 421 4.3.2 Service temporarily unavailable\n")
         _write(root / "dovecot" / "dovecot.conf", _dovecot_conf(root, introspection.url))
         _write(root / "dovecot" / "oauth2.conf.ext", _oauth2_conf(introspection.url))
         # The one place the clear password is written: Dovecot's own password file
@@ -523,6 +562,13 @@ def start_peer(ca: trustme.CA | None = None) -> PostfixPeer:
             _wait_for(f"Postfix did not listen on 127.0.0.1:{port}",
                       functools.partial(_listening, port), root)
         peer._dovecot_pid = _read_pid(root / "dovecot" / "run" / "master.pid")
+        # master listens even when an smtpd cannot start: one banner per listener proves
+        # every service is configured right (and warms each smtpd up).
+        for name, port in ports.items():
+            wrapper = "smtpd_tls_wrappermode=yes" in LISTENERS[name]
+            if not _greets(port, wrapper) or "fatal:" in _read(peer.maillog):
+                raise RuntimeError(f"interop peer: listener {name} (127.0.0.1:{port}) does "
+                                   f"not work\n{_log_tail(root)}")
     except BaseException:
         peer.stop()
         raise
