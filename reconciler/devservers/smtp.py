@@ -44,6 +44,7 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import os
 import ssl
 import threading
@@ -55,6 +56,18 @@ import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 Mode = Literal["plain", "starttls", "implicit"]
+
+
+class _DropLoginDataDeprecation(logging.Filter):
+    """aiosmtpd 1.4 logs a deprecation warning from its own AUTH code path on every
+    login (it sets ``Session.login_data`` itself); it is noise for demo users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_DropLoginDataDeprecation())
+
 TokenValidator = Callable[[str, str], bool]
 
 DEFAULT_MECHANISMS: tuple[str, ...] = ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")
