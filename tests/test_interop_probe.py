@@ -232,3 +232,40 @@ async def test_probe_needs_no_more_round_trips_than_swaks(postfix_peer: PostfixP
     assert verdict.details.get("pipelining") is True
     assert 0 < probe_conn.round_trips <= swaks_conn.round_trips, (
         probe_conn.round_trips, swaks_conn.round_trips)
+
+
+# --- certificates and transient failures ------------------------------------------------
+
+
+@pytest.mark.parametrize(("listener", "tls", "ca", "says"), [
+    ("expired_cert", {}, True, "expired"),
+    ("starttls", {"serverName": "localhost"}, True, "not valid for the server name"),
+    ("starttls", {}, False, "unknown certificate authority"),
+])
+async def test_certificate_failure_says_which(
+    postfix_peer: PostfixPeer, listener: str, tls: dict[str, Any], ca: bool, says: str,
+) -> None:
+    """Issue 3: CertificateInvalid must say which - expired, wrong host, unknown CA."""
+    peer = postfix_peer
+    with TcpProxy(peer.host, peer.ports[listener]) as tap:
+        verdict = await run_probe(
+            _spec(peer, port=tap.port, tls=tls or None),
+            ProbeCredentials(password=peer.password, ca_bundle_pem=peer.ca_pem if ca else None))
+        conns = await tap.closed(1)
+    assert (verdict.stage, verdict.reason) == ("starttls", "CertificateInvalid")
+    assert says in verdict.message
+    assert verdict.retryable is False
+    # The handshake was refused before a single credential byte: nothing after STARTTLS
+    # but TLS records, and no password in any form.
+    assert_secret_absent(bytes(conns[0].client_bytes), canary.PASSWORD, "the wire")
+    _assert_clean(verdict)
+
+
+async def test_server_busy_is_transient(postfix_peer: PostfixPeer) -> None:
+    peer = postfix_peer
+    spec = _spec(peer, port=peer.ports["busy"], connectionTest={"timeoutSeconds": 2})
+    verdict = await run_probe(spec, _password(peer))
+    assert (verdict.stage, verdict.reason) == ("banner", "ServerUnavailable")
+    assert verdict.retryable is True
+    assert "421 4.3.2" in verdict.message
+    assert verdict.details.get("attempts", 0) > 1  # transient: retried within the deadline
