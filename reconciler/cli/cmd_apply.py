@@ -89,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.runtimes.local import (
         InputError,
         input_digest,
-        parse_texts,
         read_inputs,
-        validate_documents,
+        validate_inputs,
     )
 
     if args.concurrency < 1 or args.per_host < 1:
@@ -111,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     manifests = store.cached_input(digest) if store is not None else None
     if manifests is None:
         try:
-            manifests = validate_documents(parse_texts(inputs))
+            manifests = validate_inputs(inputs)
         except InputError as exc:
             if store is not None:
                 store.close()

@@ -31,16 +31,15 @@ def run(args: argparse.Namespace) -> int:
         InputError,
         build_world,
         delete_refs,
-        load_documents,
+        load_manifests,
         ref_of,
-        validate_documents,
     )
     from reconciler.stores.base import ObjectRef
     from reconciler.stores.local import LockTimeout
 
     if args.files:
         try:
-            refs = [ref_of(m) for m in validate_documents(load_documents(args.files))]
+            refs = [ref_of(m) for m in load_manifests(args.files)]
         except InputError as exc:
             print(f"smtpctl: {exc}", file=sys.stderr)
             return EXIT_USAGE if exc.usage else EXIT_FAILED

@@ -26,10 +26,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.runtimes.local import InputError, load_documents, validate_documents
+    from reconciler.runtimes.local import InputError, load_manifests
 
     try:
-        manifests = validate_documents(load_documents(args.files))
+        manifests = load_manifests(args.files)
     except InputError as exc:
         print(f"smtpctl: {exc}", file=sys.stderr)
         return EXIT_USAGE if exc.usage else EXIT_FAILED

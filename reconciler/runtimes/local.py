@@ -129,6 +129,36 @@ def load_documents(paths: Iterable[str]) -> list[Document]:
     return parse_texts(read_inputs(paths))
 
 
+def schema_problems(inputs: list[tuple[str, str]]) -> str | None:
+    """The schema layer's diagnostics (``file:line:col: error: path: message``) when the
+    inputs are invalid, else None.  The same checks and wording as ``smtpctl validate``."""
+    from reconciler.schema.report import render_text
+    from reconciler.schema.validate import Options, Validator
+
+    v = Validator(Options(allow_status=True))
+    for name, text in inputs:
+        v.add_bytes(name, text.encode("utf-8"))
+    report = v.finish()
+    if report.valid:
+        return None
+    return render_text(report).rstrip("\n")
+
+
+def validate_inputs(inputs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Validated manifests of the inputs, or InputError with every problem.
+
+    First the schema layer (file, line, JSON path, message), then the typed models (which
+    must agree; they also catch duplicates across files)."""
+    problems = schema_problems(inputs)
+    if problems is not None:
+        raise InputError("invalid input:\n" + problems)
+    return validate_documents(parse_texts(inputs))
+
+
+def load_manifests(paths: Iterable[str]) -> list[dict[str, Any]]:
+    return validate_inputs(read_inputs(paths))
+
+
 def validate_documents(docs: list[Document]) -> list[dict[str, Any]]:
     """Typed validation of every document; raises InputError listing every problem."""
     problems: list[str] = []
@@ -365,7 +395,7 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
             if current != seen:
                 seen = current
                 try:
-                    manifests = validate_documents(load_documents(paths))
+                    manifests = load_manifests(paths)
                 except InputError as exc:
                     if on_error:
                         on_error(str(exc))
