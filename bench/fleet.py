@@ -197,6 +197,25 @@ def profile_summary(path: Path, top: int = 18) -> str:
            "| own s | cumulative s | function |", "| ---: | ---: | --- |"]
     for tt, ct, name in rows[:top]:
         out.append(f"| {tt:.3f} | {ct:.3f} | `{name}` |")
+    steps = {
+        "connection tests (run_probe, incl. TLS)": "reconciler/probe/runner.py",
+        "status/memo writes (update_status_sync)": "update_status_sync",
+        "test history (record_test)": "record_test",
+        "events (record_event)": "record_event",
+        "input: schema check (schema_problems)": "schema_problems",
+        "input: YAML + typed models (parse_texts, validate_documents)": "parse_texts|"
+                                                                        "validate_documents",
+        "upsert (upsert_many)": "upsert_many",
+        "credentials (resolve_smtp_credentials)": "resolve_smtp_credentials",
+        "selection (select_scope)": "select_scope",
+    }
+    out += ["", "Cumulative time of the main steps (coroutines: time while running, not "
+            "while suspended):", ""]
+    for label, pat in steps.items():
+        keys = pat.split("|")
+        best = max((ct for _tt, ct, name in rows if any(k in name for k in keys)
+                    and ("run_probe" in name or "runner.py" not in pat)), default=0.0)
+        out.append(f"- {label}: {best:.2f}s ({100 * best / total:.0f}%)")
     buckets = {"waiting for the network (epoll)": ("poll", "select"),
                "TLS (ssl)": ("ssl.py", "_ssl"),
                "SQLite": ("sqlite3", "execute", "commit"),
