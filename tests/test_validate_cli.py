@@ -404,3 +404,22 @@ def test_pre_commit_hook_definition_runs_validate() -> None:
     [hook] = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "smtpctl-validate" and hook["entry"] == "smtpctl validate"
     assert hook["language"] == "python"
+
+
+def test_max_bytes_bounds_what_is_read(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    f = write(tmp_path, "big.yaml", RELAY.replace("NAME", "a") * 50)
+    rc, report = run_json(capfd, "-f", f, "--max-bytes", "1000")
+    assert rc == 1
+    [e] = report["errors"]
+    assert "larger than the limit of 1000 bytes" in e["message"] and e["line"] == 0
+    rc, report = run_json(capfd, "-f", f, "--max-bytes", "100000")
+    assert rc == 1 and "larger" not in json.dumps(report)  # read whole: duplicate names etc.
+
+
+def test_unreadable_file_is_an_io_error(tmp_path: Path,
+                                        capfd: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "adir.yaml"
+    d.mkdir()
+    (d / "x.txt").write_text("x")
+    rc, report = run_json(capfd, "-f", str(d))
+    assert rc == 2 and report["errors"][0]["line"] == 0

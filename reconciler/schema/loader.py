@@ -218,8 +218,8 @@ def decode(
 ) -> tuple[str | None, LoadProblem | None]:
     """Bytes -> text, or a problem (too large, not UTF-8, a NUL byte)."""
     if len(raw) > max_bytes:
-        return None, LoadProblem(0, 0, f"file is {len(raw)} bytes, larger than the limit of "
-                                       f"{max_bytes} bytes (--max-bytes); split it")
+        return None, LoadProblem(0, 0, f"file is larger than the limit of {max_bytes} bytes "
+                                       "(--max-bytes); split it")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         return None, LoadProblem(1, 1, "file is UTF-16 encoded; save it as UTF-8")
     try:

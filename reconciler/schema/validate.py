@@ -94,7 +94,7 @@ class Validator:
 
     # --- inputs -----------------------------------------------------------------------
     def add_paths(self, paths: list[str], stdin: BinaryIO | None = None) -> None:
-        for name, raw in iter_inputs(paths, stdin):
+        for name, raw in iter_inputs(paths, stdin, limit=self.options.max_bytes + 1):
             if isinstance(raw, OSError):
                 self.report.io_errors += 1
                 self._diag(name, 0, 0, "", None, None, "error", _io_message(raw))
@@ -254,13 +254,17 @@ def validate_bytes(name: str, raw: bytes, options: Options | None = None) -> Rep
     return v.finish()
 
 
-def iter_inputs(paths: list[str], stdin: BinaryIO | None = None
+def iter_inputs(paths: list[str], stdin: BinaryIO | None = None, *, limit: int = MAX_BYTES + 1
                 ) -> Iterator[tuple[str, bytes | OSError]]:
-    """(name, content or the OSError) for files, directories (recursive) and ``-``."""
+    """(name, content or the OSError) for files, directories (recursive) and ``-``.
+
+    At most ``limit`` bytes are read from any input, so an oversized file (or an endless
+    stdin) is refused by :func:`~reconciler.schema.loader.decode` without being read whole.
+    """
     for p in paths:
         if p == "-":
             stream = stdin if stdin is not None else sys.stdin.buffer
-            yield "<stdin>", stream.read()
+            yield "<stdin>", stream.read(limit)
             continue
         path = Path(p)
         if path.is_dir():
@@ -270,17 +274,17 @@ def iter_inputs(paths: list[str], stdin: BinaryIO | None = None
                 for f in sorted(files):
                     if f.lower().endswith(SUFFIXES) and not f.startswith("."):
                         found = True
-                        yield from _read(os.path.join(root, f))
+                        yield from _read(os.path.join(root, f), limit)
             if not found:
                 yield p, FileNotFoundError(f"no *.yaml, *.yml or *.json files under {p}")
         else:
-            yield from _read(p)
+            yield from _read(p, limit)
 
 
-def _read(p: str) -> Iterator[tuple[str, bytes | OSError]]:
+def _read(p: str, limit: int) -> Iterator[tuple[str, bytes | OSError]]:
     try:
         with open(p, "rb") as fh:
-            yield p, fh.read(MAX_BYTES * 4 + 1)
+            yield p, fh.read(limit)
     except OSError as exc:
         yield p, exc
 
