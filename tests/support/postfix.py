@@ -501,17 +501,29 @@ def _issue_cert(ca: trustme.CA, path: Path, *, not_before: datetime.datetime | N
     path.chmod(0o600)
 
 
-def start_peer(ca: trustme.CA | None = None) -> PostfixPeer:
+def start_peer(ca: trustme.CA | None = None, *, attempts: int = 3) -> PostfixPeer:
     """Configure and start a private Postfix + Dovecot; stop it with ``peer.stop()``.
 
     Raises ``RuntimeError`` (after cleaning up) when either daemon does not come up.
+    A port picked free can be taken by another process before Postfix binds it; that one
+    failure is retried with fresh ports (bounded by ``attempts``).
     """
     reason = skip_reason()
     if reason:
         raise RuntimeError(reason)
     ca = ca or trustme.CA()
-    # mkdtemp is 0700; the unprivileged postfix/dovecot users must traverse the tree.
     sweep_stale_instances()
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_once(ca)
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_once(ca: trustme.CA) -> PostfixPeer:
+    # mkdtemp is 0700; the unprivileged postfix/dovecot users must traverse the tree.
     root = Path(tempfile.mkdtemp(prefix=_PREFIX))
     root.chmod(0o755)
     (root / "owner.pid").write_text(f"{os.getpid()}\n")
