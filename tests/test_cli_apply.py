@@ -172,7 +172,13 @@ def test_oauth_relay_and_provider_status(e2e: Env, monkeypatch: pytest.MonkeyPat
     assert cond(e2e.status("idp", "OAuth2Provider"), "Ready")["status"] == "True"
     assert cond(e2e.status("o"), "Ready")["status"] == "True"
     n = e2e.relay.connections
+    with LocalStore(e2e.state, create=False) as store:
+        before = {o.ref: o.version for o in store.list_sync()}
     assert e2e.cli("apply", "-f", str(f))[0] == 0 and e2e.relay.connections == n
+    # unchanged: no connection and not a single status write.  (Each apply process does
+    # obtain one token per provider: tokens are secrets and are never persisted.)
+    with LocalStore(e2e.state, create=False) as store:
+        assert {o.ref: o.version for o in store.list_sync()} == before
     # a provider that cannot get a token: the relay waits for it
     monkeypatch.setenv("IDP_SECRET", canary.canary("wrong-secret"))
     f2 = e2e.write("o2.yaml", e2e.provider("idp2"), e2e.oauth_smtp("o2", "idp2"))

@@ -463,6 +463,12 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
             memo = old  # unchanged: no write (the idempotent re-apply writes nothing)
         else:
             memo = TestMemo(digest, gen, now, now + delay, ready, failures)
+        prev = cond.find(cur.status.get("conditions") or [], cond.READY) or {}
+        if (memo is old and prev.get("status") == ("True" if ready else "False")
+                and prev.get("reason") == (reason or "TokenObtained")):
+            # Nothing changed but the message's wording (e.g. "cached for 3539s"): keep the
+            # status as it is, so an unchanged re-apply writes nothing.
+            return cur.status, old
         if ready:
             st = dict(cur.status)
             conds = cond.set_condition(list(st.get("conditions") or []), cond.READY, "True",
