@@ -245,3 +245,25 @@ def test_get_outputs_and_reveal(e2e: Env, monkeypatch: pytest.MonkeyPatch) -> No
     assert code == 0 and "default/r" in out
     assert e2e.cli("get", "externalsmtp", "nope")[0] == 1
     assert e2e.cli("get", "bogus")[0] == 2
+
+
+def test_toggling_selected_needs_no_new_test(e2e: Env) -> None:
+    e2e.cli("apply", "-f", str(e2e.write("ab.yaml", e2e.smtp("a", selected=True),
+                                         e2e.smtp("b", selected=True))))
+    assert e2e.status("a")["selected"] is True
+    n = e2e.relay.connections
+    f = e2e.write("ab.yaml", e2e.smtp("a", selected=False), e2e.smtp("b", selected=True))
+    code, out = e2e.cli("plan", "-f", str(f))
+    assert code == 3 and "connection settings unchanged" in out and "1 to test" not in out
+    code, out = e2e.cli("apply", "-f", str(f))
+    assert code == 0, out
+    assert e2e.relay.connections == n  # a new generation, but the same tested settings
+    a, b = e2e.status("a"), e2e.status("b")
+    assert a["generation"] == 2 and a["observedGeneration"] == 2
+    assert cond(a, "Ready")["status"] == "True" and cond(a, "Ready")["observedGeneration"] == 2
+    assert a["activeGeneration"] == 2 and a["selected"] is False
+    assert cond(a, "Selected")["reason"] == "NotRequested"
+    assert b["selected"] is True and cond(b, "Selected")["reason"] == "Active"
+    # and the next apply is a plain no-op
+    assert e2e.cli("apply", "-f", str(f))[0] == 0 and e2e.relay.connections == n
+    assert e2e.cli("plan", "-f", str(f))[0] == 0

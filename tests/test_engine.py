@@ -261,3 +261,18 @@ def test_last_transition_time_only_on_status_change() -> None:
     assert c2[0]["observedGeneration"] == 2 and c2[0]["reason"] == "B"
     c3 = cond.set_condition(c2, "Ready", "True", "C", "", generation=2, now=200)
     assert c3[0]["lastTransitionTime"] != c1[0]["lastTransitionTime"]
+
+
+async def test_refresh_interval_change_moves_due_time_without_test(env: Any) -> None:
+    store, fake, world = env
+    await apply(store, world, doc("a", "relay.test"))
+    d = doc("a", "relay.test")
+    d["spec"]["refreshInterval"] = "10m"
+    r = (await apply(store, world, d))["a"]
+    assert not r.tested and r.action == "updated" and len(fake.calls) == 1
+    assert r.requeue_after == pytest.approx(refresh_delay(600, "ExternalSmtp/default/a"), abs=1)
+    assert r.status["observedGeneration"] == 2 and r.status["activeGeneration"] == 2
+    # a change of a tested field does test
+    d["spec"]["port"] = 2525
+    r = (await apply(store, world, d))["a"]
+    assert r.tested and len(fake.calls) == 2

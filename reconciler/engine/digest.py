@@ -1,6 +1,7 @@
 """The plan digest: what a connection test result is valid for.
 
-A test result stays valid while the spec, the versions of the secrets it used and the
+A test result stays valid while the spec (minus the fields that do not change what is
+tested: ``selected``, ``refreshInterval``), the versions of the secrets it used and the
 version of its OAuth 2.0 provider stay the same.  The digest hashes exactly those (the
 spec as canonical JSON: sorted keys, no whitespace, defaults filled in by the model so
 that writing a default explicitly is not a change).  Secret versions are already keyed
@@ -13,6 +14,15 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
+
+# Spec fields that do not change what a connection test does: a change to them alone
+# needs no new test (toggling ``selected`` for a failover must not re-test the relay).
+UNTESTED_FIELDS = frozenset({"selected", "refreshInterval"})
+
+
+def tested_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a spec (wire form) a connection test depends on."""
+    return {k: v for k, v in spec.items() if k not in UNTESTED_FIELDS}
 
 
 def canonical(data: Any) -> str:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from reconciler.credentials.base import CredentialError
 from reconciler.engine import conditions as cond
-from reconciler.engine.digest import canonical, plan_digest
+from reconciler.engine.digest import canonical, plan_digest, tested_spec
 from reconciler.engine.world import World
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, ExternalSmtp, OAuth2Provider
 from reconciler.stores.base import ObjectRef, StoredObject
@@ -65,8 +65,14 @@ async def plan_one(manifest: dict[str, Any], stored: StoredObject | None, world:
     new_spec = manifest.get("spec") or {}
     diff = spec_diff(old_spec, new_spec)
     if diff:
-        return PlanItem(ref, "update", diff, test=ref.kind == KIND_SMTP,
-                        why="spec changed", generation=stored.generation + 1)
+        test, why = True, "spec changed"
+        if ref.kind == KIND_SMTP and canonical(tested_spec(old_spec)) == canonical(
+                tested_spec(new_spec)):
+            test, why = await _needs_test(manifest, stored, world)
+            if not test:
+                why = "connection settings unchanged (only untested fields changed)"
+        return PlanItem(ref, "update", diff, test=ref.kind == KIND_SMTP and test,
+                        why=why, generation=stored.generation + 1)
     old_meta = {k: v for k, v in (stored.manifest.get("metadata") or {}).items()}
     action = "metadata" if canonical(old_meta) != canonical(
         {k: v for k, v in meta.items()
@@ -101,7 +107,7 @@ async def _needs_test(manifest: dict[str, Any], stored: StoredObject, world: Wor
     except CredentialError as exc:
         return True, f"credentials cannot be resolved ({exc.reason})"
     versions.update(creds.versions)
-    digest = plan_digest(res.spec.model_dump(by_alias=True, mode="json"), versions)
+    digest = plan_digest(tested_spec(res.spec.model_dump(by_alias=True, mode="json")), versions)
     if digest != memo.digest:
         return True, "secrets or provider changed"
     now = world.clock()

@@ -49,7 +49,7 @@ from reconciler import catalog
 from reconciler.credentials.base import CredentialError
 from reconciler.engine import conditions as cond
 from reconciler.engine.backoff import backoff_delay, refresh_delay
-from reconciler.engine.digest import plan_digest
+from reconciler.engine.digest import plan_digest, tested_spec
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import Credentials, World
 from reconciler.probe.verdict import ProbeCredentials, Verdict
@@ -307,13 +307,15 @@ async def _reconcile_smtp(obj: StoredObject, world: World) -> ReconcileResult:
                               message=exc.message, requested=requested)
     versions.update(creds.versions)
     spec_json = res.spec.model_dump(by_alias=True, mode="json")
-    digest = plan_digest(spec_json, versions)
+    digest = plan_digest(tested_spec(spec_json), versions)
     key = _key(ref)
     memo = obj.memo
     now = world.clock()
-    if (memo is not None and memo.digest == digest and memo.generation == gen
-            and now < memo.due_at and obj.status.get("observedGeneration") == gen):
-        return ReconcileResult(ref, obj.status, memo.due_at - now, "skipped")
+    if memo is not None and memo.digest == digest and now < memo.due_at:
+        if memo.generation == gen and obj.status.get("observedGeneration") == gen:
+            return ReconcileResult(ref, obj.status, memo.due_at - now, "skipped")
+        if memo.tested_at > 0:
+            return await _carry_over(obj, world, res, memo, digest, requested)
 
     fresh = not (memo is not None and memo.digest == digest)
     if world.announce_testing:
@@ -346,6 +348,54 @@ async def _reconcile_smtp(obj: StoredObject, world: World) -> ReconcileResult:
         written = await world.store.get(ref) or written
     return ReconcileResult(ref, written.status, max(0.0, new_memo.due_at - world.clock()),
                            "tested", tested=True, verdict=verdict)
+
+
+async def _carry_over(obj: StoredObject, world: World, res: ExternalSmtp, memo: TestMemo,
+                      digest: str, requested: bool) -> ReconcileResult:
+    """A new generation that changed only untested fields (``selected``,
+    ``refreshInterval``) inherits the result of the test of the identical settings.
+
+    Guarantee 1 still holds: Ready describes a passed test of exactly these connection
+    settings and secrets (same digest); only the bookkeeping moves to the new generation.
+    """
+    ref, gen, now = obj.ref, obj.generation, world.clock()
+    key = _key(ref)
+    last_reason = str((obj.status.get("lastTest") or {}).get("reason", ""))
+    entry = catalog.CATALOG.get(last_reason)
+    if not memo.passed and entry is not None and entry.retryable:
+        due = memo.due_at  # keep the backoff schedule of a transient failure
+    else:  # the (possibly changed) refreshInterval from the last test
+        due = memo.tested_at + refresh_delay(res.spec.refresh_seconds, key)
+    new_memo = replace(memo, generation=gen, due_at=due)
+    summary = _active_summary(res, gen, digest)
+
+    def build(cur: StoredObject) -> tuple[dict[str, Any], TestMemo | None]:
+        st = dict(cur.status)
+        conds = []
+        for c in st.get("conditions") or []:
+            c = dict(c)
+            c["observedGeneration"] = gen
+            if c.get("type") == cond.READY and c.get("status") == "True":
+                c["message"] = (f"generation {gen} has the connection settings of generation "
+                                f"{memo.generation}, which passed its connection test")
+            conds.append(c)
+        st["conditions"] = conds
+        st["observedGeneration"] = gen
+        active = st.get("active") or {}
+        if memo.passed and active.get("digest") == digest:
+            st["activeGeneration"] = gen
+            st["active"] = summary
+        if not requested:
+            st = _not_requested(st, gen, now)
+        return st, new_memo
+
+    written = await _write(world, ref, build)
+    if written is None:
+        return ReconcileResult(ref, {}, None, "gone")
+    if requested or obj.status.get("selected"):
+        await select_scope(ref.namespace, world)
+        written = await world.store.get(ref) or written
+    return ReconcileResult(ref, written.status, max(0.0, due - world.clock()), "updated")
 
 
 def _testing_status(cur: StoredObject, gen: int, fresh: bool, now: float) -> dict[str, Any]:
