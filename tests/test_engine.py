@@ -276,3 +276,34 @@ async def test_refresh_interval_change_moves_due_time_without_test(env: Any) -> 
     d["spec"]["port"] = 2525
     r = (await apply(store, world, d))["a"]
     assert r.tested and len(fake.calls) == 2
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+_cands = hs.lists(
+    hs.builds(Candidate, name=hs.sampled_from("abcdefgh"), created_at=hs.sampled_from("123"),
+              requested=hs.booleans(), ready=hs.booleans(), testing=hs.booleans(),
+              has_active=hs.booleans(), selected=hs.booleans()),
+    max_size=8, unique_by=lambda c: c.name)
+
+
+@given(_cands, hs.randoms())
+def test_choose_properties(cands: list[Candidate], rnd: Any) -> None:
+    # ready implies a last-known-good (a passed test sets both)
+    cands = [Candidate(c.name, c.created_at, c.requested, c.ready, c.testing,
+                       c.has_active or c.ready, c.selected) for c in cands]
+    winner = choose(cands)
+    shuffled = list(cands)
+    rnd.shuffle(shuffled)
+    assert choose(shuffled) == winner  # order of the listing does not matter
+    if winner is None:
+        assert not any(c.requested and c.ready for c in cands)
+        return
+    w = next(c for c in cands if c.name == winner)
+    assert w.requested and w.has_active  # never a relay that never passed
+    if not w.ready:  # kept only as the incumbent
+        assert w.selected
+    if not any(c.selected for c in cands):
+        ready = sorted((c for c in cands if c.requested and c.ready), key=lambda c: c.order)
+        assert winner == ready[0].name  # oldest, then name
