@@ -35,6 +35,9 @@ def test_demo_story(tmp_path: Path) -> None:
         "ok: generation 1 remains active and selected (last-known-good)",
         "generation 1 remains in use",
         "ok: applications are still handed generation 1",
+        "ok: oauth-relay took over (it is Ready); billing-relay released it",
+        "ok: no new test: only spec.selected changed on oauth-relay",
+        "ok: applications are now handed the OAuth relay",
         "every step held",
         "Try next:",
     ):

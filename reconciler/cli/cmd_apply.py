@@ -173,8 +173,9 @@ def report(store: Any, refs: list[Any], outcome: Any, fmt: str) -> int:
         objs = [dataclasses.replace(u.obj, status=final.get(u.obj.ref, u.obj.status))
                 for u in outcome.upserted]
     else:
-        wanted = set(refs)
-        objs = [o for o in store.list_sync() if o.ref in wanted]
+        order = {r: i for i, r in enumerate(refs)}
+        objs = sorted((o for o in store.list_sync() if o.ref in order),
+                      key=lambda o: order[o.ref])  # the input's order, as in the fast path
     all_ready = True
     rows = []
     from reconciler.cli.localcmd import ready_cell

@@ -9,7 +9,9 @@
    re-tests only that relay.
 5. A broken update (a wrong username): generation 2 fails its test, generation 1 stays
    active and selected - ``get active`` still hands out generation 1.
-6. Stop the servers; print the commands to try next.
+6. Failover: the OAuth relay asks to be selected; being Ready, it takes over from the
+   failing relay - without a new test (only ``spec.selected`` changed).
+7. Stop the servers; print the commands to try next.
 
 The demo runs the same CLI entry point a user types (``reconciler.cli.main.main``) in
 this process, and checks every step: if the story does not hold, it says which step
@@ -142,6 +144,7 @@ class Demo:
             self._first_apply(relay)
             self._rotation(relay, pw_file)
             self._broken_update(relays, relay)
+            self._failover(relays, relay)
         self.say()
         self.say("Servers stopped.")
 
@@ -188,6 +191,22 @@ class Demo:
         _, env = self.run("get", "active", "-o", "env", "--state", str(self.state))
         self.check(f"SMTP_USERNAME='{USER}'" in env and "SMTP_GENERATION='1'" in env,
                    "applications are still handed generation 1")
+
+    def _failover(self, relays: Path, relay: RelayServer) -> None:
+        self.step("Failover: oauth-relay asks to be selected while billing-relay is failing")
+        text = relays.read_text()
+        head, sep, tail = text.partition("name: oauth-relay")
+        relays.write_text(head + sep + tail.replace("selected: false", "selected: true", 1))
+        before = relay.connections
+        self.run("apply", "-f", str(self.mdir), "--state", str(self.state), expect=1)
+        b, o = self.status("billing-relay"), self.status("oauth-relay")
+        self.check(o.get("selected") is True and not b.get("selected"),
+                   "oauth-relay took over (it is Ready); billing-relay released it")
+        self.check(relay.connections == before,
+                   "no new test: only spec.selected changed on oauth-relay")
+        _, env = self.run("get", "active", "-o", "env", "--state", str(self.state))
+        self.check("SMTP_AUTH='OAuth2'" in env, "applications are now handed the OAuth relay")
+        self.run("describe", "externalsmtp", "billing-relay", "--state", str(self.state))
 
     def _write_secret(self, path: Path, value: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

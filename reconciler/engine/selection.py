@@ -135,10 +135,12 @@ async def select_scope(namespace: str, world: Any) -> str | None:
             ref = ObjectRef(KIND, namespace, winner)
             old = previous[0] if previous else None
             if old is not None and old.requested:
-                await world.events.emit(Event(
-                    ref, "Warning", "Failover",
-                    f"ExternalSmtp {old.name!r} is not Ready; {winner!r} took over as the "
-                    f"relay in use", cond.rfc3339(now)))
+                text = (f"ExternalSmtp {old.name!r} is not Ready; {winner!r} took over as the "
+                        f"relay in use")
+                await world.events.emit(Event(ref, "Warning", "Failover", text,
+                                              cond.rfc3339(now)))
+                await world.events.emit(Event(ObjectRef(KIND, namespace, old.name), "Warning",
+                                              "Failover", text, cond.rfc3339(now)))
             else:
                 await world.events.emit(Event(ref, "Normal", "Active",
                                               f"{winner!r} is now the relay in use",
