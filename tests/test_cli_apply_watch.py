@@ -113,3 +113,27 @@ def test_reconcile_without_state_is_a_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "reconciler", "reconcile", "--state",
                            str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no state directory" in proc.stderr
+
+
+def test_apply_watch_cli_reverifies_and_stops_on_ctrl_c(e2e: Env) -> None:
+    import signal
+
+    path = e2e.write("w.yaml", e2e.smtp("w", refreshInterval="1s"))
+    env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "--watch", "-f",
+                             str(path), "--state", str(e2e.state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while e2e.relay.connections < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert e2e.relay.connections >= 3  # first test + re-verifications every ~1s
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "watching for changes" in out and "Traceback" not in out
+    canary.assert_no_canary(out, where="watch output")
+    # the lock was released: another apply runs at once
+    code, _ = e2e.cli("apply", "-f", str(path), "--lock-timeout", "0")
+    assert code == 0

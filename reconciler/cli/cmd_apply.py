@@ -152,12 +152,10 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
     code = report(store, refs, outcome, args.output)
     if args.watch:
         print("watching for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        try:
-            await watch(store, world, args.files, prune=args.prune, progress=Progress(
-                0, enabled=args.output == "text"),
-                on_error=lambda m: print(f"smtpctl: {m}", file=sys.stderr, flush=True))
-        except asyncio.CancelledError:  # pragma: no cover - Ctrl-C
-            pass
+        # Runs until Ctrl-C: asyncio.run cancels it and smtpctl exits 130 ("interrupted").
+        await watch(store, world, args.files, prune=args.prune,
+                    progress=Progress(0, enabled=args.output == "text"),
+                    on_error=lambda m: print(f"smtpctl: {m}", file=sys.stderr, flush=True))
     return code
 
 
