@@ -59,22 +59,31 @@ class Demo:
         self.sdir = workdir / "secrets"
         self.steps = 0
         self.password = ""
+        self._console: Any = None
+        if out.isatty():  # colour on a terminal only; plain text in pipes and CI logs
+            from rich.console import Console
+
+            self._console = Console(file=out)
 
     # --- output ------------------------------------------------------------------------
-    def say(self, text: str = "") -> None:
-        self.out.write(text + "\n")
+    def say(self, text: str = "", style: str | None = None) -> None:
+        if style and self._console is not None:
+            self._console.print(text, style=style, markup=False, highlight=False,
+                               soft_wrap=True)
+        else:
+            self.out.write(text + "\n")
         self.out.flush()
 
     def step(self, title: str) -> None:
         self.steps += 1
         self.say()
-        self.say(f"== {self.steps}. {title}")
+        self.say(f"== {self.steps}. {title}", style="bold cyan")
 
     def run(self, *args: str, expect: int | tuple[int, ...] = 0) -> tuple[int, str]:
         """Run an smtpctl command in-process, echoing it and its output."""
         shown = " ".join(a if a != str(self.state) else "$STATE" for a in args)
         shown = shown.replace(str(self.mdir), "$DEMO/manifests")
-        self.say(f"$ smtpctl {shown}")
+        self.say(f"$ smtpctl {shown}", style="bold")
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             code = smtpctl([*args])
@@ -99,7 +108,7 @@ class Demo:
     def check(self, ok: bool, what: str) -> None:
         if not ok:
             raise StoryFailed(what)
-        self.say(f"  ok: {what}")
+        self.say(f"  ok: {what}", style="green")
 
     # --- the story -----------------------------------------------------------------------
     def play(self) -> None:
@@ -275,11 +284,12 @@ def play(workdir: str | None = None, *, keep: bool = False, out: TextIO | None =
                     warnings.filterwarnings("ignore", category=DeprecationWarning)
                     demo.play()
             except StoryFailed as exc:
-                demo.say(f"\ndemo FAILED at step {demo.steps}: {exc}")
+                demo.say(f"\ndemo FAILED at step {demo.steps}: {exc}", style="bold red")
                 return 1
             finally:
                 os.environ.pop(CLIENT_SECRET_ENV, None)
-            demo.say(f"\nDemo finished in {time.monotonic() - started:.1f}s: every step held.")
+            demo.say(f"\nDemo finished in {time.monotonic() - started:.1f}s: every step held.",
+                     style="bold green")
             demo.next_steps(kept=keep or bool(workdir))
     except StoryFailed as exc:
         out.write(f"smtpctl demo: {exc}\n")
