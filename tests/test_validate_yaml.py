@@ -244,3 +244,18 @@ def test_fast_constructor_keeps_aliases_shared() -> None:
 
     [doc] = list(load("t.yaml", b"a: &x [1]\nb: *x\n").documents)
     assert doc.data["a"] is doc.data["b"]
+
+
+def test_a_mapping_with_many_unknown_keys_is_reported_boundedly() -> None:
+    keys = "".join(f"  k{i}: {i}\n" for i in range(20000))
+    r = check(RELAY + keys)
+    assert not r.valid
+    assert len(r.diagnostics) <= 60
+    assert any(d.path == "spec.k0" and d.line == 9 for d in r.diagnostics)
+    assert any("more problems in this document are not shown" in d.message
+               for d in r.diagnostics)
+
+
+def test_many_duplicate_keys_are_reported_boundedly() -> None:
+    r = check(RELAY + "  port: 26\n" * 5000)
+    assert not r.valid and len(r.diagnostics) <= 60

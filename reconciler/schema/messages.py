@@ -133,7 +133,8 @@ def translate(kind: str, error: Any) -> list[Message]:
     details: dict[str, Any] = error.kind.as_dict()
 
     if keyword == "additionalProperties":
-        return [_unknown_field(ipath, key, node) for key in details.get("unexpected", [])]
+        unexpected = details.get("unexpected", [])[:100]  # bounded: hostile input
+        return [_unknown_field(ipath, key, node) for key in unexpected]
 
     x_message, x_at, props_below = (
         _annotation(chain, spath) if keyword not in _OWN_MESSAGE else (None, None, 0))

@@ -129,9 +129,24 @@ class PositionIndex:
         return ()
 
 
+_INDEX: dict[int, tuple[yaml.Node, dict[str, tuple[yaml.Node, yaml.Node]]]] = {}
+
+
 def _child(node: yaml.Node, part: PathPart) -> tuple[yaml.Node | None, yaml.Node] | None:
     if isinstance(node, yaml.MappingNode) and isinstance(part, str):
         hit: tuple[yaml.Node | None, yaml.Node] | None = None
+        if len(node.value) > 64:  # a hostile mapping: index it once instead of scanning
+            cached = _INDEX.get(id(node))
+            if cached is None or cached[0] is not node:
+                keys: dict[str, tuple[yaml.Node, yaml.Node]] = {
+                    k.value: (k, v) for k, v in node.value
+                    if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE}
+                cached = (node, keys)
+                _INDEX.clear()  # one hostile mapping at a time is plenty
+                _INDEX[id(node)] = cached
+            found: tuple[yaml.Node | None, yaml.Node] | None = cached[1].get(part)
+            if found is not None:
+                return found
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode) and k.value == part:
                 hit = (k, v)  # the last duplicate wins, as in construction

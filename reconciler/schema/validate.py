@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -28,6 +29,9 @@ from reconciler.schema.schemas import API_GROUP, KINDS, validator
 from reconciler.schema.semantic import Resource, check_document, check_set
 
 SUFFIXES = (".yaml", ".yml", ".json")
+MAX_PER_DOCUMENT = 50
+"""Diagnostics reported per document; a hostile document with 100,000 unknown keys gets
+50 and a count of the rest (each one costs a position lookup)."""
 
 
 class Options(NamedTuple):
@@ -153,7 +157,7 @@ class Validator:
                 name = meta["name"]
             if not ours:
                 self.report.skipped += 1
-                for line, col, key in dups:  # broken YAML is worth a word whatever the kind
+                for line, col, key in dups[:MAX_PER_DOCUMENT]:  # broken YAML, whatever the kind
                     self._diag(file, line, col, format_path(positions.path_at(index, line, col)),
                                kind, name, "error", _dup_message(key))
                 return
@@ -164,7 +168,7 @@ class Validator:
         self.report.results.append(result)
         ctx = _Context(file, positions, index, base, result, {})
 
-        for line, col, key in dups:
+        for line, col, key in dups[:MAX_PER_DOCUMENT]:
             path = positions.path_at(index, line, col)
             self._diag(file, line, col, format_path(path), kind, name, "error",
                        _dup_message(key), result)
@@ -185,7 +189,7 @@ class Validator:
         v = validator(kind)
         try:
             ok = v.is_valid(data)
-            errors = [] if ok else list(v.iter_errors(data))
+            errors = [] if ok else list(islice(v.iter_errors(data), MAX_PER_DOCUMENT * 4))
         except ValueError:
             bad = unsupported_value(data)
             path, msg = bad if bad is not None else ((), "document cannot be validated")
@@ -194,10 +198,17 @@ class Validator:
         if errors:
             messages = [m for e in errors for m in translate(kind, e)]
             seen: set[tuple[JsonPath, str]] = set()
+            unique = []
             for m in drop_shadowed(messages):
                 if (m.path, m.text) not in seen:
                     seen.add((m.path, m.text))
-                    self._at(ctx, m.path, "error", m.text)
+                    unique.append(m)
+            for m in unique[:MAX_PER_DOCUMENT]:
+                self._at(ctx, m.path, "error", m.text)
+            hidden = len(unique) - MAX_PER_DOCUMENT + max(0, len(dups) - MAX_PER_DOCUMENT)
+            if hidden > 0 or len(errors) == MAX_PER_DOCUMENT * 4:
+                self._at(ctx, (), "error", f"more problems in this document are not shown "
+                         f"(the first {MAX_PER_DOCUMENT} are)")
         for f in check_document(data, kind, allow_status=self.options.allow_status):
             self._at(ctx, f.path, f.severity, f.message)
         meta = data.get("metadata")
