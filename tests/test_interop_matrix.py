@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import sys
 from collections.abc import Callable
@@ -35,14 +36,18 @@ from reconciler.secret import Secret
 from tests.support import canary
 from tests.support.canary import assert_no_canary
 from tests.support.postfix import (
+    JavaMailResult,
     PostfixPeer,
     SwaksResult,
     assert_secret_absent,
+    javamail_skip_reason,
     postfix_peer,
+    run_javamail,
     run_swaks,
     start_peer,
     swaks_skip_reason,
 )
+from tests.support.tcp_proxy import Connection, TcpProxy
 
 __all__ = ["postfix_peer"]  # the session fixture, imported for pytest
 pytestmark = pytest.mark.postfix
@@ -128,16 +133,18 @@ CELLS: tuple[Cell, ...] = (
     Cell("downgrade", "plain", "plain, no STARTTLS, AUTH offered", "startTLS: true", "PLAIN",
          lambda p: {"port": p.plain_port}, "password", _sw("plain", "starttls", auth="PLAIN"),
          "StartTLSUnavailable at starttls", "TLS failed (exit 29)",
-         note="neither client sends AUTH (asserted on the wire in test_interop_probe.py)"),
+         note="JavaMail's `starttls.enable` is opportunistic: it continues in plaintext and "
+              "sends the password; the probe sends no AUTH byte (asserted on the wire)"),
     Cell("plaintext-auth", "plain", "plain, no STARTTLS, AUTH offered", "startTLS: false", "PLAIN",
          lambda p: {"port": p.plain_port, "startTLS": False}, "password",
-         _sw("plain", "none", auth="PLAIN"), "PlaintextAuthRefused at auth", "passed",
-         note="swaks sends the password in the clear; the probe refuses to"),
+         _sw("plain", "none", auth="PLAIN"), "PlaintextAuthRefused at auth",
+         "passed (AUTH in cleartext)",
+         note="swaks and JavaMail send the password in the clear; the probe refuses to"),
     Cell("plaintext-optin", "plain", "plain, no STARTTLS, AUTH offered",
          "startTLS: false, allowPlaintextAuth: true", "PLAIN",
          lambda p: {"port": p.plain_port, "startTLS": False, "allowPlaintextAuth": True},
          "password", _sw("plain", "none", auth="PLAIN"),
-         "passed via PLAIN (warning: PlaintextAuthUsed)", "passed"),
+         "passed via PLAIN (warning: PlaintextAuthUsed)", "passed (AUTH in cleartext)"),
     Cell("no-auth", "plain", "plain, relay only after AUTH", "startTLS: false", "None",
          lambda p: {"port": p.plain_port, "startTLS": False, "authentication": "None",
                     "passwordFrom": None, "username": None, "from": p.other_sender},
@@ -146,7 +153,8 @@ CELLS: tuple[Cell, ...] = (
     Cell("no-auth-offered", "no_sasl", "STARTTLS required, no AUTH at all", "startTLS: true",
          "PLAIN", lambda p: {"port": p.ports["no_sasl"]}, "password",
          _sw("no_sasl", "starttls", auth="PLAIN"),
-         "AuthNotSupported at auth", "AUTH failed (exit 28)"),
+         "AuthNotSupported at auth", "AUTH failed (exit 28)",
+         note="JavaMail skips AUTH when none is offered and reports success"),
     Cell("starttls-required", "starttls", "STARTTLS required", "startTLS: false", "None",
          lambda p: {"startTLS": False, "authentication": "None", "passwordFrom": None,
                     "username": None, "from": p.user},
@@ -194,13 +202,69 @@ CELLS: tuple[Cell, ...] = (
          lambda p: {"startTLS": False,
                     "socketFactory": {**_SF, "port": p.starttls_port, "fallback": True}},
          "password", None, "passed via PLAIN (warning: InsecureFallbackUsed)", "n/a (no fallback)",
-         note="the plain fallback connection was upgraded with STARTTLS before AUTH"),
+         note="the probe's plain fallback was upgraded with STARTTLS before AUTH; JavaMail "
+              "stayed plain, was offered no AUTH (smtpd_tls_auth_only) and reported success "
+              "without authenticating"),
     Cell("starttls-on-implicit-port", "implicit", "implicit TLS (wrappermode)", "startTLS: true",
          "PLAIN", lambda p: {"port": p.implicit_port, "connectionTest": {"timeoutSeconds": 1}},
          "password", _sw("implicit", "starttls", auth="PLAIN", timeout=1.0),
          "ReadTimeout at banner", "bad banner (exit 21)",
          note="the server waits for a TLS ClientHello; the client waits for a banner"),
 )
+
+
+# What the original form's JavaMail session does with the same resource (Transport.connect:
+# no relay check).  A separate table because JavaMail needs a JDK the CI image may lack
+# (the column's tests skip then, and the script keeps these values).
+JAVAMAIL: dict[str, str] = {
+    "starttls-plain": 'passed',
+    "starttls-login": 'passed',
+    "starttls-cram-md5": (
+        'AuthenticationFailedException: No authentication mechanisms supported '
+        'by both server and client'
+    ),
+    "implicit-plain": 'passed',
+    "wrong-password": (
+        'AuthenticationFailedException: 535 5.7.8 Error: authentication '
+        'failed: (reason unavailable)'
+    ),
+    "send-as": 'passed',
+    "xoauth2": 'passed',
+    "oauthbearer": (
+        'AuthenticationFailedException: No authentication mechanisms supported '
+        'by both server and client'
+    ),
+    "oauth-choice": 'passed',
+    "xoauth2-bad": (
+        'AuthenticationFailedException: 334 '
+        'eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJtYWlsIn0='
+    ),
+    "oauthbearer-bad": (
+        'AuthenticationFailedException: No authentication mechanisms supported '
+        'by both server and client'
+    ),
+    "downgrade": 'passed (AUTH in cleartext)',
+    "plaintext-auth": 'passed (AUTH in cleartext)',
+    "plaintext-optin": 'passed (AUTH in cleartext)',
+    "no-auth": 'passed',
+    "no-auth-offered": 'passed',
+    "starttls-required": 'passed',
+    "auth-required": 'passed',
+    "unknown-ca": 'MessagingException: Could not convert socket to TLS',
+    "wrong-host": 'passed',
+    "expired-cert": 'MessagingException: Could not convert socket to TLS',
+    "tls-floor": 'MessagingException: Could not convert socket to TLS',
+    "server-busy": (
+        'MessagingException: Got bad greeting from SMTP host: HOST, port: '
+        'PORT, response: 421 4.3.2 <HOST[HOST]>: Client host rejected: Service '
+        'temporarily unavailable'
+    ),
+    "implicit-on-starttls-port": (
+        'MessagingException: Could not connect to SMTP host: HOST, port: PORT'
+    ),
+    "implicit-fallback": 'passed',
+    "starttls-on-implicit-port": 'MessagingException: Exception reading response',
+}
 
 
 # --- running a cell ---------------------------------------------------------------------
@@ -247,29 +311,92 @@ def probe_outcome(v: Verdict) -> str:
     return f"{v.reason} at {v.stage}"
 
 
-def swaks_outcome(r: SwaksResult | None, cell: Cell) -> str:
-    if r is None:
+def swaks_outcome(run: tuple[SwaksResult, Connection] | None, cell: Cell) -> str:
+    if run is None:
         return cell.expect_swaks if cell.expect_swaks.startswith("n/a") else "n/a"
-    return r.verdict.removeprefix("failed: ")
+    result, conn = run
+    return result.verdict.removeprefix("failed: ") + (
+        CLEARTEXT if conn.sent_auth_in_cleartext() else "")
 
 
 async def run_cell_probe(peer: PostfixPeer, cell: Cell) -> Verdict:
     return await run_probe(build_spec(peer, cell), build_creds(peer, cell))
 
 
-def run_cell_swaks(peer: PostfixPeer, cell: Cell) -> SwaksResult | None:
+CLEARTEXT = " (AUTH in cleartext)"
+
+
+def _secret(peer: PostfixPeer, cell: Cell) -> Secret | None:
+    """The credential a reference client sends for this cell (password or token)."""
+    if cell.creds == "none":
+        return None
+    if cell.creds == "wrong_password":
+        return Secret(canary.canary("wrong"))
+    if cell.creds == "token":
+        return peer.issue_token(cell.id)
+    if cell.creds == "bad_token":
+        return Secret(canary.ACCESS_TOKEN_PREFIX + canary.canary("rejected"))
+    return peer.password
+
+
+def run_cell_swaks(peer: PostfixPeer, cell: Cell) -> tuple[SwaksResult, Connection] | None:
+    """swaks on the cell, through a tap that tells whether AUTH went out in cleartext."""
     if cell.swaks is None:
         return None
     kw = dict(cell.swaks(peer))
     server = kw.pop("server", peer.host)
     sender = peer.other_sender if kw.pop("sender", None) == "OTHER" else peer.user
     ca_file = peer.ca_file if kw.pop("ca", True) else None
-    password = Secret(canary.canary("wrong")) if cell.creds == "wrong_password" \
-        else peer.password
     auth = kw.pop("auth", None)
-    return run_swaks(server, kw.pop("port"), tls=kw.pop("tls"), auth=auth, user=peer.user,
-                     password=password if auth else None, sender=sender, ca_file=ca_file,
-                     **kw)
+    with TcpProxy(peer.host, kw.pop("port")) as tap:
+        result = run_swaks(server, tap.port, tls=kw.pop("tls"), auth=auth, user=peer.user,
+                           password=_secret(peer, cell) if auth else None, sender=sender,
+                           ca_file=ca_file, **kw)
+        conns = tap.wait_closed(1)
+    return result, (conns[0] if conns else Connection())
+
+
+def javamail_args(peer: PostfixPeer, cell: Cell, ports: dict[int, int]) -> dict[str, Any]:
+    """The cell's resource as the original form's JavaMail session would see it.
+
+    ``ports`` maps the peer's ports to the taps in front of them.
+    """
+    spec = build_spec(peer, cell)
+    props = {"mail.smtp.starttls.enable": str(spec.start_tls).lower(),
+             "mail.smtp.connectiontimeout": "5000",
+             "mail.smtp.timeout": str(int(spec.connection_test.timeout_seconds * 1000)),
+             "mail.smtp.localhost": "javamail.interop.test"}
+    if spec.socket_factory is not None and spec.implicit_tls:
+        props["mail.smtp.socketFactory.class"] = IMPLICIT_TLS_CLASS
+        props["mail.smtp.socketFactory.port"] = str(ports[spec.connect_port])
+        props["mail.smtp.socketFactory.fallback"] = str(spec.socket_factory.fallback).lower()
+    if spec.authentication == "OAuth2":
+        props["mail.smtp.auth.mechanisms"] = "XOAUTH2"
+    if spec.tls.min_version == "1.3":
+        props["mail.smtp.ssl.protocols"] = "TLSv1.3"
+    user = spec.username if spec.authentication != "None" else None
+    return {"host": spec.tls.server_name or spec.host, "port": ports[spec.port],
+            "user": user, "props": props,
+            "ca_file": None if cell.creds == "password_no_ca" else peer.ca_file}
+
+
+def run_cell_javamail(peer: PostfixPeer, cell: Cell) -> tuple[JavaMailResult, list[Connection]]:
+    spec = build_spec(peer, cell)
+    targets = sorted({spec.port, spec.connect_port})
+    with contextlib.ExitStack() as stack:
+        taps = {p: stack.enter_context(TcpProxy(peer.host, p)) for p in targets}
+        args = javamail_args(peer, cell, {p: t.port for p, t in taps.items()})
+        result = run_javamail(password=_secret(peer, cell), **args)
+        conns = [c for t in taps.values() for c in t.wait_closed(1, timeout=2)]
+    return result, conns
+
+
+def javamail_outcome(result: JavaMailResult, conns: list[Connection]) -> str:
+    # Keep the exception and JavaMail's own words; drop what varies (ports, addresses).
+    line = re.sub(r"127\.0\.0\.1|localhost", "HOST", result.line)
+    line = re.sub(r"\b\d{4,5}\b", "PORT", line)
+    line = line.removeprefix("failed: ")
+    return line + (CLEARTEXT if any(c.sent_auth_in_cleartext() for c in conns) else "")
 
 
 def verdict_texts(v: Verdict) -> list[str]:
@@ -281,21 +408,24 @@ def verdict_texts(v: Verdict) -> list[str]:
 # --- rendering ------------------------------------------------------------------------
 
 
-def render(rows: list[tuple[Cell, str, str]]) -> str:
+Row = tuple[Cell, str, str, str]  # cell, probe, swaks, JavaMail
+
+
+def render(rows: list[Row]) -> str:
     out = ["| # | cell | Postfix listener | client configuration | auth | smtpctl probe "
-           "| swaks | notes |",
-           "|---|---|---|---|---|---|---|---|"]
-    for i, (cell, probe, swaks) in enumerate(rows, 1):
+           "| swaks | JavaMail (the original) | notes |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for i, (cell, probe, swaks, javamail) in enumerate(rows, 1):
         notes = cell.note
         if cell.want_probe and probe != cell.want_probe:
             notes = f"**issue 3 wants `{cell.want_probe}`**; " + notes
         out.append(f"| {i} | `{cell.id}` | {cell.listener} | {cell.client} | {cell.auth} "
-                   f"| {probe} | {swaks} | {notes} |")
+                   f"| {probe} | {swaks} | {javamail} | {notes} |")
     return "\n".join(out) + "\n"
 
 
-def expected_rows() -> list[tuple[Cell, str, str]]:
-    return [(c, c.expect_probe, c.expect_swaks) for c in CELLS]
+def expected_rows() -> list[Row]:
+    return [(c, c.expect_probe, c.expect_swaks, JAVAMAIL[c.id]) for c in CELLS]
 
 
 def doc_block(text: str) -> str | None:
@@ -312,16 +442,31 @@ async def test_cell(postfix_peer: PostfixPeer, cell: Cell) -> None:
     assert_no_canary(*verdict_texts(verdict), where=f"probe verdict of {cell.id}")
     assert_secret_absent("\n".join(verdict_texts(verdict)), canary.PASSWORD, cell.id)
     assert probe_outcome(verdict) == cell.expect_probe, verdict.message
-    if cell.swaks is None:
-        return
+
+
+_SWAKS = [c for c in CELLS if c.swaks is not None]
+
+
+@pytest.mark.parametrize("cell", _SWAKS, ids=[c.id for c in _SWAKS])
+def test_cell_swaks(postfix_peer: PostfixPeer, cell: Cell) -> None:
     reason = swaks_skip_reason()
     if reason:
         pytest.skip(reason)
-    result = run_cell_swaks(postfix_peer, cell)
-    assert result is not None
-    assert_no_canary(result.transcript, where=f"swaks transcript of {cell.id}")
-    assert_secret_absent(result.transcript, canary.PASSWORD, f"swaks transcript of {cell.id}")
-    assert swaks_outcome(result, cell) == cell.expect_swaks
+    run = run_cell_swaks(postfix_peer, cell)
+    assert run is not None
+    assert_no_canary(run[0].transcript, where=f"swaks transcript of {cell.id}")
+    assert_secret_absent(run[0].transcript, canary.PASSWORD, f"swaks transcript of {cell.id}")
+    assert swaks_outcome(run, cell) == cell.expect_swaks
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS])
+def test_cell_javamail(postfix_peer: PostfixPeer, cell: Cell) -> None:
+    reason = javamail_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    result, conns = run_cell_javamail(postfix_peer, cell)
+    assert_no_canary(result.line, where=f"JavaMail output of {cell.id}")
+    assert javamail_outcome(result, conns) == JAVAMAIL[cell.id]
 
 
 _WANTED = [pytest.param(c, id=c.id) for c in CELLS if c.want_probe] or [
@@ -352,12 +497,13 @@ def test_every_listener_of_the_peer_is_exercised() -> None:
 # --- the script -------------------------------------------------------------------------
 
 
-async def _observe(peer: PostfixPeer) -> list[tuple[Cell, str, str]]:
+async def _observe(peer: PostfixPeer, javamail: bool) -> list[Row]:
     rows = []
     for cell in CELLS:
         verdict = await run_cell_probe(peer, cell)
         swaks = swaks_outcome(run_cell_swaks(peer, cell), cell)
-        rows.append((cell, probe_outcome(verdict), swaks))
+        jm = javamail_outcome(*run_cell_javamail(peer, cell)) if javamail else JAVAMAIL[cell.id]
+        rows.append((cell, probe_outcome(verdict), swaks, jm))
     return rows
 
 
@@ -372,13 +518,18 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
+    javamail = javamail_skip_reason()
+    if javamail:
+        print(f"JavaMail column not run (kept from JAVAMAIL): {javamail}", file=sys.stderr)
     with start_peer() as peer:
-        rows = asyncio.run(_observe(peer))
+        rows = asyncio.run(_observe(peer, javamail is None))
     table = render(rows)
     print(table)
-    differ = [(c.id, p, s) for c, p, s in rows if (p, s) != (c.expect_probe, c.expect_swaks)]
-    for cid, p, s in differ:
-        print(f"differs from CELLS: {cid}: probe {p!r}, swaks {s!r}", file=sys.stderr)
+    differ = [(c.id, p, s, j) for c, p, s, j in rows
+              if (p, s, j) != (c.expect_probe, c.expect_swaks, JAVAMAIL[c.id])]
+    for cid, p, s, j in differ:
+        print(f"differs from CELLS: {cid}: probe {p!r}, swaks {s!r}, JavaMail {j!r}",
+              file=sys.stderr)
     if args.write:
         text = DOC.read_text()
         if doc_block(text) is None:

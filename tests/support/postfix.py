@@ -34,6 +34,7 @@ skipping with a reason when the Debian packages are missing) or as a context man
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import datetime
@@ -673,6 +674,81 @@ def run_swaks(
         out = (exc.stdout or b"").decode("utf-8", "replace") if isinstance(
             exc.stdout, bytes) else (exc.stdout or "")
     return SwaksResult(code, out, time.monotonic() - started)
+
+
+# --- JavaMail, the original form's client --------------------------------------------------
+
+JAVAMAIL_JARS = ("/usr/share/java/jakarta-mail.jar", "/usr/share/java/jakarta-activation.jar")
+JAVAMAIL_SOURCE = Path(__file__).resolve().parents[2] / "hack" / "postfix" / "JavaMailTest.java"
+_javamail_build: dict[str, Path] = {}
+
+
+@functools.cache
+def javamail_skip_reason() -> str | None:
+    """Why the JavaMail reference client cannot run here, or ``None``."""
+    missing = [b for b in ("java", "javac", "keytool") if _which(b) is None]
+    missing += [j for j in JAVAMAIL_JARS if not Path(j).exists()]
+    if missing:
+        return ("JavaMail reference client not installed (" + ", ".join(missing) + "): "
+                "apt-get install openjdk-17-jdk-headless libjakarta-mail-java")
+    return None
+
+
+def _javamail_classes() -> Path:
+    """Compile JavaMailTest.java once per process (javac, ~1 s) into a temp directory."""
+    if "dir" not in _javamail_build:
+        out = Path(tempfile.mkdtemp(prefix="smtpctl-javamail-"))
+        atexit.register(shutil.rmtree, out, True)
+        subprocess.run(["javac", "-d", str(out), "-cp", ":".join(JAVAMAIL_JARS),
+                        str(JAVAMAIL_SOURCE)], check=True, capture_output=True, timeout=120,
+                       stdin=subprocess.DEVNULL)
+        _javamail_build["dir"] = out
+    return _javamail_build["dir"]
+
+
+def _truststore(ca_file: Path) -> Path:
+    """A PKCS#12 trust store holding the CA, next to it (Java does not read PEM bundles)."""
+    store = ca_file.with_suffix(".p12")
+    if not store.exists():
+        subprocess.run(["keytool", "-importcert", "-noprompt", "-alias", "interop-ca",
+                        "-file", str(ca_file), "-keystore", str(store), "-storetype",
+                        "PKCS12", "-storepass", "changeit"],
+                       check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    return store
+
+
+@dataclass(frozen=True)
+class JavaMailResult:
+    line: str  # "passed" or "failed: Exception: message"
+    elapsed_seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.line == "passed"
+
+
+def run_javamail(host: str, port: int, *, user: str | None, password: Secret | None,
+                 props: dict[str, str], ca_file: Path | None,
+                 timeout: float = 30.0) -> JavaMailResult:
+    """``Transport.connect`` with these ``mail.smtp.*`` properties (see JavaMailTest.java)."""
+    argv = ["java", "-Xshare:auto", "-XX:TieredStopAtLevel=1"]
+    if ca_file is not None:
+        argv += [f"-Djavax.net.ssl.trustStore={_truststore(ca_file)}",
+                 "-Djavax.net.ssl.trustStorePassword=changeit"]
+    argv += ["-cp", ":".join((str(_javamail_classes()), *JAVAMAIL_JARS)), "JavaMailTest",
+             host, str(port), user or "-", *(f"{k}={v}" for k, v in props.items())]
+    env = {k: v for k, v in os.environ.items() if k != "JAVAMAIL_PASSWORD"}
+    if password is not None:
+        env["JAVAMAIL_PASSWORD"] = password.reveal()
+    started = time.monotonic()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+        lines = done.stdout.strip().splitlines()
+        line = lines[-1] if lines else f"failed: java exit {done.returncode}"
+    except subprocess.TimeoutExpired:
+        line = "failed: timeout"
+    return JavaMailResult(line, time.monotonic() - started)
 
 
 # --- leak checks ---------------------------------------------------------------------------

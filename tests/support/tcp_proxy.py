@@ -59,6 +59,27 @@ class Connection:
         return end - self.opened_at
     _last: Literal["c", "s", ""] = ""
 
+    @property
+    def cleartext_client_bytes(self) -> bytes:
+        """What the client sent before its bytes became TLS records.
+
+        Implicit TLS (first byte a TLS handshake record): nothing.  STARTTLS: everything
+        up to the first TLS record after the ``STARTTLS`` command (a refused STARTTLS
+        leaves the rest in the clear too).  Otherwise: all of it.
+        """
+        sent = bytes(self.client_bytes)
+        if sent[:1] == b"\x16":
+            return b""
+        at = sent.upper().find(b"STARTTLS\r\n")
+        if at < 0:
+            return sent
+        tls = sent.find(b"\x16\x03", at)
+        return sent if tls < 0 else sent[:tls]
+
+    def sent_auth_in_cleartext(self) -> bool:
+        return any(line.upper().startswith(b"AUTH ")
+                   for line in self.cleartext_client_bytes.split(b"\r\n"))
+
     def observe(self, direction: Literal["c", "s"], data: bytes) -> None:
         if direction == "c":
             self.client_bytes += data
