@@ -33,6 +33,10 @@ def test_idempotent_second_apply_runs_zero_tests(e2e: Env) -> None:
     assert code == 0 and e2e.relay.connections == first, out
     assert "0 tested" in out
     assert cond(e2e.status("a"), "Ready")["lastTransitionTime"] == ltt
+    code, out = e2e.cli("apply", "-f", str(f), "-o", "json")
+    report = json.loads(out)
+    assert code == 0 and report["testsRun"] == 0
+    assert [r["action"] for r in report["resources"]] == ["skipped", "skipped"]
     b = e2e.status("b")
     assert b["selected"] is False and cond(b, "Selected")["reason"] == "NotRequested"
 

@@ -114,21 +114,30 @@ def _spec_of(manifest: dict[str, Any]) -> str:
 
 
 def load_version_key(state: Path) -> bytes:
-    """The secret-version HMAC key of this state directory (created 0600 on first use)."""
+    """The secret-version HMAC key of this state directory (created 0600 on first use).
+
+    Created atomically (a complete temporary file hard-linked into place), so a process
+    killed at any instant leaves either no key or a whole one, and two processes racing
+    to create it agree on the first one.
+    """
     path = state / KEY_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_bytes()
-        if len(key) < 32:
-            raise StoreError(f"{path} is damaged (too short); delete it to start over "
-                             "(every resource will be re-tested once)") from None
-        return key
-    key = os.urandom(32).hex().encode()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
-        fh.flush()
-        os.fsync(fh.fileno())
+    if not path.exists():
+        tmp = state / f".{KEY_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32).hex().encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    key = path.read_bytes()
+    if len(key) < 32:
+        raise StoreError(f"{path} is damaged (too short); delete it to start over "
+                         "(every resource will be re-tested once)")
     return key
 
 
