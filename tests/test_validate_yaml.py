@@ -259,3 +259,12 @@ def test_a_mapping_with_many_unknown_keys_is_reported_boundedly() -> None:
 def test_many_duplicate_keys_are_reported_boundedly() -> None:
     r = check(RELAY + "  port: 26\n" * 5000)
     assert not r.valid and len(r.diagnostics) <= 60
+
+
+def test_diagnostics_per_file_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.schema import validate
+
+    monkeypatch.setattr(validate, "MAX_PER_FILE", 10)
+    r = check("[]\n---\n" * 1000)
+    assert not r.valid and len(r.diagnostics) == 11
+    assert "checking of this file stopped" in r.diagnostics[0].message  # line 0 sorts first

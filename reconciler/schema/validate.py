@@ -32,6 +32,9 @@ SUFFIXES = (".yaml", ".yml", ".json")
 MAX_PER_DOCUMENT = 50
 """Diagnostics reported per document; a hostile document with 100,000 unknown keys gets
 50 and a count of the rest (each one costs a position lookup)."""
+MAX_PER_FILE = 100_000
+"""Diagnostics per file before checking that file stops (an 8 MiB file of ``[]`` documents
+would otherwise produce 1.4 million of them)."""
 
 
 class Options(NamedTuple):
@@ -116,7 +119,12 @@ class Validator:
                        problem.message)
 
     def _document_loop(self, name: str, loaded: LoadedFile, positions: PositionIndex) -> None:
+        start = len(self.report.diagnostics)
         for doc in loaded.documents:
+            if len(self.report.diagnostics) - start >= MAX_PER_FILE:
+                self._diag(name, 0, 0, "", None, None, "error",
+                           f"more than {MAX_PER_FILE} problems: checking of this file stopped")
+                break
             positions.remember(doc.index, doc.node)
             try:
                 self._one(name, doc, positions)
