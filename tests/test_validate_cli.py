@@ -423,3 +423,28 @@ def test_unreadable_file_is_an_io_error(tmp_path: Path,
     (d / "x.txt").write_text("x")
     rc, report = run_json(capfd, "-f", str(d))
     assert rc == 2 and report["errors"][0]["line"] == 0
+
+
+def invalid_examples_section() -> str:
+    """The docs/validate.md section for the invalid examples, as validate prints it now."""
+    from reconciler.schema.report import render_text
+    from reconciler.schema.validate import validate_paths
+
+    parts = []
+    for path in INVALID:
+        mistake = next(line for line in path.read_text().splitlines()
+                       if line.startswith("# Mistake: ")).removeprefix("# Mistake: ")
+        out = render_text(validate_paths([str(path)])).replace(f"{path.parent}/", "")
+        parts.append(f"### `{path.name}`\n\n{mistake}\n\n```\n{out}```\n")
+    return "\n".join(parts)
+
+
+def test_docs_show_current_output_for_every_invalid_example() -> None:
+    doc = (ROOT / "docs" / "validate.md").read_text()
+    assert invalid_examples_section() in doc, (
+        "docs/validate.md is stale: regenerate the section with "
+        "`.venv/bin/python -m tests.test_validate_cli`")
+
+
+if __name__ == "__main__":  # regenerate the docs section
+    print(invalid_examples_section())
