@@ -303,7 +303,10 @@ def iter_inputs(paths: list[str], stdin: BinaryIO | None = None, *, limit: int =
 def _read(p: str, limit: int) -> Iterator[tuple[str, bytes | OSError]]:
     try:
         with open(p, "rb") as fh:
-            yield p, fh.read(limit)
+            # read(limit) would allocate `limit` bytes for every small file (10,000
+            # allocations of 8 MiB cost more than parsing); regular files tell their size.
+            small = os.fstat(fh.fileno()).st_size < limit
+            yield p, fh.read() if small else fh.read(limit)
     except OSError as exc:
         yield p, exc
 
