@@ -2,8 +2,9 @@
 
 Work per document on the hot path: one C-loader construction, one compiled
 ``jsonschema_rs`` ``is_valid`` call, a handful of dict lookups for the semantic checks.
-Only a document with a problem pays for more: a full error iteration and the positions
-(the file is composed again once, lazily).
+Only a document with a problem pays for more: a full error iteration, messages, and a
+walk of the node tree the loader composed anyway (for line and column).  Documents are
+processed one at a time and dropped; cross-document checks keep a small summary each.
 
 Document classification: a mapping whose ``kind`` is ours, or whose ``apiVersion`` is in
 our API group, is validated; any other mapping (a Deployment next to the relays) is
