@@ -8,6 +8,7 @@ trips the test costs compared with swaks on the same dialogue.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -269,3 +270,33 @@ async def test_server_busy_is_transient(postfix_peer: PostfixPeer) -> None:
     assert verdict.retryable is True
     assert "421 4.3.2" in verdict.message
     assert verdict.details.get("attempts", 0) > 1  # transient: retried within the deadline
+
+
+# --- the opt-in test message ---------------------------------------------------------------
+
+
+async def test_send_test_message_is_queued_by_postfix(postfix_peer: PostfixPeer) -> None:
+    """`smtpctl test --send-test-message TO`: a real MTA queues the message.
+
+    The only DATA any interop test sends; the peer's every transport is ``error:``, so
+    Postfix bounces it inside its private queue and nothing leaves the machine.
+    """
+    peer = postfix_peer
+    verdict = await run_probe(_spec(peer), _password(peer),
+                              send_test_message_to="recipient@elsewhere.test")
+    assert verdict.passed, verdict.message
+    assert verdict.details.get("testMessageSent") is True
+    queued = [t.line for t in verdict.transcript
+              if t.direction == "s" and t.line.startswith("250 2.0.0 Ok: queued as ")]
+    assert len(queued) == 1
+    queue_id = queued[0].rsplit(" ", 1)[-1]
+    log = ""
+    for _ in range(100):  # Postfix logs the message's fate asynchronously (bounded wait)
+        log = peer.maillog.read_text("utf-8", "replace")
+        if f"{queue_id}: to=<recipient@elsewhere.test>" in log:
+            break
+        await asyncio.sleep(0.05)
+    assert f"{queue_id}: message-id=<" in log and "@smtpctl.invalid>" in log
+    assert f"{queue_id}: to=<recipient@elsewhere.test>" in log
+    assert "status=bounced" in log.split(f"{queue_id}: to=<recipient@elsewhere.test>", 1)[1]
+    _assert_clean(verdict)

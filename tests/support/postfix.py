@@ -11,12 +11,15 @@ takes everything down again.  Facts this module relies on are in
   ``/var/spool/postfix`` or ``/run/dovecot``, so two instances (``pytest -n 2``: one per
   worker) coexist, each on its own free ports.  No file lock is needed.
 * **Nothing leaves the machine.**  Listeners on ``127.0.0.1`` only, every transport is
-  ``error:`` and no DATA is ever sent by the tests.
-* **Three listeners**: STARTTLS submission (``smtpd_tls_security_level=encrypt``,
-  ``smtpd_tls_auth_only=yes``), implicit TLS (``smtpd_tls_wrappermode=yes``) and a plain
-  one that offers *no* STARTTLS but does advertise AUTH: the bait for a downgrade (a
-  client asked for STARTTLS must fail, a client with credentials must not send them).
-* **SASL by Dovecot**: a ``passwd-file`` passdb for PLAIN/LOGIN and an ``oauth2`` passdb
+  ``error:``: the one message a test sends (``--send-test-message``) bounces in the
+  private queue.
+* **Listeners** (:data:`LISTENERS`): STARTTLS submission
+  (``smtpd_tls_security_level=encrypt``, ``smtpd_tls_auth_only=yes``), implicit TLS
+  (``smtpd_tls_wrappermode=yes``) and a plain one that offers *no* STARTTLS but does
+  advertise AUTH: the bait for a downgrade (a client asked for STARTTLS must fail, a client
+  with credentials must not send them); plus variants with one SASL mechanism each, no
+  SASL, an expired certificate, TLS 1.2 at most, and a 421 greeting.
+* **SASL by Dovecot**: a ``passwd-file`` passdb for PLAIN/LOGIN/CRAM-MD5 and an ``oauth2`` passdb
   for XOAUTH2/OAUTHBEARER that asks :class:`IntrospectionServer` (served by this process)
   whether a token is active.  Dovecot's ``disable_plaintext_auth`` is off: whether AUTH
   may happen in the clear is Postfix's per-listener policy, which is what clients see.
@@ -197,7 +200,7 @@ smtpd_banner = $myhostname ESMTP interop peer
 # Nothing may ever leave the machine: every transport is an error.  smtpd would then
 # treat every recipient as unknown and answer RCPT TO with 550 5.1.1 (which would fail
 # every relay check), so that lookup is switched off: RCPT is decided by the relay and
-# send-as restrictions alone, as on a real submission relay.  No test sends DATA anyway.
+# send-as restrictions alone, as on a real submission relay.
 default_transport = error:the interop peer never delivers
 relay_transport = error:the interop peer never delivers
 local_transport = error:the interop peer never delivers
