@@ -30,12 +30,20 @@ def canary(name: str) -> str:
 
 
 def _forms(value: str) -> Iterable[str]:
+    """The value itself and its base64 form at each of the three byte alignments.
+
+    Inside a base64 payload (AUTH PLAIN ``\0user\0password``, XOAUTH2) the secret starts
+    at an arbitrary byte offset; for offset ``k`` (mod 3) its encoding is the slice of
+    ``b64(k filler bytes + value)`` that depends only on the value's bytes.
+    """
     yield value
-    # Base64 forms as they would appear in AUTH PLAIN / XOAUTH2 payloads.
-    yield base64.b64encode(value.encode()).decode()
-    for pre in ("\0u\0", "\0", "user=u\x01auth=Bearer "):
-        enc = base64.b64encode((pre + value).encode()).decode()
-        yield enc[8:-4] if len(enc) > 16 else enc
+    raw = value.encode()
+    for k in range(3):
+        enc = base64.b64encode(b"\0" * k + raw).decode()
+        start = -(-k * 4 // 3)  # ceil(4k/3): first char not touched by the filler
+        stop = ((k + len(raw)) // 3) * 4  # last full group made only of value bytes
+        if stop - start >= 8:
+            yield enc[start:stop]
 
 
 def planted() -> set[str]:
