@@ -166,8 +166,7 @@ CELLS: tuple[Cell, ...] = (
          lambda p: {"authentication": "None", "passwordFrom": None, "username": None,
                     "from": p.user},
          "none", _sw("starttls", "starttls"),
-         "SenderRejected at rcpt_to", "RCPT TO rejected (exit 24)",
-         want_probe="AuthenticationRequired at rcpt_to",
+         "AuthenticationRequired at rcpt_to", "RCPT TO rejected (exit 24)",
          note="`553 5.7.1 Sender address rejected: not logged in`: the server demands AUTH "
               "for this sender and the resource has none"),
     Cell("unknown-ca", "starttls", "STARTTLS required", "startTLS: true, no caBundleFrom", "PLAIN",

@@ -52,6 +52,10 @@ def _hint(code: int, text: str) -> str | None:
     if code == 530 and ("AUTHENTICATION REQUIRED" in upper or "5.7.57" in text
                         or "NOT AUTHENTICATED" in upper):
         return "AuthenticationRequired"
+    if code >= 500 and ("NOT LOGGED IN" in upper or "AUTHENTICATION REQUIRED" in upper):
+        # Postfix: "553 5.7.1 <a@b>: Sender address rejected: not logged in" - the
+        # server demands AUTH for this sender (the original's "Authentication required").
+        return "AuthenticationRequired"
     return None
 
 

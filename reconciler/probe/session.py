@@ -364,7 +364,7 @@ async def run_attempt(state: AttemptState, mode: Mode, port: int) -> None:
         if wire.transport is None:
             with contextlib.suppress(OSError):
                 sock.close()
-        wire.close()
+        await wire.aclose()
 
 
 # --- AUTH -----------------------------------------------------------------------------

@@ -178,3 +178,21 @@ class Wire:
             self.transport.close()
         self.transport = None
         self.protocol = None
+
+    async def aclose(self, grace: float = 0.25) -> None:
+        """Close and wait (briefly) until the socket is really closed.
+
+        A TLS transport's ``close()`` only starts the close_notify exchange; returning
+        at once left the socket open until garbage collection whenever the caller's loop
+        ended first (``asyncio.run(run_probe(...))``).  After ``grace`` seconds the
+        transport is aborted: the SMTP session is over by then.
+        """
+        transport, protocol = self.transport, self.protocol
+        self.close()
+        if transport is None or protocol is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(protocol._closed_future), grace)
+        except Exception:  # noqa: BLE001 - timeout, or a connection error while closing
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
