@@ -448,3 +448,16 @@ def test_docs_show_current_output_for_every_invalid_example() -> None:
 
 if __name__ == "__main__":  # regenerate the docs section
     print(invalid_examples_section())
+
+
+def test_typed_api_lists_are_expanded(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    items = [json.loads(json.dumps({
+        "apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": "ExternalSmtp",
+        "metadata": {"name": n}, "spec": {"host": "h", "port": p, "authentication": "None",
+                                          "from": "a@example.com"}})) for n, p in (("a", 25),
+                                                                                  ("b", 0))]
+    doc = {"apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": "ExternalSmtpList",
+           "metadata": {}, "items": items}
+    rc, report = run_json(capfd, "-f", write(tmp_path, "l.json", json.dumps(doc, indent=1)))
+    assert rc == 1 and report["documents"] == 2
+    assert [e["path"] for e in report["errors"]] == ["items[1].spec.port"]

@@ -9,8 +9,8 @@ processed one at a time and dropped; cross-document checks keep a small summary 
 Document classification: a mapping whose ``kind`` is ours, or whose ``apiVersion`` is in
 our API group, is validated; any other mapping (a Deployment next to the relays) is
 skipped and counted; an empty document (a trailing ``---``) is ignored; anything that
-is not a mapping is an error.  A ``kind: List`` (``kubectl get -o yaml`` output) is
-expanded into its items.
+is not a mapping is an error.  A ``kind: List`` (``kubectl get -o yaml`` output) or an
+``ExternalSmtpList``/``OAuth2ProviderList`` (the API's list) is expanded into its items.
 """
 
 from __future__ import annotations
@@ -144,8 +144,7 @@ class Validator:
         if doc.data is None and not dups:
             return
         data = doc.data
-        if (isinstance(data, dict) and data.get("kind") == "List"
-                and data.get("apiVersion") == "v1" and isinstance(data.get("items"), list)):
+        if isinstance(data, dict) and _is_list(data):
             for i, item in enumerate(data["items"]):
                 self._document(name, positions, doc.index, ("items", i), item, [])
             self._document(name, positions, doc.index, (), None, dups)
@@ -310,6 +309,19 @@ def _read(p: str, limit: int) -> Iterator[tuple[str, bytes | OSError]]:
             yield p, fh.read() if small else fh.read(limit)
     except OSError as exc:
         yield p, exc
+
+
+_LIST_KINDS = frozenset(f"{k}List" for k in KINDS)
+
+
+def _is_list(doc: dict[str, Any]) -> bool:
+    """``kind: List`` (kubectl) or ``ExternalSmtpList``/``OAuth2ProviderList`` (the API)."""
+    kind, api = doc.get("kind"), doc.get("apiVersion")
+    if not isinstance(doc.get("items"), list):
+        return False
+    return (kind == "List" and api == "v1") or (
+        kind in _LIST_KINDS and isinstance(api, str)
+        and api.split("/")[0] == API_GROUP)
 
 
 def _dup_message(key: str) -> str:
