@@ -271,3 +271,15 @@ def test_toggling_selected_needs_no_new_test(e2e: Env) -> None:
     # and the next apply is a plain no-op
     assert e2e.cli("apply", "-f", str(f))[0] == 0 and e2e.relay.connections == n
     assert e2e.cli("plan", "-f", str(f))[0] == 0
+
+
+def test_rejected_token_means_two_logins_not_more(e2e: Env) -> None:
+    e2e.relay.token_validator = lambda user, token: False
+    f = e2e.write("o.yaml", e2e.provider(), e2e.oauth_smtp("o"))
+    code, _ = e2e.cli("apply", "-f", str(f))
+    assert code == 1
+    ready = cond(e2e.status("o"), "Ready")
+    assert ready["reason"] == "OAuth2AuthenticationFailed"
+    # the probe refreshed the token once and retried; the engine added no retry of its own
+    oauth = [a for a in e2e.relay.auth_attempts if a.mechanism in ("XOAUTH2", "OAUTHBEARER")]
+    assert len(oauth) == 2 and not any(a.success for a in oauth)

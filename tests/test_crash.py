@@ -33,6 +33,8 @@ def _manifests(e2e: Env, n: int, broken: set[int]) -> Path:
 
 
 def _check_store(state: Path) -> None:
+    if not (state / "state.db").exists():
+        return  # killed before the store was created: nothing to be inconsistent
     with LocalStore(state, create=False) as store:
         assert store.integrity_check() == "ok"
         selected = 0
@@ -42,8 +44,13 @@ def _check_store(state: Path) -> None:
             if ready.get("status") != "True":
                 continue
             gen = ready["observedGeneration"]
+            memo = obj.memo
+            # Ready for generation `gen` needs a passed test of exactly its settings and
+            # secrets (the same digest; a generation that only changed untested fields
+            # inherits the test of the identical settings).
+            assert memo is not None and memo.passed and memo.generation == gen, obj.ref
             passed = [t for t in store.tests_sync(obj.ref, limit=100)
-                      if t["passed"] and t["generation"] == gen]
+                      if t["passed"] and t["digest"] == memo.digest]
             assert passed, f"{obj.ref} claims Ready for generation {gen} without a passed test"
             assert obj.status.get("activeGeneration") == gen
         assert selected <= 1
@@ -74,13 +81,20 @@ def _run(e2e: Env, path: Path, kill_after: float | None) -> int | None:
 def _crash_loop(e2e: Env, iterations: int, n: int, seed: int) -> None:
     rng = random.Random(seed)
     deadline = time.monotonic() + 60 * max(1, iterations // 8)
+    # How long one whole apply takes on this machine right now (it is shared and noisy):
+    # the kill instants are spread over that span, so they land before, during and
+    # after the store writes whatever the load.
+    t0 = time.monotonic()
+    _run(e2e, _manifests(e2e, n, set(range(0, n, 5))), kill_after=None)
+    span = max(0.5, time.monotonic() - t0)
+    _check_store(e2e.state)
     killed = 0
     for i in range(iterations):
         if time.monotonic() > deadline:
             break
         broken = {j for j in range(n) if rng.random() < 0.2}
         path = _manifests(e2e, n, broken)
-        killed += _run(e2e, path, kill_after=rng.uniform(0.2, 1.5)) is None
+        killed += _run(e2e, path, kill_after=rng.uniform(0.1, 1.1) * span) is None
         _check_store(e2e.state)
         if i % 3 == 2:  # rotate the password now and then (same generation, new digest)
             new = canary.canary(f"rot{i}")

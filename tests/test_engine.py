@@ -307,3 +307,20 @@ def test_choose_properties(cands: list[Candidate], rnd: Any) -> None:
     if not any(c.selected for c in cands):
         ready = sorted((c for c in cands if c.requested and c.ready), key=lambda c: c.order)
         assert winner == ready[0].name  # oldest, then name
+
+
+async def test_no_inheritance_across_an_interrupted_test(env: Any) -> None:
+    """gen 1 passed; gen 2 (other settings) was being tested when the process died; gen 3
+    has gen 1's settings again: it must be tested, not inherit a Ready it cannot show."""
+    from reconciler.engine.reconcile import _testing_status
+    from reconciler.stores.base import StatusWrite
+
+    store, fake, world = env
+    await apply(store, world, doc("a", "relay.test"))
+    (u,) = store.upsert_many([doc("a", "relay.test", port=2525)])
+    await store.update_status(u.obj.ref, lambda cur: StatusWrite(
+        _testing_status(cur, cur.generation, True, fake.now), cur.memo))
+    r = (await apply(store, world, doc("a", "relay.test")))["a"]
+    assert r.tested and len(fake.calls) == 2
+    assert r.status["observedGeneration"] == 3 and ready(r.status)["status"] == "True"
+    assert cond.find(r.status["conditions"], cond.RECONCILING) is None

@@ -17,7 +17,8 @@ Steps for an ``ExternalSmtp``:
    test, no write, ``requeue_after`` = time until due;
 5. **probe** within the world's concurrency limits (``Reconciling=True`` is written first
    when ``world.announce_testing``; a fresh digest also sets ``Ready=Unknown``, because
-   Ready must only describe a test of the current generation with current secrets);
+   Ready must only describe a test of the current generation with current secrets; a
+   rejected OAuth token is refreshed and retried once by the probe itself);
 6. **commit**: conditions, last test, last-known-good (``activeGeneration`` + ``active``
    summary move only on a pass), test history, events - then selection of the scope
    (``reconciler.engine.selection``) if this relay takes part in it.
@@ -54,7 +55,6 @@ from reconciler.engine.selection import select_scope
 from reconciler.engine.world import Credentials, World
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, ExternalSmtp, OAuth2Provider
-from reconciler.secret import Secret
 from reconciler.stores.base import (
     Event,
     ObjectRef,
@@ -240,18 +240,14 @@ async def _blocked(obj: StoredObject, world: World, *, generation: int, reason: 
 
 
 async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Verdict:
-    """The probe within the limits; one retry with a fresh token if the server rejected it."""
+    """The probe within the limits.
+
+    A rejected OAuth token is not retried here: the probe itself fetches a fresh token
+    once and retries AUTH (or reconnects) before it reports ``token_rejected`` - retrying
+    again would only add failed logins that servers throttle on.
+    """
     async with world.limits.slot(res.spec.host):
-        verdict = await _safe_probe(world, res, creds)
-        tp = creds.token_provider
-        if not verdict.passed and verdict.token_rejected and tp is not None:
-
-            async def fresh(_force: bool, _tp: Any = tp) -> Secret:
-                result: Secret = await _tp(True)
-                return result
-
-            verdict = await _safe_probe(world, res, replace(creds, token_provider=fresh))
-    return verdict
+        return await _safe_probe(world, res, creds)
 
 
 async def _safe_probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Verdict:
@@ -314,7 +310,7 @@ async def _reconcile_smtp(obj: StoredObject, world: World) -> ReconcileResult:
     if memo is not None and memo.digest == digest and now < memo.due_at:
         if memo.generation == gen and obj.status.get("observedGeneration") == gen:
             return ReconcileResult(ref, obj.status, memo.due_at - now, "skipped")
-        if memo.tested_at > 0:
+        if memo.tested_at > 0 and _status_matches_memo(obj.status, memo):
             return await _carry_over(obj, world, res, memo, digest, requested)
 
     fresh = not (memo is not None and memo.digest == digest)
@@ -348,6 +344,17 @@ async def _reconcile_smtp(obj: StoredObject, world: World) -> ReconcileResult:
         written = await world.store.get(ref) or written
     return ReconcileResult(ref, written.status, max(0.0, new_memo.due_at - world.clock()),
                            "tested", tested=True, verdict=verdict)
+
+
+def _status_matches_memo(status: dict[str, Any], memo: TestMemo) -> bool:
+    """True when the conditions still show the memo's result (no test was interrupted
+    after ``Reconciling=True`` was written, nothing else moved Ready): only then may a new
+    generation inherit them; otherwise the engine tests."""
+    ready = cond.find(status.get("conditions") or [], cond.READY) or {}
+    testing = cond.find(status.get("conditions") or [], cond.RECONCILING) or {}
+    return (ready.get("status") == ("True" if memo.passed else "False")
+            and testing.get("reason") != "Testing"
+            and ready.get("observedGeneration") == memo.generation)
 
 
 async def _carry_over(obj: StoredObject, world: World, res: ExternalSmtp, memo: TestMemo,
