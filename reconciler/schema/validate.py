@@ -24,7 +24,6 @@ from typing import Any, BinaryIO, NamedTuple
 
 from reconciler.schema.diagnostics import Diagnostic, JsonPath, Severity, format_path
 from reconciler.schema.loader import MAX_BYTES, Document, LoadedFile, load, unsupported_value
-from reconciler.schema.messages import drop_shadowed, translate
 from reconciler.schema.positions import PositionIndex
 from reconciler.schema.schemas import API_GROUP, KINDS, validator
 from reconciler.schema.semantic import Resource, check_document, check_set
@@ -204,6 +203,9 @@ class Validator:
             self._at(ctx, path, "error", msg)
             return
         if errors:
+            # imported here: a run over valid manifests (the usual CI case) never needs it
+            from reconciler.schema.messages import drop_shadowed, translate
+
             messages = [m for e in errors for m in translate(kind, e)]
             seen: set[tuple[JsonPath, str]] = set()
             unique = []
