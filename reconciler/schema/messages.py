@@ -143,7 +143,8 @@ def translate(kind: str, error: Any) -> list[Message]:
         if x_at is not None:
             return [Message((*obj_path, x_at), x_message, keyword, relocated=True)]
         got = ""
-        if not isinstance(instance, dict | list) and keyword not in ("required",):
+        if not isinstance(instance, dict | list) and keyword != "required" \
+                and not is_sensitive(ipath):
             got = f" (got {render_value(instance, ipath)})"
         return [Message(ipath, x_message + got, keyword)]
 
