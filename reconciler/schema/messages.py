@@ -207,13 +207,17 @@ def _unknown_field(path: JsonPath, key: str, node: Any) -> Message:
 
 
 def drop_shadowed(messages: list[Message]) -> list[Message]:
-    """When a value has the wrong type, its other errors (and its children's) are noise."""
+    """When a value has the wrong type, its other errors (and its children's) are noise;
+    so is "does not match the pattern" for a value already reported as empty."""
     typed = {m.path for m in messages if m.keyword == "type"}
-    if not typed:
+    empty = {m.path for m in messages if m.keyword == "minLength"}
+    if not typed and not empty:
         return messages
     out = []
     for m in messages:
         if m.keyword != "type" and not m.relocated and any(m.path[: len(t)] == t for t in typed):
+            continue
+        if m.path in empty and m.keyword in ("pattern", "anyOf", "oneOf"):
             continue
         out.append(m)
     return out
