@@ -13,5 +13,12 @@ checks ``sys.modules``).  Modules:
 * :mod:`~reconciler.schema.semantic` - checks beyond the schema (warnings and errors);
 * :mod:`~reconciler.schema.validate` - the validate core over files and streams;
 * :mod:`~reconciler.schema.report` - text, json, junit and github renderings;
-* :mod:`~reconciler.schema.crdgen` - ``python -m reconciler.schema.crdgen`` writes the CRDs.
+* :mod:`~reconciler.schema.crdgen` - ``python -m reconciler.schema.crdgen`` writes the CRDs
+  (and :mod:`~reconciler.schema.docgen` the field reference, docs/resources.md).
+
+Public API used by other layers (keep it stable): ``validate.Options``,
+``validate.Validator`` (``add_paths``/``add_bytes``/``finish``), ``validate.validate_paths``,
+``validate.validate_bytes``, ``Report.valid``/``.diagnostics``, ``report.render`` and
+``report.render_text``.  ``apply``/``plan``/``delete``/``test`` run the same checks as
+``smtpctl validate`` before building the typed models, so users see one wording.
 """
