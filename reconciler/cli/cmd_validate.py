@@ -29,11 +29,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "no provider in the input)")
     parser.add_argument("--allow-status", action="store_true",
                         help="accept a status section (for `smtpctl get -o yaml` output)")
-    parser.add_argument("--max-bytes", type=_positive, default=MAX_BYTES, metavar="N",
+    parser.add_argument("--max-bytes", type=positive_int, default=MAX_BYTES, metavar="N",
                         help=f"refuse files larger than N bytes (default {MAX_BYTES})")
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive number of bytes")
