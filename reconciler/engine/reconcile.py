@@ -334,10 +334,13 @@ async def _reconcile_smtp(obj: StoredObject, world: World) -> ReconcileResult:
         return _commit_status(cur, res, verdict, gen, digest, done, summary, requested), new_memo
 
     before_ready = cond.find(obj.status.get("conditions") or [], cond.READY) or {}
+    # The history first, then the status: a process killed in between leaves a recorded
+    # test that status does not reflect yet (harmless: the next pass tests again), never a
+    # Ready without its test in the history.
+    await world.store.record_test(_record(ref, gen, done, verdict, digest))
     written = await _write(world, ref, build)
     if written is None:
         return ReconcileResult(ref, {}, None, "gone", tested=True, verdict=verdict)
-    await world.store.record_test(_record(ref, gen, done, verdict, digest))
     await _emit_test_events(world, ref, verdict, before_ready, written.status, done)
     if requested or obj.status.get("selected") or written.status.get("selected"):
         await select_scope(ref.namespace, world)
