@@ -283,3 +283,16 @@ def test_rejected_token_means_two_logins_not_more(e2e: Env) -> None:
     # the probe refreshed the token once and retried; the engine added no retry of its own
     oauth = [a for a in e2e.relay.auth_attempts if a.mechanism in ("XOAUTH2", "OAUTHBEARER")]
     assert len(oauth) == 2 and not any(a.success for a in oauth)
+
+
+def test_plan_sees_a_provider_change_through_its_relays(e2e: Env) -> None:
+    f = e2e.write("o.yaml", e2e.provider(), e2e.oauth_smtp("o"))
+    assert e2e.cli("apply", "-f", str(f))[0] == 0
+    p = e2e.provider()
+    p["spec"]["scopes"] = ["mail"]
+    f = e2e.write("o.yaml", p, e2e.oauth_smtp("o"))
+    code, out = e2e.cli("plan", "-f", str(f))
+    assert code == 3 and "OAuth2Provider 'idp' changes" in out
+    n = e2e.relay.connections
+    assert e2e.cli("apply", "-f", str(f))[0] == 0
+    assert e2e.relay.connections == n + 1  # and apply does re-test it

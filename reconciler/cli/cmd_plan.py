@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -66,6 +67,15 @@ async def _plan(store: Any, manifests: list[dict[str, Any]], args: argparse.Name
     items: list[PlanItem] = []
     for m in manifests:
         items.append(await plan_one(m, store.get_sync(ref_of(m)), world))
+    # A relay whose provider changes is re-tested (the provider's version is in its digest).
+    changing = {(i.ref.namespace, i.ref.name) for i in items
+                if i.ref.kind == "OAuth2Provider" and i.action in ("create", "update")}
+    for idx, (m, item) in enumerate(zip(manifests, items, strict=True)):
+        pref = ((m.get("spec") or {}).get("oauth2ProviderRef") or {}).get("name")
+        if item.ref.kind == "ExternalSmtp" and not item.test and pref and (
+                (item.ref.namespace, pref) in changing):
+            items[idx] = dataclasses.replace(item, test=True,
+                                             why=f"OAuth2Provider {pref!r} changes")
     if getattr(args, "prune", False):
         items += [PlanItem(r, "prune") for r in prune_candidates(store, manifests)]
     if args.output == "json":
