@@ -113,7 +113,7 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], out: TextI
 
         table = Table(box=None, pad_edge=False, header_style="bold")
         for h in header:
-            table.add_column(h, overflow="fold")
+            table.add_column(h, no_wrap=True)
         for r in rows:
             styled = []
             for h, cell in zip(header, r, strict=False):
@@ -123,7 +123,13 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], out: TextI
                 else:
                     styled.append(cell.replace("[", "\\["))
             table.add_row(*styled)
-        Console(file=out).print(table)
+        # Like kubectl: rows never fold inside cells; a wide table is as wide as it needs.
+        natural = sum(max([len(h)] + [len(r[i]) for r in rows if i < len(r)]) + 2
+                      for i, h in enumerate(header))
+        console = Console(file=out)
+        if natural > console.width:
+            console = Console(file=out, width=natural)
+        console.print(table)
         return
     widths = [len(h) for h in header]
     for r in rows:
