@@ -60,7 +60,7 @@ def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None
         wait_for("first selected", lambda: selected(c, "first"))
         # Exactly one selected: the older relay keeps it, the other says who won.
         assert not selected(c, "second")
-        sel = condition(c.smtp(NS, "second"), "Selected")
+        sel = wait_for("second told who won", lambda: condition(c.smtp(NS, "second"), "Selected"))
         assert sel.get("status") == "False" and "first" in sel.get("message", "")
         first = c.smtp(NS, "first")
         assert first is not None

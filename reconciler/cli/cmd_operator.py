@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
+import signal
 
 from reconciler.cli.common import EXIT_USAGE
 
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.runtimes.operator import OperatorConfig, run_operator
 
     logjson.setup(logging.DEBUG if args.verbose else logging.INFO)
+    # `kill -USR1 PID` dumps every thread's stack to stderr (a hung loop is otherwise opaque).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.renew_deadline >= args.lease_duration:
         logging.getLogger("smtpctl.operator").error("--renew-deadline must be shorter than "
                                                     "--lease-duration")

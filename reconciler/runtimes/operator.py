@@ -57,9 +57,10 @@ from reconciler.resources import (
 from reconciler.runtimes.leader import LeaseElector
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.publish import Publisher
+from reconciler.runtimes.secretcache import CachedKubeSecretSource
 from reconciler.stores.base import Event, ObjectRef, StoreError
 from reconciler.stores.kube import KubeStore, ref_of, to_stored
-from reconciler.stores.kubeapi import ApiError, ClusterConfig, KubeApi, load_config
+from reconciler.stores.kubeapi import ApiError, ClusterConfig, KubeApi, load_config, resource_path
 
 log = logging.getLogger("smtpctl.operator")
 
@@ -139,6 +140,12 @@ class Controller:
         self._deleting: set[ObjectRef] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = False
+        self.secret_cache: CachedKubeSecretSource | None = None
+
+    def index_all(self) -> None:
+        """Build the Secret/provider indexes from the store's cache (before any worker)."""
+        for body in self.store.cached_objects():
+            self._index(ref_of(body), body)
 
     # --- indexes ---------------------------------------------------------------------
     def _index(self, ref: ObjectRef, body: dict[str, Any] | None) -> None:
@@ -201,7 +208,11 @@ class Controller:
 
     def handle_secret(self, body: dict[str, Any], event_type: str | None) -> None:
         """A Secret changed (or appeared, or went away): wake the resources using it."""
-        if self.stopped or event_type is None:  # initial listing: nothing changed
+        if self.stopped:
+            return
+        if self.secret_cache is not None:  # before waking anyone: they will read it
+            self.secret_cache.observe(body, deleted=event_type == "DELETED")
+        if event_type is None:  # initial listing: nothing changed
             return
         meta = body.get("metadata") or {}
         deps = self.dependents_of_secret(str(meta.get("namespace")), str(meta.get("name")))
@@ -475,10 +486,17 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
     metrics = OperatorMetrics()
     state = {"ready": False}
     runners = await _serve_http(config, metrics, state)
-    from reconciler.credentials.sources import default_sources
+    from reconciler.credentials import sources as sources_mod
 
-    sources = default_sources(kubeconfig=config.kubeconfig, context=config.context,
-                              in_cluster=None if config.kubeconfig is None else False)
+    sources = sources_mod.default_sources(
+        kubeconfig=config.kubeconfig, context=config.context,
+        in_cluster=None if config.kubeconfig is None else False)
+    factory = sources_mod._kubeconfig_factory(config.kubeconfig, config.context) \
+        if config.kubeconfig else sources_mod._in_cluster_factory
+    holder: list[Controller] = []
+    secret_cache = CachedKubeSecretSource(
+        factory, wanted=lambda ns, name: bool(holder and holder[0].dependents_of_secret(ns, name)))
+    sources.kube = secret_cache
     store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector)
     world, tokens = build_world(store, config, metrics, sources)
 
@@ -496,6 +514,8 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
     publisher = Publisher(api, store, sources, name=config.publish_secret, token_fn=token_fn,
                           on_write=lambda op: metrics.published.labels(op).inc())
     controller = Controller(store, world, publisher, metrics)
+    controller.secret_cache = secret_cache
+    holder.append(controller)
     elector: LeaseElector | None = None
     code = 0
     try:
@@ -519,6 +539,13 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         primed = await store.prime()
         log.info("primed cache", extra={"objects": primed,
                                         "seconds": round(time.monotonic() - started, 3)})
+        controller.index_all()
+        for ns in config.namespaces or [None]:  # type: ignore[list-item]
+            items, _ = await api.list_all(resource_path("v1", "secrets", ns))
+            for item in items:
+                item.setdefault("metadata", {}).setdefault("namespace", ns)
+                secret_cache.observe(item)
+            del items
         for kind in (KIND_OAUTH2, KIND_SMTP):
             for body in store.cached_objects(kind):
                 controller.handle(body, None)

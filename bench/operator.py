@@ -1,0 +1,319 @@
+"""Operator benchmark against the API emulator: ``./dev bench operator [--count N ...]``.
+
+For each count (default 1000 and 10000) it measures, with a real ``smtpctl operator``
+process, a real loopback aiosmtpd relay (STARTTLS + AUTH PLAIN/LOGIN) and the emulator in
+its own process:
+
+* **create -> all Ready**: N ExternalSmtp (one Secret each for the password, one CA
+  Secret), operator started, time until every resource is ``Ready=True``;
+* **restart catch-up**: the operator is stopped and started again; time until it has
+  reconciled all N resources, with the number of connection tests (must be 0) and of
+  status writes (must be 0) during the catch-up;
+* **peak RSS** of the operator process (``VmHWM``) in each phase;
+* **API requests per resource per reconcile**, counted at the emulator (every HTTP
+  request, including kopf's watches and the Secret reads of the credentials layer).
+
+Targets from the issue: catch-up of 10,000 unchanged Ready resources in under 60 s with
+zero connection tests, under 400 MB RSS at 10,000.  The results are printed as a table
+and as JSON (``--json PATH``), with the ratio to each target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reconciler.devservers.smtp import RelayServer  # noqa: E402
+from tests.support.kube_emulator import kubeconfig_text  # noqa: E402
+from tests.support.kube_operator import standin_crd  # noqa: E402
+
+GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
+NS = "bench"
+USER = "bench@example.test"
+PASSWORD = "bench-password-not-a-secret"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _rss_peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Emulator:
+    def __init__(self) -> None:
+        crd_dir = ROOT / "manifests" / "crds"
+        args = [sys.executable, "-m", "tests.support.kube_emulator"]
+        self.generated_crds = crd_dir.is_dir() and any(crd_dir.glob("*.yaml"))
+        if self.generated_crds:
+            args += ["--crd-dir", str(crd_dir)]
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=60).json()
+        return data
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def _populate(url: str, count: int, relay: RelayServer, generated_crds: bool) -> None:
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        if not generated_crds:
+            for kind, plural in (
+                ("ExternalSmtp", "externalsmtps"),
+                ("OAuth2Provider", "oauth2providers"),
+            ):
+                r = await http.post(
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                    json=standin_crd(kind, plural),
+                )
+                r.raise_for_status()
+        for name, data in (
+            ("relay-ca", {"ca.crt": relay.ca_pem}),
+            ("relay-password", {"password": PASSWORD}),
+        ):
+            r = await http.post(
+                f"/api/v1/namespaces/{NS}/secrets",
+                json={"metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}},
+            )
+            r.raise_for_status()
+        sem = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "ExternalSmtp",
+                "metadata": {"name": f"relay-{i:05d}"},
+                "spec": {
+                    "host": "127.0.0.1",
+                    "port": relay.port,
+                    "startTLS": True,
+                    "authentication": "UsernamePassword",
+                    "username": USER,
+                    "passwordFrom": {"secretKeyRef": {"name": "relay-password", "key": "password"}},
+                    "tls": {
+                        "caBundleFrom": {"secretKeyRef": {"name": "relay-ca", "key": "ca.crt"}},
+                        "serverName": "localhost",
+                    },
+                    "connectionTest": {"checkRelay": False},
+                    "selected": i == 0,
+                    "refreshInterval": "24h",
+                },
+            }
+            async with sem:
+                r = await http.post(
+                    f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps", json=body
+                )
+                r.raise_for_status()
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def _ready_count(url: str) -> int:
+    r = httpx.get(f"{url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps", timeout=120)
+    n = 0
+    for item in r.json().get("items", []):
+        for c in (item.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Ready" and c.get("status") == "True":
+                n += 1
+    return n
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, log: Path, concurrency: int) -> None:
+        self.log = log
+        self.fh = log.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "operator",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--namespace",
+                NS,
+                "--identity",
+                "bench",
+                "--lease-namespace",
+                NS,
+                "--health-port",
+                "-1",
+                "--metrics-port",
+                "-1",
+                "--allow-loopback",
+                "--concurrency",
+                str(concurrency),
+                "--per-host",
+                str(concurrency),
+            ],
+            cwd=ROOT,
+            stdout=self.fh,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
+        )
+
+    def reconciled(self) -> int:
+        return sum(
+            1
+            for line in self.log.read_text(errors="replace").splitlines()
+            if '"msg":"reconciled"' in line
+        )
+
+    def stop(self) -> float:
+        rss = _rss_peak_mb(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.fh.close()
+        return rss
+
+
+def _wait(what: str, fn: Any, limit: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if fn():
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise SystemExit(f"bench: timed out after {limit:.0f}s waiting for {what}")
+
+
+def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
+    emu = Emulator()
+    relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
+    try:
+        kubeconfig = work / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(emu.url))
+        t0 = time.monotonic()
+        asyncio.run(_populate(emu.url, count, relay, emu.generated_crds))
+        create_s = time.monotonic() - t0
+        base = emu.stats()
+        op = Operator(kubeconfig, work / f"operator-{count}-a.log", concurrency)
+        ready_s = _wait("all Ready", lambda: _ready_count(emu.url) >= count, 3600)
+        _wait("first pass logged", lambda: op.reconciled() >= count, 600)
+        rss_first = op.stop()
+        first = emu.stats()
+        tests_first = relay.connections
+        op2 = Operator(kubeconfig, work / f"operator-{count}-b.log", concurrency)
+        t1 = time.monotonic()
+        catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count, 3600)
+        _ = t1
+        time.sleep(1)
+        second = emu.stats()
+        rss_restart = op2.stop()
+        tests_restart = relay.connections - tests_first
+        writes_restart = sum(  # Lease renewals are writes too, but not of resources
+            v - first["writes_by_plural"].get(k, 0)
+            for k, v in second["writes_by_plural"].items()
+            if k != "leases"
+        )
+        req_first = first["requests"] - base["requests"]
+        req_restart = second["requests"] - first["requests"]
+        return {
+            "count": count,
+            "create_seconds": round(create_s, 2),
+            "ready_seconds": round(ready_s, 2),
+            "tests_first": tests_first,
+            "catchup_seconds": round(catchup_s, 2),
+            "tests_during_catchup": tests_restart,
+            "writes_during_catchup": writes_restart,
+            "rss_first_mb": round(rss_first, 1),
+            "rss_restart_mb": round(rss_restart, 1),
+            "api_requests_per_resource_first": round(req_first / count, 2),
+            "api_requests_per_resource_catchup": round(req_restart / count, 2),
+            "requests_first_by_method": {
+                k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()
+            },
+        }
+    finally:
+        relay.stop()
+        emu.close()
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "free": mem}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument(
+        "--count", type=int, action="append", help="resources (repeatable; default 1000 and 10000)"
+    )
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    counts = args.count or [1000, 10000]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp:
+        for count in counts:
+            print(f"== {count} resources", flush=True)
+            r = run_one(count, args.concurrency, Path(tmp))
+            r["catchup_target_ratio"] = round(r["catchup_seconds"] / 60.0, 3)
+            r["rss_target_ratio"] = round(max(r["rss_first_mb"], r["rss_restart_mb"]) / 400.0, 3)
+            results.append(r)
+            print(json.dumps(r, indent=1), flush=True)
+    out = {"machine": machine(), "results": results}
+    print()
+    print(
+        f"{'count':>7} {'ready s':>9} {'catch-up s':>11} {'tests@restart':>14} "
+        f"{'RSS MB':>8} {'req/res':>8} {'req/res@restart':>16}"
+    )
+    for r in results:
+        print(
+            f"{r['count']:>7} {r['ready_seconds']:>9} {r['catchup_seconds']:>11} "
+            f"{r['tests_during_catchup']:>14} "
+            f"{max(r['rss_first_mb'], r['rss_restart_mb']):>8} "
+            f"{r['api_requests_per_resource_first']:>8} "
+            f"{r['api_requests_per_resource_catchup']:>16}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
