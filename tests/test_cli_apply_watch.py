@@ -128,12 +128,16 @@ def test_apply_watch_cli_reverifies_and_stops_on_ctrl_c(e2e: Env) -> None:
         while e2e.relay.connections < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert e2e.relay.connections >= 3  # first test + re-verifications every ~1s
+        # the watch holds the lock only during its passes: another apply gets in
+        code, out = e2e.cli("apply", "-f", str(e2e.write("x.yaml", e2e.smtp("x"))),
+                            "--lock-timeout", "20")
+        assert code == 0, out
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, out
     assert "watching for changes" in out and "Traceback" not in out
     canary.assert_no_canary(out, where="watch output")
-    # the lock was released: another apply runs at once
+    # the lock was released on exit: another apply runs at once
     code, _ = e2e.cli("apply", "-f", str(path), "--lock-timeout", "0")
     assert code == 0

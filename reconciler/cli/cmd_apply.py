@@ -152,10 +152,13 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
     code = report(store, refs, outcome, args.output)
     if args.watch:
         print("watching for changes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        # Between passes the lock is free, so `smtpctl apply` from another shell can run.
+        store.unlock()
         # Runs until Ctrl-C: asyncio.run cancels it and smtpctl exits 130 ("interrupted").
         await watch(store, world, args.files, prune=args.prune,
                     progress=Progress(0, enabled=args.output == "text"),
-                    on_error=lambda m: print(f"smtpctl: {m}", file=sys.stderr, flush=True))
+                    on_error=lambda m: print(f"smtpctl: {m}", file=sys.stderr, flush=True),
+                    pass_lock=lambda: store.locked(args.lock_timeout))
     return code
 
 

@@ -59,7 +59,10 @@ async def _run(store: object, args: argparse.Namespace) -> int:
     world = build_world(store, limits=Limits(args.concurrency, args.per_host))
     if args.watch:
         print("watching (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        await watch(store, world, None, progress=Progress(0, enabled=True))
+        store.unlock()  # held only during each pass: `smtpctl apply` can run in between
+        await watch(store, world, None, progress=Progress(0, enabled=True), max_sleep=10.0,
+                    on_error=lambda m: print(f"smtpctl: {m}", file=sys.stderr, flush=True),
+                    pass_lock=lambda: store.locked(args.lock_timeout))
         return EXIT_OK
     objs = store.list_sync()
     with Progress(len(objs), enabled=True) as progress:

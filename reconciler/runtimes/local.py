@@ -19,12 +19,14 @@ Decisions where the issue is silent:
   pipeline must not half-apply a broken commit;
 * ``--prune`` deletes resources of the *namespaces present in the input* that are not in
   the input (the scope is state directory + namespace);
-* the apply lock is held for the whole apply (or the whole watch).
+* the apply lock is held for the whole apply; a watch holds it only during each pass, so
+  an ``smtpctl apply`` from another shell runs between passes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import sys
@@ -41,7 +43,7 @@ from reconciler.engine.reconcile import ReconcileResult, reconcile, render_valid
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
-from reconciler.stores.base import Event, ObjectRef, StoredObject
+from reconciler.stores.base import Event, ObjectRef, StoredObject, StoreError
 from reconciler.stores.local import LocalStore, Upserted
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -379,11 +381,15 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
                 prune: bool = False, poll: float = 1.0, max_sleep: float = 60.0,
                 stop: asyncio.Event | None = None, progress: ProgressFn | None = None,
                 on_error: Callable[[str], None] | None = None,
-                iterations: int | None = None) -> None:
+                iterations: int | None = None,
+                pass_lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+                ) -> None:
     """Keep reconciling: re-verify when due, re-apply when an input file changes.
 
     ``paths`` None means reconcile what is in the store (``smtpctl reconcile --watch``).
-    ``stop`` ends the loop; ``iterations`` bounds it (tests).
+    ``stop`` ends the loop; ``iterations`` bounds it (tests).  ``pass_lock`` is held
+    around each pass and released while sleeping, so an ``smtpctl apply`` from another
+    shell can run between passes (the CLI passes the store's apply lock).
     """
     stop = stop or asyncio.Event()
     seen: dict[str, float] = {}
@@ -391,31 +397,14 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
     n = 0
     while not stop.is_set() and (iterations is None or n < iterations):
         n += 1
+        try:
+            with (pass_lock or contextlib.nullcontext)():
+                await _watch_pass(store, world, paths, seen, due, prune=prune,
+                                  progress=progress, on_error=on_error)
+        except StoreError as exc:  # e.g. the lock was not free in time: try again later
+            if on_error:
+                on_error(str(exc))
         now = world.clock()
-        if paths is not None:
-            current = _mtimes(paths)
-            if current != seen:
-                seen = current
-                try:
-                    manifests = load_manifests(paths)
-                except InputError as exc:
-                    if on_error:
-                        on_error(str(exc))
-                else:
-                    outcome = await apply_manifests(store, world, manifests, prune=prune,
-                                                    progress=progress)
-                    for r in outcome.results:
-                        due[r.ref] = now + r.requeue_after if r.requeue_after is not None \
-                            else float("inf")
-        objs = {o.ref: o for o in store.list_sync()}
-        for ref in list(due):
-            if ref not in objs:
-                del due[ref]
-        todo = [o for ref, o in objs.items() if due.get(ref, 0.0) <= now]
-        if todo:
-            for r in await reconcile_objects(todo, world, progress=progress):
-                due[r.ref] = world.clock() + r.requeue_after if r.requeue_after is not None \
-                    else float("inf")
         nxt = min(due.values(), default=now + max_sleep)
         sleep = max(0.05, min(nxt - world.clock(), poll if paths is not None else max_sleep,
                               max_sleep))
@@ -424,6 +413,39 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
             await asyncio.wait_for(with_timeout, timeout=sleep)
         except TimeoutError:
             pass
+
+
+async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | None,
+                      seen: dict[str, float], due: dict[ObjectRef, float], *, prune: bool,
+                      progress: ProgressFn | None,
+                      on_error: Callable[[str], None] | None) -> None:
+    """One pass of :func:`watch`: re-apply changed inputs, reconcile what is due."""
+    now = world.clock()
+    if paths is not None:
+        current = _mtimes(paths)
+        if current != seen:
+            seen.clear()
+            seen.update(current)
+            try:
+                manifests = load_manifests(paths)
+            except InputError as exc:
+                if on_error:
+                    on_error(str(exc))
+            else:
+                outcome = await apply_manifests(store, world, manifests, prune=prune,
+                                                progress=progress)
+                for r in outcome.results:
+                    due[r.ref] = now + r.requeue_after if r.requeue_after is not None \
+                        else float("inf")
+    objs = {o.ref: o for o in store.list_sync()}
+    for ref in list(due):
+        if ref not in objs:
+            del due[ref]
+    todo = [o for ref, o in objs.items() if due.get(ref, 0.0) <= now]
+    if todo:
+        for r in await reconcile_objects(todo, world, progress=progress):
+            due[r.ref] = world.clock() + r.requeue_after if r.requeue_after is not None \
+                else float("inf")
 
 
 def default_state() -> str:

@@ -232,6 +232,17 @@ class LocalStore:
                 time.sleep(0.05)
         self._lock_fd = fd
 
+    @contextlib.contextmanager
+    def locked(self, timeout: float) -> Iterator[None]:
+        """Hold the apply lock for a block (a watch pass), then release it."""
+        held = self._lock_fd is not None
+        self.lock(timeout)
+        try:
+            yield
+        finally:
+            if not held:
+                self.unlock()
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
