@@ -141,3 +141,25 @@ def test_apply_watch_cli_reverifies_and_stops_on_ctrl_c(e2e: Env) -> None:
     # the lock was released on exit: another apply runs at once
     code, _ = e2e.cli("apply", "-f", str(path), "--lock-timeout", "0")
     assert code == 0
+
+
+def test_reconcile_watch_cli_reverifies(e2e: Env) -> None:
+    import signal
+
+    path = e2e.write("r.yaml", e2e.smtp("r", refreshInterval="1s"))
+    assert e2e.cli("apply", "-f", str(path))[0] == 0
+    n = e2e.relay.connections
+    env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "reconcile", "--watch",
+                             "--state", str(e2e.state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while e2e.relay.connections < n + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert e2e.relay.connections >= n + 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    canary.assert_no_canary(out, where="reconcile --watch output")
