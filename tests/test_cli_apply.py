@@ -296,3 +296,15 @@ def test_plan_sees_a_provider_change_through_its_relays(e2e: Env) -> None:
     n = e2e.relay.connections
     assert e2e.cli("apply", "-f", str(f))[0] == 0
     assert e2e.relay.connections == n + 1  # and apply does re-test it
+
+
+def test_each_namespace_is_its_own_scope(e2e: Env) -> None:
+    f = e2e.write("ns.yaml", e2e.smtp("a", selected=True),
+                  e2e.smtp("b", selected=True, namespace="team-b"))
+    assert e2e.cli("apply", "-f", str(f))[0] == 0
+    assert e2e.status("a")["selected"] is True
+    assert e2e.status("b", namespace="team-b")["selected"] is True
+    code, out = e2e.cli("get", "active", "-n", "team-b", "-o", "json")
+    assert code == 0 and json.loads(out)["relay"] == {"namespace": "team-b", "name": "b"}
+    code, out = e2e.cli("get", "externalsmtp", "-n", "team-b", "-o", "json")
+    assert [i["metadata"]["name"] for i in json.loads(out)["items"]] == ["b"]
