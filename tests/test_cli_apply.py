@@ -308,3 +308,20 @@ def test_each_namespace_is_its_own_scope(e2e: Env) -> None:
     assert code == 0 and json.loads(out)["relay"] == {"namespace": "team-b", "name": "b"}
     code, out = e2e.cli("get", "externalsmtp", "-n", "team-b", "-o", "json")
     assert [i["metadata"]["name"] for i in json.loads(out)["items"]] == ["b"]
+
+
+def test_implicit_tls_relay_in_javamail_form(e2e: Env) -> None:
+    from reconciler.devservers.smtp import RelayServer
+
+    with RelayServer(mode="implicit", users={USER: canary.PASSWORD}, ca=e2e.relay.ca) as tls:
+        doc = e2e.smtp("i", selected=True, port=587, startTLS=False,
+                       socketFactory={"class": "javax.net.ssl.SSLSocketFactory",
+                                      "port": tls.port, "fallback": False})
+        code, out = e2e.cli("apply", "-f", str(e2e.write("i.yaml", doc)))
+        assert code == 0, out
+    code, out = e2e.cli("get", "active", "-o", "javamail")
+    assert f"mail.smtp.port={tls.port}" in out and "mail.smtp.ssl.enable=true" in out
+    assert "mail.smtp.socketFactory.fallback=false" in out
+    assert "starttls" not in out
+    code, out = e2e.cli("get", "active", "-o", "env")
+    assert "SMTP_TLS_MODE='implicit'" in out and f"SMTP_PORT='{tls.port}'" in out
