@@ -325,3 +325,21 @@ def test_implicit_tls_relay_in_javamail_form(e2e: Env) -> None:
     assert "starttls" not in out
     code, out = e2e.cli("get", "active", "-o", "env")
     assert "SMTP_TLS_MODE='implicit'" in out and f"SMTP_PORT='{tls.port}'" in out
+
+
+def test_transient_failure_keeps_reconciling_and_is_not_stalled(e2e: Env) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = e2e.write("t.yaml", e2e.smtp("t", port=port))
+    assert e2e.cli("apply", "-f", str(f))[0] == 1
+    st = e2e.status("t")
+    assert cond(st, "Ready")["reason"] == "ConnectionRefused"
+    assert cond(st, "Reconciling")["status"] == "True"
+    assert cond(st, "Reconciling")["reason"] == "ConnectionRefused"
+    assert cond(st, "Stalled") == {}
+    # a retry is due after a short backoff, not at refreshInterval
+    code, out = e2e.cli("plan", "-f", str(f))
+    assert code == 0 and "last test failed; next retry in" in out  # backoff not over yet

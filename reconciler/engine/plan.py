@@ -114,6 +114,8 @@ async def _needs_test(manifest: dict[str, Any], stored: StoredObject, world: Wor
     if now >= memo.due_at:
         return True, ("re-verification due" if memo.passed else "retry of a failed test due")
     left = memo.due_at - now
+    if not memo.passed:
+        return False, f"last test failed; next retry in {_human(left)}"
     return False, f"tested; next re-verification in {_human(left)}"
 
 
