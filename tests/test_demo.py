@@ -13,8 +13,10 @@ from tests.support.canary import CLIENT_SECRET, PASSWORD, assert_no_canary, asse
 
 def test_demo_story(tmp_path: Path) -> None:
     work = tmp_path / "demo"
+    dead = "http://127.0.0.1:9"  # a proxy that is not there: loopback must bypass it
     env = dict(os.environ, SMTPCTL_DEMO_PASSWORD=PASSWORD,
-               SMTPCTL_DEMO_CLIENT_SECRET=CLIENT_SECRET, PYTHONWARNINGS="ignore")
+               SMTPCTL_DEMO_CLIENT_SECRET=CLIENT_SECRET, PYTHONWARNINGS="ignore",
+               HTTP_PROXY=dead, HTTPS_PROXY=dead, ALL_PROXY=dead, http_proxy=dead)
     env.pop("SMTPCTL_STATE", None)
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "demo", "--workdir", str(work)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
