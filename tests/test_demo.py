@@ -20,7 +20,8 @@ def test_demo_story(tmp_path: Path) -> None:
     env.pop("SMTPCTL_STATE", None)
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "demo", "--workdir", str(work)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=tmp_path, start_new_session=True)
+                            cwd=tmp_path, start_new_session=True,
+                            preexec_fn=lambda: os.umask(0))  # a careless umask, too
     try:
         stdout, stderr = proc.communicate(timeout=60)
     finally:

@@ -138,6 +138,7 @@ class Demo:
             self.say(f"  token endpoint {oauth.token_url}")
             ca = self.sdir / "relay-ca.pem"
             ca.write_text(relay.ca_pem)
+            os.chmod(ca, 0o644)  # whatever the umask: a writable CA file is refused
             pw_file = self.sdir / "smtp-password"
             self._write_secret(pw_file, password)
             values = {"port": relay.port, "username": USER, "sender": USER,
