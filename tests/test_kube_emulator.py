@@ -509,3 +509,25 @@ def test_our_generated_crds_validate_external_smtp(tmp_path: Path) -> None:
             )
         assert exc.value.status == 422
         client.close()
+
+
+async def test_fault_injection_with_kmock_reactions_still_works() -> None:
+    """Tests may add kmock reactions (e.g. a 409 storm); the emulator then routes every
+    request through kmock's matcher so the reaction takes precedence."""
+    import kmock
+
+    from tests.support.kube_emulator import running_emulator
+
+    async with running_emulator() as (emu, url):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            r = await http.post("/api/v1/namespaces/x/secrets", json={"metadata": {"name": "s"}})
+            assert r.status_code == 201
+            emu["get", kmock.resource("", "v1", "secrets")] << 503
+            assert (await http.get("/api/v1/namespaces/x/secrets/s")).status_code == 503
+            # Writes still reach the emulated API (no reaction matches them).
+            r = await http.patch(
+                "/api/v1/namespaces/x/secrets/s",
+                json={"metadata": {"labels": {"a": "b"}}},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            assert r.status_code == 200 and r.json()["metadata"]["labels"] == {"a": "b"}

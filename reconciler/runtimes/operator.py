@@ -141,6 +141,9 @@ class Controller:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopped = False
         self.secret_cache: CachedKubeSecretSource | None = None
+        # Workers that may run a pass at once.  Without it, 10,000 workers starting
+        # together would each queue an announce write before any test could commit.
+        self._slots = asyncio.Semaphore(max(64, world.limits.concurrency * 4))
 
     def index_all(self) -> None:
         """Build the Secret/provider indexes from the store's cache (before any worker)."""
@@ -253,19 +256,12 @@ class Controller:
         ref = w.ref
         while not self.stopped:
             w.wake.clear()
-            delay = ERROR_BACKOFF
+            delay: float | None = ERROR_BACKOFF
             self._busy += 1
             self.metrics.queue_depth.set(self._busy)
             try:
-                obj = await self.store.get(ref)
-                if obj is None:
-                    return
-                result = await reconcile(obj, self.world)
-                self._observe(result)
-                if ref.kind == KIND_SMTP:
-                    await self.publisher.sync(ref.namespace)
-                delay = result.requeue_after if result.requeue_after is not None \
-                    else IDLE_REQUEUE
+                async with self._slots:
+                    delay = await self._pass(ref)
             except asyncio.CancelledError:
                 raise
             except (StoreError, ApiError) as exc:
@@ -277,8 +273,23 @@ class Controller:
             finally:
                 self._busy -= 1
                 self.metrics.queue_depth.set(self._busy)
+            if delay is None:  # gone: a later event for the same name starts a new worker
+                if self.workers.get(ref) is w:
+                    del self.workers[ref]
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(w.wake.wait(), max(0.0, delay))
+
+    async def _pass(self, ref: ObjectRef) -> float | None:
+        """One reconcile; the delay until the next (None: the object is gone)."""
+        obj = await self.store.get(ref)
+        if obj is None:
+            return None
+        result = await reconcile(obj, self.world)
+        self._observe(result)
+        if ref.kind == KIND_SMTP:
+            await self.publisher.sync(ref.namespace)
+        return result.requeue_after if result.requeue_after is not None else IDLE_REQUEUE
 
     def _observe(self, result: ReconcileResult) -> None:
         self.metrics.reconciles.labels(result.ref.kind, result.action).inc()
@@ -520,8 +531,10 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
     code = 0
     try:
         if config.leader_election:
+            # Its own connection pool: renewals must never queue behind bulk status writes.
+            lease_api = KubeApi(cluster, max_connections=2, timeout=config.renew_deadline)
             elector = LeaseElector(
-                api, namespace=config.lease_namespace or cluster.namespace,
+                lease_api, namespace=config.lease_namespace or cluster.namespace,
                 name=config.lease_name, identity=config.identity,
                 lease_duration=config.lease_duration, renew_deadline=config.renew_deadline,
                 renew_period=config.renew_period)
@@ -582,6 +595,8 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         for runner in runners:
             await runner.cleanup()
         await api.close()
+        if elector is not None:
+            await elector.api.close()
     return code
 
 

@@ -82,17 +82,19 @@ class StructuralSchema:
         return out
 
     def _prune(self, value: Any, schema: Mapping[str, Any]) -> Any:
-        if schema.get("x-kubernetes-preserve-unknown-fields"):
-            return value
+        # x-kubernetes-preserve-unknown-fields keeps unknown keys *at that level*; declared
+        # properties below it are still pruned by their own schemas (as the server does).
+        preserve = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
         if isinstance(value, dict):
             props = schema.get("properties")
             addl = schema.get("additionalProperties")
             if props is None and isinstance(addl, dict):
                 return {k: self._prune(v, addl) for k, v in value.items()}
-            if props is None and addl in (None, False) and "type" in schema:
-                return {}
+            if props is None and (preserve or addl is True):
+                return value
             props = props or {}
-            return {k: self._prune(v, props[k]) for k, v in value.items() if k in props}
+            return {k: (self._prune(v, props[k]) if k in props else v)
+                    for k, v in value.items() if k in props or preserve}
         if isinstance(value, list) and isinstance(schema.get("items"), dict):
             return [self._prune(v, schema["items"]) for v in value]
         return value
