@@ -417,3 +417,16 @@ def test_heavy_stacks_are_imported_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+@pytest.mark.parametrize("var", ["HTTP_PROXY", "ALL_PROXY", "http_proxy"])
+async def test_loopback_token_endpoint_bypasses_proxy_env(
+    oauth_server: OAuthServer, monkeypatch: pytest.MonkeyPatch, var: str
+) -> None:
+    # Regression: httpx sent even 127.0.0.1 token requests through HTTP(S)_PROXY, so any
+    # proxy setting broke local token endpoints (OAuth2TokenEndpointUnavailable).
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
+    token = await manager().token(provider(oauth_server))
+    assert oauth_server.token_info(token.reveal()) is not None

@@ -211,10 +211,22 @@ class TokenManager:
         entry = self._entries.get(provider_key(provider))
         return entry.warnings if entry is not None else ()
 
+    def _loopback_mounts(self) -> dict[str, httpx.AsyncBaseTransport]:
+        """Direct transports for loopback hosts.
+
+        httpx honours HTTP(S)_PROXY / ALL_PROXY even for 127.0.0.1, so a corporate proxy
+        setting broke every loopback token endpoint (local development, the demo, tests).
+        A mount for a specific host outranks the environment's catch-all proxy mount;
+        real token endpoints still go through the configured proxy.
+        """
+        return {f"all://{host}": httpx.AsyncHTTPTransport(verify=self._verify)
+                for host in ("127.0.0.1", "localhost", "[::1]")}
+
     def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """A plain httpx client with this manager's TLS and timeout settings."""
         return httpx.AsyncClient(verify=self._verify, timeout=self._timeout,
-                                 follow_redirects=False, **kwargs)
+                                 follow_redirects=False, mounts=self._loopback_mounts(),
+                                 **kwargs)
 
     def oauth_client(self, provider: OAuth2Provider, client_secret: Secret | None,
                      **kwargs: Any) -> AsyncOAuth2Client:
@@ -230,6 +242,7 @@ class TokenManager:
             verify=self._verify,
             timeout=self._timeout,
             follow_redirects=False,
+            mounts=self._loopback_mounts(),
             **kwargs,
         )
 

@@ -256,24 +256,6 @@ def _ready(status: dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def _loopback_without_proxy() -> Iterator[None]:
-    """The demo's servers are on loopback: never send their traffic through a proxy that
-    HTTP(S)_PROXY / ALL_PROXY may name (httpx honours them, even for 127.0.0.1)."""
-    saved = {k: os.environ.get(k) for k in ("NO_PROXY", "no_proxy")}
-    extra = "127.0.0.1,localhost,::1"
-    for k, v in saved.items():
-        os.environ[k] = f"{v},{extra}" if v else extra
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
 def _workdir(path: str | None, keep: bool) -> Iterator[Path]:
     if path:
         p = Path(path)
@@ -298,7 +280,7 @@ def play(workdir: str | None = None, *, keep: bool = False, out: TextIO | None =
             demo = Demo(wd, out)
             demo.say("smtpctl demo: declarative 'Test Connection And Save' for SMTP relays")
             try:
-                with warnings.catch_warnings(), _loopback_without_proxy():
+                with warnings.catch_warnings():
                     # aiosmtpd's own deprecation notice (Session.login_data) is noise here.
                     warnings.filterwarnings("ignore", category=DeprecationWarning)
                     demo.play()
