@@ -197,8 +197,6 @@ class Controller:
                 self._stop_worker(ref)
                 self._spawn(self._finalize(ref))
             return
-        if ref.kind == KIND_SMTP and FINALIZER not in (meta.get("finalizers") or []):
-            self._spawn(self._add_finalizer(ref, list(meta.get("finalizers") or [])))
         gen = int(meta.get("generation") or 0)
         worker = self.workers.get(ref)
         if worker is None:
@@ -282,6 +280,12 @@ class Controller:
 
     async def _pass(self, ref: ObjectRef) -> float | None:
         """One reconcile; the delay until the next (None: the object is gone)."""
+        body = self.store.cached(ref)
+        if ref.kind == KIND_SMTP and body is not None and \
+                FINALIZER not in (body.get("metadata") or {}).get("finalizers", []):
+            # Here, under the pass slots, not at the event: 10,000 new resources must not
+            # become 10,000 concurrent PATCHes.
+            await self._add_finalizer(ref, list(body["metadata"].get("finalizers") or []))
         obj = await self.store.get(ref)
         if obj is None:
             return None

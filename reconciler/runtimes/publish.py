@@ -59,11 +59,10 @@ class Publisher:
         return resource_path("v1", "secrets", ns, self.name if with_name else None)
 
     def active_in(self, ns: str) -> dict[str, Any] | None:
-        for body in self.store.cached_objects(KIND_SMTP):
+        for body in self.store.selected_in(KIND_SMTP, ns):
             meta = body.get("metadata") or {}
             st = body.get("status") or {}
-            if meta.get("namespace") == ns and st.get("selected") and st.get("active") \
-                    and not meta.get("deletionTimestamp"):
+            if st.get("selected") and st.get("active") and not meta.get("deletionTimestamp"):
                 return body
         return None
 

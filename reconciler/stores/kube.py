@@ -95,6 +95,8 @@ class KubeStore:
         self.namespaces = namespaces  # None: all namespaces
         self.label_selector = label_selector
         self._cache: dict[Key, dict[str, Any]] = {}
+        self._by_scope: dict[tuple[str, str], set[Key]] = {}  # (kind, namespace) -> keys
+        self._selected: dict[tuple[str, str], set[Key]] = {}  # ... whose status.selected
         self._history: dict[ObjectRef, deque[TestRecord]] = {}
         self.on_event: Callable[[Event], None] | None = None  # metrics hook
 
@@ -111,12 +113,34 @@ class KubeStore:
         if old is not None and _rv(old) > _rv(body) and old["metadata"].get("uid") == \
                 body["metadata"].get("uid"):
             return False
-        self._cache[key] = _slim(body)
+        self._put(key, body)
         return True
 
+    def _put(self, key: Key, body: dict[str, Any]) -> None:
+        self._cache[key] = _slim(body)
+        self._by_scope.setdefault((key[0], key[1]), set()).add(key)
+        sel = self._selected.setdefault((key[0], key[1]), set())
+        if (body.get("status") or {}).get("selected"):
+            sel.add(key)
+        else:
+            sel.discard(key)
+
     def forget(self, ref: ObjectRef) -> None:
-        self._cache.pop(self._key(ref), None)
+        key = self._key(ref)
+        self._cache.pop(key, None)
+        self._by_scope.get((key[0], key[1]), set()).discard(key)
+        self._selected.get((key[0], key[1]), set()).discard(key)
         self._history.pop(ref, None)
+
+    def selected_in(self, kind: str, namespace: str) -> builtins.list[dict[str, Any]]:
+        """Cached bodies whose ``status.selected`` is true (normally zero or one)."""
+        return [self._cache[k] for k in sorted(self._selected.get((kind, namespace), ()))
+                if k in self._cache]
+
+    def cached_in(self, kind: str, namespace: str) -> builtins.list[dict[str, Any]]:
+        """Bodies of one kind in one namespace, without scanning the whole cache."""
+        return [self._cache[k] for k in sorted(self._by_scope.get((kind, namespace), ()))
+                if k in self._cache]
 
     def cached(self, ref: ObjectRef) -> dict[str, Any] | None:
         return self._cache.get(self._key(ref))
@@ -151,7 +175,7 @@ class KubeStore:
                 self.forget(ref)
                 return None
             raise StoreError(f"cannot read {ref}: {exc.code} {exc.reason}") from None
-        self._cache[self._key(ref)] = _slim(body)
+        self._put(self._key(ref), body)
         return body
 
     async def get(self, ref: ObjectRef) -> StoredObject | None:
@@ -163,10 +187,10 @@ class KubeStore:
         return to_stored(body)
 
     async def list(self, kind: str, namespace: str | None = None) -> list[StoredObject]:
-        out = [to_stored(b) for (k, ns, _n), b in sorted(self._cache.items())
-               if k == kind and (namespace is None or ns == namespace)
-               and not (b.get("metadata") or {}).get("deletionTimestamp")]
-        return out
+        bodies = self.cached_in(kind, namespace) if namespace is not None else [
+            b for (k, _ns, _n), b in sorted(self._cache.items()) if k == kind]
+        return [to_stored(b) for b in bodies
+                if not (b.get("metadata") or {}).get("deletionTimestamp")]
 
     async def update_status(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         body = self._cache.get(self._key(ref)) or await self._fetch(ref)
