@@ -195,7 +195,8 @@ class Operator:
         )
 
     def stop(self) -> float:
-        rss = _rss_peak_mb(self.proc.pid)
+        _sample(self.proc.pid)
+        rss = _RSS.get(self.proc.pid, float("nan"))
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(60)
@@ -206,9 +207,20 @@ class Operator:
         return rss
 
 
-def _wait(what: str, fn: Any, limit: float) -> float:
+_RSS: dict[int, float] = {}  # pid -> highest VmHWM seen while waiting
+
+
+def _sample(pid: int | None) -> None:
+    if pid is not None:
+        rss = _rss_peak_mb(pid)
+        if rss == rss:  # not NaN: the process is alive
+            _RSS[pid] = max(_RSS.get(pid, 0.0), rss)
+
+
+def _wait(what: str, fn: Any, limit: float, pid: int | None = None) -> float:
     start = time.monotonic()
     while time.monotonic() - start < limit:
+        _sample(pid)
         if fn():
             return time.monotonic() - start
         time.sleep(0.25)
@@ -226,17 +238,20 @@ def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
         create_s = time.monotonic() - t0
         base = emu.stats()
         op = Operator(kubeconfig, work / f"operator-{count}-a.log", concurrency)
-        ready_s = _wait("all Ready", lambda: _ready_count(emu.url) >= count, 3600)
-        _wait("first pass logged", lambda: op.reconciled() >= count, 600)
+        ready_s = _wait("all Ready", lambda: _ready_count(emu.url) >= count, 3600, op.proc.pid)
+        _wait("first pass logged", lambda: op.reconciled() >= count, 600, op.proc.pid)
         rss_first = op.stop()
         first = emu.stats()
         tests_first = relay.connections
         op2 = Operator(kubeconfig, work / f"operator-{count}-b.log", concurrency)
         t1 = time.monotonic()
-        catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count, 3600)
+        catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count, 3600, op2.proc.pid)
         _ = t1
-        time.sleep(1)
+        for _ in range(4):  # a second of calm: anything still to come would show now
+            _sample(op2.proc.pid)
+            time.sleep(0.25)
         second = emu.stats()
+        exited = op2.proc.poll()
         rss_restart = op2.stop()
         tests_restart = relay.connections - tests_first
         writes_restart = sum(  # Lease renewals are writes too, but not of resources
@@ -254,6 +269,7 @@ def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
             "catchup_seconds": round(catchup_s, 2),
             "tests_during_catchup": tests_restart,
             "writes_during_catchup": writes_restart,
+            "operator_exit_during_catchup": exited,
             "rss_first_mb": round(rss_first, 1),
             "rss_restart_mb": round(rss_restart, 1),
             "api_requests_per_resource_first": round(req_first / count, 2),
