@@ -274,3 +274,23 @@ def test_oauth2_relay_publishes_a_fresh_access_token(tmp_path: Path) -> None:
             assert token.startswith(canary.ACCESS_TOKEN_PREFIX), "no access token published"
             assert oauth.token_info(token) is not None, "the published token is not live"
             assert "SMTP_PASSWORD" not in data
+
+
+def test_label_selector_shards_the_fleet(env: tuple[Cluster, RelayServer]) -> None:
+    c, relay = env
+    c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    c.create_smtp(NS, "mine", relay_spec(relay.port), labels={"shard": "a"})
+    c.create_smtp(NS, "theirs", relay_spec(relay.port), labels={"shard": "b"})
+    with OperatorProcess(
+        c, "shard-a", "--namespace", NS, "--selector", "shard=a", "--lease-name", "smtpctl-shard-a"
+    ):
+        wait_for("own shard Ready", lambda: ready(c, "mine"))
+        c.patch_smtp(NS, "theirs", {"spec": {"refreshInterval": "2h"}})
+        c.patch_smtp(NS, "mine", {"spec": {"refreshInterval": "2h"}})
+        wait_for(
+            "own shard follows changes",
+            lambda: condition(c.smtp(NS, "mine"), "Ready").get("observedGeneration") == 2,
+        )
+        other = c.smtp(NS, "theirs")
+        assert other is not None and not other.get("status")  # never touched
+        assert "finalizers" not in other["metadata"]
