@@ -25,11 +25,21 @@ kubectl apply -k manifests/operator
 kubectl -n smtpctl-system rollout status deploy/smtpctl-operator --timeout=180s
 kubectl create namespace "$NS"
 
-# A relay inside the cluster: the demo server from the same image (STARTTLS + AUTH).
-kubectl -n "$NS" run relay --image="$IMAGE" --port=2525 --command -- \
-  smtpctl demo --serve-only --listen 0.0.0.0:2525
-kubectl -n "$NS" expose pod relay --port=2525
+# A relay inside the cluster: the devservers relay from the same image (STARTTLS + AUTH).
+# It listens on an ephemeral port, which it prints; the test connects to the pod IP.
+kubectl -n "$NS" run relay --image="$IMAGE" --restart=Never --command -- python -c '
+import time
+from reconciler.devservers.smtp import RelayServer
+relay = RelayServer(host="0.0.0.0", users={"demo": "demo-password"}).start()
+print("relay-port", relay.port, flush=True)
+time.sleep(10**9)'
 kubectl -n "$NS" wait --for=condition=Ready pod/relay --timeout=120s
+for _ in $(seq 60); do
+  PORT=$(kubectl -n "$NS" logs relay | awk '/relay-port/ {print $2}')
+  [ -n "$PORT" ] && break; sleep 1
+done
+HOST=$(kubectl -n "$NS" get pod relay -o jsonpath='{.status.podIP}')
+echo "relay at $HOST:$PORT"
 
 step() { echo; echo "== $*"; }
 
@@ -39,8 +49,8 @@ apiVersion: smtp.reconciler.dev/v1alpha1
 kind: ExternalSmtp
 metadata: {name: relay}
 spec:
-  host: relay.$NS.svc
-  port: 2525
+  host: $HOST
+  port: $PORT
   startTLS: true
   authentication: UsernamePassword
   username: demo
@@ -51,6 +61,7 @@ YAML
 sleep 5
 kubectl -n "$NS" get externalsmtp relay -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}'; echo
 kubectl -n "$NS" create secret generic relay-password --from-literal=password=demo-password
+# (the relay's certificate is for localhost: this script tests with tls.verify=false)
 kubectl -n "$NS" wait --for=condition=Ready externalsmtp/relay --timeout=60s
 
 step "published Secret"
