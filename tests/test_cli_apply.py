@@ -62,6 +62,9 @@ def test_last_known_good_survives_a_broken_update(e2e: Env) -> None:
     code, desc = e2e.cli("describe", "externalsmtp", "a")
     assert code == 0 and "latest generation 2 is not in use" in desc
     assert "AUTH PLAIN ******" in desc  # the redacted transcript
+    stages_line = next(line for line in desc.splitlines() if "Stages:" in line)
+    shown = [part.split()[0] for part in stages_line.split(":", 1)[1].split(",")]
+    assert shown == ["resolve", "connect", "banner", "ehlo", "starttls", "auth"]  # wire order
     # a second apply of the same broken spec does not re-test (permanent, not due)
     n = e2e.relay.connections
     assert e2e.cli("apply", "-f", str(e2e.write("a.yaml", bad)))[0] == 1

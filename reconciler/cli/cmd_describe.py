@@ -83,7 +83,8 @@ def render(obj: Any, tests: list[dict[str, Any]], events: list[Any]) -> str:
             w(f"  {last['message']}")
         stages = last.get("stageSeconds") or {}
         if stages:
-            w("  Stages: " + ", ".join(f"{k} {v * 1000:.1f}ms" for k, v in stages.items()))
+            w("  Stages: " + ", ".join(f"{k} {stages[k] * 1000:.1f}ms"
+                                       for k in sorted(stages, key=_stage_order)))
         if last.get("warnings"):
             w("  Warnings: " + ", ".join(last["warnings"]))
         transcript = last.get("transcript") or []
@@ -101,3 +102,13 @@ def render(obj: Any, tests: list[dict[str, Any]], events: list[Any]) -> str:
         for e in events:
             w(f"  {e.at}  {e.type:<8} {e.reason:<22} {e.message}")
     return "\n".join(out) + "\n"
+
+
+def _stage_order(stage: str) -> int:
+    """Stages in the order a test goes through them (the store keeps them sorted by name)."""
+    from typing import get_args
+
+    from reconciler.resources import Stage
+
+    order = get_args(Stage)
+    return order.index(stage) if stage in order else len(order)
