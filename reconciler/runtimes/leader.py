@@ -15,9 +15,12 @@ than ``lease_duration`` so that the old leader has stopped before anyone can tak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
@@ -138,3 +141,74 @@ class LeaseElector:
         except ApiError:
             pass
         self.is_leader = False
+
+
+class LeaderThread:
+    """Runs a :class:`LeaseElector` on its own thread and event loop.
+
+    The operator's loop can be saturated for seconds (10,000 resources catching up after a
+    restart run back to back); a renewal scheduled on that loop would miss its deadline and
+    the replica would give up leadership while healthy.  client-go runs the elector
+    concurrently for the same reason.  The thread has its own API connection; it tells the
+    operator's loop when leadership is acquired (:meth:`wait_acquired`) and lost
+    (``on_lost``, called on the operator's loop).
+    """
+
+    def __init__(self, make_elector: Callable[[], LeaseElector],
+                 on_lost: Callable[[], None]) -> None:
+        self._make = make_elector
+        self._on_lost = on_lost
+        self._caller: asyncio.AbstractEventLoop | None = None
+        self._acquired: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._release = True
+        self._thread: threading.Thread | None = None
+        self.elector: LeaseElector | None = None
+
+    def start(self) -> None:
+        self._caller = asyncio.get_running_loop()
+        self._acquired = self._caller.create_future()
+        self._thread = threading.Thread(target=self._main, name="lease", daemon=True)
+        self._thread.start()
+
+    async def wait_acquired(self) -> None:
+        assert self._acquired is not None
+        await asyncio.shield(self._acquired)
+
+    def _notify(self, fn: Callable[[], None]) -> None:
+        if self._caller is not None and not self._caller.is_closed():
+            self._caller.call_soon_threadsafe(fn)
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        elector = self.elector = self._make()
+        try:
+            await elector.acquire()
+
+            def acquired() -> None:
+                if self._acquired is not None and not self._acquired.done():
+                    self._acquired.set_result(None)
+
+            self._notify(acquired)
+            await elector.hold()
+            self._notify(self._on_lost)
+        except asyncio.CancelledError:
+            if self._release:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(elector.release(), 5)
+        finally:
+            await elector.api.close()
+
+    def stop(self, *, release: bool = True) -> None:
+        """Stop renewing (and release the Lease on a clean stop); waits for the thread."""
+        self._release = release
+        if self._loop is not None and self._task is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        if self._thread is not None:
+            self._thread.join(10)

@@ -54,7 +54,7 @@ from reconciler.resources import (
     ExternalSmtpSpec,
     OAuth2Provider,
 )
-from reconciler.runtimes.leader import LeaseElector
+from reconciler.runtimes.leader import LeaderThread, LeaseElector
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import CachedKubeSecretSource
@@ -531,19 +531,26 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
     controller = Controller(store, world, publisher, metrics)
     controller.secret_cache = secret_cache
     holder.append(controller)
-    elector: LeaseElector | None = None
+    leader: LeaderThread | None = None
+    lost = asyncio.Event()
     code = 0
     try:
         if config.leader_election:
-            # Its own connection pool: renewals must never queue behind bulk status writes.
-            lease_api = KubeApi(cluster, max_connections=2, timeout=config.renew_deadline)
-            elector = LeaseElector(
-                lease_api, namespace=config.lease_namespace or cluster.namespace,
-                name=config.lease_name, identity=config.identity,
-                lease_duration=config.lease_duration, renew_deadline=config.renew_deadline,
-                renew_period=config.renew_period)
+
+            def make_elector() -> LeaseElector:
+                # Built on the lease thread: its own loop and connection, so renewals
+                # never wait behind a busy reconcile loop or bulk status writes.
+                lease_api = KubeApi(cluster, max_connections=2, timeout=config.renew_deadline)
+                return LeaseElector(
+                    lease_api, namespace=config.lease_namespace or cluster.namespace,
+                    name=config.lease_name, identity=config.identity,
+                    lease_duration=config.lease_duration,
+                    renew_deadline=config.renew_deadline, renew_period=config.renew_period)
+
+            leader = LeaderThread(make_elector, on_lost=lost.set)
+            leader.start()
             state["ready"] = True  # a standby is a healthy, ready replica
-            acquire = asyncio.create_task(elector.acquire())
+            acquire = asyncio.create_task(leader.wait_acquired())
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
@@ -573,8 +580,8 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
             registry=registry, standalone=True, clusterwide=not config.namespaces,
             namespaces=config.namespaces, stop_flag=kopf_stop))
         waiters: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait()), kopf_task}
-        if elector is not None:
-            waiters.add(asyncio.create_task(elector.hold(), name="lease"))
+        if leader is not None:
+            waiters.add(asyncio.create_task(lost.wait(), name="lease"))
         gauges = asyncio.create_task(_gauges(controller))
         done, _pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if any(t.get_name() == "lease" for t in done):
@@ -590,8 +597,8 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
             await asyncio.wait_for(kopf_task, 10)
     finally:
         await controller.stop()
-        if elector is not None and code == 0:
-            await elector.release()
+        if leader is not None:  # releases the Lease on a clean stop (not after losing it)
+            await asyncio.to_thread(leader.stop, release=code == 0)
         metrics.leader.set(0)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -599,8 +606,6 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         for runner in runners:
             await runner.cleanup()
         await api.close()
-        if elector is not None:
-            await elector.api.close()
     return code
 
 
