@@ -300,10 +300,15 @@ def main() -> int:
     )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the operator logs here (default: a temporary directory)")
     args = parser.parse_args()
     counts = args.count or [1000, 10000]
     results = []
-    with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
+        tmp = str(args.workdir) if args.workdir else tmp_dir
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
         for count in counts:
             print(f"== {count} resources", flush=True)
             r = run_one(count, args.concurrency, Path(tmp))
