@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Any
 
+from reconciler.cli.cluster import add_cluster_options, cluster_errors, wants_cluster
 from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_state
 from reconciler.cli.localcmd import fail_usage, kind_of, open_store
 
@@ -18,6 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name")
     parser.add_argument("-n", "--namespace", default="default")
     add_state(parser)
+    add_cluster_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,19 +28,27 @@ def run(args: argparse.Namespace) -> int:
     kind = kind_of(args.kind)
     if kind is None:
         return fail_usage(f"unknown kind {args.kind!r}")
-    store = open_store(args.state, create=False)
-    if store is None:
-        return EXIT_USAGE
-    try:
-        ref = ObjectRef(kind, args.namespace, args.name)
-        obj = store.get_sync(ref)
-        if obj is None:
-            print(f"smtpctl: {kind} {args.namespace}/{args.name} not found", file=sys.stderr)
-            return EXIT_FAILED
-        tests = store.tests_sync(ref)
-        events = store.events_sync(ref)
-    finally:
-        store.close()
+    ref = ObjectRef(kind, args.namespace, args.name)
+    if wants_cluster(args):
+        from reconciler.cli.cluster import describe_object
+
+        with cluster_errors() as failed:
+            obj, tests, events = describe_object(args, ref)
+        if failed:
+            return EXIT_USAGE
+    else:
+        store = open_store(args.state, create=False)
+        if store is None:
+            return EXIT_USAGE
+        try:
+            obj = store.get_sync(ref)
+            tests = store.tests_sync(ref) if obj is not None else []
+            events = store.events_sync(ref) if obj is not None else []
+        finally:
+            store.close()
+    if obj is None:
+        print(f"smtpctl: {kind} {args.namespace}/{args.name} not found", file=sys.stderr)
+        return EXIT_FAILED
     sys.stdout.write(render(obj, tests, events))
     return EXIT_OK
 

@@ -12,6 +12,7 @@ import asyncio
 import sys
 from typing import Any
 
+from reconciler.cli.cluster import add_cluster_options, cluster_errors, wants_cluster
 from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_state
 from reconciler.cli.localcmd import (
     HEADER,
@@ -40,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reveal", action="store_true",
                         help="get active: include the password or a fresh access token")
     add_state(parser)
+    add_cluster_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,14 +60,22 @@ def run(args: argparse.Namespace) -> int:
             return fail_usage(f"unknown kind {args.what!r} (externalsmtp, oauth2provider, all, "
                               "active)")
         kinds = [k]
-    store = open_store(args.state, create=False)
-    if store is None:
-        return EXIT_USAGE
-    try:
-        objs = [o for k in kinds for o in store.list_sync(k, args.namespace)
-                if args.name is None or o.ref.name == args.name]
-    finally:
-        store.close()
+    if wants_cluster(args):
+        from reconciler.cli.cluster import list_objects
+
+        with cluster_errors() as failed:
+            objs = list_objects(args, kinds, args.namespace)
+        if failed:
+            return EXIT_USAGE
+    else:
+        store = open_store(args.state, create=False)
+        if store is None:
+            return EXIT_USAGE
+        try:
+            objs = [o for k in kinds for o in store.list_sync(k, args.namespace)]
+        finally:
+            store.close()
+    objs = [o for o in objs if args.name is None or o.ref.name == args.name]
     if args.name and not objs:
         print(f"smtpctl: {args.what} {args.name!r} not found", file=sys.stderr)
         return EXIT_FAILED
@@ -88,6 +98,8 @@ def _active(args: argparse.Namespace) -> int:
     if fmt not in renderers:
         return fail_usage(f"-o {fmt}: expected json, env or javamail for `get active`")
     ns = args.namespace or "default"
+    if wants_cluster(args):
+        return _active_in_cluster(args, ns, renderers[fmt])
     store = open_store(args.state, create=False)
     if store is None:
         return EXIT_USAGE
@@ -111,6 +123,26 @@ def _active(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         store.close()
+
+
+def _active_in_cluster(args: argparse.Namespace, ns: str, render: Any) -> int:
+    from reconciler.cli.cluster import list_objects
+    from reconciler.engine.active import ActiveRelayView
+
+    if args.reveal:
+        return fail_usage("--reveal reads credentials locally; in a cluster, mount the "
+                          "Secret the operator publishes (default smtp-active-relay)")
+    with cluster_errors() as failed:
+        objs = list_objects(args, ["ExternalSmtp"], ns)
+    if failed:
+        return EXIT_USAGE
+    winners = [o for o in objs if o.status.get("selected") and o.status.get("active")]
+    if not winners:
+        print(f"smtpctl: no relay is selected in namespace {ns}", file=sys.stderr)
+        return EXIT_FAILED
+    w = winners[0]
+    sys.stdout.write(render(ActiveRelayView(ns, w.ref.name, dict(w.status["active"])), None))
+    return EXIT_OK
 
 
 async def _reveal(store: Any, obj: Any, view: Any) -> Any:
