@@ -241,33 +241,14 @@ class PassSnapshot:
 def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
                 clock: Callable[[], float] = time.time) -> BasicWorld:
-    """A World wired to the real credentials layer and probe (imported here, lazily)."""
-    from reconciler.credentials.oauth import TokenManager, check_provider
-    from reconciler.credentials.resolve import resolve_smtp_credentials
+    """A World wired to the real credentials layer and probe (imported lazily)."""
     from reconciler.credentials.sources import default_sources
-    from reconciler.probe import run_probe
-    from reconciler.probe.egress import EgressPolicy
-    from reconciler.probe.verdict import ProbeCredentials, Verdict
-    from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
+    from reconciler.engine.world import live_functions
 
     sources = PassSnapshot(default_sources())
-    tokens = TokenManager(sources)
-    policy = EgressPolicy()
-
-    async def resolve_fn(res: ExternalSmtp, provider: OAuth2Provider | None) -> Any:
-        providers = {provider.metadata.name: provider} if provider is not None else {}
-        return await resolve_smtp_credentials(res, providers=providers, sources=sources,
-                                              tokens=tokens)
-
-    async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
-        verdict: Verdict = await run_probe(spec, creds, policy=policy)
-        return verdict
-
-    async def check_fn(provider: OAuth2Provider) -> Any:
-        return await check_provider(provider, tokens)
-
-    return BasicWorld(store=store, resolve_fn=resolve_fn, probe_fn=probe_fn,
-                      check_provider_fn=check_fn,
+    live = live_functions(sources)
+    return BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
+                      check_provider_fn=live.check_provider_fn,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
                       announce_testing=announce_testing, begin_pass=sources.clear)

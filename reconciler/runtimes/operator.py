@@ -50,8 +50,6 @@ from reconciler.resources import (
     API_GROUP,
     KIND_OAUTH2,
     KIND_SMTP,
-    ExternalSmtp,
-    ExternalSmtpSpec,
     OAuth2Provider,
 )
 from reconciler.runtimes.leader import LeaderThread, LeaseElector
@@ -405,38 +403,24 @@ class _MetricsSink(StoreEventSink):
 
 def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetrics,
                 sources: SecretSource) -> tuple[BasicWorld, Any]:
-    from reconciler.credentials.oauth import TokenManager, check_provider
-    from reconciler.credentials.resolve import resolve_smtp_credentials
-    from reconciler.probe import run_probe
-    from reconciler.probe.egress import EgressPolicy
-    from reconciler.probe.verdict import ProbeCredentials, Verdict
+    from reconciler.engine.world import live_functions
 
-    tokens = TokenManager(sources)
-    policy = EgressPolicy(allow_loopback=config.allow_loopback)
-
-    async def resolve_fn(res: ExternalSmtp, provider: OAuth2Provider | None) -> Any:
-        providers = {provider.metadata.name: provider} if provider is not None else {}
-        return await resolve_smtp_credentials(res, providers=providers, sources=sources,
-                                              tokens=tokens)
-
-    async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
-        verdict: Verdict = await run_probe(spec, creds, policy=policy)
-        return verdict
+    live = live_functions(sources, allow_loopback=config.allow_loopback)
 
     async def check_fn(provider: OAuth2Provider) -> Any:
         try:
-            result = await check_provider(provider, tokens)
+            result = await live.check_provider_fn(provider)
         except Exception:
             metrics.token_fetches.labels("error").inc()
             raise
         metrics.token_fetches.labels("ok" if getattr(result, "ready", False) else "failed").inc()
         return result
 
-    world = BasicWorld(store=store, resolve_fn=resolve_fn, probe_fn=probe_fn,
+    world = BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
                        check_provider_fn=check_fn, events=_MetricsSink(store, metrics),
                        limits=Limits(config.concurrency, config.per_host),
                        announce_testing=config.announce_testing)
-    return world, tokens
+    return world, live.tokens
 
 
 def _kopf_login(cluster: ClusterConfig) -> Any:
