@@ -33,6 +33,14 @@ class _PipeliningProtocol(SMTPProtocol):
         super().__init__()
         self.pipelining = False
         self._overflow = False
+        # Resolved when the transport is really closed.  (aiosmtplib's own
+        # ``_closed_future`` is never resolved, so it cannot be waited on.)
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
@@ -192,7 +200,7 @@ class Wire:
         if transport is None or protocol is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(protocol._closed_future), grace)
+            await asyncio.wait_for(asyncio.shield(protocol.closed), grace)
         except Exception:  # noqa: BLE001 - timeout, or a connection error while closing
             if isinstance(transport, asyncio.Transport):
                 transport.abort()
