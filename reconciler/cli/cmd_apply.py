@@ -23,6 +23,7 @@ from reconciler.cli.localcmd import (
     open_store,
     print_table,
     row,
+    run_locked,
 )
 
 HELP = "apply manifests to the local store and test what changed (Test Connection And Save)"
@@ -126,18 +127,13 @@ def run(args: argparse.Namespace) -> int:
     store = store or open_store(args.state, create=True)
     if store is None:
         return EXIT_USAGE
-    try:
-        from reconciler.stores.local import LockTimeout
 
-        try:
-            store.lock(args.lock_timeout)
-        except LockTimeout as exc:
-            return fail_usage(str(exc))
-        code = asyncio.run(_apply(store, manifests, args))
-        store.cache_input(digest, manifests)
+    def body(locked: Any) -> int:
+        code = asyncio.run(_apply(locked, manifests, args))
+        locked.cache_input(digest, manifests)
         return code
-    finally:
-        store.close()
+
+    return run_locked(store, args.lock_timeout, body)
 
 
 async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Namespace) -> int:

@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_state
-from reconciler.cli.localcmd import add_lock_timeout, fail_usage, kind_of, open_store
+from reconciler.cli.localcmd import (
+    add_lock_timeout,
+    fail_usage,
+    kind_of,
+    open_store,
+    run_locked,
+)
 
 HELP = "delete resources from the local store (the next Ready relay takes over)"
 
@@ -35,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
         ref_of,
     )
     from reconciler.stores.base import ObjectRef
-    from reconciler.stores.local import LockTimeout
 
     if args.files:
         try:
@@ -53,14 +59,15 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args.state, create=False)
     if store is None:
         return EXIT_USAGE
-    try:
-        try:
-            store.lock(args.lock_timeout)
-        except LockTimeout as exc:
-            return fail_usage(str(exc))
-        gone = asyncio.run(delete_refs(store, build_world(store), refs))
-    finally:
-        store.close()
+    gone: set[Any] = set()
+
+    def body(locked: Any) -> int:
+        gone.update(asyncio.run(delete_refs(locked, build_world(locked), refs)))
+        return EXIT_OK
+
+    code = run_locked(store, args.lock_timeout, body)
+    if code != EXIT_OK:
+        return code
     for r in refs:
         print(f"{r.kind}/{r.namespace}/{r.name} " + ("deleted" if r in gone else "not found"))
     return EXIT_OK if len(gone) == len(refs) or args.files else EXIT_FAILED

@@ -16,11 +16,11 @@ from reconciler.cli.localcmd import (
     HEADER,
     add_limits,
     add_lock_timeout,
-    fail_usage,
     open_store,
     print_table,
     ready_cell,
     row,
+    run_locked,
 )
 
 HELP = "reconcile the resources in the local store (once, or --watch)"
@@ -34,19 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.stores.local import LockTimeout
-
     store = open_store(args.state, create=False)
     if store is None:
         return EXIT_USAGE
-    try:
-        try:
-            store.lock(args.lock_timeout)
-        except LockTimeout as exc:
-            return fail_usage(str(exc))
-        return asyncio.run(_run(store, args))
-    finally:
-        store.close()
+    return run_locked(store, args.lock_timeout, lambda locked: asyncio.run(_run(locked, args)))
 
 
 async def _run(store: object, args: argparse.Namespace) -> int:

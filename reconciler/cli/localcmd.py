@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from reconciler.cli.common import EXIT_USAGE
@@ -48,6 +48,23 @@ def open_store(state: str, *, create: bool) -> LocalStore | None:
     except (StoreError, OSError) as exc:
         print(f"smtpctl: {exc}", file=sys.stderr)
         return None
+
+
+def run_locked(store: LocalStore, lock_timeout: float, body: Callable[[LocalStore], int]) -> int:
+    """Take the store's apply lock, run ``body``, always close the store.
+
+    A lock still held by another apply after ``lock_timeout`` seconds is a usage error
+    (exit 2) with the lock's own message."""
+    from reconciler.stores.local import LockTimeout
+
+    try:
+        try:
+            store.lock(lock_timeout)
+        except LockTimeout as exc:
+            return fail_usage(str(exc))
+        return body(store)
+    finally:
+        store.close()
 
 
 def fail_usage(message: str) -> int:
