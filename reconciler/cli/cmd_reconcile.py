@@ -29,6 +29,8 @@ HELP = "reconcile the resources in the local store (once, or --watch)"
 def configure(parser: argparse.ArgumentParser) -> None:
     add_state(parser)
     parser.add_argument("--watch", action="store_true", help="keep running")
+    parser.add_argument("--force", action="store_true",
+                        help="re-verify now: test every relay, even those not due yet")
     add_limits(parser)
     add_lock_timeout(parser)
 
@@ -57,7 +59,8 @@ async def _run(store: object, args: argparse.Namespace) -> int:
         return EXIT_OK
     objs = store.list_sync()
     with Progress(len(objs), enabled=True) as progress:
-        results = await reconcile_objects(objs, world, progress=progress)
+        results = await reconcile_objects([o.ref for o in objs], world, progress=progress,
+                                          force=args.force)
     tested = {r.ref: ("tested" if r.tested else r.action) for r in results}
     fresh = [o for o in (store.get_sync(o.ref) for o in objs) if o is not None]
     print_table([*HEADER, "TEST"], [row(o, tested=tested.get(o.ref, "-")) for o in fresh])

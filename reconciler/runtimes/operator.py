@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.credentials.base import SecretSource
-from reconciler.engine.reconcile import ReconcileResult, reconcile
+from reconciler.engine.backoff import ErrorBackoff
+from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import (
@@ -65,7 +66,6 @@ log = logging.getLogger("smtpctl.operator")
 FINALIZER = "smtp.reconciler.dev/finalizer"
 VERSION = "v1alpha1"
 IDLE_REQUEUE = 3600.0  # "only a change can help": still look again hourly
-ERROR_BACKOFF = 5.0
 
 
 @dataclass
@@ -142,6 +142,8 @@ class Controller:
         # Workers that may run a pass at once.  Without it, 10,000 workers starting
         # together would each queue an announce write before any test could commit.
         self._slots = asyncio.Semaphore(max(64, world.limits.concurrency * 4))
+        # Store/API errors and crashes: per-resource exponential backoff (1 s .. 300 s).
+        self.errors = ErrorBackoff()
 
     def index_all(self) -> None:
         """Build the Secret/provider indexes from the store's cache (before any worker)."""
@@ -252,20 +254,24 @@ class Controller:
         ref = w.ref
         while not self.stopped:
             w.wake.clear()
-            delay: float | None = ERROR_BACKOFF
+            delay: float | None
             self._busy += 1
             self.metrics.queue_depth.set(self._busy)
             try:
                 async with self._slots:
                     delay = await self._pass(ref)
+                self.errors.success(str(ref))
             except asyncio.CancelledError:
                 raise
             except (StoreError, ApiError) as exc:
+                delay = self.errors.failure(str(ref))
                 log.warning("reconcile failed; retrying", extra={
-                    "resource": str(ref), "error": str(exc)})
+                    "resource": str(ref), "error": str(exc), "retryAfter": round(delay, 1)})
             except Exception as exc:  # one bad resource must not stop the others
+                delay = self.errors.failure(str(ref))
                 log.exception("reconcile crashed; retrying", extra={
-                    "resource": str(ref), "error": type(exc).__name__})
+                    "resource": str(ref), "error": type(exc).__name__,
+                    "retryAfter": round(delay, 1)})
             finally:
                 self._busy -= 1
                 self.metrics.queue_depth.set(self._busy)
@@ -284,10 +290,9 @@ class Controller:
             # Here, under the pass slots, not at the event: 10,000 new resources must not
             # become 10,000 concurrent PATCHes.
             await self._add_finalizer(ref, list(body["metadata"].get("finalizers") or []))
-        obj = await self.store.get(ref)
-        if obj is None:
+        result = await reconcile(ref, self.world)  # by key: it reads the object itself
+        if result.action == ReconcileAction.GONE:
             return None
-        result = await reconcile(obj, self.world)
         self._observe(result)
         if ref.kind == KIND_SMTP:
             await self.publisher.sync(ref.namespace)
@@ -403,7 +408,7 @@ class _MetricsSink(StoreEventSink):
 
 def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetrics,
                 sources: SecretSource) -> tuple[BasicWorld, Any]:
-    from reconciler.engine.world import live_functions
+    from reconciler.runtimes.live import live_functions
 
     live = live_functions(sources, allow_loopback=config.allow_loopback)
 
