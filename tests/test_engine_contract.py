@@ -21,7 +21,8 @@ from reconciler.resources import OAuth2Provider
 from reconciler.runtimes.local import PassError, reconcile_objects
 from reconciler.stores.base import ObjectRef, StatusMutator, StoredObject, StoreError
 from reconciler.stores.local import LocalStore
-from tests.test_engine import Fake, Health, apply, doc, env  # noqa: F401
+from tests.test_engine import Health, apply, doc
+from tests.test_engine import env as _env  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,7 +197,7 @@ async def test_provider_failure_reaches_the_relay_with_its_own_reason(
 
 async def test_provider_not_checked_yet_is_not_ready(env: Any) -> None:
     store, fake, world = env
-    (p, r) = store.upsert_many([provider_doc(), oauth_doc("o")], now=fake.now)
+    (_p, r) = store.upsert_many([provider_doc(), oauth_doc("o")], now=fake.now)
     result = await reconcile(r.obj.ref, world)  # the provider has no status yet
     ready = cond.of(result.status, cond.READY)
     assert ready is not None and ready["reason"] == "OAuth2ProviderNotReady"
