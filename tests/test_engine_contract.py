@@ -6,6 +6,7 @@ Injected functions (tests/test_engine.py's ``Fake``) over the real SQLite store.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,25 @@ from reconciler.engine import conditions as cond
 from reconciler.engine.backoff import ErrorBackoff, backoff_delay, refresh_delay
 from reconciler.engine.plan import plan_one
 from reconciler.engine.reconcile import PROVIDER_REFRESH, ReconcileAction, reconcile
-from reconciler.engine.world import BasicWorld
+from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import OAuth2Provider
 from reconciler.runtimes.local import PassError, reconcile_objects
 from reconciler.stores.base import ObjectRef, StatusMutator, StoredObject, StoreError
 from reconciler.stores.local import LocalStore
-from tests.test_engine import Health, apply, doc
-from tests.test_engine import env as _env  # noqa: F401 - the fixture
+from tests.test_engine import Fake, Health, apply, doc
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[LocalStore, Fake, BasicWorld]]:
+    store = LocalStore(tmp_path / "state")
+    fake = Fake()
+    world = BasicWorld(store=store, resolve_fn=fake.resolve, probe_fn=fake.probe,
+                       check_provider_fn=fake.check, events=StoreEventSink(store),
+                       limits=Limits(4, 2), clock_fn=lambda: fake.now)
+    yield store, fake, world
+    store.close()
 
 
 def provider_doc(name: str = "idp", **spec: Any) -> dict[str, Any]:
