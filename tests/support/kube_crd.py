@@ -71,6 +71,19 @@ def not_supported(path: str, value: Any, supported: tuple[str, ...]) -> Cause:
             "message": f"{path}: Unsupported value: {_show(value)}: supported values: {shown}"}
 
 
+def default_crd(crd: dict[str, Any]) -> dict[str, Any]:
+    """apiextensions/v1 defaults (``SetDefaults_CustomResourceDefinition*``): singular is the
+    lower-cased kind, listKind is kind + "List", conversion strategy None."""
+    spec = crd.get("spec")
+    if isinstance(spec, dict):
+        names = spec.setdefault("names", {})
+        if names.get("kind"):
+            names.setdefault("singular", str(names["kind"]).lower())
+            names.setdefault("listKind", f"{names['kind']}List")
+        spec.setdefault("conversion", {"strategy": "None"})
+    return crd
+
+
 def validate_crd(crd: Mapping[str, Any]) -> list[Cause]:
     """The causes a real API server would answer a create of ``crd`` with (empty: admitted)."""
     causes: list[Cause] = []

@@ -59,7 +59,7 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import apps, enums, parsing, rendering
 
-from tests.support.kube_crd import validate_crd
+from tests.support.kube_crd import default_crd, validate_crd
 from tests.support.kube_schema import StructuralSchema
 from tests.support.kube_selectors import parse_field_selector, parse_label_selector
 
@@ -258,6 +258,7 @@ class KubeEmulator(KubernetesEmulator):
 
         The CRD must pass the API server's admission (tests/support/kube_crd.py): a CRD a
         real server would refuse raises ``ValueError`` with its causes."""
+        crd = default_crd(copy.deepcopy(dict(crd)))
         causes = validate_crd(crd)
         if causes:
             raise ValueError("; ".join(c["message"] for c in causes))
@@ -645,6 +646,7 @@ class KubeEmulator(KubernetesEmulator):
     def _admit_crd(self, kind: Kind, obj: Obj) -> Obj:
         """apiextensions-apiserver: validate, then (the controllers) accept the names and
         establish the CRD, recording both as status conditions."""
+        obj = default_crd(obj)
         causes = validate_crd(obj)
         if causes:
             raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
@@ -791,7 +793,7 @@ class KubeEmulator(KubernetesEmulator):
         new = self._admit(kind, new, old)
         if kind.plural == "customresourcedefinitions" and subresource is None \
                 and new.get("spec") != old.get("spec"):
-            causes = validate_crd(new)
+            causes = validate_crd(default_crd(new))
             if causes:
                 raise self._invalid(kind, old_meta["name"], causes)
         if new == old:
