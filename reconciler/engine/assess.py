@@ -181,8 +181,6 @@ async def assess(obj: StoredObject, world: World, *, force: str | None = None) -
 
 
 def _human(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds:.0f}s"
+    from reconciler.resources import format_duration
+
+    return format_duration(seconds)

@@ -24,16 +24,17 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def find(conditions: Sequence[Mapping[str, Any]], ctype: str) -> Condition | None:
+def find(conditions: Sequence[Mapping[str, Any]], ctype: str) -> dict[str, Any] | None:
+    """The condition ``ctype`` in a list of conditions (untyped; see :func:`of`)."""
     for c in conditions:
         if c.get("type") == ctype:
-            return cast(Condition, c)
+            return cast(dict[str, Any], c)
     return None
 
 
 def of(status: Mapping[str, Any], ctype: str) -> Condition | None:
-    """The condition ``ctype`` of a status, or None."""
-    return find(status.get("conditions") or [], ctype)
+    """The condition ``ctype`` of a status, typed, or None."""
+    return cast(Condition | None, find(status.get("conditions") or [], ctype))
 
 
 def attr(status: Mapping[str, Any], ctype: str, key: str) -> Any:
@@ -53,7 +54,7 @@ def set_condition(
 ) -> list[Condition]:
     """A new list with ``ctype`` set; keeps ``lastTransitionTime`` unless status changed."""
     old = find(conditions, ctype)
-    ltt = old["lastTransitionTime"] if old and old.get("status") == status else rfc3339(now)
+    ltt = str(old["lastTransitionTime"]) if old and old.get("status") == status else rfc3339(now)
     new: Condition = {"type": ctype, "status": status, "reason": reason, "message": message,
                       "lastTransitionTime": ltt, "observedGeneration": generation}
     out = [cast(Condition, c) for c in conditions if c.get("type") != ctype]
