@@ -61,6 +61,7 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import apps, enums, parsing, rendering
 
+from tests.support import kube_api
 from tests.support.kube_auth import (
     ANONYMOUS,
     Authenticator,
@@ -89,6 +90,7 @@ class Kind:
     generation: bool = False
     schema: StructuralSchema | None = None
     unconditional_update: bool = True
+    columns: tuple[dict[str, Any], ...] = ()
 
     @property
     def key(self) -> ResKey:
@@ -232,6 +234,7 @@ class KubeEmulator(KubernetesEmulator):
     _requests_by_method: dict[str, int] = attrs.field(factory=dict, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _crd_of: dict[ResKey, str] = attrs.field(factory=dict, init=False)
+    _field_validation: str | None = attrs.field(default=None, init=False)
     # Strict mode: every request is authenticated (bearer token or client certificate) and
     # authorized by RBAC from the Role/ClusterRole/binding objects stored here.
     strict: bool = False
@@ -312,6 +315,7 @@ class KubeEmulator(KubernetesEmulator):
                     generation=True,
                     unconditional_update=False,
                     schema=StructuralSchema(schema) if schema else None,
+                    columns=tuple(version.get("additionalPrinterColumns") or ()),
                 )
             )
 
@@ -422,7 +426,83 @@ class KubeEmulator(KubernetesEmulator):
         return await super().__call__(raw_request)
 
     # --- the HTTP side -----------------------------------------------------------------
+    def _crd_names(self) -> dict[tuple[str, str], Obj]:
+        out: dict[tuple[str, str], Obj] = {}
+        for crd in self._data[("apiextensions.k8s.io", "v1", "customresourcedefinitions")].values():
+            out[(crd["spec"]["group"], crd["spec"]["names"]["plural"])] = crd["spec"]["names"]
+        return out
+
+    def _group_versions(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for kind in self._kinds.values():
+            versions = groups.setdefault(kind.group, [])
+            if kind.version not in versions:
+                versions.append(kind.version)
+        return groups
+
+    def _kinds_of(self, group: str, version: str) -> list[Kind]:
+        return [k for k in self._kinds.values() if (k.group, k.version) == (group, version)]
+
+    def _api_surface(self, request: rendering.Request) -> Obj | None:
+        """Discovery, /version and OpenAPI (tests/support/kube_api.py), or None."""
+        if request.method != enums.method.GET:
+            return None
+        path = request.url.path.rstrip("/")
+        parts = path.strip("/").split("/")
+        if path == "/version":
+            return kube_api.version_body()
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": request.url.host or ""}]}
+        if path == "/api/v1" or (len(parts) == 3 and parts[0] == "apis"):
+            group, version = ("", "v1") if path == "/api/v1" else (parts[1], parts[2])
+            kinds = self._kinds_of(group, version)
+            if not kinds:
+                return None
+            return {"kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": f"{group}/{version}" if group else version,
+                    "resources": kube_api.resource_entries(kinds, self._crd_names())}
+        groups = {g: v for g, v in self._group_versions().items() if g}
+        if path == "/apis" or (len(parts) == 2 and parts[0] == "apis"):
+            def group_obj(name: str, versions: list[str]) -> Obj:
+                vs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
+                return {"name": name, "versions": vs, "preferredVersion": vs[0]}
+            if path == "/apis":
+                return {"kind": "APIGroupList", "apiVersion": "v1",
+                        "groups": [group_obj(g, v) for g, v in sorted(groups.items())]}
+            if parts[1] not in groups:
+                return None
+            return {"kind": "APIGroup", "apiVersion": "v1", **group_obj(parts[1], groups[parts[1]])}
+        if path == "/openapi/v3":
+            out: Obj = {"paths": {}}
+            for g, versions in self._group_versions().items():
+                for v in versions:
+                    key = f"apis/{g}/{v}" if g else f"api/{v}"
+                    out["paths"][key] = {"serverRelativeURL": f"/openapi/v3/{key}?hash={self._rv}"}
+            return out
+        if path.startswith("/openapi/v3/api"):
+            rest = path.removeprefix("/openapi/v3/").split("/")
+            group, version = ("", rest[1]) if rest[0] == "api" and len(rest) == 2 else (
+                (rest[1], rest[2]) if len(rest) == 3 else ("", ""))
+            kinds = self._kinds_of(group, version)
+            return kube_api.openapi_v3(group, version, kinds, {}) if kinds else None
+        if path == "/openapi/v2":
+            return kube_api.openapi_v2(
+                kube_api.openapi_v3(g, v, self._kinds_of(g, v), {})
+                for g, versions in self._group_versions().items() for v in versions)
+        return None
+
     async def _handle(self, request: rendering.Request) -> Any:
+        surface = self._api_surface(request)
+        if surface is not None:
+            return await rendering.Response(payload=surface)(request)
+        ctype = (request.headers.get("Content-Type") or "").lower()
+        if "protobuf" in ctype:
+            raise ApiError(415, "UnsupportedMediaType",
+                           f'the body of the request was in an unknown format - accepted media '
+                           f'types include: application/json, application/yaml, '
+                           f'application/apply-patch+yaml (got "{ctype}"; this API server '
+                           f'stand-in speaks JSON only)')
         # Skip the stock emulator's dict-merging bookkeeping: our handlers own the state.
         # kmock matches every request against every reaction (~20 ms per request); while a
         # test has added no reaction of its own, API calls go straight to our handlers.
@@ -430,12 +510,17 @@ class KubeEmulator(KubernetesEmulator):
                 and request.resource.plural:
             handler = self._direct(request)
             if handler is not None:
-                return await rendering.Response(payload=await _call(handler, request))(request)
+                headers = {"Content-Type": "application/json"} \
+                    if handler == self._serve_watch else None
+                return await rendering.Response(payload=await _call(handler, request),
+                                                headers=headers)(request)
         return await apps.RawHandler._handle(self, request)
 
     def _direct(self, request: rendering.Request) -> Callable[[rendering.Request], Any] | None:
         action = request.action
-        if action == enums.action.WATCH:
+        if action == enums.action.WATCH or (
+                request.method == enums.method.GET
+                and str(request.params.get("watch", "")).lower() in ("1", "true")):
             return self._serve_watch
         if request.method == enums.method.PUT and request.name is not None:
             return self._serve_replace
@@ -486,6 +571,10 @@ class KubeEmulator(KubernetesEmulator):
         obj = self._data[kind.key].get((request.namespace or "", request.name or ""))
         if obj is None:
             raise self._not_found(kind, request.name or "")
+        if kube_api.wants_table(request.headers.get("Accept")):
+            return kube_api.table(kind, list(kind.columns), [obj],
+                                  {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                                  request.params.get("includeObject", "Metadata"))
         return obj
 
     def _filters(self, request: rendering.Request) -> Callable[[Obj], bool]:
@@ -527,6 +616,9 @@ class KubeEmulator(KubernetesEmulator):
             ).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
+        if kube_api.wants_table(request.headers.get("Accept")):
+            return kube_api.table(kind, list(kind.columns), items, meta,
+                                  request.params.get("includeObject", "Metadata"))
         return {
             "apiVersion": kind.api_version,
             "kind": f"{kind.kind}List",
@@ -634,6 +726,13 @@ class KubeEmulator(KubernetesEmulator):
             obj.setdefault("type", "Opaque")
         if kind.schema is None:
             return obj
+        if self._field_validation == "Strict":
+            unknown = kind.schema.unknown_fields(obj)
+            if unknown:
+                detail = ", ".join(f'unknown field "{u}"' for u in unknown)
+                raise ApiError(400, "BadRequest",
+                               f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                               f"{kind.kind}: strict decoding error: {detail}")
         obj = kind.schema.default(kind.schema.prune(obj))
         causes = kind.schema.validate(obj, old)
         if causes:
@@ -641,6 +740,7 @@ class KubeEmulator(KubernetesEmulator):
         return obj
 
     async def _serve_create(self, request: rendering.Request) -> Any:
+        self._field_validation = request.params.get("fieldValidation")
         kind = self._kind(request)
         body = request.data
         if not isinstance(body, dict):
@@ -668,6 +768,9 @@ class KubeEmulator(KubernetesEmulator):
                     "not match the namespace sent on the request",
                 )
             meta["namespace"] = ns
+            if self.strict and ("", ns) not in self._data[("", "v1", "namespaces")]:
+                raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
+                               {"name": ns, "kind": "namespaces"})
             self._ensure_namespace(ns)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -738,6 +841,7 @@ class KubeEmulator(KubernetesEmulator):
         return obj
 
     async def _serve_update(self, request: rendering.Request) -> Any:
+        self._field_validation = request.params.get("fieldValidation")
         """PATCH: merge patch, JSON patch; strategic merge for built-in kinds only."""
         kind = self._kind(request)
         old = self._existing(kind, request)
@@ -773,6 +877,7 @@ class KubeEmulator(KubernetesEmulator):
         return self._write(kind, old, new, request.subresource)
 
     async def _serve_replace(self, request: rendering.Request) -> Any:
+        self._field_validation = request.params.get("fieldValidation")
         """PUT: a full replacement, optimistic on ``metadata.resourceVersion``."""
         kind = self._kind(request)
         old = self._existing(kind, request)
