@@ -104,7 +104,8 @@ def test_operator_service_account_gets_exactly_our_rbac(cluster: EmulatorThread)
     token = cluster.service_account_token(*SA)
     allowed = [
         ("GET", "/apis/smtp.reconciler.dev/v1alpha1/externalsmtps"),
-        ("GET", "/apis/smtp.reconciler.dev/v1alpha1/namespaces/mail/oauth2providers?watch=1&timeoutSeconds=1"),
+        ("GET", "/apis/smtp.reconciler.dev/v1alpha1/namespaces/mail/oauth2providers"
+                "?watch=1&timeoutSeconds=1"),
         ("GET", "/api/v1/secrets"),
         ("GET", "/apis/coordination.k8s.io/v1/namespaces/smtpctl-system/leases/x"),
         ("GET", "/apis"),
