@@ -150,7 +150,7 @@ def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, Relay
         assert relay.connections == connections
         assert {n: c.smtp(NS, n)["metadata"]["resourceVersion"] for n in rvs} == rvs  # type: ignore[index]
         assert all(r.get("action") == "skipped" for r in op.logs() if r.get("msg") == "reconciled")
-        # The API server compacts and drops the watches: kopf re-lists after 410 Gone and
+        # The API server compacts and drops the watches: the operator re-lists after 410 Gone and
         # the operator still reacts to changes.
         assert c.kube.emu is not None
         c.kube.call(c.kube.emu.compact)

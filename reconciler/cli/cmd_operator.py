@@ -15,8 +15,9 @@ HELP = "run the Kubernetes operator (reconcile ExternalSmtp/OAuth2Provider resou
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None,
-                        help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    parser.add_argument("--kubeconfig", default=None,
+                        help="kubeconfig file (default: in-cluster when running in a pod, "
+                        "then $KUBECONFIG, then ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[],

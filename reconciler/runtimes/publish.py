@@ -21,6 +21,7 @@ For each namespace with an active relay the operator maintains one Secret (defau
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ from reconciler.engine.active import ActiveRelayView, to_env
 from reconciler.resources import API_VERSION, KIND_SMTP, SecretRef
 from reconciler.secret import Secret
 from reconciler.stores.kube import KubeStore
-from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
+from reconciler.stores.kubeapi import Conflict, KubeApi, NotFound, resource_path
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,8 @@ class Publisher:
             cur = await self.api.get(self._path(ns))
             ann = (cur.get("metadata") or {}).get("annotations") or {}
             self._published[ns] = (ann.get(FINGERPRINT, ""), float(ann.get(TOKEN_EXPIRES, 0)))
-        except ApiError as exc:
-            if exc.code != 404:
-                raise
+        except NotFound:
+            pass
         self._loaded.add(ns)
 
     async def sync(self, ns: str) -> str:
@@ -85,11 +85,8 @@ class Publisher:
         body = self.active_in(ns)
         if body is None:
             if ns in self._published:
-                try:
+                with contextlib.suppress(NotFound):
                     await self.api.delete(self._path(ns))
-                except ApiError as exc:
-                    if exc.code != 404:
-                        raise
                 del self._published[ns]
                 self._note("deleted")
                 return "deleted"
@@ -130,18 +127,15 @@ class Publisher:
             if op == "created":
                 try:
                     await self.api.post(self._path(ns, with_name=False), manifest)
-                except ApiError as exc:
-                    if exc.code != 409:
-                        raise
+                except Conflict:
                     op = "updated"
             if op == "updated":
                 await self.api.put(self._path(ns), manifest)  # unconditional for Secrets
-        except ApiError as exc:
-            if exc.code == 404 and op == "updated":
-                await self.api.post(self._path(ns, with_name=False), manifest)
-                op = "created"
-            else:
+        except NotFound:
+            if op != "updated":
                 raise
+            await self.api.post(self._path(ns, with_name=False), manifest)
+            op = "created"
         self._published[ns] = (fingerprint, float(new_expiry or 0))
         self._note(op)
         log.info("published active relay", extra={"namespace": ns, "relay": meta["name"],

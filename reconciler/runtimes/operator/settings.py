@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 FINALIZER = "smtp.reconciler.dev/finalizer"
 IDLE_REQUEUE = 3600.0  # "only a change can help": still look again hourly
-ERROR_BACKOFF = 5.0
+ERROR_BACKOFF = 1.0  # first retry after a failed pass; doubles per failure
+ERROR_BACKOFF_MAX = 300.0
 
 
 @dataclass
