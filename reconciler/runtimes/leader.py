@@ -63,6 +63,11 @@ class LeaseElector:
         self.transitions = 0
         self._last_error = ""
 
+    @property
+    def reachable(self) -> bool:
+        """False while the last attempt could not get an answer about the Lease."""
+        return not self._last_error
+
     def _report(self, exc: ApiError) -> None:
         """One line per change of error (not one per retry) naming the server."""
         what = f"{exc.code or ''} {exc.reason}".strip()

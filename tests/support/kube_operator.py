@@ -27,6 +27,7 @@ from tests.support import canary
 from tests.support.kube_emulator import EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2]
+IN_CLUSTER = Path("/in-cluster")  # OperatorProcess(kubeconfig=IN_CLUSTER): no --kubeconfig
 GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
 T = TypeVar("T")
 
@@ -178,16 +179,21 @@ class OperatorProcess:
         *args: str,
         lease_namespace: str = "default",
         lease_duration: float = 3.0,
+        kubeconfig: Path | None = None,
+        health_port: int = -1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.log = c.tmp / f"operator-{name}.log"
         self.identity = name
+        self.extra_env = dict(env or {})
+        cfg = str(kubeconfig or c.kubeconfig)
+        where = [] if kubeconfig == IN_CLUSTER else ["--kubeconfig", cfg]
         self.args = [
             sys.executable,
             "-m",
             "reconciler",
             "operator",
-            "--kubeconfig",
-            str(c.kubeconfig),
+            *where,
             "--identity",
             name,
             "--lease-namespace",
@@ -198,8 +204,10 @@ class OperatorProcess:
             str(lease_duration * 2 / 3),
             "--renew-period",
             str(lease_duration / 6),
+            "--health-host",
+            "127.0.0.1",
             "--health-port",
-            "-1",
+            str(health_port),
             "--metrics-port",
             "-1",
             "--allow-loopback",
@@ -210,6 +218,8 @@ class OperatorProcess:
 
     def __enter__(self) -> OperatorProcess:
         env = dict(os.environ, SMTPCTL_VERSION_KEY="e2e-version-key", PYTHONUNBUFFERED="1")
+        env.pop("KUBECONFIG", None)
+        env.update(self.extra_env)
         self._fh = self.log.open("ab")
         self.proc = subprocess.Popen(
             self.args, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -236,6 +246,33 @@ class OperatorProcess:
         self.stop()
         self._fh.close()
         canary.assert_no_canary(self.log.read_bytes(), where=f"operator log {self.log.name}")
+
+    def exited(self) -> int | None:
+        assert self.proc is not None
+        return self.proc.poll()
+
+    def health_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of /healthz and /readyz (needs ``health_port=0``)."""
+        for r in self.logs():
+            if r.get("msg") == "listening" and "/readyz" in (r.get("paths") or []):
+                return f"http://127.0.0.1:{r['port']}"
+        return ""
+
+    def readyz(self) -> int:
+        """The /readyz status code (0 when it cannot be reached)."""
+        import urllib.error
+        import urllib.request
+
+        url = self.health_url()
+        if not url:
+            return 0
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return 0
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from reconciler.engine.selection import select_scope
@@ -82,7 +83,7 @@ async def finalize_once(store: KubeStore, world: BasicWorld, publisher: Publishe
 
 
 async def finalize(store: KubeStore, world: BasicWorld, publisher: Publisher,
-                   ref: ObjectRef) -> None:
+                   ref: ObjectRef, *, backoff: Callable[[int], float] = error_backoff) -> None:
     """:func:`finalize_once`, retried with exponential backoff until it succeeds."""
     await world.events.emit(Event(ref, "Normal", "Deleting",
                                   f"{ref.kind} {ref.name!r} is being deleted; "
@@ -96,12 +97,12 @@ async def finalize(store: KubeStore, world: BasicWorld, publisher: Publisher,
             raise
         except (ApiError, StoreError) as exc:
             failures += 1
-            delay = error_backoff(failures)
+            delay = backoff(failures)
             log.warning("finalizer cleanup failed; retrying", extra={
                 "resource": str(ref), "error": str(exc), "retryAfter": delay})
         except Exception as exc:
             failures += 1
-            delay = error_backoff(failures)
+            delay = backoff(failures)
             log.exception("finalizer cleanup crashed; retrying", extra={
                 "resource": str(ref), "error": type(exc).__name__, "retryAfter": delay})
         await asyncio.sleep(delay)

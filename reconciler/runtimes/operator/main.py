@@ -158,12 +158,21 @@ async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness) 
         await asyncio.sleep(1)
 
 
-async def _wait_for_lease(leader: LeaderThread, stop: asyncio.Event) -> bool:
-    """True once this replica leads; False when asked to stop first."""
+async def _wait_for_lease(leader: LeaderThread, stop: asyncio.Event,
+                          state: health.Readiness) -> bool:
+    """True once this replica leads; False when asked to stop first.  Meanwhile a standby
+    is ready while it can reach the API server (it can take over)."""
     acquire = asyncio.create_task(leader.wait_acquired())
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
+    try:
+        for _ in range(10**9):
+            done, _ = await asyncio.wait({acquire, stopper}, timeout=0.5,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                break
+            state.ready = leader.elector is not None and leader.elector.reachable
+    finally:
+        stopper.cancel()
     if not acquire.done():
         acquire.cancel()
         return False
@@ -235,8 +244,7 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         if config.leader_election:
             leader = _make_leader(config, creds, lost)
             leader.start()
-            state.ready = True  # a standby is a healthy, ready replica
-            if not await _wait_for_lease(leader, stop):
+            if not await _wait_for_lease(leader, stop, state):
                 return 0
             metrics.leader.set(1)
         state.ready = False
