@@ -50,6 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip the Reconciling=True write before each test")
     parser.add_argument("--allow-loopback", action="store_true",
                         help="allow connection tests to loopback addresses (off in a pod)")
+    parser.add_argument("--remove-finalizers", action="store_true",
+                        help="remove the operator's finalizer from every ExternalSmtp in scope "
+                        "and exit (uninstalling when the operator no longer runs)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
 
 
@@ -76,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.identity:
         config.identity = args.identity
+    if os.environ.get("SMTPCTL_VERSION_KEY"):
+        config.version_key = os.environ["SMTPCTL_VERSION_KEY"].encode()
+    if args.remove_finalizers:
+        from reconciler.runtimes.operator.main import remove_finalizers
+
+        return asyncio.run(remove_finalizers(config))
     try:
         return asyncio.run(run_operator(config))
     except OSError as exc:

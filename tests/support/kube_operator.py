@@ -1,8 +1,9 @@
 """Running the real operator process against the emulator, for end-to-end tests.
 
-``cluster()`` starts the emulator (in a thread) with our CRDs - the generated ones from
-``manifests/crds`` when present, else a permissive stand-in with the same names, status
-subresource and scope - and writes a kubeconfig.  ``OperatorProcess`` runs
+``cluster()`` starts the emulator (in a thread), creates our generated CRDs from
+``manifests/crds`` through the API and writes a kubeconfig.  ``standin_crd`` (free-form
+spec and status) is only for store-level tests of concurrency contracts, never for
+operator tests.  ``OperatorProcess`` runs
 ``python -m reconciler operator --kubeconfig ...`` as a subprocess (the way it runs in a
 pod), logs to a file the tests grep for canaries, and is always stopped.
 """
@@ -70,16 +71,24 @@ def standin_crd(kind: str, plural: str) -> dict[str, Any]:
 
 @contextmanager
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """The emulator with our generated CRDs, created through the API as ``kubectl apply``
+    would (so they can be deleted again, and a CRD the API server would refuse fails here).
+
+    No fallback: without ``manifests/crds`` this fails (it used to install a permissive
+    stand-in silently, so a broken CRD could never fail an operator test)."""
     crd_dir = ROOT / "manifests" / "crds"
+    docs = [d for p in sorted(crd_dir.glob("*.y*ml")) for d in yaml.safe_load_all(p.read_text())
+            if d and d.get("kind") == "CustomResourceDefinition"]
+    if len(docs) != 2:
+        raise AssertionError(f"expected the 2 generated CRDs in {crd_dir}, found {len(docs)}")
     with EmulatorThread() as kube:
         assert kube.emu is not None
-        installed = kube.call(kube.emu.install_crd_files, crd_dir) if crd_dir.is_dir() else 0
-        if not installed:
-            kube.call(kube.emu.install_crd, standin_crd("ExternalSmtp", "externalsmtps"))
-            kube.call(kube.emu.install_crd, standin_crd("OAuth2Provider", "oauth2providers"))
         cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
         client = kubernetes.config.new_client_from_config(str(cfg))
         try:
+            ext = kubernetes.client.ApiextensionsV1Api(client)
+            for doc in docs:
+                ext.create_custom_resource_definition(doc)
             yield Cluster(kube, cfg, client, tmp_path)
         finally:
             client.close()

@@ -71,15 +71,19 @@ async def add_finalizer(store: KubeStore, ref: ObjectRef) -> None:
         pass
 
 
+async def remove_finalizer(store: KubeStore, ref: ObjectRef) -> None:
+    try:
+        await _patch_finalizers(store, ref, add=False)
+    except NotFound:
+        pass
+
+
 async def finalize_once(store: KubeStore, world: BasicWorld, publisher: Publisher,
                         ref: ObjectRef) -> None:
     """Release selection (failover), update the published Secret, drop the finalizer."""
     await select_scope(ref.namespace, world)  # deleting objects do not take part
     await publisher.sync(ref.namespace)
-    try:
-        await _patch_finalizers(store, ref, add=False)
-    except NotFound:
-        pass
+    await remove_finalizer(store, ref)
 
 
 async def finalize(store: KubeStore, world: BasicWorld, publisher: Publisher,

@@ -27,13 +27,15 @@ from reconciler.runtimes.operator import health
 from reconciler.runtimes.operator.controller import Controller
 from reconciler.runtimes.operator.index import DependencyIndex
 from reconciler.runtimes.operator.settings import OperatorConfig
+from reconciler.runtimes.operator.versionkey import ensure_version_key
 from reconciler.runtimes.operator.watching import Reflector
 from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
-from reconciler.secret import Secret
-from reconciler.stores.base import Event, ObjectRef
-from reconciler.stores.kube import PLURALS, KubeStore, to_stored
+from reconciler.secret import Secret, set_version_key
+from reconciler.stores.base import Event, ObjectRef, StoreError
+from reconciler.stores.kube import PLURALS, KubeStore, ref_of, to_stored
 from reconciler.stores.kubeapi import (
+    ApiError,
     ConfigError,
     Credentials,
     KubeApi,
@@ -248,6 +250,9 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
                 return 0
             metrics.leader.set(1)
         state.ready = False
+        key = config.version_key or await ensure_version_key(
+            parts.api, config.lease_namespace or creds.namespace)
+        set_version_key(key)  # the credentials layer reads it when hashing values
         code = await _run_watches(config, parts, stop, lost if leader is not None else None,
                                   state)
     finally:
@@ -262,3 +267,41 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
             await runner.cleanup()
         await parts.api.close()
     return code
+
+
+async def remove_finalizers(config: OperatorConfig) -> int:
+    """``smtpctl operator --remove-finalizers``: drop our finalizer from every ExternalSmtp
+    in scope (with preconditions; other finalizers stay) and exit.  For uninstalling when
+    the operator no longer runs, so the CRDs can be deleted without objects stuck in
+    Terminating.  Returns the exit code (0, or 1 when an object could not be updated)."""
+    from reconciler.runtimes.operator import finalizers
+
+    try:
+        creds = load_credentials(config.kubeconfig, config.context)
+    except ConfigError as exc:
+        log.error(f"cannot configure the Kubernetes client: {exc}")
+        return 2
+    api = KubeApi(creds)
+    store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector)
+    failed = 0
+    try:
+        try:
+            await store.prime()
+        except ApiError as exc:
+            log.error(f"cannot list ExternalSmtps on {describe_server(creds)}: "
+                      f"{exc.code or ''} {exc.reason}")
+            return 1
+        for body in store.cached_objects(KIND_SMTP):
+            ref = ref_of(body)
+            if not finalizers.has_finalizer(body):
+                continue
+            try:
+                await finalizers.remove_finalizer(store, ref)
+                log.info("finalizer removed", extra={"resource": str(ref)})
+            except (ApiError, StoreError) as exc:
+                failed += 1
+                log.error("cannot remove the finalizer", extra={"resource": str(ref),
+                                                                 "error": str(exc)})
+    finally:
+        await api.close()
+    return 1 if failed else 0

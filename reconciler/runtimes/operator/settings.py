@@ -34,3 +34,5 @@ class OperatorConfig:
     announce_testing: bool = True
     # In a pod, loopback is the pod itself (sidecars): refused unless asked for (tests).
     allow_loopback: bool = False
+    # Key of the secret-version hashes; None: the shared Secret smtpctl-version-key.
+    version_key: bytes | None = None
