@@ -15,8 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from reconciler.engine.backoff import ErrorBackoff
 from reconciler.runtimes.metrics import OperatorMetrics
+from reconciler.runtimes.operator.settings import ERROR_BACKOFF, ERROR_BACKOFF_MAX
 from reconciler.stores.base import ObjectRef, StoreError
 from reconciler.stores.kubeapi import ApiError
 
@@ -31,6 +31,12 @@ class Worker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     generation: int = 0
+    failures: int = 0  # consecutive failed passes: the error backoff's exponent
+
+
+def error_backoff(failures: int) -> float:
+    """Per-item exponential backoff after a failed pass: 1 s, 2 s, 4 s ... capped."""
+    return float(min(ERROR_BACKOFF_MAX, ERROR_BACKOFF * 2 ** max(0, failures - 1)))
 
 
 class WorkerPool:
@@ -43,8 +49,6 @@ class WorkerPool:
         # Workers that may run a pass at once.  Without it, 10,000 workers starting
         # together would each queue an announce write before any test could commit.
         self._slots = asyncio.Semaphore(slots)
-        # Store/API errors and crashes: per-resource exponential backoff (1 s .. 300 s).
-        self.errors = ErrorBackoff()
 
     def ensure(self, ref: ObjectRef, generation: int) -> None:
         """Start a worker for ``ref``, or wake it when ``generation`` is new to it."""
@@ -77,24 +81,25 @@ class WorkerPool:
         ref = w.ref
         while not self.stopped:
             w.wake.clear()
-            delay: float | None
+            delay: float | None = None
             self._busy += 1
             self._metrics.queue_depth.set(self._busy)
             try:
                 async with self._slots:
                     delay = await self._pass(ref)
-                self.errors.success(str(ref))
+                w.failures = 0
             except asyncio.CancelledError:
                 raise
             except (StoreError, ApiError) as exc:
-                delay = self.errors.failure(str(ref))  # per-item exponential backoff
+                w.failures += 1
+                delay = error_backoff(w.failures)
                 log.warning("reconcile failed; retrying", extra={
-                    "resource": str(ref), "error": str(exc), "retryAfter": round(delay, 1)})
+                    "resource": str(ref), "error": str(exc), "retryAfter": delay})
             except Exception as exc:  # one bad resource must not stop the others
-                delay = self.errors.failure(str(ref))
+                w.failures += 1
+                delay = error_backoff(w.failures)
                 log.exception("reconcile crashed; retrying", extra={
-                    "resource": str(ref), "error": type(exc).__name__,
-                    "retryAfter": round(delay, 1)})
+                    "resource": str(ref), "error": type(exc).__name__, "retryAfter": delay})
             finally:
                 self._busy -= 1
                 self._metrics.queue_depth.set(self._busy)
