@@ -52,7 +52,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"{' | '.join(FORMATS)} (default text); for `get active`: "
                         f"{' | '.join(ACTIVE_FORMATS)} (default json)")
     parser.add_argument("--reveal", action="store_true",
-                        help="get active: include the password or a fresh access token")
+                        help="get active: include the password or a fresh access token - "
+                        "only the value that passed the test (exit 1 otherwise)")
+    parser.add_argument("--require-ready", action="store_true",
+                        help="get active: exit 1 when the configuration in use failed its "
+                        "latest re-verification (the output is still printed)")
     add_store_options(parser)
     add_cluster_options(parser)
 
@@ -67,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.output or "text"
     if fmt not in FORMATS:
         return fail_usage(f"-o {fmt}: expected one of {', '.join(FORMATS)}")
-    if args.reveal:
-        return fail_usage("--reveal is for `get active`")
+    if args.reveal or args.require_ready:
+        return fail_usage("--reveal and --require-ready are for `get active`")
     namespace = None if args.all_namespaces else args.namespace
     try:
         targets = parse_targets(args.targets)
@@ -170,41 +174,35 @@ def _active(args: argparse.Namespace) -> int:
     view = ActiveRelayView(w.ref.namespace, w.ref.name, dict(w.status["active"]))
     secret = None
     if args.reveal:
+        from dataclasses import replace
+
+        from reconciler.engine.active import NotTested
+        from reconciler.runtimes.local import reveal_active
+
+        store = open_for_read(args)  # installs the store's version key
+        if store is None:
+            return EXIT_FAILED
         try:
-            secret = asyncio.run(_reveal(args, w, view))
+            revealed = asyncio.run(reveal_active(store, view.namespace, view.summary))
+        except NotTested as exc:
+            print(f"smtpctl: not revealing {w.ref.namespace}/{w.ref.name}: {exc.message}",
+                  file=sys.stderr)
+            return EXIT_FAILED
         except Exception as exc:  # noqa: BLE001 - report the reason, never the text
             reason = getattr(exc, "reason", type(exc).__name__)
             print(f"smtpctl: cannot resolve the credentials ({reason})", file=sys.stderr)
             return EXIT_FAILED
-    sys.stdout.write(render(view, secret))
-    return EXIT_OK
-
-
-async def _reveal(args: argparse.Namespace, obj: Any, view: Any) -> Any:
-    """Resolve the active relay's password, or a fresh access token, in memory only."""
-    from reconciler.credentials.sources import default_sources
-    from reconciler.resources import SecretRef
-
-    summary = view.summary
-    sources = default_sources()
-    if summary.get("authentication") == "UsernamePassword" and summary.get("passwordFrom"):
-        ref = SecretRef.model_validate(summary["passwordFrom"])
-        return (await sources.resolve(ref, view.namespace)).value
-    if summary.get("authentication") == "OAuth2" and summary.get("oauth2Provider"):
-        from reconciler.credentials.oauth import TokenManager
-        from reconciler.resources import OAuth2Provider
-        from reconciler.stores.base import ObjectRef
-
-        store = open_for_read(args)
-        if store is None:
-            raise LookupError("OAuth2ProviderNotFound")
-        try:
-            pobj = store.get_sync(ObjectRef("OAuth2Provider", view.namespace,
-                                            summary["oauth2Provider"]))
         finally:
             store.close()
-        if pobj is None:
-            raise LookupError("OAuth2ProviderNotFound")
-        provider = OAuth2Provider.model_validate(pobj.manifest)
-        return await TokenManager(sources).token(provider)
-    return None
+        secret = revealed.secret
+        view = replace(view, token_expires_at=revealed.token_expires_at)
+    sys.stdout.write(render(view, secret))
+    if not view.ready:
+        failure = view.summary.get("failure") or {}
+        print(f"smtpctl: the relay in use ({w.ref.namespace}/{w.ref.name}, generation "
+              f"{view.summary.get('generation')}) is failing since "
+              f"{view.summary.get('failingSince')}: {failure.get('reason')}; last success "
+              f"{view.last_success}", file=sys.stderr)
+        if args.require_ready:
+            return EXIT_FAILED
+    return EXIT_OK

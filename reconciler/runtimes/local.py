@@ -31,7 +31,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconc
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
+from reconciler.secret import Secret
 from reconciler.stores.base import Event, ObjectRef, StoreError
 from reconciler.stores.local import LocalStore, Upserted
 
@@ -262,6 +263,58 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
                       announce_testing=announce_testing, begin_pass=sources.clear)
+
+
+# --- handing out the active relay ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Revealed:
+    """A tested credential of the active relay, in memory only (``get active --reveal``)."""
+
+    secret: Secret | None
+    token_expires_at: str | None = None
+
+
+async def reveal_active(store: LocalStore, namespace: str, record: Mapping[str, Any],
+                        sources: Any = None) -> Revealed:
+    """The password of the active record - or a fresh access token of its provider - but
+    only when it is the tested one: raises :class:`reconciler.engine.active.NotTested`
+    otherwise (the secret changed since the test and the new value has not passed).
+
+    The comparison is of keyed versions (HMACs with the store's key), so the state file
+    never holds a value.  ``store`` must be open: opening it installs that key.
+    """
+    from reconciler.credentials.sources import default_sources
+    from reconciler.engine import conditions as cond
+    from reconciler.engine.active import NotTested, require_tested
+    from reconciler.resources import OAuth2Provider, SecretRef
+
+    sources = sources if sources is not None else default_sources()
+    auth = record.get("authentication")
+    if auth == "UsernamePassword" and record.get("passwordFrom"):
+        ref = SecretRef.model_validate(record["passwordFrom"])
+        resolved = await sources.resolve(ref, namespace)
+        require_tested(record, "password", resolved.version)
+        return Revealed(resolved.value)
+    if auth == "OAuth2" and record.get("oauth2Provider"):
+        from reconciler.credentials.oauth import TokenManager
+
+        name = str(record["oauth2Provider"])
+        pobj = store.get_sync(ObjectRef(KIND_OAUTH2, namespace, name))
+        if pobj is None:
+            raise NotTested("oauth2", f"OAuth2Provider {name!r} does not exist any more")
+        if not cond.is_true(pobj.status, cond.READY):
+            raise NotTested("oauth2", f"OAuth2Provider {name!r} is not Ready (see its "
+                                      "status): no access token is handed out")
+        require_tested(record, "oauth2", pobj.memo.digest if pobj.memo else None)
+        provider = OAuth2Provider.model_validate(pobj.manifest)
+        tokens = TokenManager(sources)
+        token = await tokens.token(provider)
+        left = tokens.expires_in(provider)
+        expires = cond.rfc3339(time.time() + left) if left is not None else None
+        return Revealed(token, expires)
+    return Revealed(None)
 
 
 # --- apply -------------------------------------------------------------------------------
