@@ -223,6 +223,10 @@ _ENTRIES: tuple[Reason, ...] = (
            "selected relay with a higher spec.priority)", kind="error"),
     Reason("NoRelayInUse", "No relay is in use in this namespace any more",
            "Select a Ready relay (spec.selected: true)", kind="info"),
+    Reason("PruneDeferred", "The relay in use was not pruned: nothing Ready would replace it",
+           "Fix the replacement relay (see its Ready condition); the next apply --prune "
+           "removes the old one once the replacement is Ready, or delete it explicitly "
+           "with `smtpctl delete`", kind="info"),
     # --- configuration warnings (status.warnings) -----------------------------------------
     Reason("RefreshIntervalRaised", "refreshInterval is below the 1m floor; 1m is used",
            "Set spec.refreshInterval to 1m or more: every re-verification is a login",

@@ -371,6 +371,9 @@ def summarize(objs: list[Any], results: dict[Any, Any], operations: dict[Any, st
             not_ready += 1
             changed = op in ("create", "update") if command == "apply" else (
                 r is not None and r.tested)
+            # Ready before this run and not after it: this run found it broken (a rotated
+            # password, a lost refresh-token rotation) - a failure even with no input change.
+            changed = changed or bool(r is not None and getattr(r, "regressed", False))
             if changed:
                 not_ready_changed += 1
         if r is not None and r.tested and fields["ready"] != "True":

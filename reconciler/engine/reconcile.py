@@ -103,7 +103,9 @@ class ReconcileResult:
 
     ``status`` is the status as written (wire form); ``requeue_after`` seconds until the
     next pass is due (``None``: only a change can help, or the object is gone);
-    ``action`` is a :class:`ReconcileAction`.
+    ``action`` is a :class:`ReconcileAction`; ``regressed``: the object was Ready when the
+    pass began and is not any more (a runtime reports that as a failure of the run even
+    when nothing in the input changed - a password rotated away, a lost refresh token).
     """
 
     ref: ObjectRef
@@ -112,6 +114,7 @@ class ReconcileResult:
     action: ReconcileAction
     tested: bool = False
     verdict: Verdict | None = None
+    regressed: bool = False
 
 
 async def reconcile(ref: ObjectRef, world: World, *, force: bool = False) -> ReconcileResult:
@@ -126,8 +129,13 @@ async def reconcile(ref: ObjectRef, world: World, *, force: bool = False) -> Rec
     if obj is None:
         return ReconcileResult(ref, {}, None, ReconcileAction.GONE)
     if ref.kind == KIND_OAUTH2:
-        return await _reconcile_provider(obj, world)
-    return await _reconcile_smtp(obj, world, force=force)
+        result = await _reconcile_provider(obj, world)
+    else:
+        result = await _reconcile_smtp(obj, world, force=force)
+    if cond.is_true(obj.status, cond.READY) and result.status and \
+            not cond.is_true(result.status, cond.READY):
+        result = replace(result, regressed=True)
+    return result
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -327,6 +327,7 @@ ProgressFn = Callable[[ReconcileResult], None]
 class ApplyOutcome:
     upserted: list[Upserted] = field(default_factory=list)
     pruned: list[ObjectRef] = field(default_factory=list)
+    held: list[tuple[ObjectRef, str]] = field(default_factory=list)  # prunes deferred
     results: list[ReconcileResult] = field(default_factory=list)
 
     @property
@@ -418,15 +419,55 @@ async def apply_manifests(store: LocalStore, world: BasicWorld, manifests: list[
                           *, prune: bool = False, progress: ProgressFn | None = None,
                           on_upserted: Callable[[list[Upserted]], None] | None = None,
                           ) -> ApplyOutcome:
+    """Upsert, reconcile, then prune (``prune``): removals come after the replacements were
+    tested, and never take away the relay in use of a namespace without a Ready
+    replacement (see :func:`safe_prunes`)."""
     out = ApplyOutcome()
     out.upserted = store.upsert_many(manifests, now=world.clock())
     if on_upserted is not None:
         on_upserted(out.upserted)
-    if prune:
-        out.pruned = await delete_refs(store, world, prune_candidates(store, manifests))
     out.results = await reconcile_objects([u.obj.ref for u in out.upserted], world,
-                                          progress=progress, force_select=bool(out.pruned))
+                                          progress=progress)
+    if prune:
+        safe, out.held = safe_prunes(store, prune_candidates(store, manifests), world.clock())
+        for ref, why in out.held:
+            await world.events.emit(Event(ref, "Warning", "PruneDeferred",
+                                          f"not pruned: {why}", _rfc3339(world.clock())))
+        out.pruned = await delete_refs(store, world, safe)
     return out
+
+
+def safe_prunes(store: LocalStore, refs: list[ObjectRef], now: float,
+                ) -> tuple[list[ObjectRef], list[tuple[ObjectRef, str]]]:
+    """Split prune candidates into those safe to delete now and those held back.
+
+    A namespace whose relay in use is a candidate keeps it while no remaining relay would
+    be selected in its place (the replacement failed its test, or there is none): a prune
+    must never leave applications without the relay that works.  The OAuth2Providers the
+    held relays use are held too.  The next apply prunes them once a replacement is Ready.
+    """
+    from reconciler.engine.selection import candidate, decide
+
+    doomed = set(refs)
+    held: list[tuple[ObjectRef, str]] = []
+    for ns in sorted({r.namespace for r in refs if r.kind == KIND_SMTP}):
+        relays = store.list_sync(KIND_SMTP, ns)
+        in_use = [o for o in relays if o.status.get("selected")]
+        if not in_use or in_use[0].ref not in doomed:
+            continue
+        remaining = [candidate(o) for o in relays if o.ref not in doomed]
+        if decide(remaining, now).winner is None:
+            obj = in_use[0]
+            held.append((obj.ref, "it is the relay in use in namespace "
+                         f"{ns} and no remaining relay is Ready to take over; it is pruned "
+                         "by a later apply once one is"))
+            pref = ((obj.manifest.get("spec") or {}).get("oauth2ProviderRef") or {}).get("name")
+            pkey = ObjectRef(KIND_OAUTH2, ns, str(pref)) if pref else None
+            if pkey is not None and pkey in doomed:
+                held.append((pkey, f"ExternalSmtp {obj.ref.name!r}, the relay in use, "
+                             "uses it and is held"))
+    kept = {r for r, _ in held}
+    return [r for r in refs if r not in kept], held
 
 
 # --- watch ---------------------------------------------------------------------------------
@@ -532,6 +573,10 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
             due[f.ref] = world.clock() + f.retry_after
             if on_error:
                 on_error(f"{f.ref}: {f.message} (retrying in {f.retry_after:.0f}s)")
+
+
+def _rfc3339(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def default_state() -> str:
