@@ -373,5 +373,31 @@ def describe_lines(record: Mapping[str, Any] | None, generation: int) -> list[st
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class HealthSample:
+    """One relay's health for metrics (``smtpctl_active_relay_*``)."""
+
+    namespace: str
+    name: str
+    selected: bool
+    ready: bool  # the configuration handed out passed its latest test
+    last_success: float | None  # epoch of active.verifiedAt
+    certificate_not_after: float | None  # epoch of active.tls.certificateNotAfter
+
+
+def health_sample(namespace: str, name: str, status: Mapping[str, Any]) -> HealthSample | None:
+    """The sample of a relay with an active record (None without one)."""
+    from reconciler.engine.policy import epoch
+
+    record = status.get("active")
+    if not record:
+        return None
+    view = ActiveRelayView(namespace, name, record)
+    not_after = view.tls.get("certificateNotAfter")
+    return HealthSample(namespace, name, bool(status.get("selected")), view.ready,
+                        epoch(view.last_success) if view.last_success else None,
+                        epoch(str(not_after)) if not_after else None)
+
+
 RENDERERS = {"json": render_json, "yaml": render_yaml, "env": render_env,
              "javamail": render_javamail}

@@ -46,7 +46,7 @@ from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
 from reconciler.secret import Secret
-from reconciler.stores.base import Event, ObjectRef, StoreError
+from reconciler.stores.base import Event, ObjectRef, StoredObject, StoreError
 from reconciler.stores.local import LocalStore, Upserted
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -499,7 +499,9 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
                 pass_lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                 load: Callable[[list[str]], list[dict[str, Any]]] | None = None,
                 ) -> None:
-    """Keep reconciling: re-verify when due, re-apply when an input file changes.
+    """Keep reconciling: re-verify when due, re-apply when an input file changes, and
+    re-verify at once the resources whose ``file:`` secret changed (a rotated password or
+    CA file is seen within ``poll`` seconds, not at the next ``refreshInterval``).
 
     ``paths`` None means reconcile what is in the store (``smtpctl reconcile --watch``).
     ``stop`` ends the loop; ``iterations`` bounds it (tests).  ``pass_lock`` is held
@@ -510,6 +512,7 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
     stop = stop or asyncio.Event()
     seen: dict[str, float] = {}
     due: dict[ObjectRef, float] = {}
+    secret_files: dict[str, tuple[int, ...] | None] = {}
     errors = ErrorBackoff()
     n = 0
     while not stop.is_set() and (iterations is None or n < iterations):
@@ -518,14 +521,14 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
             with (pass_lock or contextlib.nullcontext)():
                 await _watch_pass(store, world, paths, seen, due, errors, prune=prune,
                                   progress=progress, on_error=on_error,
-                                  load=load or load_manifests)
+                                  load=load or load_manifests, secret_files=secret_files)
         except StoreError as exc:  # e.g. the lock was not free in time: try again later
             if on_error:
                 on_error(str(exc))
         now = world.clock()
         nxt = min(due.values(), default=now + max_sleep)
-        sleep = max(0.05, min(nxt - world.clock(), poll if paths is not None else max_sleep,
-                              max_sleep))
+        polling = paths is not None or bool(secret_files)
+        sleep = max(0.05, min(nxt - world.clock(), poll if polling else max_sleep, max_sleep))
         with_timeout: Awaitable[Any] = stop.wait()
         try:
             await asyncio.wait_for(with_timeout, timeout=sleep)
@@ -539,6 +542,7 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
                       progress: ProgressFn | None,
                       on_error: Callable[[str], None] | None,
                       load: Callable[[list[str]], list[dict[str, Any]]] = load_manifests,
+                      secret_files: dict[str, tuple[int, ...] | None] | None = None,
                       ) -> None:
     """One pass of :func:`watch`: re-apply changed inputs, reconcile what is due."""
     now = world.clock()
@@ -562,6 +566,9 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
     for ref in list(due):
         if ref not in objs:
             del due[ref]
+    if secret_files is not None:
+        for ref in _changed_secret_files(list(objs.values()), secret_files):
+            due[ref] = now
     todo = [ref for ref in objs if due.get(ref, 0.0) <= now]
     if todo:
         failed: list[PassError] = []
@@ -573,6 +580,49 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
             due[f.ref] = world.clock() + f.retry_after
             if on_error:
                 on_error(f"{f.ref}: {f.message} (retrying in {f.retry_after:.0f}s)")
+
+
+_FILE_REFS = ("passwordFrom", "clientSecretFrom", "refreshTokenFrom")
+
+
+def secret_files_of(obj: StoredObject) -> set[str]:
+    """The ``file:`` secret references of a resource (password, CA, client secret, ...)."""
+    spec = obj.manifest.get("spec") or {}
+    refs = [spec.get(k) for k in _FILE_REFS] + [(spec.get("tls") or {}).get("caBundleFrom")]
+    return {str(r["file"]) for r in refs if isinstance(r, dict) and isinstance(r.get("file"), str)}
+
+
+def _stat(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+def _changed_secret_files(objs: list[StoredObject],
+                          seen: dict[str, tuple[int, ...] | None]) -> set[ObjectRef]:
+    """Resources whose ``file:`` secret changed since the last look (and the relays that
+    use a provider whose secret file changed).  ``seen`` is updated; a file seen for the
+    first time is not a change."""
+    users: dict[str, set[ObjectRef]] = {}
+    for o in objs:
+        for f in secret_files_of(o):
+            users.setdefault(f, set()).add(o.ref)
+    changed: set[ObjectRef] = set()
+    current = {f: _stat(f) for f in users}
+    for f, st in current.items():
+        if f in seen and seen[f] != st:
+            changed |= users[f]
+    seen.clear()
+    seen.update(current)
+    providers = {(r.namespace, r.name) for r in changed if r.kind == KIND_OAUTH2}
+    if providers:
+        for o in objs:
+            pref = ((o.manifest.get("spec") or {}).get("oauth2ProviderRef") or {}).get("name")
+            if o.ref.kind == KIND_SMTP and (o.ref.namespace, pref) in providers:
+                changed.add(o.ref)
+    return changed
 
 
 def _rfc3339(epoch: float) -> str:
