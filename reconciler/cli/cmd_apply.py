@@ -118,7 +118,8 @@ class Progress:
                 f"{e.message}", stamp=self.stamp)
 
 
-SELECTION_EVENTS = ("Active", "Failover", "NotRequested")
+SELECTION_EVENTS = ("Active", "Failover", "NotRequested", "Failback", "NoRelayInUse",
+                    "ActiveRelayFailing", "PruneDeferred")
 
 
 def say(line: str, *, stamp: bool = False) -> None:
