@@ -274,7 +274,10 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
     text = not _structured(args)
     progress = Progress(len(manifests), enabled=text)
     log = EventLog(store)
-    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log)
+    from reconciler.cli.localcmd import refresh_floor
+
+    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
+                        refresh_floor=refresh_floor(args))
     with progress:
         outcome = await apply_manifests(store, world, manifests, prune=args.prune,
                                         progress=progress)

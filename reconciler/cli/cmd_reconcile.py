@@ -84,7 +84,10 @@ async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
 
     text = args.output not in ("json", "yaml")
     log = EventLog(store)
-    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log)
+    from reconciler.cli.localcmd import refresh_floor
+
+    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
+                        refresh_floor=refresh_floor(args))
     if args.watch:
         stamped = Progress(0, enabled=True, stamp=True)
         log.on_event = stamped.event

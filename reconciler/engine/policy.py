@@ -2,8 +2,10 @@
 throttling, certificate expiry.
 
 * **Floor on ``refreshInterval``**: a connection test is a login.  ``refreshInterval: 0s``
-  would log in every second (the engine requeues at once); below :data:`REFRESH_FLOOR`
-  the floor is used and the status carries the warning ``RefreshIntervalRaised``.
+  would log in every second (the engine requeues at once); below the world's
+  ``refresh_floor`` (:data:`REFRESH_FLOOR`, 1 minute, unless a runtime was started with
+  ``--min-refresh-interval``) the floor is used and the status carries the warning
+  ``RefreshIntervalRaised``.
 * **Providers that throttle logins** (Gmail, Microsoft 365 - the hosts of
   ``reconciler.wellknown``): below :data:`THROTTLED_MINIMUM` the status carries
   ``FrequentLogins``; these providers lock or rate-limit accounts that log in too often.
@@ -28,18 +30,18 @@ THROTTLED_HOSTS = frozenset(
     for h in (p.host, *p.other_hosts))
 
 
-def refresh_seconds(spec: ExternalSmtpSpec) -> float:
+def refresh_seconds(spec: ExternalSmtpSpec, floor: float = REFRESH_FLOOR) -> float:
     """The re-verification interval the engine uses (``refreshInterval``, floored)."""
-    return max(spec.refresh_seconds, REFRESH_FLOOR)
+    return max(spec.refresh_seconds, floor)
 
 
-def config_warnings(spec: ExternalSmtpSpec) -> list[str]:
+def config_warnings(spec: ExternalSmtpSpec, floor: float = REFRESH_FLOOR) -> list[str]:
     """Warning reasons about the configuration itself (not about a test)."""
     out = []
-    if spec.refresh_seconds < REFRESH_FLOOR:
+    if spec.refresh_seconds < floor:
         out.append("RefreshIntervalRaised")
     if spec.host.lower().rstrip(".") in THROTTLED_HOSTS and \
-            refresh_seconds(spec) < THROTTLED_MINIMUM:
+            refresh_seconds(spec, floor) < THROTTLED_MINIMUM:
         out.append("FrequentLogins")
     return out
 

@@ -355,7 +355,7 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
         return await _inherit(obj, world, res, memo, digest)
 
     key = _key(ref)
-    interval = refresh_seconds(res.spec)
+    interval = refresh_seconds(res.spec, world.refresh_floor)
     if world.announce_testing:
         await _write(world, ref, lambda cur: (_testing_status(cur, gen, a.fresh, now),
                                               cur.memo))
@@ -370,7 +370,7 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
         new_memo = TestMemo(digest, gen, done, done + delay, False, failures)
     record = passed_record(res, gen, digest, verdict, a.versions, done) if verdict.passed \
         else None
-    warnings = config_warnings(res.spec)
+    warnings = config_warnings(res.spec, world.refresh_floor)
 
     def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
         st = _commit_status(cur, verdict, gen, digest, done, record)
@@ -420,9 +420,9 @@ async def _inherit(obj: StoredObject, world: World, res: ExternalSmtp, memo: Tes
     if not memo.passed and entry is not None and entry.retryable:
         due = memo.due_at  # keep the backoff schedule of a transient failure
     else:  # the (possibly changed) refreshInterval from the last test
-        due = memo.tested_at + refresh_delay(refresh_seconds(res.spec), key)
+        due = memo.tested_at + refresh_delay(refresh_seconds(res.spec, world.refresh_floor), key)
     new_memo = replace(memo, generation=gen, due_at=due)
-    warnings = config_warnings(res.spec)
+    warnings = config_warnings(res.spec, world.refresh_floor)
 
     def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
         st = smtp_status(cur)

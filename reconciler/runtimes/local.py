@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from reconciler.engine.assess import render_validation_error
 from reconciler.engine.backoff import ErrorBackoff
+from reconciler.engine.policy import REFRESH_FLOOR
 from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
@@ -251,7 +252,8 @@ class PassSnapshot:
 
 def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
-                clock: Callable[[], float] = time.time) -> BasicWorld:
+                clock: Callable[[], float] = time.time,
+                refresh_floor: float | None = None) -> BasicWorld:
     """A World wired to the real credentials layer and probe (imported lazily)."""
     from reconciler.credentials.sources import default_sources
     from reconciler.runtimes.live import live_functions
@@ -262,7 +264,8 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                       check_provider_fn=live.check_provider_fn,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
-                      announce_testing=announce_testing, begin_pass=sources.clear)
+                      announce_testing=announce_testing, begin_pass=sources.clear,
+                      refresh_floor=REFRESH_FLOOR if refresh_floor is None else refresh_floor)
 
 
 # --- handing out the active relay ---------------------------------------------------------
