@@ -45,7 +45,7 @@ def k(**fields: Any) -> kube_ssa.PE:
     return ("k", tuple(sorted((n, kube_ssa.go_json(x)) for n, x in fields.items())))
 
 
-def P(*parts: Any) -> kube_ssa.Path:  # noqa: N802 - SMD's _P
+def P(*parts: Any) -> kube_ssa.Path:  # SMD's _P
     return tuple(f(p) if isinstance(p, str) else p for p in parts)
 
 
