@@ -261,7 +261,7 @@ def test_reconcile_force_reverifies_now(e2e: Env) -> None:
     assert e2e.cli("apply", "-f", str(f))[0] == 0
     n = e2e.relay.connections
     assert e2e.cli("reconcile")[0] == 0 and e2e.relay.connections == n  # not due
-    code, out = e2e.cli("reconcile", "--force")
+    code, _ = e2e.cli("reconcile", "--force")
     assert code == 0 and e2e.relay.connections == n + 1
 
 
