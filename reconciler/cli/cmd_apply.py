@@ -25,6 +25,7 @@ from reconciler.cli.localcmd import (
     row,
     run_locked,
 )
+from reconciler.cli.trust import add_trust_options, policy_from_args
 
 HELP = "apply manifests to the local store and test what changed (Test Connection And Save)"
 
@@ -44,6 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_lock_timeout(parser)
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text",
                         help="final report format (default text)")
+    add_trust_options(parser)
 
 
 class Progress:
@@ -140,7 +142,8 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
     from reconciler.engine.world import Limits
     from reconciler.runtimes.local import apply_manifests, build_world, ref_of, watch
 
-    world = build_world(store, limits=Limits(args.concurrency, args.per_host))
+    world = build_world(store, limits=Limits(args.concurrency, args.per_host),
+                        policy=policy_from_args(args))
     with Progress(len(manifests), enabled=args.output == "text") as progress:
         outcome = await apply_manifests(store, world, manifests, prune=args.prune,
                                         progress=progress)

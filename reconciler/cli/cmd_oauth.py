@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_files
+from reconciler.cli.trust import add_trust_options, policy_from_args
 
 HELP = "OAuth 2.0 providers: login (obtain a refresh token), token (check), revoke"
 
@@ -41,6 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="kubeconfig for secretKeyRef references (default: $KUBECONFIG, "
                        "~/.kube/config, in-cluster)")
         p.add_argument("--context", default=None, help="kubeconfig context")
+        add_trust_options(p)
         p.add_argument("--timeout", type=float, default=None, metavar="S",
                        help="seconds to wait (login: for the browser redirect, default 300; "
                        "others: per HTTP request, default 10)")
@@ -73,7 +75,8 @@ async def _run(args: argparse.Namespace, provider: Any, extra: dict[str, str]) -
     from reconciler.credentials.oauth import TokenManager, check_provider, revoke
     from reconciler.credentials.sources import default_sources
 
-    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context)
+    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context,
+                              policy=policy_from_args(args))
     http_timeout = args.timeout if args.timeout and args.action != "login" else 10.0
     tokens = TokenManager(sources, timeout_seconds=http_timeout)
     name = f"{provider.metadata.namespace}/{provider.metadata.name}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.cli.common import EXIT_CHANGES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_files
 from reconciler.cli.common import add_state as _add_state
+from reconciler.cli.trust import add_trust_options, policy_from_args
 
 HELP = "show what apply would change and test (exit 0 nothing, 3 changes)"
 
@@ -24,6 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_state(parser)
     parser.add_argument("--prune", action="store_true", help="also show what --prune deletes")
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_trust_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +65,9 @@ async def _plan(store: Any, manifests: list[dict[str, Any]], args: argparse.Name
     from reconciler.engine.plan import PlanItem, plan_one
     from reconciler.runtimes.local import build_world, prune_candidates, ref_of
 
-    world = build_world(store)
+    # Offline: secrets are resolved for their versions, but no token endpoint or relay is
+    # contacted and nothing is written (plan and apply --dry-run have no side effects).
+    world = build_world(store, policy=policy_from_args(args), offline=True)
     items: list[PlanItem] = []
     for m in manifests:
         items.append(await plan_one(m, store.get_sync(ref_of(m)), world))

@@ -22,6 +22,7 @@ from reconciler.cli.localcmd import (
     row,
     run_locked,
 )
+from reconciler.cli.trust import add_trust_options, policy_from_args
 
 HELP = "reconcile the resources in the local store (once, or --watch)"
 
@@ -31,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="keep running")
     add_limits(parser)
     add_lock_timeout(parser)
+    add_trust_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +49,8 @@ async def _run(store: object, args: argparse.Namespace) -> int:
     from reconciler.stores.local import LocalStore
 
     assert isinstance(store, LocalStore)
-    world = build_world(store, limits=Limits(args.concurrency, args.per_host))
+    world = build_world(store, limits=Limits(args.concurrency, args.per_host),
+                        policy=policy_from_args(args))
     if args.watch:
         print("watching (Ctrl-C to stop)", file=sys.stderr, flush=True)
         store.unlock()  # held only during each pass: `smtpctl apply` can run in between

@@ -27,6 +27,7 @@ import sys
 from typing import Any
 
 from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_files, add_output
+from reconciler.cli.trust import add_trust_options, policy_from_args
 
 HELP = "run the connection test of ExternalSmtp resources, without saving anything"
 MAX_CONCURRENT = 8
@@ -50,6 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", default=None, help="kubeconfig context")
     parser.add_argument("--deny-egress", action="append", default=[], metavar="CIDR",
                         help="refuse to connect to this network too (repeatable)")
+    add_trust_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,8 +127,9 @@ async def _test_all(relays: list[Any], providers: dict[tuple[str, str], Any],
     from reconciler.credentials.oauth import TokenManager
     from reconciler.credentials.sources import default_sources
 
-    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context)
-    tokens = TokenManager(sources)
+    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context,
+                              policy=policy_from_args(args))
+    tokens = TokenManager(sources, egress=policy)
     gate = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def one(relay: Any) -> dict[str, Any]:
@@ -158,6 +161,13 @@ async def _test_one(relay: Any, providers: dict[str, Any], sources: Any, tokens:
                 "durationSeconds": 0.0, "transcript": [], "details": {}}
     verdict = await run_probe(relay.spec, creds.probe, policy=policy,
                               send_test_message_to=send_to)
+    # `test` stores nothing, except a refresh token the endpoint rotated: that one goes
+    # back to the very reference it was read from (else the old one is dead), and we say so.
+    pref = relay.spec.oauth2_provider_ref
+    notices = list(tokens.notices(providers[pref.name])) \
+        if pref is not None and pref.name in providers else []
+    for note in notices:
+        print(f"smtpctl: note: {note}", file=sys.stderr)
     return {
         **head, "passed": verdict.passed, "stage": verdict.stage, "reason": verdict.reason,
         "message": verdict.message, "action": verdict.action, "retryable": verdict.retryable,

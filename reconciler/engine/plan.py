@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.credentials.base import CredentialError
+from reconciler.credentials.policy import MANIFEST_ANNOTATION
 from reconciler.engine import conditions as cond
 from reconciler.engine.digest import canonical, plan_digest, tested_spec
 from reconciler.engine.world import World
@@ -34,6 +35,19 @@ class PlanItem:
     @property
     def changes(self) -> bool:
         return self.action != "unchanged" or self.test
+
+
+def _without_origin(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata without the loader's record of the manifest's file (a new checkout path
+    is not a change; see credentials.policy.MANIFEST_ANNOTATION)."""
+    out = dict(meta)
+    notes = {k: v for k, v in (out.get("annotations") or {}).items()
+             if k != MANIFEST_ANNOTATION}
+    if notes:
+        out["annotations"] = notes
+    else:
+        out.pop("annotations", None)
+    return out
 
 
 def spec_diff(old: Any, new: Any, path: str = "spec") -> list[str]:
@@ -73,9 +87,9 @@ async def plan_one(manifest: dict[str, Any], stored: StoredObject | None, world:
                 why = "connection settings unchanged (only untested fields changed)"
         return PlanItem(ref, "update", diff, test=ref.kind == KIND_SMTP and test,
                         why=why, generation=stored.generation + 1)
-    old_meta = {k: v for k, v in (stored.manifest.get("metadata") or {}).items()}
+    old_meta = _without_origin(stored.manifest.get("metadata") or {})
     action = "metadata" if canonical(old_meta) != canonical(
-        {k: v for k, v in meta.items()
+        {k: v for k, v in _without_origin(meta).items()
          if k not in ("generation", "uid", "resourceVersion", "creationTimestamp")}
     ) else "unchanged"
     if ref.kind == KIND_OAUTH2:

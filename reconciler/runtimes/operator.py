@@ -43,9 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.credentials.base import SecretSource
+from reconciler.credentials.policy import SourcePolicy
 from reconciler.engine.reconcile import ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
+from reconciler.probe.egress import EgressPolicy
 from reconciler.resources import (
     API_GROUP,
     KIND_OAUTH2,
@@ -90,6 +92,12 @@ class OperatorConfig:
     announce_testing: bool = True
     # In a pod, loopback is the pod itself (sidecars): refused unless asked for (tests).
     allow_loopback: bool = False
+    # The tenant boundary (docs/security.md): own-namespace Secrets only, unless a cluster
+    # administrator allow-listed variables or directories.  Built by security_settings().
+    source_policy: SourcePolicy = field(default_factory=SourcePolicy.operator)
+    # Where SMTP probes and OAuth endpoints may connect (None: default deny list, loopback
+    # as allow_loopback says).
+    egress: EgressPolicy | None = None
 
 
 @dataclass
@@ -405,7 +413,7 @@ def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetri
                 sources: SecretSource) -> tuple[BasicWorld, Any]:
     from reconciler.engine.world import live_functions
 
-    live = live_functions(sources, allow_loopback=config.allow_loopback)
+    live = live_functions(sources, allow_loopback=config.allow_loopback, egress=config.egress)
 
     async def check_fn(provider: OAuth2Provider) -> Any:
         try:
@@ -488,7 +496,7 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
     from reconciler.credentials import sources as sources_mod
 
     sources = sources_mod.default_sources(
-        kubeconfig=config.kubeconfig, context=config.context,
+        policy=config.source_policy, kubeconfig=config.kubeconfig, context=config.context,
         in_cluster=None if config.kubeconfig is None else False)
     factory = sources_mod._kubeconfig_factory(config.kubeconfig, config.context) \
         if config.kubeconfig else sources_mod._in_cluster_factory
