@@ -64,6 +64,8 @@ __all__ = [
     "KubeSecretSource",
     "SourceRouter",
     "default_sources",
+    "kube_client_factory",
+    "resolve_from_secret",
     "trim_newline",
 ]
 
@@ -314,22 +316,7 @@ class KubeSecretSource:
         return doc
 
     def _resolve_sync(self, sel: SecretKeySelector, namespace: str) -> Resolved:
-        doc = self._read(sel, namespace)
-        what = f"Secret {sel.name!r} key {sel.key!r} in namespace {namespace!r}"
-        data = doc.get("data") or {}
-        raw = data.get(sel.key) if isinstance(data, dict) else None
-        if raw is None:
-            raise CredentialError(
-                "SecretKeyNotFound",
-                f"Secret {sel.name!r} in namespace {namespace!r} has no key {sel.key!r}",
-            )
-        try:
-            text = base64.b64decode(str(raw), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise CredentialError("SecretValueInvalid", f"{what} is not UTF-8 text") from None
-        _check_value(text, what)
-        value = Secret(text)
-        return Resolved(value=value, version=_kube_version(value))
+        return resolve_from_secret(self._read(sel, namespace), sel, namespace)
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         sel = _require(ref.secret_key_ref, ref, "secretKeyRef")
@@ -371,6 +358,30 @@ def _kube_version(value: Secret) -> str:
     an unrelated key would look like a rotation of every key of the Secret.
     """
     return "k8s:" + keyed_version(value)
+
+
+def resolve_from_secret(
+    doc: Mapping[str, Any], sel: SecretKeySelector, namespace: str
+) -> Resolved:
+    """The value and version of ``sel``'s key in a Secret body read from the API.
+
+    Public so that a runtime holding Secret bodies (the operator's watch cache) decodes
+    them exactly as this source does."""
+    what = f"Secret {sel.name!r} key {sel.key!r} in namespace {namespace!r}"
+    data = doc.get("data") or {}
+    raw = data.get(sel.key) if isinstance(data, dict) else None
+    if raw is None:
+        raise CredentialError(
+            "SecretKeyNotFound",
+            f"Secret {sel.name!r} in namespace {namespace!r} has no key {sel.key!r}",
+        )
+    try:
+        text = base64.b64decode(str(raw), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise CredentialError("SecretValueInvalid", f"{what} is not UTF-8 text") from None
+    _check_value(text, what)
+    value = Secret(text)
+    return Resolved(value=value, version=_kube_version(value))
 
 
 def _kube_exceptions() -> tuple[type[Exception], ...]:
@@ -627,6 +638,11 @@ def _in_cluster_namespace() -> str | None:
             return fh.read(256).strip() or None
     except OSError:
         return None
+
+
+def kube_client_factory(kubeconfig: str | None, context: str | None = None) -> ApiClientFactory:
+    """A ``kubernetes.client.ApiClient`` factory: this kubeconfig, or in-cluster when None."""
+    return _kubeconfig_factory(kubeconfig, context) if kubeconfig else _in_cluster_factory
 
 
 def _kubeconfig_factory(path: str, context: str | None) -> ApiClientFactory:
