@@ -9,8 +9,9 @@ layer's own (:func:`~reconciler.credentials.sources.resolve_from_secret`).  A mi
 back to the wrapped source (an API read).
 
 Only referenced Secrets are kept (a namespace may hold large unrelated ones, e.g. Helm
-releases), only in memory, and never logged.  A newer resourceVersion always wins, so a
-slow API read cannot overwrite a fresher watch event.
+releases), only in memory, and never logged.  Only the watch (and the priming LIST before
+it) feeds the cache, in the order the API server sends events, so the last event wins:
+``resourceVersion`` is opaque and never compared (issue 14).
 """
 
 from __future__ import annotations
@@ -24,13 +25,6 @@ from reconciler.resources import SecretRef
 from reconciler.secret import Secret
 
 Wanted = Callable[[str, str], bool]  # (namespace, name) -> referenced?
-
-
-def _rv(body: dict[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
 
 
 class CachedKubeSecretSource:
@@ -50,10 +44,7 @@ class CachedKubeSecretSource:
         if not self._wanted(*key):
             self._bodies.pop(key, None)
             return
-        old = self._bodies.get(key)
-        if old is None or _rv(body) >= _rv(old):
-            self._bodies[key] = {"metadata": {"resourceVersion": meta.get("resourceVersion")},
-                                 "data": dict(body.get("data") or {})}
+        self._bodies[key] = {"data": dict(body.get("data") or {})}
 
     async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
         sel = ref.secret_key_ref
