@@ -90,7 +90,7 @@ def test_untrusted_manifest_cannot_send_local_secrets_to_its_relay(
         manifest.write_text(yaml.safe_dump(relay_doc("pr", attacker.port, ca, ref)))
         code, out, _ = run("test", "-f", str(manifest), "-o", "json")
         assert code == 1
-        (result,) = json.loads(out)["results"]
+        (result,) = json.loads(out)["items"]
         assert (result["passed"], result["stage"], result["reason"]) == (
             False, "credentials", "SecretReferenceNotAllowed")
         flag = "--allow-env CI_DEPLOY_TOKEN" if where == "env" else "--allow-file-root"
@@ -162,7 +162,7 @@ def test_client_secret_from_the_environment_is_not_posted_without_opt_in(
         monkeypatch.chdir(repo)
         code, out, _ = run("test", "-f", str(manifest), "-o", "json")
         assert code == 1
-        (result,) = json.loads(out)["results"]
+        (result,) = json.loads(out)["items"]
         assert result["reason"] == "OAuth2ProviderNotReady"
         assert "SecretReferenceNotAllowed" in result["message"]
         assert "--allow-env CLIENT_SECRET" in result["message"]
