@@ -134,7 +134,9 @@ def test_operator_service_account_gets_exactly_our_rbac(cluster: EmulatorThread)
     assert emu is not None
     user = User(f"system:serviceaccount:{SA[0]}:{SA[1]}", ("system:serviceaccounts",))
     status = "/apis/smtp.reconciler.dev/v1alpha1/namespaces/mail/externalsmtps/r/status"
-    assert cluster.call(emu.check_access, user, "PATCH", status, {}) is None
+    # The operator writes status with PUT (update) only: least privilege grants no patch.
+    assert cluster.call(emu.check_access, user, "PUT", status, {}) is None
+    assert cluster.call(emu.check_access, user, "PATCH", status, {}) is not None
     assert cluster.call(emu.check_access, user, "DELETE", status, {}) is not None
 
 

@@ -11,7 +11,8 @@ from reconciler.probe.egress import EgressPolicy
 
 FINALIZER = "smtp.reconciler.dev/finalizer"
 IDLE_REQUEUE = 3600.0  # "only a change can help": still look again hourly
-ERROR_BACKOFF = 5.0
+ERROR_BACKOFF = 1.0  # first retry after a failed pass; doubles per failure
+ERROR_BACKOFF_MAX = 300.0
 
 
 @dataclass
@@ -42,3 +43,5 @@ class OperatorConfig:
     # Where SMTP probes and OAuth endpoints may connect (None: the default deny list,
     # loopback as allow_loopback says).
     egress: EgressPolicy | None = None
+    # Key of the secret-version hashes; None: the shared Secret smtpctl-version-key.
+    version_key: bytes | None = None
