@@ -77,7 +77,7 @@ def format_duration(seconds: float) -> str:
     """One way to print a duration, in the syntax of ``parse_duration`` (Go's).
 
     Under a second in milliseconds (``350ms``, ``4.2ms``); under 10 s with two decimals
-    (``1.35s``); under a minute whole seconds (``42s``); then hours and minutes, seconds
+    (``1.35s``, ``2s``); under a minute whole seconds (``42s``); then hours and minutes, seconds
     only below 10 minutes (``5m30s``, ``57m``, ``1h6m``, ``26h``).  Every output parses
     back with :func:`parse_duration` (shared by CLI, engine messages and docs)."""
     if seconds < 0:
@@ -86,7 +86,7 @@ def format_duration(seconds: float) -> str:
         ms = seconds * 1000
         return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
     if seconds < 10:
-        return f"{seconds:.2f}s"
+        return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
     total = round(seconds)
     if total < 60:
         return f"{total}s"
