@@ -232,7 +232,7 @@ def _wait(what: str, fn: Any, limit: float, pid: int | None = None) -> float:
     raise SystemExit(f"bench: timed out after {limit:.0f}s waiting for {what}")
 
 
-def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
+def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dict[str, Any]:
     emu = Emulator()
     relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
     try:
@@ -257,6 +257,14 @@ def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
             time.sleep(0.25)
         second = emu.stats()
         exited = op2.proc.poll()
+        stayed = 0.0
+        if stay_up and exited is None:  # the restarted operator must keep its Lease
+            t_up = time.monotonic()
+            while time.monotonic() - t_up < stay_up and op2.proc.poll() is None:
+                _sample(op2.proc.pid)
+                time.sleep(1)
+            stayed = time.monotonic() - t_up
+            exited = op2.proc.poll()
         rss_restart = op2.stop()
         tests_restart = relay.connections - tests_first
         writes_restart = sum(  # Lease renewals are writes too, but not of resources
@@ -275,6 +283,7 @@ def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
             "tests_during_catchup": tests_restart,
             "writes_during_catchup": writes_restart,
             "operator_exit_during_catchup": exited,
+            "stayed_up_seconds_after_catchup": round(stayed, 1),
             "rss_first_mb": round(rss_first, 1),
             "rss_restart_mb": round(rss_restart, 1),
             "api_requests_per_resource_first": round(req_first / count, 2),
@@ -343,6 +352,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the operator logs here (default: a temporary directory)")
+    parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
+                        help="keep the restarted operator running this long after catch-up "
+                        "and report whether it is still up (it must keep its Lease)")
     parser.add_argument("--unrelated-secrets-mb", type=int, action="append", default=None,
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
@@ -366,7 +378,7 @@ def main() -> int:
             args.workdir.mkdir(parents=True, exist_ok=True)
         for count in counts:
             print(f"== {count} resources", flush=True)
-            r = run_one(count, args.concurrency, Path(tmp))
+            r = run_one(count, args.concurrency, Path(tmp), args.stay_up)
             r["catchup_target_ratio"] = round(r["catchup_seconds"] / 60.0, 3)
             r["rss_target_ratio"] = round(max(r["rss_first_mb"], r["rss_restart_mb"]) / 400.0, 3)
             results.append(r)
@@ -387,7 +399,8 @@ def main() -> int:
         )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-    failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]]
+    failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
+              or r["operator_exit_during_catchup"] is not None]
     return 1 if failed else 0
 
 
