@@ -13,7 +13,8 @@ It implements :class:`reconciler.stores.base.Store` for the operator:
   engine's mutator again on the fresh object (re-applying the *decision*, never blindly
   overwriting what another writer did), up to :data:`MAX_ATTEMPTS` times.
 * **The test memo** (last tested digest, due time, failures) lives in the annotation
-  :data:`MEMO_ANNOTATION`, written with a merge patch *after* the status, so a crash in
+  :data:`MEMO_ANNOTATION`, written with a merge patch *after* the status (carrying the
+  operator's finalizer too when the object does not have it yet: one PATCH, not two), so a crash in
   between costs at most one extra test after restart, never a Ready without a test.  The
   digest also appears in ``status.active.digest`` (last-known-good).
 * ``record_event`` posts a core/v1 Event on the object; ``record_test`` keeps the last few
@@ -31,6 +32,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP
 from reconciler.stores.base import (
@@ -47,6 +49,7 @@ from reconciler.stores.kubetypes import (
     KubeObject,
     ObjectMeta,
     as_object,
+    finalizers_of,
     is_deleting,
     meta_of,
     name_of,
@@ -99,8 +102,9 @@ class KubeStore:
     """The operator's :class:`~reconciler.stores.base.Store` (see the module docstring)."""
 
     def __init__(self, api: KubeApi, *, namespaces: list[str] | None = None,
-                 label_selector: str | None = None) -> None:
+                 label_selector: str | None = None, finalizer: str | None = None) -> None:
         self.api = api
+        self.finalizer = finalizer  # added to ExternalSmtps with the first memo write
         self.namespaces = namespaces  # None: all namespaces
         self.label_selector = label_selector
         self._cache: dict[Key, KubeObject] = {}
@@ -227,22 +231,42 @@ class KubeStore:
                 raise StoreError(f"cannot write status of {ref}: {exc.code} {exc.reason}") \
                     from None
             if write.memo != cur.memo:
-                body = await self._write_memo(ref, write.memo) or body
+                body = await self._write_memo(ref, write.memo, body) or body
             return to_stored(body)
         raise StoreError(f"cannot write status of {ref}: still conflicting after "
                          f"{MAX_ATTEMPTS} attempts")
 
-    async def _write_memo(self, ref: ObjectRef, memo: TestMemo | None) -> KubeObject | None:
+    def needs_finalizer(self, ref: ObjectRef, body: KubeObject | None) -> bool:
+        """Is the store's finalizer (``finalizer=``, ExternalSmtps only) still to add?"""
+        return bool(self.finalizer and ref.kind == KIND_SMTP and body is not None
+                    and not is_deleting(body) and self.finalizer not in finalizers_of(body))
+
+    async def _write_memo(self, ref: ObjectRef, memo: TestMemo | None,
+                          body: KubeObject) -> KubeObject | None:
+        """The memo annotation - and, when still missing, the finalizer in the same PATCH
+        (one request instead of two; the list is patched with the resourceVersion it was
+        computed from, so another controller's finalizer is never dropped)."""
         value = None if memo is None else json.dumps(memo.to_json(), sort_keys=True)
-        try:
-            body = as_object(await self.api.patch(
-                self.path(ref), {"metadata": {"annotations": {MEMO_ANNOTATION: value}}}))
-        except NotFound:
-            return None
-        except ApiError as exc:
-            raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
-        self.observe(body)
-        return body
+        for _attempt in range(MAX_ATTEMPTS):
+            patch: dict[str, Any] = {"metadata": {"annotations": {MEMO_ANNOTATION: value}}}
+            if self.needs_finalizer(ref, body):
+                patch["metadata"]["finalizers"] = [*finalizers_of(body), self.finalizer]
+                patch["metadata"]["resourceVersion"] = resource_version(body)
+            try:
+                fresh = as_object(await self.api.patch(self.path(ref), patch))
+            except NotFound:
+                return None
+            except Conflict:  # only with the finalizer's precondition: re-read, recompute
+                again = await self._fetch(ref)
+                if again is None:
+                    return None
+                body = again
+                continue
+            except ApiError as exc:
+                raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
+            self.observe(fresh)
+            return fresh
+        raise StoreError(f"cannot write the test memo of {ref}: still conflicting")
 
     async def record_test(self, record: TestRecord) -> None:
         hist = self._history.setdefault(record.ref, deque(maxlen=HISTORY))

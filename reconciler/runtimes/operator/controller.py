@@ -141,14 +141,14 @@ class Controller:
 
     async def _pass(self, ref: ObjectRef) -> float | None:
         """One reconcile; the delay until the next (None: the object is gone)."""
-        body = self.store.cached(ref)
-        if ref.kind == KIND_SMTP and body is not None and not finalizers.has_finalizer(body):
-            # Here, under the pass slots, not at the event: 10,000 new resources must not
-            # become 10,000 concurrent PATCHes.
-            await finalizers.add_finalizer(self.store, ref)
         result = await reconcile(ref, self.world)  # by key: it reads the object itself
         if result.action == ReconcileAction.GONE:
             return None
+        if self.store.needs_finalizer(ref, self.store.cached(ref)):
+            # Normally added with the pass's memo write (one PATCH); a pass that wrote no
+            # memo adds it here - under the pass slots, not at the event, so 10,000 new
+            # resources never become 10,000 concurrent PATCHes.
+            await finalizers.add_finalizer(self.store, ref)
         self._observe(result)
         if ref.kind == KIND_SMTP:
             await self.publisher.sync(ref.namespace)
