@@ -268,6 +268,7 @@ def _cache(store: Any, digest: str, loaded: Any) -> None:
 
 async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Namespace,
                  result: Any) -> tuple[int, list[Any]]:
+    from reconciler.cli.trust import policy_from_args
     from reconciler.engine.world import Limits
     from reconciler.runtimes.local import apply_manifests, build_world, ref_of, watch
 
@@ -277,7 +278,7 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
     from reconciler.cli.localcmd import refresh_floor
 
     world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
-                        refresh_floor=refresh_floor(args))
+                        policy=policy_from_args(args), refresh_floor=refresh_floor(args))
     with progress:
         outcome = await apply_manifests(store, world, manifests, prune=args.prune,
                                         progress=progress)

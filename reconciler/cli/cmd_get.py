@@ -24,6 +24,7 @@ from reconciler.cli.common import (
     EXIT_USAGE,
     add_namespace_options,
     add_store_options,
+    add_trust_options,
 )
 from reconciler.cli.localcmd import (
     HEADER,
@@ -52,13 +53,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"{' | '.join(FORMATS)} (default text); for `get active`: "
                         f"{' | '.join(ACTIVE_FORMATS)} (default json)")
     parser.add_argument("--reveal", action="store_true",
-                        help="get active: include the password or a fresh access token - "
-                        "only the value that passed the test (exit 1 otherwise)")
+                        help="get active: include the password - only the value that passed "
+                        "the test (exit 1 otherwise); read through the same source policy as "
+                        "apply; never an access token: get contacts no endpoint")
     parser.add_argument("--require-ready", action="store_true",
                         help="get active: exit 1 when the configuration in use failed its "
                         "latest re-verification (the output is still printed)")
     add_store_options(parser)
     add_cluster_options(parser)
+    add_trust_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,14 +186,22 @@ def _active(args: argparse.Namespace) -> int:
         if store is None:
             return EXIT_FAILED
         try:
-            revealed = asyncio.run(reveal_active(store, view.namespace, view.summary))
+            from reconciler.cli.trust import policy_from_args
+
+            revealed = asyncio.run(reveal_active(store, view.namespace, view.summary,
+                                                 manifest=w.manifest,
+                                                 policy=policy_from_args(args)))
         except NotTested as exc:
             print(f"smtpctl: not revealing {w.ref.namespace}/{w.ref.name}: {exc.message}",
                   file=sys.stderr)
             return EXIT_FAILED
         except Exception as exc:  # noqa: BLE001 - report the reason, never the text
             reason = getattr(exc, "reason", type(exc).__name__)
-            print(f"smtpctl: cannot resolve the credentials ({reason})", file=sys.stderr)
+            # A CredentialError's message names references, never values.
+            said = getattr(exc, "message", None)
+            detail = f": {said}" if isinstance(said, str) else ""
+            print(f"smtpctl: cannot resolve the credentials ({reason}){detail}",
+                  file=sys.stderr)
             return EXIT_FAILED
         finally:
             store.close()

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from reconciler.credentials.policy import SourcePolicy, stamp_manifest
 from reconciler.engine.assess import render_validation_error
 from reconciler.engine.backoff import ErrorBackoff
 from reconciler.engine.policy import REFRESH_FLOOR
@@ -97,7 +98,8 @@ def read_inputs(paths: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def input_digest(inputs: list[tuple[str, str]]) -> str:
-    """Identifies an input set (names + bytes + smtpctl version) for the parse cache."""
+    """Identifies an input set (absolute names + bytes + smtpctl version) for the parse
+    cache.  Absolute: a manifest's directory decides which files it may reference."""
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
@@ -107,7 +109,8 @@ def input_digest(inputs: list[tuple[str, str]]) -> str:
         ver = "dev"
     h = hashlib.sha256(ver.encode())
     for name, text in inputs:
-        h.update(b"\0" + name.encode() + b"\0" + text.encode())
+        where = name if name == "<stdin>" else os.path.abspath(name)
+        h.update(b"\0" + where.encode() + b"\0" + text.encode())
     return h.hexdigest()
 
 
@@ -122,6 +125,9 @@ def parse_texts(inputs: list[tuple[str, str]]) -> list[Document]:
                     continue
                 if not isinstance(data, dict):
                     raise InputError(f"{name}: document {i + 1}: expected a mapping")
+                # Where it came from decides which files it may reference (the CLI's
+                # source policy); whatever the document claims is overwritten.
+                stamp_manifest(data, None if name == "<stdin>" else name)
                 docs.append(Document(f"{name}#{i + 1}", data))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
@@ -214,57 +220,32 @@ def ref_of(manifest: dict[str, Any]) -> ObjectRef:
 # --- the world -------------------------------------------------------------------------
 
 
-class PassSnapshot:
-    """A secret source that resolves each reference at most once per pass.
-
-    10,000 relays usually share a handful of references (one CA file, one password
-    variable): resolving each once per pass turns 10,000 file reads into one, and gives
-    every resource of the pass the same view of a secret that rotates mid-pass.  The
-    cache lives in memory only (``Resolved`` holds a ``Secret``) and is dropped at the
-    start of every pass (``World.begin_pass``), so rotation is still seen on the next
-    pass.  Failures are not cached.  Writes (refresh-token rotation) go through and
-    invalidate the entry.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self._cache: dict[tuple[str, str], Any] = {}
-
-    def clear(self) -> None:
-        self._cache.clear()
-
-    @staticmethod
-    def _key(ref: Any, namespace: str) -> tuple[str, str]:
-        return (ref.model_dump_json(by_alias=True, exclude_none=True), namespace)
-
-    async def resolve(self, ref: Any, namespace: str) -> Any:
-        key = self._key(ref, namespace)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._cache[key] = await self._inner.resolve(ref, namespace)
-        return hit
-
-    async def write(self, ref: Any, namespace: str, value: Any) -> str:
-        self._cache.pop(self._key(ref, namespace), None)
-        version: str = await self._inner.write(ref, namespace, value)
-        return version
-
-
 def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
                 clock: Callable[[], float] = time.time,
-                refresh_floor: float | None = None) -> BasicWorld:
-    """A World wired to the real credentials layer and probe (imported lazily)."""
+                policy: SourcePolicy | None = None, egress: Any = None,
+                offline: bool = False, refresh_floor: float | None = None) -> BasicWorld:
+    """A World wired to the real credentials layer and probe (imported lazily).
+
+    ``policy``: which secret references manifests may use (default: the CLI's, with the
+    ``SMTPCTL_ALLOW_*`` opt-ins of the environment; ``docs/security.md``).  ``offline``:
+    ``plan`` and ``apply --dry-run`` (secrets resolved for their versions only; no token
+    endpoint, no relay, no write).  Each reference is resolved at most once per pass
+    (``begin_pass``): 10,000 relays usually share a handful of references.
+    ``refresh_floor``: the shortest re-verification interval (``--min-refresh-interval``).
+    """
+    from reconciler.credentials.policy import cli_policy
     from reconciler.credentials.sources import default_sources
     from reconciler.runtimes.live import live_functions
 
-    sources = PassSnapshot(default_sources())
-    live = live_functions(sources)
+    sources = default_sources(policy=policy if policy is not None else cli_policy(),
+                              pass_cache=True)
+    live = live_functions(sources, egress=egress, offline=offline)
     return BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
                       check_provider_fn=live.check_provider_fn,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
-                      announce_testing=announce_testing, begin_pass=sources.clear,
+                      announce_testing=announce_testing, begin_pass=sources.begin_pass,
                       refresh_floor=REFRESH_FLOOR if refresh_floor is None else refresh_floor)
 
 
@@ -279,44 +260,39 @@ class Revealed:
     token_expires_at: str | None = None
 
 
-async def reveal_active(store: LocalStore, namespace: str, record: Mapping[str, Any],
-                        sources: Any = None) -> Revealed:
-    """The password of the active record - or a fresh access token of its provider - but
-    only when it is the tested one: raises :class:`reconciler.engine.active.NotTested`
-    otherwise (the secret changed since the test and the new value has not passed).
+async def reveal_active(store: LocalStore, namespace: str, record: Mapping[str, Any], *,
+                        manifest: Mapping[str, Any], policy: SourcePolicy | None = None,
+                        ) -> Revealed:
+    """The password of the active record, but only when it is the tested one: raises
+    :class:`reconciler.engine.active.NotTested` otherwise (the secret changed since the
+    test and the new value has not passed).
 
-    The comparison is of keyed versions (HMACs with the store's key), so the state file
-    never holds a value.  ``store`` must be open: opening it installs that key.
+    The reference is read through the source policy for the relay that holds it
+    (``manifest``), as ``apply`` read it.  The comparison is of keyed versions (HMACs with
+    the store's key), so the state file never holds a value; ``store`` must be open
+    (opening it installs that key).  An OAuth 2.0 access token is never revealed: ``get``
+    only reads and contacts no token endpoint (the operator publishes tokens).
     """
+    from reconciler.credentials.base import CredentialError
+    from reconciler.credentials.policy import cli_policy, sources_for
     from reconciler.credentials.sources import default_sources
-    from reconciler.engine import conditions as cond
-    from reconciler.engine.active import NotTested, require_tested
-    from reconciler.resources import OAuth2Provider, SecretRef
+    from reconciler.engine.active import require_tested
+    from reconciler.resources import SecretRef
 
-    sources = sources if sources is not None else default_sources()
+    del store  # open: its version key is installed
+    sources = default_sources(policy=policy if policy is not None else cli_policy())
     auth = record.get("authentication")
     if auth == "UsernamePassword" and record.get("passwordFrom"):
         ref = SecretRef.model_validate(record["passwordFrom"])
-        resolved = await sources.resolve(ref, namespace)
+        resolved = await sources_for(sources, dict(manifest)).resolve(ref, namespace)
         require_tested(record, "password", resolved.version)
         return Revealed(resolved.value)
-    if auth == "OAuth2" and record.get("oauth2Provider"):
-        from reconciler.credentials.oauth import TokenManager
-
-        name = str(record["oauth2Provider"])
-        pobj = store.get_sync(ObjectRef(KIND_OAUTH2, namespace, name))
-        if pobj is None:
-            raise NotTested("oauth2", f"OAuth2Provider {name!r} does not exist any more")
-        if not cond.is_true(pobj.status, cond.READY):
-            raise NotTested("oauth2", f"OAuth2Provider {name!r} is not Ready (see its "
-                                      "status): no access token is handed out")
-        require_tested(record, "oauth2", pobj.memo.digest if pobj.memo else None)
-        provider = OAuth2Provider.model_validate(pobj.manifest)
-        tokens = TokenManager(sources)
-        token = await tokens.token(provider)
-        left = tokens.expires_in(provider)
-        expires = cond.rfc3339(time.time() + left) if left is not None else None
-        return Revealed(token, expires)
+    if auth == "OAuth2":
+        raise CredentialError(
+            "OAuth2TokenNotRevealed",
+            "get only reads: it never contacts a token endpoint, so --reveal shows no access "
+            "token (applications obtain tokens from the provider themselves; the operator "
+            "publishes one)")
     return Revealed(None)
 
 

@@ -18,22 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.credentials.base import CredentialError, SecretSource
+from reconciler.credentials.policy import SourcePolicy
 from reconciler.credentials.sources import SourceRouter
-from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
+from reconciler.engine.world import BasicWorld, Limits
 from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP, OAuth2Provider
 from reconciler.runtimes.leader import LeaderThread, LeaseElector
 from reconciler.runtimes.live import live_functions
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.operator import health
 from reconciler.runtimes.operator.controller import Controller
+from reconciler.runtimes.operator.events import EventSink
 from reconciler.runtimes.operator.index import DependencyIndex
-from reconciler.runtimes.operator.settings import OperatorConfig
+from reconciler.runtimes.operator.settings import FINALIZER, OperatorConfig
 from reconciler.runtimes.operator.versionkey import ensure_version_key
 from reconciler.runtimes.operator.watching import Reflector
 from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.secret import Secret, set_version_key
-from reconciler.stores.base import Event, ObjectRef, StoreError
+from reconciler.stores.base import ObjectRef, StoreError
 from reconciler.stores.kube import PLURALS, KubeStore, ref_of, to_stored
 from reconciler.stores.kubeapi import (
     ApiError,
@@ -48,23 +50,9 @@ from reconciler.stores.kubeapi import (
 log = logging.getLogger("smtpctl.operator")
 
 
-class MetricsSink(StoreEventSink):
-    """Events to the store (core/v1 Events), counted and logged."""
-
-    def __init__(self, store: KubeStore, metrics: OperatorMetrics) -> None:
-        super().__init__(store)
-        self._metrics = metrics
-
-    async def emit(self, event: Event) -> None:
-        self._metrics.events.labels(event.type, event.reason).inc()
-        log.info("event", extra={"resource": str(event.ref), "reason": event.reason,
-                                 "type": event.type})
-        await super().emit(event)
-
-
 def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetrics,
                 sources: SecretSource) -> tuple[BasicWorld, Any]:
-    live = live_functions(sources, allow_loopback=config.allow_loopback)
+    live = live_functions(sources, allow_loopback=config.allow_loopback, egress=config.egress)
 
     async def check_fn(provider: OAuth2Provider) -> Any:
         try:
@@ -76,7 +64,7 @@ def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetri
         return result
 
     world = BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
-                       check_provider_fn=check_fn, events=MetricsSink(store, metrics),
+                       check_provider_fn=check_fn, events=EventSink(store, metrics),
                        limits=Limits(config.concurrency, config.per_host),
                        announce_testing=config.announce_testing)
     return world, live.tokens
@@ -91,17 +79,20 @@ class Parts:
     controller: Controller
 
 
-def build_sources(secrets: KubeSecrets) -> SourceRouter:
-    """Where credentials come from in the operator: ``secretKeyRef`` via the API."""
-    return SourceRouter(kube=secrets)
+def build_sources(secrets: KubeSecrets, policy: SourcePolicy) -> SourceRouter:
+    """Where credentials come from in the operator: ``secretKeyRef`` via the API, and
+    ``env:``/``file:`` only as far as the administrator's allow-list (``policy``) says
+    (docs/security.md)."""
+    return SourceRouter(kube=secrets, policy=policy)
 
 
 def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials) -> Parts:
     api = KubeApi(creds)
     index = DependencyIndex()
     secrets = KubeSecrets(api, referenced=index.is_referenced)
-    sources = build_sources(secrets)
-    store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector)
+    sources = build_sources(secrets, config.source_policy)
+    store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector,
+                      finalizer=FINALIZER)
     world, tokens = build_world(store, config, metrics, sources)
 
     async def token_fn(ns: str, name: str) -> tuple[Secret, float | None]:
