@@ -397,8 +397,29 @@ class TestSummary(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class ActiveTLS(BaseModel):
+    """The TLS trust a passing test relied on (``status.active.tls``)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
+
+    verify: StrictBool | None = None
+    server_name: str | None = Field(default=None, alias="serverName")
+    min_version: Literal["1.2", "1.3"] | None = Field(default=None, alias="minVersion")
+    ca_bundle_from: SecretRef | None = Field(default=None, alias="caBundleFrom")
+    ca_bundle_version: str | None = Field(default=None, alias="caBundleVersion")
+    version: str | None = None
+    certificate_not_after: str | None = Field(default=None, alias="certificateNotAfter")
+
+
+class ActiveFailure(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
+
+    reason: str | None = None
+    message: str | None = None
+
+
 class ActiveRelay(BaseModel):
-    """The non-secret summary of the configuration in use (last-known-good)."""
+    """The connection that passed its test (last-known-good): ``status.active``."""
 
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
 
@@ -407,9 +428,18 @@ class ActiveRelay(BaseModel):
     port: StrictInt
     authentication: Authentication
     tls_mode: Literal["implicit", "starttls", "none"] = Field(alias="tlsMode")
+    fallback_used: StrictBool | None = Field(default=None, alias="fallbackUsed")
     username: str | None = None
     from_: str | None = Field(default=None, alias="from")
+    password_from: SecretRef | None = Field(default=None, alias="passwordFrom")
+    oauth2_provider: str | None = Field(default=None, alias="oauth2Provider")
+    credential_version: str | None = Field(default=None, alias="credentialVersion")
+    tls: ActiveTLS | None = None
     digest: str | None = None
+    verified_at: str | None = Field(default=None, alias="verifiedAt")
+    health: Literal["Healthy", "Failing"] | None = None
+    failing_since: str | None = Field(default=None, alias="failingSince")
+    failure: ActiveFailure | None = None
 
 
 class ExternalSmtpStatus(BaseModel):
@@ -423,6 +453,8 @@ class ExternalSmtpStatus(BaseModel):
     last_test_time: str | None = Field(default=None, alias="lastTestTime")
     last_successful_test_time: str | None = Field(default=None, alias="lastSuccessfulTestTime")
     last_test: TestSummary | None = Field(default=None, alias="lastTest")
+    warnings: list[str] = Field(default_factory=list)
+    last_handled_reconcile_at: str | None = Field(default=None, alias="lastHandledReconcileAt")
 
 
 class OAuth2ProviderStatus(BaseModel):
@@ -431,6 +463,8 @@ class OAuth2ProviderStatus(BaseModel):
     observed_generation: StrictInt | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list)
     last_token_time: str | None = Field(default=None, alias="lastTokenTime")
+    warnings: list[str] = Field(default_factory=list)
+    last_handled_reconcile_at: str | None = Field(default=None, alias="lastHandledReconcileAt")
 
 
 class ExternalSmtp(BaseModel):

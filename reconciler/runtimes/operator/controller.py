@@ -15,7 +15,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from reconciler.engine.reconcile import ReconcileResult, reconcile
+from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP
@@ -141,10 +141,9 @@ class Controller:
             # Here, under the pass slots, not at the event: 10,000 new resources must not
             # become 10,000 concurrent PATCHes.
             await finalizers.add_finalizer(self.store, ref)
-        obj = await self.store.get(ref)
-        if obj is None:
+        result = await reconcile(ref, self.world)  # by key: it reads the object itself
+        if result.action == ReconcileAction.GONE:
             return None
-        result = await reconcile(obj, self.world)
         self._observe(result)
         if ref.kind == KIND_SMTP:
             await self.publisher.sync(ref.namespace)

@@ -19,9 +19,10 @@ from typing import Any
 
 from reconciler.credentials.base import CredentialError, SecretSource
 from reconciler.credentials.sources import SourceRouter
-from reconciler.engine.world import BasicWorld, Limits, StoreEventSink, live_functions
+from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP, OAuth2Provider
 from reconciler.runtimes.leader import LeaderThread, LeaseElector
+from reconciler.runtimes.live import live_functions
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.operator import health
 from reconciler.runtimes.operator.controller import Controller
