@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -35,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reconciler.devservers.smtp import RelayServer  # noqa: E402
-from tests.support.kube_emulator import kubeconfig_text  # noqa: E402
 from tests.support.kube_operator import standin_crd  # noqa: E402
 
 GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
@@ -64,9 +65,12 @@ def _rss_peak_mb(pid: int) -> float:
 
 
 class Emulator:
-    def __init__(self) -> None:
+    """The strict emulator (HTTPS, admin token) in its own process."""
+
+    def __init__(self, work: Path) -> None:
         crd_dir = ROOT / "manifests" / "crds"
-        args = [sys.executable, "-m", "tests.support.kube_emulator"]
+        args = [sys.executable, "-m", "tests.support.kube_emulator",
+                "--workdir", str(work / "emulator")]
         self.generated_crds = crd_dir.is_dir() and any(crd_dir.glob("*.yaml"))
         if self.generated_crds:
             args += ["--crd-dir", str(crd_dir)]
@@ -75,9 +79,16 @@ class Emulator:
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
+        self.kubeconfig = Path(self.proc.stdout.readline().strip())
+        user = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]
+        ca = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"][
+            "certificate-authority"]
+        self.http: dict[str, Any] = {"verify": ssl.create_default_context(cafile=ca),
+                                     "headers": {"Authorization": f"Bearer {user['token']}"}}
 
     def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=60).json()
+        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=60,
+                                         **self.http).json()
         return data
 
     def close(self) -> None:
@@ -89,9 +100,13 @@ class Emulator:
             self.proc.kill()
 
 
-async def _populate(url: str, count: int, relay: RelayServer, generated_crds: bool) -> None:
+async def _populate(emu: Emulator, count: int, relay: RelayServer, generated_crds: bool
+                    ) -> None:
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=emu.url, timeout=60, limits=limits,
+                                 **emu.http) as http:
+        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
+        r.raise_for_status()
         if not generated_crds:
             for kind, plural in (
                 ("ExternalSmtp", "externalsmtps"),
@@ -143,8 +158,9 @@ async def _populate(url: str, count: int, relay: RelayServer, generated_crds: bo
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def _ready_count(url: str) -> int:
-    r = httpx.get(f"{url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps", timeout=120)
+def _ready_count(emu: Emulator) -> int:
+    r = httpx.get(f"{emu.url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps",
+                  timeout=120, **emu.http)
     n = 0
     for item in r.json().get("items", []):
         for c in (item.get("status") or {}).get("conditions") or []:
@@ -228,17 +244,16 @@ def _wait(what: str, fn: Any, limit: float, pid: int | None = None) -> float:
 
 
 def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
-    emu = Emulator()
+    emu = Emulator(work)
     relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
     try:
-        kubeconfig = work / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(emu.url))
+        kubeconfig = emu.kubeconfig
         t0 = time.monotonic()
-        asyncio.run(_populate(emu.url, count, relay, emu.generated_crds))
+        asyncio.run(_populate(emu, count, relay, emu.generated_crds))
         create_s = time.monotonic() - t0
         base = emu.stats()
         op = Operator(kubeconfig, work / f"operator-{count}-a.log", concurrency)
-        ready_s = _wait("all Ready", lambda: _ready_count(emu.url) >= count, 3600, op.proc.pid)
+        ready_s = _wait("all Ready", lambda: _ready_count(emu) >= count, 3600, op.proc.pid)
         _wait("first pass logged", lambda: op.reconciled() >= count, 600, op.proc.pid)
         rss_first = op.stop()
         first = emu.stats()

@@ -245,16 +245,18 @@ async def test_file_write_to_a_directory_path_fails(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def kube(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, str, Path]]:
-    async with running_emulator() as (emu, url):
+    async with running_emulator(namespaces=("mail", "other")) as (emu, url):
         cfg = tmp_path / "kubeconfig"
-        cfg.write_text(kubeconfig_text(url))
+        cfg.write_text(emu.kubeconfig(url))
         yield emu, url, cfg
 
 
-async def put_secret(url: str, ns: str, name: str, data: dict[str, str]) -> str:
+async def put_secret(kube: tuple[KubeEmulator, str, Path], ns: str, name: str,
+                     data: dict[str, str]) -> str:
+    emu, url, _cfg = kube
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(**emu.http_kwargs()) as c:
         r = await c.post(f"{url}/api/v1/namespaces/{ns}/secrets", json=body)
         assert r.status_code == 201, r.status_code
         return str(r.json()["metadata"]["resourceVersion"])
@@ -265,8 +267,8 @@ def skref(name: str = "smtp", key: str = "password") -> SecretRef:
 
 
 async def test_kube_secret_resolves_with_resource_version(kube: Any) -> None:
-    _emu, url, cfg = kube
-    rv = await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD})
+    _emu, _url, cfg = kube
+    rv = await put_secret(kube, "mail", "smtp", {"password": canary.PASSWORD})
     src = default_sources(kubeconfig=str(cfg))
     got = await src.resolve(skref(), "mail")
     assert got.value.reveal() == canary.PASSWORD
@@ -275,16 +277,16 @@ async def test_kube_secret_resolves_with_resource_version(kube: Any) -> None:
 
 
 async def test_kube_secret_is_read_in_the_resources_namespace(kube: Any) -> None:
-    _emu, url, cfg = kube
-    await put_secret(url, "other", "smtp", {"password": canary.PASSWORD})
+    _emu, _url, cfg = kube
+    await put_secret(kube, "other", "smtp", {"password": canary.PASSWORD})
     err = await fail(default_sources(kubeconfig=str(cfg)).resolve(skref(), "mail"))
     assert err.reason == "SecretNotFound"
     assert "'smtp'" in err.message and "'mail'" in err.message
 
 
 async def test_kube_missing_key_and_empty_value(kube: Any) -> None:
-    _emu, url, cfg = kube
-    await put_secret(url, "mail", "smtp", {"user": "u", "empty": ""})
+    _emu, _url, cfg = kube
+    await put_secret(kube, "mail", "smtp", {"user": "u", "empty": ""})
     src = default_sources(kubeconfig=str(cfg))
     err = await fail(src.resolve(skref(), "mail"))
     assert err.reason == "SecretKeyNotFound"
@@ -335,8 +337,8 @@ def _factory(cfg: Path) -> Any:
 
 
 async def test_kube_write_patches_existing_secret(kube: Any) -> None:
-    _emu, url, cfg = kube
-    rv = await put_secret(url, "mail", "oauth", {"refresh": "old", "other": "keep"})
+    _emu, _url, cfg = kube
+    rv = await put_secret(kube, "mail", "oauth", {"refresh": "old", "other": "keep"})
     src = default_sources(kubeconfig=str(cfg))
     r = skref("oauth", "refresh")
     version = await src.write(r, "mail", Secret(canary.REFRESH_TOKEN))
@@ -364,8 +366,8 @@ async def test_kube_write_forbidden_is_not_persisted(kube: Any) -> None:
 
 
 async def test_concurrent_kube_reads(kube: Any) -> None:
-    _emu, url, cfg = kube
-    await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD})
+    _emu, _url, cfg = kube
+    await put_secret(kube, "mail", "smtp", {"password": canary.PASSWORD})
     src = default_sources(kubeconfig=str(cfg))
     got = await asyncio.gather(*(src.resolve(skref(), "mail") for _ in range(8)))
     assert {g.value.reveal() for g in got} == {canary.PASSWORD}
@@ -384,8 +386,8 @@ async def test_secret_key_ref_without_kubernetes(tmp_path: Path) -> None:
 
 
 async def test_kubeconfig_from_home(kube: Any, tmp_path: Path) -> None:
-    _emu, url, cfg = kube
-    await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD})
+    _emu, _url, cfg = kube
+    await put_secret(kube, "mail", "smtp", {"password": canary.PASSWORD})
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text(cfg.read_text())
@@ -394,8 +396,8 @@ async def test_kubeconfig_from_home(kube: Any, tmp_path: Path) -> None:
 
 
 async def test_kubeconfig_from_environment_variable(kube: Any) -> None:
-    _emu, url, cfg = kube
-    await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD})
+    _emu, _url, cfg = kube
+    await put_secret(kube, "mail", "smtp", {"password": canary.PASSWORD})
     src = default_sources(environ={"KUBECONFIG": str(cfg)})
     assert (await src.resolve(skref(), "mail")).value.reveal() == canary.PASSWORD
 
@@ -431,7 +433,7 @@ async def test_kube_garbage_answer_and_bad_base64(kube: Any) -> None:
     assert err.reason == "SecretSourceUnavailable" and "garbage" in err.message
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b64"},
             "data": {"password": "%%%not-base64%%%"}}
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(**emu.http_kwargs()) as c:
         r = await c.post(f"{url}/api/v1/namespaces/mail/secrets", json=body)
     if r.status_code != 201:
         pytest.skip("the emulator validates base64 like the API server")
