@@ -9,6 +9,7 @@ HTTPS with a private CA, authenticates every request and authorizes it by RBAC u
 from __future__ import annotations
 
 import re
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,8 @@ def test_emulator_thread_is_strict_by_default() -> None:
     with EmulatorThread() as kube:
         assert kube.url.startswith("https://")
         assert kube.tls is not None
-        with httpx.Client(base_url=kube.url, verify=str(kube.tls.ca_file)) as http:
+        with httpx.Client(base_url=kube.url,
+                          verify=ssl.create_default_context(cafile=str(kube.tls.ca_file))) as http:
             assert http.get("/api/v1/namespaces").status_code == 401
             r = http.get("/api/v1/namespaces/default/secrets",
                          headers={"Authorization": f"Bearer {kube.admin_token}"})
@@ -101,7 +103,7 @@ def test_the_emulator_process_is_strict_by_default(tmp_path: Path) -> None:
         cfg = yaml.safe_load(kubeconfig.read_text())
         ca = cfg["clusters"][0]["cluster"]["certificate-authority"]
         token = cfg["users"][0]["user"]["token"]
-        with httpx.Client(base_url=url, verify=ca) as http:
+        with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=ca)) as http:
             assert http.get("/api/v1/namespaces").status_code == 401
             r = http.get("/api/v1/namespaces", headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 200
