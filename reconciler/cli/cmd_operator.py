@@ -1,4 +1,4 @@
-"""``smtpctl operator``: run the Kubernetes operator (see reconciler/runtimes/operator.py)."""
+"""``smtpctl operator``: run the Kubernetes operator (see reconciler/runtimes/operator/)."""
 
 from __future__ import annotations
 

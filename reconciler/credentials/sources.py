@@ -53,6 +53,8 @@ __all__ = [
     "KubeSecretSource",
     "SourceRouter",
     "default_sources",
+    "kube_client_factory",
+    "resolve_from_secret",
     "trim_newline",
 ]
 
@@ -274,25 +276,7 @@ class KubeSecretSource:
         return doc
 
     def _resolve_sync(self, sel: SecretKeySelector, namespace: str) -> Resolved:
-        doc = self._read(sel, namespace)
-        what = f"Secret {sel.name!r} key {sel.key!r} in namespace {namespace!r}"
-        data = doc.get("data") or {}
-        raw = data.get(sel.key) if isinstance(data, dict) else None
-        if raw is None:
-            raise CredentialError(
-                "SecretKeyNotFound",
-                f"Secret {sel.name!r} in namespace {namespace!r} has no key {sel.key!r}",
-            )
-        try:
-            text = base64.b64decode(str(raw), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise CredentialError("SecretValueInvalid", f"{what} is not UTF-8 text") from None
-        _check_value(text, what)
-        rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
-        value = Secret(text)
-        # Without a resourceVersion (a non-conforming server) fall back to the keyed hash.
-        version = f"k8s:{rv}:{sel.key}" if rv else f"k8s:{keyed_version(value)}:{sel.key}"
-        return Resolved(value=value, version=version)
+        return resolve_from_secret(self._read(sel, namespace), sel, namespace)
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         sel = _require(ref.secret_key_ref, ref, "secretKeyRef")
@@ -328,6 +312,33 @@ class KubeSecretSource:
         except (ValueError, KeyError, TypeError):
             rv = ""
         return f"k8s:{rv}:{sel.key}" if rv else f"k8s:{keyed_version(value)}:{sel.key}"
+
+
+def resolve_from_secret(
+    doc: Mapping[str, Any], sel: SecretKeySelector, namespace: str
+) -> Resolved:
+    """The value and version of ``sel``'s key in a Secret body read from the API.
+
+    Public so that a runtime holding Secret bodies (the operator's watch cache) decodes
+    them exactly as this source does."""
+    what = f"Secret {sel.name!r} key {sel.key!r} in namespace {namespace!r}"
+    data = doc.get("data") or {}
+    raw = data.get(sel.key) if isinstance(data, dict) else None
+    if raw is None:
+        raise CredentialError(
+            "SecretKeyNotFound",
+            f"Secret {sel.name!r} in namespace {namespace!r} has no key {sel.key!r}",
+        )
+    try:
+        text = base64.b64decode(str(raw), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise CredentialError("SecretValueInvalid", f"{what} is not UTF-8 text") from None
+    _check_value(text, what)
+    rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
+    value = Secret(text)
+    # Without a resourceVersion (a non-conforming server) fall back to the keyed hash.
+    version = f"k8s:{rv}:{sel.key}" if rv else f"k8s:{keyed_version(value)}:{sel.key}"
+    return Resolved(value=value, version=version)
 
 
 def _kube_exceptions() -> tuple[type[Exception], ...]:
@@ -443,6 +454,11 @@ def default_sources(
         env=EnvSource(environ), file=FileSource(base_dir), kube=kube,
         kube_unavailable_hint=" (no kubeconfig found and not running in a cluster)",
     )
+
+
+def kube_client_factory(kubeconfig: str | None, context: str | None = None) -> ApiClientFactory:
+    """A ``kubernetes.client.ApiClient`` factory: this kubeconfig, or in-cluster when None."""
+    return _kubeconfig_factory(kubeconfig, context) if kubeconfig else _in_cluster_factory
 
 
 def _kubeconfig_factory(path: str, context: str | None) -> ApiClientFactory:

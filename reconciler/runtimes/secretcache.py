@@ -2,11 +2,11 @@
 
 The engine resolves credentials on every pass (the secret *versions* are part of the
 plan digest), so without a cache a restarted operator would make one Secret read per
-reference per resource before it could say "nothing changed".  This subclass of the
-credentials layer's :class:`~reconciler.credentials.sources.KubeSecretSource` keeps the
+reference per resource before it could say "nothing changed".  This source keeps the
 bodies of the Secrets that resources reference (the operator's index says which), fed by
-the Secret watch and primed with one LIST; decoding, checks and versions stay the
-credentials layer's own (``_resolve_sync``).  A miss falls back to the API read.
+the Secret watch and primed at start; decoding, checks and versions are the credentials
+layer's own (:func:`~reconciler.credentials.sources.resolve_from_secret`).  A miss falls
+back to the wrapped source (an API read).
 
 Only referenced Secrets are kept (a namespace may hold large unrelated ones, e.g. Helm
 releases), only in memory, and never logged.  A newer resourceVersion always wins, so a
@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reconciler.credentials.base import Resolved
-from reconciler.credentials.sources import ApiClientFactory, KubeSecretSource
-from reconciler.resources import SecretKeySelector, SecretRef
+from reconciler.credentials.base import Resolved, SecretSource
+from reconciler.credentials.sources import resolve_from_secret
+from reconciler.resources import SecretRef
+from reconciler.secret import Secret
 
 Wanted = Callable[[str, str], bool]  # (namespace, name) -> referenced?
 
@@ -32,9 +33,9 @@ def _rv(body: dict[str, Any]) -> int:
         return 0
 
 
-class CachedKubeSecretSource(KubeSecretSource):
-    def __init__(self, api_client_factory: ApiClientFactory, wanted: Wanted) -> None:
-        super().__init__(api_client_factory)
+class CachedKubeSecretSource:
+    def __init__(self, fallback: SecretSource, wanted: Wanted) -> None:
+        self._fallback = fallback
         self._wanted = wanted
         self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self.hits = 0
@@ -54,19 +55,17 @@ class CachedKubeSecretSource(KubeSecretSource):
             self._bodies[key] = {"metadata": {"resourceVersion": meta.get("resourceVersion")},
                                  "data": dict(body.get("data") or {})}
 
-    def _read(self, sel: SecretKeySelector, namespace: str) -> dict[str, Any]:
-        cached = self._bodies.get((namespace, sel.name))
-        if cached is not None:
-            return cached
-        doc = super()._read(sel, namespace)
-        self.observe({**doc, "metadata": {**(doc.get("metadata") or {}),
-                                          "namespace": namespace, "name": sel.name}})
-        return doc
-
     async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
         sel = ref.secret_key_ref
-        if sel is not None and (namespace, sel.name) in self._bodies:
+        cached = self._bodies.get((namespace, sel.name)) if sel is not None else None
+        if sel is not None and cached is not None:
             self.hits += 1
-            return self._resolve_sync(sel, namespace)  # no I/O: decode from memory
+            return resolve_from_secret(cached, sel, namespace)  # no I/O: decode from memory
         self.misses += 1
-        return await super().resolve(ref, namespace)
+        return await self._fallback.resolve(ref, namespace)
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+        writer = getattr(self._fallback, "write", None)
+        assert writer is not None
+        version: str = await writer(ref, namespace, value)
+        return version

@@ -164,12 +164,12 @@ class KubeStore:
         return count
 
     # --- Store protocol -------------------------------------------------------------------
-    def _path(self, ref: ObjectRef, subresource: str | None = None) -> str:
+    def path(self, ref: ObjectRef, subresource: str | None = None) -> str:
         return resource_path(API_VERSION, PLURALS[ref.kind], ref.namespace, ref.name, subresource)
 
     async def _fetch(self, ref: ObjectRef) -> dict[str, Any] | None:
         try:
-            body = await self.api.get(self._path(ref))
+            body = await self.api.get(self.path(ref))
         except ApiError as exc:
             if exc.code == 404:
                 self.forget(ref)
@@ -205,7 +205,7 @@ class KubeStore:
             new_body["status"] = write.status
             try:
                 if write.status != cur.status:
-                    stored = await self.api.put(self._path(ref, "status"), new_body)
+                    stored = await self.api.put(self.path(ref, "status"), new_body)
                     self.observe(stored)
                     body = stored
             except ApiError as exc:
@@ -226,7 +226,7 @@ class KubeStore:
     async def _write_memo(self, ref: ObjectRef, memo: TestMemo | None) -> dict[str, Any] | None:
         value = None if memo is None else json.dumps(memo.to_json(), sort_keys=True)
         try:
-            body = await self.api.patch(self._path(ref),
+            body = await self.api.patch(self.path(ref),
                                         {"metadata": {"annotations": {MEMO_ANNOTATION: value}}})
         except ApiError as exc:
             if exc.code == 404:

@@ -1,0 +1,186 @@
+"""Watch events in, reconcile passes out: the operator's controller.
+
+:meth:`Controller.handle` takes ExternalSmtp/OAuth2Provider events (and the primed
+objects), keeps the store's cache and the dependency index current, starts or wakes the
+resource's worker and starts the finalizer work of a resource being deleted.
+:meth:`Controller.handle_secret` takes Secret events and wakes the resources that use
+the Secret.  Our own status and annotation writes do not wake a worker (they do not
+change the generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from reconciler.engine.reconcile import ReconcileResult, reconcile
+from reconciler.engine.selection import select_scope
+from reconciler.engine.world import BasicWorld
+from reconciler.resources import KIND_OAUTH2, KIND_SMTP
+from reconciler.runtimes.metrics import OperatorMetrics
+from reconciler.runtimes.operator import finalizers
+from reconciler.runtimes.operator.index import DependencyIndex
+from reconciler.runtimes.operator.settings import IDLE_REQUEUE
+from reconciler.runtimes.operator.workers import WorkerPool
+from reconciler.runtimes.publish import Publisher
+from reconciler.runtimes.secretcache import CachedKubeSecretSource
+from reconciler.stores.base import ObjectRef
+from reconciler.stores.kube import KubeStore, ref_of
+
+log = logging.getLogger("smtpctl.operator")
+
+
+def _ready(body: dict[str, Any] | None) -> str:
+    for c in ((body or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return f"{c.get('status')}/{c.get('observedGeneration')}"
+    return ""
+
+
+def _ready_reason(status: dict[str, Any] | None) -> str:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("reason"))
+    return ""
+
+
+class Controller:
+    """Workers, indexes and finalizers; fed by watch events (:meth:`handle`)."""
+
+    def __init__(self, store: KubeStore, world: BasicWorld, publisher: Publisher,
+                 metrics: OperatorMetrics, index: DependencyIndex,
+                 secret_cache: CachedKubeSecretSource | None = None) -> None:
+        self.store = store
+        self.world = world
+        self.publisher = publisher
+        self.metrics = metrics
+        self.index = index
+        self.secret_cache = secret_cache
+        self.pool = WorkerPool(self._pass, metrics,
+                               slots=max(64, world.limits.concurrency * 4))
+        self._deleting: set[ObjectRef] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def stopped(self) -> bool:
+        return self.pool.stopped
+
+    def index_all(self) -> None:
+        """Build the Secret/provider indexes from the store's cache (before any worker)."""
+        for body in self.store.cached_objects():
+            self.index.update(ref_of(body), body)
+
+    # --- events ------------------------------------------------------------------------
+    def handle(self, body: dict[str, Any], event_type: str | None) -> None:
+        """An ExternalSmtp/OAuth2Provider event (or a primed object: ``event_type`` None)."""
+        if self.stopped:
+            return
+        ref = ref_of(body)
+        if event_type == "DELETED":
+            self.pool.stop(ref)
+            self.index.update(ref, None)
+            self.store.forget(ref)
+            self._spawn(self._after_removal(ref))
+            return
+        before = self.store.cached(ref)
+        if not self.store.observe(body):
+            return
+        meta = body.get("metadata") or {}
+        self.index.update(ref, body)
+        if meta.get("deletionTimestamp"):
+            if finalizers.has_finalizer(body) and ref not in self._deleting:
+                self._deleting.add(ref)
+                self.pool.stop(ref)
+                self._spawn(self._finalize(ref))
+            return
+        self.pool.ensure(ref, int(meta.get("generation") or 0))
+        if ref.kind == KIND_OAUTH2 and _ready(before) != _ready(body):
+            self.pool.wake(self.index.provider_users(ref.namespace, ref.name))
+
+    def handle_secret(self, body: dict[str, Any], event_type: str | None) -> None:
+        """A Secret changed (or appeared, or went away): wake the resources using it."""
+        if self.stopped:
+            return
+        if self.secret_cache is not None:  # before waking anyone: they will read it
+            self.secret_cache.observe(body, deleted=event_type == "DELETED")
+        if event_type is None:  # initial listing: nothing changed
+            return
+        meta = body.get("metadata") or {}
+        deps = self.index.secret_users(str(meta.get("namespace")), str(meta.get("name")))
+        for ref in list(deps):
+            if ref.kind == KIND_OAUTH2:
+                deps |= self.index.provider_users(ref.namespace, ref.name)
+        if deps:
+            log.info("referenced Secret changed", extra={
+                "secret": f"{meta.get('namespace')}/{meta.get('name')}", "event": event_type,
+                "dependents": len(deps)})
+        self.pool.wake(deps)
+
+    # --- passes ------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pass(self, ref: ObjectRef) -> float | None:
+        """One reconcile; the delay until the next (None: the object is gone)."""
+        body = self.store.cached(ref)
+        if ref.kind == KIND_SMTP and body is not None and not finalizers.has_finalizer(body):
+            # Here, under the pass slots, not at the event: 10,000 new resources must not
+            # become 10,000 concurrent PATCHes.
+            await finalizers.add_finalizer(self.store, ref,
+                                           list(body["metadata"].get("finalizers") or []))
+        obj = await self.store.get(ref)
+        if obj is None:
+            return None
+        result = await reconcile(obj, self.world)
+        self._observe(result)
+        if ref.kind == KIND_SMTP:
+            await self.publisher.sync(ref.namespace)
+        return result.requeue_after if result.requeue_after is not None else IDLE_REQUEUE
+
+    def _observe(self, result: ReconcileResult) -> None:
+        self.metrics.reconciles.labels(result.ref.kind, result.action).inc()
+        v = result.verdict
+        if result.tested and v is not None:
+            self.metrics.tests.labels("passed" if v.passed else "failed", v.reason).inc()
+            for stage, seconds in v.stage_seconds.items():
+                self.metrics.test_duration.labels(stage).observe(seconds)
+        gen = (result.status or {}).get("observedGeneration")
+        log.info("reconciled", extra={
+            "resource": str(result.ref), "generation": gen, "action": result.action,
+            "reason": _ready_reason(result.status), "requeueAfter": result.requeue_after})
+
+    def refresh_condition_gauges(self) -> None:
+        counts: dict[tuple[str, str, str], int] = {}
+        for body in self.store.cached_objects():
+            for c in (body.get("status") or {}).get("conditions") or []:
+                key = (str(body.get("kind")), str(c.get("type")), str(c.get("status")))
+                counts[key] = counts.get(key, 0) + 1
+        self.metrics.resources.clear()
+        for (kind, ctype, status), n in counts.items():
+            self.metrics.resources.labels(kind, ctype, status).set(n)
+
+    # --- deletion ------------------------------------------------------------------------
+    async def _after_removal(self, ref: ObjectRef) -> None:
+        if ref.kind == KIND_SMTP:
+            await select_scope(ref.namespace, self.world)
+            await self.publisher.sync(ref.namespace)
+        else:
+            self.pool.wake(self.index.provider_users(ref.namespace, ref.name))
+
+    async def _finalize(self, ref: ObjectRef) -> None:
+        try:
+            await finalizers.finalize(self.store, self.world, self.publisher, ref)
+        finally:
+            self._deleting.discard(ref)
+
+    async def stop(self) -> None:
+        self.pool.stopped = True
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await self.pool.stop_all()
+        await asyncio.gather(*tasks, return_exceptions=True)
