@@ -278,7 +278,9 @@ class OAuth2ProviderSpec(_Model):
     token_endpoint: str = Field(alias="tokenEndpoint", max_length=2048)
     revoke_endpoint: str | None = Field(default=None, alias="revokeEndpoint", max_length=2048)
     test_endpoint: str | None = Field(default=None, alias="testEndpoint", max_length=2048)
-    scopes: list[str] = Field(default_factory=list)
+    # The CRD types scopes as a list (maxItems 64, items maxLength 1024); local manifests
+    # may also give one space/comma separated string (at most 1024 characters).
+    scopes: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list)
     token_endpoint_auth_method: TokenEndpointAuthMethod = Field(
         default="client_secret_basic", alias="tokenEndpointAuthMethod"
     )
@@ -291,9 +293,13 @@ class OAuth2ProviderSpec(_Model):
     @field_validator("scopes", mode="before")
     @classmethod
     def _normalise_scopes(cls, v: Any) -> Any:
-        """Accept the original form's space- or comma-separated string."""
+        """Accept the original form's space- or comma-separated string (local manifests)."""
         if isinstance(v, str):
+            if len(v) > 1024:
+                raise ValueError("a scopes string may not be more than 1024 characters")
             return [s for s in re.split(r"[\s,]+", v) if s]
+        if isinstance(v, list) and len(v) > 64:
+            raise ValueError("at most 64 scopes")
         return v
 
     @field_validator("token_endpoint", "authorization_endpoint", "revoke_endpoint", "test_endpoint")

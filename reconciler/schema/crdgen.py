@@ -14,8 +14,11 @@ node, no ``$ref``, no ``additionalProperties`` next to ``properties``, and combi
   is dropped and emitted instead as a CEL rule in ``x-kubernetes-validations``: the
   JSON Schema node carries its CEL twin in ``x-cel`` and its message in ``x-message``,
   and ``tests/test_cel.py`` evaluates both over the corpus and demands the same verdicts;
-* a string-or-list field (``scopes``) cannot be typed structurally: it keeps
-  ``x-kubernetes-preserve-unknown-fields`` plus a CEL type check;
+* a node the API server cannot type as written (``scopes``: string-or-list) carries its
+  structural form in ``x-crd``, which replaces it in the CRD (an untyped node would be
+  invisible to CEL and unvalidated, so a combinator without one is an error here);
+* ``status.conditions`` is a list-map keyed by ``type`` (``x-kubernetes-list-type: map``),
+  so server-side apply merges conditions by type instead of replacing the list;
 * ``metadata`` is left to the API server (it validates names itself);
 * ``status`` is typed for ``kubectl explain`` and every object in it keeps unknown fields
   (``x-kubernetes-preserve-unknown-fields``), as the JSON Schema and the models do, so a
@@ -45,7 +48,7 @@ REPO = SOURCE_SCHEMA_DIR.parent
 CRD_DIR = REPO / "manifests" / "crds"
 DOCS = REPO / "docs" / "resources.md"
 
-_DROP = {"$schema", "$id", "$defs", "examples", "title", "x-message", "x-at", "x-cel",
+_DROP = {"$schema", "$id", "$defs", "examples", "title", "x-message", "x-at", "x-cel", "x-crd",
          "allOf", "anyOf", "oneOf", "if", "then", "else", "not", "additionalProperties"}
 
 _NAMES = {
@@ -107,6 +110,10 @@ def structural(node: Any, root: dict[str, Any], *, status: bool = False) -> Any:
     if "$ref" in node:
         merged = {**_resolve(root, node["$ref"]), **{k: v for k, v in node.items() if k != "$ref"}}
         return structural(merged, root, status=status)
+    if "x-crd" in node:
+        typed = {**{k: v for k, v in node.items() if k in ("description", "default")},
+                 **node["x-crd"]}
+        return structural(typed, root, status=status)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP:
@@ -121,9 +128,8 @@ def structural(node: Any, root: dict[str, Any], *, status: bool = False) -> Any:
         else:
             out[key] = value
     if "anyOf" in node and "type" not in node:
-        # string-or-list (scopes): not expressible structurally; keep the value as given
-        # and let the reconciler's model reject anything else (InvalidSpec).
-        out["x-kubernetes-preserve-unknown-fields"] = True
+        raise ValueError("a node typed only by anyOf needs an x-crd structural form "
+                         f"(the API server cannot type it): {sorted(node)}")
     if status and out.get("type") == "object":
         out["x-kubernetes-preserve-unknown-fields"] = True
     if isinstance(node.get("additionalProperties"), dict) and "properties" not in node:
@@ -139,6 +145,11 @@ def crd(kind: str) -> dict[str, Any]:
     props = root["properties"]
     spec = structural(props["spec"], root)
     status = structural(props["status"], root, status=True)
+    conditions = status.get("properties", {}).get("conditions")
+    if conditions is not None:
+        # metav1.Condition lists are maps keyed by type (server-side apply merges by key).
+        conditions["x-kubernetes-list-type"] = "map"
+        conditions["x-kubernetes-list-map-keys"] = ["type"]
     schema = {
         "type": "object",
         "description": root["description"],

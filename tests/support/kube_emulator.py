@@ -59,6 +59,7 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import apps, enums, parsing, rendering
 
+from tests.support.kube_crd import default_crd, validate_crd
 from tests.support.kube_schema import StructuralSchema
 from tests.support.kube_selectors import parse_field_selector, parse_label_selector
 
@@ -153,6 +154,7 @@ BUILTIN_KINDS = (
 
 
 _parse_path = parsing.parse_path
+CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"
 
 
 def _parse_path_with_namespaces(path: str) -> parsing.ParsedPath:
@@ -201,6 +203,7 @@ class KubeEmulator(KubernetesEmulator):
     _epoch: int = attrs.field(default=0, init=False)
     write_log: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
+    _crd_of: dict[ResKey, str] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -251,12 +254,21 @@ class KubeEmulator(KubernetesEmulator):
         )
 
     def install_crd(self, crd: Mapping[str, Any]) -> None:
-        """Serve a CRD's kinds (what the server does once a CRD is Established)."""
+        """Serve a CRD's kinds (what the server does once a CRD is Established).
+
+        The CRD must pass the API server's admission (tests/support/kube_crd.py): a CRD a
+        real server would refuse raises ``ValueError`` with its causes."""
+        crd = default_crd(copy.deepcopy(dict(crd)))
+        causes = validate_crd(crd)
+        if causes:
+            raise ValueError("; ".join(c["message"] for c in causes))
         spec = crd["spec"]
         for version in spec["versions"]:
             if not version.get("served", True):
                 continue
             schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            self._crd_of[(spec["group"], version["name"], spec["names"]["plural"])] = \
+                crd["metadata"]["name"]
             self.register(
                 Kind(
                     group=spec["group"],
@@ -389,7 +401,9 @@ class KubeEmulator(KubernetesEmulator):
         )
 
     def _invalid(self, kind: Kind, name: str, causes: list[dict[str, str]]) -> ApiError:
-        text = ", ".join(c["message"] for c in causes)
+        # field.ErrorList.ToAggregate(): one error as is, several in brackets
+        text = causes[0]["message"] if len(causes) == 1 else \
+            "[" + ", ".join(c["message"] for c in causes) + "]"
         qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
         return ApiError(
             422,
@@ -620,12 +634,37 @@ class KubeEmulator(KubernetesEmulator):
         if kind.generation:
             meta["generation"] = 1
         obj = self._admit(kind, obj, None)
+        if kind.plural == "customresourcedefinitions":
+            obj = self._admit_crd(kind, obj)
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self._data[kind.key][key] = obj
         self._record(kind, "ADDED", obj, None)
         if kind.plural == "customresourcedefinitions":
             self.install_crd(obj)
         return rendering.Response(status=201, payload=obj)
+
+    def _admit_crd(self, kind: Kind, obj: Obj) -> Obj:
+        """apiextensions-apiserver: validate, then (the controllers) accept the names and
+        establish the CRD, recording both as status conditions."""
+        obj = default_crd(obj)
+        causes = validate_crd(obj)
+        if causes:
+            raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
+        now = _now()
+        names = obj["spec"]["names"]
+        # the cleanup finalizer: deleting a CRD first deletes its custom resources
+        obj["metadata"]["finalizers"] = [*obj["metadata"].get("finalizers", []), CRD_CLEANUP]
+        obj["status"] = {
+            "acceptedNames": {k: v for k, v in names.items()},
+            "storedVersions": [v["name"] for v in obj["spec"]["versions"] if v.get("storage")],
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                 "message": "no conflicts found", "lastTransitionTime": now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted", "lastTransitionTime": now},
+            ],
+        }
+        return obj
 
     async def _serve_update(self, request: rendering.Request) -> Any:
         """PATCH: merge patch, JSON patch; strategic merge for built-in kinds only."""
@@ -752,12 +791,19 @@ class KubeEmulator(KubernetesEmulator):
         }:
             new["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
         new = self._admit(kind, new, old)
+        if kind.plural == "customresourcedefinitions" and subresource is None \
+                and new.get("spec") != old.get("spec"):
+            causes = validate_crd(default_crd(new))
+            if causes:
+                raise self._invalid(kind, old_meta["name"], causes)
         if new == old:
             return old  # a no-op write is not a write: no new resourceVersion, no event
         new["metadata"]["resourceVersion"] = self._next_rv()
         key = (old_meta.get("namespace", ""), old_meta["name"])
         self._data[kind.key][key] = new
         self._record(kind, "MODIFIED", new, old)
+        if kind.plural == "customresourcedefinitions" and new.get("spec") != old.get("spec"):
+            self.install_crd(new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             self._remove(kind, key)
         return new
@@ -768,7 +814,55 @@ class KubeEmulator(KubernetesEmulator):
         gone["metadata"]["resourceVersion"] = self._next_rv()
         self._record(kind, "DELETED", gone, obj)
         self._collect_dependents(obj["metadata"]["uid"])
+        crd_name = self._crd_of.get(kind.key)
+        if crd_name is not None:
+            self._finish_crd_deletion(crd_name)
+        elif kind.plural == "customresourcedefinitions":
+            self._unregister_crd(obj)
         return gone
+
+    def _crd_kinds(self, crd_name: str) -> list[ResKey]:
+        return [k for k, name in self._crd_of.items() if name == crd_name]
+
+    def _start_crd_deletion(self, crd: Obj) -> None:
+        """The CRD is Terminating: delete every object of its kinds (their finalizers hold
+        them), then drop the cleanup finalizer (apiextensions' finalizer controller)."""
+        name = crd["metadata"]["name"]
+        for key in self._crd_kinds(name):
+            kind = self._kinds.get(key)
+            if kind is None:
+                continue
+            for obj_key in list(self._data[key]):
+                if obj_key in self._data[key]:
+                    self._delete(kind, obj_key)
+        self._finish_crd_deletion(name)
+
+    def _finish_crd_deletion(self, crd_name: str) -> None:
+        crd_kind = self._kinds[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
+        crd = self._data[crd_kind.key].get(("", crd_name))
+        if crd is None or not crd["metadata"].get("deletionTimestamp"):
+            return
+        if any(self._data.get(k) for k in self._crd_kinds(crd_name)):
+            return
+        finalizers = [f for f in crd["metadata"].get("finalizers", []) if f != CRD_CLEANUP]
+        if finalizers == crd["metadata"].get("finalizers", []):
+            return
+        new = copy.deepcopy(crd)
+        new["metadata"]["finalizers"] = finalizers
+        if not finalizers:
+            new["metadata"].pop("finalizers")
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self._data[crd_kind.key][("", crd_name)] = new
+        self._record(crd_kind, "MODIFIED", new, crd)
+        if not finalizers:
+            self._remove(crd_kind, ("", crd_name))
+
+    def _unregister_crd(self, crd: Obj) -> None:
+        for key in self._crd_kinds(crd["metadata"]["name"]):
+            kind = self._kinds.pop(key, None)
+            self._crd_of.pop(key, None)
+            if kind is not None:
+                self.resources.pop(f"{kind.api_version}/{kind.plural}", None)
 
     def _collect_dependents(self, owner_uid: str) -> None:
         """Background garbage collection: delete objects owned by a deleted object."""
@@ -793,6 +887,9 @@ class KubeEmulator(KubernetesEmulator):
         new["metadata"]["resourceVersion"] = self._next_rv()
         self._data[kind.key][key] = new
         self._record(kind, "MODIFIED", new, obj)
+        if kind.plural == "customresourcedefinitions":
+            self._start_crd_deletion(new)
+            return self._data[kind.key].get(key, new)
         return new
 
     async def _serve_delete(self, request: rendering.Request) -> Any:
