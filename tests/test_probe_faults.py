@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 from collections.abc import Iterator
@@ -276,17 +277,25 @@ async def test_tls_handshake_timeout_does_not_fall_back(fault: type[FaultServer]
 
 
 async def test_cancellation_propagates(fault: type[FaultServer]) -> None:
-    import asyncio
+    """Cancelled inside the SMTP dialogue, the probe raises CancelledError and hangs up.
 
+    The cancel is sent only once the server has accepted the probe's connection (an event,
+    not a poll with a give-up: the old loop cancelled after 2 s whether or not a connection
+    had been made, so a probe that never connected passed too).  Shown failing against a
+    build whose ``run_probe`` turns ``CancelledError`` into a verdict (``DID NOT RAISE``),
+    and against one that sleeps 60 s before connecting ("the probe never connected").
+    """
     server = fault("no_banner")
     task = asyncio.create_task(run_probe(make_spec(server.port, timeout=30), creds()))
-    for _ in range(100):
-        if server.connections:
-            break
-        await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    connected = await loop.run_in_executor(None, server.accepted.wait, 20)
+    assert connected, "the probe never connected"
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    closed = await loop.run_in_executor(None, server.connections[0].closed.wait, 20)
+    assert closed, "the cancelled probe left its connection open"
 
 
 async def test_hangup_after_rcpt_still_passes(fault: type[FaultServer], ca: trustme.CA) -> None:
