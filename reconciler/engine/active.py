@@ -128,7 +128,7 @@ def to_javamail(view: ActiveRelayView, secret: Secret | None = None) -> dict[str
     """Jakarta Mail ``mail.smtp.*`` properties.
 
     ``socketFactory.fallback`` is always false: JavaMail's fallback is a silent downgrade
-    to plaintext (DESIGN.md guarantee 5), and the configuration was tested without it.
+    to plaintext (guarantee 5, docs/architecture.md), and the configuration was tested without it.
     """
     s = view.summary
     auth = s.get("authentication", "None")

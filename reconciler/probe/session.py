@@ -4,7 +4,7 @@ The attempt raises :class:`~reconciler.probe.failure.ProbeFailure` at the first 
 that fails and records everything else (timings, TLS facts, warnings) on the shared
 :class:`AttemptState`.  Retries and the implicit-TLS fallback are the runner's business.
 
-Invariants enforced here (DESIGN.md guarantees 5 and 6):
+Invariants enforced here (guarantees 5 and 6 in docs/architecture.md):
 
 * AUTH is only sent on an encrypted connection unless ``spec.allowPlaintextAuth``; the
   check happens before the first AUTH byte is written;
