@@ -73,6 +73,34 @@ def parse_duration(value: str) -> timedelta:
     return timedelta(seconds=min(seconds, timedelta.max.total_seconds() // 2))
 
 
+def format_duration(seconds: float) -> str:
+    """One way to print a duration, in the syntax of ``parse_duration`` (Go's).
+
+    Under a second in milliseconds (``350ms``, ``4.2ms``); under 10 s with two decimals
+    (``1.35s``); under a minute whole seconds (``42s``); then hours and minutes, seconds
+    only below 10 minutes (``5m30s``, ``57m``, ``1h6m``, ``26h``).  Every output parses
+    back with :func:`parse_duration` (shared by CLI, engine messages and docs)."""
+    if seconds < 0:
+        seconds = 0.0
+    if seconds < 0.9995:
+        ms = seconds * 1000
+        return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 600:
+        m, s = divmod(total, 60)
+        return f"{m}m{s}s" if s else f"{m}m"
+    total = round(seconds / 60) * 60
+    h, rest = divmod(total, 3600)
+    m = rest // 60
+    if not h:
+        return f"{m}m"
+    return f"{h}h{m}m" if m else f"{h}h"
+
+
 def is_loopback_url(url: str) -> bool:
     return bool(_LOOPBACK_URL_RE.match(url))
 

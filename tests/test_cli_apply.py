@@ -35,8 +35,9 @@ def test_idempotent_second_apply_runs_zero_tests(e2e: Env) -> None:
     assert cond(e2e.status("a"), "Ready")["lastTransitionTime"] == ltt
     code, out = e2e.cli("apply", "-f", str(f), "-o", "json")
     report = json.loads(out)
-    assert code == 0 and report["testsRun"] == 0
-    assert [r["action"] for r in report["resources"]] == ["skipped", "skipped"]
+    assert code == 0 and report["summary"]["tested"] == 0
+    assert [(i["name"], i["operation"], i["test"]) for i in report["items"]] == [
+        ("a", "unchanged", "skipped"), ("b", "unchanged", "skipped")]
     b = e2e.status("b")
     assert b["selected"] is False and cond(b, "Selected")["reason"] == "NotRequested"
 
@@ -65,9 +66,13 @@ def test_last_known_good_survives_a_broken_update(e2e: Env) -> None:
     stages_line = next(line for line in desc.splitlines() if "Stages:" in line)
     shown = [part.split()[0] for part in stages_line.split(":", 1)[1].split(",")]
     assert shown == ["resolve", "connect", "banner", "ehlo", "starttls", "auth"]  # wire order
-    # a second apply of the same broken spec does not re-test (permanent, not due)
+    # a second apply of the same broken spec does not re-test (permanent, not due), and
+    # exits 0: this apply changed nothing (a GitOps apply must not fail because a relay is
+    # down); the row and its message still say it, and --require-ready fails on it
     n = e2e.relay.connections
-    assert e2e.cli("apply", "-f", str(e2e.write("a.yaml", bad)))[0] == 1
+    code, out = e2e.cli("apply", "-f", str(e2e.write("a.yaml", bad)))
+    assert code == 0 and "AuthenticationFailed" in out and "action: " in out
+    assert e2e.cli("apply", "-f", str(e2e.root / "a.yaml"), "--require-ready")[0] == 1
     assert e2e.relay.connections == n
     # fixing it makes generation 3 active
     assert e2e.cli("apply", "-f", str(e2e.write("a.yaml", good)))[0] == 0
@@ -150,14 +155,20 @@ def test_plan_exit_codes_and_no_side_effects(e2e: Env) -> None:
     changed = e2e.smtp("a", port=e2e.relay.port, **{"refreshInterval": "2h"})
     code, out = e2e.cli("plan", "-f", str(e2e.write("b.yaml", changed)), "-o", "json")
     assert code == 3
-    item = json.loads(out)[0]
-    assert item["action"] == "update" and item["generation"] == 2
+    env = json.loads(out)
+    assert (env["command"], env["exitCode"], env["summary"]["changes"]) == ("plan", 3, True)
+    [item] = env["items"]
+    assert item["operation"] == "update" and item["generation"] == 2
     assert item["diff"] == ['spec.refreshInterval: (unset) -> "2h"']
     assert e2e.status("a")["generation"] == 1
-    # --dry-run is plan through apply: exit 0, nothing tested or written
+    # --dry-run is plan through apply: the same exit code (3: it exited 0 before), nothing
+    # tested or written
     n = e2e.relay.connections
-    code, _ = e2e.cli("apply", "--dry-run", "-f", str(e2e.root / "b.yaml"))
-    assert code == 0 and e2e.relay.connections == n and e2e.status("a")["generation"] == 1
+    code, out = e2e.cli("apply", "--dry-run", "-f", str(e2e.root / "b.yaml"), "-o", "json")
+    assert code == 3 and e2e.relay.connections == n and e2e.status("a")["generation"] == 1
+    dry = json.loads(out)
+    assert dry["command"] == "apply" and dry["summary"]["dryRun"] is True
+    assert dry["items"] == env["items"]
 
 
 def test_prune_removes_resources_missing_from_input(e2e: Env) -> None:

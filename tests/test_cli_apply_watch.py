@@ -105,14 +105,15 @@ def test_concurrent_applies_do_not_interleave(e2e: Env) -> None:
         canary.assert_no_canary(out, where="apply output")
     # one of them tested everything, the others found nothing to do: never twice
     assert e2e.relay.connections == 20
-    assert sum("changed, 20 tested" in o for o in outs) == 1
-    assert sum("changed, 0 tested" in o for o in outs) == 2
+    assert sum("20 created; 20 tested" in o for o in outs) == 1
+    assert sum("20 unchanged; 0 tested" in o for o in outs) == 2
 
 
 def test_reconcile_without_state_is_a_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "reconciler", "reconcile", "--state",
                            str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "no state directory" in proc.stderr
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert "(from --state)" in proc.stderr  # a mistyped --state is named as such
 
 
 def test_apply_watch_cli_reverifies_and_stops_on_ctrl_c(e2e: Env) -> None:

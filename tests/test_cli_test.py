@@ -52,10 +52,13 @@ def password_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_json(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    """The result envelope, plus its items as ``results`` (the name the tests use)."""
     code = main(["test", *argv, "-o", "json"])
     out = capfd.readouterr().out
     canary.assert_no_canary(out, where="smtpctl test output")
-    return code, json.loads(out) if out.strip() else {}
+    env = json.loads(out)
+    assert (env["command"], env["exitCode"], env["ok"]) == ("test", code, code == 0)
+    return code, {**env, "results": env["items"]}
 
 
 def test_json_output_shape_and_exit_0(tmp_path: Path, relay: Relay, ca_file: Path,
@@ -64,10 +67,17 @@ def test_json_output_shape_and_exit_0(tmp_path: Path, relay: Relay, ca_file: Pat
     code, data = run_json(capfd, "-f", str(write(tmp_path, smtp_doc("good", server, ca_file))))
     assert code == 0
     [r] = data["results"]
-    assert set(r) == {"name", "namespace", "passed", "stage", "reason", "message", "action",
-                      "retryable", "warnings", "durationSeconds", "transcript"}
-    assert (r["name"], r["namespace"], r["passed"], r["reason"]) == (
-        "good", "default", True, "TestPassed")
+    assert set(r) == {"kind", "name", "namespace", "passed", "stage", "reason", "message",
+                      "retryable", "warnings", "durationSeconds", "transcript", "details",
+                      "file"}  # no "action" when there is nothing to do
+    assert (r["kind"], r["name"], r["namespace"], r["passed"], r["reason"]) == (
+        "ExternalSmtp", "good", "default", True, "TestPassed")
+    # the probe's details reach scripts too (they were dropped from -o json before)
+    d = r["details"]
+    assert d["tlsMode"] == "starttls" and d["tlsVersion"].startswith("TLSv1")
+    assert d["mechanism"] == "PLAIN" and d["relayCheck"] == "passed" and d["peer"]
+    assert data["summary"] == {"documents": 1, "skipped": 0, "tested": 1, "passed": 1,
+                               "failed": 0}
     assert isinstance(r["retryable"], bool) and isinstance(r["durationSeconds"], float)
     assert r["transcript"] and set(r["transcript"][0]) == {"direction", "line",
                                                            "elapsedSeconds"}
@@ -144,30 +154,36 @@ def test_secret_key_ref_without_cluster_says_so(tmp_path: Path, relay: Relay, ca
     assert "kubeconfig" in (r["message"] + r["action"]).lower()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--name", "nope"], "no ExternalSmtp named"),
-    (["--deny-egress", "garbage"], "--deny-egress"),
+@pytest.mark.parametrize("argv,needle,code", [
+    (["--name", "nope"], "no ExternalSmtp named", 1),  # NotFound, as in get/describe
+    (["--deny-egress", "garbage"], "--deny-egress", 2),
 ])
-def test_usage_errors_exit_2(tmp_path: Path, relay: Relay, ca_file: Path,
-                             capfd: pytest.CaptureFixture[str], argv: list[str],
-                             needle: str) -> None:
+def test_usage_errors_and_not_found(tmp_path: Path, relay: Relay, ca_file: Path,
+                                    capfd: pytest.CaptureFixture[str], argv: list[str],
+                                    needle: str, code: int) -> None:
     server = relay(mode="starttls")
     path = write(tmp_path, smtp_doc("good", server, ca_file))
-    assert main(["test", "-f", str(path), *argv]) == 2
+    assert main(["test", "-f", str(path), *argv]) == code
     assert needle in capfd.readouterr().err
+    assert server.connections == 0
 
 
-def test_invalid_or_missing_input_exits_2(tmp_path: Path,
-                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_invalid_input_exits_1_missing_input_2(tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    # Invalid input exits 1 as in validate/plan/apply (it exited 2 here before).
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: smtp.reconciler.dev/v1alpha1\nkind: ExternalSmtp\n"
                    "metadata: {name: x}\nspec: {host: h, port: 0}\n")
-    assert main(["test", "-f", str(bad)]) == 2
+    assert main(["test", "-f", str(bad)]) == 1
     err = capfd.readouterr().err
     assert f"{bad}:4:" in err and "spec.port" in err  # file:line and the JSON path
     assert main(["test", "-f", str(tmp_path / "missing.yaml")]) == 2
     assert main(["test"]) == 2  # -f is required
     capfd.readouterr()
+    code, env = run_json(capfd, "-f", str(bad))  # -o json: diagnostics in the envelope
+    assert code == 1 and env["items"] == []
+    [port] = [d for d in env["diagnostics"] if d.get("path") == "spec.port"]
+    assert port["line"] == 4 and port["file"] == str(bad)
 
 
 def test_reads_stdin(tmp_path: Path, relay: Relay, ca_file: Path,

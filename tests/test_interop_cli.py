@@ -94,7 +94,7 @@ def test_smtpctl_test_against_postfix(postfix_peer: PostfixPeer, oauth: OAuthSer
     assert_no_canary(done.stdout, done.stderr, where="smtpctl test output")
     assert_secret_absent(done.stdout + done.stderr, canary.PASSWORD, "smtpctl test output")
     assert done.returncode == 1, done.stderr[-2000:]  # one relay fails: the downgrade
-    results = {r["name"]: r for r in json.loads(done.stdout)["results"]}
+    results = {r["name"]: r for r in json.loads(done.stdout)["items"]}
     assert set(results) == {"postfix-submission", "postfix-smtps", "postfix-oauth",
                             "postfix-downgrade"}
     for name in ("postfix-submission", "postfix-smtps", "postfix-oauth"):

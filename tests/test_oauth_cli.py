@@ -65,14 +65,17 @@ def test_token_unknown_provider_and_bad_input(tmp_path: Path, env: None,
                                               capfd: pytest.CaptureFixture[str]) -> None:
     with make_server() as server:
         f = manifest(tmp_path, m365(server))
-        assert main(["oauth", "token", "other", "-f", str(f)]) == 2
-        assert main(["oauth", "token", "prov", "-f", str(f), "-n", "elsewhere"]) == 2
+        # a provider that is not in the input is NotFound (1), as in get/describe/delete
+        assert main(["oauth", "token", "other", "-f", str(f)]) == 1
+        # the namespace rule of every command: -n elsewhere says where it is
+        assert main(["oauth", "token", "prov", "-f", str(f), "-n", "elsewhere"]) == 1
         assert main(["oauth", "token", "prov", "-f", str(tmp_path / "missing.yaml")]) == 2
         bad = manifest(tmp_path, {**m365(server), "clientSecret": canary.CLIENT_SECRET},
                        name="bad")
         assert main(["oauth", "token", "bad", "-f", str(bad)]) == 1
     _, err = capfd.readouterr()
-    assert "no OAuth2Provider named 'other'" in err
+    assert "OAuth2Provider 'other' not found in any namespace" in err
+    assert "not found in namespace elsewhere; it exists in namespace mail (use -n mail)" in err
     assert "literal secrets are not allowed" in err
     canary.assert_no_canary(err)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from reconciler.cli.main import main
 from tests.support.canary import PASSWORD, assert_no_canary
@@ -39,8 +40,14 @@ def run(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 
 def run_json(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    """validate's result envelope, seen as {valid, documents, skipped, errors} (the
+    envelope's own shape is asserted in test_json_output_is_the_result_envelope)."""
     rc, out = run(capfd, *args, "-o", "json")
-    return rc, json.loads(out)
+    env = json.loads(out)
+    assert env["exitCode"] == rc and env["ok"] == (rc == 0)
+    s = env["summary"]
+    return rc, {"valid": s["valid"], "documents": s["documents"], "skipped": s["skipped"],
+                "errors": env["diagnostics"]}
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -148,6 +155,12 @@ def test_other_kinds_are_skipped_and_counted(tmp_path: Path,
         "metadata: {name: web}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n"
     rc, report = run_json(capfd, "-f", write(tmp_path, "mixed.yaml", text))
     assert (rc, report["documents"], report["skipped"], report["errors"]) == (0, 1, 2, [])
+    # junit counts what the text summary counts (it said skipped="0" before)
+    rc, out = run(capfd, "-f", str(tmp_path / "mixed.yaml"), "-o", "junit")
+    root = ET.fromstring(out)
+    suite = root.find("testsuite")
+    assert suite is not None and (suite.get("tests"), suite.get("skipped")) == ("3", "2")
+    assert len(root.findall(".//skipped")) == 2
 
 
 # --- cross-document checks, strict, status ----------------------------------------------
@@ -225,16 +238,24 @@ def _bad_file(tmp_path: Path) -> str:
     return write(tmp_path, "bad.yaml", text)
 
 
-def test_json_output_has_exactly_the_documented_shape(
+def test_json_output_is_the_result_envelope(
         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    rc, report = run_json(capfd, "-f", _bad_file(tmp_path))
+    rc, out = run(capfd, "-f", _bad_file(tmp_path), "-o", "json")
+    env = json.loads(out)
     assert rc == 1
-    assert list(report) == ["valid", "documents", "skipped", "errors"]
-    assert report["documents"] == 2
-    for e in report["errors"]:
+    assert list(env) == ["apiVersion", "kind", "command", "ok", "exitCode", "summary",
+                         "items", "events", "diagnostics"]
+    assert (env["command"], env["ok"], env["exitCode"]) == ("validate", False, 1)
+    assert env["summary"] == {"valid": False, "files": 1, "documents": 2, "skipped": 0,
+                              "errors": 1, "warnings": 1}
+    assert [(i["name"], i["valid"], i["document"]) for i in env["items"]] == [
+        ("a", False, 1), ("b", True, 2)]
+    for e in env["diagnostics"]:
         assert list(e) == ["file", "line", "column", "path", "kind", "name", "severity",
                            "message"]
-    assert [e["severity"] for e in report["errors"]] == ["error", "warning"]
+    assert [e["severity"] for e in env["diagnostics"]] == ["error", "warning"]
+    rc, out = run(capfd, "-f", _bad_file(tmp_path), "-o", "yaml")
+    assert rc == 1 and yaml.safe_load(out) == env
 
 
 def test_text_output(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
@@ -329,8 +350,9 @@ def test_stdin_with_multi_document_stream() -> None:
                          cwd=ROOT)
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)
-    assert report["documents"] == 2
-    assert [(e["file"], e["name"], e["line"]) for e in report["errors"]] == [("<stdin>", "b", 15)]
+    assert report["summary"]["documents"] == 2
+    assert [(e["file"], e["name"], e["line"]) for e in report["diagnostics"]] == [
+        ("<stdin>", "b", 15)]
 
 
 # --- secrets ------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""``smtpctl describe KIND NAME``: conditions, active vs latest generation, the last test
-with stage timings and its redacted transcript, the test history and recent events."""
+"""``smtpctl describe TYPE NAME... | TYPE/NAME...``: conditions, active vs latest
+generation, the last test with stage timings and its redacted transcript, the test history
+and recent events.  ``-o json|yaml``: the same in the result envelope (``object``,
+``tests``, ``events`` per item)."""
 
 from __future__ import annotations
 
@@ -8,52 +10,119 @@ import sys
 from typing import Any
 
 from reconciler.cli.cluster import add_cluster_options, cluster_errors, wants_cluster
-from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_state
-from reconciler.cli.localcmd import fail_usage, kind_of, open_store
+from reconciler.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_namespace_options,
+    add_output,
+    add_store_options,
+    worst,
+)
+from reconciler.cli.localcmd import NoStore, fail_usage, object_json, open_for_read
 
-HELP = "show one resource in detail: conditions, last-known-good, last test, history"
+HELP = "show resources in detail: conditions, last-known-good, last test, history"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", help="externalsmtp | oauth2provider")
-    parser.add_argument("name")
-    parser.add_argument("-n", "--namespace", default="default")
-    add_state(parser)
+    parser.add_argument("targets", nargs="+", metavar="TYPE NAME... | TYPE/NAME...",
+                        help="externalsmtp (esmtp) or oauth2provider (oauth2p) and names")
+    add_namespace_options(parser)
+    add_output(parser, ("text", "json", "yaml"))
+    add_store_options(parser)
     add_cluster_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.stores.base import ObjectRef
+    from reconciler.cli.names import LookupProblem, NameError_, find, parse_targets
+    from reconciler.cli.output import Result
 
-    kind = kind_of(args.kind)
-    if kind is None:
-        return fail_usage(f"unknown kind {args.kind!r}")
-    ref = ObjectRef(kind, args.namespace, args.name)
+    try:
+        targets = parse_targets(args.targets, default=None)
+    except NameError_ as exc:
+        return fail_usage(str(exc))
+    if any(t.name is None for t in targets):
+        return fail_usage("give a name: describe TYPE NAME or TYPE/NAME")
+    namespace = None if args.all_namespaces else args.namespace
+    kinds = list(dict.fromkeys(k for t in targets for k in t.kinds))
+    result = Result("describe")
+    code = EXIT_OK
+    found: list[tuple[Any, list[dict[str, Any]], list[Any]]] = []
     if wants_cluster(args):
-        from reconciler.cli.cluster import describe_object
+        from reconciler.cli.cluster import describe_object, list_objects
 
         with cluster_errors() as failed:
-            obj, tests, events = describe_object(args, ref)
+            objs = list_objects(args, kinds, None)
+            for t in targets:
+                try:
+                    obj = find(objs, t.kinds, str(t.name), namespace)
+                except LookupProblem as exc:
+                    code = worst(code, _missing(result, exc, args.output))
+                    continue
+                found.append(describe_object(args, obj.ref))
         if failed:
             return EXIT_USAGE
     else:
-        store = open_store(args.state, create=False)
-        if store is None:
-            return EXIT_USAGE
         try:
-            obj = store.get_sync(ref)
-            tests = store.tests_sync(ref) if obj is not None else []
-            events = store.events_sync(ref) if obj is not None else []
+            store = open_for_read(args)
+        except NoStore as exc:
+            return fail_usage(str(exc))
+        try:
+            objs = [o for k in kinds for o in store.list_sync(k)] if store else []
+            for t in targets:
+                try:
+                    obj = find(objs, t.kinds, str(t.name), namespace)
+                except LookupProblem as exc:
+                    code = worst(code, _missing(result, exc, args.output))
+                    continue
+                assert store is not None
+                found.append((obj, store.tests_sync(obj.ref), store.events_sync(obj.ref)))
         finally:
-            store.close()
-    if obj is None:
-        print(f"smtpctl: {kind} {args.namespace}/{args.name} not found", file=sys.stderr)
-        return EXIT_FAILED
-    sys.stdout.write(render(obj, tests, events))
-    return EXIT_OK
+            if store is not None:
+                store.close()
+    if args.output in ("json", "yaml"):
+        for obj, tests, events in found:
+            result.item(obj.ref.kind, obj.ref.namespace, obj.ref.name,
+                        object=object_json(obj), tests=tests,
+                        events=[_event_json(e) for e in events])
+        result.summary = {"found": len(found), "notFound": len(targets) - len(found)}
+        return result.emit(args.output, code)
+    width = _width()
+    sys.stdout.write("\n".join(render(obj, tests, events, width=width)
+                               for obj, tests, events in found))
+    return code
 
 
-def render(obj: Any, tests: list[dict[str, Any]], events: list[Any]) -> str:
+def _missing(result: Any, exc: Exception, fmt: str) -> int:
+    result.error(str(exc))
+    if fmt == "text":
+        print(f"smtpctl: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _event_json(e: Any) -> dict[str, Any]:
+    return {"type": e.type, "reason": e.reason, "message": e.message, "time": e.at}
+
+
+def _width() -> int | None:
+    """The terminal's width when stdout is one (long messages wrap between words)."""
+    import os
+    import shutil
+
+    from reconciler.cli.localcmd import is_tty
+
+    if not is_tty(sys.stdout):
+        return None
+    return max(40, shutil.get_terminal_size((int(os.environ.get("COLUMNS", "100")), 24))
+               .columns)
+
+
+def render(obj: Any, tests: list[dict[str, Any]], events: list[Any], *,
+           width: int | None = None) -> str:
+    """The text form; with ``width``, long lines wrap between words with a hanging indent
+    (a terminal would otherwise cut words in two)."""
+    from reconciler.resources import format_duration
+
     st = obj.status
     spec = obj.manifest.get("spec") or {}
     out: list[str] = []
@@ -88,12 +157,12 @@ def render(obj: Any, tests: list[dict[str, Any]], events: list[Any]) -> str:
         w("Last test:")
         w(f"  {'passed' if last.get('passed') else 'FAILED'} at {last.get('at')} "
           f"(generation {last.get('generation')}), stage {last.get('stage')}, "
-          f"reason {last.get('reason')}, {last.get('durationSeconds', 0):.3f}s")
+          f"reason {last.get('reason')}, {format_duration(last.get('durationSeconds') or 0)}")
         if last.get("message"):
             w(f"  {last['message']}")
         stages = last.get("stageSeconds") or {}
         if stages:
-            w("  Stages: " + ", ".join(f"{k} {stages[k] * 1000:.1f}ms"
+            w("  Stages: " + ", ".join(f"{k} {format_duration(stages[k])}"
                                        for k in sorted(stages, key=_stage_order)))
         if last.get("warnings"):
             w("  Warnings: " + ", ".join(last["warnings"]))
@@ -111,7 +180,19 @@ def render(obj: Any, tests: list[dict[str, Any]], events: list[Any]) -> str:
         w("Events:")
         for e in events:
             w(f"  {e.at}  {e.type:<8} {e.reason:<22} {e.message}")
+    if width:
+        out = [w2 for line in out for w2 in _wrap(line, width)]
     return "\n".join(out) + "\n"
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    import textwrap
+
+    if len(line) <= width:
+        return [line]
+    indent = " " * (len(line) - len(line.lstrip()) + 4)
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [line]
 
 
 def _stage_order(stage: str) -> int:

@@ -1,151 +1,186 @@
-"""``smtpctl get [externalsmtp|oauth2provider|all|active] [NAME] [-o ...]``.
+"""``smtpctl get [TYPE [NAME...] | TYPE/NAME...] [-o ...]`` and ``smtpctl get active``.
+
+Lists resources with their status (every namespace unless ``-n``), or prints one.
+``-o json|yaml`` prints the resources themselves (one object, or a kubectl ``List``), so
+the output round-trips into ``apply -f -``, ``validate --allow-status`` and kubectl.
 
 ``get active`` prints the selected relay of a namespace in a form an application can
-consume (``-o json|env|javamail``); credentials are references unless ``--reveal``, which
-resolves them to stdout only (never to disk).  Exit 1 when nothing is selected.
+consume (``-o json|yaml|env|javamail``); credentials are references unless ``--reveal``,
+which resolves them to stdout only (never to disk).  Exit 1 when nothing is selected.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from typing import Any
 
 from reconciler.cli.cluster import add_cluster_options, cluster_errors, wants_cluster
-from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_state
+from reconciler.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_namespace_options,
+    add_store_options,
+)
 from reconciler.cli.localcmd import (
     HEADER,
     WIDE,
+    NoStore,
     dump,
     fail_usage,
-    kind_of,
     object_json,
-    open_store,
+    open_for_read,
     print_table,
     row,
+    sort_key,
 )
 
 HELP = "list resources and their status, or the active relay (get active -o env)"
+FORMATS = ("text", "wide", "json", "yaml", "name")
+ACTIVE_FORMATS = ("json", "yaml", "env", "javamail")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", nargs="?", default="all",
-                        help="externalsmtp | oauth2provider | all | active (default all)")
-    parser.add_argument("name", nargs="?", help="resource name")
-    parser.add_argument("-n", "--namespace", default=None,
-                        help="namespace (default: all; `get active` uses 'default')")
+    parser.add_argument("targets", nargs="*", metavar="TYPE [NAME...] | TYPE/NAME...",
+                        help="externalsmtp (esmtp), oauth2provider (oauth2p), smtp or all "
+                        "(default), optionally names; or `active`")
+    add_namespace_options(parser)
     parser.add_argument("-o", "--output", default=None,
-                        help="text | wide | json | yaml; for `get active`: json | env | "
-                        "javamail")
+                        help=f"{' | '.join(FORMATS)} (default text); for `get active`: "
+                        f"{' | '.join(ACTIVE_FORMATS)} (default json)")
     parser.add_argument("--reveal", action="store_true",
                         help="get active: include the password or a fresh access token")
-    add_state(parser)
+    add_store_options(parser)
     add_cluster_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    what = args.what.lower()
-    if what == "active":
+    from reconciler.cli.names import LookupProblem, NameError_, find, parse_targets
+
+    if args.targets and args.targets[0].lower() == "active":
+        if len(args.targets) > 1:
+            return fail_usage("`get active` takes no name: use -n NAMESPACE")
         return _active(args)
     fmt = args.output or "text"
-    if fmt not in ("text", "wide", "json", "yaml"):
-        return fail_usage(f"-o {fmt}: expected text, wide, json or yaml")
-    kinds: list[str]
-    if what == "all":
-        kinds = ["OAuth2Provider", "ExternalSmtp"]
+    if fmt not in FORMATS:
+        return fail_usage(f"-o {fmt}: expected one of {', '.join(FORMATS)}")
+    if args.reveal:
+        return fail_usage("--reveal is for `get active`")
+    namespace = None if args.all_namespaces else args.namespace
+    try:
+        targets = parse_targets(args.targets)
+    except NameError_ as exc:
+        return fail_usage(str(exc))
+    kinds = list(dict.fromkeys(k for t in targets for k in t.kinds))
+    objs = _list(args, kinds, None if any(t.name for t in targets) else namespace)
+    if isinstance(objs, int):
+        return objs
+    named = any(t.name for t in targets)
+    code = EXIT_OK
+    if named:
+        picked = []
+        for t in targets:
+            try:
+                picked.append(find(objs, t.kinds, str(t.name), namespace))
+            except LookupProblem as exc:
+                print(f"smtpctl: {exc}", file=sys.stderr)
+                code = EXIT_FAILED
+        objs = list({o.ref: o for o in picked}.values())
     else:
-        k = kind_of(what)
-        if k is None:
-            return fail_usage(f"unknown kind {args.what!r} (externalsmtp, oauth2provider, all, "
-                              "active)")
-        kinds = [k]
+        objs = sorted(objs, key=sort_key)
+    if fmt in ("json", "yaml"):
+        single = named and len(targets) == 1 and len(objs) == 1
+        if objs or not named:
+            sys.stdout.write(dump([object_json(o) for o in objs], fmt, single=single))
+        return code
+    if fmt == "name":
+        from reconciler.cli.names import display_kind
+
+        for o in objs:
+            print(f"{display_kind(o.ref.kind)}/{o.ref.name}")
+        return code
+    if not objs:
+        if code == EXIT_OK:
+            where = f" in namespace {namespace}" if namespace else ""
+            print(f"No resources found{where}.", file=sys.stderr)
+        return code
+    header = HEADER + (WIDE if fmt == "wide" else [])
+    print_table(header, [row(o, wide=fmt == "wide") for o in objs])
+    return code
+
+
+def _list(args: argparse.Namespace, kinds: list[str], namespace: str | None) -> Any:
+    """Objects of ``kinds`` (every namespace unless ``namespace``), or an exit code."""
     if wants_cluster(args):
         from reconciler.cli.cluster import list_objects
 
         with cluster_errors() as failed:
-            objs = list_objects(args, kinds, args.namespace)
-        if failed:
-            return EXIT_USAGE
-    else:
-        store = open_store(args.state, create=False)
-        if store is None:
-            return EXIT_USAGE
-        try:
-            objs = [o for k in kinds for o in store.list_sync(k, args.namespace)]
-        finally:
-            store.close()
-    objs = [o for o in objs if args.name is None or o.ref.name == args.name]
-    if args.name and not objs:
-        print(f"smtpctl: {args.what} {args.name!r} not found", file=sys.stderr)
-        return EXIT_FAILED
-    if fmt in ("json", "yaml"):
-        sys.stdout.write(dump([object_json(o) for o in objs], fmt, single=bool(args.name)))
-        return EXIT_OK
-    if not objs:
-        print("No resources found.", file=sys.stderr)
-        return EXIT_OK
-    header = HEADER + (WIDE if fmt == "wide" else [])
-    print_table(header, [row(o, wide=fmt == "wide") for o in objs])
-    return EXIT_OK
-
-
-def _active(args: argparse.Namespace) -> int:
-    from reconciler.engine.active import ActiveRelayView, render_env, render_javamail, render_json
-
-    fmt = args.output or "json"
-    renderers = {"json": render_json, "env": render_env, "javamail": render_javamail}
-    if fmt not in renderers:
-        return fail_usage(f"-o {fmt}: expected json, env or javamail for `get active`")
-    ns = args.namespace or "default"
-    if wants_cluster(args):
-        return _active_in_cluster(args, ns, renderers[fmt])
-    store = open_store(args.state, create=False)
-    if store is None:
-        return EXIT_USAGE
+            objs = list_objects(args, kinds, namespace)
+        return EXIT_USAGE if failed else objs
     try:
-        winners = [o for o in store.list_sync("ExternalSmtp", ns)
-                   if o.status.get("selected") and o.status.get("active")]
-        if not winners:
-            print(f"smtpctl: no relay is selected in namespace {ns}", file=sys.stderr)
-            return EXIT_FAILED
-        w = winners[0]
-        view = ActiveRelayView(ns, w.ref.name, dict(w.status["active"]))
-        secret = None
-        if args.reveal:
-            try:
-                secret = asyncio.run(_reveal(store, w, view))
-            except Exception as exc:  # noqa: BLE001 - report the reason, never the text
-                reason = getattr(exc, "reason", type(exc).__name__)
-                print(f"smtpctl: cannot resolve the credentials ({reason})", file=sys.stderr)
-                return EXIT_FAILED
-        sys.stdout.write(renderers[fmt](view, secret))
-        return EXIT_OK
+        store = open_for_read(args)
+    except NoStore as exc:
+        return fail_usage(str(exc))
+    if store is None:
+        return []
+    try:
+        return [o for k in kinds for o in store.list_sync(k, namespace)]
     finally:
         store.close()
 
 
-def _active_in_cluster(args: argparse.Namespace, ns: str, render: Any) -> int:
-    from reconciler.cli.cluster import list_objects
-    from reconciler.engine.active import ActiveRelayView
+def _active(args: argparse.Namespace) -> int:
+    from reconciler.engine.active import ActiveRelayView, render_env, render_javamail, to_json
 
-    if args.reveal:
+    fmt = args.output or "json"
+    if fmt not in ACTIVE_FORMATS:
+        return fail_usage(f"-o {fmt}: expected one of {', '.join(ACTIVE_FORMATS)} for "
+                          "`get active`")
+
+    def render(view: Any, secret: Any) -> str:
+        if fmt in ("json", "yaml"):
+            from reconciler.cli.output import dumps
+
+            data = to_json(view, secret)
+            return json.dumps(data, indent=2) + "\n" if fmt == "json" else dumps(data, "yaml")
+        return str({"env": render_env, "javamail": render_javamail}[fmt](view, secret))
+
+    if wants_cluster(args) and args.reveal:
         return fail_usage("--reveal reads credentials locally; in a cluster, mount the "
                           "Secret the operator publishes (default smtp-active-relay)")
-    with cluster_errors() as failed:
-        objs = list_objects(args, ["ExternalSmtp"], ns)
-    if failed:
-        return EXIT_USAGE
-    winners = [o for o in objs if o.status.get("selected") and o.status.get("active")]
+    namespace = None if args.all_namespaces else args.namespace
+    objs = _list(args, ["ExternalSmtp"], namespace)
+    if isinstance(objs, int):
+        return objs
+    winners = sorted((o for o in objs if o.status.get("selected") and o.status.get("active")),
+                     key=sort_key)
     if not winners:
-        print(f"smtpctl: no relay is selected in namespace {ns}", file=sys.stderr)
+        where = f"namespace {namespace}" if namespace else "any namespace"
+        print(f"smtpctl: no relay is selected in {where}", file=sys.stderr)
+        return EXIT_FAILED
+    if len(winners) > 1:
+        spots = ", ".join(f"{w.ref.namespace} ({w.ref.name})" for w in winners)
+        print(f"smtpctl: a relay is selected in several namespaces: {spots}; pick one with "
+              "-n NAMESPACE", file=sys.stderr)
         return EXIT_FAILED
     w = winners[0]
-    sys.stdout.write(render(ActiveRelayView(ns, w.ref.name, dict(w.status["active"])), None))
+    view = ActiveRelayView(w.ref.namespace, w.ref.name, dict(w.status["active"]))
+    secret = None
+    if args.reveal:
+        try:
+            secret = asyncio.run(_reveal(args, w, view))
+        except Exception as exc:  # noqa: BLE001 - report the reason, never the text
+            reason = getattr(exc, "reason", type(exc).__name__)
+            print(f"smtpctl: cannot resolve the credentials ({reason})", file=sys.stderr)
+            return EXIT_FAILED
+    sys.stdout.write(render(view, secret))
     return EXIT_OK
 
 
-async def _reveal(store: Any, obj: Any, view: Any) -> Any:
+async def _reveal(args: argparse.Namespace, obj: Any, view: Any) -> Any:
     """Resolve the active relay's password, or a fresh access token, in memory only."""
     from reconciler.credentials.sources import default_sources
     from reconciler.resources import SecretRef
@@ -160,8 +195,14 @@ async def _reveal(store: Any, obj: Any, view: Any) -> Any:
         from reconciler.resources import OAuth2Provider
         from reconciler.stores.base import ObjectRef
 
-        pobj = store.get_sync(ObjectRef("OAuth2Provider", view.namespace,
-                                        summary["oauth2Provider"]))
+        store = open_for_read(args)
+        if store is None:
+            raise LookupError("OAuth2ProviderNotFound")
+        try:
+            pobj = store.get_sync(ObjectRef("OAuth2Provider", view.namespace,
+                                            summary["oauth2Provider"]))
+        finally:
+            store.close()
         if pobj is None:
             raise LookupError("OAuth2ProviderNotFound")
         provider = OAuth2Provider.model_validate(pobj.manifest)

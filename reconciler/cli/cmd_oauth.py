@@ -18,7 +18,14 @@ import asyncio
 import sys
 from typing import Any
 
-from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_files
+from reconciler.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_input_options,
+    add_namespace_options,
+    add_output,
+)
 
 HELP = "OAuth 2.0 providers: login (obtain a refresh token), token (check), revoke"
 
@@ -33,10 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     }
     for action, text in helps.items():
         p = sub.add_parser(action, help=text, description=text)
-        p.add_argument("provider", metavar="PROVIDER", help="OAuth2Provider name")
-        add_files(p)
-        p.add_argument("-n", "--namespace", default=None,
-                       help="namespace of the provider (default: the only match)")
+        p.add_argument("provider", metavar="PROVIDER",
+                       help="OAuth2Provider name (or oauth2provider/NAME)")
+        add_input_options(p)
+        add_namespace_options(p, all_flag=False)
+        if action != "login":
+            add_output(p, ("text", "json", "yaml"))
         p.add_argument("--kubeconfig", default=None,
                        help="kubeconfig for secretKeyRef references (default: $KUBECONFIG, "
                        "~/.kube/config, in-cluster)")
@@ -77,25 +86,49 @@ async def _run(args: argparse.Namespace, provider: Any, extra: dict[str, str]) -
     http_timeout = args.timeout if args.timeout and args.action != "login" else 10.0
     tokens = TokenManager(sources, timeout_seconds=http_timeout)
     name = f"{provider.metadata.namespace}/{provider.metadata.name}"
+    from reconciler import catalog
+    from reconciler.cli.output import Result
+
+    result = Result(f"oauth {args.action}")
+    fmt = getattr(args, "output", "text")
+    structured = fmt in ("json", "yaml")
+    head = (provider.metadata.namespace, provider.metadata.name)
+
+    def fail(reason: str, message: str) -> int:
+        entry = catalog.CATALOG.get(reason)
+        result.item("OAuth2Provider", *head, ready="False", reason=reason, message=message,
+                    action=entry.action if entry else None,
+                    retryable=entry.retryable if entry else None)
+        if structured:
+            return result.emit(fmt, EXIT_FAILED)
+        print(f"smtpctl: OAuth2Provider {name}: {reason}: {message}", file=sys.stderr)
+        if entry is not None:
+            print(f"  action: {entry.action}", file=sys.stderr)
+        return EXIT_FAILED
+
     try:
         if args.action == "token":
             check = await check_provider(provider, tokens)
             if not check.ready:
-                print(f"smtpctl: OAuth2Provider {name}: {check.reason}: {check.message}",
-                      file=sys.stderr)
-                return EXIT_FAILED
+                return fail(check.reason, check.message)
+            result.item("OAuth2Provider", *head, ready="True", reason=check.reason,
+                        message=check.message, warnings=list(check.warnings))
+            if structured:
+                return result.emit(fmt, EXIT_OK)
             print(f"OAuth2Provider {name}: {check.message} (the token is not shown)")
             for w in check.warnings:
                 print(f"warning: {w}", file=sys.stderr)
             return EXIT_OK
         if args.action == "revoke":
             what = await revoke(provider, sources, tokens)
+            result.item("OAuth2Provider", *head, operation="revoke", message=f"revoked {what}")
+            if structured:
+                return result.emit(fmt, EXIT_OK)
             print(f"OAuth2Provider {name}: revoked {what}")
             return EXIT_OK
         return await _login(args, provider, sources, tokens, extra)
     except CredentialError as exc:
-        print(f"smtpctl: OAuth2Provider {name}: {exc.reason}: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(exc.reason, exc.message)
 
 
 async def _login(args: argparse.Namespace, provider: Any, sources: Any, tokens: Any,
@@ -133,37 +166,44 @@ async def _login(args: argparse.Namespace, provider: Any, sources: Any, tokens: 
 
 
 def _load_provider(args: argparse.Namespace) -> Any:
-    from pydantic import ValidationError
+    """The one OAuth2Provider ``args.provider`` names in the input (the namespace rule of
+    every command: unique across namespaces, or ``-n``)."""
+    from reconciler.cli.manifests import print_text_diagnostics, read_args
+    from reconciler.cli.names import KIND_OAUTH2, LookupProblem, NameError_, find, kinds_of
+    from reconciler.cli.output import Result
+    from reconciler.resources import OAuth2Provider
+    from reconciler.runtimes.local import ref_of
 
-    from reconciler.engine.reconcile import render_validation_error
-    from reconciler.resources import KIND_OAUTH2, OAuth2Provider
-    from reconciler.runtimes.local import InputError, load_documents
+    result = Result(f"oauth {args.action}")
+    name = args.provider
+    if "/" in name:
+        kind, _, name = name.partition("/")
+        try:
+            if kinds_of(kind) != [KIND_OAUTH2]:
+                raise NameError_(f"{args.provider!r}: oauth commands take an OAuth2Provider")
+        except NameError_ as exc:
+            print(f"smtpctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    _, loaded, code = read_args(args, result, lookup=True)
+    fmt = getattr(args, "output", "text")
+    if code != EXIT_OK:
+        if fmt in ("json", "yaml"):
+            return result.emit(fmt, code)
+        print_text_diagnostics(result, quiet_info=True)
+        return code
 
+    class _Obj:
+        def __init__(self, manifest: dict[str, Any]) -> None:
+            self.ref = ref_of(manifest)
+            self.manifest = manifest
+
+    objs = [_Obj(m) for m in loaded.manifests]
     try:
-        docs = load_documents(args.files)
-    except InputError as exc:
-        print(f"smtpctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE if exc.usage else EXIT_FAILED
-    matches = []
-    for d in docs:
-        meta = d.data.get("metadata") or {}
-        if d.data.get("kind") != KIND_OAUTH2 or not isinstance(meta, dict):
-            continue
-        if meta.get("name") != args.provider:
-            continue
-        if args.namespace and (meta.get("namespace") or "default") != args.namespace:
-            continue
-        matches.append(d)
-    if not matches:
-        print(f"smtpctl: no OAuth2Provider named {args.provider!r} in the input",
-              file=sys.stderr)
-        return EXIT_USAGE
-    if len(matches) > 1:
-        print(f"smtpctl: {len(matches)} OAuth2Providers named {args.provider!r}; pick one "
-              "with -n NAMESPACE", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return OAuth2Provider.model_validate(matches[0].data)
-    except ValidationError as exc:
-        print(f"smtpctl: {matches[0].source}: {render_validation_error(exc)}", file=sys.stderr)
+        found = find(objs, [KIND_OAUTH2], name, args.namespace)
+    except LookupProblem as exc:
+        result.error(f"{exc} (in the input)")
+        if fmt in ("json", "yaml"):
+            return result.emit(fmt, EXIT_FAILED)
+        print(f"smtpctl: {exc} (in the input)", file=sys.stderr)
         return EXIT_FAILED
+    return OAuth2Provider.model_validate(found.manifest)

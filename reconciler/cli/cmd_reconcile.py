@@ -1,8 +1,10 @@
 """``smtpctl reconcile [--watch]``: reconcile what is in the local store.
 
-Once: every resource whose test is due (or whose secrets changed) is tested.  With
-``--watch``: keep running, re-verifying on ``refreshInterval`` with jitter and retrying
-transient failures with backoff - the local equivalent of the operator.
+Once: every resource whose test is due (or whose secrets changed) is tested; exit 1 when
+a test run by this pass failed (or, with ``--require-ready``, when any resource is not
+Ready).  With ``--watch``: keep running, re-verifying on ``refreshInterval`` with jitter
+and retrying transient failures with backoff - the local equivalent of the operator; one
+timestamped line per test and selection change.
 """
 
 from __future__ import annotations
@@ -10,55 +12,90 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
-from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_state
+from reconciler.cli.common import (
+    EXIT_USAGE,
+    add_namespace_options,
+    add_output,
+    add_store_options,
+)
 from reconciler.cli.localcmd import (
-    HEADER,
+    NoStore,
     add_limits,
     add_lock_timeout,
-    open_store,
-    print_table,
-    ready_cell,
-    row,
+    fail_usage,
+    open_for_read,
     run_locked,
+    sort_key,
 )
 
 HELP = "reconcile the resources in the local store (once, or --watch)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_state(parser)
-    parser.add_argument("--watch", action="store_true", help="keep running")
+    add_store_options(parser)
+    add_namespace_options(parser, all_flag=False)
+    parser.add_argument("--watch", action="store_true",
+                        help="keep running (lines with timestamps)")
+    parser.add_argument("--require-ready", action="store_true",
+                        help="exit 1 unless every resource is Ready (default: only a test "
+                        "run by this pass that failed does)")
     add_limits(parser)
     add_lock_timeout(parser)
+    add_output(parser, ("text", "wide", "json", "yaml", "name"))
 
 
 def run(args: argparse.Namespace) -> int:
-    store = open_store(args.state, create=False)
+    from reconciler.cli.output import Result
+
+    result = Result("reconcile")
+    if args.watch and args.output in ("json", "yaml"):
+        return fail_usage("--watch prints a log: use -o text (or wide)")
+    try:
+        store = open_for_read(args)
+    except NoStore as exc:
+        if args.output in ("json", "yaml"):
+            result.error(str(exc))
+            return result.emit(args.output, EXIT_USAGE)
+        return fail_usage(str(exc))
     if store is None:
-        return EXIT_USAGE
-    return run_locked(store, args.lock_timeout, lambda locked: asyncio.run(_run(locked, args)))
+        store_path = "the state directory"
+        msg = f"nothing to reconcile: {store_path} does not exist yet (run `smtpctl apply`)"
+        if args.output in ("json", "yaml"):
+            result.diag("info", msg)
+            result.summary = {"resources": 0}
+            return result.emit(args.output, 0)
+        print(f"smtpctl: {msg}", file=sys.stderr)
+        return 0
+    code = run_locked(store, args.lock_timeout,
+                      lambda locked: asyncio.run(_run(locked, args, result)))
+    if args.output in ("json", "yaml"):
+        return result.emit(args.output, code)
+    return code
 
 
-async def _run(store: object, args: argparse.Namespace) -> int:
-    from reconciler.cli.cmd_apply import Progress
+async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
+    from reconciler.cli.cmd_apply import EventLog, Progress, say, summarize
     from reconciler.engine.world import Limits
     from reconciler.runtimes.local import build_world, reconcile_objects, watch
-    from reconciler.stores.local import LocalStore
 
-    assert isinstance(store, LocalStore)
-    world = build_world(store, limits=Limits(args.concurrency, args.per_host))
+    text = args.output not in ("json", "yaml")
+    log = EventLog(store)
+    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log)
     if args.watch:
-        print("watching (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        stamped = Progress(0, enabled=True, stamp=True)
+        log.on_event = stamped.event
+        say("watching (Ctrl-C to stop)", stamp=True)
         store.unlock()  # held only during each pass: `smtpctl apply` can run in between
-        await watch(store, world, None, progress=Progress(0, enabled=True), max_sleep=10.0,
-                    on_error=lambda m: print(f"smtpctl: {m}", file=sys.stderr, flush=True),
+        await watch(store, world, None, progress=stamped, max_sleep=10.0,
+                    on_error=lambda m: say(f"smtpctl: {m}", stamp=True),
                     pass_lock=lambda: store.locked(args.lock_timeout))
-        return EXIT_OK
-    objs = store.list_sync()
-    with Progress(len(objs), enabled=True) as progress:
+        return 0
+    objs = [o for o in store.list_sync() if args.namespace in (None, o.ref.namespace)]
+    with Progress(len(objs), enabled=text) as progress:
         results = await reconcile_objects(objs, world, progress=progress)
-    tested = {r.ref: ("tested" if r.tested else r.action) for r in results}
-    fresh = [o for o in (store.get_sync(o.ref) for o in objs) if o is not None]
-    print_table([*HEADER, "TEST"], [row(o, tested=tested.get(o.ref, "-")) for o in fresh])
-    return EXIT_OK if all(ready_cell(o.status)[0] == "True" for o in fresh) else EXIT_FAILED
+    fresh = sorted((o for o in (store.get_sync(o.ref) for o in objs) if o is not None),
+                   key=sort_key)
+    return summarize(fresh, {r.ref: r for r in results}, {}, [], args, result, log.events,
+                     command="reconcile")

@@ -6,14 +6,17 @@ no state directory is read or written.
 
 Decisions where the issue is silent:
 
-* input errors (unreadable file, invalid manifest, no ExternalSmtp, unknown ``--name``)
-  exit 2, like usage errors: nothing was tested.  The input is first checked by the
-  schema layer (the same diagnostics as ``smtpctl validate``: ``file:line:col``, JSON
-  path), then loaded like ``apply``/``plan`` load it;
+* the input is read like every command reads it (docs/cli.md): invalid input is exit 1
+  with ``file:line:col`` diagnostics, an unreadable file exit 2, an input without any
+  ExternalSmtp exit 2 (nothing to test), a ``--name`` that is not in the input exit 1
+  (NotFound);
 * a resource whose credentials cannot be resolved is reported as a failed result at stage
   ``credentials`` with the credential reason (``EnvVarNotSet``, ``KubernetesUnavailable``,
   ...), so one bad reference does not hide the others' results;
 * several resources are tested concurrently (at most 8 at once), printed in input order;
+* ``-o json|yaml`` is the result envelope, each item with the probe's details (TLS
+  version and cipher, peer, mechanism, fallback, relay check); ``-o junit`` one test case
+  per relay, ``-o github`` workflow annotations for failures and warnings;
 * the egress policy is the local default: loopback allowed, link-local and cloud metadata
   addresses refused; ``--deny-egress CIDR`` adds networks (the operator has its own flags).
 """
@@ -26,19 +29,26 @@ import json
 import sys
 from typing import Any
 
-from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_files, add_output
+from reconciler.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_input_options,
+    add_namespace_options,
+    add_output,
+)
 
 HELP = "run the connection test of ExternalSmtp resources, without saving anything"
 MAX_CONCURRENT = 8
-JSON_KEYS = ("name", "namespace", "passed", "stage", "reason", "message", "action",
-             "retryable", "warnings", "durationSeconds", "transcript")
+FORMATS = ("text", "json", "yaml", "junit", "github")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_files(parser)
+    add_input_options(parser)
     parser.add_argument("--name", metavar="NAME",
                         help="test only the ExternalSmtp with this metadata.name")
-    add_output(parser, ("text", "json"))
+    add_namespace_options(parser, all_flag=False, manifests=True)
+    add_output(parser, FORMATS)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print the redacted SMTP transcript with timings")
     parser.add_argument("--send-test-message", metavar="TO", default=None,
@@ -53,71 +63,60 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
+    from reconciler.cli.manifests import print_text_diagnostics, read_args
+    from reconciler.cli.output import Result
     from reconciler.probe import EgressPolicy
     from reconciler.resources import ExternalSmtp, OAuth2Provider, parse_resource
-    from reconciler.runtimes.local import InputError, load_documents, validate_documents
 
-    if not _schema_valid(args.files):
-        return EXIT_USAGE
+    result = Result("test")
+    structured = args.output in ("json", "yaml")
+
+    def stop(code: int) -> int:
+        if structured:
+            return result.emit(args.output, code)
+        print_text_diagnostics(result, quiet_info=True)
+        return code
+
     try:
-        manifests = validate_documents(load_documents(args.files))
         policy = EgressPolicy.from_strings(deny=args.deny_egress)
-    except InputError as exc:
-        print(f"smtpctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except ValueError:
-        print("smtpctl: --deny-egress: expected a network such as 10.0.0.0/8", file=sys.stderr)
-        return EXIT_USAGE
-    relays: list[ExternalSmtp] = []
+        result.error("--deny-egress: expected a network such as 10.0.0.0/8")
+        return stop(EXIT_USAGE)
+    _, loaded, code = read_args(args, result)
+    if code != EXIT_OK:
+        return stop(code)
+    relays: list[tuple[ExternalSmtp, str]] = []
     providers: dict[tuple[str, str], OAuth2Provider] = {}
-    for m in manifests:
-        try:
-            res = parse_resource(m)
-        except ValidationError:  # validate_documents already accepted it
-            continue
+    for m, source in zip(loaded.manifests, loaded.sources, strict=True):
+        res = parse_resource(m)  # the loader validated it with the same models
         if isinstance(res, ExternalSmtp):
-            relays.append(res)
+            relays.append((res, source))
         else:
             providers[(res.metadata.namespace, res.metadata.name)] = res
-    if args.name is not None:
-        relays = [r for r in relays if r.metadata.name == args.name]
-        if not relays:
-            print(f"smtpctl: no ExternalSmtp named {args.name!r} in the input", file=sys.stderr)
-            return EXIT_USAGE
     if not relays:
-        print("smtpctl: the input holds no ExternalSmtp to test", file=sys.stderr)
-        return EXIT_USAGE
-    results = asyncio.run(_test_all(relays, providers, args, policy))
-    if args.output == "json":
-        # Exactly the documented shape (issue 3); details are for the text view.
-        public = [{k: v for k, v in r.items() if k in JSON_KEYS} for r in results]
-        print(json.dumps({"results": public}, indent=2))
-    else:
-        _print_text(results, verbose=args.verbose)
-    return EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED
-
-
-def _schema_valid(files: list[str]) -> bool:
-    """Validate the input with the schema layer first, for ``file:line:col`` diagnostics
-    (guarantee 7); stdin is read once and handed to both readers.  Status is allowed
-    (``kubectl get -o yaml`` output can be tested as is)."""
-    import io
-
-    from reconciler.schema.report import render_text
-    from reconciler.schema.validate import Options, validate_paths
-
-    stdin: io.BytesIO | None = None
-    if "-" in files:
-        data = sys.stdin.buffer.read()
-        stdin = io.BytesIO(data)
-        sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
-    report = validate_paths(files, Options(allow_status=True), stdin=stdin)
-    if report.valid:
-        return True
-    print(render_text(report), file=sys.stderr, end="")
-    return False
+        result.error("the input holds no ExternalSmtp to test")
+        return stop(EXIT_USAGE)
+    if args.name is not None:
+        relays = [r for r in relays if r[0].metadata.name == args.name]
+        if not relays:
+            result.error(f"no ExternalSmtp named {args.name!r} in the input")
+            return stop(EXIT_FAILED)
+    if not structured:
+        print_text_diagnostics(result, quiet_info=True)
+    results = asyncio.run(_test_all([r for r, _ in relays], providers, args, policy))
+    for r, (_, source) in zip(results, relays, strict=True):
+        r["file"] = source
+        result.item("ExternalSmtp", r.pop("namespace"), r.pop("name"), **r)
+    passed = sum(1 for r in result.items if r["passed"])
+    result.summary.update({"tested": len(result.items), "passed": passed,
+                           "failed": len(result.items) - passed})
+    code = EXIT_OK if passed == len(result.items) else EXIT_FAILED
+    if structured:
+        return result.emit(args.output, code)
+    out = {"text": lambda: _text(result.items, verbose=args.verbose),
+           "junit": lambda: _junit(result.items), "github": lambda: _github(result.items)}
+    sys.stdout.write(out[args.output]())
+    return code
 
 
 async def _test_all(relays: list[Any], providers: dict[tuple[str, str], Any],
@@ -153,14 +152,15 @@ async def _test_one(relay: Any, providers: dict[str, Any], sources: Any, tokens:
     except CredentialError as exc:
         entry = catalog.CATALOG.get(exc.reason)
         return {**head, "passed": False, "stage": "credentials", "reason": exc.reason,
-                "message": exc.message, "action": entry.action if entry else "",
+                "message": exc.message, "action": entry.action if entry else None,
                 "retryable": bool(entry and entry.retryable), "warnings": [],
                 "durationSeconds": 0.0, "transcript": [], "details": {}}
     verdict = await run_probe(relay.spec, creds.probe, policy=policy,
                               send_test_message_to=send_to)
     return {
         **head, "passed": verdict.passed, "stage": verdict.stage, "reason": verdict.reason,
-        "message": verdict.message, "action": verdict.action, "retryable": verdict.retryable,
+        "message": verdict.message, "action": None if verdict.passed else verdict.action,
+        "retryable": verdict.retryable,
         "warnings": list(dict.fromkeys([*verdict.warnings, *creds.warnings])),
         "durationSeconds": round(verdict.duration_seconds, 3),
         "transcript": [t.to_json() for t in verdict.transcript],
@@ -173,14 +173,17 @@ def _json_safe(details: dict[str, Any]) -> dict[str, Any]:
     return out if isinstance(out, dict) else {}
 
 
-def _print_text(results: list[dict[str, Any]], *, verbose: bool) -> None:
+def _text(items: list[dict[str, Any]], *, verbose: bool) -> str:
     from reconciler import catalog
+    from reconciler.resources import format_duration
 
-    for r in results:
+    lines: list[str] = []
+    w = lines.append
+    for r in items:
         who = f"{r['namespace']}/{r['name']}"
         d = r.get("details") or {}
         if r["passed"]:
-            facts = [f"{r['durationSeconds']:.2f}s"]
+            facts = [format_duration(r["durationSeconds"])]
             if d.get("tlsVersion"):
                 facts.append(f"{d.get('tlsMode')} {d['tlsVersion']}")
             else:
@@ -189,17 +192,70 @@ def _print_text(results: list[dict[str, Any]], *, verbose: bool) -> None:
                 facts.append(f"AUTH {d['mechanism']}")
             if d.get("relayCheck"):
                 facts.append(f"relay check {d['relayCheck']}")
-            print(f"{who}: PASSED ({', '.join(facts)})")
+            w(f"{who}: PASSED ({', '.join(facts)})")
         else:
             again = "retry may help" if r["retryable"] else "needs a change"
-            print(f"{who}: FAILED at {r['stage']}: {r['reason']} ({again})")
-            print(f"  {r['message']}")
-            print(f"  action: {r['action']}")
-        for w in r["warnings"]:
-            entry = catalog.CATALOG.get(w)
-            print(f"  warning: {w}: {entry.message if entry else ''}")
+            w(f"{who}: FAILED at {r['stage']}: {r['reason']} ({again})")
+            w(f"  {r['message']}")
+            if r.get("action"):
+                w(f"  action: {r['action']}")
+        for warning in r["warnings"]:
+            entry = catalog.CATALOG.get(warning)
+            w(f"  warning: {warning}: {entry.message if entry else ''}"
+              + (f"; {entry.action}" if entry else ""))
         if verbose and r["transcript"]:
-            print("  transcript:")
+            w("  transcript:")
             for t in r["transcript"]:
                 side = "C:" if t["direction"] == "c" else "S:"
-                print(f"    {t['elapsedSeconds']:8.3f}s {side} {t['line']}")
+                w(f"    {t['elapsedSeconds']:8.3f}s {side} {t['line']}")
+    return "\n".join(lines) + "\n"
+
+
+def _junit(items: list[dict[str, Any]]) -> str:
+    from reconciler.schema.report import escape, quoteattr
+
+    cases = []
+    failures = 0
+    total_time = 0.0
+    for r in items:
+        total_time += r["durationSeconds"]
+        name = f"ExternalSmtp/{r['namespace']}/{r['name']}"
+        case = (f"    <testcase classname={quoteattr(r.get('file') or 'smtpctl test')} "
+                f"name={quoteattr(name)} time=\"{r['durationSeconds']:.3f}\">\n")
+        if not r["passed"]:
+            failures += 1
+            summary = f"{r['reason']} at {r['stage']}: {r['message']}"
+            body = summary + (f"\naction: {r['action']}" if r.get("action") else "")
+            case += (f"      <failure message={quoteattr(summary)} type={quoteattr(r['reason'])}>"
+                     f"{escape(body)}</failure>\n")
+        if r["warnings"]:
+            case += f"      <system-out>{escape('warnings: ' + ', '.join(r['warnings']))}" \
+                    "</system-out>\n"
+        cases.append(case + "    </testcase>\n")
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n'
+            f'  <testsuite name="smtpctl test" tests="{len(items)}" failures="{failures}" '
+            f'errors="0" skipped="0" time="{total_time:.3f}">\n'
+            + "".join(cases) + "  </testsuite>\n</testsuites>\n")
+
+
+def _github(items: list[dict[str, Any]]) -> str:
+    from reconciler import catalog
+    from reconciler.schema.report import _gh_escape
+
+    lines = []
+    for r in items:
+        title = _gh_escape(f"ExternalSmtp/{r['namespace']}/{r['name']}", prop=True)
+        where = f"file={_gh_escape(r['file'], prop=True)}," if r.get("file") else ""
+        if not r["passed"]:
+            text = f"{r['reason']} at {r['stage']}: {r['message']}"
+            if r.get("action"):
+                text += f" - {r['action']}"
+            lines.append(f"::error {where}title={title}::{_gh_escape(text, prop=False)}")
+        for warning in r["warnings"]:
+            entry = catalog.CATALOG.get(warning)
+            text = f"{warning}: {entry.message if entry else ''}"
+            lines.append(f"::warning {where}title={title}::{_gh_escape(text, prop=False)}")
+    passed = sum(1 for r in items if r["passed"])
+    lines.append(f"smtpctl test: {len(items)} tested, {passed} passed, "
+                 f"{len(items) - passed} failed")
+    return "\n".join(lines) + "\n"

@@ -11,7 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reconciler.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_files, add_output
+from reconciler.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_input_options,
+    add_namespace_options,
+    add_output,
+)
 
 HELP = "check manifests offline (schema + semantic checks), for CI and pre-commit"
 
@@ -20,15 +27,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from reconciler.schema.loader import MAX_BYTES
     from reconciler.schema.report import FORMATS
 
-    add_files(parser, required=False)
+    add_input_options(parser, required=False)
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="more paths, as -f (pre-commit passes file names this way)")
+    add_namespace_options(parser, all_flag=False, manifests=True)
     add_output(parser, FORMATS)
     parser.add_argument("--strict", action="store_true",
                         help="treat warnings as errors (e.g. an oauth2ProviderRef that names "
                              "no provider in the input)")
-    parser.add_argument("--allow-status", action="store_true",
-                        help="accept a status section (for `smtpctl get -o yaml` output)")
     parser.add_argument("--max-bytes", type=positive_int, default=MAX_BYTES, metavar="N",
                         help=f"refuse files larger than N bytes (default {MAX_BYTES})")
 
@@ -41,7 +47,6 @@ def positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reconciler.schema.report import render
     from reconciler.schema.validate import Options, validate_paths
 
     paths = [*(args.files or []), *args.paths]
@@ -51,8 +56,48 @@ def run(args: argparse.Namespace) -> int:
     options = Options(strict=args.strict, allow_status=args.allow_status,
                       max_bytes=args.max_bytes)
     report = validate_paths(paths, options)
+    if args.namespace is not None:
+        _check_namespace(report, args.namespace)
+    code = EXIT_USAGE if report.io_errors else EXIT_OK if report.valid else EXIT_FAILED
+    if args.output in ("json", "yaml"):
+        return _envelope(report, args.output, code, args.namespace or "default")
+    from reconciler.schema.report import render
+
     sys.stdout.write(render(report, args.output))
     sys.stdout.flush()
-    if report.io_errors:
-        return EXIT_USAGE
-    return EXIT_OK if report.valid else EXIT_FAILED
+    return code
+
+
+def _check_namespace(report: object, namespace: str) -> None:
+    """``-n NS``: a document with another explicit namespace is an error (as in apply)."""
+    from reconciler.schema.diagnostics import Diagnostic
+    from reconciler.schema.validate import Report
+
+    assert isinstance(report, Report)
+    for r in report.results:
+        if r.namespace is not None and r.namespace != namespace:
+            d = Diagnostic(r.file, 0, 0, "metadata.namespace", r.kind, r.name, "error",
+                           f"the manifest's namespace {r.namespace!r} does not match "
+                           f"-n {namespace}")
+            report.diagnostics.append(d)
+            r.diagnostics.append(d)
+
+
+def _envelope(report: object, fmt: str, code: int, namespace: str) -> int:
+    from reconciler.cli.output import Result
+    from reconciler.schema.report import summary
+    from reconciler.schema.validate import Report
+
+    assert isinstance(report, Report)
+    result = Result("validate")
+    result.summary = summary(report)
+    for r in report.results:
+        errors = [d for d in r.diagnostics if d.severity == "error"]
+        ns = r.namespace or (namespace if r.kind else None)
+        result.items.append({"kind": r.kind, "namespace": ns, "name": r.name,
+                             "file": r.file, "document": r.index + 1, "valid": not errors})
+    for r in report.skipped_documents:
+        result.items.append({"kind": r.kind, "namespace": None, "name": r.name,
+                             "file": r.file, "document": r.index + 1, "skipped": True})
+    result.diagnostics = [d.as_json() for d in report.diagnostics]
+    return result.emit(fmt, code)

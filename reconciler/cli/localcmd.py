@@ -18,16 +18,12 @@ from reconciler.engine import conditions as cond
 from reconciler.stores.base import StoredObject, StoreError
 from reconciler.stores.local import LocalStore
 
-KIND_ALIASES = {
-    "externalsmtp": "ExternalSmtp", "externalsmtps": "ExternalSmtp", "smtp": "ExternalSmtp",
-    "es": "ExternalSmtp", "oauth2provider": "OAuth2Provider",
-    "oauth2providers": "OAuth2Provider", "provider": "OAuth2Provider",
-    "providers": "OAuth2Provider", "o2p": "OAuth2Provider",
-}
-
 
 def kind_of(word: str) -> str | None:
-    return KIND_ALIASES.get(word.lower().split(".")[0])
+    """The kind a resource word names (the CRDs' names; see reconciler.cli.names)."""
+    from reconciler.cli.names import kind_of as _kind_of
+
+    return _kind_of(word)
 
 
 def add_limits(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +44,35 @@ def open_store(state: str, *, create: bool) -> LocalStore | None:
     except (StoreError, OSError) as exc:
         print(f"smtpctl: {exc}", file=sys.stderr)
         return None
+
+
+class NoStore(Exception):
+    """An explicitly named state directory that does not exist (exit 2)."""
+
+
+def open_for_read(args: argparse.Namespace) -> LocalStore | None:
+    """The store of ``args`` for a read-only command, or None for "no store yet".
+
+    The default state directory missing is an empty store (nothing applied yet); one the
+    user named (``--state``, ``$SMTPCTL_STATE``) missing is a mistake: NoStore."""
+    from reconciler.cli.common import state_dir
+
+    sd = state_dir(args)
+    if not sd.exists:
+        if sd.explicit:
+            raise NoStore(sd.missing_message())
+        return None
+    store = LocalStore(sd.path, create=False)
+    return store
+
+
+def sort_key(obj: StoredObject) -> tuple[int, str, str]:
+    """The one row order of every table (get, apply, reconcile): kind, namespace, name."""
+    from reconciler.cli.names import RESOURCES
+
+    order = [r.kind for r in RESOURCES]
+    rank = order.index(obj.ref.kind) if obj.ref.kind in order else len(order)
+    return (rank, obj.ref.namespace, obj.ref.name)
 
 
 def run_locked(store: LocalStore, lock_timeout: float, body: Callable[[LocalStore], int]) -> int:
@@ -98,7 +123,10 @@ def row(obj: StoredObject, *, tested: str = "", wide: bool = False) -> list[str]
         auth = str(spec.get("authentication", ""))
         selected = "yes" if st.get("selected") else "-"
     else:
-        host = str(spec.get("tokenEndpoint", ""))
+        # The token endpoint's host only: a URL would widen the column for every row
+        # (`describe` and `-o wide` show the whole URL).
+        url = str(spec.get("tokenEndpoint", ""))
+        host = url if wide else _url_host(url)
         auth = str(spec.get("grantType", ""))
         selected = ""
     active = st.get("activeGeneration")
@@ -113,7 +141,16 @@ def row(obj: StoredObject, *, tested: str = "", wide: bool = False) -> list[str]
 
 
 def _short_kind(kind: str) -> str:
-    return {"ExternalSmtp": "smtp", "OAuth2Provider": "oauth2"}.get(kind, kind)
+    return kind  # as in manifests; `smtpctl get ExternalSmtp` accepts it too
+
+
+def _url_host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).netloc or url
+    except ValueError:
+        return url
 
 
 HEADER = ["NAME", "KIND", "HOST", "AUTH", "READY", "SELECTED", "REASON"]
@@ -128,9 +165,15 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], out: TextI
         from rich.console import Console
         from rich.table import Table
 
+        # Cells never wrap (a wrapped row is unreadable, a word cut in two worse): on a
+        # narrow terminal the widest free-text cells end in an ellipsis instead, and NAME
+        # (what you type next) is never shortened.
         table = Table(box=None, pad_edge=False, header_style="bold")
         for h in header:
-            table.add_column(h, no_wrap=True)
+            natural = max([len(h)] + [len(r[header.index(h)]) for r in rows
+                                      if header.index(h) < len(r)])
+            table.add_column(h, no_wrap=True, overflow="ellipsis",
+                             min_width=natural if h in ("NAME", "READY") else None)
         for r in rows:
             styled = []
             for h, cell in zip(header, r, strict=False):
@@ -140,13 +183,7 @@ def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], out: TextI
                 else:
                     styled.append(cell.replace("[", "\\["))
             table.add_row(*styled)
-        # Like kubectl: rows never fold inside cells; a wide table is as wide as it needs.
-        natural = sum(max([len(h)] + [len(r[i]) for r in rows if i < len(r)]) + 2
-                      for i, h in enumerate(header))
-        console = Console(file=out)
-        if natural > console.width:
-            console = Console(file=out, width=natural)
-        console.print(table)
+        Console(file=out).print(table)
         return
     widths = [len(h) for h in header]
     for r in rows:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
 
-from reconciler.cli.common import EXIT_USAGE
+from reconciler.cli.common import EXIT_CODES, EXIT_USAGE
 
 # command name -> module; the order is the order of `smtpctl --help`.
 COMMANDS: dict[str, str] = {
@@ -51,13 +51,21 @@ def _load(name: str) -> CommandModule | None:
 
 
 def _top_usage() -> str:
+    import textwrap
+
+    def fill(text: str, indent: int) -> list[str]:  # 80 columns, never inside a word
+        return textwrap.wrap(text, 79, subsequent_indent=" " * indent,
+                             break_long_words=False, break_on_hyphens=False)
+
     lines = ["usage: smtpctl COMMAND [options]", "", "commands:"]
     for name in COMMANDS:
         mod = _load(name)
         if mod is not None:
-            lines.append(f"  {name:<10} {mod.HELP}")
-    lines += ["", "Run `smtpctl COMMAND --help` for a command's options.",
-              "Exit codes: 0 success, 1 invalid or failed, 2 usage or I/O error."]
+            lines += fill(f"  {name:<10} {mod.HELP}", 13)
+    lines += ["", *fill("Run `smtpctl COMMAND --help` for a command's options; docs/cli.md "
+                        "for the conventions they share.", 0), "", "exit codes:"]
+    for code, text in EXIT_CODES.items():
+        lines += fill(f"  {code}  {text}", 5)
     return "\n".join(lines)
 
 
@@ -76,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if mod is None:
         print(f"smtpctl: unknown command {name!r}\n\n{_top_usage()}", file=sys.stderr)
         return EXIT_USAGE
-    parser = argparse.ArgumentParser(prog=f"smtpctl {name}", description=mod.HELP)
-    mod.configure(parser)
+    parser = build_parser(name, mod)
     try:
         ns = parser.parse_args(args[1:])
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
@@ -89,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def build_parser(name: str, mod: CommandModule | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of one command (docs/cli.md is generated from these)."""
+    mod = mod or _load(name)
+    assert mod is not None, name
+    parser = argparse.ArgumentParser(prog=f"smtpctl {name}", description=mod.HELP)
+    mod.configure(parser)
+    return parser
 
 
 def entry() -> None:  # pragma: no cover

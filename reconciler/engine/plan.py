@@ -120,8 +120,6 @@ async def _needs_test(manifest: dict[str, Any], stored: StoredObject, world: Wor
 
 
 def _human(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds:.0f}s"
+    from reconciler.resources import format_duration
+
+    return format_duration(seconds)

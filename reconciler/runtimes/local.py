@@ -158,8 +158,16 @@ def validate_inputs(inputs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return validate_documents(parse_texts(inputs))
 
 
-def load_manifests(paths: Iterable[str]) -> list[dict[str, Any]]:
-    return validate_inputs(read_inputs(paths))
+def load_manifests(paths: Iterable[str], *, allow_status: bool = True) -> list[dict[str, Any]]:
+    """Valid manifests of ``paths`` by the rules every command shares
+    (:mod:`reconciler.runtimes.inputs`), or InputError with every problem."""
+    from reconciler.runtimes import inputs
+
+    loaded = inputs.load_paths(paths, allow_status=allow_status)
+    if not loaded.ok:
+        raise InputError("invalid input:\n" + inputs.problems_text(loaded),
+                         usage=bool(loaded.io_errors))
+    return loaded.manifests
 
 
 def validate_documents(docs: list[Document]) -> list[dict[str, Any]]:
@@ -343,8 +351,10 @@ async def apply_manifests(store: LocalStore, world: BasicWorld, manifests: list[
 
 
 def _mtimes(paths: list[str]) -> dict[str, float]:
+    from reconciler.schema.validate import describe_paths
+
     out: dict[str, float] = {}
-    for p in paths:
+    for p in describe_paths(paths):
         if p == "-":
             continue
         path = Path(p)
@@ -364,13 +374,15 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
                 on_error: Callable[[str], None] | None = None,
                 iterations: int | None = None,
                 pass_lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+                load: Callable[[list[str]], list[dict[str, Any]]] | None = None,
                 ) -> None:
     """Keep reconciling: re-verify when due, re-apply when an input file changes.
 
     ``paths`` None means reconcile what is in the store (``smtpctl reconcile --watch``).
     ``stop`` ends the loop; ``iterations`` bounds it (tests).  ``pass_lock`` is held
     around each pass and released while sleeping, so an ``smtpctl apply`` from another
-    shell can run between passes (the CLI passes the store's apply lock).
+    shell can run between passes (the CLI passes the store's apply lock).  ``load`` reads
+    the paths (default :func:`load_manifests`; the CLI passes its options).
     """
     stop = stop or asyncio.Event()
     seen: dict[str, float] = {}
@@ -381,7 +393,8 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
         try:
             with (pass_lock or contextlib.nullcontext)():
                 await _watch_pass(store, world, paths, seen, due, prune=prune,
-                                  progress=progress, on_error=on_error)
+                                  progress=progress, on_error=on_error,
+                                  load=load or load_manifests)
         except StoreError as exc:  # e.g. the lock was not free in time: try again later
             if on_error:
                 on_error(str(exc))
@@ -399,7 +412,9 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
 async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | None,
                       seen: dict[str, float], due: dict[ObjectRef, float], *, prune: bool,
                       progress: ProgressFn | None,
-                      on_error: Callable[[str], None] | None) -> None:
+                      on_error: Callable[[str], None] | None,
+                      load: Callable[[list[str]], list[dict[str, Any]]] = load_manifests,
+                      ) -> None:
     """One pass of :func:`watch`: re-apply changed inputs, reconcile what is due."""
     now = world.clock()
     if paths is not None:
@@ -408,7 +423,7 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
             seen.clear()
             seen.update(current)
             try:
-                manifests = load_manifests(paths)
+                manifests = load(paths)
             except InputError as exc:
                 if on_error:
                     on_error(str(exc))

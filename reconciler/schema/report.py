@@ -2,28 +2,32 @@
 
 * ``text`` - ``file:line:col: severity: path: message [Kind/name]`` (the compiler format
   editors and terminals link), then a summary line;
-* ``json`` - exactly ``{"valid", "documents", "skipped", "errors": [{"file", "line",
-  "column", "path", "kind", "name", "severity", "message"}]}``; warnings are in
-  ``errors`` too, told apart by ``severity``;
+* ``json``/``yaml`` - the CLI's result envelope, built by ``smtpctl validate`` itself
+  (``reconciler/cli/cmd_validate.py``) from :func:`summary` and the diagnostics;
 * ``junit`` - one ``<testcase>`` per validated document, a ``<failure>`` per error (warnings
-  go to ``<system-out>``), so CI test report UIs list each manifest;
+  go to ``<system-out>``), a ``<skipped/>`` case per document of another kind, so CI test
+  report UIs list each manifest and count what the text summary counts;
 * ``github`` - workflow commands (``::error file=...,line=...,col=...::``) that GitHub
   Actions turns into annotations on the pull request diff.
 """
 
 from __future__ import annotations
 
-import json
-
 from reconciler.schema.diagnostics import Diagnostic
 from reconciler.schema.validate import Report
 
-FORMATS = ("text", "json", "junit", "github")
+FORMATS = ("text", "json", "yaml", "junit", "github")
 
 
 def render(report: Report, fmt: str) -> str:
-    return {"text": render_text, "json": render_json, "junit": render_junit,
-            "github": render_github}[fmt](report)
+    """text, junit or github (json/yaml are the CLI's envelope)."""
+    return {"text": render_text, "junit": render_junit, "github": render_github}[fmt](report)
+
+
+def summary(report: Report) -> dict[str, object]:
+    errors, warnings = report.counts()
+    return {"valid": report.valid, "files": report.files, "documents": report.documents,
+            "skipped": report.skipped, "errors": errors, "warnings": warnings}
 
 
 def _where(d: Diagnostic) -> str:
@@ -48,15 +52,6 @@ def render_text(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_json(report: Report) -> str:
-    return json.dumps({
-        "valid": report.valid,
-        "documents": report.documents,
-        "skipped": report.skipped,
-        "errors": [d.as_json() for d in report.diagnostics],
-    }, indent=2, ensure_ascii=False) + "\n"
-
-
 def render_junit(report: Report) -> str:
     cases: list[str] = []
     failures = 0
@@ -71,10 +66,16 @@ def render_junit(report: Report) -> str:
         errs = [d for d in r.diagnostics if d.severity == "error"]
         failures += bool(errs)
         cases.append(_case(r.file, f"{r.file}#{r.index} {label}", r.diagnostics))
+    for r in report.skipped_documents:
+        label = f"{r.kind or 'document'}/{r.name or r.index}"
+        cases.append(f"    <testcase classname={quoteattr(r.file)} "
+                     f"name={quoteattr(f'{r.file}#{r.index} {label}')}>\n"
+                     f"      <skipped message=\"not an ExternalSmtp or OAuth2Provider\"/>\n"
+                     "    </testcase>\n")
     total = len(cases)
     head = (f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>\n'
             f'  <testsuite name="smtpctl validate" tests="{total}" failures="{failures}" '
-            f'errors="0" skipped="0">\n')
+            f'errors="0" skipped="{len(report.skipped_documents)}">\n')
     return head + "".join(cases) + "  </testsuite>\n</testsuites>\n"
 
 

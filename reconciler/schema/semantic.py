@@ -151,9 +151,10 @@ def check_set(resources: list[Resource]) -> list[tuple[int, Finding]]:
         if r.name is not None:
             ident = (r.kind, r.namespace, r.name)
             if ident in seen:
-                out.append((r.key, Finding(("metadata", "name"), "warning",
+                out.append((r.key, Finding(("metadata", "name"), "error",
                                            f"{r.kind} {r.namespace}/{r.name} is defined more "
-                                           "than once in the input; the later one wins")))
+                                           "than once in the input: remove one (which one "
+                                           "is meant cannot be guessed)")))
             seen[ident] = r.key
         if r.kind != KIND_SMTP:
             continue

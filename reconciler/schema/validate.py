@@ -41,27 +41,41 @@ class Options(NamedTuple):
     strict: bool = False
     allow_status: bool = False
     max_bytes: int = MAX_BYTES
+    keep: bool = False
+    """Keep every validated document of our kinds in :attr:`Report.kept` (``apply`` and
+    the other commands that go on to use the manifests: one parse, one classification)."""
+
+
+class Kept(NamedTuple):
+    file: str
+    position: int  # 0-based index of the document in its file
+    data: Any
 
 
 class DocumentResult:
     """One validated document (for per-document outputs such as junit)."""
 
-    __slots__ = ("diagnostics", "file", "index", "kind", "name")
+    __slots__ = ("diagnostics", "file", "index", "kind", "name", "namespace")
 
-    def __init__(self, file: str, index: int, kind: str | None, name: str | None) -> None:
+    def __init__(self, file: str, index: int, kind: str | None, name: str | None,
+                 namespace: str | None = None) -> None:
         self.file = file
         self.index = index
         self.kind = kind
         self.name = name
+        self.namespace = namespace
         self.diagnostics: list[Diagnostic] = []
 
 
 class Report:
     """The outcome of one run: counts, every diagnostic, and per-document results."""
 
-    __slots__ = ("diagnostics", "documents", "files", "io_errors", "results", "skipped")
+    __slots__ = ("diagnostics", "documents", "files", "io_errors", "kept", "results", "skipped",
+                 "skipped_documents")
 
     def __init__(self) -> None:
+        self.kept: list[Kept] = []
+        self.skipped_documents: list[DocumentResult] = []  # other kinds (junit: <skipped/>)
         self.documents = 0
         self.skipped = 0
         self.files = 0
@@ -164,6 +178,7 @@ class Validator:
                 name = meta["name"]
             if not ours:
                 self.report.skipped += 1
+                self.report.skipped_documents.append(DocumentResult(file, index, kind, name))
                 for line, col, key in dups[:MAX_PER_DOCUMENT]:  # broken YAML, whatever the kind
                     self._diag(file, line, col, format_path(positions.path_at(index, line, col)),
                                kind, name, "error", _dup_message(key))
@@ -171,7 +186,11 @@ class Validator:
         elif data is None and not dups:
             return
         self.report.documents += 1
-        result = DocumentResult(file, index, kind, name)
+        ns = None
+        if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
+            raw_ns = data["metadata"].get("namespace")
+            ns = raw_ns if isinstance(raw_ns, str) else None
+        result = DocumentResult(file, index, kind, name, ns)  # None: no metadata.namespace
         self.report.results.append(result)
         ctx = _Context(file, positions, index, base, result, {})
 
@@ -228,6 +247,8 @@ class Validator:
             for path in _SET_PATHS:  # the node is at hand now; it is forgotten after this doc
                 full = (*base, *path)
                 ctx.spots[full] = positions.locate(index, full)
+        if self.options.keep:
+            self.report.kept.append(Kept(file, index, data))
         self._resources.append(Resource.of(len(self._contexts), kind,
                                            ns if isinstance(ns, str) else "default", name, data))
         self._contexts.append(ctx)
@@ -282,8 +303,16 @@ def iter_inputs(paths: list[str], stdin: BinaryIO | None = None, *, limit: int =
     At most ``limit`` bytes are read from any input, so an oversized file (or an endless
     stdin) is refused by :func:`~reconciler.schema.loader.decode` without being read whole.
     """
-    for p in paths:
+    stdin_used = False
+    for p in expand_globs(paths):
+        if isinstance(p, OSError):
+            yield str(p.filename), p
+            continue
         if p == "-":
+            if stdin_used:
+                yield "<stdin>", OSError("- (stdin) given twice: it can be read only once")
+                continue
+            stdin_used = True
             stream = stdin if stdin is not None else sys.stdin.buffer
             yield "<stdin>", stream.read(limit)
             continue
@@ -300,6 +329,33 @@ def iter_inputs(paths: list[str], stdin: BinaryIO | None = None, *, limit: int =
                 yield p, FileNotFoundError(f"no *.yaml, *.yml or *.json files under {p}")
         else:
             yield from _read(p, limit)
+
+
+_GLOB_MAGIC = frozenset("*?[")
+
+
+def expand_globs(paths: list[str]) -> Iterator[str | OSError]:
+    """Each path, or the sorted matches of a quoted glob (``**`` is recursive).
+
+    A path that exists is taken literally even if it contains glob characters; a glob
+    that matches nothing is an OSError (the caller reports it as an I/O error)."""
+    for p in paths:
+        if p == "-" or not _GLOB_MAGIC.intersection(p) or os.path.exists(p):
+            yield p
+            continue
+        import glob
+
+        matches = sorted(glob.glob(p, recursive=True))  # hidden entries are not matched
+        if not matches:
+            err = FileNotFoundError(2, f"no files match {p}")
+            err.filename = p
+            yield err
+        yield from matches
+
+
+def describe_paths(paths: list[str]) -> list[str]:
+    """The files and directories ``paths`` names once globs are expanded (for polling)."""
+    return [p for p in expand_globs(paths) if isinstance(p, str)]
 
 
 def _read(p: str, limit: int) -> Iterator[tuple[str, bytes | OSError]]:
