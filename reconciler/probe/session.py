@@ -180,11 +180,9 @@ async def _resolve(state: AttemptState, host: str, port: int) -> list[tuple[Any,
             sockaddr = (host, port, 0, 0) if literal.version == 6 else (host, port)
             infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
         else:
-            resolved = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                 proto=socket.IPPROTO_TCP),
-                budget,
-            )
+            async with asyncio.timeout(budget):  # not wait_for: see _token
+                resolved = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                  proto=socket.IPPROTO_TCP)
             infos = [tuple(info) for info in resolved]
     except socket.gaierror as exc:
         transient = exc.errno in _TRANSIENT_GAI
@@ -218,7 +216,8 @@ async def _connect(state: AttemptState, addresses: list[tuple[Any, ...]]) -> soc
         budget = state.timeout(max(1.0, state.spec.connection_test.timeout_seconds / 2))
         peer = _format_peer(tuple(sockaddr))
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, tuple(sockaddr)), budget)
+            async with asyncio.timeout(budget):  # not wait_for: see _token
+                await loop.sock_connect(sock, tuple(sockaddr))
         except TimeoutError:
             sock.close()
             last = ProbeFailure("connect", "ConnectTimeout",
@@ -414,7 +413,11 @@ async def _token(state: AttemptState, force: bool) -> Secret:
     if provider is None:
         raise ProbeFailure("credentials", "OAuth2ProviderNotReady", "no access token provider")
     try:
-        token = await asyncio.wait_for(provider(force), state.timeout())
+        # asyncio.timeout, never wait_for: on Python 3.11 wait_for drops a cancellation
+        # that arrives together with the result, and the probe would go on talking to
+        # the server after its caller cancelled it (tests/test_probe_faults.py).
+        async with asyncio.timeout(state.timeout()):
+            token = await provider(force)
     except TimeoutError:
         raise ProbeFailure("credentials", "OAuth2TokenEndpointUnavailable",
                            "the access token was not obtained in time", timeout=True) from None
