@@ -39,7 +39,9 @@ _ENTRIES: tuple[Reason, ...] = (
     Reason("InvalidSpec", "The resource does not pass validation",
            "Run `smtpctl validate -f FILE` and fix the reported fields", stalled=True),
     # --- probe: name resolution and connection ------------------------------------------
-    Reason("UnknownHost", "Unknown SMTP host", "Check the SMTP server name (spec.host)",
+    Reason("UnknownHost", "Unknown SMTP host",
+           "Check the SMTP server name (spec.host): a name that does not exist needs a "
+           "change; a resolver that did not answer is retried",
            retryable=True, stalled=False, original="Unknown SMTP host"),
     Reason("EgressDenied", "The reconciler refused to connect to this address",
            "Link-local, cloud metadata and deny-listed addresses are blocked by the "
@@ -48,6 +50,10 @@ _ENTRIES: tuple[Reason, ...] = (
     Reason("ConnectionRefused", "Could not connect to SMTP host",
            "Check the port (spec.port / spec.socketFactory.port); the server may be down, "
            "retry in a few minutes", retryable=True, original="Could not connect to SMTP host"),
+    Reason("NetworkUnreachable", "No network route to the SMTP host",
+           "The host's address cannot be reached from here at all (ENETUNREACH or "
+           "EHOSTUNREACH): check spec.host, and this machine's network, VPN or firewall; the "
+           "port is not the cause", retryable=True),
     Reason("ConnectTimeout", "Connect timed out",
            "Check the host and port and any firewall between; the server may be down, "
            "retry in a few minutes", retryable=True, original="Connect timed out"),
@@ -63,6 +69,10 @@ _ENTRIES: tuple[Reason, ...] = (
            "Check StartTLS and the SocketFactory fields, and spec.tls.minVersion: the "
            "server and the client found no common TLS version or cipher",
            retryable=False, stalled=True, original="Could not convert socket to TLS"),
+    Reason("ImplicitTLSToPlainPort", "The server answered a TLS handshake in plaintext",
+           "This port speaks plain SMTP (with STARTTLS): set spec.startTLS: true and remove "
+           "spec.socketFactory, or point socketFactory.port at the implicit TLS port "
+           "(usually 465)", stalled=True),
     Reason("CertificateInvalid", "The server's TLS certificate was rejected",
            "The message says why (expired, wrong host name, unknown CA). Fix the server's "
            "certificate, set spec.tls.serverName, or add its CA with spec.tls.caBundleFrom",

@@ -77,7 +77,7 @@ def format_duration(seconds: float) -> str:
     """One way to print a duration, in the syntax of ``parse_duration`` (Go's).
 
     Under a second in milliseconds (``350ms``, ``4.2ms``); under 10 s with two decimals
-    (``1.35s``); under a minute whole seconds (``42s``); then hours and minutes, seconds
+    (``1.35s``, ``2s``); under a minute whole seconds (``42s``); then hours and minutes, seconds
     only below 10 minutes (``5m30s``, ``57m``, ``1h6m``, ``26h``).  Every output parses
     back with :func:`parse_duration` (shared by CLI, engine messages and docs)."""
     if seconds < 0:
@@ -86,7 +86,7 @@ def format_duration(seconds: float) -> str:
         ms = seconds * 1000
         return f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms"
     if seconds < 10:
-        return f"{seconds:.2f}s"
+        return f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
     total = round(seconds)
     if total < 60:
         return f"{total}s"
@@ -397,8 +397,29 @@ class TestSummary(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class ActiveTLS(BaseModel):
+    """The TLS trust a passing test relied on (``status.active.tls``)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
+
+    verify: StrictBool | None = None
+    server_name: str | None = Field(default=None, alias="serverName")
+    min_version: Literal["1.2", "1.3"] | None = Field(default=None, alias="minVersion")
+    ca_bundle_from: SecretRef | None = Field(default=None, alias="caBundleFrom")
+    ca_bundle_version: str | None = Field(default=None, alias="caBundleVersion")
+    version: str | None = None
+    certificate_not_after: str | None = Field(default=None, alias="certificateNotAfter")
+
+
+class ActiveFailure(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
+
+    reason: str | None = None
+    message: str | None = None
+
+
 class ActiveRelay(BaseModel):
-    """The non-secret summary of the configuration in use (last-known-good)."""
+    """The connection that passed its test (last-known-good): ``status.active``."""
 
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
 
@@ -407,9 +428,18 @@ class ActiveRelay(BaseModel):
     port: StrictInt
     authentication: Authentication
     tls_mode: Literal["implicit", "starttls", "none"] = Field(alias="tlsMode")
+    fallback_used: StrictBool | None = Field(default=None, alias="fallbackUsed")
     username: str | None = None
     from_: str | None = Field(default=None, alias="from")
+    password_from: SecretRef | None = Field(default=None, alias="passwordFrom")
+    oauth2_provider: str | None = Field(default=None, alias="oauth2Provider")
+    credential_version: str | None = Field(default=None, alias="credentialVersion")
+    tls: ActiveTLS | None = None
     digest: str | None = None
+    verified_at: str | None = Field(default=None, alias="verifiedAt")
+    health: Literal["Healthy", "Failing"] | None = None
+    failing_since: str | None = Field(default=None, alias="failingSince")
+    failure: ActiveFailure | None = None
 
 
 class ExternalSmtpStatus(BaseModel):
@@ -423,6 +453,8 @@ class ExternalSmtpStatus(BaseModel):
     last_test_time: str | None = Field(default=None, alias="lastTestTime")
     last_successful_test_time: str | None = Field(default=None, alias="lastSuccessfulTestTime")
     last_test: TestSummary | None = Field(default=None, alias="lastTest")
+    warnings: list[str] = Field(default_factory=list)
+    last_handled_reconcile_at: str | None = Field(default=None, alias="lastHandledReconcileAt")
 
 
 class OAuth2ProviderStatus(BaseModel):
@@ -431,6 +463,8 @@ class OAuth2ProviderStatus(BaseModel):
     observed_generation: StrictInt | None = Field(default=None, alias="observedGeneration")
     conditions: list[Condition] = Field(default_factory=list)
     last_token_time: str | None = Field(default=None, alias="lastTokenTime")
+    warnings: list[str] = Field(default_factory=list)
+    last_handled_reconcile_at: str | None = Field(default=None, alias="lastHandledReconcileAt")
 
 
 class ExternalSmtp(BaseModel):

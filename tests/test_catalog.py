@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every reason the probe can put into a verdict; each one is produced by a real-server
 # test in tests/test_probe_*.py (see docs/probe.md for the mapping).
 PROBE_REASONS = {
-    "UnknownHost", "EgressDenied", "ConnectionRefused", "ConnectTimeout", "ReadTimeout",
+    "UnknownHost", "EgressDenied", "ConnectionRefused", "NetworkUnreachable",
+    "ConnectTimeout", "ReadTimeout", "ImplicitTLSToPlainPort",
     "DeadlineExceeded", "TLSHandshakeFailed", "CertificateInvalid", "StartTLSUnavailable",
     "StartTLSRequired", "ServerUnavailable", "ProtocolError", "AuthenticationFailed",
     "OAuth2AuthenticationFailed", "AuthenticationRequired", "AuthNotSupported",

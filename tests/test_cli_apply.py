@@ -197,7 +197,8 @@ def test_oauth_relay_and_provider_status(e2e: Env, monkeypatch: pytest.MonkeyPat
     # obtain one token per provider: tokens are secrets and are never persisted.)
     with LocalStore(e2e.state, create=False) as store:
         assert {o.ref: o.version for o in store.list_sync()} == before
-    # a provider that cannot get a token: the relay waits for it
+    # a provider that cannot get a token: the relay carries the provider's own reason and
+    # its flags (an invalid client secret is stalled, not "retry may help")
     monkeypatch.setenv("IDP_SECRET", canary.canary("wrong-secret"))
     f2 = e2e.write("o2.yaml", e2e.provider("idp2"), e2e.oauth_smtp("o2", "idp2"))
     code, _ = e2e.cli("apply", "-f", str(f2))
@@ -205,7 +206,9 @@ def test_oauth_relay_and_provider_status(e2e: Env, monkeypatch: pytest.MonkeyPat
     p = e2e.status("idp2", "OAuth2Provider")
     assert cond(p, "Ready")["reason"] == "OAuth2InvalidClient"
     o2 = cond(e2e.status("o2"), "Ready")
-    assert o2["reason"] == "OAuth2ProviderNotReady" and "OAuth2InvalidClient" in o2["message"]
+    assert o2["reason"] == "OAuth2InvalidClient" and "OAuth2Provider 'idp2'" in o2["message"]
+    assert cond(e2e.status("o2"), "Stalled")["status"] == "True"
+    assert cond(e2e.status("o2"), "Reconciling") == {}
     # a reference to a provider that does not exist
     f3 = e2e.write("o3.yaml", e2e.oauth_smtp("o3", "missing"))
     assert e2e.cli("apply", "-f", str(f3))[0] == 1

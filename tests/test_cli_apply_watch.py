@@ -164,3 +164,51 @@ def test_reconcile_watch_cli_reverifies(e2e: Env) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in out, out
     canary.assert_no_canary(out, where="reconcile --watch output")
+
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+
+
+def test_apply_watch_lines_have_timestamps_and_show_failovers(e2e: Env) -> None:
+    import re
+    import signal
+
+    e2e.relay.users["other@example.test"] = canary.PASSWORD
+    a = e2e.smtp("a", selected=True, refreshInterval="1s")
+    assert e2e.cli("apply", "-f", str(e2e.write("a.yaml", a)))[0] == 0  # a is the incumbent
+    path = e2e.write("w.yaml", a, e2e.smtp("b", selected=True, user="other@example.test"))
+    env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "--watch", "-f",
+                             str(path), "--state", str(e2e.state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _selected(e2e, "b"):
+            if "b" in _names(e2e) and _ready(e2e, "b"):
+                e2e.relay.users.pop("app@example.test", None)  # a's re-test now fails
+            time.sleep(0.05)
+        assert _selected(e2e, "b"), "no failover within 30s"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    canary.assert_no_canary(out, where="watch output")
+    assert re.search(rf"^{STAMP}watching for changes", out, re.M), out
+    assert re.search(rf"^{STAMP}failed +ExternalSmtp/default/a: Ready=False "
+                     r"\(AuthenticationFailed\): ", out, re.M), out
+    assert re.search(rf"^{STAMP}selection ExternalSmtp/default/b: Failover: ", out, re.M), out
+
+
+def _names(e2e: Env) -> set[str]:
+    if not (e2e.state / "state.db").exists():
+        return set()
+    with LocalStore(e2e.state, create=False) as store:
+        return {o.ref.name for o in store.list_sync()}
+
+
+def _ready(e2e: Env, name: str) -> bool:
+    return cond(e2e.status(name), "Ready").get("status") == "True"
+
+
+def _selected(e2e: Env, name: str) -> bool:
+    return name in _names(e2e) and e2e.status(name).get("selected") is True

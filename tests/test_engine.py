@@ -53,6 +53,7 @@ class Fake:
     calls: list[str] = field(default_factory=list)
     now: float = 1_000_000.0
     missing_env: bool = False
+    health: Health = field(default_factory=Health)
 
     async def resolve(self, res: ExternalSmtp, provider: OAuth2Provider | None) -> Creds:
         if self.missing_env:
@@ -69,7 +70,7 @@ class Fake:
         return Verdict(False, "auth", o, r.message, r.action, r.retryable, 0.01)
 
     async def check(self, provider: OAuth2Provider) -> Health:
-        return Health()
+        return self.health
 
 
 def doc(name: str, host: str, *, selected: bool = False, port: int = 587) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def env(tmp_path: Path) -> tuple[LocalStore, Fake, BasicWorld]:
 async def apply(store: LocalStore, world: BasicWorld, *docs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for u in store.upsert_many(list(docs), now=world.clock()):
-        out[u.obj.ref.name] = await reconcile(u.obj, world)
+        out[u.obj.ref.name] = await reconcile(u.obj.ref, world)
     return out
 
 
@@ -269,7 +270,7 @@ async def test_refresh_interval_change_moves_due_time_without_test(env: Any) -> 
     d = doc("a", "relay.test")
     d["spec"]["refreshInterval"] = "10m"
     r = (await apply(store, world, d))["a"]
-    assert not r.tested and r.action == "updated" and len(fake.calls) == 1
+    assert not r.tested and r.action == "inherited" and len(fake.calls) == 1
     assert r.requeue_after == pytest.approx(refresh_delay(600, "ExternalSmtp/default/a"), abs=1)
     assert r.status["observedGeneration"] == 2 and r.status["activeGeneration"] == 2
     # a change of a tested field does test

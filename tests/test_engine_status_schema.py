@@ -50,3 +50,40 @@ def test_statuses_match_the_schema(e2e: Env, monkeypatch: pytest.MonkeyPatch) ->
             model.model_validate(obj.status)
             seen += 1
     assert seen == len(docs)
+
+
+def _props(schema: dict, node: dict) -> dict:
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].split("/")[-1]]
+    return node
+
+
+def test_typed_status_keys_agree_with_the_schema() -> None:
+    """reconciler/status.py's TypedDicts name exactly the properties of the published
+    status schemas (both directions), so the engine's typed status cannot drift."""
+    from reconciler import status as types
+
+    smtp = json.loads((ROOT / "schemas" / "externalsmtp.v1alpha1.json").read_text())
+    prov = json.loads((ROOT / "schemas" / "oauth2provider.v1alpha1.json").read_text())
+    s_status = smtp["$defs"]["ExternalSmtpStatus"]
+    active = s_status["properties"]["active"]
+    pairs = [
+        (types.SmtpStatus, s_status),
+        (types.ProviderStatus, prov["$defs"]["OAuth2ProviderStatus"]),
+        (types.Condition, smtp["$defs"]["Condition"]),
+        (types.ActiveRecord, active),
+        (types.ActiveTls, active["properties"]["tls"]),
+        (types.ActiveFailure, active["properties"]["failure"]),
+        (types.LastTest, s_status["properties"]["lastTest"]),
+        (types.SecretRefDict, smtp["$defs"]["SecretRef"]),
+    ]
+    for td, node in pairs:
+        node = _props(smtp, node)
+        assert set(td.__annotations__) == set(node["properties"]), td.__name__
+        required = set(node.get("required", []))
+        if td is types.ActiveRecord:  # total=False for building; the schema's required ones
+            assert required == {"generation", "host", "port", "authentication", "tlsMode"}
+        elif td is types.Condition:
+            assert required <= set(td.__required_keys__)
+        else:
+            assert required <= set(td.__required_keys__), td.__name__

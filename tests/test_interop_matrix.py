@@ -195,7 +195,7 @@ CELLS: tuple[Cell, ...] = (
          "socketFactory SSL, fallback: false",
          "PLAIN", lambda p: {"socketFactory": {**_SF, "port": p.starttls_port}}, "password",
          _sw("starttls", "implicit", auth="PLAIN"),
-         "TLSHandshakeFailed at tls", "TLS failed (exit 29)"),
+         "ImplicitTLSToPlainPort at tls", "TLS failed (exit 29)"),
     Cell("implicit-fallback", "starttls", "STARTTLS required",
          "socketFactory SSL, fallback: true, startTLS: false", "PLAIN",
          lambda p: {"startTLS": False,

@@ -137,7 +137,13 @@ def test_namespaced_mode_has_no_cluster_wide_access(tmp_path: Path) -> None:
     secrets_roles = [
         d for d in by_kind(docs, "Role") if any("secrets" in r["resources"] for r in d["rules"])
     ]
-    assert [d["metadata"]["namespace"] for d in secrets_roles] == ["mail-apps"]
+    assert sorted(d["metadata"]["namespace"] for d in secrets_roles) == [
+        "mail-apps", "smtpctl-system"]
+    # In its own namespace the operator may only read the version key (and create it).
+    (own,) = [d for d in secrets_roles if d["metadata"]["namespace"] == "smtpctl-system"]
+    reads = [r for r in own["rules"] if "secrets" in r["resources"] and "get" in r["verbs"]]
+    assert reads and all(r.get("resourceNames") == ["smtpctl-version-key"] for r in reads)
+    assert {"mail-apps"} <= {d["metadata"]["name"] for d in by_kind(docs, "Namespace")}
     (dep,) = by_kind(docs, "Deployment")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=mail-apps" in args and "--all-namespaces" not in args

@@ -87,18 +87,41 @@ def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None
         )
 
 
+def _ts(record: dict[str, object]) -> float:
+    import datetime
+
+    text = str(record["ts"]).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
 def test_secret_created_after_resource(env: tuple[Cluster, RelayServer]) -> None:
+    """The Secret watch wakes the resource: the Ready pass comes after the watch event
+    and *before* the retry the failed pass scheduled.  (An earlier version only waited 10 s,
+    long enough for the retry timer to fire, so it passed with the wake-up removed from
+    ``Controller.handle_secret``; with that deliberately broken build this fails.)"""
     c, relay = env
     c.create_smtp(NS, "early", relay_spec(relay.port))
-    with OperatorProcess(c, "op", "--namespace", NS):
+    with OperatorProcess(c, "op", "--namespace", NS) as op:
         wait_for("SecretNotFound", lambda: ready(c, "early", "False", "SecretNotFound"))
         obj = c.smtp(NS, "early")
         # Missing Secret: it may appear later - Reconciling, not Stalled.
         assert condition(obj, "Reconciling").get("status") == "True"
         assert condition(obj, "Stalled").get("status") != "True"
+        failed = wait_for("the failed pass logged", lambda: [
+            r for r in op.logs() if r.get("msg") == "reconciled"
+            and r.get("reason") == "SecretNotFound"])
+        assert failed[-1].get("requeueAfter")
+        retry_at = _ts(failed[-1]) + float(failed[-1]["requeueAfter"])  # type: ignore[arg-type]
         c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
-        # Woken by the Secret watch (index Secret -> dependents), not by the backoff timer.
-        wait_for("Ready after the Secret appeared", lambda: ready(c, "early"), timeout=10)
+        passed = wait_for("Ready after the Secret appeared", lambda: [
+            r for r in op.logs() if r.get("msg") == "reconciled"
+            and r.get("resource") == "ExternalSmtp/mail/early"
+            and r.get("reason") == "TestPassed"], timeout=60)
+        assert ready(c, "early")
+        woke = [r for r in op.logs() if r.get("msg") == "referenced Secret changed"
+                and r.get("secret") == f"{NS}/relay-password"]
+        assert woke and passed, "no wake-up by the Secret watch"
+        assert _ts(woke[0]) <= _ts(passed[0]) < retry_at, "Ready came from the retry timer"
 
 
 def test_rotation_good_then_bad_keeps_last_known_good(env: tuple[Cluster, RelayServer]) -> None:
@@ -150,7 +173,7 @@ def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, Relay
         assert relay.connections == connections
         assert {n: c.smtp(NS, n)["metadata"]["resourceVersion"] for n in rvs} == rvs  # type: ignore[index]
         assert all(r.get("action") == "skipped" for r in op.logs() if r.get("msg") == "reconciled")
-        # The API server compacts and drops the watches: kopf re-lists after 410 Gone and
+        # The API server compacts and drops the watches: the operator re-lists after 410 Gone and
         # the operator still reacts to changes.
         assert c.kube.emu is not None
         c.kube.call(c.kube.emu.compact)

@@ -16,7 +16,7 @@ import pytest
 from reconciler.runtimes.leader import LeaseElector
 from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, TestMemo
 from reconciler.stores.kube import MEMO_ANNOTATION, KubeStore
-from reconciler.stores.kubeapi import ApiError, ClusterConfig, KubeApi, resource_path
+from reconciler.stores.kubeapi import Credentials, KubeApi, NotFound, Unreachable, resource_path
 from tests.support.kube_emulator import KubeEmulator, running_emulator
 from tests.support.kube_operator import standin_crd
 
@@ -29,7 +29,7 @@ async def kube() -> AsyncIterator[tuple[KubeEmulator, KubeApi]]:
     async with running_emulator() as (emu, url):
         emu.install_crd(standin_crd("ExternalSmtp", "externalsmtps"))
         emu.install_crd(standin_crd("OAuth2Provider", "oauth2providers"))
-        api = KubeApi(ClusterConfig(server=url, headers={}, verify=False))
+        api = KubeApi(Credentials(server=url))
         try:
             yield emu, api
         finally:
@@ -156,11 +156,11 @@ async def test_two_electors_never_both_lead(kube: Any) -> None:
 
 async def test_api_errors_carry_status_not_bodies(kube: Any) -> None:
     _emu, api = kube
-    with pytest.raises(ApiError) as exc:
+    with pytest.raises(NotFound) as exc:
         await api.get(resource_path(API, "externalsmtps", "default", "nope"))
     assert exc.value.code == 404 and exc.value.reason == "NotFound"
-    unreachable = KubeApi(ClusterConfig(server="http://127.0.0.1:9", headers={}, verify=False))
-    with pytest.raises(ApiError) as exc:
+    unreachable = KubeApi(Credentials(server="http://127.0.0.1:9"))
+    with pytest.raises(Unreachable) as unr:
         await unreachable.get("/api")
-    assert exc.value.code == 0
+    assert unr.value.code == 0
     await unreachable.close()

@@ -270,7 +270,8 @@ async def test_fallback_plain_without_credentials_passes(relay: Relay) -> None:
 async def test_implicit_tls_against_starttls_port(relay: Relay) -> None:
     server = relay(mode="starttls")
     v = await run_probe(make_spec(server.port, mode="implicit"), password_creds(server))
-    assert (v.passed, v.reason, v.stage) == (False, "TLSHandshakeFailed", "tls")
+    # its own reason since issue 13: "this port speaks plain SMTP: use startTLS"
+    assert (v.passed, v.reason, v.stage) == (False, "ImplicitTLSToPlainPort", "tls")
 
 
 async def test_plain_client_against_implicit_port_times_out(relay: Relay) -> None:

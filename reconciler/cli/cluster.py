@@ -49,9 +49,9 @@ def cluster_errors() -> Iterator[list[bool]]:
 
 async def _with_store(args: argparse.Namespace, namespace: str | None, body: Any) -> Any:
     from reconciler.stores.kube import KubeStore
-    from reconciler.stores.kubeapi import KubeApi, load_config
+    from reconciler.stores.kubeapi import KubeApi, load_credentials
 
-    api = KubeApi(load_config(args.kubeconfig, args.context))
+    api = KubeApi(load_credentials(args.kubeconfig, args.context))
     try:
         store = KubeStore(api, namespaces=[namespace] if namespace else None)
         await store.prime()

@@ -314,8 +314,10 @@ def item_fields(obj: Any, *, operation: str | None, test: str | None) -> dict[st
         "message": str(ready.get("message") or ""),
         "action": entry.action if entry is not None and ready.get("status") != "True"
         else None,
-        "retryable": entry.retryable if entry is not None and ready.get("status") != "True"
-        else None,
+        # the verdict's own judgement (Stalled: only a change helps), not the catalog's
+        # default: an unknown host is transient when DNS failed, permanent when NXDOMAIN
+        "retryable": (not cond.is_true(st, cond.STALLED))
+        if ready.get("status") == "False" else None,
         "warnings": warnings,
     }
     if obj.ref.kind == "ExternalSmtp":

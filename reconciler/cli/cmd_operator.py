@@ -15,8 +15,9 @@ HELP = "run the Kubernetes operator (reconcile ExternalSmtp/OAuth2Provider resou
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None,
-                        help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    parser.add_argument("--kubeconfig", default=None,
+                        help="kubeconfig file (default: in-cluster when running in a pod, "
+                        "then $KUBECONFIG, then ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[],
@@ -49,6 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip the Reconciling=True write before each test")
     parser.add_argument("--allow-loopback", action="store_true",
                         help="allow connection tests to loopback addresses (off in a pod)")
+    parser.add_argument("--remove-finalizers", action="store_true",
+                        help="remove the operator's finalizer from every ExternalSmtp in scope "
+                        "and exit (uninstalling when the operator no longer runs)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
 
 
@@ -75,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.identity:
         config.identity = args.identity
+    if os.environ.get("SMTPCTL_VERSION_KEY"):
+        config.version_key = os.environ["SMTPCTL_VERSION_KEY"].encode()
+    if args.remove_finalizers:
+        from reconciler.runtimes.operator.main import remove_finalizers
+
+        return asyncio.run(remove_finalizers(config))
     try:
         return asyncio.run(run_operator(config))
     except OSError as exc:

@@ -38,6 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_namespace_options(parser, all_flag=False)
     parser.add_argument("--watch", action="store_true",
                         help="keep running (lines with timestamps)")
+    parser.add_argument("--force", action="store_true",
+                        help="re-verify now: test every relay, even those not due yet")
     parser.add_argument("--require-ready", action="store_true",
                         help="exit 1 unless every resource is Ready (default: only a test "
                         "run by this pass that failed does)")
@@ -94,7 +96,8 @@ async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
         return 0
     objs = [o for o in store.list_sync() if args.namespace in (None, o.ref.namespace)]
     with Progress(len(objs), enabled=text) as progress:
-        results = await reconcile_objects(objs, world, progress=progress)
+        results = await reconcile_objects([o.ref for o in objs], world, progress=progress,
+                                          force=args.force)
     fresh = sorted((o for o in (store.get_sync(o.ref) for o in objs) if o is not None),
                    key=sort_key)
     return summarize(fresh, {r.ref: r for r in results}, {}, [], args, result, log.events,

@@ -31,3 +31,36 @@ def backoff_delay(failures: int, key: str, *, base: float = BACKOFF_BASE,
     n = max(1, failures)
     raw = min(cap, base * 2.0 ** min(n - 1, 30))
     return min(cap, raw * jitter_factor(key + "#backoff"))
+
+
+ERROR_BASE = 1.0  # seconds after the first store/API error of an item
+ERROR_CAP = 300.0
+
+
+class ErrorBackoff:
+    """Per-item exponential backoff for errors *around* a pass (a store or API error, a
+    crash), as controller-runtime's per-item rate limiter: 1 s, 2 s, 4 s ... capped at
+    300 s, jittered per item, reset by the item's next successful pass.
+
+    A verdict (a failed connection test, a missing secret) is not such an error: the
+    engine already schedules those with :func:`backoff_delay`/:func:`refresh_delay`.  One
+    item failing again and again never delays the others, and an item that recovers is
+    retried on its normal schedule at once.
+    """
+
+    def __init__(self, *, base: float = ERROR_BASE, cap: float = ERROR_CAP) -> None:
+        self.base = base
+        self.cap = cap
+        self._failures: dict[str, int] = {}
+
+    def failure(self, key: str) -> float:
+        """Record one more error of ``key``; the delay before retrying it."""
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        return backoff_delay(n, key + "#error", base=self.base, cap=self.cap)
+
+    def success(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        return self._failures.get(key, 0)

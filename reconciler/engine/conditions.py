@@ -7,8 +7,11 @@ in apimachinery.  Every condition carries the ``observedGeneration`` it was comp
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
+
+from reconciler.status import Condition, ConditionStatus
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -21,33 +24,45 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def find(conditions: list[dict[str, Any]], ctype: str) -> dict[str, Any] | None:
+def find(conditions: Sequence[Mapping[str, Any]], ctype: str) -> dict[str, Any] | None:
+    """The condition ``ctype`` in a list of conditions (untyped; see :func:`of`)."""
     for c in conditions:
         if c.get("type") == ctype:
-            return c
+            return cast(dict[str, Any], c)
     return None
 
 
-def is_true(status: dict[str, Any], ctype: str) -> bool:
-    c = find(status.get("conditions") or [], ctype)
+def of(status: Mapping[str, Any], ctype: str) -> Condition | None:
+    """The condition ``ctype`` of a status, typed, or None."""
+    return cast(Condition | None, find(status.get("conditions") or [], ctype))
+
+
+def attr(status: Mapping[str, Any], ctype: str, key: str) -> Any:
+    """One field (``reason``, ``status``, ...) of the condition ``ctype``, or None."""
+    c = of(status, ctype)
+    return c.get(key) if c is not None else None
+
+
+def is_true(status: Mapping[str, Any], ctype: str) -> bool:
+    c = of(status, ctype)
     return c is not None and c.get("status") == "True"
 
 
 def set_condition(
-    conditions: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str,
-    *, generation: int, now: float,
-) -> list[dict[str, Any]]:
+    conditions: Sequence[Mapping[str, Any]], ctype: str, status: ConditionStatus, reason: str,
+    message: str, *, generation: int, now: float,
+) -> list[Condition]:
     """A new list with ``ctype`` set; keeps ``lastTransitionTime`` unless status changed."""
     old = find(conditions, ctype)
-    ltt = old["lastTransitionTime"] if old and old.get("status") == status else rfc3339(now)
-    new = {"type": ctype, "status": status, "reason": reason, "message": message,
-           "lastTransitionTime": ltt, "observedGeneration": generation}
-    out = [c for c in conditions if c.get("type") != ctype]
+    ltt = str(old["lastTransitionTime"]) if old and old.get("status") == status else rfc3339(now)
+    new: Condition = {"type": ctype, "status": status, "reason": reason, "message": message,
+                      "lastTransitionTime": ltt, "observedGeneration": generation}
+    out = [cast(Condition, c) for c in conditions if c.get("type") != ctype]
     out.append(new)
     order = {READY: 0, STALLED: 1, RECONCILING: 2, SELECTED: 3}
     out.sort(key=lambda c: order.get(str(c.get("type")), 9))
     return out
 
 
-def remove_condition(conditions: list[dict[str, Any]], ctype: str) -> list[dict[str, Any]]:
-    return [c for c in conditions if c.get("type") != ctype]
+def remove_condition(conditions: Sequence[Mapping[str, Any]], ctype: str) -> list[Condition]:
+    return [cast(Condition, c) for c in conditions if c.get("type") != ctype]

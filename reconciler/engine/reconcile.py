@@ -1,27 +1,29 @@
-"""One idempotent, level-triggered reconcile pass for one resource.
+"""One idempotent, level-triggered reconcile pass for one resource, by key.
 
-``await reconcile(obj, world) -> ReconcileResult(status, requeue_after, ...)`` is the
-function every runtime calls (the local CLI's apply loop, the Kubernetes operator's
-per-resource worker, tests).  Runtimes differ only in the :class:`World` they pass
-(``reconciler.engine.world``) and in what they do with ``requeue_after`` (sleep and call
-again, unless woken earlier by a change).
+``await reconcile(ref, world) -> ReconcileResult(status, requeue_after, action, ...)`` is
+the function every runtime calls (the local CLI's apply loop, the Kubernetes operator's
+per-resource worker, tests).  It reads the object *inside* the pass (never a snapshot the
+caller took earlier), so a pass always works on the current spec, status and memo.
+Runtimes differ only in the :class:`World` they pass (``reconciler.engine.world``) and
+in what they do with ``requeue_after`` (sleep and call again, unless woken earlier).
 
-Steps for an ``ExternalSmtp``:
+Steps for an ``ExternalSmtp`` (the decision is :func:`reconciler.engine.assess.assess`,
+shared with ``plan``):
 
 1. **validate** the stored manifest (``InvalidSpec`` -> ``Stalled``; no test);
-2. **provider**: for OAuth2, the referenced ``OAuth2Provider`` must exist and be Ready
-   (``OAuth2ProviderNotFound`` / ``OAuth2ProviderNotReady``, retried with backoff);
+2. **provider**: for OAuth2, the referenced ``OAuth2Provider`` must exist and be Ready;
+   a provider that failed passes its own reason on, with that reason's retry/stalled flags;
 3. **resolve** credentials (``CredentialError`` reason, retried or stalled per catalog);
 4. **plan**: digest = spec + secret versions + provider version
    (``reconciler.engine.digest``).  Same digest as the last test and not yet due -> no
    test, no write, ``requeue_after`` = time until due;
 5. **probe** within the world's concurrency limits (``Reconciling=True`` is written first
    when ``world.announce_testing``; a fresh digest also sets ``Ready=Unknown``, because
-   Ready must only describe a test of the current generation with current secrets; a
-   rejected OAuth token is refreshed and retried once by the probe itself);
-6. **commit**: conditions, last test, last-known-good (``activeGeneration`` + ``active``
-   summary move only on a pass), test history, events - then selection of the scope
-   (``reconciler.engine.selection``) if this relay takes part in it.
+   Ready must only describe a test of the current generation with current secrets);
+6. **commit**: conditions, last test, the active record (``reconciler.engine.record``;
+   ``activeGeneration`` + ``active`` move only on a pass, ``active.health`` turns
+   ``Failing`` when the configuration in use fails its re-verification), test history,
+   events - then selection of the scope (``reconciler.engine.selection``).
 
 Conditions (kstatus):
 
@@ -29,8 +31,7 @@ Conditions (kstatus):
 * ``Stalled`` - True when the catalog says only a user change helps; absent otherwise.
 * ``Reconciling`` - True while a test is in flight (reason ``Testing``) and after a
   *retryable* failure, while the engine keeps retrying with backoff (reason = the
-  failure); absent otherwise.  Locally this means it is written True before the test and
-  removed by the commit that records a pass or a permanent failure.
+  failure); absent otherwise.
 * ``Selected`` - written by selection.
 
 Permanent failures are still re-verified every ``refreshInterval`` (the world may have
@@ -42,19 +43,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
-
-from pydantic import ValidationError
+from enum import StrEnum
+from typing import Any, cast
 
 from reconciler import catalog
 from reconciler.credentials.base import CredentialError
 from reconciler.engine import conditions as cond
+from reconciler.engine.assess import (
+    Blocked,
+    assess,
+    render_validation_error,
+)
 from reconciler.engine.backoff import backoff_delay, refresh_delay
-from reconciler.engine.digest import plan_digest, tested_spec
+from reconciler.engine.digest import plan_digest
+from reconciler.engine.record import failing_record, passed_record
 from reconciler.engine.selection import select_scope
-from reconciler.engine.world import Credentials, World
+from reconciler.engine.world import World
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, ExternalSmtp, OAuth2Provider
+from reconciler.status import ActiveRecord, Condition, LastTest, ProviderStatus, SmtpStatus
 from reconciler.stores.base import (
     Event,
     ObjectRef,
@@ -64,9 +71,26 @@ from reconciler.stores.base import (
     TestRecord,
 )
 
+__all__ = ["ReconcileAction", "ReconcileResult", "reconcile", "render_validation_error"]
+
 log = logging.getLogger(__name__)
 
 PROVIDER_REFRESH = 3600.0  # an OAuth2Provider has no refreshInterval: re-check hourly
+
+
+class ReconcileAction(StrEnum):
+    """What one pass did - the one list (docs/engine.md shows the same)."""
+
+    TESTED = "tested"  # a connection test ran and its verdict was committed
+    SKIPPED = "skipped"  # tested already with these settings and secrets; not due
+    INHERITED = "inherited"  # a new generation of untested fields took the identical result
+    INVALID = "invalid"  # the manifest does not validate (InvalidSpec; no requeue)
+    BLOCKED = "blocked"  # provider or credentials stopped the pass before a test
+    CHECKED = "checked"  # an OAuth2Provider was checked
+    GONE = "gone"  # the object does not exist (deleted meanwhile)
+
+
+Status = SmtpStatus | ProviderStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,36 +98,32 @@ class ReconcileResult:
     """What one pass did.
 
     ``status`` is the status as written (wire form); ``requeue_after`` seconds until the
-    next pass is due (``None``: only a change can help, e.g. an invalid spec);
-    ``action`` is one of ``tested``, ``skipped``, ``invalid``, ``blocked`` (credentials or
-    provider), ``checked`` (OAuth2Provider) or ``gone`` (deleted meanwhile).
+    next pass is due (``None``: only a change can help, or the object is gone);
+    ``action`` is a :class:`ReconcileAction`.
     """
 
     ref: ObjectRef
     status: dict[str, Any]
     requeue_after: float | None
-    action: str
+    action: ReconcileAction
     tested: bool = False
     verdict: Verdict | None = None
 
 
-def render_validation_error(exc: ValidationError, limit: int = 3) -> str:
-    """``loc: msg`` pairs only - never ``str(exc)``, which could echo input values."""
-    parts = []
-    for err in exc.errors(include_input=False)[:limit]:
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    more = len(exc.errors()) - limit
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+async def reconcile(ref: ObjectRef, world: World, *, force: bool = False) -> ReconcileResult:
+    """One pass for the object ``ref`` (an ExternalSmtp or an OAuth2Provider).
 
-
-async def reconcile(obj: StoredObject, world: World) -> ReconcileResult:
-    """One pass for ``obj`` (an ExternalSmtp or an OAuth2Provider)."""
-    if obj.ref.kind == KIND_OAUTH2:
+    ``force`` re-tests an ExternalSmtp even when its last test is not due
+    (``smtpctl reconcile --force``); blocks (invalid spec, missing secret) still apply.
+    """
+    if ref.kind not in (KIND_OAUTH2, KIND_SMTP):
+        raise ValueError(f"unknown kind {ref.kind!r}")
+    obj = await world.store.get(ref)
+    if obj is None:
+        return ReconcileResult(ref, {}, None, ReconcileAction.GONE)
+    if ref.kind == KIND_OAUTH2:
         return await _reconcile_provider(obj, world)
-    if obj.ref.kind == KIND_SMTP:
-        return await _reconcile_smtp(obj, world)
-    raise ValueError(f"unknown kind {obj.ref.kind!r}")
+    return await _reconcile_smtp(obj, world, force=force)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -113,8 +133,17 @@ def _key(ref: ObjectRef) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}"
 
 
+def smtp_status(obj: StoredObject) -> SmtpStatus:
+    """A copy of ``obj``'s status, typed (the store holds the wire form)."""
+    return cast(SmtpStatus, dict(obj.status))
+
+
+def _requested(obj: StoredObject) -> bool:
+    return bool((obj.manifest.get("spec") or {}).get("selected", False))
+
+
 async def _write(world: World, ref: ObjectRef,
-                 build: Callable[[StoredObject], tuple[dict[str, Any], TestMemo | None]],
+                 build: Callable[[StoredObject], tuple[Status, TestMemo | None]],
                  ) -> StoredObject | None:
     """update_status with a no-op check: nothing is written when nothing changed."""
 
@@ -122,61 +151,44 @@ async def _write(world: World, ref: ObjectRef,
         status, memo = build(cur)
         if status == cur.status and memo == cur.memo:
             return None
-        return StatusWrite(status=status, memo=memo)
+        return StatusWrite(status=dict(status), memo=memo)
 
     return await world.store.update_status(ref, mutate)
 
 
-def _active_summary(res: ExternalSmtp, generation: int, digest: str) -> dict[str, Any]:
-    s = res.spec
-    out: dict[str, Any] = {"generation": generation, "host": s.host, "port": s.connect_port,
-                           "authentication": s.authentication, "tlsMode": s.tls_mode,
-                           "digest": digest}
-    if s.username:
-        out["username"] = s.username
-    if s.sender:
-        out["from"] = s.sender
-    if s.oauth2_provider_ref:
-        out["oauth2Provider"] = s.oauth2_provider_ref.name
-    if s.password_from:
-        out["passwordFrom"] = s.password_from.model_dump(by_alias=True, exclude_none=True)
-    if not s.tls.verify:
-        out["tlsVerify"] = False
-    return out
-
-
-def _lkg_suffix(status: dict[str, Any], generation: int, digest: str) -> str:
+def _lkg_suffix(status: SmtpStatus, generation: int, digest: str) -> str:
     """'; generation 6 remains in use' when a last-known-good differs from what failed."""
-    active = status.get("active") or {}
+    active = status.get("active")
     agen = status.get("activeGeneration")
-    if agen is None:
+    if agen is None or active is None:
         return ""
     if agen != generation:
         return f"; generation {agen} remains in use"
     if active.get("digest") != digest:
-        return (f"; generation {agen} with its previously tested credentials remains in use")
-    return ""
+        return (f"; generation {agen} stays in use with the secret values it was tested "
+                f"with - the current values of its secrets were not tested and are not "
+                f"handed out (get active --reveal refuses them)")
+    return f"; generation {agen} is the last-known-good, and it is failing now"
 
 
-def _failure_status(cur: StoredObject, *, generation: int, reason: str, message: str,
-                    now: float, retrying: bool, digest: str, what: str) -> dict[str, Any]:
-    st = dict(cur.status)
-    entry = catalog.CATALOG.get(reason)
-    stalled = bool(entry and entry.stalled) and not retrying
-    lkg = _lkg_suffix(st, generation, digest)
-    text = f"{what} failed ({reason}): {message}{lkg}"
+def _failure_status(st: Status, *, generation: int, block: Blocked, message: str,
+                    now: float, digest: str, what: str) -> Status:
+    stalled = block.stalled and not block.retryable
+    lkg = _lkg_suffix(cast(SmtpStatus, st), generation, digest) if digest else ""
+    text = f"{what} failed ({block.reason}): {message}{lkg}"
     conds = list(st.get("conditions") or [])
-    conds = cond.set_condition(conds, cond.READY, "False", reason, text,
+    conds = cond.set_condition(conds, cond.READY, "False", block.reason, text,
                                generation=generation, now=now)
     if stalled:
+        entry = catalog.CATALOG.get(block.reason)
         action = entry.action if entry else ""
-        conds = cond.set_condition(conds, cond.STALLED, "True", reason,
+        conds = cond.set_condition(conds, cond.STALLED, "True", block.reason,
                                    f"only a change can help: {action}",
                                    generation=generation, now=now)
     else:
         conds = cond.remove_condition(conds, cond.STALLED)
-    if retrying:
-        conds = cond.set_condition(conds, cond.RECONCILING, "True", reason,
+    if block.retryable:
+        conds = cond.set_condition(conds, cond.RECONCILING, "True", block.reason,
                                    "retrying with backoff", generation=generation, now=now)
     else:
         conds = cond.remove_condition(conds, cond.RECONCILING)
@@ -185,7 +197,7 @@ def _failure_status(cur: StoredObject, *, generation: int, reason: str, message:
     return st
 
 
-def _not_requested(st: dict[str, Any], generation: int, now: float) -> dict[str, Any]:
+def _not_requested(st: SmtpStatus, generation: int, now: float) -> SmtpStatus:
     """A relay that does not ask to be selected gets its Selected condition here."""
     st["conditions"] = cond.set_condition(
         list(st.get("conditions") or []), cond.SELECTED, "False", "NotRequested",
@@ -197,23 +209,24 @@ def _not_requested(st: dict[str, Any], generation: int, now: float) -> dict[str,
 # --- ExternalSmtp ------------------------------------------------------------------------
 
 
-async def _blocked(obj: StoredObject, world: World, *, generation: int, reason: str,
-                   message: str, requested: bool, digest: str = "") -> ReconcileResult:
-    """Commit a failure that happened before any test (spec, provider, credentials)."""
-    now = world.clock()
-    entry = catalog.CATALOG.get(reason)
-    retryable = bool(entry and entry.retryable)
-    key = _key(obj.ref)
-    prev = obj.memo
-    failures = (prev.failures + 1) if prev else 1
-    invalid = reason == "InvalidSpec"
+async def _blocked(obj: StoredObject, world: World, block: Blocked, *,
+                   invalid: bool = False) -> ReconcileResult:
+    """Commit a failure that happened before any test (spec, provider, credentials).
 
-    def build(cur: StoredObject) -> tuple[dict[str, Any], TestMemo | None]:
-        st = _failure_status(cur, generation=generation, reason=reason, message=message,
-                             now=now, retrying=retryable, digest=digest,
-                             what=f"generation {generation}")
-        if not requested and cur.ref.kind == KIND_SMTP:
-            st = _not_requested(st, generation, now)
+    ``invalid``: the object's own manifest does not validate - no requeue, only a change
+    (a new generation) can help."""
+    now = world.clock()
+    generation = obj.generation
+    requested = _requested(obj) and obj.ref.kind == KIND_SMTP
+    key = _key(obj.ref)
+    failures = (obj.memo.failures + 1) if obj.memo else 1
+
+    def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
+        st: Status = _failure_status(cast(Status, dict(cur.status)), generation=generation,
+                                     block=block, message=block.message, now=now, digest="",
+                                     what=f"generation {generation}")
+        if cur.ref.kind == KIND_SMTP and not _requested(cur):
+            st = _not_requested(cast(SmtpStatus, st), generation, now)
         old = cur.memo
         # due_at=0: whatever blocked us, the next pass after it is fixed must test again.
         memo = TestMemo(digest=old.digest if old else "", generation=generation,
@@ -223,20 +236,21 @@ async def _blocked(obj: StoredObject, world: World, *, generation: int, reason: 
 
     written = await _write(world, obj.ref, build)
     if written is None:
-        return ReconcileResult(obj.ref, {}, None, "gone")
-    if cond.find(obj.status.get("conditions") or [], cond.READY) != cond.find(
-            written.status.get("conditions") or [], cond.READY):
-        await world.events.emit(Event(obj.ref, "Warning", reason, message, cond.rfc3339(now)))
+        return ReconcileResult(obj.ref, {}, None, ReconcileAction.GONE)
+    if cond.of(obj.status, cond.READY) != cond.of(written.status, cond.READY):
+        await world.events.emit(Event(obj.ref, "Warning", block.reason, block.message,
+                                      cond.rfc3339(now)))
     if obj.ref.kind == KIND_SMTP and (requested or obj.status.get("selected")):
         await select_scope(obj.ref.namespace, world)
         written = await world.store.get(obj.ref) or written
     if invalid:
         requeue: float | None = None
-    elif retryable:
-        requeue = backoff_delay(failures, key)
+        action = ReconcileAction.INVALID
     else:
-        requeue = refresh_delay(PROVIDER_REFRESH, key)
-    return ReconcileResult(obj.ref, written.status, requeue, "invalid" if invalid else "blocked")
+        requeue = (backoff_delay(failures, key) if block.retryable
+                   else refresh_delay(PROVIDER_REFRESH, key))
+        action = ReconcileAction.BLOCKED
+    return ReconcileResult(obj.ref, written.status, requeue, action)
 
 
 async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Verdict:
@@ -247,77 +261,41 @@ async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Ve
     again would only add failed logins that servers throttle on.
     """
     async with world.limits.slot(res.spec.host):
-        return await _safe_probe(world, res, creds)
+        try:
+            return await world.probe(res.spec, creds)
+        except Exception as exc:  # noqa: BLE001 - a probe bug must not kill the loop or leak
+            log.error("probe raised %s for %s/%s", type(exc).__name__,
+                      res.metadata.namespace, res.metadata.name)
+            entry = catalog.get("ProtocolError")
+            return Verdict(passed=False, stage="connect", reason="ProtocolError",
+                           message=f"internal error in the connection test "
+                                   f"({type(exc).__name__})",
+                           action=entry.action, retryable=True, duration_seconds=0.0)
 
 
-async def _safe_probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Verdict:
-    try:
-        return await world.probe(res.spec, creds)
-    except Exception as exc:  # noqa: BLE001 - a probe bug must not kill the loop or leak text
-        log.error("probe raised %s for %s/%s", type(exc).__name__,
-                  res.metadata.namespace, res.metadata.name)
-        entry = catalog.get("ProtocolError")
-        return Verdict(passed=False, stage="connect", reason="ProtocolError",
-                       message=f"internal error in the connection test ({type(exc).__name__})",
-                       action=entry.action, retryable=True, duration_seconds=0.0)
-
-
-async def _reconcile_smtp(obj: StoredObject, world: World) -> ReconcileResult:
+async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> ReconcileResult:
     ref = obj.ref
     gen = obj.generation
-    requested = bool((obj.manifest.get("spec") or {}).get("selected", False))
-    try:
-        res = ExternalSmtp.model_validate(obj.manifest)
-    except ValidationError as exc:
-        return await _blocked(obj, world, generation=gen, reason="InvalidSpec",
-                              message=render_validation_error(exc), requested=requested)
-
-    provider: OAuth2Provider | None = None
-    versions: dict[str, str] = {}
-    pref = res.spec.oauth2_provider_ref
-    if res.spec.authentication == "OAuth2" and pref is not None:
-        pobj = await world.store.get(ObjectRef(KIND_OAUTH2, ref.namespace, pref.name))
-        if pobj is None:
-            return await _blocked(
-                obj, world, generation=gen, reason="OAuth2ProviderNotFound", requested=requested,
-                message=f"OAuth2Provider {pref.name!r} does not exist in namespace "
-                        f"{ref.namespace}")
-        if not cond.is_true(pobj.status, cond.READY):
-            pready = cond.find(pobj.status.get("conditions") or [], cond.READY) or {}
-            why = pready.get("reason", "Pending")
-            return await _blocked(
-                obj, world, generation=gen, reason="OAuth2ProviderNotReady", requested=requested,
-                message=f"OAuth2Provider {pref.name!r} is not Ready ({why})")
-        try:
-            provider = OAuth2Provider.model_validate(pobj.manifest)
-        except ValidationError:
-            return await _blocked(obj, world, generation=gen, reason="OAuth2ProviderNotReady",
-                                  requested=requested,
-                                  message=f"OAuth2Provider {pref.name!r} is invalid")
-        versions["oauth2Provider"] = pobj.memo.digest if pobj.memo else ""
-
-    try:
-        creds: Credentials = await world.resolve_credentials(res, provider)
-    except CredentialError as exc:
-        return await _blocked(obj, world, generation=gen, reason=exc.reason,
-                              message=exc.message, requested=requested)
-    versions.update(creds.versions)
-    spec_json = res.spec.model_dump(by_alias=True, mode="json")
-    digest = plan_digest(tested_spec(spec_json), versions)
-    key = _key(ref)
+    a = await assess(obj, world, force="re-verification requested" if force else None)
+    if a.decision in ("invalid", "blocked"):
+        assert a.blocked is not None
+        return await _blocked(obj, world, a.blocked, invalid=a.decision == "invalid")
+    assert a.resource is not None and a.creds is not None
+    res, digest = a.resource, a.digest
     memo = obj.memo
     now = world.clock()
-    if memo is not None and memo.digest == digest and now < memo.due_at:
-        if memo.generation == gen and obj.status.get("observedGeneration") == gen:
-            return ReconcileResult(ref, obj.status, memo.due_at - now, "skipped")
-        if memo.tested_at > 0 and _status_matches_memo(obj.status, memo):
-            return await _carry_over(obj, world, res, memo, digest, requested)
+    if a.decision == "skip":
+        assert memo is not None
+        return ReconcileResult(ref, obj.status, memo.due_at - now, ReconcileAction.SKIPPED)
+    if a.decision == "inherit":
+        assert memo is not None
+        return await _inherit(obj, world, res, memo, digest)
 
-    fresh = not (memo is not None and memo.digest == digest)
+    key = _key(ref)
     if world.announce_testing:
-        await _write(world, ref, lambda cur: (_testing_status(cur, gen, fresh, now), cur.memo))
-
-    verdict = await _probe(world, res, creds.probe)
+        await _write(world, ref, lambda cur: (_testing_status(cur, gen, a.fresh, now),
+                                              cur.memo))
+    verdict = await _probe(world, res, a.creds.probe)
     done = world.clock()
     if verdict.passed:
         new_memo = TestMemo(digest, gen, done, done + refresh_delay(res.spec.refresh_seconds, key),
@@ -327,43 +305,33 @@ async def _reconcile_smtp(obj: StoredObject, world: World) -> ReconcileResult:
         delay = (backoff_delay(failures, key) if verdict.retryable
                  else refresh_delay(res.spec.refresh_seconds, key))
         new_memo = TestMemo(digest, gen, done, done + delay, False, failures)
+    record = passed_record(res, gen, digest, verdict, a.versions, done) if verdict.passed \
+        else None
 
-    summary = _active_summary(res, gen, digest)
+    def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
+        return _commit_status(cur, verdict, gen, digest, done, record), new_memo
 
-    def build(cur: StoredObject) -> tuple[dict[str, Any], TestMemo | None]:
-        return _commit_status(cur, res, verdict, gen, digest, done, summary, requested), new_memo
-
-    before_ready = cond.find(obj.status.get("conditions") or [], cond.READY) or {}
     # The history first, then the status: a process killed in between leaves a recorded
     # test that status does not reflect yet (harmless: the next pass tests again), never a
     # Ready without its test in the history.
     await world.store.record_test(_record(ref, gen, done, verdict, digest))
+    before = smtp_status(obj)
     written = await _write(world, ref, build)
     if written is None:
-        return ReconcileResult(ref, {}, None, "gone", tested=True, verdict=verdict)
-    await _emit_test_events(world, ref, verdict, before_ready, written.status, done)
-    if requested or obj.status.get("selected") or written.status.get("selected"):
+        return ReconcileResult(ref, {}, None, ReconcileAction.GONE, tested=True,
+                               verdict=verdict)
+    await _emit_test_events(world, ref, verdict, before, smtp_status(written), done)
+    if _requested(written) or obj.status.get("selected") or written.status.get("selected"):
         await select_scope(ref.namespace, world)
         written = await world.store.get(ref) or written
     return ReconcileResult(ref, written.status, max(0.0, new_memo.due_at - world.clock()),
-                           "tested", tested=True, verdict=verdict)
+                           ReconcileAction.TESTED, tested=True, verdict=verdict)
 
 
-def _status_matches_memo(status: dict[str, Any], memo: TestMemo) -> bool:
-    """True when the conditions still show the memo's result (no test was interrupted
-    after ``Reconciling=True`` was written, nothing else moved Ready): only then may a new
-    generation inherit them; otherwise the engine tests."""
-    ready = cond.find(status.get("conditions") or [], cond.READY) or {}
-    testing = cond.find(status.get("conditions") or [], cond.RECONCILING) or {}
-    return (ready.get("status") == ("True" if memo.passed else "False")
-            and testing.get("reason") != "Testing"
-            and ready.get("observedGeneration") == memo.generation)
-
-
-async def _carry_over(obj: StoredObject, world: World, res: ExternalSmtp, memo: TestMemo,
-                      digest: str, requested: bool) -> ReconcileResult:
+async def _inherit(obj: StoredObject, world: World, res: ExternalSmtp, memo: TestMemo,
+                   digest: str) -> ReconcileResult:
     """A new generation that changed only untested fields (``selected``,
-    ``refreshInterval``) inherits the result of the test of the identical settings.
+    ``refreshInterval``, ...) inherits the result of the test of the identical settings.
 
     Guarantee 1 still holds: Ready describes a passed test of exactly these connection
     settings and secrets (same digest); only the bookkeeping moves to the new generation.
@@ -377,13 +345,12 @@ async def _carry_over(obj: StoredObject, world: World, res: ExternalSmtp, memo: 
     else:  # the (possibly changed) refreshInterval from the last test
         due = memo.tested_at + refresh_delay(res.spec.refresh_seconds, key)
     new_memo = replace(memo, generation=gen, due_at=due)
-    summary = _active_summary(res, gen, digest)
 
-    def build(cur: StoredObject) -> tuple[dict[str, Any], TestMemo | None]:
-        st = dict(cur.status)
+    def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
+        st = smtp_status(cur)
         conds = []
         for c in st.get("conditions") or []:
-            c = dict(c)
+            c = cast(Condition, dict(c))
             c["observedGeneration"] = gen
             if c.get("type") == cond.READY and c.get("status") == "True":
                 c["message"] = (f"generation {gen} has the connection settings of generation "
@@ -391,30 +358,34 @@ async def _carry_over(obj: StoredObject, world: World, res: ExternalSmtp, memo: 
             conds.append(c)
         st["conditions"] = conds
         st["observedGeneration"] = gen
-        active = st.get("active") or {}
-        if memo.passed and active.get("digest") == digest:
+        active = st.get("active")
+        if memo.passed and active is not None and active.get("digest") == digest:
+            moved = cast(ActiveRecord, dict(active))
+            moved["generation"] = gen
             st["activeGeneration"] = gen
-            st["active"] = summary
-        if not requested:
+            st["active"] = moved
+        if not _requested(cur):
             st = _not_requested(st, gen, now)
         return st, new_memo
 
     written = await _write(world, ref, build)
     if written is None:
-        return ReconcileResult(ref, {}, None, "gone")
-    if requested or obj.status.get("selected"):
+        return ReconcileResult(ref, {}, None, ReconcileAction.GONE)
+    if _requested(written) or obj.status.get("selected"):
         await select_scope(ref.namespace, world)
         written = await world.store.get(ref) or written
-    return ReconcileResult(ref, written.status, max(0.0, due - world.clock()), "updated")
+    return ReconcileResult(ref, written.status, max(0.0, due - world.clock()),
+                           ReconcileAction.INHERITED)
 
 
-def _testing_status(cur: StoredObject, gen: int, fresh: bool, now: float) -> dict[str, Any]:
-    st = dict(cur.status)
+def _testing_status(cur: StoredObject, gen: int, fresh: bool, now: float) -> SmtpStatus:
+    st = smtp_status(cur)
     conds = list(st.get("conditions") or [])
     conds = cond.set_condition(conds, cond.RECONCILING, "True", "Testing",
                                f"testing generation {gen}", generation=gen, now=now)
     if fresh or not cond.is_true(st, cond.READY):
-        lkg = _lkg_suffix(st, gen, "") if st.get("activeGeneration") != gen else ""
+        agen = st.get("activeGeneration")
+        lkg = f"; generation {agen} remains in use" if agen is not None and agen != gen else ""
         conds = cond.set_condition(conds, cond.READY, "Unknown", "Testing",
                                    f"testing generation {gen}{lkg}", generation=gen, now=now)
     st["conditions"] = conds
@@ -422,38 +393,52 @@ def _testing_status(cur: StoredObject, gen: int, fresh: bool, now: float) -> dic
     return st
 
 
-def _commit_status(cur: StoredObject, res: ExternalSmtp, v: Verdict, gen: int, digest: str,
-                   now: float, summary: dict[str, Any], requested: bool) -> dict[str, Any]:
+def _commit_status(cur: StoredObject, v: Verdict, gen: int, digest: str, now: float,
+                   record: ActiveRecord | None) -> SmtpStatus:
     when = cond.rfc3339(now)
-    last_test: dict[str, Any] = {"passed": v.passed, "stage": v.stage, "reason": v.reason,
-                                 "message": v.message,
-                                 "durationSeconds": round(v.duration_seconds, 3),
-                                 "generation": gen, "warnings": list(v.warnings)}
+    last_test: LastTest = {"passed": v.passed, "stage": v.stage, "reason": v.reason,
+                           "message": v.message,
+                           "durationSeconds": round(v.duration_seconds, 3),
+                           "generation": gen, "warnings": list(v.warnings)}
+    st = smtp_status(cur)
     if v.passed:
-        st = dict(cur.status)
+        assert record is not None
         conds = list(st.get("conditions") or [])
         warn = f" (warnings: {', '.join(v.warnings)})" if v.warnings else ""
+        via = ""
+        if record.get("fallbackUsed"):
+            via = (f" over the socketFactory fallback (port {record['port']}, "
+                   f"{record['tlsMode']}); that is the connection handed out")
         conds = cond.set_condition(
             conds, cond.READY, "True", "TestPassed",
-            f"generation {gen} passed its connection test in {v.duration_seconds:.2f}s{warn}",
-            generation=gen, now=now)
+            f"generation {gen} passed its connection test in {v.duration_seconds:.2f}s"
+            f"{via}{warn}", generation=gen, now=now)
         conds = cond.remove_condition(conds, cond.STALLED)
         conds = cond.remove_condition(conds, cond.RECONCILING)
         st["conditions"] = conds
         st["observedGeneration"] = gen
         st["activeGeneration"] = gen
-        st["active"] = summary
+        st["active"] = record
         st["lastSuccessfulTestTime"] = when
     else:
-        st = _failure_status(cur, generation=gen, reason=v.reason,
-                             message=f"{v.message} (stage {v.stage})", now=now,
-                             retrying=v.retryable, digest=digest,
-                             what=f"generation {gen}")
+        st = cast(SmtpStatus, _failure_status(
+            st, generation=gen, block=Blocked(v.reason, v.message, v.retryable,
+                                              _stalled(v.reason)),
+            message=f"{v.message} (stage {v.stage})", now=now, digest=digest,
+            what=f"generation {gen}"))
+        active = st.get("active")
+        if active is not None and active.get("digest") == digest:
+            st["active"] = failing_record(active, v.reason, v.message, now)
     st["lastTestTime"] = when
     st["lastTest"] = last_test
-    if not requested:
+    if not _requested(cur):
         st = _not_requested(st, gen, now)
     return st
+
+
+def _stalled(reason: str) -> bool:
+    entry = catalog.CATALOG.get(reason)
+    return bool(entry and entry.stalled)
 
 
 def _record(ref: ObjectRef, gen: int, now: float, v: Verdict, digest: str) -> TestRecord:
@@ -467,34 +452,44 @@ def _record(ref: ObjectRef, gen: int, now: float, v: Verdict, digest: str) -> Te
                                if isinstance(val, str | int | float | bool)})
 
 
-async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict,
-                            before: dict[str, Any], after: dict[str, Any], now: float) -> None:
+async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict, before: SmtpStatus,
+                            after: SmtpStatus, now: float) -> None:
     at = cond.rfc3339(now)
-    ready = cond.find(after.get("conditions") or [], cond.READY) or {}
+    ready = cond.of(after, cond.READY)
+    message = str(ready.get("message", "")) if ready else ""
     if v.passed:
-        if before.get("status") != "True":
-            await world.events.emit(Event(ref, "Normal", "TestPassed",
-                                          str(ready.get("message", "")), at))
+        was = cond.of(before, cond.READY)
+        if was is None or was.get("status") != "True":
+            await world.events.emit(Event(ref, "Normal", "TestPassed", message, at))
         return
-    await world.events.emit(Event(ref, "Warning", v.reason, str(ready.get("message", "")), at))
-    if after.get("activeGeneration") is not None:
-        await world.events.emit(Event(
-            ref, "Normal", "LastKnownGoodRetained",
-            f"generation {after.get('activeGeneration')} remains in use", at))
+    await world.events.emit(Event(ref, "Warning", v.reason, message, at))
+    active = after.get("active")
+    if after.get("activeGeneration") is not None and active is not None:
+        if active.get("health") == "Failing":
+            await world.events.emit(Event(
+                ref, "Warning", "ActiveRelayFailing",
+                f"the configuration in use (generation {active.get('generation')}) failed "
+                f"its re-verification ({v.reason})", at))
+        else:
+            await world.events.emit(Event(
+                ref, "Normal", "LastKnownGoodRetained",
+                f"generation {after.get('activeGeneration')} remains in use", at))
 
 
 # --- OAuth2Provider ------------------------------------------------------------------------
 
 
 async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResult:
+    from pydantic import ValidationError
+
     ref = obj.ref
     gen = obj.generation
     key = _key(ref)
     try:
         provider = OAuth2Provider.model_validate(obj.manifest)
     except ValidationError as exc:
-        return await _blocked(obj, world, generation=gen, reason="InvalidSpec",
-                              message=render_validation_error(exc), requested=False)
+        return await _blocked(obj, world, Blocked.of("InvalidSpec", render_validation_error(exc)),
+                              invalid=True)
     try:
         health = await world.check_provider(provider)
         ready, reason, message = health.ready, health.reason, health.message
@@ -502,7 +497,7 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
         warnings = list(health.warnings)
     except CredentialError as exc:
         ready, reason, message, version, warnings = False, exc.reason, exc.message, "", []
-    except Exception as exc:  # noqa: BLE001 - same reasoning as _safe_probe
+    except Exception as exc:  # noqa: BLE001 - same reasoning as _probe
         log.error("check_provider raised %s for %s", type(exc).__name__, key)
         ready, reason, message, version, warnings = (
             False, "OAuth2TokenEndpointUnavailable",
@@ -510,27 +505,27 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
     now = world.clock()
     spec_json = provider.spec.model_dump(by_alias=True, mode="json")
     digest = plan_digest(spec_json, {"provider": version})
-    entry = catalog.CATALOG.get(reason)
-    retryable = (not ready) and bool(entry and entry.retryable)
+    block = None if ready else Blocked.of(reason, message)
+    retryable = block is not None and block.retryable
     prev = obj.memo
     failures = 0 if ready else ((prev.failures + 1) if prev and not prev.passed else 1)
     delay = backoff_delay(failures, key) if retryable else refresh_delay(PROVIDER_REFRESH, key)
 
-    def build(cur: StoredObject) -> tuple[dict[str, Any], TestMemo | None]:
+    def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
         old = cur.memo
         if (old is not None and old.digest == digest and old.passed == ready
                 and cur.status.get("observedGeneration") == gen):
             memo = old  # unchanged: no write (the idempotent re-apply writes nothing)
         else:
             memo = TestMemo(digest, gen, now, now + delay, ready, failures)
-        prev = cond.find(cur.status.get("conditions") or [], cond.READY) or {}
-        if (memo is old and prev.get("status") == ("True" if ready else "False")
-                and prev.get("reason") == (reason or "TokenObtained")):
+        if (memo is old
+                and cond.attr(cur.status, cond.READY, "status") == ("True" if ready else "False")
+                and cond.attr(cur.status, cond.READY, "reason") == (reason or "TokenObtained")):
             # Nothing changed but the message's wording (e.g. "cached for 3539s"): keep the
             # status as it is, so an unchanged re-apply writes nothing.
-            return cur.status, old
-        if ready:
-            st = dict(cur.status)
+            return cast(ProviderStatus, cur.status), old
+        st = cast(ProviderStatus, dict(cur.status))
+        if block is None:
             conds = cond.set_condition(list(st.get("conditions") or []), cond.READY, "True",
                                        reason or "TokenObtained", message or "token obtained",
                                        generation=gen, now=now)
@@ -541,21 +536,21 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
             if memo is not old or "lastTokenTime" not in st:
                 st["lastTokenTime"] = cond.rfc3339(now)
         else:
-            st = _failure_status(cur, generation=gen, reason=reason, message=message, now=now,
-                                 retrying=retryable, digest=digest,
-                                 what=f"OAuth2Provider generation {gen}")
+            st = cast(ProviderStatus, _failure_status(
+                st, generation=gen, block=block, message=message, now=now, digest="",
+                what=f"OAuth2Provider generation {gen}"))
         if warnings:
             st["warnings"] = warnings
         else:
             st.pop("warnings", None)
         return st, memo
 
-    before = cond.find(obj.status.get("conditions") or [], cond.READY) or {}
     written = await _write(world, ref, build)
     if written is None:
-        return ReconcileResult(ref, {}, None, "gone")
-    after = cond.find(written.status.get("conditions") or [], cond.READY) or {}
-    if before.get("status") != after.get("status") or before.get("reason") != after.get("reason"):
+        return ReconcileResult(ref, {}, None, ReconcileAction.GONE)
+    if any(cond.attr(obj.status, cond.READY, k) != cond.attr(written.status, cond.READY, k)
+           for k in ("status", "reason")):
         await world.events.emit(Event(ref, "Normal" if ready else "Warning", reason,
                                       message, cond.rfc3339(now)))
-    return ReconcileResult(ref, written.status, delay, "checked")
+    return ReconcileResult(ref, written.status, delay, ReconcileAction.CHECKED)
+

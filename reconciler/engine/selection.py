@@ -20,11 +20,14 @@ selected relays, even if the process dies between the two writes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from reconciler.engine import conditions as cond
-from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject
+from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, StoreError
+
+log = logging.getLogger(__name__)
 
 KIND = "ExternalSmtp"
 
@@ -50,9 +53,9 @@ def candidate(obj: StoredObject) -> Candidate:
     return Candidate(
         name=obj.ref.name, created_at=obj.created_at,
         requested=bool(spec.get("selected", False)),
-        ready=cond.is_true(st, cond.READY), testing=cond.is_true(st, cond.RECONCILING)
-        and (cond.find(st.get("conditions") or [], cond.RECONCILING) or {}).get("reason")
-        == "Testing",
+        ready=cond.is_true(st, cond.READY),
+        testing=cond.is_true(st, cond.RECONCILING)
+        and cond.attr(st, cond.RECONCILING, "reason") == "Testing",
         has_active=st.get("activeGeneration") is not None,
         selected=bool(st.get("selected", False)),
     )
@@ -130,7 +133,14 @@ async def select_scope(namespace: str, world: Any) -> str | None:
             mutate = selected_mutator(sel, reason, msg, now)
             if mutate(by_name[c.name]) is None:
                 continue  # already as desired in the snapshot: no write (fast re-apply)
-            await world.store.update_status(ObjectRef(KIND, namespace, c.name), mutate)
+            try:
+                await world.store.update_status(ObjectRef(KIND, namespace, c.name), mutate)
+            except StoreError as exc:
+                if sel or c.selected:
+                    raise  # releasing or acquiring failed: stop before a second winner
+                # A loser's Selected=False condition only: the selection itself holds.
+                log.warning("could not write the Selected condition of %s/%s: %s",
+                            namespace, c.name, exc)
         if winner is not None and (not previous or previous[0].name != winner):
             ref = ObjectRef(KIND, namespace, winner)
             old = previous[0] if previous else None

@@ -1,8 +1,8 @@
 """The ``World``: everything a reconcile pass may touch, injected by the runtime.
 
-``reconcile(obj, world)`` is a pure function of the stored object and the world.  The
-world bundles the side effects so that every runtime - the local CLI, the Kubernetes
-operator, a test - supplies its own:
+``reconcile(ref, world)`` is a function of the stored object (read by key inside the pass)
+and the world.  The world bundles the side effects so that every runtime - the local CLI,
+the Kubernetes operator, a test - supplies its own:
 
 * ``store`` - the :class:`reconciler.stores.base.Store` (SQLite locally, the CR status
   subresource in Kubernetes);
@@ -21,7 +21,7 @@ operator, a test - supplies its own:
 
 The engine depends on the credentials layer only through the structural protocols
 :class:`Credentials` and :class:`ProviderHealth` below, so it does not import SMTP or
-OAuth stacks.
+OAuth stacks: the runtimes wire the real ones (``reconciler.runtimes.live``).
 """
 
 from __future__ import annotations
@@ -31,15 +31,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
 from reconciler.stores.base import Event, Store
-
-if TYPE_CHECKING:
-    from reconciler.credentials.base import SecretSource
-    from reconciler.credentials.oauth import TokenManager
 
 
 class Credentials(Protocol):
@@ -188,39 +184,3 @@ class BasicWorld:
         if lock is None:
             lock = self._locks[namespace] = asyncio.Lock()
         return lock
-
-
-@dataclass(frozen=True, slots=True)
-class LiveFunctions:
-    """The engine's three side-effecting functions, wired to the real layers below."""
-
-    resolve_fn: ResolveFn
-    probe_fn: ProbeFn
-    check_provider_fn: CheckProviderFn
-    tokens: TokenManager
-
-
-def live_functions(sources: SecretSource, *, allow_loopback: bool = True) -> LiveFunctions:
-    """Credentials resolution, the SMTP probe and the provider check as every runtime uses
-    them (the local CLI and the operator differ only in ``sources`` and egress policy).
-    The SMTP and OAuth stacks are imported here, lazily, not when the engine is imported."""
-    from reconciler.credentials.oauth import TokenManager, check_provider
-    from reconciler.credentials.resolve import resolve_smtp_credentials
-    from reconciler.probe import run_probe
-    from reconciler.probe.egress import EgressPolicy
-
-    tokens = TokenManager(sources)
-    policy = EgressPolicy(allow_loopback=allow_loopback)
-
-    async def resolve_fn(res: ExternalSmtp, provider: OAuth2Provider | None) -> Credentials:
-        providers = {provider.metadata.name: provider} if provider is not None else {}
-        return await resolve_smtp_credentials(res, providers=providers, sources=sources,
-                                              tokens=tokens)
-
-    async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
-        return await run_probe(spec, creds, policy=policy)
-
-    async def check_fn(provider: OAuth2Provider) -> ProviderHealth:
-        return await check_provider(provider, tokens)
-
-    return LiveFunctions(resolve_fn, probe_fn, check_fn, tokens)

@@ -39,17 +39,17 @@ from aiosmtplib.protocol import COMMAND_INJECTION_REGEX
 from aiosmtplib.response import SMTPResponse
 
 from reconciler import catalog
+from reconciler.probe import failure as failures
 from reconciler.probe import sasl, tlsconfig
 from reconciler.probe.egress import EgressPolicy
 from reconciler.probe.failure import ProbeFailure, reply_failure
 from reconciler.probe.transcript import Transcript
 from reconciler.probe.verdict import ProbeCredentials
 from reconciler.probe.wire import Wire
-from reconciler.resources import ExternalSmtpSpec
+from reconciler.resources import ExternalSmtpSpec, format_duration
 from reconciler.secret import Secret
 
 Mode = Literal["implicit", "starttls", "none", "fallback"]
-_TRANSIENT_GAI = {socket.EAI_AGAIN}
 
 
 @dataclass
@@ -87,8 +87,7 @@ class AttemptState:
         total = float(self.spec.connection_test.timeout_seconds)
         left = self.remaining()
         if left <= 0.01:
-            raise ProbeFailure(self.stage, "DeadlineExceeded", f"{total:g}s elapsed",
-                               timeout=True)
+            raise failures.deadline_exceeded(self.stage, total, self.stage_seconds)
         limit = max(1.0, total / 2) if cap is None else cap
         self.deadline_bound = left < limit and (total - left) > 0.25 * total
         return min(left, limit)
@@ -119,21 +118,16 @@ def _io_failure(stage: str, exc: BaseException, state: AttemptState, budget: flo
         return ProbeFailure(stage, "CertificateInvalid",
                             tlsconfig.describe_certificate_problem(problem, exc, name))
     if isinstance(exc, ssl.SSLError):
-        return ProbeFailure(stage, "TLSHandshakeFailed",
-                            f"TLS handshake failed ({exc.reason or type(exc).__name__})")
+        return failures.tls_failure(stage, exc, implicit=stage == "tls")
     if isinstance(exc, SMTPServerDisconnected) and "upgrading" in str(exc):
         return ProbeFailure(stage, "TLSHandshakeFailed",
                             "the connection was closed during the TLS handshake")
     if isinstance(exc, (SMTPTimeoutError, TimeoutError)):
-        state.transcript.note(f"no complete reply within {budget:.1f}s")
+        state.transcript.note(f"no complete reply within {format_duration(budget)}")
+        total = float(state.spec.connection_test.timeout_seconds)
         if state.deadline_bound:
-            total = state.spec.connection_test.timeout_seconds
-            return ProbeFailure(stage, "DeadlineExceeded",
-                                f"{total:g}s elapsed at stage {stage}; the server answers, "
-                                "but too slowly", timeout=True)
-        return ProbeFailure(stage, "ReadTimeout",
-                            f"no complete reply within {budget:.1f}s at stage {stage}",
-                            timeout=True)
+            return failures.deadline_exceeded(stage, total, state.stage_seconds)
+        return failures.read_timeout(stage, budget, total)
     if isinstance(exc, SMTPServerDisconnected):
         state.transcript.note("connection closed by the server")
         return ProbeFailure(stage, "ProtocolError",
@@ -185,10 +179,7 @@ async def _resolve(state: AttemptState, host: str, port: int) -> list[tuple[Any,
                                                   proto=socket.IPPROTO_TCP)
             infos = [tuple(info) for info in resolved]
     except socket.gaierror as exc:
-        transient = exc.errno in _TRANSIENT_GAI
-        raise ProbeFailure("resolve", "UnknownHost",
-                           f"{host!r} does not resolve ({exc.strerror})",
-                           retry_now=transient) from None
+        raise failures.resolve_failure(host, exc) from None
     except TimeoutError:
         raise ProbeFailure("resolve", "UnknownHost", f"DNS lookup of {host!r} timed out",
                            timeout=True) from None
@@ -215,18 +206,18 @@ async def _connect(state: AttemptState, addresses: list[tuple[Any, ...]]) -> soc
         sock.setblocking(False)
         budget = state.timeout(max(1.0, state.spec.connection_test.timeout_seconds / 2))
         peer = _format_peer(tuple(sockaddr))
+        total = float(state.spec.connection_test.timeout_seconds)
         try:
             async with asyncio.timeout(budget):  # not wait_for: see _token
                 await loop.sock_connect(sock, tuple(sockaddr))
         except TimeoutError:
             sock.close()
-            last = ProbeFailure("connect", "ConnectTimeout",
-                                f"no answer from {peer} within {budget:.1f}s", timeout=True)
+            last = failures.connect_timeout(state.spec.host, sockaddr[0], sockaddr[1], budget,
+                                           total)
             break  # the budget is spent; do not start the next address
         except OSError as exc:
             sock.close()
-            last = ProbeFailure("connect", "ConnectionRefused",
-                                f"{peer}: {exc.strerror or type(exc).__name__}")
+            last = failures.connect_failure(state.spec.host, sockaddr[0], sockaddr[1], exc)
             continue
         except BaseException:
             sock.close()
@@ -296,9 +287,9 @@ async def run_attempt(state: AttemptState, mode: Mode, port: int) -> None:
                                 server_hostname=sni, timeout=budget)
             except TimeoutError:
                 sock.close()
-                raise ProbeFailure(stage, "ReadTimeout",
-                                   f"no TLS handshake within {budget:.1f}s: is this port "
-                                   "plain SMTP or STARTTLS?", timeout=True) from None
+                raise failures.read_timeout(
+                    stage, budget, float(spec.connection_test.timeout_seconds),
+                    handshake=True) from None
             except (ssl.SSLError, OSError) as exc:
                 sock.close()
                 if isinstance(exc, ssl.SSLError) or mode == "implicit":

@@ -5,8 +5,11 @@ renewed for ``lease_duration`` seconds (the leader died or was partitioned).  Ev
 is an optimistic update carrying the Lease's ``resourceVersion``, so two candidates that
 race for an expired Lease cannot both win: one gets ``409 Conflict`` and stays standby.
 
-The leader renews every ``renew_period``.  If it cannot renew before ``renew_deadline``
-(the API is unreachable, or another holder appears), :meth:`LeaseElector.hold` returns:
+The leader renews every ``renew_period``.  Each attempt is bounded (a quarter of the
+deadline at most) and retried until ``renew_deadline``, so one stalled request (a slow
+API server, a dropped connection) does not cost the Lease.  If it cannot renew before
+``renew_deadline`` (the API is unreachable, or another holder appears),
+:meth:`LeaseElector.hold` returns:
 the operator then stops reconciling at once and exits, and its Deployment restarts it
 as a standby - the same contract as controller-runtime.  ``renew_deadline`` is shorter
 than ``lease_duration`` so that the old leader has stopped before anyone can take over.
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
+from reconciler.stores.kubeapi import ApiError, KubeApi, NotFound, describe_server, resource_path
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,20 @@ class LeaseElector:
         self.retry_period = retry_period
         self.is_leader = False
         self.transitions = 0
+        self._last_error = ""
+
+    @property
+    def reachable(self) -> bool:
+        """False while the last attempt could not get an answer about the Lease."""
+        return not self._last_error
+
+    def _report(self, exc: ApiError) -> None:
+        """One line per change of error (not one per retry) naming the server."""
+        what = f"{exc.code or ''} {exc.reason}".strip()
+        if what != self._last_error:
+            log.warning(f"cannot reach the Lease on {describe_server(self.api.creds)}: {what}",
+                        extra={"lease": f"{self.namespace}/{self.name}", "code": exc.code})
+        self._last_error = what
 
     @property
     def _path(self) -> str:
@@ -74,18 +91,21 @@ class LeaseElector:
         now = time.time()
         try:
             lease = await self.api.get(self._path)
-        except ApiError as exc:
-            if exc.code != 404:
-                return False
+        except NotFound:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": self._spec(now, None, 0)}
             try:
                 await self.api.post(resource_path("coordination.k8s.io/v1", "leases",
                                                   self.namespace), body)
-            except ApiError:
+            except ApiError as exc:
+                self._report(exc)
                 return False
+            self._last_error = ""
             return True
+        except ApiError as exc:
+            self._report(exc)
+            return False
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         renewed = _parse_time(spec.get("renewTime"))
@@ -97,8 +117,10 @@ class LeaseElector:
         lease["spec"] = self._spec(now, spec.get("acquireTime") if mine else None, transitions)
         try:
             await self.api.put(self._path, lease)  # carries metadata.resourceVersion
-        except ApiError:
+        except ApiError as exc:
+            self._report(exc)
             return False  # 409: another candidate won the race
+        self._last_error = ""
         if not mine:
             self.transitions = transitions
         return True
@@ -111,18 +133,33 @@ class LeaseElector:
         log.info("became leader", extra={"lease": f"{self.namespace}/{self.name}",
                                          "identity": self.identity})
 
+    def attempt_timeout(self) -> float:
+        """One renewal attempt's bound: a stalled request is abandoned and retried (on a
+        fresh connection) while the deadline allows, instead of eating the deadline."""
+        return max(0.2, min(self.retry_period, self.renew_deadline / 4))
+
+    async def renew(self) -> bool:
+        """Renew before ``renew_deadline``: attempts bounded each, retried until then."""
+        deadline = time.monotonic() + self.renew_deadline
+        for _ in range(1000):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                if await asyncio.wait_for(self.try_acquire_or_renew(),
+                                          min(self.attempt_timeout(), left)):
+                    return True
+            except TimeoutError:
+                continue  # retry at once: the attempt itself took its share of the wait
+            await asyncio.sleep(min(self.renew_period / 4, max(0.0, deadline -
+                                                                time.monotonic())))
+        return False
+
     async def hold(self) -> None:
-        """Renew until we cannot; returns when leadership is lost."""
-        last_ok = time.monotonic()
+        """Renew every ``renew_period`` until we cannot; returns when leadership is lost."""
         while True:
             await asyncio.sleep(self.renew_period)
-            try:
-                ok = await asyncio.wait_for(self.try_acquire_or_renew(), self.renew_deadline)
-            except TimeoutError:
-                ok = False
-            if ok:
-                last_ok = time.monotonic()
-            elif time.monotonic() - last_ok >= self.renew_deadline:
+            if not await self.renew():
                 self.is_leader = False
                 log.error("lost leadership", extra={"lease": f"{self.namespace}/{self.name}",
                                                     "identity": self.identity})

@@ -39,11 +39,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from reconciler.engine.reconcile import ReconcileResult, reconcile, render_validation_error
+from reconciler.engine.assess import render_validation_error
+from reconciler.engine.backoff import ErrorBackoff
+from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
-from reconciler.stores.base import Event, ObjectRef, StoredObject, StoreError
+from reconciler.stores.base import Event, ObjectRef, StoreError
 from reconciler.stores.local import LocalStore, Upserted
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -251,7 +253,7 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                 clock: Callable[[], float] = time.time) -> BasicWorld:
     """A World wired to the real credentials layer and probe (imported lazily)."""
     from reconciler.credentials.sources import default_sources
-    from reconciler.engine.world import live_functions
+    from reconciler.runtimes.live import live_functions
 
     sources = PassSnapshot(default_sources())
     live = live_functions(sources)
@@ -279,34 +281,61 @@ class ApplyOutcome:
         return sum(1 for r in self.results if r.tested)
 
 
-async def reconcile_objects(objs: list[StoredObject], world: BasicWorld, *,
+@dataclass(frozen=True, slots=True)
+class PassError:
+    """A reconcile that raised (a store error): retried with per-item backoff."""
+
+    ref: ObjectRef
+    message: str
+    retry_after: float
+
+
+async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
                             progress: ProgressFn | None = None,
                             max_tasks: int | None = None,
-                            force_select: bool = False) -> list[ReconcileResult]:
-    """Reconcile providers, then relays, concurrently; one final selection per scope."""
+                            force_select: bool = False, force: bool = False,
+                            errors: ErrorBackoff | None = None,
+                            failed: list[PassError] | None = None,
+                            ) -> list[ReconcileResult]:
+    """Reconcile providers, then relays, concurrently, by key; one final selection per scope.
+
+    Each pass reads its object when it starts (``reconcile`` is by key), so a relay sees
+    what the provider pass just wrote.  A pass that raises a :class:`StoreError` does not
+    stop the others: it is recorded in ``failed`` with its retry delay from ``errors``
+    (per-item exponential backoff) and left out of the results; any other exception
+    propagates (a bug).  ``force`` re-tests relays whose test is not due yet.
+    """
     world.begin_pass()
+    errors = errors if errors is not None else ErrorBackoff()
     bound = asyncio.Semaphore(max_tasks or max(64, world.limits.concurrency * 4))
     results: list[ReconcileResult] = []
+    todo = list(dict.fromkeys(refs))
 
-    async def one(o: StoredObject) -> None:
-        async with bound:
-            r = await reconcile(o, world)
+    async def one(ref: ObjectRef) -> None:
+        try:
+            async with bound:
+                r = await reconcile(ref, world, force=force)
+        except StoreError as exc:
+            delay = errors.failure(str(ref))
+            if failed is not None:
+                failed.append(PassError(ref, str(exc), delay))
+            return
+        errors.success(str(ref))
         if progress is not None:
             progress(r)
         # Keep the summary, not the verdict (its transcript): 10,000 of them add up.
         results.append(dataclasses.replace(r, verdict=None) if r.verdict is not None else r)
 
-    providers = [o for o in objs if o.ref.kind == KIND_OAUTH2]
-    relays = [o for o in objs if o.ref.kind == KIND_SMTP]
-    await asyncio.gather(*(one(o) for o in providers))
-    # Re-read relays: the provider pass may not change them, but a long wait might have.
-    await asyncio.gather(*(one(o) for o in relays))
+    providers = [r for r in todo if r.kind == KIND_OAUTH2]
+    relays = [r for r in todo if r.kind == KIND_SMTP]
+    await asyncio.gather(*(one(r) for r in providers))
+    await asyncio.gather(*(one(r) for r in relays))
     # A final selection pass per scope, unless nothing happened (the fast re-apply): the
     # engine already selected after every change it made.
-    if force_select or any(r.action != "skipped" for r in results):
-        for ns in sorted({o.ref.namespace for o in relays}):
+    if force_select or any(r.action != ReconcileAction.SKIPPED for r in results):
+        for ns in sorted({r.namespace for r in relays}):
             await select_scope(ns, world)
-    order = {o.ref: i for i, o in enumerate(objs)}
+    order = {r: i for i, r in enumerate(todo)}
     results.sort(key=lambda r: order.get(r.ref, 0))
     return results
 
@@ -342,7 +371,7 @@ async def apply_manifests(store: LocalStore, world: BasicWorld, manifests: list[
         on_upserted(out.upserted)
     if prune:
         out.pruned = await delete_refs(store, world, prune_candidates(store, manifests))
-    out.results = await reconcile_objects([u.obj for u in out.upserted], world,
+    out.results = await reconcile_objects([u.obj.ref for u in out.upserted], world,
                                           progress=progress, force_select=bool(out.pruned))
     return out
 
@@ -387,12 +416,13 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
     stop = stop or asyncio.Event()
     seen: dict[str, float] = {}
     due: dict[ObjectRef, float] = {}
+    errors = ErrorBackoff()
     n = 0
     while not stop.is_set() and (iterations is None or n < iterations):
         n += 1
         try:
             with (pass_lock or contextlib.nullcontext)():
-                await _watch_pass(store, world, paths, seen, due, prune=prune,
+                await _watch_pass(store, world, paths, seen, due, errors, prune=prune,
                                   progress=progress, on_error=on_error,
                                   load=load or load_manifests)
         except StoreError as exc:  # e.g. the lock was not free in time: try again later
@@ -410,7 +440,8 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
 
 
 async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | None,
-                      seen: dict[str, float], due: dict[ObjectRef, float], *, prune: bool,
+                      seen: dict[str, float], due: dict[ObjectRef, float],
+                      errors: ErrorBackoff, *, prune: bool,
                       progress: ProgressFn | None,
                       on_error: Callable[[str], None] | None,
                       load: Callable[[list[str]], list[dict[str, Any]]] = load_manifests,
@@ -437,11 +468,17 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
     for ref in list(due):
         if ref not in objs:
             del due[ref]
-    todo = [o for ref, o in objs.items() if due.get(ref, 0.0) <= now]
+    todo = [ref for ref in objs if due.get(ref, 0.0) <= now]
     if todo:
-        for r in await reconcile_objects(todo, world, progress=progress):
+        failed: list[PassError] = []
+        for r in await reconcile_objects(todo, world, progress=progress, errors=errors,
+                                         failed=failed):
             due[r.ref] = world.clock() + r.requeue_after if r.requeue_after is not None \
                 else float("inf")
+        for f in failed:
+            due[f.ref] = world.clock() + f.retry_after
+            if on_error:
+                on_error(f"{f.ref}: {f.message} (retrying in {f.retry_after:.0f}s)")
 
 
 def default_state() -> str:

@@ -40,5 +40,5 @@ def setup(level: int = logging.INFO, framework_level: int = logging.WARNING) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("kopf", "aiohttp", "httpx", "httpcore", "urllib3", "kubernetes", "asyncio"):
+    for noisy in ("aiohttp", "httpx", "httpcore", "urllib3", "kubernetes", "asyncio"):
         logging.getLogger(noisy).setLevel(max(framework_level, level))

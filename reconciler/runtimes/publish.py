@@ -13,6 +13,11 @@ For each namespace with an active relay the operator maintains one Secret (defau
   access token is refreshed when less than a quarter of its life is left.
 * It carries an owner reference to the active ExternalSmtp (deleting the relay deletes
   it) and is deleted when no relay is active in the namespace.
+* **Only our own.**  A Secret of that name that the operator did not create (no
+  ``app.kubernetes.io/managed-by: smtpctl-operator`` label and ExternalSmtp owner) is
+  never overwritten or deleted: the operator logs a warning and does not publish in
+  that namespace until the name is free.  Replacements and deletions carry the
+  ``resourceVersion``/``uid`` they were decided on.
 * The password reference of the active generation is ``status.active.passwordFrom``; when
   the API server pruned it, the spec's reference is used only if the spec *is* the active
   generation - otherwise the Secret is left as it is rather than guessed.
@@ -21,6 +26,7 @@ For each namespace with an active relay the operator maintains one Secret (defau
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,13 +37,23 @@ from reconciler.engine.active import ActiveRelayView, to_env
 from reconciler.resources import API_VERSION, KIND_SMTP, SecretRef
 from reconciler.secret import Secret
 from reconciler.stores.kube import KubeStore
-from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
+from reconciler.stores.kubeapi import Conflict, KubeApi, NotFound, resource_path
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "smtp.reconciler.dev/fingerprint"
 TOKEN_EXPIRES = "smtp.reconciler.dev/token-expires-at"  # noqa: S105 - an annotation
 MANAGED_BY = {"app.kubernetes.io/managed-by": "smtpctl-operator"}
+
+
+def owned(secret: dict[str, Any]) -> bool:
+    """Did the operator create this Secret?  Our label and an ExternalSmtp owner."""
+    meta = secret.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    owners = meta.get("ownerReferences") or []
+    return labels.get("app.kubernetes.io/managed-by") == MANAGED_BY[
+        "app.kubernetes.io/managed-by"] and any(
+        o.get("kind") == KIND_SMTP and o.get("apiVersion") == API_VERSION for o in owners)
 
 TokenFn = Callable[[str, str], Awaitable[tuple[Secret, float | None]]]  # (ns, provider)
 
@@ -54,6 +70,7 @@ class Publisher:
         self.on_write = on_write
         self._published: dict[str, tuple[str, float]] = {}  # ns -> (fingerprint, token expiry)
         self._loaded: set[str] = set()
+        self._foreign: set[str] = set()  # namespaces where the name is taken by someone else
 
     def _path(self, ns: str, with_name: bool = True) -> str:
         return resource_path("v1", "secrets", ns, self.name if with_name else None)
@@ -66,30 +83,50 @@ class Publisher:
                 return body
         return None
 
+    async def _current(self, ns: str) -> dict[str, Any] | None:
+        """The Secret as it is now, or None; a Secret we did not create is marked foreign."""
+        try:
+            cur = await self.api.get(self._path(ns))
+        except NotFound:
+            self._foreign.discard(ns)
+            return None
+        if not owned(cur):
+            if ns not in self._foreign:
+                log.warning(f"a Secret {ns}/{self.name} exists that the operator did not "
+                            "create; not publishing there (delete or rename it, or choose "
+                            "another --publish-secret)", extra={"namespace": ns})
+            self._foreign.add(ns)
+        else:
+            self._foreign.discard(ns)
+        return cur
+
     async def _load(self, ns: str) -> None:
         """What is published already (after a restart), from its annotations."""
         if ns in self._loaded:
             return
-        try:
-            cur = await self.api.get(self._path(ns))
+        cur = await self._current(ns)
+        if cur is not None and ns not in self._foreign:
             ann = (cur.get("metadata") or {}).get("annotations") or {}
             self._published[ns] = (ann.get(FINGERPRINT, ""), float(ann.get(TOKEN_EXPIRES, 0)))
-        except ApiError as exc:
-            if exc.code != 404:
-                raise
         self._loaded.add(ns)
 
     async def sync(self, ns: str) -> str:
         """Bring the namespace's Secret in line; returns created|updated|deleted|unchanged."""
         await self._load(ns)
+        if ns in self._foreign:
+            await self._current(ns)  # still there? (deleted or replaced by ours: retry)
+            if ns in self._foreign:
+                return "unchanged"
         body = self.active_in(ns)
         if body is None:
             if ns in self._published:
-                try:
-                    await self.api.delete(self._path(ns))
-                except ApiError as exc:
-                    if exc.code != 404:
-                        raise
+                cur = await self._current(ns)
+                if cur is not None and ns not in self._foreign:
+                    uid = (cur.get("metadata") or {}).get("uid")
+                    with contextlib.suppress(NotFound):  # only that object, if still ours
+                        await self.api.delete(self._path(ns), {
+                            "apiVersion": "v1", "kind": "DeleteOptions",
+                            "preconditions": {"uid": uid}})
                 del self._published[ns]
                 self._note("deleted")
                 return "deleted"
@@ -125,29 +162,34 @@ class Publisher:
             },
             "data": data,
         }
-        op = "updated" if old_fp or ns in self._published else "created"
-        try:
-            if op == "created":
-                try:
-                    await self.api.post(self._path(ns, with_name=False), manifest)
-                except ApiError as exc:
-                    if exc.code != 409:
-                        raise
-                    op = "updated"
-            if op == "updated":
-                await self.api.put(self._path(ns), manifest)  # unconditional for Secrets
-        except ApiError as exc:
-            if exc.code == 404 and op == "updated":
-                await self.api.post(self._path(ns, with_name=False), manifest)
-                op = "created"
-            else:
-                raise
+        op = await self._write(ns, manifest)
+        if op is None:
+            return "unchanged"
         self._published[ns] = (fingerprint, float(new_expiry or 0))
         self._note(op)
         log.info("published active relay", extra={"namespace": ns, "relay": meta["name"],
                                                    "generation": active.get("generation"),
                                                    "op": op})
         return op
+
+    async def _write(self, ns: str, manifest: dict[str, Any]) -> str | None:
+        """Create, or replace our own (never a foreign one); None: not written."""
+        for _ in range(8):
+            cur = await self._current(ns)
+            if ns in self._foreign:
+                return None
+            try:
+                if cur is None:
+                    await self.api.post(self._path(ns, with_name=False), manifest)
+                    return "created"
+                rv = (cur.get("metadata") or {}).get("resourceVersion")
+                await self.api.put(self._path(ns), {
+                    **manifest, "metadata": {**manifest["metadata"], "resourceVersion": rv}})
+                return "updated"
+            except (Conflict, NotFound):
+                continue  # created, replaced or deleted meanwhile: look again
+        log.warning("could not publish: the Secret keeps changing", extra={"namespace": ns})
+        return None
 
     def _note(self, op: str) -> None:
         if self.on_write is not None:

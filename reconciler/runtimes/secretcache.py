@@ -1,71 +1,180 @@
-"""Referenced Secrets served from the operator's watch instead of one GET per reconcile.
+"""The operator's ``secretKeyRef`` source: referenced Secrets only, read by name, kept fresh.
 
-The engine resolves credentials on every pass (the secret *versions* are part of the
-plan digest), so without a cache a restarted operator would make one Secret read per
-reference per resource before it could say "nothing changed".  This source keeps the
-bodies of the Secrets that resources reference (the operator's index says which), fed by
-the Secret watch and primed at start; decoding, checks and versions are the credentials
-layer's own (:func:`~reconciler.credentials.sources.resolve_from_secret`).  A miss falls
-back to the wrapped source (an API read).
+The engine resolves credentials on every pass (the secret *versions* are part of the plan
+digest), so each referenced Secret is read once by name (``GET``, single-flight per
+Secret) and then served from memory; the Secret watch keeps those entries current and
+says which resources to wake.  What is kept is bounded by what resources reference (the
+operator's :class:`~reconciler.runtimes.operator.index.DependencyIndex`): a namespace full
+of unrelated Secrets (Helm releases) costs no memory - the operator never LISTs Secret
+contents, it only watches changes and drops those nobody references at once.
 
-Only referenced Secrets are kept (a namespace may hold large unrelated ones, e.g. Helm
-releases), only in memory, and never logged.  A newer resourceVersion always wins, so a
-slow API read cannot overwrite a fresher watch event.
+Decoding, checks and versions are the credentials layer's own
+(:func:`~reconciler.credentials.sources.resolve_from_secret`).  Values live only in
+memory and are never logged.  ``resourceVersion`` is opaque: it is compared for equality
+only, never ordered; a GET that raced with a watch event for the same Secret is not
+stored (the watch event is newer).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from collections.abc import Callable
 from typing import Any
 
-from reconciler.credentials.base import Resolved, SecretSource
+from reconciler.credentials.base import CredentialError, Resolved
 from reconciler.credentials.sources import resolve_from_secret
 from reconciler.resources import SecretRef
 from reconciler.secret import Secret
+from reconciler.stores.kubeapi import (
+    ApiError,
+    Forbidden,
+    KubeApi,
+    NotFound,
+    Unauthorized,
+    resource_path,
+)
 
-Wanted = Callable[[str, str], bool]  # (namespace, name) -> referenced?
+Key = tuple[str, str]  # namespace, name
+Referenced = Callable[[str, str], bool]
 
 
-def _rv(body: dict[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {"metadata": {"resourceVersion": meta.get("resourceVersion")},
+            "data": dict(body.get("data") or {})}
 
 
-class CachedKubeSecretSource:
-    def __init__(self, fallback: SecretSource, wanted: Wanted) -> None:
-        self._fallback = fallback
-        self._wanted = wanted
-        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
+class KubeSecrets:
+    def __init__(self, api: KubeApi, referenced: Referenced) -> None:
+        self.api = api
+        self._referenced = referenced
+        self._bodies: dict[Key, dict[str, Any]] = {}
+        self._missing: set[Key] = set()  # known not to exist (until a watch event)
+        self._epoch: dict[Key, int] = {}  # bumped by every watch event for the key
+        self._inflight: dict[Key, asyncio.Future[dict[str, Any] | None]] = {}
         self.hits = 0
         self.misses = 0
 
-    def observe(self, body: dict[str, Any], *, deleted: bool = False) -> None:
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    # --- the watch ----------------------------------------------------------------------
+    def observe(self, body: dict[str, Any], event_type: str | None) -> bool:
+        """A Secret watch event; True when a resource references that Secret."""
         meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
-        if deleted:
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if not self._referenced(*key):
             self._bodies.pop(key, None)
-            return
-        if not self._wanted(*key):
+            self._missing.discard(key)
+            return False
+        self._epoch[key] = self._epoch.get(key, 0) + 1
+        if event_type == "DELETED":
             self._bodies.pop(key, None)
-            return
-        old = self._bodies.get(key)
-        if old is None or _rv(body) >= _rv(old):
-            self._bodies[key] = {"metadata": {"resourceVersion": meta.get("resourceVersion")},
-                                 "data": dict(body.get("data") or {})}
+            self._missing.add(key)
+        else:
+            self._bodies[key] = _slim(body)
+            self._missing.discard(key)
+        return True
+
+    def prune(self) -> None:
+        """Drop entries no resource references any more."""
+        for key in [k for k in self._bodies if not self._referenced(*k)]:
+            del self._bodies[key]
+        self._missing = {k for k in self._missing if self._referenced(*k)}
+        self._epoch = {k: v for k, v in self._epoch.items() if self._referenced(*k)}
+
+    async def resync(self) -> list[Key]:
+        """After a watch gap: re-read every kept Secret; the keys whose content changed."""
+        changed: list[Key] = []
+        for key in list(self._bodies) + list(self._missing):
+            old = self._bodies.get(key)
+            try:
+                fresh = await self._fetch(key)
+            except ApiError:
+                continue
+            old_rv = (old or {}).get("metadata", {}).get("resourceVersion")
+            new_rv = (fresh or {}).get("metadata", {}).get("resourceVersion")
+            if (old is None) != (fresh is None) or old_rv != new_rv:
+                changed.append(key)
+        return changed
+
+    # --- reads --------------------------------------------------------------------------
+    async def _fetch(self, key: Key) -> dict[str, Any] | None:
+        """GET by name (single-flight); stored unless a watch event arrived meanwhile."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        epoch = self._epoch.get(key, 0)
+        try:
+            try:
+                body: dict[str, Any] | None = _slim(
+                    await self.api.get(resource_path("v1", "secrets", key[0], key[1])))
+            except NotFound:
+                body = None
+            if self._epoch.get(key, 0) == epoch and self._referenced(*key):
+                if body is None:
+                    self._bodies.pop(key, None)
+                    self._missing.add(key)
+                else:
+                    self._bodies[key] = body
+                    self._missing.discard(key)
+            fut.set_result(body)
+            return body
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            del self._inflight[key]
 
     async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
         sel = ref.secret_key_ref
-        cached = self._bodies.get((namespace, sel.name)) if sel is not None else None
-        if sel is not None and cached is not None:
+        if sel is None:  # pragma: no cover - the router only sends secretKeyRefs here
+            raise CredentialError("InvalidSpec", f"{ref.describe()} is not a secretKeyRef")
+        key = (namespace, sel.name)
+        where = f"Secret {sel.name!r} in namespace {namespace!r}"
+        body = self._bodies.get(key)
+        if body is not None:
             self.hits += 1
-            return resolve_from_secret(cached, sel, namespace)  # no I/O: decode from memory
-        self.misses += 1
-        return await self._fallback.resolve(ref, namespace)
+        elif key in self._missing:
+            self.hits += 1
+        else:
+            self.misses += 1
+            try:
+                body = await self._fetch(key)
+            except (Unauthorized, Forbidden) as exc:
+                raise CredentialError("SecretAccessDenied", f"the operator may not read {where} "
+                                      f"(HTTP {exc.code} from the Kubernetes API)") from None
+            except ApiError as exc:
+                raise CredentialError("SecretSourceUnavailable",
+                                      f"the Kubernetes API could not be read for {where} "
+                                      f"({exc.code or ''} {exc.reason})".replace("( ", "("),
+                                      ) from None
+        if body is None:
+            raise CredentialError("SecretNotFound", f"{where} does not exist")
+        return resolve_from_secret(body, sel, namespace)
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
-        writer = getattr(self._fallback, "write", None)
-        assert writer is not None
-        version: str = await writer(ref, namespace, value)
-        return version
+        """Merge-patch one key (creating the Secret when missing): a rotated refresh token."""
+        sel = ref.secret_key_ref
+        if sel is None:  # pragma: no cover
+            raise CredentialError("RefreshTokenNotPersisted", f"{ref.describe()} is read-only")
+        encoded = base64.b64encode(value.reveal().encode("utf-8")).decode("ascii")
+        path = resource_path("v1", "secrets", namespace, sel.name)
+        try:
+            try:
+                doc = await self.api.patch(path, {"data": {sel.key: encoded}})
+            except NotFound:
+                doc = await self.api.post(resource_path("v1", "secrets", namespace), {
+                    "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": sel.name, "namespace": namespace},
+                    "data": {sel.key: encoded}})
+        except ApiError as exc:
+            raise CredentialError("RefreshTokenNotPersisted",
+                                  f"cannot write Secret {sel.name!r} in namespace "
+                                  f"{namespace!r} (HTTP {exc.code} {exc.reason})") from None
+        self.observe(doc, "MODIFIED")
+        return resolve_from_secret(doc, sel, namespace).version

@@ -42,7 +42,7 @@ from reconciler.stores.base import (
     TestMemo,
     TestRecord,
 )
-from reconciler.stores.kubeapi import ApiError, KubeApi, resource_path
+from reconciler.stores.kubeapi import ApiError, Conflict, KubeApi, NotFound, resource_path
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,10 @@ class KubeStore:
     async def _fetch(self, ref: ObjectRef) -> dict[str, Any] | None:
         try:
             body = await self.api.get(self.path(ref))
+        except NotFound:
+            self.forget(ref)
+            return None
         except ApiError as exc:
-            if exc.code == 404:
-                self.forget(ref)
-                return None
             raise StoreError(f"cannot read {ref}: {exc.code} {exc.reason}") from None
         self._put(self._key(ref), body)
         return body
@@ -208,13 +208,13 @@ class KubeStore:
                     stored = await self.api.put(self.path(ref, "status"), new_body)
                     self.observe(stored)
                     body = stored
+            except Conflict:  # someone else wrote: re-read, re-decide
+                body = await self._fetch(ref)
+                continue
+            except NotFound:
+                self.forget(ref)
+                return None
             except ApiError as exc:
-                if exc.code == 409:  # someone else wrote: re-read, re-decide
-                    body = await self._fetch(ref)
-                    continue
-                if exc.code == 404:
-                    self.forget(ref)
-                    return None
                 raise StoreError(f"cannot write status of {ref}: {exc.code} {exc.reason}") \
                     from None
             if write.memo != cur.memo:
@@ -228,9 +228,9 @@ class KubeStore:
         try:
             body = await self.api.patch(self.path(ref),
                                         {"metadata": {"annotations": {MEMO_ANNOTATION: value}}})
+        except NotFound:
+            return None
         except ApiError as exc:
-            if exc.code == 404:
-                return None
             raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
         self.observe(body)
         return body

@@ -42,10 +42,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import collections
 import contextlib
 import copy
 import datetime
 import json
+import ssl
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -59,6 +61,16 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import apps, enums, parsing, rendering
 
+from tests.support import kube_api
+from tests.support.kube_auth import (
+    ANONYMOUS,
+    Authenticator,
+    User,
+    authorize,
+    cert_subject,
+    forbidden_message,
+    request_info,
+)
 from tests.support.kube_crd import default_crd, validate_crd
 from tests.support.kube_schema import StructuralSchema
 from tests.support.kube_selectors import parse_field_selector, parse_label_selector
@@ -78,6 +90,7 @@ class Kind:
     generation: bool = False
     schema: StructuralSchema | None = None
     unconditional_update: bool = True
+    columns: tuple[dict[str, Any], ...] = ()
 
     @property
     def key(self) -> ResKey:
@@ -141,6 +154,16 @@ BUILTIN_KINDS = (
     Kind("", "v1", "events", "Event"),
     Kind("events.k8s.io", "v1", "events", "Event"),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    Kind("", "v1", "serviceaccounts", "ServiceAccount"),
+    Kind("", "v1", "services", "Service", status_subresource=True),
+    Kind("apps", "v1", "deployments", "Deployment", status_subresource=True, generation=True),
+    Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget",
+         status_subresource=True, generation=True),
+    Kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    Kind("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
+    Kind("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
+         namespaced=False),
     Kind(
         "apiextensions.k8s.io",
         "v1",
@@ -201,9 +224,21 @@ class KubeEmulator(KubernetesEmulator):
     _compacted_rv: int = attrs.field(default=0, init=False)
     _wake: dict[ResKey, asyncio.Event] = attrs.field(factory=dict, init=False)
     _epoch: int = attrs.field(default=0, init=False)
-    write_log: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
+    # Bounded: the last writes for tests to inspect; counters for statistics (issue 15: an
+    # unbounded request log scanned per request blocked the loop for seconds at 40k).
+    request_log_limit: int = 2000
+    write_log: collections.deque[tuple[str, str, str, str]] = attrs.field(
+        factory=lambda: collections.deque(maxlen=10_000), init=False)
+    _writes_by_plural: dict[str, int] = attrs.field(factory=dict, init=False)
+    _writes_total: int = attrs.field(default=0, init=False)
+    _requests_by_method: dict[str, int] = attrs.field(factory=dict, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _crd_of: dict[ResKey, str] = attrs.field(factory=dict, init=False)
+    _field_validation: str | None = attrs.field(default=None, init=False)
+    # Strict mode: every request is authenticated (bearer token or client certificate) and
+    # authorized by RBAC from the Role/ClusterRole/binding objects stored here.
+    strict: bool = False
+    authenticator: Authenticator = attrs.field(factory=Authenticator)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -280,6 +315,7 @@ class KubeEmulator(KubernetesEmulator):
                     generation=True,
                     unconditional_update=False,
                     schema=StructuralSchema(schema) if schema else None,
+                    columns=tuple(version.get("additionalPrinterColumns") or ()),
                 )
             )
 
@@ -336,24 +372,137 @@ class KubeEmulator(KubernetesEmulator):
 
     def stats(self) -> dict[str, Any]:
         """Request and write counts (benchmarks read them over ``GET /_emulator/stats``)."""
-        by_method: dict[str, int] = {}
-        for r in self._requests:
-            if r.url.path.startswith("/_emulator"):
-                continue
-            key = f"{r.method.value} {'watch' if r.action == enums.action.WATCH else 'call'}"
-            by_method[key] = by_method.get(key, 0) + 1
-        writes: dict[str, int] = {}
-        for _type, plural, _ns, _name in self.write_log:
-            writes[plural] = writes.get(plural, 0) + 1
+        by_method = dict(self._requests_by_method)
         return {"requests": sum(by_method.values()), "by_method": by_method,
-                "writes": len(self.write_log), "writes_by_plural": writes,
+                "writes": self._writes_total, "writes_by_plural": dict(self._writes_by_plural),
                 "resourceVersion": self._rv}
 
     async def _serve_stats(self, request: rendering.Request) -> Any:
         return self.stats()
 
+    # --- authentication and authorization (strict mode) ---------------------------------
+    def _rbac_lookup(self, plural: str, namespace: str, name: str) -> list[Obj]:
+        objs = self._data.get(("rbac.authorization.k8s.io", "v1", plural), {})
+        if name:
+            obj = objs.get((namespace, name))
+            return [obj] if obj is not None else []
+        return [o for (ns, _n), o in objs.items() if ns == namespace]
+
+    def check_access(self, user: User, method: str, path: str,
+                     query: Mapping[str, str]) -> ApiError | None:
+        """None if ``user`` may make this request, else the 403 the server answers."""
+        info = request_info(method, path, query)
+        if authorize(user, info, self._rbac_lookup):
+            return None
+        details: Obj = {"kind": info.resource} if info.resource else {}
+        if info.name:
+            details["name"] = info.name
+        if info.resource_request:
+            details["group"] = info.api_group
+        return ApiError(403, "Forbidden", forbidden_message(user, info), details)
+
+    async def __call__(self, raw_request: Any) -> Any:
+        if not raw_request.path.startswith("/_emulator"):
+            watch = raw_request.query.get("watch", "").lower() in ("1", "true")
+            key = f"{raw_request.method} {'watch' if watch else 'call'}"
+            self._requests_by_method[key] = self._requests_by_method.get(key, 0) + 1
+        if len(self._requests) > self.request_log_limit:  # keep the newest half
+            del self._requests[: len(self._requests) - self.request_log_limit // 2]
+        if self.strict:
+            import aiohttp.web
+
+            transport = raw_request.transport
+            peercert = transport.get_extra_info("peercert") if transport is not None else None
+            user = self.authenticator.authenticate(raw_request.headers.get("Authorization"),
+                                                   cert_subject(peercert))
+            if user is None or (user is ANONYMOUS and raw_request.path.rstrip("/") not in
+                                ("/version", "/healthz", "/livez", "/readyz")):
+                err = ApiError(401, "Unauthorized", "Unauthorized")
+                return aiohttp.web.json_response(err.body(), status=401)
+            denied = self.check_access(user, raw_request.method, raw_request.path,
+                                       raw_request.query)
+            if denied is not None:
+                return aiohttp.web.json_response(denied.body(), status=403)
+        return await super().__call__(raw_request)
+
     # --- the HTTP side -----------------------------------------------------------------
+    def _crd_names(self) -> dict[tuple[str, str], Obj]:
+        out: dict[tuple[str, str], Obj] = {}
+        for crd in self._data[("apiextensions.k8s.io", "v1", "customresourcedefinitions")].values():
+            out[(crd["spec"]["group"], crd["spec"]["names"]["plural"])] = crd["spec"]["names"]
+        return out
+
+    def _group_versions(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for kind in self._kinds.values():
+            versions = groups.setdefault(kind.group, [])
+            if kind.version not in versions:
+                versions.append(kind.version)
+        return groups
+
+    def _kinds_of(self, group: str, version: str) -> list[Kind]:
+        return [k for k in self._kinds.values() if (k.group, k.version) == (group, version)]
+
+    def _api_surface(self, request: rendering.Request) -> Obj | None:
+        """Discovery, /version and OpenAPI (tests/support/kube_api.py), or None."""
+        if request.method != enums.method.GET:
+            return None
+        path = request.url.path.rstrip("/")
+        parts = path.strip("/").split("/")
+        if path == "/version":
+            return kube_api.version_body()
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": request.url.host or ""}]}
+        if path == "/api/v1" or (len(parts) == 3 and parts[0] == "apis"):
+            group, version = ("", "v1") if path == "/api/v1" else (parts[1], parts[2])
+            kinds = self._kinds_of(group, version)
+            if not kinds:
+                return None
+            return {"kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": f"{group}/{version}" if group else version,
+                    "resources": kube_api.resource_entries(kinds, self._crd_names())}
+        groups = {g: v for g, v in self._group_versions().items() if g}
+        if path == "/apis" or (len(parts) == 2 and parts[0] == "apis"):
+            def group_obj(name: str, versions: list[str]) -> Obj:
+                vs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
+                return {"name": name, "versions": vs, "preferredVersion": vs[0]}
+            if path == "/apis":
+                return {"kind": "APIGroupList", "apiVersion": "v1",
+                        "groups": [group_obj(g, v) for g, v in sorted(groups.items())]}
+            if parts[1] not in groups:
+                return None
+            return {"kind": "APIGroup", "apiVersion": "v1", **group_obj(parts[1], groups[parts[1]])}
+        if path == "/openapi/v3":
+            out: Obj = {"paths": {}}
+            for g, versions in self._group_versions().items():
+                for v in versions:
+                    key = f"apis/{g}/{v}" if g else f"api/{v}"
+                    out["paths"][key] = {"serverRelativeURL": f"/openapi/v3/{key}?hash={self._rv}"}
+            return out
+        if path.startswith("/openapi/v3/api"):
+            rest = path.removeprefix("/openapi/v3/").split("/")
+            group, version = ("", rest[1]) if rest[0] == "api" and len(rest) == 2 else (
+                (rest[1], rest[2]) if len(rest) == 3 else ("", ""))
+            kinds = self._kinds_of(group, version)
+            return kube_api.openapi_v3(group, version, kinds, {}) if kinds else None
+        if path == "/openapi/v2":
+            return kube_api.openapi_v2(
+                kube_api.openapi_v3(g, v, self._kinds_of(g, v), {})
+                for g, versions in self._group_versions().items() for v in versions)
+        return None
+
     async def _handle(self, request: rendering.Request) -> Any:
+        surface = self._api_surface(request)
+        if surface is not None:
+            return await rendering.Response(payload=surface)(request)
+        ctype = (request.headers.get("Content-Type") or "").lower()
+        if "protobuf" in ctype:
+            raise ApiError(415, "UnsupportedMediaType",
+                           f'the body of the request was in an unknown format - accepted media '
+                           f'types include: application/json, application/yaml, '
+                           f'application/apply-patch+yaml (got "{ctype}"; this API server '
+                           f'stand-in speaks JSON only)')
         # Skip the stock emulator's dict-merging bookkeeping: our handlers own the state.
         # kmock matches every request against every reaction (~20 ms per request); while a
         # test has added no reaction of its own, API calls go straight to our handlers.
@@ -361,12 +510,17 @@ class KubeEmulator(KubernetesEmulator):
                 and request.resource.plural:
             handler = self._direct(request)
             if handler is not None:
-                return await rendering.Response(payload=await _call(handler, request))(request)
+                headers = {"Content-Type": "application/json"} \
+                    if handler == self._serve_watch else None
+                return await rendering.Response(payload=await _call(handler, request),
+                                                headers=headers)(request)
         return await apps.RawHandler._handle(self, request)
 
     def _direct(self, request: rendering.Request) -> Callable[[rendering.Request], Any] | None:
         action = request.action
-        if action == enums.action.WATCH:
+        if action == enums.action.WATCH or (
+                request.method == enums.method.GET
+                and str(request.params.get("watch", "")).lower() in ("1", "true")):
             return self._serve_watch
         if request.method == enums.method.PUT and request.name is not None:
             return self._serve_replace
@@ -417,6 +571,10 @@ class KubeEmulator(KubernetesEmulator):
         obj = self._data[kind.key].get((request.namespace or "", request.name or ""))
         if obj is None:
             raise self._not_found(kind, request.name or "")
+        if kube_api.wants_table(request.headers.get("Accept")):
+            return kube_api.table(kind, list(kind.columns), [obj],
+                                  {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                                  request.params.get("includeObject", "Metadata"))
         return obj
 
     def _filters(self, request: rendering.Request) -> Callable[[Obj], bool]:
@@ -458,6 +616,9 @@ class KubeEmulator(KubernetesEmulator):
             ).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
+        if kube_api.wants_table(request.headers.get("Accept")):
+            return kube_api.table(kind, list(kind.columns), items, meta,
+                                  request.params.get("includeObject", "Metadata"))
         return {
             "apiVersion": kind.api_version,
             "kind": f"{kind.kind}List",
@@ -544,6 +705,8 @@ class KubeEmulator(KubernetesEmulator):
         self.write_log.append(
             (type_, kind.plural, obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
         )
+        self._writes_total += 1
+        self._writes_by_plural[kind.plural] = self._writes_by_plural.get(kind.plural, 0) + 1
         self._wake_up(kind.key)
 
     def _next_rv(self) -> str:
@@ -563,6 +726,13 @@ class KubeEmulator(KubernetesEmulator):
             obj.setdefault("type", "Opaque")
         if kind.schema is None:
             return obj
+        if self._field_validation == "Strict":
+            unknown = kind.schema.unknown_fields(obj)
+            if unknown:
+                detail = ", ".join(f'unknown field "{u}"' for u in unknown)
+                raise ApiError(400, "BadRequest",
+                               f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                               f"{kind.kind}: strict decoding error: {detail}")
         obj = kind.schema.default(kind.schema.prune(obj))
         causes = kind.schema.validate(obj, old)
         if causes:
@@ -570,6 +740,7 @@ class KubeEmulator(KubernetesEmulator):
         return obj
 
     async def _serve_create(self, request: rendering.Request) -> Any:
+        self._field_validation = request.params.get("fieldValidation")
         kind = self._kind(request)
         body = request.data
         if not isinstance(body, dict):
@@ -597,6 +768,9 @@ class KubeEmulator(KubernetesEmulator):
                     "not match the namespace sent on the request",
                 )
             meta["namespace"] = ns
+            if self.strict and ("", ns) not in self._data[("", "v1", "namespaces")]:
+                raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
+                               {"name": ns, "kind": "namespaces"})
             self._ensure_namespace(ns)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -667,6 +841,7 @@ class KubeEmulator(KubernetesEmulator):
         return obj
 
     async def _serve_update(self, request: rendering.Request) -> Any:
+        self._field_validation = request.params.get("fieldValidation")
         """PATCH: merge patch, JSON patch; strategic merge for built-in kinds only."""
         kind = self._kind(request)
         old = self._existing(kind, request)
@@ -702,6 +877,7 @@ class KubeEmulator(KubernetesEmulator):
         return self._write(kind, old, new, request.subresource)
 
     async def _serve_replace(self, request: rendering.Request) -> Any:
+        self._field_validation = request.params.get("fieldValidation")
         """PUT: a full replacement, optimistic on ``metadata.resourceVersion``."""
         kind = self._kind(request)
         old = self._existing(kind, request)
@@ -911,14 +1087,72 @@ class KubeEmulator(KubernetesEmulator):
 # --- running it for tests and subprocesses --------------------------------------------
 
 
-def kubeconfig_text(url: str, namespace: str = "default") -> str:
+class ClusterTLS:
+    """A private CA, the API server's certificate, and client credentials, in files.
+
+    ``ca_file`` is what clients trust; ``admin_token`` and ``admin_cert_file`` /
+    ``admin_key_file`` (CN=kubernetes-admin, O=system:masters, like kind's admin
+    kubeconfig) are cluster-admin credentials.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca = trustme.CA(organization_name="smtpctl emulator CA")
+        self.server_cert = self.ca.issue_cert("127.0.0.1", "localhost", "::1",
+                                              common_name="kube-apiserver")
+        self.ca_file = directory / "ca.crt"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        admin = self.ca.issue_cert("kubernetes-admin.emulator.invalid",
+                                   common_name="kubernetes-admin",
+                                   organization_name="system:masters")
+        self.admin_cert_file = directory / "admin.crt"
+        self.admin_key_file = directory / "admin.key"
+        admin.cert_chain_pems[0].write_to_path(str(self.admin_cert_file))
+        admin.private_key_pem.write_to_path(str(self.admin_key_file))
+        for path in (self.admin_key_file,):
+            path.chmod(0o600)
+
+    def client_cert(self, user: str, groups: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        """(cert file, key file) of a client certificate for ``user`` in ``groups``."""
+        leaf = self.ca.issue_cert(f"{user.replace(':', '-')}.emulator.invalid",
+                                  common_name=user,
+                                  organization_name=groups[0] if groups else None)
+        safe = user.replace(":", "_").replace("/", "_")
+        cert, key = self.dir / f"{safe}.crt", self.dir / f"{safe}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        return cert, key
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_cert.configure_cert(ctx)
+        self.ca.configure_trust(ctx)
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # client certificates authenticate when given
+        return ctx
+
+
+def kubeconfig_text(url: str, namespace: str = "default", *, token: str | None = "emulator-token",
+                    ca_file: Path | None = None, cert_file: Path | None = None,
+                    key_file: Path | None = None) -> str:
+    cluster: Obj = {"server": url}
+    if ca_file is not None:
+        cluster["certificate-authority"] = str(ca_file)
+    user: Obj = {}
+    if cert_file is not None and key_file is not None:
+        user = {"client-certificate": str(cert_file), "client-key": str(key_file)}
+    elif token is not None:
+        user = {"token": token}
     return yaml.safe_dump(
         {
             "apiVersion": "v1",
             "kind": "Config",
             "current-context": "emulator",
-            "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-            "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
+            "clusters": [{"name": "emulator", "cluster": cluster}],
+            "users": [{"name": "emulator", "user": user}],
             "contexts": [
                 {
                     "name": "emulator",
@@ -929,15 +1163,35 @@ def kubeconfig_text(url: str, namespace: str = "default") -> str:
     )
 
 
+def _server_cls(tls: ClusterTLS | None) -> Any:
+    """kmock's server class, serving HTTPS with the cluster's certificate when ``tls``."""
+    import aiohttp.test_utils
+
+    if tls is None:
+        return aiohttp.test_utils.RawTestServer
+    context = tls.server_context()
+
+    class TLSServer(aiohttp.test_utils.RawTestServer):
+        async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+            await super().start_server(loop=loop, ssl=context, **kwargs)
+
+    return TLSServer
+
+
 class EmulatorThread:
     """The emulator on its own event loop in a thread, for sync tests and subprocesses.
 
     ``with EmulatorThread(crd_dir=...) as kube:`` gives ``kube.url``,
     ``kube.write_kubeconfig(path)`` and ``kube.call(fn, *args)`` to run a function on the
     emulator's loop (e.g. ``kube.call(kube.emu.compact)``).
+
+    ``EmulatorThread(strict=True, workdir=tmp_path)`` runs it as a cluster does: HTTPS with
+    a private CA, every request authenticated and authorized by RBAC (see :class:`Cluster`
+    for the credentials).
     """
 
-    def __init__(self, crd_dir: Path | None = None, **options: Any) -> None:
+    def __init__(self, crd_dir: Path | None = None, *, strict: bool = False,
+                 workdir: Path | None = None, **options: Any) -> None:
         self._options = options
         self._crd_dir = crd_dir
         self._ready = threading.Event()
@@ -947,6 +1201,13 @@ class EmulatorThread:
         self._error: BaseException | None = None
         self.emu: KubeEmulator | None = None
         self.url = ""
+        self.strict = strict
+        self.tls: ClusterTLS | None = None
+        if strict:
+            if workdir is None:
+                raise ValueError("strict mode needs a workdir for its CA and credentials")
+            self.tls = ClusterTLS(workdir / "kube-pki")
+        self.admin_token = ""
 
     def __enter__(self) -> EmulatorThread:
         self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
@@ -967,9 +1228,12 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with KubeEmulator(**self._options) as emu, Server(emu) as server:
+        async with KubeEmulator(strict=self.strict, **self._options) as emu, \
+                Server(emu, server_cls=_server_cls(self.tls)) as server:
             if self._crd_dir is not None:
                 emu.install_crd_files(self._crd_dir)
+            self.admin_token = emu.authenticator.add_token(
+                User("kubernetes-admin", ("system:masters",)))
             self.emu = emu
             self.url = str(server.url).rstrip("/")
             self._ready.set()
@@ -985,8 +1249,101 @@ class EmulatorThread:
         return asyncio.run_coroutine_threadsafe(_go(), self._loop).result(10)
 
     def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
-        path.write_text(kubeconfig_text(self.url, namespace))
+        """An admin kubeconfig (in strict mode: the CA and a cluster-admin token)."""
+        if self.tls is not None:
+            path.write_text(kubeconfig_text(self.url, namespace, token=self.admin_token,
+                                            ca_file=self.tls.ca_file))
+        else:
+            path.write_text(kubeconfig_text(self.url, namespace))
         return path
+
+    # --- strict-mode credentials ----------------------------------------------------
+    def write_cert_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        """An admin kubeconfig with a client certificate (CN=kubernetes-admin,
+        O=system:masters), as kind writes it."""
+        assert self.tls is not None, "client certificates need strict mode"
+        path.write_text(kubeconfig_text(self.url, namespace, ca_file=self.tls.ca_file,
+                                        cert_file=self.tls.admin_cert_file,
+                                        key_file=self.tls.admin_key_file))
+        return path
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A new token for the ServiceAccount (older ones stay valid until revoked)."""
+        assert self.emu is not None
+        return str(self.call(self.emu.authenticator.issue_service_account_token, namespace, name))
+
+    def revoke_token(self, token: str) -> None:
+        assert self.emu is not None
+        self.call(self.emu.authenticator.revoke, token)
+
+    def write_service_account_kubeconfig(self, path: Path, namespace: str, name: str,
+                                         default_namespace: str = "default") -> Path:
+        assert self.tls is not None
+        token = self.service_account_token(namespace, name)
+        path.write_text(kubeconfig_text(self.url, default_namespace, token=token,
+                                        ca_file=self.tls.ca_file))
+        return path
+
+    def in_cluster(self, directory: Path, namespace: str, name: str) -> dict[str, str]:
+        """Files and environment of a pod running as ``namespace/name``: ``directory``
+        gets ``token``, ``ca.crt`` and ``namespace`` (what the kubelet mounts at
+        /var/run/secrets/kubernetes.io/serviceaccount); returns the environment
+        (``KUBERNETES_SERVICE_HOST``/``_PORT``).  Call :meth:`rotate_in_cluster_token` to
+        write a new token into the same file, as the kubelet does."""
+        assert self.tls is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "ca.crt").write_bytes(self.tls.ca_file.read_bytes())
+        (directory / "namespace").write_text(namespace)
+        self.rotate_in_cluster_token(directory, namespace, name)
+        host, _, port = self.url.removeprefix("https://").rpartition(":")
+        return {"KUBERNETES_SERVICE_HOST": host.strip("[]"), "KUBERNETES_SERVICE_PORT": port}
+
+    def rotate_in_cluster_token(self, directory: Path, namespace: str, name: str,
+                                revoke_old: bool = False) -> str:
+        token_file = directory / "token"
+        old = token_file.read_text() if token_file.exists() else None
+        token = self.service_account_token(namespace, name)
+        tmp = directory / ".token.tmp"
+        tmp.write_text(token)
+        tmp.replace(token_file)  # atomic, like the kubelet's projected volume update
+        if revoke_old and old:
+            self.revoke_token(old)
+        return token
+
+    def apply_files(self, *paths: Path) -> list[Obj]:
+        """Create (or replace) every object in ``paths`` as cluster-admin (manifests this
+        test installs: CRDs, RBAC, namespaces); namespaces go first."""
+        docs = [d for p in paths for d in iter_docs(p)]
+        return self.apply_objects(docs)
+
+    def apply_objects(self, docs: list[Obj]) -> list[Obj]:
+        import httpx
+
+        docs = sorted(docs, key=lambda d: (d.get("kind") != "Namespace",
+                                           d.get("kind") != "CustomResourceDefinition"))
+        out = []
+        verify: Any = ssl.create_default_context(cafile=str(self.tls.ca_file)) \
+            if self.tls is not None else True
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        with httpx.Client(base_url=self.url, verify=verify, headers=headers, timeout=10) as http:
+            for doc in docs:
+                path = object_path(doc, self._kinds())
+                r = http.post(path, json=doc)
+                if r.status_code == 409:
+                    name = doc["metadata"]["name"]
+                    current = http.get(f"{path}/{name}").json()
+                    doc = {**doc, "metadata": {**doc["metadata"], "resourceVersion":
+                                               current["metadata"]["resourceVersion"]}}
+                    r = http.put(f"{path}/{name}", json=doc)
+                if r.status_code >= 300:
+                    raise RuntimeError(f"{doc.get('kind')} {doc['metadata'].get('name')}: "
+                                       f"{r.status_code} {r.text}")
+                out.append(r.json())
+        return out
+
+    def _kinds(self) -> dict[tuple[str, str], Kind]:
+        assert self.emu is not None
+        return {(k.api_version, k.kind): k for k in self.emu._kinds.values()}
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None and self._stop is not None:
@@ -995,12 +1352,25 @@ class EmulatorThread:
             self._thread.join(10)
 
 
+def object_path(doc: Mapping[str, Any], kinds: Mapping[tuple[str, str], Kind]) -> str:
+    """The collection URL of ``doc``'s kind (in its namespace, default "default")."""
+    kind = kinds.get((doc.get("apiVersion", ""), doc.get("kind", "")))
+    if kind is None:
+        raise KeyError(f"no such kind served: {doc.get('apiVersion')} {doc.get('kind')}")
+    prefix = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+    if kind.namespaced:
+        ns = (doc.get("metadata") or {}).get("namespace") or "default"
+        return f"{prefix}/namespaces/{ns}/{kind.plural}"
+    return f"{prefix}/{kind.plural}"
+
+
 @contextlib.asynccontextmanager
 async def running_emulator(
-    crd_dir: Path | None = None, **options: Any
+    crd_dir: Path | None = None, *, tls: ClusterTLS | None = None, **options: Any
 ) -> AsyncIterator[tuple[KubeEmulator, str]]:
-    """The emulator on the current loop: ``async with running_emulator() as (emu, url)``."""
-    async with KubeEmulator(**options) as emu, Server(emu) as server:
+    """The emulator on the current loop: ``async with running_emulator() as (emu, url)``.
+    With ``tls=ClusterTLS(dir)`` it serves HTTPS (pass ``strict=True`` for authn/RBAC)."""
+    async with KubeEmulator(**options) as emu, Server(emu, server_cls=_server_cls(tls)) as server:
         if crd_dir is not None:
             emu.install_crd_files(crd_dir)
         try:

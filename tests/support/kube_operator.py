@@ -1,8 +1,9 @@
 """Running the real operator process against the emulator, for end-to-end tests.
 
-``cluster()`` starts the emulator (in a thread) with our CRDs - the generated ones from
-``manifests/crds`` when present, else a permissive stand-in with the same names, status
-subresource and scope - and writes a kubeconfig.  ``OperatorProcess`` runs
+``cluster()`` starts the emulator (in a thread), creates our generated CRDs from
+``manifests/crds`` through the API and writes a kubeconfig.  ``standin_crd`` (free-form
+spec and status) is only for store-level tests of concurrency contracts, never for
+operator tests.  ``OperatorProcess`` runs
 ``python -m reconciler operator --kubeconfig ...`` as a subprocess (the way it runs in a
 pod), logs to a file the tests grep for canaries, and is always stopped.
 """
@@ -27,6 +28,7 @@ from tests.support import canary
 from tests.support.kube_emulator import EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2]
+IN_CLUSTER = Path("/in-cluster")  # OperatorProcess(kubeconfig=IN_CLUSTER): no --kubeconfig
 GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
 T = TypeVar("T")
 
@@ -69,16 +71,24 @@ def standin_crd(kind: str, plural: str) -> dict[str, Any]:
 
 @contextmanager
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """The emulator with our generated CRDs, created through the API as ``kubectl apply``
+    would (so they can be deleted again, and a CRD the API server would refuse fails here).
+
+    No fallback: without ``manifests/crds`` this fails (it used to install a permissive
+    stand-in silently, so a broken CRD could never fail an operator test)."""
     crd_dir = ROOT / "manifests" / "crds"
+    docs = [d for p in sorted(crd_dir.glob("*.y*ml")) for d in yaml.safe_load_all(p.read_text())
+            if d and d.get("kind") == "CustomResourceDefinition"]
+    if len(docs) != 2:
+        raise AssertionError(f"expected the 2 generated CRDs in {crd_dir}, found {len(docs)}")
     with EmulatorThread() as kube:
         assert kube.emu is not None
-        installed = kube.call(kube.emu.install_crd_files, crd_dir) if crd_dir.is_dir() else 0
-        if not installed:
-            kube.call(kube.emu.install_crd, standin_crd("ExternalSmtp", "externalsmtps"))
-            kube.call(kube.emu.install_crd, standin_crd("OAuth2Provider", "oauth2providers"))
         cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
         client = kubernetes.config.new_client_from_config(str(cfg))
         try:
+            ext = kubernetes.client.ApiextensionsV1Api(client)
+            for doc in docs:
+                ext.create_custom_resource_definition(doc)
             yield Cluster(kube, cfg, client, tmp_path)
         finally:
             client.close()
@@ -178,16 +188,21 @@ class OperatorProcess:
         *args: str,
         lease_namespace: str = "default",
         lease_duration: float = 3.0,
+        kubeconfig: Path | None = None,
+        health_port: int = -1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.log = c.tmp / f"operator-{name}.log"
         self.identity = name
+        self.extra_env = dict(env or {})
+        cfg = str(kubeconfig or c.kubeconfig)
+        where = [] if kubeconfig == IN_CLUSTER else ["--kubeconfig", cfg]
         self.args = [
             sys.executable,
             "-m",
             "reconciler",
             "operator",
-            "--kubeconfig",
-            str(c.kubeconfig),
+            *where,
             "--identity",
             name,
             "--lease-namespace",
@@ -198,8 +213,10 @@ class OperatorProcess:
             str(lease_duration * 2 / 3),
             "--renew-period",
             str(lease_duration / 6),
+            "--health-host",
+            "127.0.0.1",
             "--health-port",
-            "-1",
+            str(health_port),
             "--metrics-port",
             "-1",
             "--allow-loopback",
@@ -210,6 +227,8 @@ class OperatorProcess:
 
     def __enter__(self) -> OperatorProcess:
         env = dict(os.environ, SMTPCTL_VERSION_KEY="e2e-version-key", PYTHONUNBUFFERED="1")
+        env.pop("KUBECONFIG", None)
+        env.update(self.extra_env)
         self._fh = self.log.open("ab")
         self.proc = subprocess.Popen(
             self.args, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT
@@ -236,6 +255,33 @@ class OperatorProcess:
         self.stop()
         self._fh.close()
         canary.assert_no_canary(self.log.read_bytes(), where=f"operator log {self.log.name}")
+
+    def exited(self) -> int | None:
+        assert self.proc is not None
+        return self.proc.poll()
+
+    def health_url(self) -> str:
+        """``http://127.0.0.1:PORT`` of /healthz and /readyz (needs ``health_port=0``)."""
+        for r in self.logs():
+            if r.get("msg") == "listening" and "/readyz" in (r.get("paths") or []):
+                return f"http://127.0.0.1:{r['port']}"
+        return ""
+
+    def readyz(self) -> int:
+        """The /readyz status code (0 when it cannot be reached)."""
+        import urllib.error
+        import urllib.request
+
+        url = self.health_url()
+        if not url:
+            return 0
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return 0
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -179,6 +179,36 @@ class StructuralSchema:
             return [self._prune(v, schema["items"]) for v in value]
         return value
 
+    def unknown_fields(self, obj: Mapping[str, Any]) -> list[str]:
+        """Dotted paths of the fields pruning would drop (``fieldValidation=Strict``)."""
+        out: list[str] = []
+        self._unknown(obj, self.schema, "", out, top=True)
+        return out
+
+    def _unknown(self, value: Any, schema: Mapping[str, Any], path: str, out: list[str],
+                 top: bool = False) -> None:
+        if isinstance(value, dict):
+            props = schema.get("properties")
+            addl = schema.get("additionalProperties")
+            if props is None and isinstance(addl, dict):
+                for k, v in value.items():
+                    self._unknown(v, addl, f"{path}.{k}" if path else k, out)
+                return
+            if props is None and (schema.get("x-kubernetes-preserve-unknown-fields")
+                                  or addl is True):
+                return
+            for k, v in value.items():
+                child = f"{path}.{k}" if path else k
+                if top and k in ("apiVersion", "kind", "metadata"):
+                    continue
+                if k in (props or {}):
+                    self._unknown(v, props[k], child, out)
+                elif not schema.get("x-kubernetes-preserve-unknown-fields"):
+                    out.append(child)
+        elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+            for i, v in enumerate(value):
+                self._unknown(v, schema["items"], f"{path}[{i}]", out)
+
     def default(self, obj: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self._default(obj, self.schema)
         return out

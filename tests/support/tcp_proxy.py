@@ -103,6 +103,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.down = False
 
     # --- lifecycle (called from any thread) ---
     def start(self) -> TcpProxy:
@@ -143,6 +144,17 @@ class TcpProxy:
 
         return asyncio.run_coroutine_threadsafe(_wrap(), self._loop).result(timeout)
 
+    def set_down(self, down: bool) -> None:
+        """Simulate an outage: while down, new connections are closed at once and the
+        open ones are cut (a crashed or partitioned server)."""
+        self.down = down
+        if down:
+            async def _cut() -> None:
+                for task in list(self._tasks):
+                    task.cancel()
+
+            self._call(_cut())
+
     def reset(self) -> None:
         """Forget recorded connections (between benchmark repetitions)."""
         self.connections = []
@@ -178,6 +190,11 @@ class TcpProxy:
         self._tasks.add(task)
         conn = Connection()
         self.connections.append(conn)
+        if self.down:
+            c_writer.close()
+            conn.closed = True
+            self._tasks.discard(task)
+            return
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)  # the SYN's one-way trip

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from reconciler.engine.reconcile import ReconcileResult, reconcile
+from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP
@@ -25,7 +25,7 @@ from reconciler.runtimes.operator.index import DependencyIndex
 from reconciler.runtimes.operator.settings import IDLE_REQUEUE
 from reconciler.runtimes.operator.workers import WorkerPool
 from reconciler.runtimes.publish import Publisher
-from reconciler.runtimes.secretcache import CachedKubeSecretSource
+from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.stores.base import ObjectRef
 from reconciler.stores.kube import KubeStore, ref_of
 
@@ -51,13 +51,13 @@ class Controller:
 
     def __init__(self, store: KubeStore, world: BasicWorld, publisher: Publisher,
                  metrics: OperatorMetrics, index: DependencyIndex,
-                 secret_cache: CachedKubeSecretSource | None = None) -> None:
+                 secrets: KubeSecrets) -> None:
         self.store = store
         self.world = world
         self.publisher = publisher
         self.metrics = metrics
         self.index = index
-        self.secret_cache = secret_cache
+        self.secrets = secrets
         self.pool = WorkerPool(self._pass, metrics,
                                slots=max(64, world.limits.concurrency * 4))
         self._deleting: set[ObjectRef] = set()
@@ -101,20 +101,30 @@ class Controller:
 
     def handle_secret(self, body: dict[str, Any], event_type: str | None) -> None:
         """A Secret changed (or appeared, or went away): wake the resources using it."""
-        if self.stopped:
+        if self.stopped or event_type is None:
             return
-        if self.secret_cache is not None:  # before waking anyone: they will read it
-            self.secret_cache.observe(body, deleted=event_type == "DELETED")
-        if event_type is None:  # initial listing: nothing changed
+        # Into the cache before waking anyone (they will read it); unreferenced: dropped.
+        if not self.secrets.observe(body, event_type):
             return
         meta = body.get("metadata") or {}
-        deps = self.index.secret_users(str(meta.get("namespace")), str(meta.get("name")))
+        self._wake_secret_users(str(meta.get("namespace")), str(meta.get("name")), event_type)
+
+    def resync_secrets(self) -> None:
+        """The Secret watch had a gap: re-read the kept Secrets, wake users of changed ones."""
+        async def run() -> None:
+            for ns, name in await self.secrets.resync():
+                self._wake_secret_users(ns, name, "RESYNC")
+
+        self._spawn(run())
+
+    def _wake_secret_users(self, namespace: str, name: str, event_type: str) -> None:
+        deps = self.index.secret_users(namespace, name)
         for ref in list(deps):
             if ref.kind == KIND_OAUTH2:
                 deps |= self.index.provider_users(ref.namespace, ref.name)
         if deps:
             log.info("referenced Secret changed", extra={
-                "secret": f"{meta.get('namespace')}/{meta.get('name')}", "event": event_type,
+                "secret": f"{namespace}/{name}", "event": event_type,
                 "dependents": len(deps)})
         self.pool.wake(deps)
 
@@ -130,12 +140,10 @@ class Controller:
         if ref.kind == KIND_SMTP and body is not None and not finalizers.has_finalizer(body):
             # Here, under the pass slots, not at the event: 10,000 new resources must not
             # become 10,000 concurrent PATCHes.
-            await finalizers.add_finalizer(self.store, ref,
-                                           list(body["metadata"].get("finalizers") or []))
-        obj = await self.store.get(ref)
-        if obj is None:
+            await finalizers.add_finalizer(self.store, ref)
+        result = await reconcile(ref, self.world)  # by key: it reads the object itself
+        if result.action == ReconcileAction.GONE:
             return None
-        result = await reconcile(obj, self.world)
         self._observe(result)
         if ref.kind == KIND_SMTP:
             await self.publisher.sync(ref.namespace)

@@ -1,8 +1,10 @@
 """Wiring and entry point: :func:`run_operator` builds the parts and runs them.
 
-Order of a run: serve probes -> (leader election: wait for the Lease) -> prime the
-store's cache and the Secret cache -> start the workers from the cache -> watch -> stop
-on a signal (exit 0), when the Lease is lost (exit 1) or when the watches stop (exit 1).
+Order of a run: credentials (exit 2 when there is no usable configuration) -> serve
+probes -> (leader election: wait for the Lease) -> LIST the custom resources (retried
+with backoff while the API is unreachable; ``/readyz`` false) -> start the workers ->
+watch -> stop on a signal (exit 0), when the Lease is lost (exit 1) or when a watch stops
+(exit 1).
 """
 
 from __future__ import annotations
@@ -15,22 +17,33 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.credentials import sources as sources_mod
 from reconciler.credentials.base import CredentialError, SecretSource
-from reconciler.engine.world import BasicWorld, Limits, StoreEventSink, live_functions
-from reconciler.resources import KIND_OAUTH2, KIND_SMTP, OAuth2Provider
+from reconciler.credentials.sources import SourceRouter
+from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
+from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP, OAuth2Provider
 from reconciler.runtimes.leader import LeaderThread, LeaseElector
+from reconciler.runtimes.live import live_functions
 from reconciler.runtimes.metrics import OperatorMetrics
-from reconciler.runtimes.operator import health, watching
+from reconciler.runtimes.operator import health
 from reconciler.runtimes.operator.controller import Controller
 from reconciler.runtimes.operator.index import DependencyIndex
 from reconciler.runtimes.operator.settings import OperatorConfig
+from reconciler.runtimes.operator.versionkey import ensure_version_key
+from reconciler.runtimes.operator.watching import Reflector
 from reconciler.runtimes.publish import Publisher
-from reconciler.runtimes.secretcache import CachedKubeSecretSource
-from reconciler.secret import Secret
-from reconciler.stores.base import Event, ObjectRef
-from reconciler.stores.kube import KubeStore, to_stored
-from reconciler.stores.kubeapi import ClusterConfig, KubeApi, load_config, resource_path
+from reconciler.runtimes.secretcache import KubeSecrets
+from reconciler.secret import Secret, set_version_key
+from reconciler.stores.base import Event, ObjectRef, StoreError
+from reconciler.stores.kube import PLURALS, KubeStore, ref_of, to_stored
+from reconciler.stores.kubeapi import (
+    ApiError,
+    ConfigError,
+    Credentials,
+    KubeApi,
+    describe_server,
+    load_credentials,
+    resource_path,
+)
 
 log = logging.getLogger("smtpctl.operator")
 
@@ -71,24 +84,23 @@ def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetri
 
 @dataclass
 class Parts:
-    cluster: ClusterConfig
+    creds: Credentials
     api: KubeApi
     store: KubeStore
-    secret_cache: CachedKubeSecretSource
+    secrets: KubeSecrets
     controller: Controller
 
 
-def build(config: OperatorConfig, metrics: OperatorMetrics) -> Parts:
-    cluster = load_config(config.kubeconfig, config.context)
-    api = KubeApi(cluster)
-    sources = sources_mod.default_sources(
-        kubeconfig=config.kubeconfig, context=config.context,
-        in_cluster=None if config.kubeconfig is None else False)
+def build_sources(secrets: KubeSecrets) -> SourceRouter:
+    """Where credentials come from in the operator: ``secretKeyRef`` via the API."""
+    return SourceRouter(kube=secrets)
+
+
+def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials) -> Parts:
+    api = KubeApi(creds)
     index = DependencyIndex()
-    fallback = sources_mod.KubeSecretSource(
-        sources_mod.kube_client_factory(config.kubeconfig, config.context))
-    secret_cache = CachedKubeSecretSource(fallback, wanted=index.is_referenced)
-    sources.kube = secret_cache
+    secrets = KubeSecrets(api, referenced=index.is_referenced)
+    sources = build_sources(secrets)
     store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector)
     world, tokens = build_world(store, config, metrics, sources)
 
@@ -103,18 +115,18 @@ def build(config: OperatorConfig, metrics: OperatorMetrics) -> Parts:
 
     publisher = Publisher(api, store, sources, name=config.publish_secret, token_fn=token_fn,
                           on_write=lambda op: metrics.published.labels(op).inc())
-    controller = Controller(store, world, publisher, metrics, index, secret_cache)
-    return Parts(cluster, api, store, secret_cache, controller)
+    controller = Controller(store, world, publisher, metrics, index, secrets)
+    return Parts(creds, api, store, secrets, controller)
 
 
-def _make_leader(config: OperatorConfig, cluster: ClusterConfig,
+def _make_leader(config: OperatorConfig, creds: Credentials,
                  on_lost: asyncio.Event) -> LeaderThread:
     def make_elector() -> LeaseElector:
         # Built on the lease thread: its own loop and connection, so renewals never wait
         # behind a busy reconcile loop or bulk status writes.
-        lease_api = KubeApi(cluster, max_connections=2, timeout=config.renew_deadline)
+        lease_api = KubeApi(creds, max_connections=2, timeout=config.renew_deadline)
         return LeaseElector(
-            lease_api, namespace=config.lease_namespace or cluster.namespace,
+            lease_api, namespace=config.lease_namespace or creds.namespace,
             name=config.lease_name, identity=config.identity,
             lease_duration=config.lease_duration,
             renew_deadline=config.renew_deadline, renew_period=config.renew_period)
@@ -122,37 +134,48 @@ def _make_leader(config: OperatorConfig, cluster: ClusterConfig,
     return LeaderThread(make_elector, on_lost=on_lost.set)
 
 
-async def _prime(config: OperatorConfig, parts: Parts) -> None:
-    """Fill the caches with one LIST per kind (and of Secrets), then start the workers."""
-    started = time.monotonic()
-    primed = await parts.store.prime()
-    log.info("primed cache", extra={"objects": primed,
-                                    "seconds": round(time.monotonic() - started, 3)})
-    parts.controller.index_all()
-    for ns in config.namespaces or [None]:  # type: ignore[list-item]
-        items, _ = await parts.api.list_all(resource_path("v1", "secrets", ns))
-        for item in items:
-            item.setdefault("metadata", {}).setdefault("namespace", ns)
-            parts.secret_cache.observe(item)
-        del items
+def reflectors(config: OperatorConfig, parts: Parts) -> list[Reflector]:
+    """One per kind and namespace (all namespaces: one); Secrets only from "now" on."""
+    params = {"labelSelector": config.selector} if config.selector else {}
+    out = []
     for kind in (KIND_OAUTH2, KIND_SMTP):
-        for body in parts.store.cached_objects(kind):
-            parts.controller.handle(body, None)
+        for ns in config.namespaces or [None]:  # type: ignore[list-item]
+            out.append(Reflector(parts.api, resource_path(API_VERSION, PLURALS[kind], ns),
+                                 parts.controller.handle, kind=kind, api_version=API_VERSION,
+                                 params=params, what=f"{PLURALS[kind]}" + (f" in {ns}" if ns
+                                                                          else "")))
+    for ns in config.namespaces or [None]:  # type: ignore[list-item]
+        out.append(Reflector(parts.api, resource_path("v1", "secrets", ns),
+                             parts.controller.handle_secret, rv_only=True,
+                             on_resync=parts.controller.resync_secrets,
+                             what="secrets" + (f" in {ns}" if ns else "")))
+    return out
 
 
-async def _gauges(controller: Controller) -> None:
+async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness) -> None:
     while True:
-        controller.refresh_condition_gauges()
-        controller.metrics.api_requests.set(controller.store.api.requests)
-        await asyncio.sleep(5)
+        parts.controller.refresh_condition_gauges()
+        parts.controller.metrics.api_requests.set(parts.api.requests)
+        parts.secrets.prune()
+        state.ready = all(r.connected for r in refl)
+        await asyncio.sleep(1)
 
 
-async def _wait_for_lease(leader: LeaderThread, stop: asyncio.Event) -> bool:
-    """True once this replica leads; False when asked to stop first."""
+async def _wait_for_lease(leader: LeaderThread, stop: asyncio.Event,
+                          state: health.Readiness) -> bool:
+    """True once this replica leads; False when asked to stop first.  Meanwhile a standby
+    is ready while it can reach the API server (it can take over)."""
     acquire = asyncio.create_task(leader.wait_acquired())
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
+    try:
+        for _ in range(10**9):
+            done, _ = await asyncio.wait({acquire, stopper}, timeout=0.5,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                break
+            state.ready = leader.elector is not None and leader.elector.reachable
+    finally:
+        stopper.cancel()
     if not acquire.done():
         acquire.cancel()
         return False
@@ -160,35 +183,43 @@ async def _wait_for_lease(leader: LeaderThread, stop: asyncio.Event) -> bool:
 
 
 async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event,
-                       lost: asyncio.Event | None) -> int:
-    """Watch until stopped (0) or the Lease is lost (1)."""
-    import kopf
-
-    loop = asyncio.get_running_loop()
-    reg = watching.registry(parts.controller, parts.cluster, config)
-    kopf_stop: asyncio.Future[None] = loop.create_future()
-    kopf_task = asyncio.create_task(kopf.operator(
-        registry=reg, standalone=True, clusterwide=not config.namespaces,
-        namespaces=config.namespaces, stop_flag=kopf_stop))
-    waiters: set[asyncio.Task[Any]] = {asyncio.create_task(stop.wait()), kopf_task}
+                       lost: asyncio.Event | None, state: health.Readiness) -> int:
+    """List, start the workers, watch; until stopped (0), the Lease is lost or a watch
+    stops (1)."""
+    refl = reflectors(config, parts)
+    started = time.monotonic()
+    # Custom resources first (all of them, so the index knows every referenced Secret),
+    # then the Secret watch's start point, then the workers.
+    for r in refl:
+        await r.list()
+    log.info("primed cache", extra={"objects": len(parts.store.cached_objects()),
+                                    "seconds": round(time.monotonic() - started, 3)})
+    tasks = {asyncio.create_task(r.run(), name=f"watch {r.what}") for r in refl}
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    waiters: set[asyncio.Task[Any]] = {*tasks, stopper}
     if lost is not None:
         waiters.add(asyncio.create_task(lost.wait(), name="lease"))
-    gauges = asyncio.create_task(_gauges(parts.controller))
+    gauges = asyncio.create_task(_gauges(parts, refl, state))
+    state.ready = True
     code = 0
     try:
         done, _pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if any(t.get_name() == "lease" for t in done):
+        names = {t.get_name() for t in done}
+        if "lease" in names:
             code = 1  # leadership lost: stop at once
-        await parts.controller.stop()
+        elif "stop" not in names:
+            code = 1  # a watch stopped: never run blind
+            for t in done & tasks:
+                exc = t.exception() if not t.cancelled() else None
+                log.error("watch stopped", extra={"watch": t.get_name(),
+                                                  "error": type(exc).__name__ if exc else ""})
     finally:
+        state.ready = False
         gauges.cancel()
-        if not kopf_stop.done():
-            kopf_stop.set_result(None)
         for t in waiters:
-            if t is not kopf_task:
-                t.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(kopf_task, 10)
+            t.cancel()
+        await asyncio.gather(*waiters, gauges, return_exceptions=True)
+        await parts.controller.stop()
     return code
 
 
@@ -201,23 +232,30 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
             loop.add_signal_handler(sig, stop.set)
     metrics = OperatorMetrics()
     state = health.Readiness()
-    parts = build(config, metrics)
+    try:
+        creds = load_credentials(config.kubeconfig, config.context)
+    except ConfigError as exc:
+        log.error(f"cannot configure the Kubernetes client: {exc}")
+        return 2
+    log.info("connecting", extra={"server": describe_server(creds), "via": creds.source})
+    parts = build(config, metrics, creds)
     runners = await health.serve(config, metrics, state)
     leader: LeaderThread | None = None
     lost = asyncio.Event()
     code = 0
     try:
         if config.leader_election:
-            leader = _make_leader(config, parts.cluster, lost)
+            leader = _make_leader(config, creds, lost)
             leader.start()
-            state.ready = True  # a standby is a healthy, ready replica
-            if not await _wait_for_lease(leader, stop):
+            if not await _wait_for_lease(leader, stop, state):
                 return 0
             metrics.leader.set(1)
         state.ready = False
-        await _prime(config, parts)
-        state.ready = True
-        code = await _run_watches(config, parts, stop, lost if leader is not None else None)
+        key = config.version_key or await ensure_version_key(
+            parts.api, config.lease_namespace or creds.namespace)
+        set_version_key(key)  # the credentials layer reads it when hashing values
+        code = await _run_watches(config, parts, stop, lost if leader is not None else None,
+                                  state)
     finally:
         await parts.controller.stop()
         if leader is not None:  # releases the Lease on a clean stop (not after losing it)
@@ -230,3 +268,41 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
             await runner.cleanup()
         await parts.api.close()
     return code
+
+
+async def remove_finalizers(config: OperatorConfig) -> int:
+    """``smtpctl operator --remove-finalizers``: drop our finalizer from every ExternalSmtp
+    in scope (with preconditions; other finalizers stay) and exit.  For uninstalling when
+    the operator no longer runs, so the CRDs can be deleted without objects stuck in
+    Terminating.  Returns the exit code (0, or 1 when an object could not be updated)."""
+    from reconciler.runtimes.operator import finalizers
+
+    try:
+        creds = load_credentials(config.kubeconfig, config.context)
+    except ConfigError as exc:
+        log.error(f"cannot configure the Kubernetes client: {exc}")
+        return 2
+    api = KubeApi(creds)
+    store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector)
+    failed = 0
+    try:
+        try:
+            await store.prime()
+        except ApiError as exc:
+            log.error(f"cannot list ExternalSmtps on {describe_server(creds)}: "
+                      f"{exc.code or ''} {exc.reason}")
+            return 1
+        for body in store.cached_objects(KIND_SMTP):
+            ref = ref_of(body)
+            if not finalizers.has_finalizer(body):
+                continue
+            try:
+                await finalizers.remove_finalizer(store, ref)
+                log.info("finalizer removed", extra={"resource": str(ref)})
+            except (ApiError, StoreError) as exc:
+                failed += 1
+                log.error("cannot remove the finalizer", extra={"resource": str(ref),
+                                                                 "error": str(exc)})
+    finally:
+        await api.close()
+    return 1 if failed else 0

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 FINALIZER = "smtp.reconciler.dev/finalizer"
 IDLE_REQUEUE = 3600.0  # "only a change can help": still look again hourly
-ERROR_BACKOFF = 5.0
+ERROR_BACKOFF = 1.0  # first retry after a failed pass; doubles per failure
+ERROR_BACKOFF_MAX = 300.0
 
 
 @dataclass
@@ -33,3 +34,5 @@ class OperatorConfig:
     announce_testing: bool = True
     # In a pod, loopback is the pod itself (sidecars): refused unless asked for (tests).
     allow_loopback: bool = False
+    # Key of the secret-version hashes; None: the shared Secret smtpctl-version-key.
+    version_key: bytes | None = None

@@ -1,67 +1,174 @@
-"""kopf's list+watch streams, dispatched to the controller.
+"""List+watch streams (reflectors), dispatched to the controller.
 
-kopf supplies discovery, list+watch with re-list after ``410 Gone``, reconnects and
-login, through plain ``@kopf.on.event`` handlers that keep no state and write nothing.
+One :class:`Reflector` per watched collection (a kind in one namespace, or in all):
+
+* :meth:`Reflector.list` - a paginated LIST; every item goes to ``on_event(body, None)``
+  and objects known before but missing from the list (deleted while we were not
+  watching) to ``on_event(body, "DELETED")``; the list's resourceVersion is where the
+  watch starts.
+* :meth:`Reflector.run` - watch from there, forever: a watch that ends (server timeout)
+  is resumed from the last resourceVersion seen (bookmarks keep it fresh); ``410 Gone``
+  re-lists; a failure (API unreachable, 5xx, 401/403) is logged as one line naming the
+  server and retried with capped exponential backoff, and the reflector reports itself
+  not connected meanwhile (``/readyz`` is false).
+
+It never returns on its own: if a reflector's task ends, the operator exits non-zero.
 """
 
 from __future__ import annotations
 
-import ssl
+import asyncio
+import logging
+import random
+from collections.abc import Callable
 from typing import Any
 
-from reconciler.resources import API_GROUP, KIND_OAUTH2, KIND_SMTP
-from reconciler.runtimes.operator.controller import Controller
-from reconciler.runtimes.operator.settings import OperatorConfig
-from reconciler.stores.kubeapi import ClusterConfig
+from reconciler.stores.kubeapi import ApiError, Gone, KubeApi, describe_server
 
-VERSION = "v1alpha1"
+log = logging.getLogger("smtpctl.operator")
 
-
-def kopf_login(cluster: ClusterConfig) -> Any:
-    import kopf
-
-    auth = cluster.headers.get("Authorization", "")
-    token = auth.split(" ", 1)[1] if auth.startswith("Bearer ") else None
-    insecure = isinstance(cluster.verify, ssl.SSLContext) and \
-        cluster.verify.verify_mode == ssl.CERT_NONE
-    return kopf.ConnectionInfo(server=cluster.server, scheme="Bearer" if token else None,
-                               token=token, insecure=insecure,
-                               default_namespace=cluster.namespace)
+OnEvent = Callable[[dict[str, Any], "str | None"], None]
+BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+WATCH_TIMEOUT = 300
 
 
-def registry(controller: Controller, cluster: ClusterConfig, config: OperatorConfig) -> Any:
-    import kopf
+class Backoff:
+    """Capped exponential backoff with jitter (reset on success)."""
 
-    reg = kopf.OperatorRegistry()
+    def __init__(self, start: float = BACKOFF_START, cap: float = BACKOFF_MAX) -> None:
+        self.start, self.cap, self.failures = start, cap, 0
 
-    @kopf.on.startup(registry=reg)
-    def _configure(settings: Any, **_: Any) -> None:
-        settings.posting.enabled = False  # our engine posts the Events that matter
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.networking.error_backoffs = [1, 2, 5]
-        if config.selector:
-            for plural in ("externalsmtps", "oauth2providers"):
-                settings.watching.label_selectors[API_GROUP, plural] = config.selector
+    def next(self) -> float:
+        self.failures += 1
+        delay = min(self.cap, self.start * 2 ** (self.failures - 1))
+        return float(delay * random.uniform(0.8, 1.2))
 
-    @kopf.on.login(registry=reg)
-    def _login(**_: Any) -> Any:
-        return kopf_login(cluster)
+    def reset(self) -> None:
+        self.failures = 0
 
-    @kopf.on.event(API_GROUP, VERSION, "externalsmtps", registry=reg)
-    async def _smtp(event: Any, **_: Any) -> None:
-        body = event["object"]
-        body.setdefault("kind", KIND_SMTP)
-        controller.handle(body, event.get("type"))
 
-    @kopf.on.event(API_GROUP, VERSION, "oauth2providers", registry=reg)
-    async def _provider(event: Any, **_: Any) -> None:
-        body = event["object"]
-        body.setdefault("kind", KIND_OAUTH2)
-        controller.handle(body, event.get("type"))
+def key_of(body: dict[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
-    @kopf.on.event("", "v1", "secrets", registry=reg)
-    async def _secret(event: Any, **_: Any) -> None:
-        controller.handle_secret(event["object"], event.get("type"))
 
-    return reg
+class Reflector:
+    def __init__(self, api: KubeApi, path: str, on_event: OnEvent, *, kind: str | None = None,
+                 api_version: str | None = None, params: dict[str, str] | None = None,
+                 what: str = "", page: int = 500, rv_only: bool = False,
+                 on_resync: Callable[[], None] | None = None) -> None:
+        self.api = api
+        self.path = path
+        self.on_event = on_event
+        self.kind = kind
+        self.api_version = api_version
+        self.params = dict(params or {})
+        self.what = what or path
+        self.page = page
+        # rv_only: the LIST only fetches where to start watching (limit=1), nothing is
+        # dispatched: for Secrets, whose referenced ones are read by name on demand;
+        # ``on_resync`` is told after every re-list (changes may have been missed).
+        self.rv_only = rv_only
+        self.on_resync = on_resync
+        self.resource_version = ""
+        self.connected = False
+        self._known: dict[tuple[str, str], dict[str, Any]] = {}  # key -> last body (slim)
+        self._backoff = Backoff()
+        self.listed = asyncio.Event()
+
+    def _fill(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.kind:
+            body.setdefault("kind", self.kind)
+        if self.api_version:
+            body.setdefault("apiVersion", self.api_version)
+        return body
+
+    def _remember(self, body: dict[str, Any], deleted: bool) -> None:
+        key = key_of(body)
+        if deleted:
+            self._known.pop(key, None)
+        else:  # only what a synthesized DELETED needs
+            meta = body.get("metadata") or {}
+            self._known[key] = {"kind": body.get("kind"), "apiVersion": body.get("apiVersion"),
+                                "metadata": {k: meta[k] for k in ("name", "namespace", "uid")
+                                             if k in meta}}
+
+    async def list(self) -> None:
+        """LIST (retried until it succeeds) and dispatch; sets the watch's start point."""
+        while True:
+            try:
+                if self.rv_only:
+                    first = await self.api.get(self.path, dict(self.params, limit="1"))
+                    self.resource_version = str((first.get("metadata") or {})
+                                                .get("resourceVersion") or "")
+                    self._ok()
+                    if self.listed.is_set() and self.on_resync is not None:
+                        self.on_resync()
+                    self.listed.set()
+                    return
+                seen: set[tuple[str, str]] = set()
+                rv = ""
+                async for items, page_rv in self.api.list_page(
+                        self.path, dict(self.params, limit=str(self.page))):
+                    for item in items:
+                        self._fill(item)
+                        seen.add(key_of(item))
+                        self._remember(item, False)
+                        self.on_event(item, None)
+                    rv = page_rv or rv
+                for key in [k for k in self._known if k not in seen]:
+                    gone = self._known.pop(key)
+                    self.on_event(gone, "DELETED")
+                self.resource_version = rv
+                self._ok()
+                self.listed.set()
+                return
+            except ApiError as exc:
+                await self._failed("list", exc)
+
+    def _ok(self) -> None:
+        if not self.connected and self._backoff.failures:
+            log.info("API server reachable again", extra={
+                "server": describe_server(self.api.creds), "watch": self.what})
+        self.connected = True
+        self._backoff.reset()
+
+    async def _failed(self, verb: str, exc: ApiError) -> None:
+        self.connected = False
+        delay = self._backoff.next()
+        log.warning(f"cannot {verb} {self.what} on {describe_server(self.api.creds)}: "
+                    f"{exc.code or ''} {exc.reason}; retrying in {delay:.1f}s".replace("  ", " "),
+                    extra={"server": describe_server(self.api.creds), "watch": self.what,
+                           "code": exc.code, "reason": exc.reason})
+        await asyncio.sleep(delay)
+
+    async def run(self) -> None:
+        """Watch forever (after :meth:`list`); re-list after 410 Gone."""
+        if not self.listed.is_set():
+            await self.list()
+        while True:
+            params = dict(self.params, resourceVersion=self.resource_version)
+            try:
+                async for event in self.api.watch(self.path, params, on_open=self._ok,
+                                                  timeout_seconds=WATCH_TIMEOUT):
+                    self._ok()
+                    etype = str(event.get("type") or "")
+                    obj = event.get("object") or {}
+                    if not isinstance(obj, dict):
+                        continue
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if rv:
+                        self.resource_version = str(rv)
+                    if etype == "BOOKMARK":
+                        continue
+                    self._fill(obj)
+                    self._remember(obj, etype == "DELETED")
+                    self.on_event(obj, etype)
+                self._ok()  # the server ended the watch (timeout): resume
+            except Gone:
+                log.info("watch expired; re-listing", extra={"watch": self.what})
+                await self.list()
+            except ApiError as exc:
+                await self._failed("watch", exc)
+                if self.rv_only:  # Secret changes during the outage were not seen
+                    await self.list()

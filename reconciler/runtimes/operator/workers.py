@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from reconciler.runtimes.metrics import OperatorMetrics
-from reconciler.runtimes.operator.settings import ERROR_BACKOFF
+from reconciler.runtimes.operator.settings import ERROR_BACKOFF, ERROR_BACKOFF_MAX
 from reconciler.stores.base import ObjectRef, StoreError
 from reconciler.stores.kubeapi import ApiError
 
@@ -31,6 +31,12 @@ class Worker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     generation: int = 0
+    failures: int = 0  # consecutive failed passes: the error backoff's exponent
+
+
+def error_backoff(failures: int) -> float:
+    """Per-item exponential backoff after a failed pass: 1 s, 2 s, 4 s ... capped."""
+    return float(min(ERROR_BACKOFF_MAX, ERROR_BACKOFF * 2 ** max(0, failures - 1)))
 
 
 class WorkerPool:
@@ -75,20 +81,25 @@ class WorkerPool:
         ref = w.ref
         while not self.stopped:
             w.wake.clear()
-            delay: float | None = ERROR_BACKOFF
+            delay: float | None = None
             self._busy += 1
             self._metrics.queue_depth.set(self._busy)
             try:
                 async with self._slots:
                     delay = await self._pass(ref)
+                w.failures = 0
             except asyncio.CancelledError:
                 raise
             except (StoreError, ApiError) as exc:
+                w.failures += 1
+                delay = error_backoff(w.failures)
                 log.warning("reconcile failed; retrying", extra={
-                    "resource": str(ref), "error": str(exc)})
+                    "resource": str(ref), "error": str(exc), "retryAfter": delay})
             except Exception as exc:  # one bad resource must not stop the others
+                w.failures += 1
+                delay = error_backoff(w.failures)
                 log.exception("reconcile crashed; retrying", extra={
-                    "resource": str(ref), "error": type(exc).__name__})
+                    "resource": str(ref), "error": type(exc).__name__, "retryAfter": delay})
             finally:
                 self._busy -= 1
                 self._metrics.queue_depth.set(self._busy)

@@ -1,0 +1,63 @@
+"""The engine's side-effecting functions wired to the real layers below it.
+
+The engine (``reconciler.engine``) receives resolution, the probe and the provider check
+as plain functions in a :class:`~reconciler.engine.world.World`; it never imports the
+SMTP or OAuth stacks.  This module is where a runtime gets the real ones: the local CLI
+and the operator differ only in the secret ``sources`` and the egress policy they pass.
+Tests wire functions of their own, or these against loopback servers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from reconciler.engine.world import (
+    CheckProviderFn,
+    Credentials,
+    ProbeFn,
+    ProviderHealth,
+    ResolveFn,
+)
+from reconciler.probe.verdict import ProbeCredentials, Verdict
+from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
+
+if TYPE_CHECKING:
+    from reconciler.credentials.base import SecretSource
+    from reconciler.credentials.oauth import TokenManager
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFunctions:
+    """The engine's three side-effecting functions, wired to the real layers below."""
+
+    resolve_fn: ResolveFn
+    probe_fn: ProbeFn
+    check_provider_fn: CheckProviderFn
+    tokens: TokenManager
+
+
+def live_functions(sources: SecretSource, *, allow_loopback: bool = True) -> LiveFunctions:
+    """Credentials resolution, the SMTP probe and the provider check as every runtime uses
+    them.  The SMTP and OAuth stacks are imported here, when a runtime starts, not when
+    the engine is imported."""
+    from reconciler.credentials.oauth import TokenManager, check_provider
+    from reconciler.credentials.resolve import resolve_smtp_credentials
+    from reconciler.probe import run_probe
+    from reconciler.probe.egress import EgressPolicy
+
+    tokens = TokenManager(sources)
+    policy = EgressPolicy(allow_loopback=allow_loopback)
+
+    async def resolve_fn(res: ExternalSmtp, provider: OAuth2Provider | None) -> Credentials:
+        providers = {provider.metadata.name: provider} if provider is not None else {}
+        return await resolve_smtp_credentials(res, providers=providers, sources=sources,
+                                              tokens=tokens)
+
+    async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        return await run_probe(spec, creds, policy=policy)
+
+    async def check_fn(provider: OAuth2Provider) -> ProviderHealth:
+        return await check_provider(provider, tokens)
+
+    return LiveFunctions(resolve_fn, probe_fn, check_fn, tokens)

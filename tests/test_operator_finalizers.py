@@ -1,0 +1,114 @@
+"""Finalizers and the Secret cache of the operator, in-process against the API emulator.
+
+* Adding our finalizer never drops another controller's: the patch carries the
+  resourceVersion it was computed from, so a stale cache gets 409, re-reads, recomputes.
+  Before the fix the merge patch replaced the list from the cached copy without a
+  precondition and this test lost ``other.example/keep``.
+* Removing it is retried until it succeeds.  Before the fix one failed attempt (an API
+  error, a store error) was logged and nothing retried: the object stayed stuck in
+  Terminating (the flaky ``test_deletion_fails_over_and_cleans_up``).
+* Unrelated Secrets cost no memory: the Secret cache keeps only referenced Secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.resources import SecretRef
+from reconciler.runtimes.metrics import OperatorMetrics
+from reconciler.runtimes.operator import finalizers
+from reconciler.runtimes.operator.main import Parts, build
+from reconciler.runtimes.operator.settings import FINALIZER, OperatorConfig
+from reconciler.runtimes.secretcache import KubeSecrets
+from reconciler.stores.base import ObjectRef
+from reconciler.stores.kubeapi import Credentials, KubeApi, Unreachable, resource_path
+from tests.support.kube_emulator import KubeEmulator, running_emulator
+
+ROOT = Path(__file__).resolve().parents[1]
+API = "smtp.reconciler.dev/v1alpha1"
+REF = ObjectRef("ExternalSmtp", "default", "relay")
+PATH = resource_path(API, "externalsmtps", "default", "relay")
+
+
+@pytest.fixture()
+async def env() -> AsyncIterator[tuple[KubeEmulator, Parts]]:
+    async with running_emulator(ROOT / "manifests" / "crds") as (emu, url):
+        config = OperatorConfig(namespaces=["default"], leader_election=False)
+        parts = build(config, OperatorMetrics(), Credentials(server=url))
+        try:
+            yield emu, parts
+        finally:
+            await parts.controller.stop()
+            await parts.api.close()
+
+
+async def _create(api: KubeApi, finalizers_: list[str]) -> dict[str, Any]:
+    return await api.post(resource_path(API, "externalsmtps", "default"), {
+        "apiVersion": API, "kind": "ExternalSmtp",
+        "metadata": {"name": "relay", "finalizers": finalizers_},
+        "spec": {"host": "smtp.example.com", "port": 587, "authentication": "None"}})
+
+
+async def test_adding_ours_keeps_a_finalizer_added_after_our_read(env: Any) -> None:
+    _emu, parts = env
+    api, store = parts.api, parts.store
+    await _create(api, [])
+    await store.prime()  # our cache: no finalizers
+    # Another controller adds its finalizer after we read the object.
+    await api.patch(PATH, {"metadata": {"finalizers": ["other.example/keep"]}})
+    await finalizers.add_finalizer(store, REF)
+    body = await api.get(PATH)
+    assert body["metadata"]["finalizers"] == ["other.example/keep", FINALIZER]
+
+
+async def test_removal_keeps_others_and_is_retried_until_it_succeeds(env: Any) -> None:
+    _emu, parts = env
+    api, store = parts.api, parts.store
+    await _create(api, ["other.example/keep", FINALIZER])
+    await store.prime()
+    await api.delete(PATH)  # held by both finalizers
+    real_patch = api.patch
+    failures = {"left": 3}
+
+    async def flaky_patch(path: str, body: Any) -> dict[str, Any]:
+        if path == PATH and failures["left"]:
+            failures["left"] -= 1
+            raise Unreachable(0, "Unreachable", f"PATCH {path}: injected")
+        return await real_patch(path, body)
+
+    api.patch = flaky_patch  # the network drops the first three finalizer patches
+    delays: list[int] = []
+    await finalizers.finalize(store, parts.controller.world, parts.controller.publisher, REF,
+                              backoff=lambda n: delays.append(n) or 0.0)
+    assert delays == [1, 2, 3]  # the backoff grows per consecutive failure
+    body = await api.get(PATH)
+    assert body["metadata"]["finalizers"] == ["other.example/keep"]  # theirs stays
+    assert "deletionTimestamp" in body["metadata"]
+
+
+async def test_only_referenced_secrets_are_kept(env: Any) -> None:
+    _emu, parts = env
+    api = parts.api
+    referenced = {("default", "used")}
+    secrets = KubeSecrets(api, referenced=lambda ns, name: (ns, name) in referenced)
+    blob = base64.b64encode(b"x" * 4096).decode()
+    for i in range(20):  # unrelated Secrets arriving on the watch
+        body = {"metadata": {"namespace": "default", "name": f"helm-{i}",
+                             "resourceVersion": str(i)}, "data": {"release": blob}}
+        assert secrets.observe(body, "ADDED") is False
+    assert len(secrets) == 0
+    await api.post(resource_path("v1", "secrets", "default"), {
+        "metadata": {"name": "used"}, "data": {"password": base64.b64encode(b"pw").decode()}})
+    ref = SecretRef.model_validate({"secretKeyRef": {"name": "used", "key": "password"}})
+    got = await secrets.resolve(ref, "default")
+    assert got.value.reveal() == "pw" and len(secrets) == 1 and secrets.misses == 1
+    await secrets.resolve(ref, "default")
+    assert secrets.hits == 1  # the second read is served from memory
+    referenced.clear()  # no resource uses it any more
+    secrets.prune()
+    assert len(secrets) == 0
