@@ -308,8 +308,9 @@ async def test_cancellation_arriving_with_a_result_is_not_swallowed(
     deadline above it) had cancelled it.  The token provider makes the coincidence
     deterministic: it cancels the probe, then returns its token.  Before the probe used
     ``asyncio.timeout`` instead of ``wait_for``, this test failed with ``DID NOT RAISE``
-    (the probe went on and returned a verdict); the race also made ``test_cancellation_propagates`` fail
-    now and then under load (the cancel coinciding with the connect).
+    (the probe went on and returned a verdict); the race also made
+    ``test_cancellation_propagates`` fail now and then under load (the cancel coinciding
+    with the connect).
     """
     from tests.support.smtp_servers import new_token
 
