@@ -11,7 +11,11 @@ its own process:
   status writes (must be 0) during the catch-up;
 * **peak RSS** of the operator process (``VmHWM``) in each phase;
 * **API requests per resource per reconcile**, counted at the emulator (every HTTP
-  request, including kopf's watches and the Secret reads of the credentials layer).
+  request, including the watches and the Secret reads).
+
+``--unrelated-secrets-mb 0 --unrelated-secrets-mb 10 --unrelated-secrets-mb 100`` instead
+measures the operator's peak RSS (cluster-wide mode, 100 resources) with that much Secret
+data that no resource references.
 
 Targets from the issue: catch-up of 10,000 unchanged Ready resources in under 60 s with
 zero connection tests, under 400 MB RSS at 10,000.  The results are printed as a table
@@ -154,8 +158,10 @@ def _ready_count(url: str) -> int:
 
 
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path, concurrency: int) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, concurrency: int,
+                 all_namespaces: bool = False) -> None:
         self.log = log
+        scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
         self.fh = log.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -165,8 +171,7 @@ class Operator:
                 "operator",
                 "--kubeconfig",
                 str(kubeconfig),
-                "--namespace",
-                NS,
+                *scope,
                 "--identity",
                 "bench",
                 "--lease-namespace",
@@ -227,7 +232,7 @@ def _wait(what: str, fn: Any, limit: float, pid: int | None = None) -> float:
     raise SystemExit(f"bench: timed out after {limit:.0f}s waiting for {what}")
 
 
-def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
+def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dict[str, Any]:
     emu = Emulator()
     relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
     try:
@@ -252,6 +257,14 @@ def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
             time.sleep(0.25)
         second = emu.stats()
         exited = op2.proc.poll()
+        stayed = 0.0
+        if stay_up and exited is None:  # the restarted operator must keep its Lease
+            t_up = time.monotonic()
+            while time.monotonic() - t_up < stay_up and op2.proc.poll() is None:
+                _sample(op2.proc.pid)
+                time.sleep(1)
+            stayed = time.monotonic() - t_up
+            exited = op2.proc.poll()
         rss_restart = op2.stop()
         tests_restart = relay.connections - tests_first
         writes_restart = sum(  # Lease renewals are writes too, but not of resources
@@ -270,6 +283,7 @@ def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
             "tests_during_catchup": tests_restart,
             "writes_during_catchup": writes_restart,
             "operator_exit_during_catchup": exited,
+            "stayed_up_seconds_after_catchup": round(stayed, 1),
             "rss_first_mb": round(rss_first, 1),
             "rss_restart_mb": round(rss_restart, 1),
             "api_requests_per_resource_first": round(req_first / count, 2),
@@ -278,6 +292,42 @@ def run_one(count: int, concurrency: int, work: Path) -> dict[str, Any]:
                 k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()
             },
         }
+    finally:
+        relay.stop()
+        emu.close()
+
+
+async def _unrelated_secrets(url: str, megabytes: int) -> None:
+    """``megabytes`` of Secrets nobody references (Helm-release-like, 512 KiB each), half
+    in the operator's namespace and half in another one."""
+    blob = _b64("x" * (384 * 1024))  # 512 KiB once base64-encoded
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        for i in range(megabytes * 2):
+            ns = NS if i % 2 == 0 else "other"
+            r = await http.post(f"/api/v1/namespaces/{ns}/secrets", json={
+                "metadata": {"name": f"sh.helm.release.v1.app{i}.v1"},
+                "data": {"release": blob}})
+            r.raise_for_status()
+
+
+def run_secrets(megabytes: int, count: int, concurrency: int, work: Path) -> dict[str, Any]:
+    """Peak operator RSS (cluster-wide mode) with ``megabytes`` of unrelated Secrets."""
+    emu = Emulator()
+    relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
+    try:
+        kubeconfig = work / "kubeconfig"
+        kubeconfig.write_text(kubeconfig_text(emu.url))
+        asyncio.run(_populate(emu.url, count, relay, emu.generated_crds))
+        asyncio.run(_unrelated_secrets(emu.url, megabytes))
+        op = Operator(kubeconfig, work / f"operator-secrets-{megabytes}.log", concurrency,
+                      all_namespaces=True)
+        ready_s = _wait("all Ready", lambda: _ready_count(emu.url) >= count, 1800, op.proc.pid)
+        for _ in range(8):  # two seconds of calm
+            _sample(op.proc.pid)
+            time.sleep(0.25)
+        rss = op.stop()
+        return {"unrelated_secrets_mb": megabytes, "count": count,
+                "ready_seconds": round(ready_s, 2), "rss_peak_mb": round(rss, 1)}
     finally:
         relay.stop()
         emu.close()
@@ -302,7 +352,24 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the operator logs here (default: a temporary directory)")
+    parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
+                        help="keep the restarted operator running this long after catch-up "
+                        "and report whether it is still up (it must keep its Lease)")
+    parser.add_argument("--unrelated-secrets-mb", type=int, action="append", default=None,
+                        help="instead: peak RSS with this many MB of unrelated Secrets "
+                        "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
     args = parser.parse_args()
+    if args.unrelated_secrets_mb is not None:
+        with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
+            rows = [run_secrets(mb, 100, args.concurrency, Path(tmp_dir))
+                    for mb in args.unrelated_secrets_mb]
+        print(f"{'unrelated MB':>13} {'resources':>10} {'ready s':>8} {'peak RSS MB':>12}")
+        for r in rows:
+            print(f"{r['unrelated_secrets_mb']:>13} {r['count']:>10} {r['ready_seconds']:>8} "
+                  f"{r['rss_peak_mb']:>12}")
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "secrets": rows}, indent=1))
+        return 0
     counts = args.count or [1000, 10000]
     results = []
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
@@ -311,7 +378,7 @@ def main() -> int:
             args.workdir.mkdir(parents=True, exist_ok=True)
         for count in counts:
             print(f"== {count} resources", flush=True)
-            r = run_one(count, args.concurrency, Path(tmp))
+            r = run_one(count, args.concurrency, Path(tmp), args.stay_up)
             r["catchup_target_ratio"] = round(r["catchup_seconds"] / 60.0, 3)
             r["rss_target_ratio"] = round(max(r["rss_first_mb"], r["rss_restart_mb"]) / 400.0, 3)
             results.append(r)
@@ -332,7 +399,8 @@ def main() -> int:
         )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-    failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]]
+    failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
+              or r["operator_exit_during_catchup"] is not None]
     return 1 if failed else 0
 
 

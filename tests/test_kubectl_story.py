@@ -123,6 +123,27 @@ def test_08_patch_and_server_side_apply(k: Kubectl) -> None:
     r = k.run("patch", "esmtp", "internal", "-n", "mail", "--type=merge",
               "-p", '{"spec":{"port":"x"}}', ok=False)
     assert r.returncode != 0 and "Invalid value" in r.stderr
+    # server-side apply: the port now belongs to "kubectl-patch", so applying the file's
+    # port is a conflict naming that manager, until forced
+    example = "manifests/examples/internal-relay.yaml"
+    r = k.run("apply", "--server-side", "-n", "mail", "-f", example, ok=False)
+    assert r.returncode != 0
+    assert ('Apply failed with 1 conflict: conflict with "kubectl-patch" using '
+            'smtp.reconciler.dev/v1alpha1: .spec.port') in r.stderr
+    r = k.run("apply", "--server-side", "--force-conflicts", "-n", "mail", "-f", example)
+    assert "externalsmtp.smtp.reconciler.dev/internal serverside-applied" in r.stdout
+    obj = json.loads(k.run("get", "esmtp", "internal", "-n", "mail", "-o", "json",
+                           "--show-managed-fields").stdout)
+    assert obj["spec"]["port"] == 25
+    owners = {e["manager"]: e for e in obj["metadata"]["managedFields"]}
+    assert owners["kubectl"]["operation"] == "Apply"
+    assert "f:port" in owners["kubectl"]["fieldsV1"]["f:spec"]
+    assert "kubectl-patch" not in owners  # it owned only the port
+    r = k.run("apply", "--server-side", "--dry-run=server", "-n", "mail", "-f", "-",
+              stdin=(ROOT / example).read_text().replace("port: 25", "port: 2525"))
+    assert "serverside-applied (server dry run)" in r.stdout
+    assert k.run("get", "esmtp", "internal", "-n", "mail",
+                 "-o", "jsonpath={.spec.port}").stdout == "25"
 
 
 def test_09_describe_shows_the_object(k: Kubectl) -> None:

@@ -17,6 +17,7 @@ import pytest
 from reconciler.devservers.smtp import RelayServer
 from tests.support import canary
 from tests.support.kube_operator import (
+    OPERATOR_NS,
     Cluster,
     OperatorProcess,
     cluster,
@@ -201,7 +202,7 @@ def test_leader_handover(env: tuple[Cluster, RelayServer]) -> None:
     with OperatorProcess(c, "alpha", "--namespace", NS) as a:
         wait_for("Ready", lambda: ready(c, "lead"))
         with OperatorProcess(c, "beta", "--namespace", NS) as b:
-            lease = c.coord.read_namespaced_lease("smtpctl-operator", "default")
+            lease = c.coord.read_namespaced_lease("smtpctl-operator", OPERATOR_NS)
             assert lease.spec.holder_identity == "alpha"
             assert not any(r.get("msg") == "reconciled" for r in b.logs())  # standby is idle
             a.kill()  # the leader dies without releasing its Lease
@@ -209,7 +210,7 @@ def test_leader_handover(env: tuple[Cluster, RelayServer]) -> None:
                 "beta leads",
                 lambda: (
                     c.coord.read_namespaced_lease(
-                        "smtpctl-operator", "default"
+                        "smtpctl-operator", OPERATOR_NS
                     ).spec.holder_identity
                     == "beta"
                 ),

@@ -1,5 +1,6 @@
-"""The operator process when the API server goes away: outage at start, outage while
-watching, and a Lease that cannot be renewed.
+"""The operator process when the API server goes away or its token rotates: outage at
+start, outage while watching, a Lease that cannot be renewed, a rotated and revoked
+ServiceAccount token.
 
 The API server is reached through a TCP proxy that can be taken down (new connections
 closed, open ones cut) without moving its address.  Before the aiohttp client and the
@@ -13,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from reconciler.devservers.smtp import RelayServer
 from tests.support import canary
 from tests.support.kube_operator import (
+    OPERATOR_NS,
+    OPERATOR_SA,
     Cluster,
     OperatorProcess,
     cluster,
@@ -32,20 +34,17 @@ NS = "mail"
 
 
 @pytest.fixture()
-def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer, TcpProxy, Path]]:
+def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer, TcpProxy, dict[str, str]]]:
     with (
         cluster(tmp_path) as c,
         RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as relay,
     ):
         c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
         c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
-        host, port = c.kube.url.removeprefix("http://").rsplit(":", 1)
+        host, port = c.kube.url.removeprefix("https://").rsplit(":", 1)
         with TcpProxy(host, int(port)) as proxy:
-            doc = yaml.safe_load(c.kubeconfig.read_text())
-            doc["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{proxy.port}"
-            via = tmp_path / "kubeconfig-proxy"
-            via.write_text(yaml.safe_dump(doc))
-            yield c, relay, proxy, via
+            # The simulated pod reaches the API server through the proxy (TLS passes it).
+            yield c, relay, proxy, {"KUBERNETES_SERVICE_PORT": str(proxy.port)}
 
 
 def ready(c: Cluster, name: str) -> bool:
@@ -53,13 +52,13 @@ def ready(c: Cluster, name: str) -> bool:
 
 
 def test_outage_at_start_then_recovery(
-    env: tuple[Cluster, RelayServer, TcpProxy, Path],
+    env: tuple[Cluster, RelayServer, TcpProxy, dict[str, str]],
 ) -> None:
     c, relay, proxy, via = env
     c.create_smtp(NS, "early", relay_spec(relay.port))
     proxy.set_down(True)
-    server = f"http://127.0.0.1:{proxy.port}"
-    with OperatorProcess(c, "op", "--namespace", NS, kubeconfig=via, health_port=0,
+    server = f"https://127.0.0.1:{proxy.port}"
+    with OperatorProcess(c, "op", "--namespace", NS, env=via, health_port=0,
                          lease_duration=30) as op:
         # One clear line naming the server (no traceback), retried, not ready meanwhile.
         wait_for("a line naming the server",
@@ -73,11 +72,11 @@ def test_outage_at_start_then_recovery(
 
 
 def test_outage_while_watching_then_resync(
-    env: tuple[Cluster, RelayServer, TcpProxy, Path],
+    env: tuple[Cluster, RelayServer, TcpProxy, dict[str, str]],
 ) -> None:
     c, relay, proxy, via = env
     c.create_smtp(NS, "first", relay_spec(relay.port))
-    with OperatorProcess(c, "op", "--namespace", NS, kubeconfig=via, health_port=0,
+    with OperatorProcess(c, "op", "--namespace", NS, env=via, health_port=0,
                          lease_duration=60) as op:
         wait_for("first Ready", lambda: ready(c, "first"))
         wait_for("published", lambda: c.secret_data(NS, "smtp-active-relay"))
@@ -102,12 +101,35 @@ def test_outage_while_watching_then_resync(
         assert "Traceback" not in op.log_text()
 
 
-def test_lease_not_renewable_exits_1(env: tuple[Cluster, RelayServer, TcpProxy, Path]) -> None:
+Env = tuple[Cluster, RelayServer, TcpProxy, dict[str, str]]
+
+
+def test_lease_not_renewable_exits_1(env: Env) -> None:
     c, _relay, proxy, via = env
-    with OperatorProcess(c, "op", "--namespace", NS, kubeconfig=via, lease_duration=3) as op:
+    with OperatorProcess(c, "op", "--namespace", NS, env=via, lease_duration=3) as op:
         wait_for("leader", lambda: any(r.get("msg") == "became leader" for r in op.logs()))
         wait_for("watching", lambda: any(r.get("msg") == "primed cache" for r in op.logs()))
         proxy.set_down(True)  # longer than the renew deadline (2 s)
         wait_for("exited", lambda: op.exited() is not None, timeout=30)
         assert op.exited() == 1
         assert any(r.get("msg") == "lost leadership" for r in op.logs())
+
+
+def test_token_rotation_and_revocation(
+    env: tuple[Cluster, RelayServer, TcpProxy, dict[str, str]],
+) -> None:
+    """The kubelet rotates the bound token and the old one is revoked: the operator re-reads
+    the file on the 401 and carries on (before: read once at start, then 401 forever)."""
+    c, relay, _proxy, _via = env
+    c.create_smtp(NS, "first", relay_spec(relay.port))
+    with OperatorProcess(c, "op", "--namespace", NS) as op:
+        wait_for("first Ready", lambda: ready(c, "first"))
+        for _ in range(2):
+            c.kube.rotate_in_cluster_token(c.sa_dir, OPERATOR_NS, OPERATOR_SA, revoke_old=True)
+        c.create_smtp(NS, "after", relay_spec(relay.port))
+        wait_for("a resource created after the rotation is reconciled",
+                 lambda: ready(c, "after"), timeout=30)
+        c.patch_smtp(NS, "first", {"spec": {"refreshInterval": "2h"}})
+        wait_for("and changes are still seen", lambda: condition(
+            c.smtp(NS, "first"), "Ready").get("observedGeneration") == 2, timeout=30)
+        assert op.exited() is None  # the Lease was renewed with the new token too

@@ -112,3 +112,73 @@ async def test_only_referenced_secrets_are_kept(env: Any) -> None:
     referenced.clear()  # no resource uses it any more
     secrets.prune()
     assert len(secrets) == 0
+
+
+async def test_first_memo_write_carries_the_finalizer_in_the_same_patch(env: Any) -> None:
+    """Issue 15: finalizer and memo in one PATCH (they were two), and still with the
+    precondition: a finalizer another controller added after our read is kept."""
+    from reconciler.stores.base import StatusWrite, TestMemo
+
+    _emu, parts = env
+    api, store = parts.api, parts.store
+    await _create(api, [])
+    await store.prime()
+    await api.patch(PATH, {"metadata": {"finalizers": ["other.example/keep"]}})  # after our read
+    memo = TestMemo(digest="sha256:abc", generation=1, tested_at=1.0, due_at=2.0, passed=True)
+    patches: list[Any] = []
+    real_patch = api.patch
+
+    async def counting_patch(path: str, body: Any) -> dict[str, Any]:
+        patches.append(body)
+        return await real_patch(path, body)
+
+    api.patch = counting_patch
+    await store.update_status(REF, lambda cur: StatusWrite({"observedGeneration": 1}, memo))
+    body = await api.get(PATH)
+    assert body["metadata"]["finalizers"] == ["other.example/keep", FINALIZER]
+    assert "smtp.reconciler.dev/last-test" in body["metadata"]["annotations"]
+    # One PATCH carried memo and finalizer together (the stale status write had already
+    # been answered 409 and re-read, so the list it computed includes theirs).
+    assert len(patches) == 1
+    assert patches[0]["metadata"]["finalizers"] == ["other.example/keep", FINALIZER]
+    assert patches[0]["metadata"]["resourceVersion"]  # the precondition
+    assert not store.needs_finalizer(REF, store.cached(REF))
+
+
+def test_events_are_deduplicated_and_rate_limited_per_object() -> None:
+    import asyncio
+
+    from reconciler.runtimes.operator.events import BURST, REFILL_SECONDS, EventSink
+    from reconciler.stores.base import Event
+
+    posted: list[Event] = []
+
+    class Store:
+        async def record_event(self, event: Event) -> None:
+            posted.append(event)
+
+    now = [0.0]
+    metrics = OperatorMetrics()
+    sink = EventSink(Store(), metrics, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    async def run() -> None:
+        same = Event(REF, "Warning", "AuthenticationFailed", "535 rejected", "t")
+        await sink.emit(same)
+        await sink.emit(same)  # identical within 10 minutes: not posted again
+        assert len(posted) == 1
+        for i in range(BURST * 2):  # a flapping relay: distinct messages
+            await sink.emit(Event(REF, "Warning", "TestFailed", f"attempt {i}", "t"))
+        assert len(posted) == BURST  # the bucket: BURST in total for this object
+        other = ObjectRef("ExternalSmtp", "default", "other")
+        await sink.emit(Event(other, "Normal", "TestPassed", "ok", "t"))
+        assert len(posted) == BURST + 1  # per object: others are not starved
+        now[0] += REFILL_SECONDS
+        await sink.emit(Event(REF, "Warning", "TestFailed", "later", "t"))
+        assert len(posted) == BURST + 2  # refilled
+
+    asyncio.run(run())
+    text = metrics.render().decode()
+    # 1 duplicate; 50 - 24 flapping ones (the first Event used one of the 25 tokens).
+    assert 'smtpctl_events_suppressed_total{reason="AuthenticationFailed",type="Warning"} 1.0' \
+        in text
+    assert 'smtpctl_events_suppressed_total{reason="TestFailed",type="Warning"} 26.0' in text

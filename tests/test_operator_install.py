@@ -25,6 +25,7 @@ import pytest
 from reconciler.devservers.smtp import RelayServer
 from tests.support import canary
 from tests.support.kube_operator import (
+    OPERATOR_NS,
     ROOT,
     Cluster,
     OperatorProcess,
@@ -131,7 +132,7 @@ def test_version_key_is_created_once_and_shared(env: tuple[Cluster, RelayServer]
     with OperatorProcess(c, "op1", "--namespace", NS, env=no_key):
         wait_for("Ready", lambda: ready(c, "one"))
     assert c.kube.emu is not None
-    key = c.kube.emu.get_object("v1", "secrets", "default", "smtpctl-version-key")
+    key = c.kube.emu.get_object("v1", "secrets", OPERATOR_NS, "smtpctl-version-key")
     assert key is not None and key["data"]["key"]
     rv = c.smtp(NS, "one")["metadata"]["resourceVersion"]  # type: ignore[index]
     connections = relay.connections
@@ -140,5 +141,5 @@ def test_version_key_is_created_once_and_shared(env: tuple[Cluster, RelayServer]
         # Same key -> same secret versions -> no re-test, no write after a restart.
         assert relay.connections == connections
         assert c.smtp(NS, "one")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
-    again = c.kube.emu.get_object("v1", "secrets", "default", "smtpctl-version-key")
+    again = c.kube.emu.get_object("v1", "secrets", OPERATOR_NS, "smtpctl-version-key")
     assert again is not None and again["data"] == key["data"]

@@ -32,6 +32,10 @@ class OperatorMetrics:
                                      "OAuth 2.0 access tokens fetched", ["result"], registry=r)
         self.events = Counter("smtpctl_events_total", "Events emitted, by reason",
                               ["type", "reason"], registry=r)
+        self.events_suppressed = Counter(
+            "smtpctl_events_suppressed_total",
+            "Events not posted (a duplicate within 10 minutes, or the object's rate limit)",
+            ["type", "reason"], registry=r)
         self.published = Counter("smtpctl_published_secret_writes_total",
                                  "Writes of the published active-relay Secret", ["op"],
                                  registry=r)

@@ -38,6 +38,15 @@ from reconciler.resources import API_VERSION, KIND_SMTP, SecretRef
 from reconciler.secret import Secret
 from reconciler.stores.kube import KubeStore
 from reconciler.stores.kubeapi import Conflict, KubeApi, NotFound, resource_path
+from reconciler.stores.kubetypes import (
+    KubeObject,
+    as_object,
+    is_deleting,
+    meta_of,
+    namespace_of,
+    resource_version,
+    uid_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +55,9 @@ TOKEN_EXPIRES = "smtp.reconciler.dev/token-expires-at"  # noqa: S105 - an annota
 MANAGED_BY = {"app.kubernetes.io/managed-by": "smtpctl-operator"}
 
 
-def owned(secret: dict[str, Any]) -> bool:
+def owned(secret: KubeObject) -> bool:
     """Did the operator create this Secret?  Our label and an ExternalSmtp owner."""
-    meta = secret.get("metadata") or {}
+    meta = meta_of(secret)
     labels = meta.get("labels") or {}
     owners = meta.get("ownerReferences") or []
     return labels.get("app.kubernetes.io/managed-by") == MANAGED_BY[
@@ -75,18 +84,17 @@ class Publisher:
     def _path(self, ns: str, with_name: bool = True) -> str:
         return resource_path("v1", "secrets", ns, self.name if with_name else None)
 
-    def active_in(self, ns: str) -> dict[str, Any] | None:
+    def active_in(self, ns: str) -> KubeObject | None:
         for body in self.store.selected_in(KIND_SMTP, ns):
-            meta = body.get("metadata") or {}
             st = body.get("status") or {}
-            if st.get("selected") and st.get("active") and not meta.get("deletionTimestamp"):
+            if st.get("selected") and st.get("active") and not is_deleting(body):
                 return body
         return None
 
-    async def _current(self, ns: str) -> dict[str, Any] | None:
+    async def _current(self, ns: str) -> KubeObject | None:
         """The Secret as it is now, or None; a Secret we did not create is marked foreign."""
         try:
-            cur = await self.api.get(self._path(ns))
+            cur = as_object(await self.api.get(self._path(ns)))
         except NotFound:
             self._foreign.discard(ns)
             return None
@@ -106,7 +114,7 @@ class Publisher:
             return
         cur = await self._current(ns)
         if cur is not None and ns not in self._foreign:
-            ann = (cur.get("metadata") or {}).get("annotations") or {}
+            ann = meta_of(cur).get("annotations") or {}
             self._published[ns] = (ann.get(FINGERPRINT, ""), float(ann.get(TOKEN_EXPIRES, 0)))
         self._loaded.add(ns)
 
@@ -122,16 +130,15 @@ class Publisher:
             if ns in self._published:
                 cur = await self._current(ns)
                 if cur is not None and ns not in self._foreign:
-                    uid = (cur.get("metadata") or {}).get("uid")
                     with contextlib.suppress(NotFound):  # only that object, if still ours
                         await self.api.delete(self._path(ns), {
                             "apiVersion": "v1", "kind": "DeleteOptions",
-                            "preconditions": {"uid": uid}})
+                            "preconditions": {"uid": uid_of(cur)}})
                 del self._published[ns]
                 self._note("deleted")
                 return "deleted"
             return "unchanged"
-        meta, active = body["metadata"], body["status"]["active"]
+        meta, active = meta_of(body), (body.get("status") or {})["active"]
         fingerprint = f"{meta['name']}/{meta.get('uid', '')}/{active.get('generation')}/" \
                       f"{active.get('digest', '')}"
         old_fp, expiry = self._published.get(ns, ("", 0.0))
@@ -182,9 +189,8 @@ class Publisher:
                 if cur is None:
                     await self.api.post(self._path(ns, with_name=False), manifest)
                     return "created"
-                rv = (cur.get("metadata") or {}).get("resourceVersion")
-                await self.api.put(self._path(ns), {
-                    **manifest, "metadata": {**manifest["metadata"], "resourceVersion": rv}})
+                await self.api.put(self._path(ns), {**manifest, "metadata": {
+                    **manifest["metadata"], "resourceVersion": resource_version(cur)}})
                 return "updated"
             except (Conflict, NotFound):
                 continue  # created, replaced or deleted meanwhile: look again
@@ -195,11 +201,11 @@ class Publisher:
         if self.on_write is not None:
             self.on_write(op)
 
-    async def _credential(self, body: dict[str, Any],
+    async def _credential(self, body: KubeObject,
                           active: dict[str, Any]) -> tuple[Secret | None, float | None]:
-        ns = body["metadata"]["namespace"]
+        ns = namespace_of(body)
         auth = active.get("authentication")
-        same_gen = active.get("generation") == body["metadata"].get("generation")
+        same_gen = active.get("generation") == meta_of(body).get("generation")
         spec = body.get("spec") or {}
         if auth == "UsernamePassword":
             raw = active.get("passwordFrom") or (spec.get("passwordFrom") if same_gen else None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from reconciler.credentials.base import CredentialError, Resolved
 from reconciler.credentials.sources import resolve_from_secret
@@ -34,25 +34,32 @@ from reconciler.stores.kubeapi import (
     Unauthorized,
     resource_path,
 )
+from reconciler.stores.kubetypes import (
+    KubeObject,
+    ObjectMeta,
+    as_object,
+    name_of,
+    namespace_of,
+    resource_version,
+)
 
 Key = tuple[str, str]  # namespace, name
 Referenced = Callable[[str, str], bool]
 
 
-def _slim(body: dict[str, Any]) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
-    return {"metadata": {"resourceVersion": meta.get("resourceVersion")},
-            "data": dict(body.get("data") or {})}
+def _slim(body: KubeObject) -> KubeObject:
+    return KubeObject(metadata=ObjectMeta(resourceVersion=resource_version(body)),
+                      data=dict(body.get("data") or {}))
 
 
 class KubeSecrets:
     def __init__(self, api: KubeApi, referenced: Referenced) -> None:
         self.api = api
         self._referenced = referenced
-        self._bodies: dict[Key, dict[str, Any]] = {}
+        self._bodies: dict[Key, KubeObject] = {}
         self._missing: set[Key] = set()  # known not to exist (until a watch event)
         self._epoch: dict[Key, int] = {}  # bumped by every watch event for the key
-        self._inflight: dict[Key, asyncio.Future[dict[str, Any] | None]] = {}
+        self._inflight: dict[Key, asyncio.Future[KubeObject | None]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -60,10 +67,9 @@ class KubeSecrets:
         return len(self._bodies)
 
     # --- the watch ----------------------------------------------------------------------
-    def observe(self, body: dict[str, Any], event_type: str | None) -> bool:
+    def observe(self, body: KubeObject, event_type: str | None) -> bool:
         """A Secret watch event; True when a resource references that Secret."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        key = (namespace_of(body), name_of(body))
         if not self._referenced(*key):
             self._bodies.pop(key, None)
             self._missing.discard(key)
@@ -93,25 +99,24 @@ class KubeSecrets:
                 fresh = await self._fetch(key)
             except ApiError:
                 continue
-            old_rv = (old or {}).get("metadata", {}).get("resourceVersion")
-            new_rv = (fresh or {}).get("metadata", {}).get("resourceVersion")
-            if (old is None) != (fresh is None) or old_rv != new_rv:
+            if (old is None) != (fresh is None) or \
+                    resource_version(old) != resource_version(fresh):  # equality: opaque
                 changed.append(key)
         return changed
 
     # --- reads --------------------------------------------------------------------------
-    async def _fetch(self, key: Key) -> dict[str, Any] | None:
+    async def _fetch(self, key: Key) -> KubeObject | None:
         """GET by name (single-flight); stored unless a watch event arrived meanwhile."""
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[KubeObject | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         epoch = self._epoch.get(key, 0)
         try:
             try:
-                body: dict[str, Any] | None = _slim(
-                    await self.api.get(resource_path("v1", "secrets", key[0], key[1])))
+                body: KubeObject | None = _slim(as_object(
+                    await self.api.get(resource_path("v1", "secrets", key[0], key[1]))))
             except NotFound:
                 body = None
             if self._epoch.get(key, 0) == epoch and self._referenced(*key):
@@ -155,7 +160,7 @@ class KubeSecrets:
                                       ) from None
         if body is None:
             raise CredentialError("SecretNotFound", f"{where} does not exist")
-        return resolve_from_secret(body, sel, namespace)
+        return resolve_from_secret(cast(dict[str, Any], body), sel, namespace)
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         """Merge-patch one key (creating the Secret when missing): a rotated refresh token."""
@@ -176,5 +181,5 @@ class KubeSecrets:
             raise CredentialError("RefreshTokenNotPersisted",
                                   f"cannot write Secret {sel.name!r} in namespace "
                                   f"{namespace!r} (HTTP {exc.code} {exc.reason})") from None
-        self.observe(doc, "MODIFIED")
+        self.observe(as_object(doc), "MODIFIED")
         return resolve_from_secret(doc, sel, namespace).version

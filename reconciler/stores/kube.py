@@ -13,7 +13,8 @@ It implements :class:`reconciler.stores.base.Store` for the operator:
   engine's mutator again on the fresh object (re-applying the *decision*, never blindly
   overwriting what another writer did), up to :data:`MAX_ATTEMPTS` times.
 * **The test memo** (last tested digest, due time, failures) lives in the annotation
-  :data:`MEMO_ANNOTATION`, written with a merge patch *after* the status, so a crash in
+  :data:`MEMO_ANNOTATION`, written with a merge patch *after* the status (carrying the
+  operator's finalizer too when the object does not have it yet: one PATCH, not two), so a crash in
   between costs at most one extra test after restart, never a Ready without a test.  The
   digest also appears in ``status.active.digest`` (last-known-good).
 * ``record_event`` posts a core/v1 Event on the object; ``record_test`` keeps the last few
@@ -25,6 +26,7 @@ Never a secret: bodies here are custom resources, which hold only references.
 from __future__ import annotations
 
 import builtins
+import copy
 import json
 import logging
 import uuid
@@ -43,6 +45,18 @@ from reconciler.stores.base import (
     TestRecord,
 )
 from reconciler.stores.kubeapi import ApiError, Conflict, KubeApi, NotFound, resource_path
+from reconciler.stores.kubetypes import (
+    KubeObject,
+    ObjectMeta,
+    as_object,
+    finalizers_of,
+    is_deleting,
+    meta_of,
+    name_of,
+    namespace_of,
+    resource_version,
+    uid_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +70,13 @@ _META_KEYS = ("name", "namespace", "labels", "annotations", "generation", "uid",
 Key = tuple[str, str, str]  # kind, namespace, name
 
 
-def ref_of(body: dict[str, Any]) -> ObjectRef:
-    meta = body.get("metadata") or {}
-    return ObjectRef(str(body.get("kind")), str(meta.get("namespace") or "default"),
-                     str(meta.get("name")))
+def ref_of(body: KubeObject) -> ObjectRef:
+    return ObjectRef(str(body.get("kind")), namespace_of(body) or "default", name_of(body))
 
 
-def to_stored(body: dict[str, Any]) -> StoredObject:
+def to_stored(body: KubeObject) -> StoredObject:
     """The engine's view of a custom resource body."""
-    meta = body.get("metadata") or {}
+    meta = meta_of(body)
     memo: TestMemo | None = None
     raw = (meta.get("annotations") or {}).get(MEMO_ANNOTATION)
     if raw:
@@ -74,15 +86,15 @@ def to_stored(body: dict[str, Any]) -> StoredObject:
             memo = None  # a mangled memo only costs a re-test
     manifest = {
         "apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind"),
-        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations",
-                                          "generation", "uid", "resourceVersion",
-                                          "creationTimestamp") if k in meta},
+        "metadata": {k: v for k, v in meta.items() if k in (
+            "name", "namespace", "labels", "annotations", "generation", "uid",
+            "resourceVersion", "creationTimestamp")},
         "spec": body.get("spec") or {},
     }
     return StoredObject(
         ref=ref_of(body), manifest=manifest, generation=int(meta.get("generation") or 1),
         created_at=str(meta.get("creationTimestamp") or ""), status=dict(body.get("status") or {}),
-        memo=memo, version=str(meta.get("resourceVersion") or ""), uid=str(meta.get("uid") or ""),
+        memo=memo, version=resource_version(body), uid=uid_of(body),
     )
 
 
@@ -90,11 +102,12 @@ class KubeStore:
     """The operator's :class:`~reconciler.stores.base.Store` (see the module docstring)."""
 
     def __init__(self, api: KubeApi, *, namespaces: list[str] | None = None,
-                 label_selector: str | None = None) -> None:
+                 label_selector: str | None = None, finalizer: str | None = None) -> None:
         self.api = api
+        self.finalizer = finalizer  # added to ExternalSmtps with the first memo write
         self.namespaces = namespaces  # None: all namespaces
         self.label_selector = label_selector
-        self._cache: dict[Key, dict[str, Any]] = {}
+        self._cache: dict[Key, KubeObject] = {}
         self._by_scope: dict[tuple[str, str], set[Key]] = {}  # (kind, namespace) -> keys
         self._selected: dict[tuple[str, str], set[Key]] = {}  # ... whose status.selected
         self._history: dict[ObjectRef, deque[TestRecord]] = {}
@@ -105,18 +118,17 @@ class KubeStore:
     def _key(ref: ObjectRef) -> Key:
         return (ref.kind, ref.namespace, ref.name)
 
-    def observe(self, body: dict[str, Any]) -> bool:
+    def observe(self, body: KubeObject) -> bool:
         """Take a newer body into the cache; False when it is older than what we have."""
         ref = ref_of(body)
         key = self._key(ref)
         old = self._cache.get(key)
-        if old is not None and _rv(old) > _rv(body) and old["metadata"].get("uid") == \
-                body["metadata"].get("uid"):
+        if old is not None and _rv(old) > _rv(body) and uid_of(old) == uid_of(body):
             return False
         self._put(key, body)
         return True
 
-    def _put(self, key: Key, body: dict[str, Any]) -> None:
+    def _put(self, key: Key, body: KubeObject) -> None:
         self._cache[key] = _slim(body)
         self._by_scope.setdefault((key[0], key[1]), set()).add(key)
         sel = self._selected.setdefault((key[0], key[1]), set())
@@ -132,20 +144,20 @@ class KubeStore:
         self._selected.get((key[0], key[1]), set()).discard(key)
         self._history.pop(ref, None)
 
-    def selected_in(self, kind: str, namespace: str) -> builtins.list[dict[str, Any]]:
+    def selected_in(self, kind: str, namespace: str) -> builtins.list[KubeObject]:
         """Cached bodies whose ``status.selected`` is true (normally zero or one)."""
         return [self._cache[k] for k in sorted(self._selected.get((kind, namespace), ()))
                 if k in self._cache]
 
-    def cached_in(self, kind: str, namespace: str) -> builtins.list[dict[str, Any]]:
+    def cached_in(self, kind: str, namespace: str) -> builtins.list[KubeObject]:
         """Bodies of one kind in one namespace, without scanning the whole cache."""
         return [self._cache[k] for k in sorted(self._by_scope.get((kind, namespace), ()))
                 if k in self._cache]
 
-    def cached(self, ref: ObjectRef) -> dict[str, Any] | None:
+    def cached(self, ref: ObjectRef) -> KubeObject | None:
         return self._cache.get(self._key(ref))
 
-    def cached_objects(self, kind: str | None = None) -> list[dict[str, Any]]:
+    def cached_objects(self, kind: str | None = None) -> list[KubeObject]:
         return [b for (k, _n, _m), b in self._cache.items() if kind is None or k == kind]
 
     async def prime(self) -> int:
@@ -156,7 +168,8 @@ class KubeStore:
             for ns in self.namespaces or [None]:  # type: ignore[list-item]
                 items, _rv_list = await self.api.list_all(
                     resource_path(API_VERSION, plural, ns), params)
-                for item in items:
+                for doc in items:
+                    item = as_object(doc)
                     item.setdefault("kind", kind)
                     item.setdefault("apiVersion", API_VERSION)
                     self.observe(item)
@@ -167,9 +180,9 @@ class KubeStore:
     def path(self, ref: ObjectRef, subresource: str | None = None) -> str:
         return resource_path(API_VERSION, PLURALS[ref.kind], ref.namespace, ref.name, subresource)
 
-    async def _fetch(self, ref: ObjectRef) -> dict[str, Any] | None:
+    async def _fetch(self, ref: ObjectRef) -> KubeObject | None:
         try:
-            body = await self.api.get(self.path(ref))
+            body = as_object(await self.api.get(self.path(ref)))
         except NotFound:
             self.forget(ref)
             return None
@@ -182,7 +195,7 @@ class KubeStore:
         body = self._cache.get(self._key(ref))
         if body is None:
             body = await self._fetch(ref)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        if body is None or is_deleting(body):
             return None  # a resource being deleted no longer takes part
         return to_stored(body)
 
@@ -190,7 +203,7 @@ class KubeStore:
         bodies = self.cached_in(kind, namespace) if namespace is not None else [
             b for (k, _ns, _n), b in sorted(self._cache.items()) if k == kind]
         return [to_stored(b) for b in bodies
-                if not (b.get("metadata") or {}).get("deletionTimestamp")]
+                if not is_deleting(b)]
 
     async def update_status(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         body = self._cache.get(self._key(ref)) or await self._fetch(ref)
@@ -201,11 +214,11 @@ class KubeStore:
             write = mutate(cur)
             if write is None:
                 return cur
-            new_body = dict(body)
-            new_body["status"] = write.status
+            new_body = copy.copy(body)
+            new_body["status"] = dict(write.status)
             try:
                 if write.status != cur.status:
-                    stored = await self.api.put(self.path(ref, "status"), new_body)
+                    stored = as_object(await self.api.put(self.path(ref, "status"), new_body))
                     self.observe(stored)
                     body = stored
             except Conflict:  # someone else wrote: re-read, re-decide
@@ -218,22 +231,42 @@ class KubeStore:
                 raise StoreError(f"cannot write status of {ref}: {exc.code} {exc.reason}") \
                     from None
             if write.memo != cur.memo:
-                body = await self._write_memo(ref, write.memo) or body
+                body = await self._write_memo(ref, write.memo, body) or body
             return to_stored(body)
         raise StoreError(f"cannot write status of {ref}: still conflicting after "
                          f"{MAX_ATTEMPTS} attempts")
 
-    async def _write_memo(self, ref: ObjectRef, memo: TestMemo | None) -> dict[str, Any] | None:
+    def needs_finalizer(self, ref: ObjectRef, body: KubeObject | None) -> bool:
+        """Is the store's finalizer (``finalizer=``, ExternalSmtps only) still to add?"""
+        return bool(self.finalizer and ref.kind == KIND_SMTP and body is not None
+                    and not is_deleting(body) and self.finalizer not in finalizers_of(body))
+
+    async def _write_memo(self, ref: ObjectRef, memo: TestMemo | None,
+                          body: KubeObject) -> KubeObject | None:
+        """The memo annotation - and, when still missing, the finalizer in the same PATCH
+        (one request instead of two; the list is patched with the resourceVersion it was
+        computed from, so another controller's finalizer is never dropped)."""
         value = None if memo is None else json.dumps(memo.to_json(), sort_keys=True)
-        try:
-            body = await self.api.patch(self.path(ref),
-                                        {"metadata": {"annotations": {MEMO_ANNOTATION: value}}})
-        except NotFound:
-            return None
-        except ApiError as exc:
-            raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
-        self.observe(body)
-        return body
+        for _attempt in range(MAX_ATTEMPTS):
+            patch: dict[str, Any] = {"metadata": {"annotations": {MEMO_ANNOTATION: value}}}
+            if self.needs_finalizer(ref, body):
+                patch["metadata"]["finalizers"] = [*finalizers_of(body), self.finalizer]
+                patch["metadata"]["resourceVersion"] = resource_version(body)
+            try:
+                fresh = as_object(await self.api.patch(self.path(ref), patch))
+            except NotFound:
+                return None
+            except Conflict:  # only with the finalizer's precondition: re-read, recompute
+                again = await self._fetch(ref)
+                if again is None:
+                    return None
+                body = again
+                continue
+            except ApiError as exc:
+                raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
+            self.observe(fresh)
+            return fresh
+        raise StoreError(f"cannot write the test memo of {ref}: still conflicting")
 
     async def record_test(self, record: TestRecord) -> None:
         hist = self._history.setdefault(record.ref, deque(maxlen=HISTORY))
@@ -246,16 +279,15 @@ class KubeStore:
         """Post a core/v1 Event on the resource (best effort: an Event is not state)."""
         if self.on_event is not None:
             self.on_event(event)
-        body = self._cache.get(self._key(event.ref)) or {}
-        meta = body.get("metadata") or {}
+        body = self._cache.get(self._key(event.ref))
         ev = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{event.ref.name}.{uuid.uuid4().hex[:12]}",
                          "namespace": event.ref.namespace},
             "involvedObject": {"apiVersion": API_VERSION, "kind": event.ref.kind,
                                "name": event.ref.name, "namespace": event.ref.namespace,
-                               "uid": meta.get("uid", ""),
-                               "resourceVersion": meta.get("resourceVersion", "")},
+                               "uid": uid_of(body),
+                               "resourceVersion": resource_version(body)},
             "reason": event.reason, "message": event.message[:1024], "type": event.type,
             "firstTimestamp": event.at, "lastTimestamp": event.at, "count": 1,
             "source": {"component": "smtpctl-operator"},
@@ -268,23 +300,24 @@ class KubeStore:
                                                       "reason": event.reason, "code": exc.code})
 
 
-def _rv(body: dict[str, Any]) -> int:
+def _rv(body: KubeObject) -> int:
     try:
-        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+        return int(resource_version(body) or 0)
     except ValueError:  # resourceVersions are opaque; ours are numbers, others may not be
         return 0
 
 
-def _slim(body: dict[str, Any]) -> dict[str, Any]:
+def _slim(body: KubeObject) -> KubeObject:
     """Keep only what the store needs (kubectl's last-applied annotation can be large)."""
-    meta = body.get("metadata") or {}
-    slim_meta = {k: meta[k] for k in _META_KEYS if k in meta}
+    slim_meta = ObjectMeta(**{k: v for k, v in meta_of(body).items()  # type: ignore[typeddict-item]
+                              if k in _META_KEYS})
     ann = slim_meta.get("annotations")
     if ann and "kubectl.kubernetes.io/last-applied-configuration" in ann:
         slim_meta["annotations"] = {k: v for k, v in ann.items()
                                     if k != "kubectl.kubernetes.io/last-applied-configuration"}
-    out = {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind"),
-           "metadata": slim_meta, "spec": body.get("spec") or {}}
+    out = KubeObject(apiVersion=body.get("apiVersion", API_VERSION),
+                     kind=str(body.get("kind")), metadata=slim_meta,
+                     spec=body.get("spec") or {})
     if "status" in body:
         out["status"] = body["status"]
     return out

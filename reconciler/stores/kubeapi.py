@@ -157,25 +157,32 @@ class Credentials:
             return f"Bearer {self.token}" if self.token else None
 
     def refresh(self) -> bool:
-        """After a 401: re-read the token file, reload the kubeconfig (runs exec plugins).
-
-        Returns True when something may have changed (at most once a second)."""
+        """After a 401: re-read the token file; reload the kubeconfig (runs exec plugins,
+        at most once a second).  True when the credentials changed."""
         with self._lock:
             now = time.monotonic()
-            if now - self._reloaded_at < 1.0:
+            if self.token_file:
+                fresh_token = _read_token(self.token_file)
+                self._read_at = now
+                if fresh_token and fresh_token != self._file_token:
+                    self._file_token = fresh_token
+                    return True
+            if self.kubeconfig is None or now - self._reloaded_at < 1.0:
                 return False
             self._reloaded_at = now
-            self._read_at = -1e9
-            if self.kubeconfig is not None:
-                try:
-                    fresh = _from_kubeconfig(self.kubeconfig, self.context)
-                except ConfigError as exc:
-                    log.warning("cannot reload the kubeconfig", extra={"error": str(exc)})
-                    return True
-                self.token, self.token_file = fresh.token, fresh.token_file
-                if fresh.ssl_context is not None:
-                    self.ssl_context = fresh.ssl_context
-            return True
+            try:
+                fresh = _from_kubeconfig(self.kubeconfig, self.context)
+            except ConfigError as exc:
+                log.warning("cannot reload the kubeconfig", extra={"error": str(exc)})
+                return False
+            changed = (fresh.token, fresh.token_file) != (self.token, self.token_file)
+            self.token, self.token_file = fresh.token, fresh.token_file
+            if fresh.token_file:
+                self._file_token = _read_token(fresh.token_file)
+            if fresh.ssl_context is not None:
+                self.ssl_context = fresh.ssl_context  # a new client certificate (exec)
+                changed = True
+            return changed
 
 
 def _read_token(path: str) -> str | None:
@@ -356,18 +363,20 @@ class KubeApi:
         for attempt in range(2):
             self.requests += 1
             data = None if body is None else json.dumps(body, separators=(",", ":"))
+            headers = self._headers(content_type if body is not None else None)
             try:
                 async with self._http().request(
                         method, self.creds.server + path, data=data, params=params,
-                        headers=self._headers(content_type if body is not None else None)
-                ) as resp:
+                        headers=headers) as resp:
                     raw = await resp.read()
                     status, phrase = resp.status, resp.reason or ""
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise Unreachable(0, "Unreachable",
                                   f"{method} {path}: {type(exc).__name__}") from None
-            if status == 401 and attempt == 0 and await asyncio.to_thread(self.creds.refresh):
-                continue  # a rotated token: reload the credentials once and retry
+            if status == 401 and attempt == 0 and (
+                    self.creds.authorization() != headers.get("Authorization")
+                    or await asyncio.to_thread(self.creds.refresh)):
+                continue  # a rotated token (seen by us or another client): retry once
             try:
                 doc = json.loads(raw) if raw else {}
             except ValueError:

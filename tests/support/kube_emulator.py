@@ -31,10 +31,16 @@ semantics with the documented API server behaviour:
   against the CRD's ``openAPIV3Schema`` with pruning, defaults and CEL rules
   (tests/support/kube_schema.py) -> ``422 Invalid`` with causes.
 
-Known gaps (documented in docs/operator.md): no authentication/RBAC, no admission
-webhooks, no server-side apply, strategic-merge patches of built-in kinds are treated
-as JSON merge patches, paginated lists read the current state rather than a snapshot,
-namespaces are not objects (any namespace name is accepted).
+* Server-side apply (``application/apply-patch+yaml``) and ``managedFields`` on every
+  write (tests/support/kube_ssa.py: structured-merge-diff's rules and the API server's
+  field manager): conflicts (409) unless ``force``, removal of what an applier stops
+  applying, create-by-apply, ``/status`` apply, update managers from ``fieldManager`` or
+  the User-Agent.  ``dryRun=All`` stores nothing; ``fieldValidation`` Strict / Warn (the
+  default: ``Warning`` headers) / Ignore.
+
+Known gaps (documented in docs/operator.md): no admission webhooks, strategic-merge
+patches of built-in kinds are treated as JSON merge patches, paginated lists read the
+current state rather than a snapshot.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import bisect
 import collections
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import ssl
@@ -61,7 +68,7 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import apps, enums, parsing, rendering
 
-from tests.support import kube_api
+from tests.support import kube_api, kube_ssa
 from tests.support.kube_auth import (
     ANONYMOUS,
     Authenticator,
@@ -91,6 +98,23 @@ class Kind:
     schema: StructuralSchema | None = None
     unconditional_update: bool = True
     columns: tuple[dict[str, Any], ...] = ()
+    fields_type: kube_ssa.Type | None = None
+
+    def field_manager(self, subresource: str | None) -> kube_ssa.FieldManager:
+        """The field manager of the resource or its ``/status`` (with the fields each
+        strategy resets: ``status`` on the main resource when a status subresource exists,
+        ``metadata`` and ``spec`` on ``/status``)."""
+        if self.fields_type is None:
+            self.fields_type = kube_ssa.crd_type(self.schema.schema) if self.schema \
+                is not None else kube_ssa.builtin_type(self.group, self.kind)
+        if subresource == "status":
+            reset = frozenset([(("f", "metadata"),), (("f", "spec"),)])
+        elif self.status_subresource:
+            reset = frozenset([(("f", "status"),)])
+        else:
+            reset = kube_ssa.EMPTY
+        return kube_ssa.FieldManager(self.fields_type, self.api_version, subresource or "",
+                                     reset)
 
     @property
     def key(self) -> ResKey:
@@ -198,6 +222,65 @@ def _parse_path_with_namespaces(path: str) -> parsing.ParsedPath:
 parsing.parse_path = _parse_path_with_namespaces
 
 
+FIELD_MANAGER_MAX = 128  # FieldManagerMaxLength
+
+
+@dataclass
+class _WriteCtx:
+    """One write request's options: field manager, ``fieldValidation``, ``dryRun``,
+    ``force``; warnings go back in ``Warning`` headers."""
+
+    manager: str = ""
+    field_validation: str = "Warn"
+    dry_run: bool = False
+    force: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def _warning_header(text: str) -> str:
+    """RFC 7234 warn-code 299 (what ``warning.AddWarning`` puts on the response)."""
+    return '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _drop_nulls(value: Any) -> Any:
+    """A ``null`` decodes to a Go zero value, which is omitted (built-in kinds)."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _set_managed(obj: Obj, managed: kube_ssa.Managed) -> None:
+    entries = kube_ssa.encode_managed_fields(managed)
+    if entries:
+        obj["metadata"]["managedFields"] = entries
+    else:
+        obj["metadata"].pop("managedFields", None)
+
+
+def _managed_for_update(old: Obj, incoming: Obj, subresource: str | None) -> kube_ssa.Managed:
+    """``decodeLiveOrNew``: a request may carry managedFields (``[]`` or ``[{}]`` resets
+    them); subresources and malformed ones use the live object's."""
+
+    def live() -> kube_ssa.Managed:
+        try:
+            return kube_ssa.decode_managed_fields(old["metadata"].get("managedFields") or [])
+        except ValueError:
+            return {}
+
+    requested = (incoming.get("metadata") or {}).get("managedFields")
+    if subresource is not None or requested is None:
+        return live()
+    if kube_ssa.is_reset_request(requested):
+        return {}
+    try:
+        decoded = kube_ssa.decode_managed_fields(requested)
+    except ValueError:
+        return live()
+    return decoded or live()
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -234,7 +317,6 @@ class KubeEmulator(KubernetesEmulator):
     _requests_by_method: dict[str, int] = attrs.field(factory=dict, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _crd_of: dict[ResKey, str] = attrs.field(factory=dict, init=False)
-    _field_validation: str | None = attrs.field(default=None, init=False)
     # Strict mode: every request is authenticated (bearer token or client certificate) and
     # authorized by RBAC from the Role/ClusterRole/binding objects stored here.
     strict: bool = False
@@ -713,7 +795,7 @@ class KubeEmulator(KubernetesEmulator):
         self._rv += 1
         return str(self._rv)
 
-    def _admit(self, kind: Kind, obj: Obj, old: Obj | None) -> Obj:
+    def _admit(self, kind: Kind, obj: Obj, old: Obj | None, ctx: _WriteCtx) -> Obj:
         """Prune, default and validate a custom resource (the API server's order)."""
         if kind.key == ("", "v1", "secrets"):
             # The server folds the write-only stringData into base64 data.
@@ -725,23 +807,77 @@ class KubeEmulator(KubernetesEmulator):
                 }
             obj.setdefault("type", "Opaque")
         if kind.schema is None:
-            return obj
-        if self._field_validation == "Strict":
-            unknown = kind.schema.unknown_fields(obj)
-            if unknown:
-                detail = ", ".join(f'unknown field "{u}"' for u in unknown)
-                raise ApiError(400, "BadRequest",
-                               f'{kind.kind} in version "{kind.version}" cannot be handled as a '
-                               f"{kind.kind}: strict decoding error: {detail}")
-        obj = kind.schema.default(kind.schema.prune(obj))
+            return _drop_nulls(obj)  # a null decodes to Go's zero value: omitted
+        unknown = kind.schema.unknown_fields(obj)
+        if unknown and ctx.field_validation == "Strict":
+            detail = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise ApiError(400, "BadRequest",
+                           f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                           f"{kind.kind}: strict decoding error: {detail}")
+        if ctx.field_validation == "Warn":
+            ctx.warnings += [f'unknown field "{u}"' for u in unknown]
+        obj = kind.schema.default(kind.schema.drop_nulls(kind.schema.prune(obj)))
         causes = kind.schema.validate(obj, old)
         if causes:
             raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
         return obj
 
+    def _context(self, request: rendering.Request, options_kind: str,
+                 patch_type: str = "") -> _WriteCtx:
+        """The write options (``CreateOptions``/``UpdateOptions``/``PatchOptions``),
+        validated as ``apimachinery/pkg/apis/meta/v1/validation`` does."""
+        params = request.params
+        manager = str(params.get("fieldManager") or "")
+        causes: list[dict[str, str]] = []
+        if patch_type == "application/apply-patch+yaml":
+            if not manager:
+                causes.append({"reason": "FieldValueRequired", "field": "fieldManager",
+                               "message": "fieldManager: Required value: is required for "
+                                          "apply patch"})
+        elif params.get("force") is not None:
+            causes.append({"reason": "FieldValueForbidden", "field": "force",
+                           "message": "force: Forbidden: may not be specified for non-apply "
+                                      "patch"})
+        if len(manager) > FIELD_MANAGER_MAX:
+            causes.append({"reason": "FieldValueTooLong", "field": "fieldManager",
+                           "message": f"fieldManager: Too long: may not be more than "
+                                      f"{FIELD_MANAGER_MAX} bytes"})
+        for i, ch in enumerate(manager):
+            if not ch.isprintable():
+                causes.append({"reason": "FieldValueInvalid", "field": "fieldManager",
+                               "message": f"fieldManager: Invalid value: {json.dumps(manager)}"
+                                          f": invalid character U+{ord(ch):04X} (at position "
+                                          f"{i})"})
+        dry_run = [str(v) for v in request.url.query.getall("dryRun", [])]
+        for value in dry_run:
+            if value != "All":
+                causes.append({"reason": "FieldValueNotSupported", "field": "dryRun",
+                               "message": f'dryRun: Unsupported value: ["{value}"]: '
+                                          f'supported values: "All"'})
+        validation = str(params.get("fieldValidation") or "Warn")
+        if validation not in ("Ignore", "Warn", "Strict"):
+            causes.append({"reason": "FieldValueNotSupported", "field": "fieldValidation",
+                           "message": f'fieldValidation: Unsupported value: "{validation}": '
+                                      f'supported values: "Ignore", "Strict", "Warn"'})
+        if causes:
+            text = causes[0]["message"] if len(causes) == 1 else \
+                "[" + ", ".join(c["message"] for c in causes) + "]"
+            raise ApiError(422, "Invalid", f'{options_kind}.meta.k8s.io "" is invalid: {text}',
+                           {"group": "meta.k8s.io", "kind": options_kind, "causes": causes})
+        if not manager:  # managerOrUserAgent: the User-Agent up to its first "/"
+            agent = (request.headers.get("User-Agent") or "").split("/")[0]
+            manager = "".join(c for c in agent if c.isprintable())[:FIELD_MANAGER_MAX]
+        return _WriteCtx(manager=manager, field_validation=validation, dry_run=bool(dry_run),
+                         force=str(params.get("force", "")).lower() == "true")
+
+    def _respond(self, ctx: _WriteCtx, obj: Obj, status: int = 200) -> Any:
+        headers = {"Warning": ", ".join(_warning_header(w) for w in ctx.warnings)} \
+            if ctx.warnings else None
+        return rendering.Response(status=status, payload=obj, headers=headers)
+
     async def _serve_create(self, request: rendering.Request) -> Any:
-        self._field_validation = request.params.get("fieldValidation")
         kind = self._kind(request)
+        ctx = self._context(request, "CreateOptions")
         body = request.data
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body of the request was not a JSON object")
@@ -755,11 +891,18 @@ class KubeEmulator(KubernetesEmulator):
                 f"the API version in the data ({body.get('apiVersion')}) does not match "
                 f"the expected API version ({kind.api_version})",
             )
+        obj = self._create(kind, request.namespace, body, ctx)
+        return self._respond(ctx, obj, 201)
+
+    def _create(self, kind: Kind, namespace: str | None, body: Obj, ctx: _WriteCtx,
+                managed: kube_ssa.Managed | None = None) -> Obj:
+        """Store a new object; ``managed`` is the ownership server-side apply computed
+        (else the creator owns every field it set, as an ``Update``)."""
         obj: Obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         meta: Obj = obj.setdefault("metadata", {})
         if kind.namespaced:
-            ns = request.namespace or meta.get("namespace") or "default"
+            ns = namespace or meta.get("namespace") or "default"
             if meta.get("namespace") not in (None, ns):
                 raise ApiError(
                     400,
@@ -771,7 +914,8 @@ class KubeEmulator(KubernetesEmulator):
             if self.strict and ("", ns) not in self._data[("", "v1", "namespaces")]:
                 raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
                                {"name": ns, "kind": "namespaces"})
-            self._ensure_namespace(ns)
+            if not ctx.dry_run:
+                self._ensure_namespace(ns)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):
@@ -807,15 +951,25 @@ class KubeEmulator(KubernetesEmulator):
         meta["creationTimestamp"] = _now()
         if kind.generation:
             meta["generation"] = 1
-        obj = self._admit(kind, obj, None)
+        requested = meta.pop("managedFields", None)
+        obj = self._admit(kind, obj, None, ctx)
         if kind.plural == "customresourcedefinitions":
             obj = self._admit_crd(kind, obj)
+        if managed is None:
+            base: kube_ssa.Managed = {}
+            if requested is not None and not kube_ssa.is_reset_request(requested):
+                with contextlib.suppress(ValueError):
+                    base = kube_ssa.decode_managed_fields(requested)
+            managed = kind.field_manager(None).update(None, obj, base, ctx.manager)
+        _set_managed(obj, managed)
+        if ctx.dry_run:
+            return obj
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self._data[kind.key][key] = obj
         self._record(kind, "ADDED", obj, None)
         if kind.plural == "customresourcedefinitions":
             self.install_crd(obj)
-        return rendering.Response(status=201, payload=obj)
+        return obj
 
     def _admit_crd(self, kind: Kind, obj: Obj) -> Obj:
         """apiextensions-apiserver: validate, then (the controllers) accept the names and
@@ -841,11 +995,14 @@ class KubeEmulator(KubernetesEmulator):
         return obj
 
     async def _serve_update(self, request: rendering.Request) -> Any:
-        self._field_validation = request.params.get("fieldValidation")
-        """PATCH: merge patch, JSON patch; strategic merge for built-in kinds only."""
+        """PATCH: server-side apply, merge patch, JSON patch; strategic merge for built-in
+        kinds only."""
         kind = self._kind(request)
-        old = self._existing(kind, request)
         ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        ctx = self._context(request, "PatchOptions", ctype)
+        if ctype == "application/apply-patch+yaml":
+            return await self._serve_apply(kind, request, ctx)
+        old = self._existing(kind, request)
         try:
             if ctype == "application/json-patch+json":
                 new = jsonpatch.apply_patch(old, request.data or [])
@@ -861,7 +1018,8 @@ class KubeEmulator(KubernetesEmulator):
                     "UnsupportedMediaType",
                     f"the body of the request was in an unknown format - accepted "
                     f"media types include: application/json-patch+json, "
-                    f"application/merge-patch+json (got {ctype!r})",
+                    f"application/merge-patch+json, application/apply-patch+yaml "
+                    f"(got {ctype!r})",
                 )
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise ApiError(422, "Invalid", f"the patch could not be applied: {exc}") from None
@@ -874,12 +1032,77 @@ class KubeEmulator(KubernetesEmulator):
             rv = None  # a JSON patch may `test` the resourceVersion; applied above
         elif rv is not None and rv != old["metadata"]["resourceVersion"]:
             raise self._conflict(kind, old["metadata"]["name"])
-        return self._write(kind, old, new, request.subresource)
+        return self._respond(ctx, self._write(kind, old, new, request.subresource, ctx))
+
+    async def _serve_apply(self, kind: Kind, request: rendering.Request, ctx: _WriteCtx) -> Any:
+        """Server-side apply (``application/apply-patch+yaml``): merge the configuration
+        into the live object by the schema, track ownership in ``managedFields``, refuse
+        to change fields other managers own (409) unless ``force=true``, remove what the
+        manager stopped applying, create the object if it does not exist."""
+        try:
+            config = yaml.safe_load(request.body or b"{}")
+        except yaml.YAMLError as exc:
+            raise ApiError(400, "BadRequest", f"error decoding patch: {exc}") from None
+        if not isinstance(config, dict):
+            raise ApiError(400, "BadRequest", "error decoding patch: the body is not an object")
+        gvk = f"{config.get('apiVersion', '')}, Kind={config.get('kind', '')}"
+        gvk = gvk if "/" in gvk.split(",")[0] else "/" + gvk
+        if config.get("apiVersion") != kind.api_version or config.get("kind") != kind.kind:
+            raise ApiError(400, "BadRequest", f"invalid object type: {gvk}")
+        meta = config.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise ApiError(400, "BadRequest", "error decoding patch: metadata is not an object")
+        meta = meta or {}
+        if meta.get("managedFields") is not None:
+            raise ApiError(400, "BadRequest", "metadata.managedFields must be nil")
+        name = request.name or ""
+        if meta.get("name") != name:
+            raise ApiError(400, "BadRequest", f"the name of the object ({meta.get('name', '')}) "
+                                              f"does not match the name on the URL ({name})")
+        namespace = request.namespace or ""
+        if kind.namespaced and meta.get("namespace") not in (None, namespace):
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not "
+                                              "match the namespace sent on the request")
+        subresource = request.subresource
+        if subresource not in (None, "status") or (subresource == "status"
+                                                   and not kind.status_subresource):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        fm = kind.field_manager(subresource)
+        errors = kube_ssa.validate(config, fm.root)
+        if errors:
+            text = str(errors[0]) if len(errors) == 1 else \
+                "errors:\n" + "\n".join(f"  {e}" for e in errors)
+            where = f"{namespace}/{name}; {kind.api_version if kind.group else '/' + kind.version}"
+            raise ApiError(500, "", f"failed to create typed patch object ({where}, "
+                                    f"Kind={kind.kind}): {text}")
+        key = (namespace if kind.namespaced else "", name)
+        live = self._data[kind.key].get(key)
+        if live is None and subresource is not None:
+            raise self._not_found(kind, name)
+        rv = meta.get("resourceVersion")
+        if rv is not None and (live is None or rv != live["metadata"]["resourceVersion"]):
+            raise self._conflict(kind, name) if live is not None else self._not_found(kind, name)
+        try:
+            managed = kube_ssa.decode_managed_fields(
+                (live or {}).get("metadata", {}).get("managedFields") or [])
+        except ValueError as exc:
+            raise ApiError(500, "", f"failed to decode managed fields: {exc}") from None
+        try:
+            new, managed = fm.apply(live, config, managed, ctx.manager, ctx.force)
+        except kube_ssa.ConflictError as exc:
+            raise ApiError(409, "Conflict", exc.message, {"causes": exc.causes}) from None
+        except ValueError as exc:
+            raise ApiError(500, "", str(exc)) from None
+        if live is None:
+            return self._respond(ctx, self._create(kind, namespace, new or config, ctx,
+                                                   managed), 201)
+        return self._respond(ctx, self._write(kind, live, new if new is not None else live,
+                                              subresource, ctx, managed))
 
     async def _serve_replace(self, request: rendering.Request) -> Any:
-        self._field_validation = request.params.get("fieldValidation")
         """PUT: a full replacement, optimistic on ``metadata.resourceVersion``."""
         kind = self._kind(request)
+        ctx = self._context(request, "UpdateOptions")
         old = self._existing(kind, request)
         new = request.data
         if not isinstance(new, dict):
@@ -908,7 +1131,7 @@ class KubeEmulator(KubernetesEmulator):
             )
         if rv is not None and rv != old["metadata"]["resourceVersion"]:
             raise self._conflict(kind, old["metadata"]["name"])
-        return self._write(kind, old, new, request.subresource)
+        return self._respond(ctx, self._write(kind, old, new, request.subresource, ctx))
 
     def _existing(self, kind: Kind, request: rendering.Request) -> Obj:
         obj = self._data[kind.key].get((request.namespace or "", request.name or ""))
@@ -920,7 +1143,11 @@ class KubeEmulator(KubernetesEmulator):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return obj
 
-    def _write(self, kind: Kind, old: Obj, incoming: Obj, subresource: str | None) -> Obj:
+    def _write(self, kind: Kind, old: Obj, incoming: Obj, subresource: str | None,
+               ctx: _WriteCtx | None = None, managed: kube_ssa.Managed | None = None) -> Obj:
+        """Replace ``old`` by ``incoming`` as the (sub)resource's strategy allows; the
+        writer owns what it changed (``managed``: what server-side apply computed)."""
+        ctx = ctx or _WriteCtx()
         new: Obj = copy.deepcopy(old)
         old_meta = old["metadata"]
         if subresource == "status":
@@ -966,14 +1193,18 @@ class KubeEmulator(KubernetesEmulator):
             k: v for k, v in old.items() if k not in content
         }:
             new["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
-        new = self._admit(kind, new, old)
+        new = self._admit(kind, new, old, ctx)
         if kind.plural == "customresourcedefinitions" and subresource is None \
                 and new.get("spec") != old.get("spec"):
             causes = validate_crd(default_crd(new))
             if causes:
                 raise self._invalid(kind, old_meta["name"], causes)
-        if new == old:
-            return old  # a no-op write is not a write: no new resourceVersion, no event
+        if managed is None:
+            managed = _managed_for_update(old, incoming, subresource)
+            managed = kind.field_manager(subresource).update(old, new, managed, ctx.manager)
+        _set_managed(new, managed)
+        if new == old or ctx.dry_run:
+            return old if new == old else new  # a no-op write is not a write
         new["metadata"]["resourceVersion"] = self._next_rv()
         key = (old_meta.get("namespace", ""), old_meta["name"])
         self._data[kind.key][key] = new

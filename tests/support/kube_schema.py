@@ -209,6 +209,27 @@ class StructuralSchema:
             for i, v in enumerate(value):
                 self._unknown(v, schema["items"], f"{path}[{i}]", out)
 
+    def drop_nulls(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """``PruneNonNullableNullsWithoutDefaults``: a ``null`` where the schema is not
+        ``nullable`` is dropped (a default then fills it), as the server does on decode."""
+        out: dict[str, Any] = self._drop_nulls(obj, self.schema)
+        return out
+
+    def _drop_nulls(self, value: Any, schema: Mapping[str, Any]) -> Any:
+        if isinstance(value, dict):
+            props = schema.get("properties") or {}
+            addl = schema.get("additionalProperties")
+            out = {}
+            for k, v in value.items():
+                sub = props.get(k) or (addl if isinstance(addl, dict) else None)
+                if v is None and sub is not None and not sub.get("nullable"):
+                    continue
+                out[k] = self._drop_nulls(v, sub) if sub is not None else v
+            return out
+        if isinstance(value, list) and isinstance(schema.get("items"), dict):
+            return [self._drop_nulls(v, schema["items"]) for v in value]
+        return value
+
     def default(self, obj: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self._default(obj, self.schema)
         return out

@@ -28,15 +28,22 @@ from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.stores.base import ObjectRef
 from reconciler.stores.kube import KubeStore, ref_of
+from reconciler.stores.kubetypes import (
+    KubeObject,
+    condition,
+    conditions_of,
+    is_deleting,
+    meta_of,
+    name_of,
+    namespace_of,
+)
 
 log = logging.getLogger("smtpctl.operator")
 
 
-def _ready(body: dict[str, Any] | None) -> str:
-    for c in ((body or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return f"{c.get('status')}/{c.get('observedGeneration')}"
-    return ""
+def _ready(body: KubeObject | None) -> str:
+    c = condition(body, "Ready")
+    return f"{c.get('status')}/{c.get('observedGeneration')}" if c else ""
 
 
 def _ready_reason(status: dict[str, Any] | None) -> str:
@@ -73,7 +80,7 @@ class Controller:
             self.index.update(ref_of(body), body)
 
     # --- events ------------------------------------------------------------------------
-    def handle(self, body: dict[str, Any], event_type: str | None) -> None:
+    def handle(self, body: KubeObject, event_type: str | None) -> None:
         """An ExternalSmtp/OAuth2Provider event (or a primed object: ``event_type`` None)."""
         if self.stopped:
             return
@@ -87,27 +94,25 @@ class Controller:
         before = self.store.cached(ref)
         if not self.store.observe(body):
             return
-        meta = body.get("metadata") or {}
         self.index.update(ref, body)
-        if meta.get("deletionTimestamp"):
+        if is_deleting(body):
             if finalizers.has_finalizer(body) and ref not in self._deleting:
                 self._deleting.add(ref)
                 self.pool.stop(ref)
                 self._spawn(self._finalize(ref))
             return
-        self.pool.ensure(ref, int(meta.get("generation") or 0))
+        self.pool.ensure(ref, int(meta_of(body).get("generation") or 0))
         if ref.kind == KIND_OAUTH2 and _ready(before) != _ready(body):
             self.pool.wake(self.index.provider_users(ref.namespace, ref.name))
 
-    def handle_secret(self, body: dict[str, Any], event_type: str | None) -> None:
+    def handle_secret(self, body: KubeObject, event_type: str | None) -> None:
         """A Secret changed (or appeared, or went away): wake the resources using it."""
         if self.stopped or event_type is None:
             return
         # Into the cache before waking anyone (they will read it); unreferenced: dropped.
         if not self.secrets.observe(body, event_type):
             return
-        meta = body.get("metadata") or {}
-        self._wake_secret_users(str(meta.get("namespace")), str(meta.get("name")), event_type)
+        self._wake_secret_users(namespace_of(body), name_of(body), event_type)
 
     def resync_secrets(self) -> None:
         """The Secret watch had a gap: re-read the kept Secrets, wake users of changed ones."""
@@ -136,14 +141,14 @@ class Controller:
 
     async def _pass(self, ref: ObjectRef) -> float | None:
         """One reconcile; the delay until the next (None: the object is gone)."""
-        body = self.store.cached(ref)
-        if ref.kind == KIND_SMTP and body is not None and not finalizers.has_finalizer(body):
-            # Here, under the pass slots, not at the event: 10,000 new resources must not
-            # become 10,000 concurrent PATCHes.
-            await finalizers.add_finalizer(self.store, ref)
         result = await reconcile(ref, self.world)  # by key: it reads the object itself
         if result.action == ReconcileAction.GONE:
             return None
+        if self.store.needs_finalizer(ref, self.store.cached(ref)):
+            # Normally added with the pass's memo write (one PATCH); a pass that wrote no
+            # memo adds it here - under the pass slots, not at the event, so 10,000 new
+            # resources never become 10,000 concurrent PATCHes.
+            await finalizers.add_finalizer(self.store, ref)
         self._observe(result)
         if ref.kind == KIND_SMTP:
             await self.publisher.sync(ref.namespace)
@@ -164,7 +169,7 @@ class Controller:
     def refresh_condition_gauges(self) -> None:
         counts: dict[tuple[str, str, str], int] = {}
         for body in self.store.cached_objects():
-            for c in (body.get("status") or {}).get("conditions") or []:
+            for c in conditions_of(body):
                 key = (str(body.get("kind")), str(c.get("type")), str(c.get("status")))
                 counts[key] = counts.get(key, 0) + 1
         self.metrics.resources.clear()

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld
@@ -29,16 +28,13 @@ from reconciler.runtimes.publish import Publisher
 from reconciler.stores.base import Event, ObjectRef, StoreError
 from reconciler.stores.kube import KubeStore
 from reconciler.stores.kubeapi import ApiError, Conflict, NotFound
+from reconciler.stores.kubetypes import KubeObject, as_object, finalizers_of, resource_version
 
 log = logging.getLogger("smtpctl.operator")
 MAX_CONFLICTS = 16
 
 
-def finalizers_of(body: dict[str, Any] | None) -> list[str]:
-    return [str(f) for f in ((body or {}).get("metadata") or {}).get("finalizers") or []]
-
-
-def has_finalizer(body: dict[str, Any] | None) -> bool:
+def has_finalizer(body: KubeObject | None) -> bool:
     return FINALIZER in finalizers_of(body)
 
 
@@ -47,15 +43,14 @@ async def _patch_finalizers(store: KubeStore, ref: ObjectRef, *, add: bool) -> N
     body = store.cached(ref)
     for _ in range(MAX_CONFLICTS):
         if body is None:
-            body = await store.api.get(store.path(ref))
+            body = as_object(await store.api.get(store.path(ref)))
         current = finalizers_of(body)
         if (FINALIZER in current) == add:
             return
         wanted = [*current, FINALIZER] if add else [f for f in current if f != FINALIZER]
-        rv = (body.get("metadata") or {}).get("resourceVersion")
         try:
-            fresh = await store.api.patch(store.path(ref), {"metadata": {
-                "finalizers": wanted or None, "resourceVersion": rv}})
+            fresh = as_object(await store.api.patch(store.path(ref), {"metadata": {
+                "finalizers": wanted or None, "resourceVersion": resource_version(body)}}))
         except Conflict:
             body = None  # someone else wrote: re-read, recompute
             continue

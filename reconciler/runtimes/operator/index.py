@@ -7,15 +7,14 @@ whether a Secret is referenced at all (only those are kept in memory).
 
 from __future__ import annotations
 
-from typing import Any
-
 from reconciler.resources import KIND_SMTP
 from reconciler.stores.base import ObjectRef
+from reconciler.stores.kubetypes import KubeObject
 
 SecretKey = tuple[str, str]  # namespace, name
 
 
-def secret_names(body: dict[str, Any]) -> set[str]:
+def secret_names(body: KubeObject) -> set[str]:
     """Names of Secrets (same namespace) a resource's spec references."""
     spec = body.get("spec") or {}
     refs = [spec.get("passwordFrom"), spec.get("clientSecretFrom"), spec.get("refreshTokenFrom"),
@@ -29,7 +28,7 @@ def secret_names(body: dict[str, Any]) -> set[str]:
     return out
 
 
-def provider_name(ref: ObjectRef, body: dict[str, Any]) -> str | None:
+def provider_name(ref: ObjectRef, body: KubeObject) -> str | None:
     prov = ((body.get("spec") or {}).get("oauth2ProviderRef") or {}).get("name")
     return str(prov) if ref.kind == KIND_SMTP and prov else None
 
@@ -41,7 +40,7 @@ class DependencyIndex:
         self._entries: dict[ObjectRef, list[tuple[dict[SecretKey, set[ObjectRef]],
                                                   SecretKey]]] = {}
 
-    def update(self, ref: ObjectRef, body: dict[str, Any] | None) -> None:
+    def update(self, ref: ObjectRef, body: KubeObject | None) -> None:
         """Index ``ref`` by what ``body`` references (``None``: the object is gone)."""
         for table, key in self._entries.pop(ref, []):
             deps = table.get(key)

@@ -19,21 +19,22 @@ from typing import Any
 
 from reconciler.credentials.base import CredentialError, SecretSource
 from reconciler.credentials.sources import SourceRouter
-from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
+from reconciler.engine.world import BasicWorld, Limits
 from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP, OAuth2Provider
 from reconciler.runtimes.leader import LeaderThread, LeaseElector
 from reconciler.runtimes.live import live_functions
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.operator import health
 from reconciler.runtimes.operator.controller import Controller
+from reconciler.runtimes.operator.events import EventSink
 from reconciler.runtimes.operator.index import DependencyIndex
-from reconciler.runtimes.operator.settings import OperatorConfig
+from reconciler.runtimes.operator.settings import FINALIZER, OperatorConfig
 from reconciler.runtimes.operator.versionkey import ensure_version_key
 from reconciler.runtimes.operator.watching import Reflector
 from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.secret import Secret, set_version_key
-from reconciler.stores.base import Event, ObjectRef, StoreError
+from reconciler.stores.base import ObjectRef, StoreError
 from reconciler.stores.kube import PLURALS, KubeStore, ref_of, to_stored
 from reconciler.stores.kubeapi import (
     ApiError,
@@ -46,20 +47,6 @@ from reconciler.stores.kubeapi import (
 )
 
 log = logging.getLogger("smtpctl.operator")
-
-
-class MetricsSink(StoreEventSink):
-    """Events to the store (core/v1 Events), counted and logged."""
-
-    def __init__(self, store: KubeStore, metrics: OperatorMetrics) -> None:
-        super().__init__(store)
-        self._metrics = metrics
-
-    async def emit(self, event: Event) -> None:
-        self._metrics.events.labels(event.type, event.reason).inc()
-        log.info("event", extra={"resource": str(event.ref), "reason": event.reason,
-                                 "type": event.type})
-        await super().emit(event)
 
 
 def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetrics,
@@ -76,7 +63,7 @@ def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetri
         return result
 
     world = BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
-                       check_provider_fn=check_fn, events=MetricsSink(store, metrics),
+                       check_provider_fn=check_fn, events=EventSink(store, metrics),
                        limits=Limits(config.concurrency, config.per_host),
                        announce_testing=config.announce_testing)
     return world, live.tokens
@@ -101,7 +88,8 @@ def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials) 
     index = DependencyIndex()
     secrets = KubeSecrets(api, referenced=index.is_referenced)
     sources = build_sources(secrets)
-    store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector)
+    store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector,
+                      finalizer=FINALIZER)
     world, tokens = build_world(store, config, metrics, sources)
 
     async def token_fn(ns: str, name: str) -> tuple[Secret, float | None]:

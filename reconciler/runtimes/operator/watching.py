@@ -21,13 +21,21 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
 
 from reconciler.stores.kubeapi import ApiError, Gone, KubeApi, describe_server
+from reconciler.stores.kubetypes import (
+    KubeObject,
+    ObjectMeta,
+    as_object,
+    name_of,
+    namespace_of,
+    resource_version,
+    uid_of,
+)
 
 log = logging.getLogger("smtpctl.operator")
 
-OnEvent = Callable[[dict[str, Any], "str | None"], None]
+OnEvent = Callable[[KubeObject, "str | None"], None]
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 WATCH_TIMEOUT = 300
 
@@ -47,9 +55,8 @@ class Backoff:
         self.failures = 0
 
 
-def key_of(body: dict[str, Any]) -> tuple[str, str]:
-    meta = body.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+def key_of(body: KubeObject) -> tuple[str, str]:
+    return namespace_of(body), name_of(body)
 
 
 class Reflector:
@@ -72,26 +79,25 @@ class Reflector:
         self.on_resync = on_resync
         self.resource_version = ""
         self.connected = False
-        self._known: dict[tuple[str, str], dict[str, Any]] = {}  # key -> last body (slim)
+        self._known: dict[tuple[str, str], KubeObject] = {}  # key -> last body (slim)
         self._backoff = Backoff()
         self.listed = asyncio.Event()
 
-    def _fill(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _fill(self, body: KubeObject) -> KubeObject:
         if self.kind:
             body.setdefault("kind", self.kind)
         if self.api_version:
             body.setdefault("apiVersion", self.api_version)
         return body
 
-    def _remember(self, body: dict[str, Any], deleted: bool) -> None:
+    def _remember(self, body: KubeObject, deleted: bool) -> None:
         key = key_of(body)
         if deleted:
             self._known.pop(key, None)
         else:  # only what a synthesized DELETED needs
-            meta = body.get("metadata") or {}
-            self._known[key] = {"kind": body.get("kind"), "apiVersion": body.get("apiVersion"),
-                                "metadata": {k: meta[k] for k in ("name", "namespace", "uid")
-                                             if k in meta}}
+            self._known[key] = KubeObject(
+                kind=str(body.get("kind")), apiVersion=str(body.get("apiVersion")),
+                metadata=ObjectMeta(name=key[1], namespace=key[0], uid=uid_of(body)))
 
     async def list(self) -> None:
         """LIST (retried until it succeeds) and dispatch; sets the watch's start point."""
@@ -99,8 +105,7 @@ class Reflector:
             try:
                 if self.rv_only:
                     first = await self.api.get(self.path, dict(self.params, limit="1"))
-                    self.resource_version = str((first.get("metadata") or {})
-                                                .get("resourceVersion") or "")
+                    self.resource_version = resource_version(as_object(first))
                     self._ok()
                     if self.listed.is_set() and self.on_resync is not None:
                         self.on_resync()
@@ -110,8 +115,8 @@ class Reflector:
                 rv = ""
                 async for items, page_rv in self.api.list_page(
                         self.path, dict(self.params, limit=str(self.page))):
-                    for item in items:
-                        self._fill(item)
+                    for doc in items:
+                        item = self._fill(as_object(doc))
                         seen.add(key_of(item))
                         self._remember(item, False)
                         self.on_event(item, None)
@@ -153,12 +158,13 @@ class Reflector:
                                                   timeout_seconds=WATCH_TIMEOUT):
                     self._ok()
                     etype = str(event.get("type") or "")
-                    obj = event.get("object") or {}
-                    if not isinstance(obj, dict):
+                    raw = event.get("object")
+                    if not isinstance(raw, dict):
                         continue
-                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    obj = as_object(raw)
+                    rv = resource_version(obj)
                     if rv:
-                        self.resource_version = str(rv)
+                        self.resource_version = rv
                     if etype == "BOOKMARK":
                         continue
                     self._fill(obj)
