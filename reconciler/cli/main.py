@@ -46,7 +46,8 @@ class CommandModule(Protocol):
 
 EXTRAS = {
     "pydantic": "cli", "pydantic_core": "cli", "aiosmtplib": "cli", "tenacity": "cli",
-    "authlib": "cli", "httpx": "cli", "aiohttp": "cli", "rich": "cli", "kubernetes": "kube",
+    "authlib": "cli", "httpx": "cli", "aiohttp": "cli", "rich": "cli", "cryptography": "cli",
+    "kubernetes": "kube",
     "urllib3": "kube", "prometheus_client": "operator", "aiosmtpd": "demo", "trustme": "demo",
 }
 """Third-party module -> the extra that installs it (pyproject.toml)."""
