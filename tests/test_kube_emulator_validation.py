@@ -189,9 +189,10 @@ def test_lease_times_are_micro_times_and_fields_typed(http: httpx.Client) -> Non
 def test_core_events_keep_their_legacy_rules(http: httpx.Client) -> None:
     """legacyValidateEvent: core/v1 Event names are not validated, but the involved
     object's namespace must be the Event's."""
-    event = {"metadata": {"name": "Any_Name.123"}, "reason": "R", "message": "m",
-             "involvedObject": {"kind": "ExternalSmtp", "name": "x", "namespace": "mail"},
-             "firstTimestamp": "2024-01-01T00:00:00Z", "type": "Normal"}
+    event: dict[str, Any] = {
+        "metadata": {"name": "Any_Name.123"}, "reason": "R", "message": "m",
+        "involvedObject": {"kind": "ExternalSmtp", "name": "x", "namespace": "mail"},
+        "firstTimestamp": "2024-01-01T00:00:00Z", "type": "Normal"}
     assert post(http, "/api/v1/namespaces/mail/events", event).status_code == 201
     event["metadata"]["name"] = "other"
     event["involvedObject"]["namespace"] = "elsewhere"
