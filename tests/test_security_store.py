@@ -20,7 +20,6 @@ import yaml
 
 from reconciler.cli.main import main
 from reconciler.devservers.smtp import RelayServer
-from reconciler.stores.base import StoreError
 from reconciler.stores.local import LocalStore, StoreUntrusted
 from tests.support import canary
 
