@@ -405,3 +405,39 @@ def test_tables_fit_80_columns_without_cutting_words(e2e: Env, monkeypatch: pyte
                       width=80)
     for line in text.splitlines():
         assert len(line) <= 80 or " " not in line.strip(), line
+
+
+def test_documented_commands_parse() -> None:
+    """Every `smtpctl ...` line in the README and docs/cli.md names a real command with
+    options its parser accepts (the docs cannot drift from the flags)."""
+    import re
+    import shlex
+
+    seen = 0
+    for doc in (ROOT / "README.md", ROOT / "docs" / "cli.md", ROOT / "docs" / "validate.md"):
+        for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.S):
+            for line in block.splitlines():
+                for part in re.split(r"\s*(?:;|&&|\||&)\s*", line.split("  #")[0].strip()):
+                    words = shlex.split(part, comments=True) if part else []
+                    if not words or words[0] != "smtpctl":
+                        continue
+                    kept, skip = [], False
+                    for w in words[1:]:  # drop shell redirections (`> relay.yaml`)
+                        if skip:
+                            skip = False
+                        elif w in (">", ">>", "<", "2>"):
+                            skip = True
+                        elif not w.startswith((">", "<")):
+                            kept.append(w)
+                    words = kept
+                    if not words or words[0] in ("--help", "--version"):
+                        continue
+                    name, rest = words[0], words[1:]
+                    assert name in COMMANDS, f"{doc.name}: {line}"
+                    parser = build_parser(name)
+                    try:
+                        parser.parse_args(rest)
+                    except SystemExit as exc:
+                        raise AssertionError(f"{doc.name}: `{line}` does not parse") from exc
+                    seen += 1
+    assert seen >= 15

@@ -245,6 +245,10 @@ class Demo:
             self.say(f"  smtpctl describe externalsmtp billing-relay --state {st}")
             self.say(f"  smtpctl get active -o javamail --state {st}")
             self.say(f"  smtpctl validate -f {self.mdir}")
+        self.say("  smtpctl dev                              # keep loopback relays running "
+                 "(the demo's stop with it)")
+        self.say("  smtpctl init gmail > my-relay.yaml       # a manifest for a provider "
+                 "(ses, sendgrid, microsoft365, ...)")
         self.say("  smtpctl validate -f my-relay.yaml        # offline schema check, CI-friendly")
         self.say("  smtpctl plan -f my-relay.yaml            # what would change and be tested")
         self.say("  smtpctl apply -f my-relay.yaml           # test connection and save")
