@@ -123,29 +123,32 @@ def _make_leader(config: OperatorConfig, creds: Credentials,
 
 
 def reflectors(config: OperatorConfig, parts: Parts) -> list[Reflector]:
-    """One per kind and namespace (all namespaces: one); Secrets only from "now" on."""
+    """One per kind and namespace (all namespaces: one); Secrets only from "now" on.
+
+    The Secret reflectors come first: their start point is taken before any worker can
+    read a Secret by name, so no Secret change can fall between a read and the watch."""
     params = {"labelSelector": config.selector} if config.selector else {}
-    out = []
+    out = [Reflector(parts.api, resource_path("v1", "secrets", ns),
+                     parts.controller.handle_secret, rv_only=True,
+                     on_resync=parts.controller.resync_secrets,
+                     what="secrets" + (f" in {ns}" if ns else ""))
+           for ns in config.namespaces or [None]]  # type: ignore[list-item]
     for kind in (KIND_OAUTH2, KIND_SMTP):
         for ns in config.namespaces or [None]:  # type: ignore[list-item]
             out.append(Reflector(parts.api, resource_path(API_VERSION, PLURALS[kind], ns),
                                  parts.controller.handle, kind=kind, api_version=API_VERSION,
                                  params=params, what=f"{PLURALS[kind]}" + (f" in {ns}" if ns
                                                                           else "")))
-    for ns in config.namespaces or [None]:  # type: ignore[list-item]
-        out.append(Reflector(parts.api, resource_path("v1", "secrets", ns),
-                             parts.controller.handle_secret, rv_only=True,
-                             on_resync=parts.controller.resync_secrets,
-                             what="secrets" + (f" in {ns}" if ns else "")))
     return out
 
 
 async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness) -> None:
-    while True:
-        parts.controller.refresh_condition_gauges()
-        parts.controller.metrics.api_requests.set(parts.api.requests)
-        parts.secrets.prune()
-        state.ready = all(r.connected for r in refl)
+    for tick in range(10**12):
+        state.ready = all(r.connected for r in refl)  # every second
+        if tick % 5 == 0:  # the rest scans the caches: every 5 s
+            parts.controller.refresh_condition_gauges()
+            parts.controller.metrics.api_requests.set(parts.api.requests)
+            parts.secrets.prune()
         await asyncio.sleep(1)
 
 
@@ -176,8 +179,8 @@ async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event
     stops (1)."""
     refl = reflectors(config, parts)
     started = time.monotonic()
-    # Custom resources first (all of them, so the index knows every referenced Secret),
-    # then the Secret watch's start point, then the workers.
+    # The Secret watches' start point, then the custom resources (workers start as they
+    # arrive and read referenced Secrets by name), then every watch.
     for r in refl:
         await r.list()
     log.info("primed cache", extra={"objects": len(parts.store.cached_objects()),
