@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +197,7 @@ async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event
     try:
         done, _pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         names = {t.get_name() for t in done}
+        log.info("stopping", extra={"why": sorted(names)})
         if "lease" in names:
             code = 1  # leadership lost: stop at once
         elif "stop" not in names:
@@ -210,8 +212,17 @@ async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event
         for t in waiters:
             t.cancel()
         await asyncio.gather(*waiters, gauges, return_exceptions=True)
-        await parts.controller.stop()
+        await _bounded(parts.controller.stop(), 15, "stopping the workers")
     return code
+
+
+async def _bounded(coro: Coroutine[Any, Any, None], seconds: float, what: str) -> None:
+    """Run a shutdown step, but never hang the exit on it."""
+    task = asyncio.create_task(coro)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning(f"{what} took more than {seconds:.0f}s; exiting anyway")
 
 
 async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> int:
@@ -248,7 +259,7 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         code = await _run_watches(config, parts, stop, lost if leader is not None else None,
                                   state)
     finally:
-        await parts.controller.stop()
+        await _bounded(parts.controller.stop(), 15, "stopping the workers")
         if leader is not None:  # releases the Lease on a clean stop (not after losing it)
             await asyncio.to_thread(leader.stop, release=code == 0)
         metrics.leader.set(0)
