@@ -158,6 +158,17 @@ _ENTRIES: tuple[Reason, ...] = (
     Reason("SecretValueInvalid", "The referenced secret value is empty or not UTF-8 text",
            "Put the value into the Secret key, variable or file named in the message",
            retryable=True),
+    Reason("SecretReferenceNotAllowed",
+           "The reconciler's source policy does not allow this secret reference",
+           "A manifest may make the reconciler read only what its author could read: the "
+           "operator reads Secrets of the resource's own namespace (a cluster administrator "
+           "can allow variables and directories); the CLI reads files below the manifest's "
+           "directory, and variables and namespaces you allow. The message names the option "
+           "that allows the reference (see docs/security.md)", stalled=True),
+    Reason("CABundleInvalid", "The CA bundle (spec.tls.caBundleFrom) cannot be loaded",
+           "Reference a file or key holding PEM certificates "
+           "(-----BEGIN CERTIFICATE-----); this is a configuration error, not the server's",
+           stalled=True),
     Reason("KubernetesUnavailable", "secretKeyRef needs a Kubernetes API",
            "Run the operator, or pass a kubeconfig (--kubeconfig / KUBECONFIG); locally, "
            "use env or file references instead", stalled=True),

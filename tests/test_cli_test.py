@@ -49,6 +49,8 @@ def ca_file(tmp_path: Path, relay: Relay) -> Path:
 @pytest.fixture(autouse=True)
 def password_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMTP_PASSWORD", canary.PASSWORD)
+    # The trust model has its own tests (tests/test_security_cli.py); these allow env.
+    monkeypatch.setenv("SMTPCTL_ALLOW_ENV", "*")
 
 
 def run_json(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
@@ -195,7 +197,8 @@ def test_reads_stdin(tmp_path: Path, relay: Relay, ca_file: Path,
     server = relay(mode="starttls")
     text = yaml.safe_dump(smtp_doc("piped", server, ca_file))
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
-    code, data = run_json(capfd, "-f", "-")
+    # A manifest from stdin has no directory: its CA file needs an explicit root.
+    code, data = run_json(capfd, "-f", "-", "--allow-file-root", str(ca_file.parent))
     assert code == 0 and [r["name"] for r in data["results"]] == ["piped"]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from reconciler.credentials.base import CredentialError
 from reconciler.credentials.oauth import TokenManager
@@ -68,14 +69,27 @@ async def test_no_authentication() -> None:
 
 
 async def test_ca_bundle(tmp_path: Path) -> None:
-    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    pem = trustme.CA().cert_pem.bytes().decode()
     ca = tmp_path / "ca.pem"
     ca.write_text(pem)
-    ca.chmod(0o644)
+    ca.chmod(0o644)  # public: world-readable is fine for a CA bundle
     r = smtp(authentication="None", username=None, tls={"caBundleFrom": {"file": str(ca)}})
     creds = await resolve_smtp_credentials(r, providers={}, sources=sources())
     assert creds.probe.ca_bundle_pem == pem.rstrip("\n")
     assert "tls.caBundleFrom" in creds.versions
+
+
+async def test_invalid_ca_bundle_is_a_configuration_error(tmp_path: Path) -> None:
+    """Issue 9 (Low): an invalid CA bundle ended as a server ProtocolError ("unexpected
+    SSLError" at the TLS stage).  It is a configuration error, named as such, before any
+    connection is made."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    r = smtp(authentication="None", username=None, tls={"caBundleFrom": {"file": str(ca)}})
+    with pytest.raises(CredentialError) as exc:
+        await resolve_smtp_credentials(r, providers={}, sources=sources())
+    assert exc.value.reason == "CABundleInvalid"
+    assert str(ca) in exc.value.message and "PEM" in exc.value.message
 
 
 async def test_oauth2_provider_not_found() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from reconciler import catalog
 from reconciler.credentials.base import CredentialError, WritableSecretSource
+from reconciler.credentials.policy import SourcePolicy
 from reconciler.credentials.sources import (
     EnvSource,
     FileSource,
@@ -29,6 +30,11 @@ from reconciler.resources import SecretRef
 from reconciler.secret import Secret
 from tests.support import canary
 from tests.support.kube_emulator import KubeEmulator, kubeconfig_text, running_emulator
+
+
+def sources(**kw: Any) -> SourceRouter:
+    """default_sources without a policy (these tests are about the sources themselves)."""
+    return default_sources(policy=SourcePolicy.open(), **kw)
 
 
 def ref(**kw: Any) -> SecretRef:
@@ -140,8 +146,23 @@ async def test_file_group_or_world_writable_refused(tmp_path: Path, mode: int) -
 
 
 async def test_file_readable_by_group_is_fine(tmp_path: Path) -> None:
-    path = secret_file(tmp_path, canary.PASSWORD.encode(), mode=0o644)
+    path = secret_file(tmp_path, canary.PASSWORD.encode(), mode=0o640)
     assert (await FileSource().resolve(ref(file=str(path)), "d")).value.reveal()
+
+
+async def test_world_readable_secret_file_refused_but_public_ca_bundle_fine(
+        tmp_path: Path) -> None:
+    """Issue 9 (Low): a world-readable password file was accepted.  Like ssh with an
+    unprotected private key, a secret value in a file every user can read is refused
+    (nothing is read); a CA bundle is public and may be world-readable."""
+    path = secret_file(tmp_path, canary.PASSWORD.encode(), mode=0o644)
+    err = await fail(FileSource().resolve(ref(file=str(path)), "d"))
+    assert err.reason == "SecretFileInsecure" and "readable by every user" in err.message
+    assert "chmod o-rwx" in err.message
+    got = await FileSource().resolve(ref(file=str(path)), "d", public=True)
+    assert got.value.reveal() == canary.PASSWORD
+    routed = await SourceRouter().resolve(ref(file=str(path)), "d", public=True)
+    assert routed.value == got.value
 
 
 async def test_file_in_world_writable_directory(tmp_path: Path) -> None:
@@ -160,7 +181,7 @@ async def test_file_symlink_layout_of_kubernetes_volume(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     stamp = vol / "..2026_01"
     stamp.mkdir(parents=True)
-    secret_file(stamp, b"first\n", mode=0o644, name="token")
+    secret_file(stamp, b"first\n", mode=0o440, name="token")  # defaultMode: 0440
     (vol / "..data").symlink_to("..2026_01")
     (vol / "token").symlink_to("..data/token")
     src = FileSource()
@@ -168,7 +189,7 @@ async def test_file_symlink_layout_of_kubernetes_volume(tmp_path: Path) -> None:
     assert first.value.reveal() == "first"
     stamp2 = vol / "..2026_02"
     stamp2.mkdir()
-    secret_file(stamp2, b"second\n", mode=0o644, name="token")
+    secret_file(stamp2, b"second\n", mode=0o440, name="token")
     (vol / "..data_tmp").symlink_to("..2026_02")
     os.replace(vol / "..data_tmp", vol / "..data")
     second = await src.resolve(ref(file=str(vol / "token")), "d")
@@ -264,20 +285,38 @@ def skref(name: str = "smtp", key: str = "password") -> SecretRef:
     return ref(secretKeyRef={"name": name, "key": key})
 
 
-async def test_kube_secret_resolves_with_resource_version(kube: Any) -> None:
+async def test_kube_secret_version_is_a_keyed_hash_per_key(kube: Any) -> None:
+    """Issue 14: the version of a secretKeyRef was the Secret's resourceVersion, so an edit
+    of *another* key (or our own refresh-token write-back) looked like a rotation of every
+    key.  It is now a keyed hash of the key's own value; the resourceVersion, opaque, is
+    not used at all."""
     _emu, url, cfg = kube
-    rv = await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD})
-    src = default_sources(kubeconfig=str(cfg))
+    rv = await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD, "other": "a"})
+    src = sources(kubeconfig=str(cfg))
     got = await src.resolve(skref(), "mail")
     assert got.value.reveal() == canary.PASSWORD
-    assert got.version == f"k8s:{rv}:password"
+    assert got.version.startswith("k8s:h:") and rv not in got.version
     canary.assert_no_canary(repr(got), got.version)
+    # Another key changes (a new resourceVersion): this key's version does not.
+    async with httpx.AsyncClient() as c:
+        r = await c.patch(f"{url}/api/v1/namespaces/mail/secrets/smtp",
+                          json={"data": {"other": base64.b64encode(b"b").decode()}},
+                          headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 200 and r.json()["metadata"]["resourceVersion"] != rv
+    assert (await src.resolve(skref(), "mail")).version == got.version
+    # This key's value changes: its version does.
+    async with httpx.AsyncClient() as c:
+        r = await c.patch(f"{url}/api/v1/namespaces/mail/secrets/smtp",
+                          json={"data": {"password": base64.b64encode(b"new-pw").decode()}},
+                          headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 200
+    assert (await src.resolve(skref(), "mail")).version != got.version
 
 
 async def test_kube_secret_is_read_in_the_resources_namespace(kube: Any) -> None:
     _emu, url, cfg = kube
     await put_secret(url, "other", "smtp", {"password": canary.PASSWORD})
-    err = await fail(default_sources(kubeconfig=str(cfg)).resolve(skref(), "mail"))
+    err = await fail(sources(kubeconfig=str(cfg)).resolve(skref(), "mail"))
     assert err.reason == "SecretNotFound"
     assert "'smtp'" in err.message and "'mail'" in err.message
 
@@ -285,7 +324,7 @@ async def test_kube_secret_is_read_in_the_resources_namespace(kube: Any) -> None
 async def test_kube_missing_key_and_empty_value(kube: Any) -> None:
     _emu, url, cfg = kube
     await put_secret(url, "mail", "smtp", {"user": "u", "empty": ""})
-    src = default_sources(kubeconfig=str(cfg))
+    src = sources(kubeconfig=str(cfg))
     err = await fail(src.resolve(skref(), "mail"))
     assert err.reason == "SecretKeyNotFound"
     assert "'password'" in err.message and "'smtp'" in err.message
@@ -296,7 +335,7 @@ async def test_kube_missing_key_and_empty_value(kube: Any) -> None:
 async def test_kube_forbidden(kube: Any) -> None:
     emu, _url, cfg = kube
     emu["get", kmock.name("locked")] << 403
-    err = await fail(default_sources(kubeconfig=str(cfg)).resolve(skref("locked"), "mail"))
+    err = await fail(sources(kubeconfig=str(cfg)).resolve(skref("locked"), "mail"))
     assert err.reason == "SecretAccessDenied"
     assert "'locked'" in err.message and "403" in err.message
 
@@ -304,7 +343,7 @@ async def test_kube_forbidden(kube: Any) -> None:
 async def test_kube_server_error_is_unavailable(kube: Any) -> None:
     emu, _url, cfg = kube
     emu["get", kmock.name("flaky")] << 503
-    err = await fail(default_sources(kubeconfig=str(cfg)).resolve(skref("flaky"), "mail"))
+    err = await fail(sources(kubeconfig=str(cfg)).resolve(skref("flaky"), "mail"))
     assert err.reason == "SecretSourceUnavailable"
     assert catalog.get(err.reason).retryable
 
@@ -337,7 +376,7 @@ def _factory(cfg: Path) -> Any:
 async def test_kube_write_patches_existing_secret(kube: Any) -> None:
     _emu, url, cfg = kube
     rv = await put_secret(url, "mail", "oauth", {"refresh": "old", "other": "keep"})
-    src = default_sources(kubeconfig=str(cfg))
+    src = sources(kubeconfig=str(cfg))
     r = skref("oauth", "refresh")
     version = await src.write(r, "mail", Secret(canary.REFRESH_TOKEN))
     got = await src.resolve(r, "mail")
@@ -349,7 +388,7 @@ async def test_kube_write_patches_existing_secret(kube: Any) -> None:
 
 async def test_kube_write_creates_missing_secret(kube: Any) -> None:
     _emu, _url, cfg = kube
-    src = default_sources(kubeconfig=str(cfg))
+    src = sources(kubeconfig=str(cfg))
     r = skref("fresh", "refresh")
     await src.write(r, "mail", Secret(canary.REFRESH_TOKEN))
     assert (await src.resolve(r, "mail")).value.reveal() == canary.REFRESH_TOKEN
@@ -358,7 +397,7 @@ async def test_kube_write_creates_missing_secret(kube: Any) -> None:
 async def test_kube_write_forbidden_is_not_persisted(kube: Any) -> None:
     emu, _url, cfg = kube
     emu["patch", kmock.name("ro")] << 403
-    err = await fail(default_sources(kubeconfig=str(cfg)).write(
+    err = await fail(sources(kubeconfig=str(cfg)).write(
         skref("ro", "k"), "mail", Secret(canary.REFRESH_TOKEN)))
     assert err.reason == "RefreshTokenNotPersisted" and "403" in err.message
 
@@ -366,7 +405,7 @@ async def test_kube_write_forbidden_is_not_persisted(kube: Any) -> None:
 async def test_concurrent_kube_reads(kube: Any) -> None:
     _emu, url, cfg = kube
     await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD})
-    src = default_sources(kubeconfig=str(cfg))
+    src = sources(kubeconfig=str(cfg))
     got = await asyncio.gather(*(src.resolve(skref(), "mail") for _ in range(8)))
     assert {g.value.reveal() for g in got} == {canary.PASSWORD}
 
@@ -376,7 +415,7 @@ async def test_concurrent_kube_reads(kube: Any) -> None:
 
 async def test_secret_key_ref_without_kubernetes(tmp_path: Path) -> None:
     # No kubeconfig anywhere: HOME (as the sources see it) has none, KUBECONFIG is unset.
-    src = default_sources(environ={"HOME": str(tmp_path)}, in_cluster=False)
+    src = sources(environ={"HOME": str(tmp_path)}, in_cluster=False)
     assert src.kube is None
     err = await fail(src.resolve(skref(), "mail"))
     assert err.reason == "KubernetesUnavailable"
@@ -389,25 +428,25 @@ async def test_kubeconfig_from_home(kube: Any, tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / ".kube").mkdir(parents=True)
     (home / ".kube" / "config").write_text(cfg.read_text())
-    src = default_sources(environ={"HOME": str(home)})
+    src = sources(environ={"HOME": str(home)})
     assert (await src.resolve(skref(), "mail")).value.reveal() == canary.PASSWORD
 
 
 async def test_kubeconfig_from_environment_variable(kube: Any) -> None:
     _emu, url, cfg = kube
     await put_secret(url, "mail", "smtp", {"password": canary.PASSWORD})
-    src = default_sources(environ={"KUBECONFIG": str(cfg)})
+    src = sources(environ={"KUBECONFIG": str(cfg)})
     assert (await src.resolve(skref(), "mail")).value.reveal() == canary.PASSWORD
 
 
 async def test_explicit_missing_kubeconfig(tmp_path: Path) -> None:
-    src = default_sources(kubeconfig=str(tmp_path / "nope"))
+    src = sources(kubeconfig=str(tmp_path / "nope"))
     err = await fail(src.resolve(skref(), "mail"))
     assert err.reason == "KubernetesUnavailable"
 
 
 async def test_in_cluster_without_service_account(monkeypatch: pytest.MonkeyPatch) -> None:
-    src = default_sources(environ={"KUBERNETES_SERVICE_HOST": "127.0.0.1"})
+    src = sources(environ={"KUBERNETES_SERVICE_HOST": "127.0.0.1"})
     assert src.kube is not None
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     err = await fail(src.resolve(skref(), "mail"))
@@ -426,7 +465,7 @@ async def test_router_dispatch(tmp_path: Path) -> None:
 async def test_kube_garbage_answer_and_bad_base64(kube: Any) -> None:
     emu, url, cfg = kube
     emu["get", kmock.name("garbage")] << b"<html>proxy error</html>"
-    src = default_sources(kubeconfig=str(cfg))
+    src = sources(kubeconfig=str(cfg))
     err = await fail(src.resolve(skref("garbage"), "mail"))
     assert err.reason == "SecretSourceUnavailable" and "garbage" in err.message
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b64"},

@@ -86,7 +86,9 @@ def test_smtpctl_test_against_postfix(postfix_peer: PostfixPeer, oauth: OAuthSer
     manifest.write_text(yaml.safe_dump_all(docs))
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTEROP_")}
     env.update(INTEROP_SMTP_PASSWORD=canary.PASSWORD, INTEROP_CLIENT_SECRET=canary.CLIENT_SECRET,
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(ROOT),
+               # smtpctl's trust opt-ins (docs/security.md): the variables and the peer's CA
+               SMTPCTL_ALLOW_ENV="INTEROP_*", SMTPCTL_ALLOW_FILE_ROOT=str(peer.ca_file.parent))
     done = subprocess.run(
         [sys.executable, "-m", "reconciler", "test", "-f", str(manifest), "-o", "json"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,

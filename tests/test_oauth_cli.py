@@ -34,6 +34,7 @@ def manifest(tmp_path: Path, spec: dict[str, Any], name: str = "prov") -> Path:
 def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMTPCTL_TEST_CS", canary.CLIENT_SECRET)
     monkeypatch.setenv("SMTPCTL_TEST_RT", canary.REFRESH_TOKEN)
+    monkeypatch.setenv("SMTPCTL_ALLOW_ENV", "SMTPCTL_TEST_*")  # the CLI's opt-in
     monkeypatch.delenv("KUBECONFIG", raising=False)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from reconciler.credentials.oauth import TokenManager, check_provider
+from reconciler.credentials.policy import SourcePolicy
 from reconciler.credentials.sources import EnvSource, SourceRouter, default_sources
 from reconciler.devservers.oauth import OAuthServer
 from tests.support import canary
@@ -98,7 +99,7 @@ async def test_rotation_written_back_to_kubernetes_secret(tmp_path: Path) -> Non
                                                               "key": "client_secret"}},
                          refresh_token_from={"secretKeyRef": {"name": "gmail",
                                                               "key": "refresh_token"}})
-            tm = TokenManager(default_sources(kubeconfig=str(cfg)))
+            tm = TokenManager(default_sources(policy=SourcePolicy.open(), kubeconfig=str(cfg)))
             await tm.token(p)
             assert tm.warnings == {}
             async with httpx.AsyncClient() as c:

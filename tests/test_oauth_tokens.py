@@ -185,7 +185,7 @@ async def test_slow_endpoint_times_out_as_unavailable(oauth_server: OAuthServer)
     with pytest.raises(CredentialError) as exc:
         await tm.token(provider(oauth_server))
     assert exc.value.reason == "OAuth2TokenEndpointUnavailable"
-    assert "did not answer" in exc.value.message
+    assert "within" in exc.value.message  # the request timeout or the overall deadline
 
 
 async def test_unreachable_endpoint() -> None:

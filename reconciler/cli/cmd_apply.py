@@ -267,13 +267,15 @@ def _cache(store: Any, digest: str, loaded: Any) -> None:
 
 async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Namespace,
                  result: Any) -> tuple[int, list[Any]]:
+    from reconciler.cli.trust import policy_from_args
     from reconciler.engine.world import Limits
     from reconciler.runtimes.local import apply_manifests, build_world, ref_of, watch
 
     text = not _structured(args)
     progress = Progress(len(manifests), enabled=text)
     log = EventLog(store)
-    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log)
+    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
+                        policy=policy_from_args(args))
     with progress:
         outcome = await apply_manifests(store, world, manifests, prune=args.prune,
                                         progress=progress)

@@ -24,6 +24,7 @@ from reconciler.cli.common import (
     EXIT_USAGE,
     add_namespace_options,
     add_store_options,
+    add_trust_options,
 )
 from reconciler.cli.localcmd import (
     HEADER,
@@ -52,9 +53,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"{' | '.join(FORMATS)} (default text); for `get active`: "
                         f"{' | '.join(ACTIVE_FORMATS)} (default json)")
     parser.add_argument("--reveal", action="store_true",
-                        help="get active: include the password or a fresh access token")
+                        help="get active: include the password (read through the same source "
+                        "policy as apply; never an access token: get contacts no endpoint)")
     add_store_options(parser)
     add_cluster_options(parser)
+    add_trust_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,37 +177,34 @@ def _active(args: argparse.Namespace) -> int:
             secret = asyncio.run(_reveal(args, w, view))
         except Exception as exc:  # noqa: BLE001 - report the reason, never the text
             reason = getattr(exc, "reason", type(exc).__name__)
-            print(f"smtpctl: cannot resolve the credentials ({reason})", file=sys.stderr)
+            # A CredentialError's message names references, never values.
+            said = getattr(exc, "message", None)
+            detail = f": {said}" if isinstance(said, str) else ""
+            print(f"smtpctl: cannot resolve the credentials ({reason}){detail}",
+                  file=sys.stderr)
             return EXIT_FAILED
     sys.stdout.write(render(view, secret))
     return EXIT_OK
 
 
 async def _reveal(args: argparse.Namespace, obj: Any, view: Any) -> Any:
-    """Resolve the active relay's password, or a fresh access token, in memory only."""
+    """Resolve the active relay's password in memory only, for the relay that holds the
+    reference (the source policy judges it as `apply` did).  An OAuth 2.0 access token is
+    not revealed: `get` only reads and never contacts a token endpoint."""
+    from reconciler.cli.trust import policy_from_args
+    from reconciler.credentials.base import CredentialError
+    from reconciler.credentials.policy import sources_for
     from reconciler.credentials.sources import default_sources
     from reconciler.resources import SecretRef
 
     summary = view.summary
-    sources = default_sources()
+    sources = default_sources(policy=policy_from_args(args))
     if summary.get("authentication") == "UsernamePassword" and summary.get("passwordFrom"):
         ref = SecretRef.model_validate(summary["passwordFrom"])
-        return (await sources.resolve(ref, view.namespace)).value
-    if summary.get("authentication") == "OAuth2" and summary.get("oauth2Provider"):
-        from reconciler.credentials.oauth import TokenManager
-        from reconciler.resources import OAuth2Provider
-        from reconciler.stores.base import ObjectRef
-
-        store = open_for_read(args)
-        if store is None:
-            raise LookupError("OAuth2ProviderNotFound")
-        try:
-            pobj = store.get_sync(ObjectRef("OAuth2Provider", view.namespace,
-                                            summary["oauth2Provider"]))
-        finally:
-            store.close()
-        if pobj is None:
-            raise LookupError("OAuth2ProviderNotFound")
-        provider = OAuth2Provider.model_validate(pobj.manifest)
-        return await TokenManager(sources).token(provider)
+        return (await sources_for(sources, obj.manifest).resolve(ref, view.namespace)).value
+    if summary.get("authentication") == "OAuth2":
+        raise CredentialError(
+            "OAuth2TokenNotRevealed",
+            "get only reads: it never contacts a token endpoint, so --reveal shows no access "
+            "token (applications obtain tokens from the provider themselves)")
     return None

@@ -78,11 +78,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, provider: Any, extra: dict[str, str]) -> int:
+    from reconciler.cli.trust import policy_from_args
     from reconciler.credentials.base import CredentialError
     from reconciler.credentials.oauth import TokenManager, check_provider, revoke
     from reconciler.credentials.sources import default_sources
 
-    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context)
+    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context,
+                              policy=policy_from_args(args))
     http_timeout = args.timeout if args.timeout and args.action != "login" else 10.0
     tokens = TokenManager(sources, timeout_seconds=http_timeout)
     name = f"{provider.metadata.namespace}/{provider.metadata.name}"

@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from reconciler.cli.common import EXIT_USAGE
+from reconciler.cli.opsecurity import add_security_options, security_settings
 
 HELP = "run the Kubernetes operator (reconcile ExternalSmtp/OAuth2Provider resources)"
 
@@ -52,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="skip the Reconciling=True write before each test")
     parser.add_argument("--allow-loopback", action="store_true",
                         help="allow connection tests to loopback addresses (off in a pod)")
+    add_security_options(parser)
     parser.add_argument("--remove-finalizers", action="store_true",
                         help="remove the operator's finalizer from every ExternalSmtp in scope "
                         "and exit (uninstalling when the operator no longer runs)")
@@ -87,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
         from reconciler.runtimes.operator.main import remove_finalizers
 
         return asyncio.run(remove_finalizers(config))
+    try:
+        config.source_policy, config.egress = security_settings(args)
+    except ValueError as exc:
+        logging.getLogger("smtpctl.operator").error(str(exc))
+        return EXIT_USAGE
     try:
         return _run(run_operator(config))
     except OSError as exc:

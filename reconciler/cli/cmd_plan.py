@@ -91,10 +91,13 @@ def run_plan(args: argparse.Namespace, manifests: list[dict[str, Any]], result: 
 
 async def _plan(store: Any, manifests: list[dict[str, Any]], args: argparse.Namespace,
                 result: Any) -> int:
+    from reconciler.cli.trust import policy_from_args
     from reconciler.engine.plan import PlanItem, plan_one
     from reconciler.runtimes.local import build_world, prune_candidates, ref_of
 
-    world = build_world(store)
+    # Offline: secrets are resolved for their versions, but no token endpoint or relay is
+    # contacted and nothing is written (plan and apply --dry-run have no side effects).
+    world = build_world(store, policy=policy_from_args(args), offline=True)
     items: list[PlanItem] = []
     for m in manifests:
         items.append(await plan_one(m, store.get_sync(ref_of(m)), world))

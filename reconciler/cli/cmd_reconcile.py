@@ -19,6 +19,7 @@ from reconciler.cli.common import (
     add_namespace_options,
     add_output,
     add_store_options,
+    add_trust_options,
 )
 from reconciler.cli.localcmd import (
     NoStore,
@@ -35,6 +36,7 @@ HELP = "reconcile the resources in the local store (once, or --watch)"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_store_options(parser)
+    add_trust_options(parser)
     add_namespace_options(parser, all_flag=False)
     parser.add_argument("--watch", action="store_true",
                         help="keep running (lines with timestamps)")
@@ -79,12 +81,14 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
     from reconciler.cli.cmd_apply import EventLog, Progress, say, summarize
+    from reconciler.cli.trust import policy_from_args
     from reconciler.engine.world import Limits
     from reconciler.runtimes.local import build_world, reconcile_objects, watch
 
     text = args.output not in ("json", "yaml")
     log = EventLog(store)
-    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log)
+    world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
+                        policy=policy_from_args(args))
     if args.watch:
         stamped = Progress(0, enabled=True, stamp=True)
         log.on_event = stamped.event

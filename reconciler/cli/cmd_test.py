@@ -121,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def _test_all(relays: list[Any], providers: dict[tuple[str, str], Any],
                     args: argparse.Namespace, policy: Any) -> list[dict[str, Any]]:
+    from reconciler.cli.trust import policy_from_args
     from reconciler.credentials.oauth import TokenManager
     from reconciler.credentials.sources import default_sources
 
-    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context)
-    tokens = TokenManager(sources)
+    sources = default_sources(kubeconfig=args.kubeconfig, context=args.context,
+                              policy=policy_from_args(args))
+    tokens = TokenManager(sources, egress=policy)
     gate = asyncio.Semaphore(MAX_CONCURRENT)
 
     async def one(relay: Any) -> dict[str, Any]:
@@ -157,6 +159,13 @@ async def _test_one(relay: Any, providers: dict[str, Any], sources: Any, tokens:
                 "durationSeconds": 0.0, "transcript": [], "details": {}}
     verdict = await run_probe(relay.spec, creds.probe, policy=policy,
                               send_test_message_to=send_to)
+    # `test` stores nothing, except a refresh token the endpoint rotated: that one goes
+    # back to the very reference it was read from (else the old one is dead), and we say so.
+    pref = relay.spec.oauth2_provider_ref
+    notices = list(tokens.notices(providers[pref.name])) \
+        if pref is not None and pref.name in providers else []
+    for note in notices:
+        print(f"smtpctl: note: {note}", file=sys.stderr)
     return {
         **head, "passed": verdict.passed, "stage": verdict.stage, "reason": verdict.reason,
         "message": verdict.message, "action": None if verdict.passed else verdict.action,

@@ -67,6 +67,9 @@ def add_trust_options(parser: argparse.ArgumentParser) -> None:
 
     Called for every manifest-reading command by :func:`add_input_options`; owned by the
     credentials layer's trust model (docs/security.md)."""
+    from reconciler.cli.trust import add_trust_options as add_trust
+
+    add_trust(parser)
 
 
 # --- namespaces, output, state -----------------------------------------------------------

@@ -37,6 +37,7 @@ from reconciler.credentials.oauth import (
     scrub,
     token_error,
 )
+from reconciler.credentials.policy import sources_for
 from reconciler.resources import OAuth2Provider
 from reconciler.secret import Secret
 
@@ -83,6 +84,7 @@ async def login(
     require_secure_url(spec.authorization_endpoint, "authorizationEndpoint")
     require_secure_url(spec.token_endpoint, "tokenEndpoint")
     ns = provider.metadata.namespace
+    sources = sources_for(sources, provider)
     client_secret = (await sources.resolve(spec.client_secret_from, ns)
                      if spec.client_secret_from is not None else None)
 

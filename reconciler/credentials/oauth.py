@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
+import shlex
 import ssl
 import time
 import warnings as _warnings
@@ -50,6 +52,8 @@ from tenacity import (
 )
 
 from reconciler.credentials.base import CredentialError, Resolved, SecretSource
+from reconciler.credentials.policy import owner_of, sources_for
+from reconciler.probe.egress import EgressPolicy
 from reconciler.resources import OAuth2Provider, is_loopback_url
 from reconciler.secret import MASK, Secret
 
@@ -65,6 +69,9 @@ __all__ = [
 ]
 
 DEFAULT_EXPIRES_IN = 3600.0
+MAX_EXPIRES_IN = 366 * 86400.0
+_MISSING_VALUE_REASONS = {"SecretValueInvalid", "SecretFileNotFound", "EnvVarNotSet",
+                          "SecretNotFound", "SecretKeyNotFound"}
 _DESCRIPTION_MAX = 300
 _TRANSIENT_OAUTH_ERRORS = {"temporarily_unavailable", "server_error"}
 _OAUTH_REASONS = {
@@ -118,11 +125,16 @@ class _Entry:
     # source still shows ``rotated_over`` (the version we replaced).
     rotated: Secret | None = None
     rotated_over: str | None = None
-    # Versions we wrote ourselves -> the version the user gave, so our own rotation does
-    # not look like a user change in provider_version() (no retest per rotation).
+    # The refresh-token version we wrote ourselves -> the version the user gave, so our own
+    # rotation does not look like a user change in provider_version() (no retest of every
+    # relay per rotation).  Versions are keyed hashes of values, so no other reference
+    # changes version when we write this one.
     written: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     warning_messages: tuple[str, ...] = ()
+    # What the manager did that a person should be told (a rotated refresh token written
+    # back, and where).
+    notices: tuple[str, ...] = ()
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -151,10 +163,21 @@ class TokenManager:
         retry_max_seconds: float = 5,
         verify: Verify = True,
         clock: Callable[[], float] = time.monotonic,
+        offline: bool = False,
+        egress: EgressPolicy | None = None,
+        deadline_seconds: float | None = None,
     ) -> None:
         self._sources = sources
+        # Offline (``plan``, ``apply --dry-run``): never contact an endpoint, never write.
+        self.offline = offline
+        # Which addresses an endpoint may resolve to (the probe's guard; default: loopback
+        # allowed, link-local and cloud metadata denied).
+        self.egress = egress if egress is not None else EgressPolicy()
         self._skew = skew_seconds
-        self._timeout = timeout_seconds
+        self._timeout = timeout_seconds  # one HTTP request
+        # One whole exchange, retries and backoff included (default: twice a request's).
+        self._deadline = deadline_seconds if deadline_seconds is not None \
+            else 2 * timeout_seconds
         self._attempts = max(1, attempts)
         self._retry_initial = retry_initial_seconds
         self._retry_max = retry_max_seconds
@@ -165,20 +188,51 @@ class TokenManager:
 
     # --- public API -----------------------------------------------------------------
 
-    async def token(self, provider: OAuth2Provider, *, force_refresh: bool = False) -> Secret:
-        """A valid access token for ``provider`` (cached unless expired or ``force_refresh``)."""
+    async def token(self, provider: OAuth2Provider, *, force_refresh: bool = False,
+                    deadline: float | None = None) -> Secret:
+        """A valid access token for ``provider`` (cached unless expired or ``force_refresh``).
+
+        ``deadline``: seconds the whole exchange may take, retries included (a connection
+        test's budget); it never exceeds the manager's own ``deadline_seconds``.  A
+        token endpoint that drips or never answers ends as
+        ``OAuth2TokenEndpointUnavailable`` on time.
+        """
+        if self.offline:
+            raise CredentialError(
+                "OAuth2TokenEndpointUnavailable",
+                "this command does not contact token endpoints (it has no side effects)")
         entry = self._entries.setdefault(provider_key(provider), _Entry())
         seen_generation = entry.generation
-        async with entry.lock:
-            secrets = await self._resolve(provider, entry)
-            cache_key = self._cache_key(provider, secrets)
-            now = self._clock()
-            if entry.token is not None and entry.cache_key == cache_key:
-                if force_refresh and entry.generation != seen_generation:
-                    return entry.token  # refreshed by another caller while we waited
-                if not force_refresh and now < entry.expires_at:
-                    return entry.token
-            return await self._fetch(provider, entry, secrets, cache_key)
+        budget = self._deadline if deadline is None else max(0.1, min(deadline, self._deadline))
+        try:
+            async with asyncio.timeout(budget):
+                async with entry.lock:
+                    secrets = await self._resolve(provider, entry)
+                    cache_key = self._cache_key(provider, secrets)
+                    now = self._clock()
+                    if entry.token is not None and entry.cache_key == cache_key:
+                        if force_refresh and entry.generation != seen_generation:
+                            return entry.token  # refreshed by another caller while we waited
+                        if not force_refresh and now < entry.expires_at:
+                            return entry.token
+                    return await self._fetch(provider, entry, secrets, cache_key)
+        except TimeoutError:
+            raise CredentialError(
+                "OAuth2TokenEndpointUnavailable",
+                f"token endpoint {provider.spec.token_endpoint} did not complete the exchange "
+                f"within {budget:g}s") from None
+
+    async def offline_version(self, provider: OAuth2Provider) -> str:
+        """The provider's version from its secret versions alone (no endpoint contacted):
+        what :meth:`provider_version` gives after a token was obtained with these secrets."""
+        entry = self._entries.get(provider_key(provider)) or _Entry()
+        secrets = await self._resolve(provider, entry)
+        return self._digest_version(provider, entry, secrets)
+
+    def notices(self, provider: OAuth2Provider) -> tuple[str, ...]:
+        """What was done that a person should know (e.g. a rotated refresh token written)."""
+        entry = self._entries.get(provider_key(provider))
+        return entry.notices if entry is not None else ()
 
     def provider_version(self, provider: OAuth2Provider) -> str | None:
         """Versions behind the last token (spec + client secret + refresh token), or None."""
@@ -251,11 +305,15 @@ class TokenManager:
     async def _resolve(self, provider: OAuth2Provider, entry: _Entry) -> dict[str, Resolved]:
         spec = provider.spec
         ns = provider.metadata.namespace
+        src = sources_for(self._sources, provider)
         out: dict[str, Resolved] = {}
         if spec.client_secret_from is not None:
-            out["clientSecretFrom"] = await self._sources.resolve(spec.client_secret_from, ns)
+            out["clientSecretFrom"] = await src.resolve(spec.client_secret_from, ns)
         if spec.grant_type != "ClientCredentials" and spec.refresh_token_from is not None:
-            rt = await self._sources.resolve(spec.refresh_token_from, ns)
+            try:
+                rt = await src.resolve(spec.refresh_token_from, ns)
+            except CredentialError as exc:
+                raise _no_refresh_token(provider, exc) from None
             if entry.rotated is not None:
                 if rt.version == entry.rotated_over:
                     rt = Resolved(entry.rotated, rt.version)  # in-memory rotation wins
@@ -330,12 +388,18 @@ class TokenManager:
 
     async def _rotate(self, provider: OAuth2Provider, entry: _Entry,
                       secrets: dict[str, Resolved], new_rt: Secret) -> str:
-        """Persist a rotated refresh token; returns the cache key for the new versions."""
+        """Persist a rotated refresh token to the very reference it was read from.
+
+        Returns the cache key for the new versions.  The write goes through the source
+        policy like the read did (the operator writes only to a Secret of the provider's
+        namespace).
+        """
         ref = provider.spec.refresh_token_from
         assert ref is not None
         old = secrets["refreshTokenFrom"]
         user_version = entry.written.get(old.version, old.version)
-        writer = getattr(self._sources, "write", None)
+        src = sources_for(self._sources, provider)
+        writer = getattr(src, "write", None)
         try:
             if writer is None:
                 raise CredentialError("RefreshTokenNotPersisted", f"{ref.describe()} is read-only")
@@ -349,26 +413,17 @@ class TokenManager:
                 f"be updated ({exc.message}); the new token is kept in memory only and the "
                 f"next restart will fail",
             )
+            entry.notices = ()
             # The source is unchanged, so the cache key stays valid.
             return self._cache_key(provider, secrets)
         entry.rotated = entry.rotated_over = None
         entry.warnings = entry.warning_messages = ()
-        written = {new_version: user_version}
+        entry.notices = (
+            f"the token endpoint rotated the refresh token of OAuth2Provider "
+            f"{provider_key(provider)}; the new one was written to {ref.describe()}, the "
+            f"reference it was read from",)
+        entry.written = {new_version: user_version}
         secrets["refreshTokenFrom"] = Resolved(new_rt, new_version)
-        # Our write may also have changed the version of the *other* reference: a
-        # Kubernetes Secret holding both client secret and refresh token gets one new
-        # resourceVersion.  Re-read, and remember those changes as ours too.
-        try:
-            fresh = await self._resolve(provider, entry)
-        except CredentialError:
-            fresh = {}
-        for k, v in fresh.items():
-            old_v = secrets.get(k)
-            if k != "refreshTokenFrom" and old_v is not None and old_v.version != v.version \
-                    and old_v.value == v.value:
-                written[v.version] = entry.written.get(old_v.version, old_v.version)
-                secrets[k] = v
-        entry.written = written
         return self._cache_key(provider, secrets)
 
     async def _request(self, provider: OAuth2Provider, client_secret: Resolved | None,
@@ -424,11 +479,40 @@ def token_error(exc: Exception, url: str, sent: list[Secret],
 
 
 def _expires_in(value: Any) -> float:
+    """``expires_in`` as seconds, within [1 s, one year]; absent or nonsense: one hour.
+
+    A hostile or broken endpoint can answer ``1e400`` (infinity once parsed), a negative
+    number, or a string; none of them may make an expiry time that overflows later.
+    """
+    if isinstance(value, bool):
+        return DEFAULT_EXPIRES_IN
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return DEFAULT_EXPIRES_IN
-    return seconds if seconds > 0 else DEFAULT_EXPIRES_IN
+    if not math.isfinite(seconds) or seconds <= 0:
+        return DEFAULT_EXPIRES_IN
+    return min(max(seconds, 1.0), MAX_EXPIRES_IN)
+
+
+def _no_refresh_token(provider: OAuth2Provider, exc: CredentialError) -> CredentialError:
+    """An empty or missing refresh-token source: say how to obtain one, with real names."""
+    if exc.reason not in _MISSING_VALUE_REASONS:
+        return exc
+    spec = provider.spec
+    assert spec.refresh_token_from is not None
+    where = spec.refresh_token_from.describe()
+    name, ns = provider.metadata.name, provider.metadata.namespace
+    if spec.authorization_endpoint:
+        manifest = owner_of(provider).manifest
+        target = shlex.quote(manifest) if manifest else "FILE-WITH-THIS-OAUTH2PROVIDER"
+        how = (f"run `smtpctl oauth login {name} -f {target}"
+               + (f" -n {ns}" if ns != "default" else "") + "` to obtain one")
+    else:
+        how = ("put the refresh token your provider issued there (the provider has no "
+               "authorizationEndpoint, so `smtpctl oauth login` cannot obtain one)")
+    return CredentialError(exc.reason, f"OAuth2Provider {ns}/{name} has no refresh token yet: "
+                                       f"{exc.message} ({where}); {how}")
 
 
 def scrub(text: str, secrets: list[Secret]) -> str:
@@ -503,10 +587,11 @@ async def revoke(provider: OAuth2Provider, sources: SecretSource, tokens: TokenM
                               f"OAuth2Provider {provider.metadata.name!r} has no revokeEndpoint")
     require_secure_url(spec.revoke_endpoint, "revokeEndpoint")
     ns = provider.metadata.namespace
-    client_secret = (await sources.resolve(spec.client_secret_from, ns)
+    src = sources_for(sources, provider)
+    client_secret = (await src.resolve(spec.client_secret_from, ns)
                      if spec.client_secret_from is not None else None)
     if spec.grant_type != "ClientCredentials" and spec.refresh_token_from is not None:
-        target = (await sources.resolve(spec.refresh_token_from, ns)).value
+        target = (await src.resolve(spec.refresh_token_from, ns)).value
         hint, what = "refresh_token", f"the refresh token from {spec.refresh_token_from.describe()}"
     else:
         target = await tokens.token(provider)

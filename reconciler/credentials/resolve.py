@@ -14,19 +14,23 @@ server rejected the first.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reconciler.credentials.base import CredentialError, SecretSource
+from reconciler.credentials.base import CredentialError, Resolved, SecretSource
+from reconciler.credentials.policy import sources_for
 from reconciler.probe.verdict import ProbeCredentials
-from reconciler.resources import ExternalSmtp, OAuth2Provider
+from reconciler.resources import ExternalSmtp, OAuth2Provider, SecretRef
 from reconciler.secret import Secret
 
 if TYPE_CHECKING:
     from reconciler.credentials.oauth import TokenManager
 
-__all__ = ["SmtpCredentials", "resolve_smtp_credentials"]
+__all__ = ["SmtpCredentials", "check_ca_bundle", "resolve_public", "resolve_smtp_credentials"]
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,16 @@ async def resolve_smtp_credentials(
 
     ``providers`` maps provider names (in the resource's namespace) to resources.
     ``tokens`` is the long-lived :class:`~reconciler.credentials.oauth.TokenManager`; without
-    one a throwaway manager is used (no cache across calls).  Raises CredentialError.
+    one a throwaway manager is used (no cache across calls).  An *offline* manager
+    (``plan``, ``apply --dry-run``) never contacts the token endpoint: the provider's version
+    is computed from its secret versions and the probe gets no token provider.  Every
+    reference is resolved *for* ``resource`` (the source policy judges it for this
+    resource; ``docs/security.md``).  The token request is bounded by the resource's
+    ``connectionTest.timeoutSeconds``.  Raises CredentialError.
     """
     spec = resource.spec
     ns = resource.metadata.namespace
+    src = sources_for(sources, resource)
     versions: dict[str, str] = {}
     password: Secret | None = None
     token_provider = None
@@ -59,7 +69,7 @@ async def resolve_smtp_credentials(
     warnings: tuple[str, ...] = ()
 
     if spec.authentication == "UsernamePassword" and spec.password_from is not None:
-        resolved = await sources.resolve(spec.password_from, ns)
+        resolved = await src.resolve(spec.password_from, ns)
         password = resolved.value
         versions["passwordFrom"] = resolved.version
     elif spec.authentication == "OAuth2" and spec.oauth2_provider_ref is not None:
@@ -75,8 +85,13 @@ async def resolve_smtp_credentials(
                 f"namespace {ns!r}",
             )
         manager = tokens if tokens is not None else _TokenManager(sources)
+        budget = float(spec.connection_test.timeout_seconds)
         try:
-            await manager.token(provider)
+            if manager.offline:
+                version: str | None = await manager.offline_version(provider)
+            else:
+                await manager.token(provider, deadline=budget)
+                version = manager.provider_version(provider)
         except CredentialError as exc:
             raise CredentialError(
                 "OAuth2ProviderNotReady",
@@ -84,19 +99,20 @@ async def resolve_smtp_credentials(
                 f"{exc.message}",
                 cause_reason=exc.reason,
             ) from None
-        version = manager.provider_version(provider)
         if version is not None:
             versions[f"oauth2:{name}"] = version
         warnings = manager.provider_warnings(provider)
 
         async def token_provider_fn(force_refresh: bool, _p: OAuth2Provider = provider) -> Secret:
-            return await manager.token(_p, force_refresh=force_refresh)
+            return await manager.token(_p, force_refresh=force_refresh, deadline=budget)
 
-        token_provider = token_provider_fn
+        if not manager.offline:
+            token_provider = token_provider_fn
 
     if spec.tls.ca_bundle_from is not None:
-        resolved = await sources.resolve(spec.tls.ca_bundle_from, ns)
+        resolved = await resolve_public(src, spec.tls.ca_bundle_from, ns)
         ca_pem = resolved.value.reveal()  # a CA certificate is public; the probe needs text
+        check_ca_bundle(ca_pem, spec.tls.ca_bundle_from.describe())
         versions["tls.caBundleFrom"] = resolved.version
 
     return SmtpCredentials(
@@ -105,3 +121,36 @@ async def resolve_smtp_credentials(
         versions=versions,
         warnings=warnings,
     )
+
+
+async def resolve_public(source: SecretSource, ref: SecretRef, namespace: str) -> Resolved:
+    """Resolve a reference to a public value (a CA bundle: world-readable files are fine)."""
+    if getattr(source, "accepts_public", False):
+        resolved: Resolved = await source.resolve(ref, namespace, public=True)  # type: ignore[call-arg]
+        return resolved
+    return await source.resolve(ref, namespace)
+
+
+def check_ca_bundle(pem: str, where: str) -> None:
+    """A CA bundle that OpenSSL cannot load is a configuration error, named as such
+    (``CABundleInvalid``), not a failure of the server's TLS."""
+    digest = hashlib.sha256(pem.encode("utf-8", "replace")).hexdigest()
+    problem = _ca_problem(digest, pem)
+    if problem is not None:
+        raise CredentialError(
+            "CABundleInvalid",
+            f"the CA bundle from {where} (spec.tls.caBundleFrom) cannot be loaded: {problem}; "
+            "it must hold PEM certificates (-----BEGIN CERTIFICATE-----)")
+
+
+@functools.lru_cache(maxsize=64)
+def _ca_problem(_digest: str, pem: str) -> str | None:
+    import ssl
+
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ctx.load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        said = str(exc.args[-1]) if exc.args else type(exc).__name__
+        return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", said)[:200]  # OpenSSL's words, no data
+    return None

@@ -8,7 +8,9 @@ is safe to store, so the engine can notice a rotated secret without keeping the 
 * ``env``  -> ``env:`` + keyed hash of the value;
 * ``file`` -> ``file:`` + inode + ``mtime_ns`` + keyed hash (a rewrite with the same value
   still counts as a change: that is what a rotation tool does, and a retest is cheap);
-* ``secretKeyRef`` -> ``k8s:`` + the Secret's ``resourceVersion`` + the key name.
+* ``secretKeyRef`` -> ``k8s:`` + keyed hash of the key's value (a Secret's
+  ``resourceVersion`` is opaque and changes with *any* key, so it is not used: editing one
+  key of a Secret does not re-test relays that use another).
 
 Decisions where the issue is silent:
 
@@ -19,8 +21,15 @@ Decisions where the issue is silent:
   (a file saved by a Windows editor); nothing else (spaces, a second newline) is touched.
 * A file that is group- or world-writable is refused (``SecretFileInsecure``), and so is a
   group/world-writable directory *without* the sticky bit (anyone could swap the file).
-  Kubernetes mounts Secret volumes on a sticky tmpfs, which therefore passes.
+  Kubernetes mounts Secret volumes on a sticky tmpfs, which therefore passes.  A secret
+  value (not a public CA bundle) in a *world-readable* file is refused too, as ssh refuses
+  an unprotected private key; a value holding a NUL character is refused (it would
+  change the framing of AUTH PLAIN).
+* Only regular files are read, at most :data:`MAX_FILE_BYTES`, opened without blocking
+  (a FIFO or ``/dev/zero`` cannot hang or exhaust the reconciler).
 * Relative file paths are relative to the process' working directory (or ``base_dir``).
+* Every reference first passes the router's :class:`~reconciler.credentials.policy.SourcePolicy`
+  (the tenant boundary, ``docs/security.md``); a refused one is never opened.
 
 The Kubernetes source uses the synchronous ``kubernetes`` client in a worker thread
 (``kubernetes_asyncio`` is not a dependency); it is imported only when the first
@@ -34,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import os
 import stat
@@ -44,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.credentials.base import CredentialError, Resolved, SecretSource
+from reconciler.credentials.policy import Owner, SourcePolicy
 from reconciler.resources import SecretKeySelector, SecretRef
 from reconciler.secret import Secret, keyed_version
 
@@ -59,6 +70,9 @@ __all__ = [
 ]
 
 
+MAX_FILE_BYTES = 1 << 20  # a secret or CA bundle file larger than 1 MiB is refused
+
+
 def trim_newline(text: str) -> str:
     """Remove exactly one trailing line terminator (``\\r\\n`` or ``\\n``)."""
     if text.endswith("\r\n"):
@@ -71,6 +85,9 @@ def trim_newline(text: str) -> str:
 def _check_value(value: str, what: str) -> None:
     if not value:
         raise CredentialError("SecretValueInvalid", f"{what} is empty")
+    if "\0" in value:
+        raise CredentialError("SecretValueInvalid",
+                              f"{what} contains a NUL character, which no SMTP AUTH can carry")
 
 
 # --- env ------------------------------------------------------------------------------
@@ -109,21 +126,25 @@ class FileSource:
     def __init__(self, base_dir: str | os.PathLike[str] | None = None) -> None:
         self._base = Path(base_dir) if base_dir is not None else None
 
-    def _path(self, ref: SecretRef) -> Path:
+    def path_of(self, ref: SecretRef) -> Path:
+        """The file a reference names (relative to the working directory or ``base_dir``)."""
         path = Path(_require(ref.file, ref, "file")).expanduser()
-        if not path.is_absolute() and self._base is not None:
-            path = self._base / path
+        if not path.is_absolute():
+            path = (self._base if self._base is not None else Path.cwd()) / path
         return path
 
-    async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
-        return await asyncio.to_thread(self._resolve_sync, self._path(ref))
+    async def resolve(self, ref: SecretRef, namespace: str, *, public: bool = False
+                      ) -> Resolved:
+        """``public``: the value is not a secret (a CA bundle): world-readable is fine."""
+        return await asyncio.to_thread(self._resolve_sync, self.path_of(ref), public)
 
-    def _resolve_sync(self, path: Path) -> Resolved:
+    def _resolve_sync(self, path: Path, public: bool = False) -> Resolved:
+        # The real path is what the policy judged and what is opened (no symlink swap
+        # between the check and the read reaches another file through the last link).
+        real = Path(os.path.realpath(path))
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise CredentialError("SecretFileNotFound", f"file {path} does not exist") from None
-        except NotADirectoryError:
+            st = os.stat(real)
+        except (FileNotFoundError, NotADirectoryError):
             raise CredentialError("SecretFileNotFound", f"file {path} does not exist") from None
         except PermissionError:
             raise CredentialError(
@@ -131,17 +152,29 @@ class FileSource:
             ) from None
         if not stat.S_ISREG(st.st_mode):
             raise CredentialError("SecretFileNotFound", f"{path} is not a regular file")
-        _check_mode(path, st)
+        _check_mode(path, real, st, public=public)
         try:
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())  # the version describes the bytes actually read
-                data = fh.read()
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except PermissionError:
             raise CredentialError(
                 "SecretAccessDenied", f"file {path} cannot be read (permission denied)"
             ) from None
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise CredentialError("SecretFileNotFound", f"file {path} does not exist") from None
+        except OSError as exc:  # ELOOP: the file became a symbolic link meanwhile
+            raise CredentialError(
+                "SecretFileNotFound",
+                f"file {path} cannot be opened ({exc.strerror or type(exc).__name__})") from None
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())  # the version describes the bytes actually read
+            if not stat.S_ISREG(st.st_mode):
+                raise CredentialError("SecretFileNotFound", f"{path} is not a regular file")
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise CredentialError(
+                "SecretValueInvalid",
+                f"file {path} is larger than {MAX_FILE_BYTES // 1024} KiB; a secret or CA "
+                "bundle is never that large")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -152,7 +185,7 @@ class FileSource:
         return Resolved(value=value, version=_file_version(st, value))
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
-        return await asyncio.to_thread(self._write_sync, self._path(ref), value)
+        return await asyncio.to_thread(self._write_sync, self.path_of(ref), value)
 
     def _write_sync(self, path: Path, value: Secret) -> str:
         """Atomically replace the file: temp file (0600) in the same directory, fsync, rename.
@@ -191,14 +224,21 @@ def _file_version(st: os.stat_result, value: Secret) -> str:
     return f"file:{st.st_ino}:{st.st_mtime_ns}:{keyed_version(value)}"
 
 
-def _check_mode(path: Path, st: os.stat_result) -> None:
+def _check_mode(path: Path, real: Path, st: os.stat_result, *, public: bool) -> None:
+    mode = stat.S_IMODE(st.st_mode)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CredentialError(
             "SecretFileInsecure",
-            f"file {path} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"file {path} is group- or world-writable (mode {mode:04o}); "
             f"run chmod go-w {path}",
         )
-    parent = path.resolve().parent
+    if not public and st.st_mode & stat.S_IROTH:
+        raise CredentialError(
+            "SecretFileInsecure",
+            f"file {path} is readable by every user (mode {mode:04o}); run chmod o-rwx {path} "
+            "(a mounted Kubernetes Secret volume: set defaultMode: 0400 or 0440)",
+        )
+    parent = real.parent
     try:
         pst = os.stat(parent)
     except OSError:
@@ -306,12 +346,18 @@ class KubeSecretSource:
             except _kube_exceptions() as exc2:
                 err = _kube_error(exc2, sel.name, namespace, "create")
                 raise CredentialError("RefreshTokenNotPersisted", err.message) from None
-        try:
-            doc = json.loads(resp.data)
-            rv = str(doc["metadata"]["resourceVersion"])
-        except (ValueError, KeyError, TypeError):
-            rv = ""
-        return f"k8s:{rv}:{sel.key}" if rv else f"k8s:{keyed_version(value)}:{sel.key}"
+        _ = resp.data  # read the body so the connection goes back to the pool
+        return _kube_version(value)
+
+
+def _kube_version(value: Secret) -> str:
+    """The version of one key: a keyed hash of its value.
+
+    Not the Secret's ``resourceVersion``: that is opaque (no order may be read into it) and
+    changes with *any* key, so a write to one key (a rotated refresh token) or an edit of
+    an unrelated key would look like a rotation of every key of the Secret.
+    """
+    return "k8s:" + keyed_version(value)
 
 
 def resolve_from_secret(
@@ -334,11 +380,8 @@ def resolve_from_secret(
     except (binascii.Error, ValueError):
         raise CredentialError("SecretValueInvalid", f"{what} is not UTF-8 text") from None
     _check_value(text, what)
-    rv = str((doc.get("metadata") or {}).get("resourceVersion") or "")
     value = Secret(text)
-    # Without a resourceVersion (a non-conforming server) fall back to the keyed hash.
-    version = f"k8s:{rv}:{sel.key}" if rv else f"k8s:{keyed_version(value)}:{sel.key}"
-    return Resolved(value=value, version=version)
+    return Resolved(value=value, version=_kube_version(value))
 
 
 def _kube_exceptions() -> tuple[type[Exception], ...]:
@@ -377,7 +420,21 @@ def _kube_error(exc: Exception, name: str, namespace: str, verb: str) -> Credent
 
 
 class SourceRouter:
-    """Sends each reference to the source for its shape (``secretKeyRef`` | ``env`` | ``file``)."""
+    """Sends each reference to the source for its shape, after the policy allowed it.
+
+    ``policy`` is the tenant boundary (:mod:`reconciler.credentials.policy`); every
+    runtime passes one, ``None`` means no checks (unit tests, library use).  A reference
+    is resolved *for* a resource: :meth:`scoped` binds the router to it (its namespace,
+    its local manifest), and :func:`~reconciler.credentials.policy.sources_for` is the
+    way callers do that.
+
+    ``pass_cache``: resolve each reference at most once per pass (10,000 relays usually
+    share a handful of references) until :meth:`begin_pass`; the cache is consulted only
+    after the policy allowed the reference for the resource asking, holds values in
+    memory only, and a write invalidates its entry.  Failures are not cached.
+    """
+
+    accepts_public = True  # resolve(..., public=True): a CA bundle, not a secret
 
     def __init__(
         self,
@@ -386,11 +443,24 @@ class SourceRouter:
         file: SecretSource | None = None,
         kube: SecretSource | None = None,
         kube_unavailable_hint: str = "",
+        policy: SourcePolicy | None = None,
+        pass_cache: bool = False,
     ) -> None:
         self.env = env if env is not None else EnvSource()
         self.file = file if file is not None else FileSource()
         self.kube = kube
+        self.policy = policy if policy is not None else SourcePolicy.open()
         self._hint = kube_unavailable_hint
+        self._cache: dict[tuple[str, str, bool], Resolved] | None = {} if pass_cache else None
+
+    def begin_pass(self) -> None:
+        """Forget the values of the last pass (rotation is seen on the next one)."""
+        if self._cache is not None:
+            self._cache.clear()
+
+    def scoped(self, owner: Owner) -> _Scoped:
+        """This router acting for ``owner`` (the resource whose spec holds the references)."""
+        return _Scoped(self, owner)
 
     def _pick(self, ref: SecretRef) -> SecretSource:
         kind = ref.source
@@ -407,10 +477,40 @@ class SourceRouter:
             )
         return self.kube
 
-    async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
-        return await self._pick(ref).resolve(ref, namespace)
+    def _file_path(self, ref: SecretRef) -> Path | None:
+        if ref.file is None:
+            return None
+        path_of = getattr(self.file, "path_of", None)
+        return Path(path_of(ref)) if callable(path_of) else Path(ref.file)
 
-    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+    @staticmethod
+    def _key(ref: SecretRef, namespace: str, public: bool) -> tuple[str, str, bool]:
+        return (ref.model_dump_json(by_alias=True, exclude_none=True), namespace, public)
+
+    async def resolve_for(self, ref: SecretRef, namespace: str, owner: Owner | None, *,
+                          public: bool = False) -> Resolved:
+        source = self._pick(ref)  # no cluster at all: say that, it is the useful news
+        self.policy.check_read(ref, namespace, owner, self._file_path(ref))
+        key = self._key(ref, namespace, public)
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        if public and ref.file is not None and isinstance(source, FileSource):
+            resolved = await source.resolve(ref, namespace, public=True)
+        else:
+            resolved = await source.resolve(ref, namespace)
+        if self._cache is not None:
+            self._cache[key] = resolved
+        return resolved
+
+    async def write_for(self, ref: SecretRef, namespace: str, value: Secret,
+                        owner: Owner | None) -> str:
+        try:
+            self.policy.check_write(ref, namespace, owner, self._file_path(ref))
+        except CredentialError as exc:
+            raise CredentialError("RefreshTokenNotPersisted", exc.message) from None
+        if self._cache is not None:
+            for public in (False, True):
+                self._cache.pop(self._key(ref, namespace, public), None)
         source = self._pick(ref)
         writer = getattr(source, "write", None)
         if writer is None:
@@ -420,16 +520,49 @@ class SourceRouter:
         version: str = await writer(ref, namespace, value)
         return version
 
+    async def resolve(self, ref: SecretRef, namespace: str, *, public: bool = False
+                      ) -> Resolved:
+        return await self.resolve_for(ref, namespace, None, public=public)
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+        return await self.write_for(ref, namespace, value, None)
+
+
+class _Scoped:
+    """A :class:`SourceRouter` acting for one resource (see :meth:`SourceRouter.scoped`)."""
+
+    accepts_public = True
+
+    def __init__(self, router: SourceRouter, owner: Owner) -> None:
+        self.router = router
+        self.owner = owner
+
+    def scoped(self, owner: Owner) -> _Scoped:
+        return _Scoped(self.router, owner)
+
+    async def resolve(self, ref: SecretRef, namespace: str, *, public: bool = False
+                      ) -> Resolved:
+        return await self.router.resolve_for(ref, namespace, self.owner, public=public)
+
+    async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
+        return await self.router.write_for(ref, namespace, value, self.owner)
+
 
 def default_sources(
     *,
+    policy: SourcePolicy,
     kubeconfig: str | None = None,
     in_cluster: bool | None = None,
     context: str | None = None,
     environ: Mapping[str, str] | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    pass_cache: bool = False,
 ) -> SourceRouter:
     """The usual sources: env, file, and a Kubernetes Secret source when a cluster is known.
+
+    ``policy`` is required: every runtime states which references a manifest may use
+    (:mod:`reconciler.credentials.policy`).  A CLI policy without its own
+    ``default_namespace`` gets the namespace of the kubeconfig context chosen here.
 
     The Kubernetes configuration is chosen like client-go does, in this order: an explicit
     ``kubeconfig``; ``in_cluster=True``; ``in_cluster=None`` and ``KUBERNETES_SERVICE_HOST``
@@ -438,10 +571,13 @@ def default_sources(
     """
     env = os.environ if environ is None else environ
     factory: ApiClientFactory | None = None
+    namespace_of: Callable[[], str | None] = lambda: None  # noqa: E731
     if kubeconfig is not None:
         factory = _kubeconfig_factory(kubeconfig, context)
+        namespace_of = _kubeconfig_namespace(kubeconfig, context)
     elif in_cluster or (in_cluster is None and env.get("KUBERNETES_SERVICE_HOST")):
         factory = _in_cluster_factory
+        namespace_of = _in_cluster_namespace
     elif in_cluster is None or in_cluster is False:
         home = env.get("HOME")
         default = Path(home) / ".kube" / "config" if home else Path("~/.kube/config").expanduser()
@@ -449,11 +585,59 @@ def default_sources(
         first = path.split(os.pathsep)[0] if path else ""
         if first and Path(first).exists():
             factory = _kubeconfig_factory(first, context)
+            namespace_of = _kubeconfig_namespace(first, context)
     kube = KubeSecretSource(factory) if factory is not None else None
+    if policy.mode == "cli" and policy.default_namespace is None:
+        policy = dataclasses.replace(policy, default_namespace=_once(namespace_of))
     return SourceRouter(
-        env=EnvSource(environ), file=FileSource(base_dir), kube=kube,
+        env=EnvSource(environ), file=FileSource(base_dir), kube=kube, policy=policy,
         kube_unavailable_hint=" (no kubeconfig found and not running in a cluster)",
+        pass_cache=pass_cache,
     )
+
+
+def _once(fn: Callable[[], str | None]) -> Callable[[], str | None]:
+    memo: list[str | None] = []
+
+    def call() -> str | None:
+        if not memo:
+            memo.append(fn())
+        return memo[0]
+
+    return call
+
+
+def _kubeconfig_namespace(path: str, context: str | None) -> Callable[[], str | None]:
+    """The namespace of the kubeconfig context (kubectl's default namespace), lazily."""
+
+    def read() -> str | None:
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh.read(MAX_FILE_BYTES))
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        name = context or doc.get("current-context")
+        for entry in doc.get("contexts") or []:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                ctx = entry.get("context") or {}
+                ns = ctx.get("namespace") if isinstance(ctx, dict) else None
+                return str(ns) if ns else "default"
+        return None
+
+    return read
+
+
+def _in_cluster_namespace() -> str | None:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+                  encoding="utf-8") as fh:
+            return fh.read(256).strip() or None
+    except OSError:
+        return None
 
 
 def kube_client_factory(kubeconfig: str | None, context: str | None = None) -> ApiClientFactory:

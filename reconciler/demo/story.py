@@ -151,12 +151,23 @@ class Demo:
                               + manifests.OAUTH_RELAY.format(**values))
             self.say(f"  manifests in {self.mdir} (password from a file, client secret "
                      f"from ${CLIENT_SECRET_ENV}, CA from a file)")
+            self._allow_secrets()
             self._first_apply(relay)
             self._rotation(relay, pw_file)
             self._broken_update(relays, relay)
             self._failover(relays, relay)
         self.say()
         self.say("Servers stopped.")
+
+    def _allow_secrets(self) -> None:
+        """smtpctl reads only the secrets you allow (docs/security.md): the demo's secrets
+        live beside its manifests' directory and in one environment variable."""
+        for var, value, sep in (("SMTPCTL_ALLOW_FILE_ROOT", str(self.sdir), os.pathsep),
+                                ("SMTPCTL_ALLOW_ENV", CLIENT_SECRET_ENV, ",")):
+            old = os.environ.get(var)
+            os.environ[var] = f"{old}{sep}{value}" if old else value
+        self.say(f"  trust: smtpctl reads only what you allow (docs/security.md): "
+                 f"SMTPCTL_ALLOW_FILE_ROOT={self.sdir} SMTPCTL_ALLOW_ENV={CLIENT_SECRET_ENV}")
 
     def _first_apply(self, relay: RelayServer) -> None:
         self.step("Apply: every relay is tested before it is saved as Ready")

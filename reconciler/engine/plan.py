@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from reconciler.credentials.policy import MANIFEST_ANNOTATION
 from reconciler.engine.assess import Assessment, assess
 from reconciler.engine.digest import canonical
 from reconciler.engine.world import World
@@ -68,8 +69,8 @@ async def plan_one(manifest: dict[str, Any], stored: StoredObject | None, world:
     if diff:
         action, generation = "update", stored.generation + 1
     else:
-        old_meta = dict(stored.manifest.get("metadata") or {})
-        new_meta = {k: v for k, v in meta.items()
+        old_meta = _without_origin(stored.manifest.get("metadata") or {})
+        new_meta = {k: v for k, v in _without_origin(meta).items()
                     if k not in ("generation", "uid", "resourceVersion", "creationTimestamp")}
         action = "metadata" if canonical(old_meta) != canonical(new_meta) else "unchanged"
         generation = stored.generation
@@ -78,6 +79,19 @@ async def plan_one(manifest: dict[str, Any], stored: StoredObject | None, world:
     after = replace(stored, manifest=manifest, generation=generation)
     a = await assess(after, world)
     return PlanItem(ref, action, diff, test=_tests(a), why=a.why, generation=generation)
+
+
+def _without_origin(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata without the loader's record of the manifest's file (a new checkout path
+    is not a change; see credentials.policy.MANIFEST_ANNOTATION)."""
+    out = dict(meta)
+    notes = {k: v for k, v in (out.get("annotations") or {}).items()
+             if k != MANIFEST_ANNOTATION}
+    if notes:
+        out["annotations"] = notes
+    else:
+        out.pop("annotations", None)
+    return out
 
 
 def _tests(a: Assessment) -> bool:

@@ -67,6 +67,7 @@ class AttemptState:
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     token: Secret | None = None
+    mode: str = ""  # the TLS mode of the current attempt (implicit|starttls|none|fallback)
     token_refreshed: bool = False
     deadline_bound: bool = False
     reconnected: bool = False  # the one reconnect after a token rejection was used
@@ -273,6 +274,7 @@ async def run_attempt(state: AttemptState, mode: Mode, port: int) -> None:
     sni = tlsconfig.server_name(spec)
     state.details["tlsMode"] = "implicit" if mode == "implicit" else "none"
     state.details["tlsVersion"] = None
+    state.mode = mode
 
     with state.at("resolve"):
         addresses = await _resolve(state, spec.host, port)
@@ -368,13 +370,21 @@ async def _authenticate(state: AttemptState, wire: Wire, extensions: dict[str, s
         return
     with state.at("auth"):
         if not wire.encrypted:
+            if state.mode == "fallback":
+                # The fallback is a downgrade anyone on the path can trigger (reset the TLS
+                # port): it never carries credentials in clear, allowPlaintextAuth or not.
+                raise ProbeFailure("auth", "PlaintextAuthRefused",
+                                   "the implicit-TLS fallback connection is not encrypted and "
+                                   "the server offers no STARTTLS; credentials are never sent "
+                                   "over a fallback (a downgrade an attacker can trigger by "
+                                   "resetting the TLS port), whatever spec.allowPlaintextAuth "
+                                   "says; no credentials were sent")
             if not spec.allow_plaintext_auth:
                 hint = (" although the server offers STARTTLS (set spec.startTLS: true)"
                         if "starttls" in extensions else "")
                 raise ProbeFailure("auth", "PlaintextAuthRefused",
                                    f"the connection is not encrypted{hint}; no credentials "
                                    "were sent")
-            state.warn("PlaintextAuthUsed")
         advertised = extensions.get("auth", "").split()
         mech = sasl.choose_mechanism(spec.authentication, advertised)
         if mech is None:
@@ -388,10 +398,17 @@ async def _authenticate(state: AttemptState, wire: Wire, extensions: dict[str, s
             await _auth_oauth(state, wire, mech, username)
 
 
+def _plaintext_warning(state: AttemptState, wire: Wire) -> None:
+    """``PlaintextAuthUsed`` exactly when AUTH is about to go out unencrypted."""
+    if not wire.encrypted:
+        state.warn("PlaintextAuthUsed")
+
+
 async def _auth_password(state: AttemptState, wire: Wire, mech: str, username: str) -> None:
     password = state.creds.password
     if password is None:
         raise ProbeFailure("auth", "AuthenticationFailed", "no password was resolved")
+    _plaintext_warning(state, wire)
     budget = state.timeout()
     with _guard(state, budget):
         outcome = await sasl.auth_password(wire, mech, username, password, budget)
@@ -429,6 +446,7 @@ def _token_rejected(reply: SMTPResponse) -> bool:
 async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str) -> None:
     """XOAUTH2/OAUTHBEARER; a rejected token is refreshed once and AUTH retried."""
     token = state.token or await _token(state, force=state.token_refreshed)
+    _plaintext_warning(state, wire)
     retry = False
     while True:
         budget = state.timeout()

@@ -19,11 +19,14 @@ The YAML is parsed once (the schema layer keeps what it validated).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from reconciler.schema.diagnostics import Diagnostic
+
+STDIN = "<stdin>"  # the name reconciler.schema.validate.iter_inputs gives standard input
 
 
 @dataclass
@@ -43,7 +46,9 @@ class Inputs:
             ver = "dev"
         h = hashlib.sha256(ver.encode() + repr(options).encode())
         for name, raw in self.files:
-            h.update(b"\0" + name.encode() + b"\0" + raw)
+            # Absolute: a manifest's directory decides which files it may reference.
+            where = name if name == STDIN else os.path.abspath(name)
+            h.update(b"\0" + where.encode() + b"\0" + raw)
         return h.hexdigest()
 
 
@@ -89,6 +94,7 @@ def load(inputs: Inputs, *, allow_status: bool = False, namespace: str | None = 
     """Validate ``inputs``; ``Loaded.ok`` tells whether the manifests may be used."""
     from pydantic import ValidationError
 
+    from reconciler.credentials.policy import stamp_manifest
     from reconciler.engine.reconcile import render_validation_error
     from reconciler.resources import parse_resource
     from reconciler.schema.validate import Options, Validator, _io_message
@@ -121,6 +127,9 @@ def load(inputs: Inputs, *, allow_status: bool = False, namespace: str | None = 
         meta["namespace"] = ns or namespace or "default"
         manifest = {k: val for k, val in data.items() if k != "status"}
         manifest["metadata"] = meta
+        # Where it came from decides which files it may reference (the CLI's source
+        # policy, docs/security.md); whatever the document claims is overwritten.
+        stamp_manifest(manifest, None if kept.file == STDIN else kept.file)
         try:
             res = parse_resource(manifest)
         except ValidationError as exc:  # the schema accepted it: the models must agree

@@ -25,6 +25,7 @@ from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
 if TYPE_CHECKING:
     from reconciler.credentials.base import SecretSource
     from reconciler.credentials.oauth import TokenManager
+    from reconciler.probe.egress import EgressPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,17 +38,23 @@ class LiveFunctions:
     tokens: TokenManager
 
 
-def live_functions(sources: SecretSource, *, allow_loopback: bool = True) -> LiveFunctions:
+def live_functions(sources: SecretSource, *, allow_loopback: bool = True,
+                   egress: EgressPolicy | None = None, offline: bool = False) -> LiveFunctions:
     """Credentials resolution, the SMTP probe and the provider check as every runtime uses
     them.  The SMTP and OAuth stacks are imported here, when a runtime starts, not when
-    the engine is imported."""
+    the engine is imported.
+
+    ``egress`` (default: loopback as ``allow_loopback`` says, the default deny list) guards
+    the SMTP probe *and* every OAuth endpoint.  ``offline`` (``plan``, ``apply --dry-run``):
+    secrets are resolved for their versions, but no token endpoint or relay is contacted
+    and nothing is written (the probe and the provider check refuse to run)."""
     from reconciler.credentials.oauth import TokenManager, check_provider
     from reconciler.credentials.resolve import resolve_smtp_credentials
     from reconciler.probe import run_probe
-    from reconciler.probe.egress import EgressPolicy
+    from reconciler.probe.egress import EgressPolicy as _EgressPolicy
 
-    tokens = TokenManager(sources)
-    policy = EgressPolicy(allow_loopback=allow_loopback)
+    policy = egress if egress is not None else _EgressPolicy(allow_loopback=allow_loopback)
+    tokens = TokenManager(sources, egress=policy, offline=offline)
 
     async def resolve_fn(res: ExternalSmtp, provider: OAuth2Provider | None) -> Credentials:
         providers = {provider.metadata.name: provider} if provider is not None else {}
@@ -55,9 +62,13 @@ def live_functions(sources: SecretSource, *, allow_loopback: bool = True) -> Liv
                                               tokens=tokens)
 
     async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        if offline:
+            raise RuntimeError("an offline world never runs a connection test")
         return await run_probe(spec, creds, policy=policy)
 
     async def check_fn(provider: OAuth2Provider) -> ProviderHealth:
+        if offline:
+            raise RuntimeError("an offline world never contacts a token endpoint")
         return await check_provider(provider, tokens)
 
     return LiveFunctions(resolve_fn, probe_fn, check_fn, tokens)

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from reconciler.credentials.policy import SourcePolicy, stamp_manifest
 from reconciler.engine.assess import render_validation_error
 from reconciler.engine.backoff import ErrorBackoff
 from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
@@ -95,7 +96,8 @@ def read_inputs(paths: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def input_digest(inputs: list[tuple[str, str]]) -> str:
-    """Identifies an input set (names + bytes + smtpctl version) for the parse cache."""
+    """Identifies an input set (absolute names + bytes + smtpctl version) for the parse
+    cache.  Absolute: a manifest's directory decides which files it may reference."""
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
@@ -105,7 +107,8 @@ def input_digest(inputs: list[tuple[str, str]]) -> str:
         ver = "dev"
     h = hashlib.sha256(ver.encode())
     for name, text in inputs:
-        h.update(b"\0" + name.encode() + b"\0" + text.encode())
+        where = name if name == "<stdin>" else os.path.abspath(name)
+        h.update(b"\0" + where.encode() + b"\0" + text.encode())
     return h.hexdigest()
 
 
@@ -120,6 +123,9 @@ def parse_texts(inputs: list[tuple[str, str]]) -> list[Document]:
                     continue
                 if not isinstance(data, dict):
                     raise InputError(f"{name}: document {i + 1}: expected a mapping")
+                # Where it came from decides which files it may reference (the CLI's
+                # source policy); whatever the document claims is overwritten.
+                stamp_manifest(data, None if name == "<stdin>" else name)
                 docs.append(Document(f"{name}#{i + 1}", data))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
@@ -212,56 +218,31 @@ def ref_of(manifest: dict[str, Any]) -> ObjectRef:
 # --- the world -------------------------------------------------------------------------
 
 
-class PassSnapshot:
-    """A secret source that resolves each reference at most once per pass.
-
-    10,000 relays usually share a handful of references (one CA file, one password
-    variable): resolving each once per pass turns 10,000 file reads into one, and gives
-    every resource of the pass the same view of a secret that rotates mid-pass.  The
-    cache lives in memory only (``Resolved`` holds a ``Secret``) and is dropped at the
-    start of every pass (``World.begin_pass``), so rotation is still seen on the next
-    pass.  Failures are not cached.  Writes (refresh-token rotation) go through and
-    invalidate the entry.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self._cache: dict[tuple[str, str], Any] = {}
-
-    def clear(self) -> None:
-        self._cache.clear()
-
-    @staticmethod
-    def _key(ref: Any, namespace: str) -> tuple[str, str]:
-        return (ref.model_dump_json(by_alias=True, exclude_none=True), namespace)
-
-    async def resolve(self, ref: Any, namespace: str) -> Any:
-        key = self._key(ref, namespace)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._cache[key] = await self._inner.resolve(ref, namespace)
-        return hit
-
-    async def write(self, ref: Any, namespace: str, value: Any) -> str:
-        self._cache.pop(self._key(ref, namespace), None)
-        version: str = await self._inner.write(ref, namespace, value)
-        return version
-
-
 def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
-                clock: Callable[[], float] = time.time) -> BasicWorld:
-    """A World wired to the real credentials layer and probe (imported lazily)."""
+                clock: Callable[[], float] = time.time,
+                policy: SourcePolicy | None = None, egress: Any = None,
+                offline: bool = False) -> BasicWorld:
+    """A World wired to the real credentials layer and probe (imported lazily).
+
+    ``policy``: which secret references manifests may use (default: the CLI's, with the
+    ``SMTPCTL_ALLOW_*`` opt-ins of the environment; ``docs/security.md``).  ``offline``:
+    ``plan`` and ``apply --dry-run`` (secrets resolved for their versions only; no token
+    endpoint, no relay, no write).  Each reference is resolved at most once per pass
+    (``begin_pass``): 10,000 relays usually share a handful of references.
+    """
+    from reconciler.credentials.policy import cli_policy
     from reconciler.credentials.sources import default_sources
     from reconciler.runtimes.live import live_functions
 
-    sources = PassSnapshot(default_sources())
-    live = live_functions(sources)
+    sources = default_sources(policy=policy if policy is not None else cli_policy(),
+                              pass_cache=True)
+    live = live_functions(sources, egress=egress, offline=offline)
     return BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
                       check_provider_fn=live.check_provider_fn,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
-                      announce_testing=announce_testing, begin_pass=sources.clear)
+                      announce_testing=announce_testing, begin_pass=sources.begin_pass)
 
 
 # --- apply -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from reconciler.credentials.base import CredentialError, SecretSource
+from reconciler.credentials.policy import sources_for
 from reconciler.engine.active import ActiveRelayView, to_env
 from reconciler.resources import API_VERSION, KIND_SMTP, SecretRef
 from reconciler.secret import Secret
@@ -211,7 +212,10 @@ class Publisher:
             raw = active.get("passwordFrom") or (spec.get("passwordFrom") if same_gen else None)
             if not raw:
                 return None, None
-            resolved = await self.sources.resolve(SecretRef.model_validate(raw), ns)
+            # Resolved for the relay that holds the reference, under the operator's source
+            # policy: the Secret never carries a value the tenant could not read itself.
+            resolved = await sources_for(self.sources, body).resolve(
+                SecretRef.model_validate(raw), ns)
             return resolved.value, None
         if auth == "OAuth2" and self.token_fn is not None:
             provider = active.get("oauth2Provider") or \

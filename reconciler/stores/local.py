@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.credentials.policy import MANIFEST_ANNOTATION
 from reconciler.secret import set_version_key
 from reconciler.stores.base import (
     Event,
@@ -111,6 +112,18 @@ def _dumps(data: Any) -> str:
 
 def _spec_of(manifest: dict[str, Any]) -> str:
     return _dumps(manifest.get("spec") or {})
+
+
+def _without_origin(manifest: dict[str, Any]) -> str:
+    """The manifest without the loader's record of its file (see credentials.policy)."""
+    meta = dict(manifest.get("metadata") or {})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k != MANIFEST_ANNOTATION}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    return _dumps({**manifest, "metadata": meta})
 
 
 def load_version_key(state: Path) -> bytes:
@@ -318,6 +331,13 @@ class LocalStore:
                 _k, _n, _nm, uid, gen, created, old_text, status, memo, version = row
                 gen, version = int(gen), int(version)
                 if old_text == text:
+                    change = "unchanged"
+                elif _without_origin(json.loads(old_text)) == _without_origin(clean):
+                    # Only where the manifest file lives changed (a new checkout path):
+                    # remember it for the source policy, but it is not a change.
+                    db.execute(
+                        "UPDATE resources SET manifest=? WHERE kind=? AND namespace=? AND name=?",
+                        (text, ref.kind, ref.namespace, ref.name))
                     change = "unchanged"
                 else:
                     spec_changed = _spec_of(json.loads(old_text)) != _spec_of(clean)

@@ -108,6 +108,11 @@ def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 def e2e_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.setenv("SMTP_PW", canary.PASSWORD)
     monkeypatch.setenv("IDP_SECRET", canary.CLIENT_SECRET)
+    # These tests are about apply; the CLI's trust model (no env: reference unless
+    # allowed, files only below the manifest's directory) has its own tests
+    # (tests/test_security_*.py).
+    monkeypatch.setenv("SMTPCTL_ALLOW_ENV", "*")
+    monkeypatch.setenv("SMTPCTL_ALLOW_FILE_ROOT", str(tmp_path))
     monkeypatch.delenv("SMTPCTL_STATE", raising=False)
     monkeypatch.delenv("SMTPCTL_VERSION_KEY", raising=False)
     oauth = OAuthServer(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.credentials.base import CredentialError, SecretSource
+from reconciler.credentials.policy import SourcePolicy
 from reconciler.credentials.sources import SourceRouter
 from reconciler.engine.world import BasicWorld, Limits
 from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP, OAuth2Provider
@@ -52,7 +53,7 @@ log = logging.getLogger("smtpctl.operator")
 
 def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetrics,
                 sources: SecretSource) -> tuple[BasicWorld, Any]:
-    live = live_functions(sources, allow_loopback=config.allow_loopback)
+    live = live_functions(sources, allow_loopback=config.allow_loopback, egress=config.egress)
 
     async def check_fn(provider: OAuth2Provider) -> Any:
         try:
@@ -79,16 +80,18 @@ class Parts:
     controller: Controller
 
 
-def build_sources(secrets: KubeSecrets) -> SourceRouter:
-    """Where credentials come from in the operator: ``secretKeyRef`` via the API."""
-    return SourceRouter(kube=secrets)
+def build_sources(secrets: KubeSecrets, policy: SourcePolicy) -> SourceRouter:
+    """Where credentials come from in the operator: ``secretKeyRef`` via the API, and
+    ``env:``/``file:`` only as far as the administrator's allow-list (``policy``) says
+    (docs/security.md)."""
+    return SourceRouter(kube=secrets, policy=policy)
 
 
 def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials) -> Parts:
     api = KubeApi(creds)
     index = DependencyIndex()
     secrets = KubeSecrets(api, referenced=index.is_referenced)
-    sources = build_sources(secrets)
+    sources = build_sources(secrets, config.source_policy)
     store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector,
                       finalizer=FINALIZER)
     world, tokens = build_world(store, config, metrics, sources)

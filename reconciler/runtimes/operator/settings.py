@@ -6,6 +6,9 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from reconciler.credentials.policy import SourcePolicy
+from reconciler.probe.egress import EgressPolicy
+
 FINALIZER = "smtp.reconciler.dev/finalizer"
 IDLE_REQUEUE = 3600.0  # "only a change can help": still look again hourly
 ERROR_BACKOFF = 1.0  # first retry after a failed pass; doubles per failure
@@ -34,5 +37,11 @@ class OperatorConfig:
     announce_testing: bool = True
     # In a pod, loopback is the pod itself (sidecars): refused unless asked for (tests).
     allow_loopback: bool = False
+    # The tenant boundary (docs/security.md): own-namespace Secrets only, unless a cluster
+    # administrator allow-listed variables or directories (cli/opsecurity.py builds both).
+    source_policy: SourcePolicy = field(default_factory=SourcePolicy.operator)
+    # Where SMTP probes and OAuth endpoints may connect (None: the default deny list,
+    # loopback as allow_loopback says).
+    egress: EgressPolicy | None = None
     # Key of the secret-version hashes; None: the shared Secret smtpctl-version-key.
     version_key: bytes | None = None
