@@ -200,8 +200,10 @@ _ENTRIES: tuple[Reason, ...] = (
            "The message says why (consent denied, state mismatch, timeout, no refresh "
            "token issued); run `smtpctl oauth login PROVIDER -f FILE` again", stalled=True),
     Reason("RefreshTokenNotPersisted", "A rotated refresh token could not be written back",
-           "The refresh token source is read-only: the new token is kept in memory only "
-           "and the next restart will fail; make the source writable", kind="warning"),
+           "The token endpoint rotated the refresh token but its source is read-only: the "
+           "new token lives in this process's memory only and the next start will fail; "
+           "make the source writable (a file the reconciler may write, or a Secret it may "
+           "update), or run `smtpctl oauth login PROVIDER -f FILE` again", stalled=True),
     # --- engine / selection -----------------------------------------------------------
     Reason("TestPassed", "The connection test passed", "None", kind="info"),
     Reason("Testing", "A connection test is in progress", "Wait", kind="info"),
@@ -212,13 +214,40 @@ _ENTRIES: tuple[Reason, ...] = (
            kind="info"),
     Reason("NotReady", "Selection waits for the connection test to pass",
            "See the Ready condition", kind="info"),
-    Reason("SelectionConflict", "Another relay in this scope is selected",
-           "Only one relay per namespace is used; set spec.selected: false on the others",
-           kind="info"),
+    Reason("SelectionConflict", "Another selected relay with the same priority is in use",
+           "Only one relay per namespace is used: give the standby a higher spec.priority "
+           "(lower values are preferred), or set spec.selected: false", kind="info"),
+    Reason("Standby", "Ready; another selected relay with a lower priority is in use",
+           "None: this relay takes over when the one in use fails its test", kind="info"),
+    Reason("FailbackPending", "Ready and preferred; takes selection back after failbackDelay",
+           "None: the relay with the lower priority takes over again once it has been "
+           "Ready for spec.failbackDelay (no flapping)", kind="info"),
     Reason("Failover", "The active relay failed its test; another Ready relay took over",
            "Fix the failed relay; see its Ready condition", kind="info"),
+    Reason("Failback", "The preferred relay took selection back",
+           "None: it had been Ready for its spec.failbackDelay", kind="info"),
     Reason("LastKnownGoodRetained", "The latest generation failed; an earlier one remains in use",
            "Fix the latest generation (see Ready); nothing changed for senders", kind="info"),
+    Reason("ActiveRelayFailing", "The relay in use failed its re-verification",
+           "The configuration applications use does not pass its test any more and no "
+           "standby is Ready: fix the relay (see Ready), or add a standby (another "
+           "selected relay with a higher spec.priority)", kind="error"),
+    Reason("NoRelayInUse", "No relay is in use in this namespace any more",
+           "Select a Ready relay (spec.selected: true)", kind="info"),
+    Reason("PruneDeferred", "The relay in use was not pruned: nothing Ready would replace it",
+           "Fix the replacement relay (see its Ready condition); the next apply --prune "
+           "removes the old one once the replacement is Ready, or delete it explicitly "
+           "with `smtpctl delete`", kind="info"),
+    # --- configuration warnings (status.warnings) -----------------------------------------
+    Reason("RefreshIntervalRaised", "refreshInterval is below the 1m floor; 1m is used",
+           "Set spec.refreshInterval to 1m or more: every re-verification is a login",
+           kind="warning"),
+    Reason("FrequentLogins", "This provider throttles logins; re-verification is frequent",
+           "Gmail and Microsoft 365 rate-limit or lock accounts that log in often: set "
+           "spec.refreshInterval to 15m or more", kind="warning"),
+    Reason("CertificateExpiringSoon", "The relay's TLS certificate expires soon",
+           "Renew the relay's certificate; status.active.tls.certificateNotAfter says when "
+           "it expires", kind="warning"),
 )
 
 CATALOG: dict[str, Reason] = {r.name: r for r in _ENTRIES}

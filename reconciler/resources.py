@@ -214,6 +214,8 @@ class ExternalSmtpSpec(_Model):
     allow_plaintext_auth: StrictBool = Field(default=False, alias="allowPlaintextAuth")
     connection_test: ConnectionTest = Field(default_factory=ConnectionTest, alias="connectionTest")
     refresh_interval: str = Field(default="1h", alias="refreshInterval", max_length=64)
+    priority: StrictInt = Field(default=0, ge=0, le=65535)
+    failback_delay: str = Field(default="5m", alias="failbackDelay", max_length=64)
 
     @model_validator(mode="before")
     @classmethod
@@ -235,7 +237,7 @@ class ExternalSmtpSpec(_Model):
             raise ValueError("must be a DNS name or an IP address, without scheme or port")
         return v
 
-    @field_validator("refresh_interval")
+    @field_validator("refresh_interval", "failback_delay")
     @classmethod
     def _interval(cls, v: str) -> str:
         parse_duration(v)
@@ -290,7 +292,12 @@ class ExternalSmtpSpec(_Model):
 
     @property
     def refresh_seconds(self) -> float:
+        """``refreshInterval`` as written (see ``reconciler.engine.refresh`` for the floor)."""
         return parse_duration(self.refresh_interval).total_seconds()
+
+    @property
+    def failback_seconds(self) -> float:
+        return parse_duration(self.failback_delay).total_seconds()
 
 
 # --- OAuth2Provider ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ async def test_watch_reapplies_changed_files_and_reverifies(e2e: Env) -> None:
     doc = e2e.smtp("w", selected=True, refreshInterval="1s")
     path = e2e.write("w.yaml", doc)
     store = LocalStore(e2e.state)
-    world = build_world(store, limits=Limits(4, 2))
+    world = build_world(store, limits=Limits(4, 2), refresh_floor=0.5)
     stop = asyncio.Event()
     errors: list[str] = []
     task = asyncio.create_task(watch(store, world, [str(path)], poll=0.05, max_sleep=0.5,
@@ -122,7 +122,8 @@ def test_apply_watch_cli_reverifies_and_stops_on_ctrl_c(e2e: Env) -> None:
     path = e2e.write("w.yaml", e2e.smtp("w", refreshInterval="1s"))
     env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "--watch", "-f",
-                             str(path), "--state", str(e2e.state)],
+                             str(path), "--state", str(e2e.state),
+                             "--min-refresh-interval", "1s"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
@@ -148,11 +149,11 @@ def test_reconcile_watch_cli_reverifies(e2e: Env) -> None:
     import signal
 
     path = e2e.write("r.yaml", e2e.smtp("r", refreshInterval="1s"))
-    assert e2e.cli("apply", "-f", str(path))[0] == 0
+    assert e2e.cli("apply", "-f", str(path), "--min-refresh-interval", "1s")[0] == 0
     n = e2e.relay.connections
     env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "reconcile", "--watch",
-                             "--state", str(e2e.state)],
+                             "--state", str(e2e.state), "--min-refresh-interval", "1s"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
@@ -175,11 +176,13 @@ def test_apply_watch_lines_have_timestamps_and_show_failovers(e2e: Env) -> None:
 
     e2e.relay.users["other@example.test"] = canary.PASSWORD
     a = e2e.smtp("a", selected=True, refreshInterval="1s")
-    assert e2e.cli("apply", "-f", str(e2e.write("a.yaml", a)))[0] == 0  # a is the incumbent
+    assert e2e.cli("apply", "-f", str(e2e.write("a.yaml", a)),  # a is the incumbent
+                   "--min-refresh-interval", "1s")[0] == 0
     path = e2e.write("w.yaml", a, e2e.smtp("b", selected=True, user="other@example.test"))
     env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "--watch", "-f",
-                             str(path), "--state", str(e2e.state)],
+                             str(path), "--state", str(e2e.state),
+                             "--min-refresh-interval", "1s"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 30

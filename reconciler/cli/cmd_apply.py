@@ -118,7 +118,8 @@ class Progress:
                 f"{e.message}", stamp=self.stamp)
 
 
-SELECTION_EVENTS = ("Active", "Failover", "NotRequested")
+SELECTION_EVENTS = ("Active", "Failover", "NotRequested", "Failback", "NoRelayInUse",
+                    "ActiveRelayFailing", "PruneDeferred")
 
 
 def say(line: str, *, stamp: bool = False) -> None:
@@ -274,8 +275,10 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
     text = not _structured(args)
     progress = Progress(len(manifests), enabled=text)
     log = EventLog(store)
+    from reconciler.cli.localcmd import refresh_floor
+
     world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
-                        policy=policy_from_args(args))
+                        policy=policy_from_args(args), refresh_floor=refresh_floor(args))
     with progress:
         outcome = await apply_manifests(store, world, manifests, prune=args.prune,
                                         progress=progress)
@@ -373,6 +376,9 @@ def summarize(objs: list[Any], results: dict[Any, Any], operations: dict[Any, st
             not_ready += 1
             changed = op in ("create", "update") if command == "apply" else (
                 r is not None and r.tested)
+            # Ready before this run and not after it: this run found it broken (a rotated
+            # password, a lost refresh-token rotation) - a failure even with no input change.
+            changed = changed or bool(r is not None and getattr(r, "regressed", False))
             if changed:
                 not_ready_changed += 1
         if r is not None and r.tested and fields["ready"] != "True":

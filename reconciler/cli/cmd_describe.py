@@ -133,18 +133,12 @@ def render(obj: Any, tests: list[dict[str, Any]], events: list[Any], *,
     w(f"Created:      {obj.created_at}")
     w(f"Generation:   {obj.generation} (observed {st.get('observedGeneration', '-')})")
     if obj.ref.kind == "ExternalSmtp":
+        from reconciler.engine.active import describe_lines
+
         w(f"Spec:         {spec.get('host')}:{spec.get('port')} "
           f"auth={spec.get('authentication')} startTLS={spec.get('startTLS', False)} "
-          f"selected={spec.get('selected', False)}")
-        active = st.get("active")
-        if active:
-            same = active.get("generation") == obj.generation
-            w(f"Active:       generation {active.get('generation')} "
-              f"({active.get('host')}:{active.get('port')}, {active.get('tlsMode')}, "
-              f"{active.get('authentication')})"
-              + ("" if same else f"  <- latest generation {obj.generation} is not in use"))
-        else:
-            w("Active:       none (never passed a test)")
+          f"selected={spec.get('selected', False)} priority={spec.get('priority', 0)}")
+        out.extend(describe_lines(st.get("active"), obj.generation))
         w(f"Selected:     {'yes' if st.get('selected') else 'no'}")
     w("Conditions:")
     for c in st.get("conditions") or []:

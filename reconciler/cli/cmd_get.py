@@ -53,8 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"{' | '.join(FORMATS)} (default text); for `get active`: "
                         f"{' | '.join(ACTIVE_FORMATS)} (default json)")
     parser.add_argument("--reveal", action="store_true",
-                        help="get active: include the password (read through the same source "
-                        "policy as apply; never an access token: get contacts no endpoint)")
+                        help="get active: include the password - only the value that passed "
+                        "the test (exit 1 otherwise); read through the same source policy as "
+                        "apply; never an access token: get contacts no endpoint")
+    parser.add_argument("--require-ready", action="store_true",
+                        help="get active: exit 1 when the configuration in use failed its "
+                        "latest re-verification (the output is still printed)")
     add_store_options(parser)
     add_cluster_options(parser)
     add_trust_options(parser)
@@ -70,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.output or "text"
     if fmt not in FORMATS:
         return fail_usage(f"-o {fmt}: expected one of {', '.join(FORMATS)}")
-    if args.reveal:
-        return fail_usage("--reveal is for `get active`")
+    if args.reveal or args.require_ready:
+        return fail_usage("--reveal and --require-ready are for `get active`")
     namespace = None if args.all_namespaces else args.namespace
     try:
         targets = parse_targets(args.targets)
@@ -173,8 +177,24 @@ def _active(args: argparse.Namespace) -> int:
     view = ActiveRelayView(w.ref.namespace, w.ref.name, dict(w.status["active"]))
     secret = None
     if args.reveal:
+        from dataclasses import replace
+
+        from reconciler.engine.active import NotTested
+        from reconciler.runtimes.local import reveal_active
+
+        store = open_for_read(args)  # installs the store's version key
+        if store is None:
+            return EXIT_FAILED
         try:
-            secret = asyncio.run(_reveal(args, w, view))
+            from reconciler.cli.trust import policy_from_args
+
+            revealed = asyncio.run(reveal_active(store, view.namespace, view.summary,
+                                                 manifest=w.manifest,
+                                                 policy=policy_from_args(args)))
+        except NotTested as exc:
+            print(f"smtpctl: not revealing {w.ref.namespace}/{w.ref.name}: {exc.message}",
+                  file=sys.stderr)
+            return EXIT_FAILED
         except Exception as exc:  # noqa: BLE001 - report the reason, never the text
             reason = getattr(exc, "reason", type(exc).__name__)
             # A CredentialError's message names references, never values.
@@ -183,28 +203,17 @@ def _active(args: argparse.Namespace) -> int:
             print(f"smtpctl: cannot resolve the credentials ({reason}){detail}",
                   file=sys.stderr)
             return EXIT_FAILED
+        finally:
+            store.close()
+        secret = revealed.secret
+        view = replace(view, token_expires_at=revealed.token_expires_at)
     sys.stdout.write(render(view, secret))
+    if not view.ready:
+        failure = view.summary.get("failure") or {}
+        print(f"smtpctl: the relay in use ({w.ref.namespace}/{w.ref.name}, generation "
+              f"{view.summary.get('generation')}) is failing since "
+              f"{view.summary.get('failingSince')}: {failure.get('reason')}; last success "
+              f"{view.last_success}", file=sys.stderr)
+        if args.require_ready:
+            return EXIT_FAILED
     return EXIT_OK
-
-
-async def _reveal(args: argparse.Namespace, obj: Any, view: Any) -> Any:
-    """Resolve the active relay's password in memory only, for the relay that holds the
-    reference (the source policy judges it as `apply` did).  An OAuth 2.0 access token is
-    not revealed: `get` only reads and never contacts a token endpoint."""
-    from reconciler.cli.trust import policy_from_args
-    from reconciler.credentials.base import CredentialError
-    from reconciler.credentials.policy import sources_for
-    from reconciler.credentials.sources import default_sources
-    from reconciler.resources import SecretRef
-
-    summary = view.summary
-    sources = default_sources(policy=policy_from_args(args))
-    if summary.get("authentication") == "UsernamePassword" and summary.get("passwordFrom"):
-        ref = SecretRef.model_validate(summary["passwordFrom"])
-        return (await sources_for(sources, obj.manifest).resolve(ref, view.namespace)).value
-    if summary.get("authentication") == "OAuth2":
-        raise CredentialError(
-            "OAuth2TokenNotRevealed",
-            "get only reads: it never contacts a token endpoint, so --reveal shows no access "
-            "token (applications obtain tokens from the provider themselves)")
-    return None

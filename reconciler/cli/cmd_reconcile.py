@@ -87,8 +87,10 @@ async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
 
     text = args.output not in ("json", "yaml")
     log = EventLog(store)
+    from reconciler.cli.localcmd import refresh_floor
+
     world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
-                        policy=policy_from_args(args))
+                        policy=policy_from_args(args), refresh_floor=refresh_floor(args))
     if args.watch:
         stamped = Progress(0, enabled=True, stamp=True)
         log.on_event = stamped.event

@@ -31,6 +31,19 @@ def add_limits(parser: argparse.ArgumentParser) -> None:
                         help="connection tests at once, overall (default 16)")
     parser.add_argument("--per-host", type=int, default=4, metavar="N",
                         help="connection tests at once against one host (default 4)")
+    parser.add_argument("--min-refresh-interval", default="1m", metavar="DURATION",
+                        help="never re-verify a relay more often than this, whatever its "
+                        "refreshInterval says (default 1m; a test is a login)")
+
+
+def refresh_floor(args: argparse.Namespace) -> float:
+    """``--min-refresh-interval`` in seconds (a usage error when it does not parse)."""
+    from reconciler.resources import parse_duration
+
+    try:
+        return parse_duration(str(args.min_refresh_interval)).total_seconds()
+    except ValueError as exc:
+        raise SystemExit(fail_usage(f"--min-refresh-interval: {exc}")) from None
 
 
 def add_lock_timeout(parser: argparse.ArgumentParser) -> None:

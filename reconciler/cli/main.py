@@ -30,6 +30,9 @@ COMMANDS: dict[str, str] = {
     "oauth": "reconciler.cli.cmd_oauth",
     "operator": "reconciler.cli.cmd_operator",
     "demo": "reconciler.cli.cmd_demo",
+    "dev": "reconciler.cli.cmd_dev",
+    "init": "reconciler.cli.cmd_init",
+    "import": "reconciler.cli.cmd_import",
 }
 
 

@@ -127,10 +127,16 @@ async def login(
                 )
             sent = [client_secret.value] if client_secret else []
             try:
-                token = await client.fetch_token(
-                    spec.token_endpoint, grant_type="authorization_code", code=params["code"],
-                    code_verifier=verifier, redirect_uri=redirect_uri,
-                )
+                async with asyncio.timeout(tokens.deadline_seconds):
+                    token = await client.fetch_token(
+                        spec.token_endpoint, grant_type="authorization_code",
+                        code=params["code"], code_verifier=verifier, redirect_uri=redirect_uri,
+                    )
+            except TimeoutError:
+                raise CredentialError(
+                    "OAuth2TokenEndpointUnavailable",
+                    f"token endpoint {spec.token_endpoint} did not complete the exchange "
+                    f"within {tokens.deadline_seconds:g}s") from None
             except (OAuthError, httpx.HTTPError, ValueError) as exc:
                 err, _ = token_error(exc, spec.token_endpoint, sent, 0)
                 raise err from None

@@ -52,6 +52,7 @@ from tenacity import (
 )
 
 from reconciler.credentials.base import CredentialError, Resolved, SecretSource
+from reconciler.credentials.http import EgressRefused, GuardedTransport, ResponseTooLarge
 from reconciler.credentials.policy import owner_of, sources_for
 from reconciler.probe.egress import EgressPolicy
 from reconciler.resources import OAuth2Provider, is_loopback_url
@@ -265,27 +266,32 @@ class TokenManager:
         entry = self._entries.get(provider_key(provider))
         return entry.warnings if entry is not None else ()
 
-    def _loopback_mounts(self) -> dict[str, httpx.AsyncBaseTransport]:
-        """Direct transports for loopback hosts.
+    @property
+    def deadline_seconds(self) -> float:
+        """The longest one exchange may take, retries included."""
+        return self._deadline
 
-        httpx honours HTTP(S)_PROXY / ALL_PROXY even for 127.0.0.1, so a corporate proxy
-        setting broke every loopback token endpoint (local development, the demo, tests).
-        A mount for a specific host outranks the environment's catch-all proxy mount;
-        real token endpoints still go through the configured proxy.
-        """
-        return {f"all://{host}": httpx.AsyncHTTPTransport(verify=self._verify)
-                for host in ("127.0.0.1", "localhost", "[::1]")}
+    def transport(self) -> GuardedTransport:
+        """The guarded, bounded transport every request of this manager goes through
+        (egress guard on the connected address, body cap, no proxy for http://, loopback
+        never proxied; :mod:`reconciler.credentials.http`)."""
+        return GuardedTransport(verify=self._verify, egress=self.egress)
 
     def http_client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """A plain httpx client with this manager's TLS and timeout settings."""
-        return httpx.AsyncClient(verify=self._verify, timeout=self._timeout,
-                                 follow_redirects=False, mounts=self._loopback_mounts(),
-                                 **kwargs)
+        """A plain httpx client with this manager's TLS, timeout and transport."""
+        if self.offline:
+            raise CredentialError("OAuth2TokenEndpointUnavailable",
+                                  "this command does not contact OAuth endpoints")
+        return httpx.AsyncClient(timeout=self._timeout, follow_redirects=False,
+                                 transport=self.transport(), trust_env=False, **kwargs)
 
     def oauth_client(self, provider: OAuth2Provider, client_secret: Secret | None,
                      **kwargs: Any) -> AsyncOAuth2Client:
         """authlib's client for ``provider`` (client authentication as the spec says)."""
         spec = provider.spec
+        if self.offline:
+            raise CredentialError("OAuth2TokenEndpointUnavailable",
+                                  "this command does not contact OAuth endpoints")
         method = spec.token_endpoint_auth_method if client_secret is not None else "none"
         return AsyncOAuth2Client(
             client_id=spec.client_id,
@@ -293,10 +299,10 @@ class TokenManager:
             token_endpoint_auth_method=method,
             revocation_endpoint_auth_method=method,
             scope=" ".join(spec.scopes) or None,
-            verify=self._verify,
             timeout=self._timeout,
             follow_redirects=False,
-            mounts=self._loopback_mounts(),
+            transport=self.transport(),
+            trust_env=False,  # proxies are the transport's business (never http://)
             **kwargs,
         )
 
@@ -452,6 +458,18 @@ class TokenManager:
 def token_error(exc: Exception, url: str, sent: list[Secret],
                 timeout: float) -> tuple[CredentialError, bool]:
     """Map a token request failure to (error, transient).  Never renders a response body."""
+    if isinstance(exc, EgressRefused):
+        return CredentialError("EgressDenied",
+                               f"token endpoint {url}: {exc.host!r} resolves to {exc.address}: "
+                               f"{exc.why}"), False
+    if isinstance(exc, ResponseTooLarge):
+        return CredentialError(
+            "OAuth2TokenEndpointError",
+            f"token endpoint {url} answered more than {exc.limit // 1024} KiB; a token "
+            "response is a few kilobytes, the rest was not read"), False
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.is_redirect:
+        return CredentialError("OAuth2TokenEndpointError", _redirect_text(
+            "token endpoint", url, exc.response)), False
     if isinstance(exc, OAuthError):
         error = str(exc.error or "")
         desc = scrub(str(exc.description or ""), sent)
@@ -476,6 +494,18 @@ def token_error(exc: Exception, url: str, sent: list[Secret],
         "OAuth2TokenEndpointError",
         f"token endpoint {url} answered a malformed token response (not a JSON object, or "
         f"fields of the wrong type)"), False
+
+
+def _redirect_text(what: str, url: str, response: httpx.Response) -> str:
+    target = response.headers.get("location", "")
+    try:
+        where = httpx.URL(url).join(target).host if target else ""
+    except (httpx.InvalidURL, ValueError):
+        where = ""
+    shown = f" to host {where!r}" if where else ""
+    return (f"{what} {url} answered a redirect (HTTP {response.status_code}{shown}); "
+            "redirects are never followed (credentials would go elsewhere): configure the "
+            "final URL")
 
 
 def _expires_in(value: Any) -> float:
@@ -556,22 +586,37 @@ async def _call_test_endpoint(provider: OAuth2Provider, tokens: TokenManager,
     require_secure_url(url, "testEndpoint")
     for attempt in range(2):
         try:
-            async with tokens.http_client() as http:
-                resp = await http.get(url, headers={"Authorization": f"Bearer {token.reveal()}"})
+            async with asyncio.timeout(tokens.deadline_seconds), tokens.http_client() as http:
+                # Only the status matters: the body is never read (streamed, then closed).
+                async with http.stream(
+                        "GET", url, headers={"Authorization": f"Bearer {token.reveal()}"}
+                ) as resp:
+                    status = resp.status_code
+                    redirect = _redirect_text("test endpoint", url, resp) \
+                        if resp.is_redirect else None
+        except TimeoutError:
+            raise CredentialError(
+                "OAuth2TestEndpointFailed",
+                f"test endpoint {url} did not answer within {tokens.deadline_seconds:g}s",
+            ) from None
+        except EgressRefused as exc:
+            raise CredentialError("EgressDenied", f"test endpoint {url}: {exc}") from None
         except httpx.HTTPError as exc:
             raise CredentialError(
                 "OAuth2TestEndpointFailed",
                 f"test endpoint {url} could not be reached ({type(exc).__name__})",
             ) from None
-        if 200 <= resp.status_code < 300:
+        if redirect is not None:
+            raise CredentialError("OAuth2TestEndpointFailed", redirect)
+        if 200 <= status < 300:
             return
-        if resp.status_code == 401 and attempt == 0:
+        if status == 401 and attempt == 0:
             # A token rejected as expired or revoked: fetch a fresh one and ask once more.
             token = await tokens.token(provider, force_refresh=True)
             continue
         raise CredentialError(
             "OAuth2TestEndpointFailed",
-            f"test endpoint {url} answered HTTP {resp.status_code} to the access token",
+            f"test endpoint {url} answered HTTP {status} to the access token",
         )
 
 
@@ -598,27 +643,44 @@ async def revoke(provider: OAuth2Provider, sources: SecretSource, tokens: TokenM
         hint, what = "access_token", "the current access token"
     sent = [target] + ([client_secret.value] if client_secret else [])
     try:
-        async with tokens.oauth_client(provider, client_secret.value if client_secret else None
-                                       ) as client:
+        async with asyncio.timeout(tokens.deadline_seconds), tokens.oauth_client(
+                provider, client_secret.value if client_secret else None) as client:
             resp = await client.revoke_token(spec.revoke_endpoint, token=target.reveal(),
                                              token_type_hint=hint)
+            status = resp.status_code
+            try:
+                doc = resp.json() if status >= 400 and not resp.is_redirect else {}
+            except ValueError:
+                doc = {}
+    except TimeoutError:
+        raise CredentialError(
+            "OAuth2TokenEndpointUnavailable",
+            f"revoke endpoint {spec.revoke_endpoint} did not answer within "
+            f"{tokens.deadline_seconds:g}s") from None
+    except EgressRefused as exc:
+        raise CredentialError("EgressDenied",
+                              f"revoke endpoint {spec.revoke_endpoint}: {exc}") from None
+    except ResponseTooLarge as exc:
+        raise CredentialError(
+            "OAuth2TokenEndpointError",
+            f"revoke endpoint {spec.revoke_endpoint} answered more than "
+            f"{exc.limit // 1024} KiB") from None
     except httpx.HTTPError as exc:
         raise CredentialError(
             "OAuth2TokenEndpointUnavailable",
             f"revoke endpoint {spec.revoke_endpoint} could not be reached ({type(exc).__name__})",
         ) from None
-    if resp.status_code >= 400:
-        try:
-            doc = resp.json()
-        except ValueError:
-            doc = {}
+    if resp.is_redirect:
+        raise CredentialError("OAuth2TokenEndpointError",
+                              _redirect_text("revoke endpoint", spec.revoke_endpoint, resp))
+    if status >= 400:
         error = str(doc.get("error", "")) if isinstance(doc, dict) else ""
         desc = scrub(str(doc.get("error_description", "")) if isinstance(doc, dict) else "",
-                      sent)
+                     sent)
         reason = _OAUTH_REASONS.get(error, "OAuth2TokenEndpointError")
         raise CredentialError(
             reason,
-            f"revoke endpoint {spec.revoke_endpoint} answered HTTP {resp.status_code}"
+            f"revoke endpoint {spec.revoke_endpoint} answered HTTP {status}"
             + (f" {error}" if error else "") + (f": {desc}" if desc else ""),
         )
     tokens.invalidate(provider)

@@ -58,6 +58,16 @@ __all__ = ["ClientConfig", "OAuthServer", "TokenInfo"]
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", "[::1]"}
 
 
+def _is_loopback_address(host: str) -> bool:
+    """Any loopback address (127.0.0.0/8): tests use 127.0.0.2 as "another host"."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class ClientConfig:
     """A registered client.  ``secret=None`` makes it a public client (PKCE login only)."""
@@ -136,7 +146,7 @@ class OAuthServer:
     requests: list[tuple[str, str]] = field(init=False, default_factory=list)  # (path, grant)
 
     def __post_init__(self) -> None:
-        if self.host not in _LOOPBACK_HOSTS:
+        if self.host not in _LOOPBACK_HOSTS and not _is_loopback_address(self.host):
             raise ValueError("the development OAuth server binds to loopback only")
         for c in self.clients:
             self._clients[c.client_id] = c

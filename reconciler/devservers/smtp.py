@@ -50,6 +50,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import trustme
@@ -259,6 +260,7 @@ class RelayServer:
         host: str = "127.0.0.1",
         server_hostname: str = "localhost",
         cert_identities: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
+        cert_not_after: datetime | None = None,
     ) -> None:
         if mode not in ("plain", "starttls", "implicit"):
             raise ValueError(f"unknown mode {mode!r}")
@@ -277,7 +279,8 @@ class RelayServer:
         self.ca = ca or trustme.CA()
         self.host = host
         self.server_hostname = server_hostname
-        self._cert = self.ca.issue_cert(*cert_identities)
+        # cert_not_after: a certificate close to expiry, for the expiry warning (tests, demo).
+        self._cert = self.ca.issue_cert(*cert_identities, not_after=cert_not_after)
         self._server_ctx: ssl.SSLContext | None = None
         self.port = 0
         self.connections = 0

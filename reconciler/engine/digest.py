@@ -1,11 +1,12 @@
 """The plan digest: what a connection test result is valid for.
 
 A test result stays valid while the spec (minus the fields that do not change what is
-tested: ``selected``, ``refreshInterval``), the versions of the secrets it used and the
-version of its OAuth 2.0 provider stay the same.  The digest hashes exactly those (the
-spec as canonical JSON: sorted keys, no whitespace, defaults filled in by the model so
-that writing a default explicitly is not a change).  Secret versions are already keyed
-hashes (``reconciler.secret.keyed_version``), so the digest holds no secret material.
+tested: ``selected``, ``refreshInterval``, ``priority``, ``failbackDelay``), the versions
+of the secrets it used and the version of its OAuth 2.0 provider stay the same.  The
+digest hashes exactly those (the spec as canonical JSON: sorted keys, no whitespace,
+defaults filled in by the model so that writing a default explicitly is not a change).
+Secret versions are already keyed hashes (``reconciler.secret.keyed_version``), so the
+digest holds no secret material.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 # Spec fields that do not change what a connection test does: a change to them alone
 # needs no new test (toggling ``selected`` for a failover must not re-test the relay).
-UNTESTED_FIELDS = frozenset({"selected", "refreshInterval"})
+UNTESTED_FIELDS = frozenset({"selected", "refreshInterval", "priority", "failbackDelay"})
 
 
 def tested_spec(spec: Mapping[str, Any]) -> dict[str, Any]:

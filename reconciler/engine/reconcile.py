@@ -56,8 +56,9 @@ from reconciler.engine.assess import (
 )
 from reconciler.engine.backoff import backoff_delay, refresh_delay
 from reconciler.engine.digest import plan_digest
+from reconciler.engine.policy import certificate_expiring, config_warnings, refresh_seconds
 from reconciler.engine.record import failing_record, passed_record
-from reconciler.engine.selection import select_scope
+from reconciler.engine.selection import candidate, select_scope
 from reconciler.engine.world import World
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, ExternalSmtp, OAuth2Provider
@@ -76,6 +77,9 @@ __all__ = ["ReconcileAction", "ReconcileResult", "reconcile", "render_validation
 log = logging.getLogger(__name__)
 
 PROVIDER_REFRESH = 3600.0  # an OAuth2Provider has no refreshInterval: re-check hourly
+# Set (to any new value, e.g. a timestamp) to re-verify now: `smtpctl reconcile --force` on a
+# cluster writes it; status.lastHandledReconcileAt echoes the value once handled.
+RECONCILE_REQUEST = "smtp.reconciler.dev/reconcile-requested-at"
 
 
 class ReconcileAction(StrEnum):
@@ -99,7 +103,9 @@ class ReconcileResult:
 
     ``status`` is the status as written (wire form); ``requeue_after`` seconds until the
     next pass is due (``None``: only a change can help, or the object is gone);
-    ``action`` is a :class:`ReconcileAction`.
+    ``action`` is a :class:`ReconcileAction`; ``regressed``: the object was Ready when the
+    pass began and is not any more (a runtime reports that as a failure of the run even
+    when nothing in the input changed - a password rotated away, a lost refresh token).
     """
 
     ref: ObjectRef
@@ -108,6 +114,7 @@ class ReconcileResult:
     action: ReconcileAction
     tested: bool = False
     verdict: Verdict | None = None
+    regressed: bool = False
 
 
 async def reconcile(ref: ObjectRef, world: World, *, force: bool = False) -> ReconcileResult:
@@ -122,8 +129,13 @@ async def reconcile(ref: ObjectRef, world: World, *, force: bool = False) -> Rec
     if obj is None:
         return ReconcileResult(ref, {}, None, ReconcileAction.GONE)
     if ref.kind == KIND_OAUTH2:
-        return await _reconcile_provider(obj, world)
-    return await _reconcile_smtp(obj, world, force=force)
+        result = await _reconcile_provider(obj, world)
+    else:
+        result = await _reconcile_smtp(obj, world, force=force)
+    if cond.is_true(obj.status, cond.READY) and result.status and \
+            not cond.is_true(result.status, cond.READY):
+        result = replace(result, regressed=True)
+    return result
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -140,6 +152,46 @@ def smtp_status(obj: StoredObject) -> SmtpStatus:
 
 def _requested(obj: StoredObject) -> bool:
     return bool((obj.manifest.get("spec") or {}).get("selected", False))
+
+
+def reconcile_request(obj: StoredObject) -> str | None:
+    """The value of the reconcile-request annotation when it has not been handled yet."""
+    ann = (obj.manifest.get("metadata") or {}).get("annotations") or {}
+    value = ann.get(RECONCILE_REQUEST)
+    if not isinstance(value, str) or not value:
+        return None
+    return None if obj.status.get("lastHandledReconcileAt") == value else value
+
+
+def _handled(st: Status, request: str | None) -> Status:
+    if request is not None:
+        st["lastHandledReconcileAt"] = request
+    return st
+
+
+async def _select(world: World, obj: StoredObject, written: StoredObject,
+                  ) -> tuple[StoredObject, float | None]:
+    """Selection of the scope after a pass, when this relay takes part in it; returns the
+    object as stored afterwards and, when it waits for its fail-back delay, the seconds
+    until it may take over (so the next pass comes then, not at the next re-verification)."""
+    if not (_requested(written) or obj.status.get("selected") or written.status.get("selected")):
+        return written, None
+    await select_scope(obj.ref.namespace, world)
+    fresh = await world.store.get(obj.ref) or written
+    return fresh, _failback_wait(fresh, world.clock())
+
+
+def _failback_wait(obj: StoredObject, now: float) -> float | None:
+    if cond.attr(obj.status, cond.SELECTED, "reason") != "FailbackPending":
+        return None
+    c = candidate(obj)
+    return max(1.0, c.ready_since + c.failback_after - now)
+
+
+def _sooner(requeue: float | None, wait: float | None) -> float | None:
+    if wait is None:
+        return requeue
+    return wait if requeue is None else min(requeue, wait)
 
 
 async def _write(world: World, ref: ObjectRef,
@@ -220,11 +272,13 @@ async def _blocked(obj: StoredObject, world: World, block: Blocked, *,
     requested = _requested(obj) and obj.ref.kind == KIND_SMTP
     key = _key(obj.ref)
     failures = (obj.memo.failures + 1) if obj.memo else 1
+    request = reconcile_request(obj)
 
     def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
         st: Status = _failure_status(cast(Status, dict(cur.status)), generation=generation,
                                      block=block, message=block.message, now=now, digest="",
                                      what=f"generation {generation}")
+        st = _handled(st, request)
         if cur.ref.kind == KIND_SMTP and not _requested(cur):
             st = _not_requested(cast(SmtpStatus, st), generation, now)
         old = cur.memo
@@ -241,8 +295,7 @@ async def _blocked(obj: StoredObject, world: World, block: Blocked, *,
         await world.events.emit(Event(obj.ref, "Warning", block.reason, block.message,
                                       cond.rfc3339(now)))
     if obj.ref.kind == KIND_SMTP and (requested or obj.status.get("selected")):
-        await select_scope(obj.ref.namespace, world)
-        written = await world.store.get(obj.ref) or written
+        written, _ = await _select(world, obj, written)
     if invalid:
         requeue: float | None = None
         action = ReconcileAction.INVALID
@@ -276,7 +329,11 @@ async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Ve
 async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> ReconcileResult:
     ref = obj.ref
     gen = obj.generation
-    a = await assess(obj, world, force="re-verification requested" if force else None)
+    request = reconcile_request(obj)
+    why_forced = ("re-verification requested" if force else
+                  f"re-verification requested ({RECONCILE_REQUEST}={request})" if request
+                  else None)
+    a = await assess(obj, world, force=why_forced)
     if a.decision in ("invalid", "blocked"):
         assert a.blocked is not None
         return await _blocked(obj, world, a.blocked, invalid=a.decision == "invalid")
@@ -286,30 +343,38 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
     now = world.clock()
     if a.decision == "skip":
         assert memo is not None
-        return ReconcileResult(ref, obj.status, memo.due_at - now, ReconcileAction.SKIPPED)
+        wait = _failback_wait(obj, now)
+        if wait is not None and wait <= 1.0:  # its fail-back delay is over: select again
+            after, wait = await _select(world, obj, obj)
+            return ReconcileResult(ref, after.status, _sooner(memo.due_at - now, wait),
+                                   ReconcileAction.SKIPPED)
+        return ReconcileResult(ref, obj.status, _sooner(memo.due_at - now, wait),
+                               ReconcileAction.SKIPPED)
     if a.decision == "inherit":
         assert memo is not None
         return await _inherit(obj, world, res, memo, digest)
 
     key = _key(ref)
+    interval = refresh_seconds(res.spec, world.refresh_floor)
     if world.announce_testing:
         await _write(world, ref, lambda cur: (_testing_status(cur, gen, a.fresh, now),
                                               cur.memo))
     verdict = await _probe(world, res, a.creds.probe)
     done = world.clock()
     if verdict.passed:
-        new_memo = TestMemo(digest, gen, done, done + refresh_delay(res.spec.refresh_seconds, key),
-                            True, 0)
+        new_memo = TestMemo(digest, gen, done, done + refresh_delay(interval, key), True, 0)
     else:
         failures = (memo.failures + 1) if memo and not memo.passed else 1
         delay = (backoff_delay(failures, key) if verdict.retryable
-                 else refresh_delay(res.spec.refresh_seconds, key))
+                 else refresh_delay(interval, key))
         new_memo = TestMemo(digest, gen, done, done + delay, False, failures)
     record = passed_record(res, gen, digest, verdict, a.versions, done) if verdict.passed \
         else None
+    warnings = config_warnings(res.spec, world.refresh_floor)
 
     def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
-        return _commit_status(cur, verdict, gen, digest, done, record), new_memo
+        st = _commit_status(cur, verdict, gen, digest, done, record)
+        return _handled(_with_warnings(st, warnings, done), request), new_memo
 
     # The history first, then the status: a process killed in between leaves a recorded
     # test that status does not reflect yet (harmless: the next pass tests again), never a
@@ -321,11 +386,23 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
         return ReconcileResult(ref, {}, None, ReconcileAction.GONE, tested=True,
                                verdict=verdict)
     await _emit_test_events(world, ref, verdict, before, smtp_status(written), done)
-    if _requested(written) or obj.status.get("selected") or written.status.get("selected"):
-        await select_scope(ref.namespace, world)
-        written = await world.store.get(ref) or written
-    return ReconcileResult(ref, written.status, max(0.0, new_memo.due_at - world.clock()),
-                           ReconcileAction.TESTED, tested=True, verdict=verdict)
+    written, wait = await _select(world, obj, written)
+    requeue = _sooner(max(0.0, new_memo.due_at - world.clock()), wait)
+    return ReconcileResult(ref, written.status, requeue, ReconcileAction.TESTED, tested=True,
+                           verdict=verdict)
+
+
+def _with_warnings(st: SmtpStatus, config: list[str], now: float) -> SmtpStatus:
+    """``status.warnings``: configuration warnings plus certificate expiry."""
+    out = list(config)
+    tls = (st.get("active") or {}).get("tls") or {}
+    if certificate_expiring(tls.get("certificateNotAfter"), now):
+        out.append("CertificateExpiringSoon")
+    if out:
+        st["warnings"] = out
+    else:
+        st.pop("warnings", None)
+    return st
 
 
 async def _inherit(obj: StoredObject, world: World, res: ExternalSmtp, memo: TestMemo,
@@ -343,8 +420,9 @@ async def _inherit(obj: StoredObject, world: World, res: ExternalSmtp, memo: Tes
     if not memo.passed and entry is not None and entry.retryable:
         due = memo.due_at  # keep the backoff schedule of a transient failure
     else:  # the (possibly changed) refreshInterval from the last test
-        due = memo.tested_at + refresh_delay(res.spec.refresh_seconds, key)
+        due = memo.tested_at + refresh_delay(refresh_seconds(res.spec, world.refresh_floor), key)
     new_memo = replace(memo, generation=gen, due_at=due)
+    warnings = config_warnings(res.spec, world.refresh_floor)
 
     def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
         st = smtp_status(cur)
@@ -366,15 +444,13 @@ async def _inherit(obj: StoredObject, world: World, res: ExternalSmtp, memo: Tes
             st["active"] = moved
         if not _requested(cur):
             st = _not_requested(st, gen, now)
-        return st, new_memo
+        return _with_warnings(st, warnings, now), new_memo
 
     written = await _write(world, ref, build)
     if written is None:
         return ReconcileResult(ref, {}, None, ReconcileAction.GONE)
-    if _requested(written) or obj.status.get("selected"):
-        await select_scope(ref.namespace, world)
-        written = await world.store.get(ref) or written
-    return ReconcileResult(ref, written.status, max(0.0, due - world.clock()),
+    written, wait = await _select(world, obj, written)
+    return ReconcileResult(ref, written.status, _sooner(max(0.0, due - world.clock()), wait),
                            ReconcileAction.INHERITED)
 
 
@@ -461,16 +537,22 @@ async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict, before: Sm
         was = cond.of(before, cond.READY)
         if was is None or was.get("status") != "True":
             await world.events.emit(Event(ref, "Normal", "TestPassed", message, at))
+        tls = (after.get("active") or {}).get("tls") or {}
+        if "CertificateExpiringSoon" in (after.get("warnings") or []) and \
+                "CertificateExpiringSoon" not in (before.get("warnings") or []):
+            await world.events.emit(Event(
+                ref, "Warning", "CertificateExpiringSoon",
+                f"the relay's certificate expires at {tls.get('certificateNotAfter')}", at))
         return
     await world.events.emit(Event(ref, "Warning", v.reason, message, at))
     active = after.get("active")
     if after.get("activeGeneration") is not None and active is not None:
-        if active.get("health") == "Failing":
+        if active.get("health") == "Failing" and after.get("selected"):
             await world.events.emit(Event(
                 ref, "Warning", "ActiveRelayFailing",
                 f"the configuration in use (generation {active.get('generation')}) failed "
                 f"its re-verification ({v.reason})", at))
-        else:
+        elif active.get("health") != "Failing":
             await world.events.emit(Event(
                 ref, "Normal", "LastKnownGoodRetained",
                 f"generation {after.get('activeGeneration')} remains in use", at))
@@ -502,6 +584,13 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
         ready, reason, message, version, warnings = (
             False, "OAuth2TokenEndpointUnavailable",
             f"internal error while checking the provider ({type(exc).__name__})", "", [])
+    if ready and "RefreshTokenNotPersisted" in warnings:
+        # Not a warning to live with: the old refresh token is spent and the new one lives
+        # only in this process - the next start (locally: the next command) fails.
+        ready, reason = False, "RefreshTokenNotPersisted"
+        message = ("the token endpoint rotated the refresh token and it could not be "
+                   f"written back; {message}")
+        warnings = [w for w in warnings if w != "RefreshTokenNotPersisted"]
     now = world.clock()
     spec_json = provider.spec.model_dump(by_alias=True, mode="json")
     digest = plan_digest(spec_json, {"provider": version})
@@ -510,6 +599,7 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
     prev = obj.memo
     failures = 0 if ready else ((prev.failures + 1) if prev and not prev.passed else 1)
     delay = backoff_delay(failures, key) if retryable else refresh_delay(PROVIDER_REFRESH, key)
+    request = reconcile_request(obj)
 
     def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
         old = cur.memo
@@ -518,7 +608,7 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
             memo = old  # unchanged: no write (the idempotent re-apply writes nothing)
         else:
             memo = TestMemo(digest, gen, now, now + delay, ready, failures)
-        if (memo is old
+        if (memo is old and request is None
                 and cond.attr(cur.status, cond.READY, "status") == ("True" if ready else "False")
                 and cond.attr(cur.status, cond.READY, "reason") == (reason or "TokenObtained")):
             # Nothing changed but the message's wording (e.g. "cached for 3539s"): keep the
@@ -543,7 +633,7 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
             st["warnings"] = warnings
         else:
             st.pop("warnings", None)
-        return st, memo
+        return _handled(st, request), memo
 
     written = await _write(world, ref, build)
     if written is None:

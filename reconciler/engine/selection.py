@@ -1,18 +1,27 @@
-"""Selection: at most one active relay per scope (a namespace of one store).
+"""Selection: at most one relay in use per scope (a namespace of one store), with standbys.
 
-The rule (deterministic, documented in docs/engine.md):
+The relays of a namespace that ask for it (``spec.selected: true``) are ranked by
+``(spec.priority, creationTimestamp, name)`` - the lowest ``priority`` is preferred, like
+an MX preference.  The rule (deterministic, documented in docs/engine.md):
 
-1. The relay already selected keeps it while it is requested (``spec.selected: true``)
-   and Ready - or while its test is in flight, so a re-test never flaps selection.
-2. Otherwise the oldest requested Ready relay wins (``creationTimestamp``, then name).
-3. If no requested relay is Ready, the one already selected keeps it as long as it is
-   requested and has a last-known-good generation (``status.activeGeneration``): senders
-   keep using the configuration that worked; ``Ready=False`` tells the user.
-4. Otherwise nothing is selected.  A relay that was never Ready is never selected.
-
-Losers that are requested and Ready get ``Selected=False, reason=SelectionConflict``
-naming the winner; requested but not Ready ones ``NotReady``; the others ``NotRequested``.
-A change of winner away from a still-requested relay is a ``Failover`` event.
+1. **Keep a healthy incumbent.** The relay in use keeps selection while it is requested
+   and Ready - or while a re-test of it is in flight and it is not failing (a re-test never
+   flaps selection) - unless rule 2 applies.
+2. **Fail back with hysteresis.** A Ready relay with a strictly lower ``priority`` than the
+   incumbent takes selection back once it has been Ready for its ``spec.failbackDelay``
+   (default 5m; ``Selected=False, reason=FailbackPending`` until then).  Equal priorities
+   never preempt each other.
+3. **Fail over.** Otherwise the best-ranked requested Ready relay wins - when the relay in
+   use failed its (re-)verification, a Ready standby takes over at once (``Failover``).
+4. **No first-pass race.** When nothing is selected yet, a relay is not chosen while a
+   better-ranked requested relay is still waiting for its *first* test verdict; the choice
+   is made when that verdict is in (so it never depends on which test finishes first).
+5. **Keep the last-known-good.** If no requested relay is Ready, the incumbent keeps
+   selection while it is requested and has a last-known-good generation:
+   ``LastKnownGoodRetained`` when a newer generation failed and the one in use was not
+   shown to fail, ``ActiveRelayFailing`` when the configuration in use itself failed its
+   re-verification (and no standby is Ready).
+6. Otherwise nothing is selected.  A relay that never passed a test is never selected.
 
 Writes release the old winner before marking the new one, so the store never holds two
 selected relays, even if the process dies between the two writes.
@@ -21,19 +30,24 @@ selected relays, even if the process dies between the two writes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from reconciler.engine import conditions as cond
+from reconciler.resources import format_duration, parse_duration
 from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, StoreError
 
 log = logging.getLogger(__name__)
 
 KIND = "ExternalSmtp"
+DEFAULT_FAILBACK = 300.0
 
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
+    """What selection needs to know about one relay of the scope."""
+
     name: str
     created_at: str
     requested: bool
@@ -41,45 +55,110 @@ class Candidate:
     testing: bool
     has_active: bool
     selected: bool
+    priority: int = 0
+    ready_since: float = 0.0  # epoch of Ready's lastTransitionTime (when ready)
+    failing: bool = False  # the active record's own re-verification failed
+    pending: bool = False  # no test verdict yet at all (first test not finished)
+    failback_after: float = DEFAULT_FAILBACK
 
     @property
-    def order(self) -> tuple[str, str]:
-        return (self.created_at, self.name)
+    def order(self) -> tuple[int, str, str]:
+        return (self.priority, self.created_at, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The outcome of :func:`choose`: the winner (or None), and the relays waiting for
+    their fail-back delay (name -> epoch when they may take over)."""
+
+    winner: str | None
+    failback_at: dict[str, float] = field(default_factory=dict)
+    waiting_for: str | None = None  # rule 4: a better-ranked relay's first verdict
+
+
+def _epoch(rfc3339: Any) -> float:
+    try:
+        return datetime.strptime(str(rfc3339), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return 0.0
 
 
 def candidate(obj: StoredObject) -> Candidate:
     spec = obj.manifest.get("spec") or {}
     st = obj.status
+    ready_cond = cond.of(st, cond.READY)
+    ready = ready_cond is not None and ready_cond.get("status") == "True"
+    try:
+        failback = parse_duration(str(spec.get("failbackDelay", "5m"))).total_seconds()
+    except ValueError:
+        failback = DEFAULT_FAILBACK
+    priority = spec.get("priority", 0)
+    active = st.get("active") or {}
     return Candidate(
         name=obj.ref.name, created_at=obj.created_at,
         requested=bool(spec.get("selected", False)),
-        ready=cond.is_true(st, cond.READY),
-        testing=cond.is_true(st, cond.RECONCILING)
-        and cond.attr(st, cond.RECONCILING, "reason") == "Testing",
+        ready=ready,
+        testing=cond.attr(st, cond.RECONCILING, "reason") == "Testing",
         has_active=st.get("activeGeneration") is not None,
         selected=bool(st.get("selected", False)),
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool)
+        else 0,
+        ready_since=_epoch(ready_cond.get("lastTransitionTime")) if ready_cond and ready
+        else 0.0,
+        failing=active.get("health") == "Failing",
+        pending=st.get("activeGeneration") is None and not st.get("lastTest")
+        and (ready_cond is None or ready_cond.get("reason") in ("Testing", "Pending")),
+        failback_after=failback,
     )
 
 
-def choose(cands: list[Candidate]) -> str | None:
-    """The winner's name under the rule above (pure; the heart of guarantee 3)."""
+def choose(cands: list[Candidate], now: float = 0.0) -> str | None:
+    """The winner's name under the rule above at ``now`` (epoch seconds; the default 0
+    means no fail-back delay has passed yet)."""
+    return decide(cands, now).winner
+
+
+def decide(cands: list[Candidate], now: float = 0.0) -> Choice:
+    """The winner under the rule above, and who waits for what (pure; the heart of
+    guarantee 3)."""
     incumbents = sorted((c for c in cands if c.selected), key=lambda c: c.order)
     inc = incumbents[0] if incumbents else None
-    if inc and inc.requested and inc.has_active and (inc.ready or inc.testing):
-        return inc.name
-    ready = sorted((c for c in cands if c.requested and c.ready), key=lambda c: c.order)
-    if ready:
-        return ready[0].name
-    if inc and inc.requested and inc.has_active:
-        return inc.name
-    return None
+    eligible = sorted((c for c in cands if c.requested and c.ready), key=lambda c: c.order)
+    best = eligible[0] if eligible else None
+    if inc is not None and inc.requested and inc.has_active and (
+            inc.ready or (inc.testing and not inc.failing)):
+        better = [c for c in eligible if c.priority < inc.priority]
+        if better:
+            b = better[0]
+            at = b.ready_since + b.failback_after
+            if now >= at:
+                return Choice(b.name)  # rule 2: fail back
+            return Choice(inc.name, {c.name: c.ready_since + c.failback_after
+                                     for c in better})
+        return Choice(inc.name)  # rule 1
+    if best is not None:
+        if inc is None:
+            waiting = [c for c in cands if c.requested and c.pending and c.order < best.order]
+            if waiting:  # rule 4
+                return Choice(None, waiting_for=min(waiting, key=lambda c: c.order).name)
+        return Choice(best.name)  # rule 3
+    if inc is not None and inc.requested and inc.has_active:
+        return Choice(inc.name)  # rule 5
+    return Choice(None)
 
 
-def desired_selected(c: Candidate, winner: str | None, namespace: str) -> tuple[bool, str, str]:
+def desired_selected(c: Candidate, choice: Choice, namespace: str,
+                     cands: dict[str, Candidate]) -> tuple[bool, str, str]:
     """(selected, reason, message) of the Selected condition for ``c``."""
+    winner = choice.winner
+    w = cands.get(winner) if winner else None
     if winner == c.name:
         if c.ready:
             return True, "Active", "this relay is the one in use in namespace " + namespace
+        if c.failing:
+            return True, "ActiveRelayFailing", (
+                "this relay is in use and its configuration failed its re-verification "
+                "(see Ready); no standby is Ready to take over")
         return True, "LastKnownGoodRetained", (
             "this relay stays in use with its last-known-good generation; see Ready")
     if not c.requested:
@@ -89,10 +168,24 @@ def desired_selected(c: Candidate, winner: str | None, namespace: str) -> tuple[
         if winner:
             msg += f"; ExternalSmtp {winner!r} is in use"
         return False, "NotReady", msg
-    return False, "SelectionConflict", (
-        f"ExternalSmtp {winner!r} is selected in namespace {namespace} (the relay already "
-        f"in use keeps it; otherwise the oldest requested Ready relay wins); set "
-        f"spec.selected: false on the others")
+    if c.name in choice.failback_at:
+        at = choice.failback_at[c.name]
+        return False, "FailbackPending", (
+            f"Ready, and preferred to {winner!r} (priority {c.priority} < "
+            f"{w.priority if w else '?'}): takes selection back at {cond.rfc3339(at)} if it "
+            f"stays Ready (spec.failbackDelay {format_duration(c.failback_after)})")
+    if winner is None:
+        return False, "Standby", (
+            f"Ready; waiting for the first test of {choice.waiting_for!r}, which is "
+            f"preferred, before a relay is chosen" if choice.waiting_for else "Ready")
+    if w is not None and w.priority == c.priority:
+        return False, "SelectionConflict", (
+            f"ExternalSmtp {winner!r} is selected in namespace {namespace} with the same "
+            f"priority ({c.priority}): the relay already in use keeps it, otherwise the older "
+            f"one wins; give the standby a higher spec.priority (lower values are preferred)")
+    return False, "Standby", (
+        f"standby for ExternalSmtp {winner!r} (priority {c.priority}, in use: "
+        f"{w.priority if w else '?'}): takes over if it fails its test")
 
 
 def selected_mutator(selected: bool, reason: str, message: str, now: float) -> Any:
@@ -122,14 +215,15 @@ async def select_scope(namespace: str, world: Any) -> str | None:
     async with world.scope_lock(namespace):
         objs: list[StoredObject] = await world.store.list(KIND, namespace)
         cands = {o.ref.name: candidate(o) for o in objs}
-        winner = choose(list(cands.values()))
         now = world.clock()
+        choice = decide(list(cands.values()), now)
+        winner = choice.winner
         previous = sorted((c for c in cands.values() if c.selected), key=lambda c: c.order)
         # Release first, then acquire: never two selected in the store.
         ordered = sorted(cands.values(), key=lambda c: c.name == winner)
         by_name = {o.ref.name: o for o in objs}
         for c in ordered:
-            sel, reason, msg = desired_selected(c, winner, namespace)
+            sel, reason, msg = desired_selected(c, choice, namespace, cands)
             mutate = selected_mutator(sel, reason, msg, now)
             if mutate(by_name[c.name]) is None:
                 continue  # already as desired in the snapshot: no write (fast re-apply)
@@ -141,22 +235,35 @@ async def select_scope(namespace: str, world: Any) -> str | None:
                 # A loser's Selected=False condition only: the selection itself holds.
                 log.warning("could not write the Selected condition of %s/%s: %s",
                             namespace, c.name, exc)
-        if winner is not None and (not previous or previous[0].name != winner):
-            ref = ObjectRef(KIND, namespace, winner)
-            old = previous[0] if previous else None
-            if old is not None and old.requested:
-                text = (f"ExternalSmtp {old.name!r} is not Ready; {winner!r} took over as the "
-                        f"relay in use")
-                await world.events.emit(Event(ref, "Warning", "Failover", text,
-                                              cond.rfc3339(now)))
-                await world.events.emit(Event(ObjectRef(KIND, namespace, old.name), "Warning",
-                                              "Failover", text, cond.rfc3339(now)))
-            else:
-                await world.events.emit(Event(ref, "Normal", "Active",
-                                              f"{winner!r} is now the relay in use",
-                                              cond.rfc3339(now)))
-        elif winner is None and previous:
-            await world.events.emit(Event(
-                ObjectRef(KIND, namespace, previous[0].name), "Normal", "NotRequested",
-                f"no relay is in use in namespace {namespace} any more", cond.rfc3339(now)))
+        await _emit_selection_events(world, namespace, cands, previous, winner, now)
         return winner
+
+
+async def _emit_selection_events(world: Any, namespace: str, cands: dict[str, Candidate],
+                                 previous: list[Candidate], winner: str | None,
+                                 now: float) -> None:
+    at = cond.rfc3339(now)
+    old = previous[0] if previous else None
+    if winner is not None and (old is None or old.name != winner):
+        ref = ObjectRef(KIND, namespace, winner)
+        new = cands[winner]
+        if old is not None and old.requested and old.ready and new.priority < old.priority:
+            text = (f"{winner!r} (priority {new.priority}) took selection back from "
+                    f"{old.name!r} (priority {old.priority}) after being Ready for "
+                    f"{format_duration(new.failback_after)}")
+            for name in (winner, old.name):
+                await world.events.emit(Event(ObjectRef(KIND, namespace, name), "Normal",
+                                              "Failback", text, at))
+        elif old is not None and old.requested:
+            text = (f"ExternalSmtp {old.name!r} is not Ready; {winner!r} took over as the "
+                    f"relay in use")
+            for name in (winner, old.name):
+                await world.events.emit(Event(ObjectRef(KIND, namespace, name), "Warning",
+                                              "Failover", text, at))
+        else:
+            await world.events.emit(Event(ref, "Normal", "Active",
+                                          f"{winner!r} is now the relay in use", at))
+    elif winner is None and old is not None:
+        await world.events.emit(Event(
+            ObjectRef(KIND, namespace, old.name), "Warning", "NoRelayInUse",
+            f"no relay is in use in namespace {namespace} any more", at))

@@ -14,6 +14,7 @@ the Kubernetes operator, a test - supplies its own:
 * ``check_provider(provider)`` - the OAuth2Provider readiness check;
 * ``events`` - where transitions go (Kubernetes Events, the local history, a progress bar);
 * ``limits`` - the global and per-host concurrency limits on connection tests;
+* ``refresh_floor`` - the shortest re-verification interval (``--min-refresh-interval``);
 * ``clock`` - epoch seconds (tests pass a fake clock to reason about refresh and backoff);
 * ``announce_testing`` - write ``Reconciling=True`` before a test (an extra status write;
   the local CLI and the operator both do it so ``kubectl wait``/``get`` show the test in
@@ -134,6 +135,9 @@ class World(Protocol):
     @property
     def announce_testing(self) -> bool: ...
 
+    @property
+    def refresh_floor(self) -> float: ...
+
     def clock(self) -> float: ...
 
     async def resolve_credentials(
@@ -159,6 +163,9 @@ class BasicWorld:
     limits: Limits = field(default_factory=Limits)
     clock_fn: Callable[[], float] = time.time
     announce_testing: bool = True
+    # The shortest re-verification interval (seconds): a refreshInterval under it is raised
+    # to it (a test is a login).  Runtimes take it from --min-refresh-interval.
+    refresh_floor: float = 60.0
     # Called by a runtime when a new pass over many resources begins: drop per-pass caches
     # (the local runtime snapshots secret sources once per pass; see runtimes/local.py).
     begin_pass: Callable[[], None] = lambda: None

@@ -262,6 +262,9 @@ def _record_tls(state: AttemptState, wire: Wire) -> None:
         state.details["tlsVersion"] = obj.version()
         cipher = obj.cipher()
         state.details["tlsCipher"] = cipher[0] if cipher else None
+        not_after = tlsconfig.certificate_not_after(obj)
+        if not_after is not None:
+            state.details["certificateNotAfter"] = not_after
     if not state.spec.tls.verify:
         state.warn("TLSVerificationDisabled")
 

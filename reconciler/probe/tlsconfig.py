@@ -89,3 +89,24 @@ def describe_certificate_problem(problem: str, exc: ssl.SSLCertVerificationError
         text += f" {name!r}"
     verify = getattr(exc, "verify_message", None)
     return f"{text} ({verify})" if verify else text
+
+
+def certificate_not_after(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
+    """The peer certificate's expiry as RFC 3339 UTC (``status.active.tls``), or None.
+
+    Read from the DER form, so it works with verification off too (``getpeercert()``
+    returns an empty dict then); parsed with ``cryptography``, never by hand.
+    """
+    try:
+        der = ssl_object.getpeercert(binary_form=True)
+    except (ValueError, ssl.SSLError):
+        return None
+    if not der:
+        return None
+    from cryptography import x509
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    return cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -31,7 +31,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,13 @@ from pydantic import ValidationError
 from reconciler.credentials.policy import SourcePolicy, stamp_manifest
 from reconciler.engine.assess import render_validation_error
 from reconciler.engine.backoff import ErrorBackoff
+from reconciler.engine.policy import REFRESH_FLOOR
 from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
-from reconciler.stores.base import Event, ObjectRef, StoreError
+from reconciler.secret import Secret
+from reconciler.stores.base import Event, ObjectRef, StoredObject, StoreError
 from reconciler.stores.local import LocalStore, Upserted
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -222,7 +224,7 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
                 clock: Callable[[], float] = time.time,
                 policy: SourcePolicy | None = None, egress: Any = None,
-                offline: bool = False) -> BasicWorld:
+                offline: bool = False, refresh_floor: float | None = None) -> BasicWorld:
     """A World wired to the real credentials layer and probe (imported lazily).
 
     ``policy``: which secret references manifests may use (default: the CLI's, with the
@@ -230,6 +232,7 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
     ``plan`` and ``apply --dry-run`` (secrets resolved for their versions only; no token
     endpoint, no relay, no write).  Each reference is resolved at most once per pass
     (``begin_pass``): 10,000 relays usually share a handful of references.
+    ``refresh_floor``: the shortest re-verification interval (``--min-refresh-interval``).
     """
     from reconciler.credentials.policy import cli_policy
     from reconciler.credentials.sources import default_sources
@@ -242,7 +245,55 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                       check_provider_fn=live.check_provider_fn,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
-                      announce_testing=announce_testing, begin_pass=sources.begin_pass)
+                      announce_testing=announce_testing, begin_pass=sources.begin_pass,
+                      refresh_floor=REFRESH_FLOOR if refresh_floor is None else refresh_floor)
+
+
+# --- handing out the active relay ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Revealed:
+    """A tested credential of the active relay, in memory only (``get active --reveal``)."""
+
+    secret: Secret | None
+    token_expires_at: str | None = None
+
+
+async def reveal_active(store: LocalStore, namespace: str, record: Mapping[str, Any], *,
+                        manifest: Mapping[str, Any], policy: SourcePolicy | None = None,
+                        ) -> Revealed:
+    """The password of the active record, but only when it is the tested one: raises
+    :class:`reconciler.engine.active.NotTested` otherwise (the secret changed since the
+    test and the new value has not passed).
+
+    The reference is read through the source policy for the relay that holds it
+    (``manifest``), as ``apply`` read it.  The comparison is of keyed versions (HMACs with
+    the store's key), so the state file never holds a value; ``store`` must be open
+    (opening it installs that key).  An OAuth 2.0 access token is never revealed: ``get``
+    only reads and contacts no token endpoint (the operator publishes tokens).
+    """
+    from reconciler.credentials.base import CredentialError
+    from reconciler.credentials.policy import cli_policy, sources_for
+    from reconciler.credentials.sources import default_sources
+    from reconciler.engine.active import require_tested
+    from reconciler.resources import SecretRef
+
+    del store  # open: its version key is installed
+    sources = default_sources(policy=policy if policy is not None else cli_policy())
+    auth = record.get("authentication")
+    if auth == "UsernamePassword" and record.get("passwordFrom"):
+        ref = SecretRef.model_validate(record["passwordFrom"])
+        resolved = await sources_for(sources, dict(manifest)).resolve(ref, namespace)
+        require_tested(record, "password", resolved.version)
+        return Revealed(resolved.value)
+    if auth == "OAuth2":
+        raise CredentialError(
+            "OAuth2TokenNotRevealed",
+            "get only reads: it never contacts a token endpoint, so --reveal shows no access "
+            "token (applications obtain tokens from the provider themselves; the operator "
+            "publishes one)")
+    return Revealed(None)
 
 
 # --- apply -------------------------------------------------------------------------------
@@ -255,6 +306,7 @@ ProgressFn = Callable[[ReconcileResult], None]
 class ApplyOutcome:
     upserted: list[Upserted] = field(default_factory=list)
     pruned: list[ObjectRef] = field(default_factory=list)
+    held: list[tuple[ObjectRef, str]] = field(default_factory=list)  # prunes deferred
     results: list[ReconcileResult] = field(default_factory=list)
 
     @property
@@ -346,15 +398,55 @@ async def apply_manifests(store: LocalStore, world: BasicWorld, manifests: list[
                           *, prune: bool = False, progress: ProgressFn | None = None,
                           on_upserted: Callable[[list[Upserted]], None] | None = None,
                           ) -> ApplyOutcome:
+    """Upsert, reconcile, then prune (``prune``): removals come after the replacements were
+    tested, and never take away the relay in use of a namespace without a Ready
+    replacement (see :func:`safe_prunes`)."""
     out = ApplyOutcome()
     out.upserted = store.upsert_many(manifests, now=world.clock())
     if on_upserted is not None:
         on_upserted(out.upserted)
-    if prune:
-        out.pruned = await delete_refs(store, world, prune_candidates(store, manifests))
     out.results = await reconcile_objects([u.obj.ref for u in out.upserted], world,
-                                          progress=progress, force_select=bool(out.pruned))
+                                          progress=progress)
+    if prune:
+        safe, out.held = safe_prunes(store, prune_candidates(store, manifests), world.clock())
+        for ref, why in out.held:
+            await world.events.emit(Event(ref, "Warning", "PruneDeferred",
+                                          f"not pruned: {why}", _rfc3339(world.clock())))
+        out.pruned = await delete_refs(store, world, safe)
     return out
+
+
+def safe_prunes(store: LocalStore, refs: list[ObjectRef], now: float,
+                ) -> tuple[list[ObjectRef], list[tuple[ObjectRef, str]]]:
+    """Split prune candidates into those safe to delete now and those held back.
+
+    A namespace whose relay in use is a candidate keeps it while no remaining relay would
+    be selected in its place (the replacement failed its test, or there is none): a prune
+    must never leave applications without the relay that works.  The OAuth2Providers the
+    held relays use are held too.  The next apply prunes them once a replacement is Ready.
+    """
+    from reconciler.engine.selection import candidate, decide
+
+    doomed = set(refs)
+    held: list[tuple[ObjectRef, str]] = []
+    for ns in sorted({r.namespace for r in refs if r.kind == KIND_SMTP}):
+        relays = store.list_sync(KIND_SMTP, ns)
+        in_use = [o for o in relays if o.status.get("selected")]
+        if not in_use or in_use[0].ref not in doomed:
+            continue
+        remaining = [candidate(o) for o in relays if o.ref not in doomed]
+        if decide(remaining, now).winner is None:
+            obj = in_use[0]
+            held.append((obj.ref, "it is the relay in use in namespace "
+                         f"{ns} and no remaining relay is Ready to take over; it is pruned "
+                         "by a later apply once one is"))
+            pref = ((obj.manifest.get("spec") or {}).get("oauth2ProviderRef") or {}).get("name")
+            pkey = ObjectRef(KIND_OAUTH2, ns, str(pref)) if pref else None
+            if pkey is not None and pkey in doomed:
+                held.append((pkey, f"ExternalSmtp {obj.ref.name!r}, the relay in use, "
+                             "uses it and is held"))
+    kept = {r for r, _ in held}
+    return [r for r in refs if r not in kept], held
 
 
 # --- watch ---------------------------------------------------------------------------------
@@ -386,7 +478,9 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
                 pass_lock: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
                 load: Callable[[list[str]], list[dict[str, Any]]] | None = None,
                 ) -> None:
-    """Keep reconciling: re-verify when due, re-apply when an input file changes.
+    """Keep reconciling: re-verify when due, re-apply when an input file changes, and
+    re-verify at once the resources whose ``file:`` secret changed (a rotated password or
+    CA file is seen within ``poll`` seconds, not at the next ``refreshInterval``).
 
     ``paths`` None means reconcile what is in the store (``smtpctl reconcile --watch``).
     ``stop`` ends the loop; ``iterations`` bounds it (tests).  ``pass_lock`` is held
@@ -397,6 +491,7 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
     stop = stop or asyncio.Event()
     seen: dict[str, float] = {}
     due: dict[ObjectRef, float] = {}
+    secret_files: dict[str, tuple[int, ...] | None] = {}
     errors = ErrorBackoff()
     n = 0
     while not stop.is_set() and (iterations is None or n < iterations):
@@ -405,14 +500,14 @@ async def watch(store: LocalStore, world: BasicWorld, paths: list[str] | None, *
             with (pass_lock or contextlib.nullcontext)():
                 await _watch_pass(store, world, paths, seen, due, errors, prune=prune,
                                   progress=progress, on_error=on_error,
-                                  load=load or load_manifests)
+                                  load=load or load_manifests, secret_files=secret_files)
         except StoreError as exc:  # e.g. the lock was not free in time: try again later
             if on_error:
                 on_error(str(exc))
         now = world.clock()
         nxt = min(due.values(), default=now + max_sleep)
-        sleep = max(0.05, min(nxt - world.clock(), poll if paths is not None else max_sleep,
-                              max_sleep))
+        polling = paths is not None or bool(secret_files)
+        sleep = max(0.05, min(nxt - world.clock(), poll if polling else max_sleep, max_sleep))
         with_timeout: Awaitable[Any] = stop.wait()
         try:
             await asyncio.wait_for(with_timeout, timeout=sleep)
@@ -426,6 +521,7 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
                       progress: ProgressFn | None,
                       on_error: Callable[[str], None] | None,
                       load: Callable[[list[str]], list[dict[str, Any]]] = load_manifests,
+                      secret_files: dict[str, tuple[int, ...] | None] | None = None,
                       ) -> None:
     """One pass of :func:`watch`: re-apply changed inputs, reconcile what is due."""
     now = world.clock()
@@ -449,6 +545,9 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
     for ref in list(due):
         if ref not in objs:
             del due[ref]
+    if secret_files is not None:
+        for ref in _changed_secret_files(list(objs.values()), secret_files):
+            due[ref] = now
     todo = [ref for ref in objs if due.get(ref, 0.0) <= now]
     if todo:
         failed: list[PassError] = []
@@ -460,6 +559,53 @@ async def _watch_pass(store: LocalStore, world: BasicWorld, paths: list[str] | N
             due[f.ref] = world.clock() + f.retry_after
             if on_error:
                 on_error(f"{f.ref}: {f.message} (retrying in {f.retry_after:.0f}s)")
+
+
+_FILE_REFS = ("passwordFrom", "clientSecretFrom", "refreshTokenFrom")
+
+
+def secret_files_of(obj: StoredObject) -> set[str]:
+    """The ``file:`` secret references of a resource (password, CA, client secret, ...)."""
+    spec = obj.manifest.get("spec") or {}
+    refs = [spec.get(k) for k in _FILE_REFS] + [(spec.get("tls") or {}).get("caBundleFrom")]
+    return {str(r["file"]) for r in refs if isinstance(r, dict) and isinstance(r.get("file"), str)}
+
+
+def _stat(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+def _changed_secret_files(objs: list[StoredObject],
+                          seen: dict[str, tuple[int, ...] | None]) -> set[ObjectRef]:
+    """Resources whose ``file:`` secret changed since the last look (and the relays that
+    use a provider whose secret file changed).  ``seen`` is updated; a file seen for the
+    first time is not a change."""
+    users: dict[str, set[ObjectRef]] = {}
+    for o in objs:
+        for f in secret_files_of(o):
+            users.setdefault(f, set()).add(o.ref)
+    changed: set[ObjectRef] = set()
+    current = {f: _stat(f) for f in users}
+    for f, st in current.items():
+        if f in seen and seen[f] != st:
+            changed |= users[f]
+    seen.clear()
+    seen.update(current)
+    providers = {(r.namespace, r.name) for r in changed if r.kind == KIND_OAUTH2}
+    if providers:
+        for o in objs:
+            pref = ((o.manifest.get("spec") or {}).get("oauth2ProviderRef") or {}).get("name")
+            if o.ref.kind == KIND_SMTP and (o.ref.namespace, pref) in providers:
+                changed.add(o.ref)
+    return changed
+
+
+def _rfc3339(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def default_state() -> str:

@@ -42,13 +42,15 @@ class Resource(NamedTuple):
     authentication: Any
     provider_ref: Any
     selected: bool
+    priority: Any = 0  # spec.priority: selected relays with distinct priorities are standbys
 
     @classmethod
     def of(cls, key: int, kind: str, namespace: str, name: str | None,
            doc: dict[str, Any]) -> Resource:
         spec = _obj(doc.get("spec"))
         return cls(key, kind, namespace, name, spec.get("authentication"),
-                   _obj(spec.get("oauth2ProviderRef")).get("name"), spec.get("selected") is True)
+                   _obj(spec.get("oauth2ProviderRef")).get("name"), spec.get("selected") is True,
+                   spec.get("priority", 0))
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def check_set(resources: list[Resource]) -> list[tuple[int, Finding]]:
     out: list[tuple[int, Finding]] = []
     providers = {(r.namespace, r.name) for r in resources if r.kind == KIND_OAUTH2}
     seen: dict[tuple[str, str, str], int] = {}
-    selected: dict[str, str] = {}
+    selected: dict[tuple[str, Any], str] = {}
     for r in resources:
         if r.name is not None:
             ident = (r.kind, r.namespace, r.name)
@@ -165,11 +167,18 @@ def check_set(resources: list[Resource]) -> list[tuple[int, Finding]]:
                                        f"no OAuth2Provider {ref!r} in namespace "
                                        f"{r.namespace!r} in the input")))
         if r.selected:
-            if r.namespace in selected:
+            # Several selected relays are the supported standby setup when their
+            # spec.priority differ (the lowest Ready one is used); an equal priority is a tie
+            # that only age decides - almost never what was meant.
+            slot = (r.namespace, r.priority)
+            if slot in selected:
                 out.append((r.key, Finding(("spec", "selected"), "warning",
-                                           f"{selected[r.namespace]!r} is also selected in "
-                                           f"namespace {r.namespace!r}: only one relay per "
-                                           "namespace is used")))
+                                           f"{selected[slot]!r} is also selected in "
+                                           f"namespace {r.namespace!r} with the same "
+                                           f"priority ({r.priority}): only one relay per "
+                                           "namespace is used and age decides which; give "
+                                           "the standby a higher spec.priority (lower "
+                                           "values are preferred)")))
             else:
-                selected[r.namespace] = r.name or "?"
+                selected[slot] = r.name or "?"
     return out
