@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reconciler.devservers.smtp import RelayServer  # noqa: E402
-from tests.support.kube_emulator import kubeconfig_text  # noqa: E402
 from tests.support.kube_operator import standin_crd  # noqa: E402
 
 GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
@@ -68,9 +69,12 @@ def _rss_peak_mb(pid: int) -> float:
 
 
 class Emulator:
-    def __init__(self) -> None:
+    """The strict emulator (HTTPS, admin token) in its own process."""
+
+    def __init__(self, work: Path) -> None:
         crd_dir = ROOT / "manifests" / "crds"
-        args = [sys.executable, "-m", "tests.support.kube_emulator"]
+        args = [sys.executable, "-m", "tests.support.kube_emulator",
+                "--workdir", str(work / "emulator")]
         self.generated_crds = crd_dir.is_dir() and any(crd_dir.glob("*.yaml"))
         if self.generated_crds:
             args += ["--crd-dir", str(crd_dir)]
@@ -79,9 +83,16 @@ class Emulator:
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
+        self.kubeconfig = Path(self.proc.stdout.readline().strip())
+        user = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]
+        ca = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"][
+            "certificate-authority"]
+        self.http: dict[str, Any] = {"verify": ssl.create_default_context(cafile=ca),
+                                     "headers": {"Authorization": f"Bearer {user['token']}"}}
 
     def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=60).json()
+        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=60,
+                                         **self.http).json()
         return data
 
     def close(self) -> None:
@@ -93,9 +104,13 @@ class Emulator:
             self.proc.kill()
 
 
-async def _populate(url: str, count: int, relay: RelayServer, generated_crds: bool) -> None:
+async def _populate(emu: Emulator, count: int, relay: RelayServer, generated_crds: bool
+                    ) -> None:
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=emu.url, timeout=60, limits=limits,
+                                 **emu.http) as http:
+        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
+        r.raise_for_status()
         if not generated_crds:
             for kind, plural in (
                 ("ExternalSmtp", "externalsmtps"),
@@ -147,8 +162,9 @@ async def _populate(url: str, count: int, relay: RelayServer, generated_crds: bo
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def _ready_count(url: str) -> int:
-    r = httpx.get(f"{url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps", timeout=120)
+def _ready_count(emu: Emulator) -> int:
+    r = httpx.get(f"{emu.url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps",
+                  timeout=120, **emu.http)
     n = 0
     for item in r.json().get("items", []):
         for c in (item.get("status") or {}).get("conditions") or []:
@@ -241,17 +257,16 @@ def _wait(what: str, fn: Any, limit: float, pid: int | None = None) -> float:
 
 
 def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dict[str, Any]:
-    emu = Emulator()
+    emu = Emulator(work)
     relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
     try:
-        kubeconfig = work / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(emu.url))
+        kubeconfig = emu.kubeconfig
         t0 = time.monotonic()
-        asyncio.run(_populate(emu.url, count, relay, emu.generated_crds))
+        asyncio.run(_populate(emu, count, relay, emu.generated_crds))
         create_s = time.monotonic() - t0
         base = emu.stats()
         op = Operator(kubeconfig, work / f"operator-{count}-a.log", concurrency)
-        ready_s = _wait("all Ready", lambda: _ready_count(emu.url) >= count, 3600, op.proc.pid)
+        ready_s = _wait("all Ready", lambda: _ready_count(emu) >= count, 3600, op.proc.pid)
         _wait("first pass logged", lambda: op.reconciled() >= count, 600, op.proc.pid)
         cpu_first = op.cpu_seconds()
         rss_first = op.stop()
@@ -309,11 +324,13 @@ def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dic
         emu.close()
 
 
-async def _unrelated_secrets(url: str, megabytes: int) -> None:
+async def _unrelated_secrets(emu: Emulator, megabytes: int) -> None:
     """``megabytes`` of Secrets nobody references (Helm-release-like, 512 KiB each), half
     in the operator's namespace and half in another one."""
     blob = _b64("x" * (384 * 1024))  # 512 KiB once base64-encoded
-    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=emu.url, timeout=120, **emu.http) as http:
+        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": "other"}})
+        r.raise_for_status()
         for i in range(megabytes * 2):
             ns = NS if i % 2 == 0 else "other"
             r = await http.post(f"/api/v1/namespaces/{ns}/secrets", json={
@@ -324,16 +341,15 @@ async def _unrelated_secrets(url: str, megabytes: int) -> None:
 
 def run_secrets(megabytes: int, count: int, concurrency: int, work: Path) -> dict[str, Any]:
     """Peak operator RSS (cluster-wide mode) with ``megabytes`` of unrelated Secrets."""
-    emu = Emulator()
+    emu = Emulator(work)
     relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
     try:
-        kubeconfig = work / "kubeconfig"
-        kubeconfig.write_text(kubeconfig_text(emu.url))
-        asyncio.run(_populate(emu.url, count, relay, emu.generated_crds))
-        asyncio.run(_unrelated_secrets(emu.url, megabytes))
+        kubeconfig = emu.kubeconfig
+        asyncio.run(_populate(emu, count, relay, emu.generated_crds))
+        asyncio.run(_unrelated_secrets(emu, megabytes))
         op = Operator(kubeconfig, work / f"operator-secrets-{megabytes}.log", concurrency,
                       all_namespaces=True)
-        ready_s = _wait("all Ready", lambda: _ready_count(emu.url) >= count, 1800, op.proc.pid)
+        ready_s = _wait("all Ready", lambda: _ready_count(emu) >= count, 1800, op.proc.pid)
         for _ in range(8):  # two seconds of calm
             _sample(op.proc.pid)
             time.sleep(0.25)

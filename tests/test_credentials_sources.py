@@ -266,16 +266,20 @@ async def test_file_write_to_a_directory_path_fails(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def kube(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, str, Path]]:
-    async with running_emulator() as (emu, url):
+    async with running_emulator(namespaces=("mail", "other")) as (emu, url):
         cfg = tmp_path / "kubeconfig"
-        cfg.write_text(kubeconfig_text(url))
+        cfg.write_text(emu.kubeconfig(url))
+        HTTP[url] = emu.http_kwargs()  # the strict emulator's CA and an admin token
         yield emu, url, cfg
+
+
+HTTP: dict[str, dict[str, Any]] = {}
 
 
 async def put_secret(url: str, ns: str, name: str, data: dict[str, str]) -> str:
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(**HTTP[url]) as c:
         r = await c.post(f"{url}/api/v1/namespaces/{ns}/secrets", json=body)
         assert r.status_code == 201, r.status_code
         return str(r.json()["metadata"]["resourceVersion"])
@@ -298,14 +302,14 @@ async def test_kube_secret_version_is_a_keyed_hash_per_key(kube: Any) -> None:
     assert got.version.startswith("k8s:h:") and rv not in got.version
     canary.assert_no_canary(repr(got), got.version)
     # Another key changes (a new resourceVersion): this key's version does not.
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(**HTTP[url]) as c:
         r = await c.patch(f"{url}/api/v1/namespaces/mail/secrets/smtp",
                           json={"data": {"other": base64.b64encode(b"b").decode()}},
                           headers={"Content-Type": "application/merge-patch+json"})
         assert r.status_code == 200 and r.json()["metadata"]["resourceVersion"] != rv
     assert (await src.resolve(skref(), "mail")).version == got.version
     # This key's value changes: its version does.
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(**HTTP[url]) as c:
         r = await c.patch(f"{url}/api/v1/namespaces/mail/secrets/smtp",
                           json={"data": {"password": base64.b64encode(b"new-pw").decode()}},
                           headers={"Content-Type": "application/merge-patch+json"})
@@ -470,7 +474,7 @@ async def test_kube_garbage_answer_and_bad_base64(kube: Any) -> None:
     assert err.reason == "SecretSourceUnavailable" and "garbage" in err.message
     body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "b64"},
             "data": {"password": "%%%not-base64%%%"}}
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(**HTTP[url]) as c:
         r = await c.post(f"{url}/api/v1/namespaces/mail/secrets", json=body)
     if r.status_code != 201:
         pytest.skip("the emulator validates base64 like the API server")

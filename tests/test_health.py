@@ -42,13 +42,12 @@ def _samples(text: str) -> dict[str, float]:
 async def test_health_ready_and_metrics(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="smtpctl.operator")
     async with running_emulator(ROOT / "manifests" / "crds") as (emu, url):
-        from tests.support.kube_emulator import kubeconfig_text
-
         # A relay that refuses connections: one failed connection test to count.
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             closed_port = s.getsockname()[1]
-        api = KubeApi(Credentials(server=url))
+        api = KubeApi(Credentials(server=url, token=emu.admin_token,
+                                  ssl_context=emu.client_ssl_context()))
         await api.post(resource_path(API, "externalsmtps", "default"), {
             "apiVersion": API, "kind": "ExternalSmtp", "metadata": {"name": "refused"},
             "spec": {"host": "127.0.0.1", "port": closed_port, "authentication": "None",
@@ -56,7 +55,7 @@ async def test_health_ready_and_metrics(tmp_path: Path, caplog: pytest.LogCaptur
         await api.close()
 
         cfg = tmp_path / "kubeconfig"
-        cfg.write_text(kubeconfig_text(url))
+        cfg.write_text(emu.kubeconfig(url))
         config = OperatorConfig(
             kubeconfig=str(cfg),
             namespaces=["default"],

@@ -79,7 +79,7 @@ WIDGET_CRD: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorThread, Any]]:
-    with EmulatorThread() as kube:
+    with EmulatorThread(lenient=True) as kube:
         cfg = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
         client = kubernetes.config.new_client_from_config(str(cfg))
         ext = kubernetes.client.ApiextensionsV1Api(client)
@@ -478,7 +478,7 @@ def test_created_crd_is_discoverable(kube: Any) -> None:
 
 @pytest.mark.skipif(not (ROOT / "manifests" / "crds").is_dir(), reason="CRDs not generated yet")
 def test_our_generated_crds_validate_external_smtp(tmp_path: Path) -> None:
-    with EmulatorThread(crd_dir=ROOT / "manifests" / "crds") as kube:
+    with EmulatorThread(crd_dir=ROOT / "manifests" / "crds", lenient=True) as kube:
         client = kubernetes.config.new_client_from_config(
             str(kube.write_kubeconfig(tmp_path / "config"))
         )
@@ -518,7 +518,7 @@ async def test_fault_injection_with_kmock_reactions_still_works() -> None:
 
     from tests.support.kube_emulator import running_emulator
 
-    async with running_emulator() as (emu, url):
+    async with running_emulator(lenient=True) as (emu, url):
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             r = await http.post("/api/v1/namespaces/x/secrets", json={"metadata": {"name": "s"}})
             assert r.status_code == 201

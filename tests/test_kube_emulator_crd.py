@@ -215,7 +215,7 @@ def test_emulator_refuses_a_bad_crd_with_422_and_establishes_a_good_one() -> Non
         "x-kubernetes-preserve-unknown-fields": True}},
         "x-kubernetes-validations": [{"rule": "has(self.scopes)"}]})
     good = crd({"type": "object", "properties": {"size": {"type": "integer"}}})
-    with EmulatorThread() as kube:
+    with EmulatorThread(lenient=True) as kube:
         base = f"{kube.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
         r = httpx.post(base, json=bad)
         assert r.status_code == 422, r.text
@@ -240,7 +240,7 @@ def test_deleting_a_crd_deletes_its_objects_honouring_finalizers() -> None:
     from tests.support.kube_emulator import EmulatorThread
 
     good = crd({"type": "object", "properties": {"size": {"type": "integer"}}})
-    with EmulatorThread() as kube:
+    with EmulatorThread(lenient=True) as kube:
         base = f"{kube.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
         assert httpx.post(base, json=good).status_code == 201
         objs = f"{kube.url}/apis/test.example.dev/v1/namespaces/default/widgets"

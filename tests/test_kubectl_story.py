@@ -37,11 +37,10 @@ class Kubectl:
         return r
 
 
-@pytest.fixture(scope="module")
-def k(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
-    work = tmp_path_factory.mktemp("kubectl")
-    with EmulatorThread(strict=True, workdir=work) as kube:
-        yield Kubectl(kube.write_kubeconfig(work / "kubeconfig"))
+@pytest.fixture()
+def k(tmp_path: Path) -> Iterator[Kubectl]:
+    with EmulatorThread(workdir=tmp_path) as kube:
+        yield Kubectl(kube.write_kubeconfig(tmp_path / "kubeconfig"))
 
 
 NS = """apiVersion: v1
@@ -55,13 +54,13 @@ stringData: {password: not-a-real-password}
 """
 
 
-def test_01_version_is_the_tested_kubectl(k: Kubectl) -> None:
+def step_01_version_is_the_tested_kubectl(k: Kubectl) -> None:
     out = json.loads(k.run("version", "-o", "json").stdout)
     assert out["serverVersion"]["gitVersion"] == out["clientVersion"]["gitVersion"]
     assert out["serverVersion"]["minor"] == out["clientVersion"]["minor"]
 
 
-def test_02_apply_k_operator_manifests_with_validation(k: Kubectl) -> None:
+def step_02_apply_k_operator_manifests_with_validation(k: Kubectl) -> None:
     r = k.run("apply", "-k", "manifests/operator", "--validate=strict")
     for line in ("namespace/smtpctl-system created",
                  "customresourcedefinition.apiextensions.k8s.io/externalsmtps.smtp.reconciler.dev"
@@ -74,7 +73,7 @@ def test_02_apply_k_operator_manifests_with_validation(k: Kubectl) -> None:
     assert "externalsmtps" in k.run("api-resources", "--api-group=smtp.reconciler.dev").stdout
 
 
-def test_03_namespace_and_secret(k: Kubectl) -> None:
+def step_03_namespace_and_secret(k: Kubectl) -> None:
     r = k.run("create", "namespace", "mail", ok=False)  # protobuf body: a clear 415
     assert r.returncode != 0 and "UnsupportedMediaType" in r.stderr
     assert "namespace/mail created" in k.run("apply", "-f", "-", stdin=NS).stdout
@@ -84,13 +83,13 @@ def test_03_namespace_and_secret(k: Kubectl) -> None:
     assert out and "not-a-real-password" not in out  # stored base64 (stringData folded)
 
 
-def test_04_objects_need_an_existing_namespace(k: Kubectl) -> None:
+def step_04_objects_need_an_existing_namespace(k: Kubectl) -> None:
     doc = SECRET.replace("namespace: mail", "namespace: nowhere")
     r = k.run("apply", "-f", "-", stdin=doc, ok=False)
     assert r.returncode != 0 and 'namespaces "nowhere" not found' in r.stderr
 
 
-def test_05_apply_examples_and_get_wide(k: Kubectl) -> None:
+def step_05_apply_examples_and_get_wide(k: Kubectl) -> None:
     r = k.run("apply", "-n", "mail", "-f", "manifests/examples/internal-relay.yaml")
     assert "externalsmtp.smtp.reconciler.dev/internal created" in r.stdout
     wide = k.run("get", "esmtp", "-n", "mail", "-o", "wide").stdout.splitlines()
@@ -100,7 +99,7 @@ def test_05_apply_examples_and_get_wide(k: Kubectl) -> None:
     assert "internal" in k.run("get", "smtp", "-n", "mail").stdout  # the category
 
 
-def test_06_strict_field_validation_refuses_typos(k: Kubectl) -> None:
+def step_06_strict_field_validation_refuses_typos(k: Kubectl) -> None:
     doc = (ROOT / "manifests/examples/internal-relay.yaml").read_text().replace(
         "spec:", "spec:\n  startTls: true", 1)
     r = k.run("apply", "-n", "mail", "-f", "-", stdin=doc, ok=False)
@@ -108,14 +107,14 @@ def test_06_strict_field_validation_refuses_typos(k: Kubectl) -> None:
     assert 'strict decoding error: unknown field "spec.startTls"' in r.stderr
 
 
-def test_07_explain_reads_the_crd_schema(k: Kubectl) -> None:
+def step_07_explain_reads_the_crd_schema(k: Kubectl) -> None:
     out = k.run("explain", "externalsmtp.spec.port").stdout
     assert "FIELD: port <integer>" in out and "465" in out
     out = k.run("explain", "oauth2provider.spec.scopes").stdout
     assert "[]string" in out
 
 
-def test_08_patch_and_server_side_apply(k: Kubectl) -> None:
+def step_08_patch_and_server_side_apply(k: Kubectl) -> None:
     k.run("patch", "esmtp", "internal", "-n", "mail", "--type=merge",
           "-p", '{"spec":{"port":587}}')
     assert k.run("get", "esmtp", "internal", "-n", "mail",
@@ -146,12 +145,12 @@ def test_08_patch_and_server_side_apply(k: Kubectl) -> None:
                  "-o", "jsonpath={.spec.port}").stdout == "25"
 
 
-def test_09_describe_shows_the_object(k: Kubectl) -> None:
+def step_09_describe_shows_the_object(k: Kubectl) -> None:
     out = k.run("describe", "esmtp", "internal", "-n", "mail").stdout
     assert "Name:         internal" in out and "Port:" in out
 
 
-def test_10_delete_waits_for_the_finalizer(k: Kubectl) -> None:
+def step_10_delete_waits_for_the_finalizer(k: Kubectl) -> None:
     k.run("patch", "esmtp", "internal", "-n", "mail", "--type=merge",
           "-p", '{"metadata":{"finalizers":["smtp.reconciler.dev/test-hold"]}}')
     k.run("delete", "esmtp", "internal", "-n", "mail", "--wait=false")
@@ -167,8 +166,29 @@ def test_10_delete_waits_for_the_finalizer(k: Kubectl) -> None:
     assert r.returncode != 0 and "NotFound" in r.stderr
 
 
-def test_11_bounded_watch(k: Kubectl) -> None:
+def step_11_bounded_watch(k: Kubectl) -> None:
     k.run("apply", "-n", "mail", "-f", "manifests/examples/internal-relay.yaml")
     r = k.run("get", "esmtp", "-n", "mail", "-w", "--request-timeout=3s",
               "-o", "name", ok=False, timeout=30)
     assert "externalsmtp.smtp.reconciler.dev/internal" in r.stdout
+
+
+STEPS = [step_01_version_is_the_tested_kubectl,
+         step_02_apply_k_operator_manifests_with_validation,
+         step_03_namespace_and_secret,
+         step_04_objects_need_an_existing_namespace,
+         step_05_apply_examples_and_get_wide,
+         step_06_strict_field_validation_refuses_typos,
+         step_07_explain_reads_the_crd_schema,
+         step_08_patch_and_server_side_apply,
+         step_09_describe_shows_the_object,
+         step_10_delete_waits_for_the_finalizer,
+         step_11_bounded_watch]
+
+
+@pytest.mark.timeout(300)
+def test_kubectl_user_story(k: Kubectl) -> None:
+    """The steps in order on one cluster (one test: a step needs the ones before it, and
+    pytest-xdist may run separate tests of a module on different workers)."""
+    for step in STEPS:
+        step(k)

@@ -14,7 +14,7 @@ from reconciler.credentials.policy import SourcePolicy
 from reconciler.credentials.sources import EnvSource, SourceRouter, default_sources
 from reconciler.devservers.oauth import OAuthServer
 from tests.support import canary
-from tests.support.kube_emulator import kubeconfig_text, running_emulator
+from tests.support.kube_emulator import running_emulator
 from tests.support.oauth_server import make_server, provider
 
 ENV = {"SMTPCTL_TEST_CS": canary.CLIENT_SECRET, "SMTPCTL_TEST_RT": canary.REFRESH_TOKEN}
@@ -84,13 +84,13 @@ async def test_user_update_of_read_only_source_wins_over_memory() -> None:
 
 
 async def test_rotation_written_back_to_kubernetes_secret(tmp_path: Path) -> None:
-    async with running_emulator() as (_emu, url):
+    async with running_emulator(namespaces=("mail",)) as (emu, url):
         cfg = tmp_path / "kubeconfig"
-        cfg.write_text(kubeconfig_text(url))
+        cfg.write_text(emu.kubeconfig(url))
         body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gmail"},
                 "data": {"refresh_token": base64.b64encode(canary.REFRESH_TOKEN.encode()).decode(),
                          "client_secret": base64.b64encode(canary.CLIENT_SECRET.encode()).decode()}}
-        async with httpx.AsyncClient() as c:
+        async with httpx.AsyncClient(**emu.http_kwargs()) as c:
             r = await c.post(f"{url}/api/v1/namespaces/mail/secrets", json=body)
             assert r.status_code == 201
         with rotating() as server:
@@ -102,7 +102,7 @@ async def test_rotation_written_back_to_kubernetes_secret(tmp_path: Path) -> Non
             tm = TokenManager(default_sources(policy=SourcePolicy.open(), kubeconfig=str(cfg)))
             await tm.token(p)
             assert tm.warnings == {}
-            async with httpx.AsyncClient() as c:
+            async with httpx.AsyncClient(**emu.http_kwargs()) as c:
                 r = await c.get(f"{url}/api/v1/namespaces/mail/secrets/gmail")
             stored = base64.b64decode(r.json()["data"]["refresh_token"]).decode()
             assert stored in server.refresh_tokens()

@@ -39,7 +39,9 @@ PATH = resource_path(API, "externalsmtps", "default", "relay")
 async def env() -> AsyncIterator[tuple[KubeEmulator, Parts]]:
     async with running_emulator(ROOT / "manifests" / "crds") as (emu, url):
         config = OperatorConfig(namespaces=["default"], leader_election=False)
-        parts = build(config, OperatorMetrics(), Credentials(server=url))
+        creds = Credentials(server=url, token=emu.admin_token,
+                            ssl_context=emu.client_ssl_context())
+        parts = build(config, OperatorMetrics(), creds)
         try:
             yield emu, parts
         finally:

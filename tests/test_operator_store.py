@@ -29,7 +29,8 @@ async def kube() -> AsyncIterator[tuple[KubeEmulator, KubeApi]]:
     async with running_emulator() as (emu, url):
         emu.install_crd(standin_crd("ExternalSmtp", "externalsmtps"))
         emu.install_crd(standin_crd("OAuth2Provider", "oauth2providers"))
-        api = KubeApi(Credentials(server=url))
+        api = KubeApi(Credentials(server=url, token=emu.admin_token,
+                                  ssl_context=emu.client_ssl_context()))
         try:
             yield emu, api
         finally:

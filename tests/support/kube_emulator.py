@@ -55,9 +55,10 @@ import dataclasses
 import datetime
 import json
 import ssl
+import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,8 +320,12 @@ class KubeEmulator(KubernetesEmulator):
     _crd_of: dict[ResKey, str] = attrs.field(factory=dict, init=False)
     # Strict mode: every request is authenticated (bearer token or client certificate) and
     # authorized by RBAC from the Role/ClusterRole/binding objects stored here.
-    strict: bool = False
+    # (Not kmock's ``strict``, which re-raises served errors at exit.)
+    secure: bool = True
     authenticator: Authenticator = attrs.field(factory=Authenticator)
+    # Set by the entry points in strict mode: the cluster CA and a cluster-admin token.
+    tls: ClusterTLS | None = attrs.field(default=None, init=False)
+    admin_token: str = attrs.field(default="", init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -462,6 +467,39 @@ class KubeEmulator(KubernetesEmulator):
     async def _serve_stats(self, request: rendering.Request) -> Any:
         return self.stats()
 
+    # --- credentials for the tests' own clients (strict mode) ------------------------
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """An SSL context trusting the cluster CA (None for a lenient, plain-HTTP one)."""
+        if self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.tls.ca_file))
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+
+    def http_kwargs(self) -> dict[str, Any]:
+        """``httpx.Client(**emu.http_kwargs())``: trust the CA, authenticate as admin."""
+        ctx = self.client_ssl_context()
+        return {"headers": self.admin_headers(), **({"verify": ctx} if ctx else {})}
+
+    def kubeconfig(self, url: str, namespace: str = "default") -> str:
+        """A cluster-admin kubeconfig (the CA and an admin token in strict mode)."""
+        if self.tls is None:
+            return kubeconfig_text(url, namespace)
+        return kubeconfig_text(url, namespace, token=self.admin_token,
+                               ca_file=self.tls.ca_file)
+
+    def create_namespaces(self, names: Iterable[str]) -> None:
+        """Namespaces an administrator created before the test (strict mode needs them)."""
+        for name in names:
+            self._ensure_namespace(name)
+
+    def _become_cluster(self, tls: ClusterTLS | None) -> None:
+        self.tls = tls
+        if self.secure:
+            self.admin_token = self.authenticator.add_token(
+                User("kubernetes-admin", ("system:masters",)))
+
     # --- authentication and authorization (strict mode) ---------------------------------
     def _rbac_lookup(self, plural: str, namespace: str, name: str) -> list[Obj]:
         objs = self._data.get(("rbac.authorization.k8s.io", "v1", plural), {})
@@ -490,7 +528,7 @@ class KubeEmulator(KubernetesEmulator):
             self._requests_by_method[key] = self._requests_by_method.get(key, 0) + 1
         if len(self._requests) > self.request_log_limit:  # keep the newest half
             del self._requests[: len(self._requests) - self.request_log_limit // 2]
-        if self.strict:
+        if self.secure:
             import aiohttp.web
 
             transport = raw_request.transport
@@ -911,7 +949,7 @@ class KubeEmulator(KubernetesEmulator):
                     "not match the namespace sent on the request",
                 )
             meta["namespace"] = ns
-            if self.strict and ("", ns) not in self._data[("", "v1", "namespaces")]:
+            if self.secure and ("", ns) not in self._data[("", "v1", "namespaces")]:
                 raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
                                {"name": ns, "kind": "namespaces"})
             if not ctx.dry_run:
@@ -1412,31 +1450,41 @@ def _server_cls(tls: ClusterTLS | None) -> Any:
 class EmulatorThread:
     """The emulator on its own event loop in a thread, for sync tests and subprocesses.
 
-    ``with EmulatorThread(crd_dir=...) as kube:`` gives ``kube.url``,
-    ``kube.write_kubeconfig(path)`` and ``kube.call(fn, *args)`` to run a function on the
-    emulator's loop (e.g. ``kube.call(kube.emu.compact)``).
+    ``with EmulatorThread(crd_dir=...) as kube:`` runs it as a cluster does: HTTPS with a
+    private CA, every request authenticated and authorized by RBAC; ``kube.url``,
+    ``kube.tls.ca_file``, ``kube.admin_token``, ``kube.write_kubeconfig(path)`` (admin)
+    and ``kube.call(fn, *args)`` to run a function on the emulator's loop (e.g.
+    ``kube.call(kube.emu.compact)``).  ``workdir`` holds the CA and credentials (a
+    temporary directory if not given); ``namespaces`` are created up front.
 
-    ``EmulatorThread(strict=True, workdir=tmp_path)`` runs it as a cluster does: HTTPS with
-    a private CA, every request authenticated and authorized by RBAC (see :class:`Cluster`
-    for the credentials).
+    ``lenient=True`` (plain HTTP, no authentication, namespaces on first use) is for the
+    emulator's own unit tests only: tests/test_kube_emulator_strict_default.py fails any
+    other test that uses it.
     """
 
-    def __init__(self, crd_dir: Path | None = None, *, strict: bool = False,
-                 workdir: Path | None = None, **options: Any) -> None:
+    def __init__(self, crd_dir: Path | None = None, *, workdir: Path | None = None,
+                 lenient: bool = False, namespaces: Iterable[str] = (),
+                 **options: Any) -> None:
+        if options.pop("strict", True) is not True:
+            raise TypeError("EmulatorThread is strict; lenient=True is for the emulator's "
+                            "own unit tests")
         self._options = options
         self._crd_dir = crd_dir
+        self._namespaces = tuple(namespaces)
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.emu: KubeEmulator | None = None
         self.url = ""
-        self.strict = strict
+        self.strict = not lenient
         self.tls: ClusterTLS | None = None
-        if strict:
+        if self.strict:
             if workdir is None:
-                raise ValueError("strict mode needs a workdir for its CA and credentials")
+                self._tmp = tempfile.TemporaryDirectory(prefix="kube-emulator-")
+                workdir = Path(self._tmp.name)
             self.tls = ClusterTLS(workdir / "kube-pki")
         self.admin_token = ""
 
@@ -1459,12 +1507,13 @@ class EmulatorThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with KubeEmulator(strict=self.strict, **self._options) as emu, \
+        async with KubeEmulator(secure=self.strict, **self._options) as emu, \
                 Server(emu, server_cls=_server_cls(self.tls)) as server:
+            emu._become_cluster(self.tls)
+            emu.create_namespaces(self._namespaces)
             if self._crd_dir is not None:
                 emu.install_crd_files(self._crd_dir)
-            self.admin_token = emu.authenticator.add_token(
-                User("kubernetes-admin", ("system:masters",)))
+            self.admin_token = emu.admin_token
             self.emu = emu
             self.url = str(server.url).rstrip("/")
             self._ready.set()
@@ -1581,6 +1630,8 @@ class EmulatorThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(10)
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 def object_path(doc: Mapping[str, Any], kinds: Mapping[tuple[str, str], Kind]) -> str:
@@ -1597,17 +1648,39 @@ def object_path(doc: Mapping[str, Any], kinds: Mapping[tuple[str, str], Kind]) -
 
 @contextlib.asynccontextmanager
 async def running_emulator(
-    crd_dir: Path | None = None, *, tls: ClusterTLS | None = None, **options: Any
+    crd_dir: Path | None = None, *, workdir: Path | None = None, lenient: bool = False,
+    namespaces: Iterable[str] = (), tls: ClusterTLS | None = None, **options: Any
 ) -> AsyncIterator[tuple[KubeEmulator, str]]:
     """The emulator on the current loop: ``async with running_emulator() as (emu, url)``.
-    With ``tls=ClusterTLS(dir)`` it serves HTTPS (pass ``strict=True`` for authn/RBAC)."""
-    async with KubeEmulator(**options) as emu, Server(emu, server_cls=_server_cls(tls)) as server:
-        if crd_dir is not None:
-            emu.install_crd_files(crd_dir)
-        try:
-            yield emu, str(server.url).rstrip("/")
-        finally:
-            emu.interrupt_watches()
+
+    Strict like a cluster (HTTPS with a private CA, authentication, RBAC, namespaces that
+    must exist: pass ``namespaces``).  The test's clients use ``emu.http_kwargs()``
+    (httpx), ``emu.kubeconfig(url)``, or ``emu.admin_token`` with
+    ``emu.client_ssl_context()``.  ``lenient=True`` is for the emulator's own unit tests
+    only (plain HTTP, no authentication)."""
+    if options.pop("strict", True) is not True:
+        raise TypeError("running_emulator is strict; lenient=True is for the emulator's own "
+                        "unit tests")
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if not lenient and tls is None:
+        if workdir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="kube-emulator-")
+            workdir = Path(tmp.name)
+        tls = ClusterTLS(workdir / "kube-pki")
+    try:
+        async with KubeEmulator(secure=not lenient, **options) as emu, \
+                Server(emu, server_cls=_server_cls(None if lenient else tls)) as server:
+            emu._become_cluster(None if lenient else tls)
+            emu.create_namespaces(namespaces)
+            if crd_dir is not None:
+                emu.install_crd_files(crd_dir)
+            try:
+                yield emu, str(server.url).rstrip("/")
+            finally:
+                emu.interrupt_watches()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
 
 
 def iter_docs(path: Path) -> Iterator[Obj]:
@@ -1617,23 +1690,34 @@ def iter_docs(path: Path) -> Iterator[Obj]:
 
 
 def main() -> None:
-    """``python -m tests.support.kube_emulator [--crd-dir DIR]``: serve until stdin closes.
+    """``python -m tests.support.kube_emulator [--crd-dir DIR] [--workdir DIR]``: serve
+    until stdin closes, strict like a cluster.
 
-    Prints the URL on the first line of stdout (benchmarks run the emulator in its own
-    process so it does not share a GIL with what they measure).
+    Prints the URL on the first line of stdout and the path of a cluster-admin kubeconfig
+    (with the CA: ``WORKDIR/kubeconfig``) on the second (benchmarks run the emulator in its
+    own process so it does not share a GIL with what they measure).
     """
     import argparse
     import sys
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--crd-dir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the CA, credentials and kubeconfig go (default: a "
+                             "temporary directory)")
     args = parser.parse_args()
 
     async def serve() -> None:
-        async with running_emulator(args.crd_dir) as (_emu, url):
-            print(url, flush=True)
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, sys.stdin.read)
+        with tempfile.TemporaryDirectory(prefix="kube-emulator-") as tmp:
+            workdir: Path = args.workdir or Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            async with running_emulator(args.crd_dir, workdir=workdir) as (emu, url):
+                kubeconfig = workdir / "kubeconfig"
+                kubeconfig.write_text(emu.kubeconfig(url))
+                print(url, flush=True)
+                print(kubeconfig, flush=True)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, sys.stdin.read)
 
     asyncio.run(serve())
 
