@@ -97,9 +97,9 @@ async def test_the_operator_exits_1_when_a_watch_stops(
         real_handle(self, body, event_type)
 
     monkeypatch.setattr(Controller, "handle", handle)
-    async with running_emulator(root / "manifests" / "crds") as (_emu, url):
+    async with running_emulator(root / "manifests" / "crds") as (emu, url):
         cfg = tmp_path / "kubeconfig"
-        cfg.write_text(kubeconfig_text(url))
+        cfg.write_text(emu.kubeconfig(url))
         config = OperatorConfig(kubeconfig=str(cfg), namespaces=["default"],
                                 leader_election=False, health_port=-1, metrics_port=-1,
                                 version_key=b"k")
@@ -108,7 +108,8 @@ async def test_the_operator_exits_1_when_a_watch_stops(
             if any(r.getMessage() == "primed cache" for r in caplog.records):
                 break
             await asyncio.sleep(0.05)
-        api = KubeApi(Credentials(server=url))
+        api = KubeApi(Credentials(server=url, token=emu.admin_token,
+                                  ssl_context=emu.client_ssl_context()))
         await api.post(resource_path("smtp.reconciler.dev/v1alpha1", "externalsmtps", "default"),
                        {"apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": "ExternalSmtp",
                         "metadata": {"name": "poison"},
