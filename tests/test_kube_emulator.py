@@ -153,6 +153,20 @@ def test_generation_bumps_on_spec_changes_only(kube: Any, ns: str) -> None:
     assert o["metadata"]["generation"] == 2
 
 
+def test_generation_is_compared_after_defaulting(kube: Any, ns: str) -> None:
+    """The strategy compares the decoded (defaulted) object: removing a field that its
+    default puts back changes nothing, so it is not a write (before: generation 2 and a
+    new resourceVersion, which made every server-side apply of a manifest without the
+    defaulted fields look like a spec change to the operator)."""
+    co = _co(kube)
+    o = co.create_namespaced_custom_object(G, V, ns, P, widget("d"))
+    assert o["spec"]["mode"] == "a"
+    again = co.patch_namespaced_custom_object(G, V, ns, P, "d", {"spec": {"mode": None}})
+    assert again["spec"]["mode"] == "a"
+    assert again["metadata"]["generation"] == 1
+    assert again["metadata"]["resourceVersion"] == o["metadata"]["resourceVersion"]
+
+
 def test_noop_write_keeps_resource_version(kube: Any, ns: str) -> None:
     co = _co(kube)
     o = co.create_namespaced_custom_object(G, V, ns, P, widget("n"))
@@ -508,6 +522,14 @@ def test_our_generated_crds_validate_external_smtp(tmp_path: Path) -> None:
                 "smtp.reconciler.dev", "v1alpha1", "default", "externalsmtps", bad
             )
         assert exc.value.status == 422
+        # CRDs installed up front are stored objects like any other, with their names
+        # in discovery (before: served but not stored, so `kubectl get esmtp` failed)
+        ext = kubernetes.client.ApiextensionsV1Api(client)
+        crd = ext.read_custom_resource_definition("externalsmtps.smtp.reconciler.dev")
+        assert {c.type: c.status for c in crd.status.conditions}["Established"] == "True"
+        found = httpx.get(f"{kube.url}/apis/smtp.reconciler.dev/v1alpha1", timeout=10).json()
+        entry = next(r for r in found["resources"] if r["name"] == "externalsmtps")
+        assert "esmtp" in entry["shortNames"]
         client.close()
 
 

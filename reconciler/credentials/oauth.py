@@ -55,8 +55,9 @@ from reconciler.credentials.base import CredentialError, Resolved, SecretSource
 from reconciler.credentials.http import EgressRefused, GuardedTransport, ResponseTooLarge
 from reconciler.credentials.policy import owner_of, sources_for
 from reconciler.probe.egress import EgressPolicy
+from reconciler.probe.redact import scrub as _scrub
 from reconciler.resources import OAuth2Provider, is_loopback_url
-from reconciler.secret import MASK, Secret
+from reconciler.secret import Secret
 
 with _warnings.catch_warnings():
     # authlib 1.9 announces a future move to the httpx2 package; httpx is what we ship.
@@ -371,7 +372,8 @@ class TokenManager:
         if token_type.lower() != "bearer":
             raise CredentialError(
                 "OAuth2TokenEndpointError",
-                f"token endpoint {spec.token_endpoint} issued a {token_type!r} token; "
+                f"token endpoint {spec.token_endpoint} issued a "
+                f"{scrub(token_type, sent)[:40]!r} token; "
                 "SMTP XOAUTH2/OAUTHBEARER need a Bearer token",
             )
         lifetime = _expires_in(body.get("expires_in"))
@@ -473,7 +475,8 @@ def token_error(exc: Exception, url: str, sent: list[Secret],
     if isinstance(exc, OAuthError):
         error = str(exc.error or "")
         desc = scrub(str(exc.description or ""), sent)
-        text = f"token endpoint {url} answered {error}" + (f": {desc}" if desc else "")
+        shown = scrub(error, sent)[:64]  # the endpoint's word: may be anything
+        text = f"token endpoint {url} answered {shown}" + (f": {desc}" if desc else "")
         if error in _TRANSIENT_OAUTH_ERRORS:
             return CredentialError("OAuth2TokenEndpointUnavailable", text), True
         return CredentialError(_OAUTH_REASONS.get(error, "OAuth2TokenEndpointError"), text), False
@@ -546,15 +549,11 @@ def _no_refresh_token(provider: OAuth2Provider, exc: CredentialError) -> Credent
 
 
 def scrub(text: str, secrets: list[Secret]) -> str:
-    """The provider's words, minus anything we sent it, one line, bounded."""
-    for s in secrets:
-        raw = s.reveal()
-        if raw:
-            text = text.replace(raw, MASK)
-    text = " ".join(text.split())
-    if len(text) > _DESCRIPTION_MAX:
-        text = text[: _DESCRIPTION_MAX - 3] + "..."
-    return text
+    """The provider's words for one line of output: every form of anything we sent it
+    masked (plain, case-changed, split, URL-encoded, hex, base64 at any offset, inside
+    ``Basic base64(id:secret)``), control characters escaped, at most 300 characters
+    (:mod:`reconciler.probe.redact`)."""
+    return _scrub(text, secrets, limit=_DESCRIPTION_MAX)
 
 
 async def check_provider(provider: OAuth2Provider, tokens: TokenManager) -> ProviderCheck:
@@ -678,10 +677,11 @@ async def revoke(provider: OAuth2Provider, sources: SecretSource, tokens: TokenM
         desc = scrub(str(doc.get("error_description", "")) if isinstance(doc, dict) else "",
                      sent)
         reason = _OAUTH_REASONS.get(error, "OAuth2TokenEndpointError")
+        shown = scrub(error, sent)[:64]
         raise CredentialError(
             reason,
             f"revoke endpoint {spec.revoke_endpoint} answered HTTP {status}"
-            + (f" {error}" if error else "") + (f": {desc}" if desc else ""),
+            + (f" {shown}" if shown else "") + (f": {desc}" if desc else ""),
         )
     tokens.invalidate(provider)
     return what

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from reconciler.probe.redact import MAX_MESSAGE, cap
 from reconciler.status import Condition, ConditionStatus
 
 READY = "Ready"
@@ -52,7 +53,11 @@ def set_condition(
     conditions: Sequence[Mapping[str, Any]], ctype: str, status: ConditionStatus, reason: str,
     message: str, *, generation: int, now: float,
 ) -> list[Condition]:
-    """A new list with ``ctype`` set; keeps ``lastTransitionTime`` unless status changed."""
+    """A new list with ``ctype`` set; keeps ``lastTransitionTime`` unless status changed.
+
+    The message is capped at ``MAX_MESSAGE`` (4,096) characters, well under the CRD's
+    32,768: above it a status write fails (422) and would be retried for ever."""
+    message = cap(message, MAX_MESSAGE)
     old = find(conditions, ctype)
     ltt = str(old["lastTransitionTime"]) if old and old.get("status") == status else rfc3339(now)
     new: Condition = {"type": ctype, "status": status, "reason": reason, "message": message,

@@ -14,6 +14,9 @@ import socket
 import ssl
 
 from reconciler import catalog
+from reconciler.probe.redact import Redactor, cap
+
+QUOTE_MAX = 512  # a quoted server reply (a multi-line reply may be 32 KiB)
 
 
 class ProbeFailure(Exception):
@@ -122,11 +125,16 @@ def join_reply(text: str) -> str:
     return " ".join(" ".join(out).split())
 
 
-def reply_failure(stage: str, code: int, text: str, redact: object, *,
+def reply_failure(stage: str, code: int, text: str, redact: Redactor | None, *,
                   oauth: bool = False, token_rejected: bool = False) -> ProbeFailure:
-    """A failure for an unexpected reply, quoting it (redacted) in the message."""
-    quoted = join_reply(text)
-    said = redact(f"{code} {quoted}".strip()) if callable(redact) else f"{code}"
+    """A failure for an unexpected reply, quoting it in the message: secrets masked (on
+    the whole reply first: a secret may be split over its lines), control characters
+    escaped, one line, at most :data:`QUOTE_MAX` characters."""
+    if redact is None:
+        said = f"{code}"
+    else:
+        quoted = join_reply(redact.mask(text))
+        said = cap(redact(f"{code} {quoted}".strip(), one_line=True), QUOTE_MAX, redact)
     reason = classify_reply(stage, code, text, oauth=oauth)
     retryable = True if 400 <= code < 500 else (False if 500 <= code < 600 else None)
     return ProbeFailure(stage, reason, f"the server answered {said!s}", retryable=retryable,

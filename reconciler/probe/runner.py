@@ -39,7 +39,7 @@ from tenacity import (
 from reconciler import catalog
 from reconciler.probe.egress import EgressPolicy
 from reconciler.probe.failure import ProbeFailure
-from reconciler.probe.redact import Redactor
+from reconciler.probe.redact import MAX_MESSAGE, Redactor, cap
 from reconciler.probe.session import AttemptState, run_attempt
 from reconciler.probe.transcript import Transcript
 from reconciler.probe.verdict import ProbeCredentials, Verdict
@@ -170,7 +170,8 @@ async def run_probe(
                        transcript=transcript, details=details)
     return Verdict(
         passed=False, stage=failure.stage, reason=failure.reason,
-        message=state.transcript.redact(failure.message),
+        message=cap(state.transcript.redact(failure.message, one_line=True), MAX_MESSAGE,
+                    state.transcript.redact),
         action=catalog.get(failure.reason).action, retryable=failure.retryable,
         duration_seconds=round(duration, 6), warnings=tuple(state.warnings),
         stage_seconds=dict(state.stage_seconds), transcript=transcript, details=details,

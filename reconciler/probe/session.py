@@ -43,6 +43,7 @@ from reconciler.probe import failure as failures
 from reconciler.probe import sasl, tlsconfig
 from reconciler.probe.egress import EgressPolicy
 from reconciler.probe.failure import ProbeFailure, reply_failure
+from reconciler.probe.redact import cap
 from reconciler.probe.transcript import Transcript
 from reconciler.probe.verdict import ProbeCredentials
 from reconciler.probe.wire import Wire
@@ -134,7 +135,7 @@ def _io_failure(stage: str, exc: BaseException, state: AttemptState, budget: flo
         return ProbeFailure(stage, "ProtocolError",
                             f"the server closed the connection at stage {stage}")
     if isinstance(exc, SMTPResponseException):
-        text = redact(exc.message)[:200]
+        text = cap(redact(exc.message, one_line=True), 200, redact)
         state.transcript.note(f"unreadable reply: {text}")
         return ProbeFailure(stage, "ProtocolError", f"unreadable reply at stage {stage}: {text}")
     if isinstance(exc, (ConnectionError, OSError)):
@@ -392,6 +393,7 @@ async def _authenticate(state: AttemptState, wire: Wire, extensions: dict[str, s
         mech = sasl.choose_mechanism(spec.authentication, advertised)
         if mech is None:
             offered = " ".join(advertised) or "no AUTH mechanism"
+            offered = cap(state.transcript.redact(offered, one_line=True), 200)
             raise ProbeFailure("auth", "AuthNotSupported", f"the server offers {offered}")
         state.details["mechanism"] = mech
         username = spec.username or ""
@@ -434,7 +436,8 @@ async def _token(state: AttemptState, force: bool) -> Secret:
         message = getattr(exc, "message", None)
         if not isinstance(reason, str) or reason not in catalog.CATALOG:
             reason = "OAuth2TokenEndpointUnavailable"
-        detail = state.transcript.redact(message) if isinstance(message, str) else \
+        detail = state.transcript.redact(message, one_line=True) if isinstance(message, str) \
+            else \
             type(exc).__name__
         raise ProbeFailure("credentials", reason, detail) from None
     state.transcript.redact.add(token)
@@ -466,8 +469,9 @@ async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str)
         if final.code == 235:
             return
         if outcome.oauth_error:
-            state.details["oauthError"] = {k: str(v) for k, v in outcome.oauth_error.items()
-                                           if k in ("status", "scope", "schemes")}
+            state.details["oauthError"] = {
+                k: cap(state.transcript.redact(str(v), one_line=True), 200)
+                for k, v in outcome.oauth_error.items() if k in ("status", "scope", "schemes")}
         rejected = _token_rejected(final)
         if rejected and not state.token_refreshed:
             state.token_refreshed = True
@@ -481,7 +485,7 @@ async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str)
                                token_rejected=True)
         failure = reply_failure("auth", final.code, final.message, state.transcript.redact,
                                 oauth=True, token_rejected=rejected)
-        extra = sasl.describe_oauth_error(outcome.oauth_error)
+        extra = sasl.describe_oauth_error(state.details.get("oauthError"))
         if extra:
             failure.detail = f"{failure.detail}; {extra}"
         raise failure

@@ -1,8 +1,10 @@
 """The redacted, time-stamped record of one probe's SMTP dialogue.
 
 Every line goes through the :class:`~reconciler.probe.redact.Redactor` before it is
-stored, so nothing downstream (status, JSON output, logs) ever sees a credential.  Lines
-and the line count are bounded: a hostile server cannot make a verdict large.
+stored (secrets masked in every form, control characters and terminal escapes made
+visible), so nothing downstream (status, JSON output, ``test -v``, ``describe``, logs) ever
+sees a credential or a raw escape.  Lines and the line count are bounded: a hostile
+server cannot make a verdict large.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-from reconciler.probe.redact import Redactor
+from reconciler.probe.redact import Redactor, cap
 from reconciler.probe.verdict import TranscriptLine
 from reconciler.secret import MASK
 
@@ -32,9 +34,7 @@ class Transcript:
         if len(self._lines) >= MAX_LINES:
             self._dropped += 1
             return
-        text = self.redact(line)
-        if len(text) > MAX_LINE_CHARS:
-            text = text[:MAX_LINE_CHARS] + f"... [{len(text) - MAX_LINE_CHARS} more characters]"
+        text = cap(self.redact(line, one_line=True), MAX_LINE_CHARS, self.redact)
         self._lines.append(TranscriptLine(direction, text, self.elapsed()))
 
     def client(self, line: str) -> None:
@@ -46,7 +46,8 @@ class Transcript:
 
     def reply(self, code: int, message: str) -> None:
         """Record a (possibly multi-line) reply as the lines the server sent."""
-        parts = message.split("\n") if message else [""]
+        # Masked as a whole first: a secret split over two reply lines is one secret.
+        parts = self.redact.mask(message).split("\n") if message else [""]
         for i, part in enumerate(parts):
             sep = " " if i == len(parts) - 1 else "-"
             self.add("s", f"{code}{sep}{part}".rstrip())

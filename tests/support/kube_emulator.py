@@ -376,7 +376,8 @@ class KubeEmulator(KubernetesEmulator):
         )
 
     def install_crd(self, crd: Mapping[str, Any]) -> None:
-        """Serve a CRD's kinds (what the server does once a CRD is Established).
+        """Create a CRD as an administrator would (the object is stored, Established, and
+        its kinds served), without going through HTTP.
 
         The CRD must pass the API server's admission (tests/support/kube_crd.py): a CRD a
         real server would refuse raises ``ValueError`` with its causes."""
@@ -384,6 +385,14 @@ class KubeEmulator(KubernetesEmulator):
         causes = validate_crd(crd)
         if causes:
             raise ValueError("; ".join(c["message"] for c in causes))
+        kind = self._kinds[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
+        if ("", crd["metadata"]["name"]) in self._data[kind.key]:
+            raise ValueError(f'customresourcedefinitions "{crd["metadata"]["name"]}" already '
+                             f"exists")
+        self._create(kind, None, crd, _WriteCtx(manager="kube-emulator"))
+
+    def _serve_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve a stored CRD's kinds (what the server does once a CRD is Established)."""
         spec = crd["spec"]
         for version in spec["versions"]:
             if not version.get("served", True):
@@ -1006,7 +1015,7 @@ class KubeEmulator(KubernetesEmulator):
         self._data[kind.key][key] = obj
         self._record(kind, "ADDED", obj, None)
         if kind.plural == "customresourcedefinitions":
-            self.install_crd(obj)
+            self._serve_crd(obj)
         return obj
 
     def _admit_crd(self, kind: Kind, obj: Obj) -> Obj:
@@ -1226,12 +1235,12 @@ class KubeEmulator(KubernetesEmulator):
                             }
                         ],
                     )
-        content = ("metadata", "status")
+        new = self._admit(kind, new, old, ctx)
+        content = ("metadata", "status")  # compared after defaulting, as the strategy does
         if kind.generation and {k: v for k, v in new.items() if k not in content} != {
             k: v for k, v in old.items() if k not in content
         }:
             new["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
-        new = self._admit(kind, new, old, ctx)
         if kind.plural == "customresourcedefinitions" and subresource is None \
                 and new.get("spec") != old.get("spec"):
             causes = validate_crd(default_crd(new))
@@ -1248,7 +1257,7 @@ class KubeEmulator(KubernetesEmulator):
         self._data[kind.key][key] = new
         self._record(kind, "MODIFIED", new, old)
         if kind.plural == "customresourcedefinitions" and new.get("spec") != old.get("spec"):
-            self.install_crd(new)
+            self._serve_crd(new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             self._remove(kind, key)
         return new
