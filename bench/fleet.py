@@ -222,8 +222,8 @@ def profile_summary(path: Path, top: int = 18) -> str:
                "YAML": ("yaml", "_yaml"),
                "pydantic": ("pydantic",)}
     out += ["", "Own time by area (heuristic, by function/file name):", ""]
-    for label, keys in buckets.items():
-        s = sum(tt for tt, _ct, name in rows if any(k in name for k in keys))
+    for label, names in buckets.items():
+        s = sum(tt for tt, _ct, name in rows if any(k in name for k in names))
         out.append(f"- {label}: {s:.2f}s ({100 * s / total:.0f}%)")
     return "\n".join(out)
 

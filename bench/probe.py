@@ -163,6 +163,13 @@ def _postfix() -> Iterator[Target]:
                      peer.starttls_port, peer.ca_pem, peer.ca_file, peer.user, peer.password)
 
 
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository when inside it (records name no host paths)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rel = os.path.relpath(os.path.abspath(path), root)
+    return rel if not rel.startswith("..") else os.path.basename(path)
+
+
 def _machine() -> list[str]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -175,7 +182,7 @@ def _machine() -> list[str]:
                            check=False).stdout.splitlines()
     return [
         f"- CPU: {cpu}; `nproc`: {os.cpu_count()}; memory (`free -h`): {mem}",
-        f"- Python {platform.python_version()} ({sys.executable}); "
+        f"- Python {platform.python_version()} ({_repo_relative(sys.executable)}); "
         f"{swaks[0] if swaks else 'swaks ?'}; kernel {platform.release()}",
         "- The machine is shared with four other engineers' test runs: expect noise; "
         "compare the ratios of one run, not absolute times across runs.",

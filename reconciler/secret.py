@@ -1,6 +1,6 @@
 """The one type that may hold a secret value in memory.
 
-Guarantee 4 of DESIGN.md: a resolved password, client secret, refresh token or access
+Guarantee 4 (docs/architecture.md): a resolved password, client secret, refresh token or access
 token lives only inside :class:`Secret`.  Its ``repr``/``str``/``format``, pickling,
 JSON (pydantic and ``json.dumps(default=...)``) and YAML forms all show :data:`MASK`.
 The plain value is reachable only through :meth:`Secret.reveal`, which makes every

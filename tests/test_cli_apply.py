@@ -1,6 +1,6 @@
 """`smtpctl apply/plan/get/describe/delete` end to end against a real loopback relay.
 
-Each DESIGN.md guarantee the engine owns has a test here: Ready only on a passed test,
+Each guarantee (docs/architecture.md) the engine owns has a test here: Ready only on a passed test,
 last-known-good, one selected relay per scope (conflict, failover, delete), idempotency
 (asserted through the relay's connection counter), rotation detected by version, prune,
 plan exit codes, the apply lock, and the canary grep over outputs and the store file.

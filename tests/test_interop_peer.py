@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import postfix
+from tests.support import peers, postfix
 from tests.support.postfix import PostfixPeer, postfix_peer
 
 __all__ = ["postfix_peer"]  # the session fixture, imported for pytest
@@ -34,8 +33,7 @@ def test_configuration_is_private(postfix_peer: PostfixPeer) -> None:
 
 
 def test_listens_on_loopback_only(postfix_peer: PostfixPeer) -> None:
-    if shutil.which("ss") is None:
-        pytest.skip("ss (iproute2) is not installed")
+    peers.require("iproute2")
     for name, port in postfix_peer.ports.items():
         out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
                              text=True, check=True, timeout=30).stdout
@@ -45,9 +43,7 @@ def test_listens_on_loopback_only(postfix_peer: PostfixPeer) -> None:
 
 def test_instance_of_a_killed_process_is_swept(tmp_path: Path) -> None:
     """A pytest killed mid-session leaves daemons behind; the next start stops them."""
-    reason = postfix.skip_reason()
-    if reason:
-        pytest.skip(reason)
+    peers.fail_unless(postfix.skip_reason())
     script = ("import time\nfrom tests.support.postfix import start_peer\n"
               "p = start_peer()\nprint(p.root, flush=True)\ntime.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,

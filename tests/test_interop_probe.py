@@ -17,7 +17,7 @@ import pytest
 from reconciler.probe import ProbeCredentials, Verdict, run_probe
 from reconciler.resources import IMPLICIT_TLS_CLASS, ExternalSmtpSpec
 from reconciler.secret import Secret
-from tests.support import canary
+from tests.support import canary, peers
 from tests.support.canary import assert_no_canary
 from tests.support.postfix import (
     PostfixPeer,
@@ -218,9 +218,7 @@ async def test_oauthbearer_payload_names_the_user(postfix_peer: PostfixPeer) -> 
 
 async def test_probe_needs_no_more_round_trips_than_swaks(postfix_peer: PostfixPeer) -> None:
     """Issue 3's target, counted on the wire: STARTTLS + AUTH PLAIN + MAIL/RCPT."""
-    reason = swaks_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    peers.fail_unless(swaks_skip_reason())
     peer = postfix_peer
     with TcpProxy(peer.host, peer.starttls_port) as tap:
         verdict = await run_probe(_spec(peer, port=tap.port), _password(peer))

@@ -9,7 +9,6 @@ credential resolution and AUTH is refreshed once, and the test still passes.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,24 +124,51 @@ async def test_token_expiring_mid_run_is_refreshed(oauth: OAuthServer, tmp_path:
         assert_verdict_clean(verdict)
 
 
-async def test_short_lived_tokens_across_runs(tmp_path: Path) -> None:
-    """Tokens that live 1s: every later run gets a fresh one from the cache logic."""
+class FakeClock:
+    """A monotonic clock the test moves by hand (TokenManager's ``clock``)."""
 
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_short_lived_tokens_across_runs(tmp_path: Path) -> None:
+    """Tokens that live 1 s: a run inside the token's life reuses it, a run after its end
+    gets a fresh one before AUTH (the relay never sees the dead token).
+
+    Time is an injected clock (no sleeps): the TokenManager reads ``clock``, and the
+    token endpoint's own expiry is ended with ``expire_access_tokens()`` when the clock
+    passes the lifetime.  Against a build whose cache ignores expiry (``now <
+    entry.expires_at`` dropped from ``TokenManager.token``), the second run sends the dead
+    token: the relay's attempts read ``[True, True, False, True]`` and this test fails.
+    """
+    clock = FakeClock()
     with make_server(token_lifetime=1.0) as oauth:
         prov = provider(oauth, name="m365")
         sources = SourceRouter(env=EnvSource(ENV))
-        tm = TokenManager(sources)
+        tm = TokenManager(sources, clock=clock)
         with RelayServer(mode="starttls", mechanisms=("XOAUTH2",),
                          token_validator=validator(oauth, M365_SCOPE)) as relay:
             resource = relay_resource(relay, ca_file(tmp_path, relay), "m365")
-            for _ in range(2):
-                verdict = await probe(resource, prov, tm, sources)
-                assert verdict.passed, (verdict.reason, verdict.message)
-                await asyncio.sleep(1.1)
-            # At least one fresh token per run (more if a loaded machine let one expire
-            # between resolution and AUTH); every AUTH the relay saw succeeded.
-            assert tm.requests >= 2
-            assert all(a.success for a in relay.auth_attempts)
+            verdict = await probe(resource, prov, tm, sources)
+            assert verdict.passed, (verdict.reason, verdict.message)
+            assert tm.requests == 1
+            # Expiry is lifetime minus a skew capped at half the lifetime: 0.5 s here.
+            assert tm.expires_in(prov) == pytest.approx(0.5)
+
+            clock.now += 0.3  # still inside the cached token's life: reused
+            assert (await probe(resource, prov, tm, sources)).passed
+            assert tm.requests == 1
+
+            clock.now += 0.8  # 1.1 s after issue: dead at the endpoint and in the cache
+            oauth.expire_access_tokens()
+            verdict = await probe(resource, prov, tm, sources)
+            assert verdict.passed, (verdict.reason, verdict.message)
+            assert tm.requests == 2
+            assert [a.success for a in relay.auth_attempts] == [True, True, True]
+            assert_verdict_clean(verdict)
 
 
 async def test_token_rejected_even_after_refresh_fails_clearly(oauth: OAuthServer,

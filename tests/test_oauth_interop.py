@@ -20,7 +20,7 @@ from reconciler.credentials.sources import EnvSource, SourceRouter
 from reconciler.devservers.oauth import ClientConfig, OAuthServer
 from reconciler.probe.runner import run_probe
 from reconciler.resources import ExternalSmtp
-from tests.support import canary, postfix
+from tests.support import canary, peers, postfix
 from tests.support.oauth_server import GMAIL_SCOPE, M365_SCOPE, canary_token, provider
 
 pytestmark = pytest.mark.postfix
@@ -47,9 +47,7 @@ class _OurIntrospection:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[tuple[OAuthServer, postfix.PostfixPeer]]:
-    reason = postfix.skip_reason()
-    if reason:
-        pytest.skip(reason)
+    peers.fail_unless(postfix.skip_reason())  # a missing peer fails, never skips
     oauth = OAuthServer(
         [ClientConfig("m365-app", canary.CLIENT_SECRET, scopes=(M365_SCOPE,),
                       subject=postfix.USER),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 from collections.abc import Iterator
@@ -276,17 +277,60 @@ async def test_tls_handshake_timeout_does_not_fall_back(fault: type[FaultServer]
 
 
 async def test_cancellation_propagates(fault: type[FaultServer]) -> None:
-    import asyncio
+    """Cancelled inside the SMTP dialogue, the probe raises CancelledError and hangs up.
 
+    The cancel is sent only once the server has accepted the probe's connection (an event,
+    not a poll with a give-up: the old loop cancelled after 2 s whether or not a connection
+    had been made, so a probe that never connected passed too).  Shown failing against a
+    build whose ``run_probe`` turns ``CancelledError`` into a verdict (``DID NOT RAISE``),
+    and against one that sleeps 60 s before connecting ("the probe never connected").
+    """
     server = fault("no_banner")
     task = asyncio.create_task(run_probe(make_spec(server.port, timeout=30), creds()))
-    for _ in range(100):
-        if server.connections:
-            break
-        await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    connected = await loop.run_in_executor(None, server.accepted.wait, 20)
+    assert connected, "the probe never connected"
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    closed = await loop.run_in_executor(None, server.connections[0].closed.wait, 20)
+    assert closed, "the cancelled probe left its connection open"
+
+
+async def test_cancellation_arriving_with_a_result_is_not_swallowed(
+        fault: type[FaultServer], ca: trustme.CA) -> None:
+    """A cancel that arrives in the same step as the awaited result still cancels.
+
+    Python 3.11's ``asyncio.wait_for`` returns the inner result when the cancellation and
+    the result coincide, and the cancellation is lost: the probe went on talking to the
+    server for up to its whole timeout after its caller (an operator shutting down, a
+    deadline above it) had cancelled it.  The token provider makes the coincidence
+    deterministic: it cancels the probe, then returns its token.  Before the probe used
+    ``asyncio.timeout`` instead of ``wait_for``, this test failed with ``DID NOT RAISE``
+    (the probe went on and returned a verdict); the race also made
+    ``test_cancellation_propagates`` fail now and then under load (the cancel coinciding
+    with the connect).
+    """
+    from tests.support.smtp_servers import new_token
+
+    server = fault("ok", tls="implicit", server_context=server_context(ca.issue_cert("127.0.0.1")),
+                   extensions=("AUTH XOAUTH2",))
+    task: asyncio.Task[Verdict] | None = None
+
+    async def provider(force_refresh: bool) -> Secret:
+        assert task is not None
+        task.cancel()
+        return Secret(new_token())
+
+    spec = make_spec(server.port, mode="implicit", auth="OAuth2")
+    task = asyncio.create_task(run_probe(spec, ProbeCredentials(
+        token_provider=provider, ca_bundle_pem=ca.cert_pem.bytes().decode())))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    closed = await asyncio.get_running_loop().run_in_executor(
+        None, server.connections[0].closed.wait, 20)
+    assert closed, "the cancelled probe left its connection open"
 
 
 async def test_hangup_after_rcpt_still_passes(fault: type[FaultServer], ca: trustme.CA) -> None:

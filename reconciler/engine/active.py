@@ -257,9 +257,9 @@ def to_javamail(view: ActiveRelayView, secret: Secret | None = None) -> dict[str
     """Jakarta Mail ``mail.smtp.*`` properties for the connection that passed.
 
     ``socketFactory.fallback`` is always false: JavaMail's fallback is a silent downgrade
-    to plaintext, and what is handed out is the one connection that passed (with a
-    fallback pass, that is the plain/STARTTLS connection to ``spec.port`` - not the
-    implicit-TLS port that refused).  Certificate checks follow the record:
+    to plaintext (guarantee 5, docs/architecture.md), and what is handed out is the one
+    connection that passed (with a fallback pass, that is the plain/STARTTLS connection to
+    ``spec.port`` - not the implicit-TLS port that refused).  Certificate checks follow the record:
     ``checkserveridentity`` is true only when the test verified the certificate; a test
     that ran with verification off gives ``ssl.trust=*`` - exactly what passed, no more.
     """

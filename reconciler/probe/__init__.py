@@ -1,4 +1,4 @@
-"""The SMTP probe: the connection test behind Ready (layer "smtp probe" of DESIGN.md).
+"""The SMTP probe: the connection test behind Ready (layer "smtp probe" in docs/architecture.md).
 
 Public API (other layers import only these names)::
 

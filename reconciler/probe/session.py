@@ -4,7 +4,7 @@ The attempt raises :class:`~reconciler.probe.failure.ProbeFailure` at the first 
 that fails and records everything else (timings, TLS facts, warnings) on the shared
 :class:`AttemptState`.  Retries and the implicit-TLS fallback are the runner's business.
 
-Invariants enforced here (DESIGN.md guarantees 5 and 6):
+Invariants enforced here (guarantees 5 and 6 in docs/architecture.md):
 
 * AUTH is only sent on an encrypted connection unless ``spec.allowPlaintextAuth``; the
   check happens before the first AUTH byte is written;
@@ -176,11 +176,9 @@ async def _resolve(state: AttemptState, host: str, port: int) -> list[tuple[Any,
             sockaddr = (host, port, 0, 0) if literal.version == 6 else (host, port)
             infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
         else:
-            resolved = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                 proto=socket.IPPROTO_TCP),
-                budget,
-            )
+            async with asyncio.timeout(budget):  # not wait_for: see _token
+                resolved = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                  proto=socket.IPPROTO_TCP)
             infos = [tuple(info) for info in resolved]
     except socket.gaierror as exc:
         raise failures.resolve_failure(host, exc) from None
@@ -212,7 +210,8 @@ async def _connect(state: AttemptState, addresses: list[tuple[Any, ...]]) -> soc
         peer = _format_peer(tuple(sockaddr))
         total = float(state.spec.connection_test.timeout_seconds)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, tuple(sockaddr)), budget)
+            async with asyncio.timeout(budget):  # not wait_for: see _token
+                await loop.sock_connect(sock, tuple(sockaddr))
         except TimeoutError:
             sock.close()
             last = failures.connect_timeout(state.spec.host, sockaddr[0], sockaddr[1], budget,
@@ -427,7 +426,11 @@ async def _token(state: AttemptState, force: bool) -> Secret:
     if provider is None:
         raise ProbeFailure("credentials", "OAuth2ProviderNotReady", "no access token provider")
     try:
-        token = await asyncio.wait_for(provider(force), state.timeout())
+        # asyncio.timeout, never wait_for: on Python 3.11 wait_for drops a cancellation
+        # that arrives together with the result, and the probe would go on talking to
+        # the server after its caller cancelled it (tests/test_probe_faults.py).
+        async with asyncio.timeout(state.timeout()):
+            token = await provider(force)
     except TimeoutError:
         raise ProbeFailure("credentials", "OAuth2TokenEndpointUnavailable",
                            "the access token was not obtained in time", timeout=True) from None

@@ -80,14 +80,14 @@ class Wire:
         """Take over a connected socket; with ``tls``, run the handshake (implicit TLS)."""
         loop = asyncio.get_running_loop()
         protocol = _PipeliningProtocol()
-        transport, _ = await asyncio.wait_for(
-            loop.create_connection(
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+        # that coincides with the result (reconciler/probe/session.py, _token).
+        async with asyncio.timeout(timeout):
+            transport, _ = await loop.create_connection(
                 lambda: protocol, sock=sock, ssl=tls,
                 server_hostname=server_hostname if tls is not None else None,
                 ssl_handshake_timeout=timeout if tls is not None else None,
-            ),
-            timeout,
-        )
+            )
         self.protocol, self.transport = protocol, transport
 
     def _proto(self) -> _PipeliningProtocol:
@@ -200,7 +200,8 @@ class Wire:
         if transport is None or protocol is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(protocol.closed), grace)
+            async with asyncio.timeout(grace):
+                await asyncio.shield(protocol.closed)
         except Exception:  # noqa: BLE001 - timeout, or a connection error while closing
             if isinstance(transport, asyncio.Transport):
                 transport.abort()

@@ -43,6 +43,7 @@ class Connection:
     tls: bool = False
     bytes_sent: int = 0
     commands: list[str] = field(default_factory=list)
+    closed: threading.Event = field(default_factory=threading.Event)  # set when it ended
 
 
 class FaultServer:
@@ -62,6 +63,7 @@ class FaultServer:
         self.close_after = close_after  # verbs after whose (overridden) reply we hang up
         self.port = 0
         self.connections: list[Connection] = []
+        self.accepted = threading.Event()  # set when the first connection is accepted
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -127,6 +129,7 @@ class FaultServer:
         conn = Connection(tls=self.tls == "implicit")
         self.connections.append(conn)
         self._writers.append(writer)
+        self.accepted.set()
         try:
             await self._dialogue(conn, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
@@ -134,6 +137,7 @@ class FaultServer:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+            conn.closed.set()
 
     async def _dialogue(self, conn: Connection, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:

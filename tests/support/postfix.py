@@ -2,8 +2,8 @@
 
 The interop peer nobody on this project wrote.  :func:`start_peer` builds a private
 instance under a fresh temp directory and returns a :class:`PostfixPeer`; ``stop()``
-takes everything down again.  Facts this module relies on are in
-``/work/shared/reference/real-mta-peer.md``; the decisions are written down here:
+takes everything down again.  The decisions are written down here
+(the user-facing account is ``docs/interop.md``):
 
 * **Private everything.**  ``postfix -c ROOT/etc`` with its own ``queue_directory``,
   ``data_directory`` and maillog, and ``dovecot -c ROOT/dovecot/dovecot.conf`` with its own
@@ -31,7 +31,7 @@ takes everything down again.  Facts this module relies on are in
 * **Certificates** come from a trustme CA; ``ca_pem``/``ca_file`` is what a client trusts.
 
 Usable as a pytest fixture (:func:`postfix_peer`, session scoped, one per xdist worker,
-skipping with a reason when the Debian packages are missing) or as a context manager
+failing with a reason when the Debian packages are missing) or as a context manager
 (``with start_peer() as peer:``) from scripts such as the interop matrix and the benchmark.
 """
 
@@ -61,7 +61,7 @@ import pytest
 import trustme
 
 from reconciler.secret import Secret
-from tests.support import canary
+from tests.support import canary, peers
 from tests.support.introspection import IntrospectionServer
 
 USER = "probe@interop.test"  # the SASL login; owns its own address for send-as
@@ -74,19 +74,19 @@ _STOP_TIMEOUT = 15.0
 
 def missing_binaries() -> list[str]:
     """Which of Postfix/Dovecot's binaries are not installed (``[]`` when all are)."""
-    return [b for b in REQUIRED_BINARIES if _which(b) is None]
+    return peers.missing("postfix")
 
 
 def _which(name: str) -> str | None:
-    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    return peers.which(name)
 
 
 def skip_reason() -> str | None:
-    """Why the peer cannot run here, or ``None`` when it can."""
-    missing = missing_binaries()
-    if missing:
-        return (f"Postfix/Dovecot not installed ({', '.join(missing)} missing): "
-                "run ./dev test as root, or apt-get install postfix dovecot-core")
+    """Why the peer cannot run here, or ``None`` when it can (the name is historical: a
+    test that needs the peer *fails* with this reason, see :mod:`tests.support.peers`)."""
+    reason = peers.missing_reason("postfix")
+    if reason:
+        return reason
     if os.geteuid() != 0:
         return "the Postfix/Dovecot interop peer must be started as root"
     return None
@@ -628,8 +628,9 @@ class SwaksResult:
 @functools.cache
 def swaks_skip_reason() -> str | None:
     """Why swaks cannot act as the reference client here, or ``None``."""
-    if _which("swaks") is None:
-        return "swaks is not installed (apt-get install swaks libnet-ssleay-perl)"
+    reason = peers.missing_reason("swaks")
+    if reason:
+        return reason
     probe = subprocess.run(["swaks", "--support"], capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=30, check=False)
     if "=== TLS supported" not in probe.stdout + probe.stderr:
@@ -689,12 +690,7 @@ _javamail_build: dict[str, Path] = {}
 @functools.cache
 def javamail_skip_reason() -> str | None:
     """Why the JavaMail reference client cannot run here, or ``None``."""
-    missing = [b for b in ("java", "javac", "keytool") if _which(b) is None]
-    missing += [j for j in JAVAMAIL_JARS if not Path(j).exists()]
-    if missing:
-        return ("JavaMail reference client not installed (" + ", ".join(missing) + "): "
-                "apt-get install openjdk-17-jdk-headless libjakarta-mail-java")
-    return None
+    return peers.missing_reason("javamail")
 
 
 def _javamail_classes() -> Path:
@@ -812,18 +808,15 @@ def shared_peer() -> Iterator[PostfixPeer]:
 def postfix_peer() -> Iterator[PostfixPeer]:
     """One Postfix + Dovecot per pytest process (per xdist worker), stopped at session end.
 
-    Skips (with the reason) when the Debian packages are not installed or we are not root.
+    Fails (with the reason; never skips) when the Debian packages are not installed or we
+    are not root: CI must not go green without its interop peer.
     """
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
+    peers.fail_unless(skip_reason())
     with shared_peer() as peer:
         yield peer
 
 
 @pytest.fixture(scope="session")
 def swaks_ready() -> None:
-    """Skip a test that needs swaks with TLS support when it is missing."""
-    reason = swaks_skip_reason()
-    if reason:
-        pytest.skip(reason)
+    """Fail a test that needs swaks with TLS support when it is missing (never skip)."""
+    peers.fail_unless(swaks_skip_reason())
