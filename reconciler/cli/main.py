@@ -131,6 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        # A damaged or untrusted state directory found at any point of any command is a
+        # clear message and exit 2, never a traceback (imported here: startup stays light).
+        from reconciler.stores.base import StoreError
+
+        if isinstance(exc, StoreError):
+            print(f"smtpctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
 
 
 def build_parser(name: str, mod: CommandModule | None = None) -> argparse.ArgumentParser:

@@ -279,6 +279,9 @@ def _workdir(path: str | None, keep: bool) -> Iterator[Path]:
         if p.exists() and any(p.iterdir()):
             raise StoryFailed(f"{p} is not empty; give a new or empty --workdir")
         p.mkdir(parents=True, exist_ok=True)
+        # Private whatever the umask: it holds the demo's secrets and its state directory
+        # (smtpctl refuses a state directory others could replace).
+        p.chmod(0o700)
         yield p
         return
     p = Path(tempfile.mkdtemp(prefix="smtpctl-demo-"))
