@@ -399,6 +399,33 @@ def test_owner_references_are_garbage_collected(kube: Any, ns: str) -> None:
     assert _core(kube).list_namespaced_secret(ns).items == []
 
 
+def test_garbage_collection_keeps_dependents_with_a_live_owner_and_orphans(
+        kube: Any, ns: str) -> None:
+    """garbagecollector.attemptToDeleteItem: a dependent with another live owner is kept
+    and only loses the dangling reference (before: deleted as soon as any owner went);
+    ``propagationPolicy: Orphan`` keeps every dependent without the reference."""
+    co, core = _co(kube), _core(kube)
+
+    def ref(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": f"{G}/{V}", "kind": "Widget", "name": obj["metadata"]["name"],
+                "uid": obj["metadata"]["uid"]}
+
+    a = co.create_namespaced_custom_object(G, V, ns, P, widget("a"))
+    b = co.create_namespaced_custom_object(G, V, ns, P, widget("b"))
+    core.create_namespaced_secret(ns, {"metadata": {"name": "two-owners",
+                                                    "ownerReferences": [ref(a), ref(b)]}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "of-b",
+                                                    "ownerReferences": [ref(b)]}})
+    co.delete_namespaced_custom_object(G, V, ns, P, "a")
+    kept = core.read_namespaced_secret("two-owners", ns)
+    assert [r.name for r in kept.metadata.owner_references] == ["b"]
+    co.delete_namespaced_custom_object(G, V, ns, P, "b",
+                                       body={"propagationPolicy": "Orphan"})
+    names = {s.metadata.name: s for s in core.list_namespaced_secret(ns).items}
+    assert set(names) == {"two-owners", "of-b"}
+    assert not names["of-b"].metadata.owner_references
+
+
 def test_delete_precondition_on_resource_version(kube: Any, ns: str) -> None:
     o = _co(kube).create_namespaced_custom_object(G, V, ns, P, widget("pre"))
     _co(kube).patch_namespaced_custom_object(G, V, ns, P, "pre", {"spec": {"size": 2}})

@@ -115,6 +115,18 @@ def step_06_strict_field_validation_refuses_typos(k: Kubectl) -> None:
     r = k.run("apply", "-n", "mail", "-f", "-", stdin=doc, ok=False)
     assert r.returncode != 0
     assert 'strict decoding error: unknown field "spec.startTls"' in r.stderr
+    # --validate=warn: the server accepts, prunes, and warns; kubectl prints the warning
+    r = k.run("apply", "-n", "mail", "--validate=warn", "-f", "-", stdin=doc)
+    assert 'Warning: unknown field "spec.startTls"' in r.stderr
+    spec = json.loads(k.run("get", "esmtp", "internal", "-n", "mail", "-o", "json").stdout)[
+        "spec"]
+    assert "startTls" not in spec  # pruned (still in kubectl's last-applied annotation)
+    r = k.run("create", "configmap", "Bad_Name", "-n", "mail", "--dry-run=client", "-o",
+              "json")
+    r = k.run("apply", "-f", "-", stdin=r.stdout, ok=False)
+    assert r.returncode != 0
+    assert 'metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain' \
+        in r.stderr
 
 
 def step_07_explain_reads_the_crd_schema(k: Kubectl) -> None:

@@ -38,9 +38,16 @@ semantics with the documented API server behaviour:
   the User-Agent.  ``dryRun=All`` stores nothing; ``fieldValidation`` Strict / Warn (the
   default: ``Warning`` headers) / Ignore.
 
+* Object validation (tests/support/kube_validation.py): the name rule of each kind,
+  ``generateName``, labels, annotations, finalizers, owner references; Go's decoding of
+  the built-in kinds' fields we use (Secret ``data`` base64, ``int32``, ``MicroTime``);
+  Secret/ConfigMap keys, size and immutability; bodies up to 3 MiB.
+* The garbage collector works from an owner index: dependents whose owners are all gone
+  are deleted; one with a live owner loses the dangling reference; ``Orphan`` keeps them.
+
 Known gaps (documented in docs/operator.md): no admission webhooks, strategic-merge
 patches of built-in kinds are treated as JSON merge patches, paginated lists read the
-current state rather than a snapshot.
+current state rather than a snapshot, built-in kinds accept unknown fields.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import secrets
 import ssl
 import tempfile
 import threading
@@ -69,7 +77,7 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import apps, enums, parsing, rendering
 
-from tests.support import kube_api, kube_ssa
+from tests.support import kube_api, kube_ssa, kube_validation
 from tests.support.kube_auth import (
     ANONYMOUS,
     Authenticator,
@@ -224,6 +232,7 @@ parsing.parse_path = _parse_path_with_namespaces
 
 
 FIELD_MANAGER_MAX = 128  # FieldManagerMaxLength
+MAX_REQUEST_BODY = 3 * 1024 * 1024  # apiserver's MaxRequestBodyBytes
 
 
 @dataclass
@@ -241,6 +250,12 @@ class _WriteCtx:
 def _warning_header(text: str) -> str:
     """RFC 7234 warn-code 299 (what ``warning.AddWarning`` puts on the response)."""
     return '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _random_suffix(n: int) -> str:
+    """``utilrand.String``: consonants and digits that cannot spell words."""
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
 def _drop_nulls(value: Any) -> Any:
@@ -318,6 +333,9 @@ class KubeEmulator(KubernetesEmulator):
     _requests_by_method: dict[str, int] = attrs.field(factory=dict, init=False)
     _builtin_payloads: int = attrs.field(default=0, init=False)
     _crd_of: dict[ResKey, str] = attrs.field(factory=dict, init=False)
+    _by_uid: dict[str, tuple[ResKey, tuple[str, str]]] = attrs.field(factory=dict, init=False)
+    _dependents: dict[str, set[tuple[ResKey, tuple[str, str]]]] = attrs.field(
+        factory=dict, init=False)
     # Strict mode: every request is authenticated (bearer token or client certificate) and
     # authorized by RBAC from the Role/ClusterRole/binding objects stored here.
     # (Not kmock's ``strict``, which re-raises served errors at exit.)
@@ -531,6 +549,9 @@ class KubeEmulator(KubernetesEmulator):
         return ApiError(403, "Forbidden", forbidden_message(user, info), details)
 
     async def __call__(self, raw_request: Any) -> Any:
+        # The API server reads bodies of up to 3 MiB (MaxRequestBodyBytes); aiohttp's
+        # default is 1 MiB, which would refuse a Secret the server accepts.
+        raw_request._client_max_size = MAX_REQUEST_BODY
         if not raw_request.path.startswith("/_emulator"):
             watch = raw_request.query.get("watch", "").lower() in ("1", "true")
             key = f"{raw_request.method} {'watch' if watch else 'call'}"
@@ -836,14 +857,41 @@ class KubeEmulator(KubernetesEmulator):
         )
         self._writes_total += 1
         self._writes_by_plural[kind.plural] = self._writes_by_plural.get(kind.plural, 0) + 1
+        self._index_owners(kind, type_, obj, prev)
         self._wake_up(kind.key)
+
+    def _index_owners(self, kind: Kind, type_: str, obj: Obj, prev: Obj | None) -> None:
+        """The garbage collector's graph: uid -> object, owner uid -> dependents (so
+        deleting an owner does not scan every object of every kind)."""
+        meta = obj["metadata"]
+        ref = (kind.key, (meta.get("namespace", ""), meta["name"]))
+        if prev is not None:
+            for owner in prev["metadata"].get("ownerReferences") or []:
+                deps = self._dependents.get(str(owner.get("uid")))
+                if deps is not None:
+                    deps.discard(ref)
+                    if not deps:
+                        del self._dependents[str(owner.get("uid"))]
+        if type_ == "DELETED":
+            self._by_uid.pop(meta.get("uid", ""), None)
+            return
+        self._by_uid[meta["uid"]] = ref
+        for owner in meta.get("ownerReferences") or []:
+            self._dependents.setdefault(str(owner.get("uid")), set()).add(ref)
 
     def _next_rv(self) -> str:
         self._rv += 1
         return str(self._rv)
 
     def _admit(self, kind: Kind, obj: Obj, old: Obj | None, ctx: _WriteCtx) -> Obj:
-        """Prune, default and validate a custom resource (the API server's order)."""
+        """Decode, then prune, default and validate (the API server's order)."""
+        if kind.schema is None:
+            try:
+                kube_validation.decode(kind.group, kind.kind, obj)
+            except kube_validation.DecodeError as exc:
+                raise ApiError(400, "BadRequest", f'{kind.kind} in version "{kind.version}" '
+                                                  f"cannot be handled as a {kind.kind}: {exc}"
+                               ) from None
         if kind.key == ("", "v1", "secrets"):
             # The server folds the write-only stringData into base64 data.
             string_data = obj.pop("stringData", None) or {}
@@ -854,7 +902,13 @@ class KubeEmulator(KubernetesEmulator):
                 }
             obj.setdefault("type", "Opaque")
         if kind.schema is None:
-            return _drop_nulls(obj)  # a null decodes to Go's zero value: omitted
+            obj = _drop_nulls(obj)  # a null decodes to Go's zero value: omitted
+            causes = kube_validation.validate_builtin(kind.group, kind.kind, obj, old)
+            if old is not None:
+                causes = kube_validation.validate_common(obj.get("metadata") or {}) + causes
+            if causes:
+                raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
+            return obj
         unknown = kind.schema.unknown_fields(obj)
         if unknown and ctx.field_validation == "Strict":
             detail = ", ".join(f'unknown field "{u}"' for u in unknown)
@@ -865,6 +919,8 @@ class KubeEmulator(KubernetesEmulator):
             ctx.warnings += [f'unknown field "{u}"' for u in unknown]
         obj = kind.schema.default(kind.schema.drop_nulls(kind.schema.prune(obj)))
         causes = kind.schema.validate(obj, old)
+        if old is not None:
+            causes = kube_validation.validate_common(obj.get("metadata") or {}) + causes
         if causes:
             raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
         return obj
@@ -963,25 +1019,22 @@ class KubeEmulator(KubernetesEmulator):
                                {"name": ns, "kind": "namespaces"})
             if not ctx.dry_run:
                 self._ensure_namespace(ns)
-        if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-        if not meta.get("name"):
-            raise self._invalid(
-                kind,
-                "",
-                [
-                    {
-                        "reason": "FieldValueRequired",
-                        "field": "metadata.name",
-                        "message": "metadata.name: Required value: name or "
-                        "generateName is required",
-                    }
-                ],
-            )
+        else:
+            meta.pop("namespace", None)  # cluster-scoped: the namespace is cleared
         if meta.get("resourceVersion"):
             raise ApiError(
                 400, "BadRequest", "resourceVersion should not be set on objects to be created"
             )
+        if not meta.get("name") and meta.get("generateName"):
+            # SimpleNameGenerator; a taken name is generated again (RetryGenerateName)
+            for _ in range(8):
+                meta["name"] = kube_validation.generated_name(str(meta["generateName"]),
+                                                              _random_suffix)
+                if (meta.get("namespace", ""), meta["name"]) not in self._data[kind.key]:
+                    break
+        causes = kube_validation.validate_metadata(kind.group, kind.kind, kind.namespaced, obj)
+        if causes:
+            raise self._invalid(kind, str(meta.get("name") or ""), causes)
         key = (meta.get("namespace", ""), meta["name"])
         if key in self._data[kind.key]:
             raise ApiError(
@@ -1318,13 +1371,27 @@ class KubeEmulator(KubernetesEmulator):
             if kind is not None:
                 self.resources.pop(f"{kind.api_version}/{kind.plural}", None)
 
-    def _collect_dependents(self, owner_uid: str) -> None:
-        """Background garbage collection: delete objects owned by a deleted object."""
-        for kind in list(self._kinds.values()):
-            for key, obj in list(self._data[kind.key].items()):
-                refs = obj["metadata"].get("ownerReferences") or []
-                if any(r.get("uid") == owner_uid for r in refs):
-                    self._delete(kind, key)
+    def _collect_dependents(self, owner_uid: str, orphan: bool = False) -> None:
+        """The garbage collector (``attemptToDeleteItem``), background propagation: a
+        dependent whose owners are all gone is deleted; one that still has a live owner
+        only loses its reference to the deleted one.  ``orphan``: every dependent keeps
+        living without the reference (``propagationPolicy: Orphan``)."""
+        for res, key in sorted(self._dependents.pop(owner_uid, set())):
+            kind = self._kinds.get(res)
+            obj = self._data.get(res, {}).get(key)
+            if kind is None or obj is None:
+                continue
+            refs = obj["metadata"].get("ownerReferences") or []
+            if not any(r.get("uid") == owner_uid for r in refs):
+                continue
+            rest = [r for r in refs if r.get("uid") != owner_uid]
+            if orphan or any(r.get("uid") in self._by_uid for r in rest):
+                incoming = copy.deepcopy(obj)
+                incoming["metadata"]["ownerReferences"] = rest
+                self._write(kind, obj, incoming, None,
+                            _WriteCtx(manager="generic-garbage-collector"))
+            else:
+                self._delete(kind, key)
 
     def _delete(self, kind: Kind, key: tuple[str, str]) -> Obj:
         obj = self._data[kind.key][key]
@@ -1359,6 +1426,16 @@ class KubeEmulator(KubernetesEmulator):
                 obj["metadata"]["resourceVersion"],
             ) or pre.get("uid") not in (None, obj["metadata"]["uid"]):
                 raise self._conflict(kind, obj["metadata"]["name"])
+        policy = (request.data or {}).get("propagationPolicy") if isinstance(
+            request.data, dict) else None
+        policy = policy or request.params.get("propagationPolicy")
+        if policy not in (None, "Orphan", "Background", "Foreground"):
+            raise ApiError(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: '
+                                           f'propagationPolicy: Unsupported value: "{policy}": '
+                                           f'supported values: "Foreground", "Background", '
+                                           f'"Orphan", "nil"')
+        if policy == "Orphan":
+            self._collect_dependents(obj["metadata"]["uid"], orphan=True)
         return self._delete(kind, key)
 
 
