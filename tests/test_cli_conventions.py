@@ -327,6 +327,13 @@ def test_namespace_rule_is_the_same_for_every_command(e2e: Env) -> None:
     assert code == 1 and "exists in namespaces x, y" in err
     code, out, _ = run(e2e, "delete", "esmtp/solo")
     assert code == 0 and "deleted" in out
+    # get active: nothing selected in -n default, but one is in mail
+    f2 = e2e.write("sel.yaml", e2e.smtp("solo", namespace="mail", selected=True))
+    assert run(e2e, "apply", "-f", str(f2))[0] == 0
+    code, _, err = run(e2e, "get", "active", "-n", "default")
+    assert code == 1 and "one is selected in namespace mail (use -n mail)" in err
+    code, out, _ = run(e2e, "get", "active", "-o", "yaml")  # the only one: found
+    assert code == 0 and yaml.safe_load(out)["relay"] == {"namespace": "mail", "name": "solo"}
     # manifests: -n fills in a missing namespace and refuses a different one
     g = e2e.write("plain.yaml", e2e.smtp("p"))
     doc = yaml.safe_load(g.read_text())
