@@ -7,14 +7,14 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY reconciler ./reconciler
 COPY schemas ./schemas
-RUN python -m pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels .
+RUN python -m pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels ".[operator]"
 
 FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 COPY --from=build /wheels /wheels
-RUN python -m pip install --no-index --find-links=/wheels smtpctl \
+RUN python -m pip install --no-index --find-links=/wheels "smtpctl[operator]" \
     && rm -rf /wheels \
     && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin smtpctl
 USER 65532:65532

@@ -215,6 +215,14 @@ class Operator:
             if '"msg":"reconciled"' in line
         )
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the operator process so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
     def stop(self) -> float:
         _sample(self.proc.pid)
         rss = _RSS.get(self.proc.pid, float("nan"))
@@ -260,6 +268,7 @@ def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dic
         op = Operator(kubeconfig, work / f"operator-{count}-a.log", concurrency)
         ready_s = _wait("all Ready", lambda: _ready_count(emu) >= count, 3600, op.proc.pid)
         _wait("first pass logged", lambda: op.reconciled() >= count, 600, op.proc.pid)
+        cpu_first = op.cpu_seconds()
         rss_first = op.stop()
         first = emu.stats()
         tests_first = relay.connections
@@ -271,6 +280,7 @@ def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dic
             _sample(op2.proc.pid)
             time.sleep(0.25)
         second = emu.stats()
+        cpu_catchup = op2.cpu_seconds()
         exited = op2.proc.poll()
         stayed = 0.0
         if stay_up and exited is None:  # the restarted operator must keep its Lease
@@ -299,6 +309,8 @@ def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dic
             "writes_during_catchup": writes_restart,
             "operator_exit_during_catchup": exited,
             "stayed_up_seconds_after_catchup": round(stayed, 1),
+            "operator_cpu_ms_per_resource_first": round(cpu_first * 1000 / count, 2),
+            "operator_cpu_ms_per_resource_catchup": round(cpu_catchup * 1000 / count, 2),
             "rss_first_mb": round(rss_first, 1),
             "rss_restart_mb": round(rss_restart, 1),
             "api_requests_per_resource_first": round(req_first / count, 2),

@@ -17,6 +17,14 @@ For each: wall time (best of RUNS), manifests per second, peak RSS of the proces
 invalid documents it found.  Then the one-file cold start (median of 15 runs) against
 ``python -c pass`` and check-jsonschema.  Ratios are printed against check-jsonschema
 and the floor.
+
+``--installs`` measures instead what a user gets (issue 15, "cold start as users get it"):
+it builds the wheel, installs it into fresh virtual environments the regular way (pip
+compiles the bytecode at install), once with the core dependencies only (the light
+install ``validate`` needs) and once with ``[all]``, and reports their size and package
+count, and the one-file ``smtpctl validate`` cold start (median of ``--starts``) of the
+light install next to ``./dev``'s editable ``.venv``, in this environment (which sets
+``PYTHONDONTWRITEBYTECODE=1``, as this machine does).
 """
 
 from __future__ import annotations
@@ -179,7 +187,7 @@ def _smtpctl_invalid(proc: subprocess.CompletedProcess[str]) -> int | str:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
         return f"failed (exit {proc.returncode})"
-    docs = {(e["file"], e["name"]) for e in report["errors"] if e["severity"] == "error"}
+    docs = {(e["file"], e["name"]) for e in report["diagnostics"] if e["severity"] == "error"}
     return len(docs)
 
 
@@ -208,13 +216,104 @@ def machine() -> dict[str, str]:
             "free -h": mem.strip(), "platform": platform.platform()}
 
 
+def _run(cmd: list[str], **kw: Any) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+
+
+_VENV_TOOLS = ("pip-", "setuptools-", "wheel-")
+
+
+def _site_size(venv: Path) -> tuple[int, int]:
+    """(KiB of what was installed, installed distributions), pip/setuptools excluded
+    (they come with every venv): the files each distribution's RECORD lists, plus the
+    bytecode pip compiled for them."""
+    site = next(venv.glob("lib/python*/site-packages"))
+    total = 0
+    dists = [d for d in site.glob("*.dist-info") if not d.name.startswith(_VENV_TOOLS)]
+    for d in dists:
+        for line in (d / "RECORD").read_text().splitlines():
+            path = site / line.split(",", 1)[0]
+            if path.is_file():
+                total += path.stat().st_size
+    return total // 1024, len(dists)
+
+
+def cold_cpu(cmd: list[str], n: int) -> tuple[float, float]:
+    """(median wall, median CPU user+sys) of ``n`` runs of ``cmd``.  CPU time is what a
+    loaded machine does not inflate; wall time is what a user waits."""
+    walls, cpus = [], []
+    for _ in range(n):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=False)
+        walls.append(time.perf_counter() - start)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def installs(starts: int, markdown: Path | None) -> int:
+    """Light install size and the cold start of a regular (wheel) install vs ./dev's."""
+    with tempfile.TemporaryDirectory(prefix="bench-installs-") as tmp:
+        work = Path(tmp)
+        _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+              str(work / "wheels"), str(ROOT)])
+        wheel = next((work / "wheels").glob("smtpctl-*.whl"))
+        sizes = {}
+        for label, spec in (("core (validate, init, import)", str(wheel)),
+                            ("[all] (every command)", f"{wheel}[all]")):
+            venv = work / ("core" if "core" in label else "all")
+            _run([sys.executable, "-m", "venv", str(venv)])
+            _run([str(venv / "bin" / "pip"), "install", "-q", "-c",
+                  str(ROOT / "constraints.txt"), spec])
+            sizes[label] = _site_size(venv)
+        one = work / "relay.yaml"
+        one.write_text(yaml.safe_dump(manifest(0, random.Random(1))))
+        core = work / "core" / "bin"
+        dev = BIN
+        env = dict(os.environ)
+        cases = {
+            "python -c pass (wheel venv)": [str(core / "python"), "-c", "pass"],
+            "smtpctl validate, wheel install (core, bytecode compiled by pip)":
+                [str(core / "smtpctl"), "validate", "-f", str(one)],
+            "python -c pass (./dev .venv)": [str(dev / "python"), "-c", "pass"],
+            "smtpctl validate, ./dev install (editable .venv)":
+                [str(dev / "smtpctl"), "validate", "-f", str(one)],
+        }
+        for c in cases.values():  # warm the page cache and any bytecode writes once
+            subprocess.run(c, capture_output=True, check=False, env=env)
+        medians = {k: cold_cpu(c, starts) for k, c in cases.items()}
+        load = os.getloadavg()
+        proc = subprocess.run([str(core / "smtpctl"), "apply", "-f", str(one)],
+                              capture_output=True, text=True, check=False)
+    lines = ["| install | installed size | distributions |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {v[0] / 1024:.1f} MiB | {v[1]} |" for k, v in sizes.items()]
+    lines += ["", f"One-file cold start, median of {starts} "
+              f"(PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}, "
+              f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on "
+              f"{os.cpu_count()} CPUs):",
+              "", "| command | wall (s) | CPU user+sys (s) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {w:.3f} | {c:.3f} |" for k, (w, c) in medians.items()]
+    lines += ["", f"`smtpctl apply` in the light install: exit {proc.returncode}, "
+              f"`{proc.stderr.strip()[:160]}`"]
+    print("\n".join(lines))
+    if markdown:
+        markdown.write_text("\n".join(lines) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--installs", action="store_true",
+                    help="measure the wheel installs (size, cold start) instead")
+    ap.add_argument("--starts", type=int, default=21, help="--installs: cold starts per case")
     ap.add_argument("--count", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3, help="repetitions; the best wall is kept")
     ap.add_argument("--markdown", type=Path, help="also write the results as Markdown here")
     ap.add_argument("--skip-check-jsonschema", action="store_true")
     args = ap.parse_args()
+    if args.installs:
+        return installs(args.starts, args.markdown)
 
     smtpctl = [str(BIN / "smtpctl"), "validate"]
     cj = [str(BIN / "check-jsonschema"), "--schemafile", str(SCHEMA), "-o", "json"]

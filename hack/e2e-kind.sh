@@ -82,4 +82,9 @@ kubectl -n smtpctl-system get lease smtpctl-operator -o jsonpath='{.spec.holderI
 step "deletion with finalizer cleanup"
 kubectl -n "$NS" delete externalsmtp relay --timeout=60s
 ! kubectl -n "$NS" get secret smtp-active-relay 2>/dev/null
+
+step "uninstall as docs/operator.md says: resources first, then the install; nothing stuck"
+kubectl delete externalsmtps,oauth2providers --all -A --wait --timeout=60s
+kubectl delete -k manifests/operator --wait --timeout=120s
+! kubectl get crd externalsmtps.smtp.reconciler.dev 2>/dev/null
 echo; echo "e2e-kind: all scenarios passed"

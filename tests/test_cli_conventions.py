@@ -327,6 +327,13 @@ def test_namespace_rule_is_the_same_for_every_command(e2e: Env) -> None:
     assert code == 1 and "exists in namespaces x, y" in err
     code, out, _ = run(e2e, "delete", "esmtp/solo")
     assert code == 0 and "deleted" in out
+    # get active: nothing selected in -n default, but one is in mail
+    f2 = e2e.write("sel.yaml", e2e.smtp("solo", namespace="mail", selected=True))
+    assert run(e2e, "apply", "-f", str(f2))[0] == 0
+    code, _, err = run(e2e, "get", "active", "-n", "default")
+    assert code == 1 and "one is selected in namespace mail (use -n mail)" in err
+    code, out, _ = run(e2e, "get", "active", "-o", "yaml")  # the only one: found
+    assert code == 0 and yaml.safe_load(out)["relay"] == {"namespace": "mail", "name": "solo"}
     # manifests: -n fills in a missing namespace and refuses a different one
     g = e2e.write("plain.yaml", e2e.smtp("p"))
     doc = yaml.safe_load(g.read_text())
@@ -405,3 +412,39 @@ def test_tables_fit_80_columns_without_cutting_words(e2e: Env, monkeypatch: pyte
                       width=80)
     for line in text.splitlines():
         assert len(line) <= 80 or " " not in line.strip(), line
+
+
+def test_documented_commands_parse() -> None:
+    """Every `smtpctl ...` line in the README and docs/cli.md names a real command with
+    options its parser accepts (the docs cannot drift from the flags)."""
+    import re
+    import shlex
+
+    seen = 0
+    for doc in (ROOT / "README.md", ROOT / "docs" / "cli.md", ROOT / "docs" / "validate.md"):
+        for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.S):
+            for line in block.splitlines():
+                for part in re.split(r"\s*(?:;|&&|\||&)\s*", line.split("  #")[0].strip()):
+                    words = shlex.split(part, comments=True) if part else []
+                    if not words or words[0] != "smtpctl":
+                        continue
+                    kept, skip = [], False
+                    for w in words[1:]:  # drop shell redirections (`> relay.yaml`)
+                        if skip:
+                            skip = False
+                        elif w in (">", ">>", "<", "2>"):
+                            skip = True
+                        elif not w.startswith((">", "<")):
+                            kept.append(w)
+                    words = kept
+                    if not words or words[0] in ("--help", "--version"):
+                        continue
+                    name, rest = words[0], words[1:]
+                    assert name in COMMANDS, f"{doc.name}: {line}"
+                    parser = build_parser(name)
+                    try:
+                        parser.parse_args(rest)
+                    except SystemExit as exc:
+                        raise AssertionError(f"{doc.name}: `{line}` does not parse") from exc
+                    seen += 1
+    assert seen >= 15

@@ -212,3 +212,31 @@ def test_dev_keeps_servers_running_with_working_manifests(tmp_path: Path,
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, "".join(seen) + (rest or "")
+
+
+def test_a_missing_extra_is_named(tmp_path: Path) -> None:
+    """In the light install (no pydantic), `apply` says which extra to install, exit 2;
+    validate, init and import work."""
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('pydantic', 'aiosmtplib', 'httpx', 'rich'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from reconciler.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    f = tmp_path / "r.yaml"
+    f.write_text(run("init", "internal")[1])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def light(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", blocker, *argv], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=60, check=False)
+
+    done = light("apply", "-f", str(f))
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'smtpctl[cli]'" in done.stderr and "Traceback" not in done.stderr
+    assert light("validate", "-f", str(f)).returncode == 0
+    assert light("init", "ses").returncode == 0
+    assert light("--help").returncode == 0

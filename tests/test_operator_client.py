@@ -8,6 +8,7 @@ a rotated (bound) token was never picked up.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -70,3 +71,50 @@ def test_missing_configuration_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="in-cluster files missing"):
         in_cluster({"KUBERNETES_SERVICE_HOST": "10.0.0.1",
                     "SMTPCTL_SERVICEACCOUNT_DIR": str(tmp_path)})
+
+
+async def test_the_operator_exits_1_when_a_watch_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A watch task that ends (here: its handler crashes on an event) stops the operator
+    with exit status 1 instead of leaving it running blind (kopf's watcher used to give up
+    and the process exited 0 or kept running without watches)."""
+    import asyncio
+    import logging
+
+    from reconciler.runtimes.operator import OperatorConfig, run_operator
+    from reconciler.runtimes.operator.controller import Controller
+    from reconciler.stores.kubeapi import Credentials, KubeApi, resource_path
+    from tests.support.kube_emulator import running_emulator
+
+    caplog.set_level(logging.INFO, logger="smtpctl.operator")
+    root = Path(__file__).resolve().parents[1]
+    real_handle = Controller.handle
+
+    def handle(self: Controller, body: Any, event_type: str | None) -> None:
+        if event_type == "ADDED" and body["metadata"]["name"] == "poison":
+            raise RuntimeError("handler bug")
+        real_handle(self, body, event_type)
+
+    monkeypatch.setattr(Controller, "handle", handle)
+    async with running_emulator(root / "manifests" / "crds") as (emu, url):
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(emu.kubeconfig(url))
+        config = OperatorConfig(kubeconfig=str(cfg), namespaces=["default"],
+                                leader_election=False, health_port=-1, metrics_port=-1,
+                                version_key=b"k")
+        task = asyncio.create_task(run_operator(config))
+        for _ in range(200):
+            if any(r.getMessage() == "primed cache" for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        api = KubeApi(Credentials(server=url, token=emu.admin_token,
+                                  ssl_context=emu.client_ssl_context()))
+        await api.post(resource_path("smtp.reconciler.dev/v1alpha1", "externalsmtps", "default"),
+                       {"apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": "ExternalSmtp",
+                        "metadata": {"name": "poison"},
+                        "spec": {"host": "smtp.example.com", "port": 587,
+                                 "authentication": "None"}})
+        await api.close()
+        assert await asyncio.wait_for(task, 30) == 1
+    assert any(r.getMessage() == "watch stopped" for r in caplog.records)

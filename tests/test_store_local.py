@@ -149,5 +149,5 @@ def test_damaged_database_is_a_clear_error(tmp_path: Path) -> None:
     state = tmp_path / "s"
     state.mkdir()
     (state / "state.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="cannot open the store"):
+    with pytest.raises(StoreError, match=r"cannot be used .*file is not a database.* damaged"):
         LocalStore(state)

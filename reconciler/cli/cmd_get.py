@@ -165,8 +165,7 @@ def _active(args: argparse.Namespace) -> int:
     winners = sorted((o for o in objs if o.status.get("selected") and o.status.get("active")),
                      key=sort_key)
     if not winners:
-        where = f"namespace {namespace}" if namespace else "any namespace"
-        print(f"smtpctl: no relay is selected in {where}", file=sys.stderr)
+        print(f"smtpctl: {_why_none(args, objs, namespace)}", file=sys.stderr)
         return EXIT_FAILED
     if len(winners) > 1:
         spots = ", ".join(f"{w.ref.namespace} ({w.ref.name})" for w in winners)
@@ -217,3 +216,25 @@ def _active(args: argparse.Namespace) -> int:
         if args.require_ready:
             return EXIT_FAILED
     return EXIT_OK
+
+
+def _why_none(args: argparse.Namespace, objs: list[Any], namespace: str | None) -> str:
+    """Why nothing is selected, and where to look instead."""
+    where = f"namespace {namespace}" if namespace else "any namespace"
+    text = f"no relay is selected in {where}"
+    if namespace is not None:
+        others = _list(args, ["ExternalSmtp"], None)
+        spots = [] if isinstance(others, int) else sorted({
+            o.ref.namespace for o in others
+            if o.status.get("selected") and o.status.get("active")})
+        if spots:
+            return f"{text}; one is selected in namespace {', '.join(spots)} (use -n {spots[0]})"
+    if not objs:
+        return f"{text}: there is no ExternalSmtp (smtpctl apply -f FILE)"
+    requested = [o for o in objs if (o.manifest.get("spec") or {}).get("selected")]
+    if not requested:
+        return (f"{text}: {len(objs)} ExternalSmtp, none with spec.selected: true (set it on "
+                "the one applications should use)")
+    names = ", ".join(f"{o.ref.namespace}/{o.ref.name}" for o in requested[:5])
+    return (f"{text}: {names} asked to be selected but never passed a test (smtpctl "
+            "describe esmtp NAME says why)")

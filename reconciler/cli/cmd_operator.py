@@ -8,6 +8,8 @@ import faulthandler
 import logging
 import os
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 from reconciler.cli.common import EXIT_USAGE
 from reconciler.cli.opsecurity import add_security_options, security_settings
@@ -93,8 +95,25 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("smtpctl.operator").error(str(exc))
         return EXIT_USAGE
     try:
-        return asyncio.run(run_operator(config))
+        return _run(run_operator(config))
     except OSError as exc:
         logging.getLogger("smtpctl.operator").error("cannot start", extra={
             "error": type(exc).__name__})
         return EXIT_USAGE
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run`` with a bounded clean-up: a leftover task that does not finish within
+    5 s of being cancelled must not keep a stopped operator (e.g. one that lost its Lease)
+    from exiting."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=5))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -44,6 +44,20 @@ class CommandModule(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
+EXTRAS = {
+    "pydantic": "cli", "pydantic_core": "cli", "aiosmtplib": "cli", "tenacity": "cli",
+    "authlib": "cli", "httpx": "cli", "aiohttp": "cli", "rich": "cli", "cryptography": "cli",
+    "kubernetes": "kube",
+    "urllib3": "kube", "prometheus_client": "operator", "aiosmtpd": "demo", "trustme": "demo",
+}
+"""Third-party module -> the extra that installs it (pyproject.toml)."""
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    top = (exc.name or "").split(".")[0]
+    return EXTRAS.get(top)
+
+
 def _load(name: str) -> CommandModule | None:
     try:
         return cast(CommandModule, importlib.import_module(COMMANDS[name]))
@@ -51,6 +65,15 @@ def _load(name: str) -> CommandModule | None:
         if exc.name == COMMANDS[name]:
             return None  # command not built yet
         raise
+
+
+def _needs(name: str, exc: ModuleNotFoundError) -> int:
+    extra = missing_extra(exc)
+    if extra is None:
+        raise exc
+    print(f"smtpctl {name} needs {exc.name}, which this installation does not have: "
+          f"pip install 'smtpctl[{extra}]' (or smtpctl[all])", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _top_usage() -> str:
@@ -62,7 +85,11 @@ def _top_usage() -> str:
 
     lines = ["usage: smtpctl COMMAND [options]", "", "commands:"]
     for name in COMMANDS:
-        mod = _load(name)
+        try:
+            mod = _load(name)
+        except ModuleNotFoundError:  # a command of an extra that is not installed
+            lines += fill(f"  {name:<10} (needs an extra: smtpctl[all])", 13)
+            continue
         if mod is not None:
             lines += fill(f"  {name:<10} {mod.HELP}", 13)
     lines += ["", *fill("Run `smtpctl COMMAND --help` for a command's options; docs/cli.md "
@@ -83,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"smtpctl {version('smtpctl')}")
         return 0
     name = args[0]
-    mod = _load(name) if name in COMMANDS else None
+    try:
+        mod = _load(name) if name in COMMANDS else None
+    except ModuleNotFoundError as exc:
+        return _needs(name, exc)
     if mod is None:
         print(f"smtpctl: unknown command {name!r}\n\n{_top_usage()}", file=sys.stderr)
         return EXIT_USAGE
@@ -94,20 +124,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return mod.run(ns)
+    except ModuleNotFoundError as exc:
+        return _needs(name, exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        # A damaged or untrusted state directory found at any point of any command is a
+        # clear message and exit 2, never a traceback (imported here: startup stays light).
+        from reconciler.stores.base import StoreError
+
+        if isinstance(exc, StoreError):
+            print(f"smtpctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
 
 
 def build_parser(name: str, mod: CommandModule | None = None) -> argparse.ArgumentParser:
     """The argparse parser of one command (docs/cli.md is generated from these)."""
     mod = mod or _load(name)
     assert mod is not None, name
-    parser = argparse.ArgumentParser(prog=f"smtpctl {name}", description=mod.HELP)
+    parser = argparse.ArgumentParser(prog=f"smtpctl {name}", description=mod.HELP,
+                                     formatter_class=_Formatter)
     mod.configure(parser)
     return parser
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, sized without ``shutil`` (which pulls in bz2/lzma/zlib: ~2.5 ms
+    of every start, because add_argument builds a formatter even when no help is shown)."""
+
+    def __init__(self, prog: str) -> None:
+        import os
+
+        try:
+            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+        except (ValueError, OSError):
+            width = 80
+        super().__init__(prog, width=max(40, width - 2))
 
 
 def entry() -> None:  # pragma: no cover

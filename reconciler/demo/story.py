@@ -245,6 +245,10 @@ class Demo:
             self.say(f"  smtpctl describe externalsmtp billing-relay --state {st}")
             self.say(f"  smtpctl get active -o javamail --state {st}")
             self.say(f"  smtpctl validate -f {self.mdir}")
+        self.say("  smtpctl dev                              # keep loopback relays running "
+                 "(the demo's stop with it)")
+        self.say("  smtpctl init gmail > my-relay.yaml       # a manifest for a provider "
+                 "(ses, sendgrid, microsoft365, ...)")
         self.say("  smtpctl validate -f my-relay.yaml        # offline schema check, CI-friendly")
         self.say("  smtpctl plan -f my-relay.yaml            # what would change and be tested")
         self.say("  smtpctl apply -f my-relay.yaml           # test connection and save")
@@ -275,6 +279,9 @@ def _workdir(path: str | None, keep: bool) -> Iterator[Path]:
         if p.exists() and any(p.iterdir()):
             raise StoryFailed(f"{p} is not empty; give a new or empty --workdir")
         p.mkdir(parents=True, exist_ok=True)
+        # Private whatever the umask: it holds the demo's secrets and its state directory
+        # (smtpctl refuses a state directory others could replace).
+        p.chmod(0o700)
         yield p
         return
     p = Path(tempfile.mkdtemp(prefix="smtpctl-demo-"))

@@ -5,9 +5,10 @@ renewed for ``lease_duration`` seconds (the leader died or was partitioned).  Ev
 is an optimistic update carrying the Lease's ``resourceVersion``, so two candidates that
 race for an expired Lease cannot both win: one gets ``409 Conflict`` and stays standby.
 
-The leader renews every ``renew_period``.  Each attempt is bounded (a quarter of the
-deadline at most) and retried until ``renew_deadline``, so one stalled request (a slow
-API server, a dropped connection) does not cost the Lease.  If it cannot renew before
+The leader renews every ``renew_period``.  Attempts are hedged until ``renew_deadline``:
+when one has not answered after ``retry_period`` a second one starts on another
+connection, so one stalled request does not cost the Lease and a slow but working API
+server is not abandoned either.  If it cannot renew before
 ``renew_deadline`` (the API is unreachable, or another holder appears),
 :meth:`LeaseElector.hold` returns:
 the operator then stops reconciling at once and exits, and its Deployment restarts it
@@ -133,27 +134,35 @@ class LeaseElector:
         log.info("became leader", extra={"lease": f"{self.namespace}/{self.name}",
                                          "identity": self.identity})
 
-    def attempt_timeout(self) -> float:
-        """One renewal attempt's bound: a stalled request is abandoned and retried (on a
-        fresh connection) while the deadline allows, instead of eating the deadline."""
-        return max(0.2, min(self.retry_period, self.renew_deadline / 4))
-
     async def renew(self) -> bool:
-        """Renew before ``renew_deadline``: attempts bounded each, retried until then."""
+        """Renew before ``renew_deadline``.  Attempts are hedged: when one has not answered
+        after ``retry_period`` a second starts on another connection (a stalled connection
+        or a dropped request does not eat the deadline), while the first may still answer
+        (a slow but working API server is not abandoned).  At most two in flight."""
         deadline = time.monotonic() + self.renew_deadline
-        for _ in range(1000):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                if await asyncio.wait_for(self.try_acquire_or_renew(),
-                                          min(self.attempt_timeout(), left)):
-                    return True
-            except TimeoutError:
-                continue  # retry at once: the attempt itself took its share of the wait
-            await asyncio.sleep(min(self.renew_period / 4, max(0.0, deadline -
-                                                                time.monotonic())))
-        return False
+        pending: set[asyncio.Task[bool]] = set()
+        started = -1e9
+        try:
+            for _ in range(10_000):
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                if len(pending) < 2 and now - started >= self.retry_period:
+                    pending.add(asyncio.create_task(self.try_acquire_or_renew()))
+                    started = now
+                wait = min(deadline - now, max(0.05, started + self.retry_period - now))
+                if not pending:  # the last attempt failed fast: wait for the next slot
+                    await asyncio.sleep(wait)
+                    continue
+                done, pending = await asyncio.wait(pending, timeout=wait,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is None and task.result():
+                        return True
+            return False
+        finally:
+            for task in pending:
+                task.cancel()
 
     async def hold(self) -> None:
         """Renew every ``renew_period`` until we cannot; returns when leadership is lost."""

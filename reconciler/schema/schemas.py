@@ -13,9 +13,12 @@ about a millisecond, validating a manifest a few microseconds.
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 import jsonschema_rs
 
@@ -29,16 +32,29 @@ SCHEMA_FILES = {
     KIND_OAUTH2: "oauth2provider.v1alpha1.json",
 }
 
-PACKAGE_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-"""``reconciler/schemas/``: the copy shipped inside the package."""
-SOURCE_SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
-"""The repository's ``schemas/`` (exists in a checkout, not in an installed wheel)."""
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "schemas")
+
+
+def __getattr__(name: str) -> Path:
+    """``PACKAGE_SCHEMA_DIR`` (``reconciler/schemas/``: the copy shipped inside the package)
+    and ``SOURCE_SCHEMA_DIR`` (the repository's ``schemas/``: exists in a checkout, not in
+    an installed wheel), as ``pathlib.Path``, created on first use: ``smtpctl validate``
+    does not import pathlib (start-up time)."""
+    from pathlib import Path
+
+    if name == "PACKAGE_SCHEMA_DIR":
+        return Path(_PACKAGE_DIR).resolve()
+    if name == "SOURCE_SCHEMA_DIR":
+        return Path(__file__).resolve().parents[2] / "schemas"
+    raise AttributeError(name)
 
 
 @cache
 def load_schema(kind: str) -> dict[str, Any]:
     """The parsed JSON Schema of ``kind`` (cached; do not mutate)."""
-    data: dict[str, Any] = json.loads((PACKAGE_SCHEMA_DIR / SCHEMA_FILES[kind]).read_text("utf-8"))
+    with open(os.path.join(_PACKAGE_DIR, SCHEMA_FILES[kind]), encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
     return data
 
 

@@ -19,7 +19,6 @@ import os
 import sys
 from collections.abc import Iterator
 from itertools import islice
-from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from reconciler.schema.diagnostics import Diagnostic, JsonPath, Severity, format_path
@@ -316,10 +315,9 @@ def iter_inputs(paths: list[str], stdin: BinaryIO | None = None, *, limit: int =
             stream = stdin if stdin is not None else sys.stdin.buffer
             yield "<stdin>", stream.read(limit)
             continue
-        path = Path(p)
-        if path.is_dir():
+        if os.path.isdir(p):
             found = False
-            for root, dirs, files in os.walk(path):
+            for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for f in sorted(files):
                     if f.lower().endswith(SUFFIXES) and not f.startswith("."):

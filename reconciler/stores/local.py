@@ -21,6 +21,18 @@ time) and a short history of redacted test records and events.  Never a secret v
 Schema migrations are versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` is an
 append-only list; opening a store applies the missing ones in one transaction, and
 refuses a store written by a newer release (exit 2 with a clear message).
+
+Trust (docs/security.md), like ssh's ``StrictModes``: the state directory decides where
+credentials go (it holds the manifests and the parse cache), so it and every file in it
+must be owned by the user running smtpctl (or root) and writable by nobody else, its
+parent must not let others rename it, and ``version.key`` must be readable by nobody
+else; otherwise opening fails with a message that says what to fix.  Every file is
+created 0600 (``state.db`` is created complete under a temporary name, so its ``-wal``
+and ``-shm`` files, which SQLite creates with the database's mode, are 0600 too; older
+stores are tightened on open).  The parse cache carries an HMAC with a key derived from
+``version.key``: an entry someone else wrote is ignored.  Damage is detected and reported
+(:class:`StoreError`, exit 2): a 0-byte ``state.db``, a file that is not a database,
+missing tables, and any SQLite error later.
 """
 
 from __future__ import annotations
@@ -28,15 +40,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
+import hashlib
+import hmac
 import json
 import os
 import sqlite3
+import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from reconciler.credentials.policy import MANIFEST_ANNOTATION
 from reconciler.secret import set_version_key
@@ -92,8 +108,80 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+_TABLES = {"resources", "tests", "events", "input_cache"}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
 class LockTimeout(StoreError):
     """Another apply holds the store's lock."""
+
+
+class StoreUntrusted(StoreError):
+    """The state directory or a file in it could be changed by someone else."""
+
+
+def _damaged(path: Path, exc: BaseException) -> StoreError:
+    what = str(exc) or type(exc).__name__
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in what or "busy" in what):
+        return StoreError(f"the store {path} is busy ({what}); retry when the other "
+                          "smtpctl has finished")
+    return StoreError(f"the store {path} cannot be used ({what}): it is damaged; move "
+                      f"{path.parent} away to start over (every resource is then applied "
+                      "and tested again)")
+
+
+def _guarded(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """SQLite errors of a store method as a StoreError naming the damage (never a
+    traceback, never an empty result)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            store = args[0]
+            raise _damaged(getattr(store, "path", Path("state.db")), exc) from None
+
+    return wrapper
+
+
+def check_trust(path: Path, *, secret: bool = False, directory: bool = False) -> None:
+    """Refuse ``path`` when someone other than us (or root) owns it or may write it (or,
+    for a ``secret``, read it), as ssh refuses a private key or config others can touch."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreUntrusted(f"{path} is a symbolic link; the state directory's files must "
+                             "be plain files (someone could point them elsewhere)")
+    if st.st_uid not in (me, 0):
+        raise StoreUntrusted(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {me}) or root: whoever owns "
+            f"it can change where your credentials go; run chown {me} {path} or use another "
+            "--state directory")
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StoreUntrusted(
+            f"{path} is writable by {'group' if st.st_mode & stat.S_IWGRP else 'others'} "
+            f"(mode {mode:04o}): they could change where your credentials go; run "
+            f"chmod go-w {path}")
+    if secret and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        raise StoreUntrusted(
+            f"{path} is readable by others (mode {mode:04o}); run chmod 600 {path}")
+    if directory:
+        parent = path.resolve().parent
+        try:
+            pst = os.stat(parent)
+        except OSError:
+            return
+        if pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not pst.st_mode & stat.S_ISVTX:
+            raise StoreUntrusted(
+                f"the directory {parent} that holds {path.name} is writable by others "
+                f"without the sticky bit (mode {stat.S_IMODE(pst.st_mode):04o}): they could "
+                f"replace the state directory; run chmod go-w {parent} or use another --state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +235,7 @@ def load_version_key(state: Path) -> bytes:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+    check_trust(path, secret=True)
     key = path.read_bytes()
     if len(key) < 32:
         raise StoreError(f"{path} is damaged (too short); delete it to start over "
@@ -165,25 +254,71 @@ class LocalStore:
     def __init__(self, state: str | os.PathLike[str], *, install_key: bool = True,
                  create: bool = True) -> None:
         self.state = Path(state)
+        self.path = self.state / DB_NAME
         if not self.state.exists():
             if not create:
                 raise StoreError(f"no state directory at {self.state} (run `smtpctl apply` "
                                  "first, or pass --state)")
             self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.state.is_dir():
+            raise StoreError(f"{self.state} is not a directory (--state names a directory)")
+        check_trust(self.state, directory=True)
+        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", LOCK_NAME, KEY_NAME):
+            check_trust(self.state / name, secret=name == KEY_NAME)
+        key = load_version_key(self.state)
         if install_key:
-            set_version_key(load_version_key(self.state))
-        self.path = self.state / DB_NAME
+            set_version_key(key)
+        # The parse cache's MAC key: only someone holding version.key can write an entry.
+        self._cache_key = hmac.new(key, b"smtpctl input cache", hashlib.sha256).digest()
         try:
+            if not self.path.exists():
+                self._create_db()
+            elif self.path.stat().st_size == 0:
+                raise StoreError(
+                    f"the store {self.path} is empty (0 bytes): it is damaged (a store is "
+                    f"never empty once created); move {self.state} away to start over "
+                    "(every resource is then applied and tested again)")
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            self._check_tables()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the store {self.path}: {exc}") from None
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o600)
+            raise _damaged(self.path, exc) from None
+        for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(self.state / name, 0o600)  # stores created by older releases
         self._lock_fd: int | None = None
+
+    def _create_db(self) -> None:
+        """A complete, 0600 database under a temporary name, then linked into place: a
+        ``state.db`` is never seen half-created, and its WAL/SHM files get its mode."""
+        tmp = self.state / f".{DB_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._db = db
+                self._migrate()
+            finally:
+                db.close()
+            with contextlib.suppress(FileExistsError):  # another process won the race
+                os.link(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _check_tables(self) -> None:
+        names = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = _TABLES - names
+        if missing:
+            raise StoreError(
+                f"the store {self.path} is damaged (missing tables: {', '.join(sorted(missing))}"
+                f"); move {self.state} away to start over (every resource is then applied "
+                "and tested again)")
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -262,6 +397,7 @@ class LocalStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @_guarded
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
@@ -278,12 +414,14 @@ class LocalStore:
             memo=TestMemo.from_json(json.loads(memo)) if memo else None,
             version=str(version), uid=uid)
 
+    @_guarded
     def get_sync(self, ref: ObjectRef) -> StoredObject | None:
         row = self._db.execute(
             f"SELECT {self._COLS} FROM resources WHERE kind=? AND namespace=? AND name=?",  # noqa: S608
             (ref.kind, ref.namespace, ref.name)).fetchone()
         return self._row(row) if row else None
 
+    @_guarded
     def list_sync(self, kind: str | None = None, namespace: str | None = None
                   ) -> list[StoredObject]:
         sql = f"SELECT {self._COLS} FROM resources WHERE 1=1"  # noqa: S608
@@ -297,6 +435,7 @@ class LocalStore:
         sql += " ORDER BY namespace, name, kind"
         return [self._row(r) for r in self._db.execute(sql, args)]
 
+    @_guarded
     def upsert_many(self, manifests: list[dict[str, Any]], *, now: float | None = None
                     ) -> list[Upserted]:
         """Insert or update manifests in one transaction (the generation rule of Kubernetes:
@@ -354,22 +493,43 @@ class LocalStore:
                 out.append(Upserted(obj, change))
         return out
 
+    def _mac(self, digest: str, text: str) -> str:
+        return hmac.new(self._cache_key, digest.encode() + b"\0" + text.encode(),
+                        hashlib.sha256).hexdigest()
+
+    @_guarded
     def cached_input(self, digest: str) -> list[dict[str, Any]] | None:
-        """The validated manifests of an input set applied before (see runtimes.local)."""
+        """The validated manifests of an input set applied before (see runtimes.local).
+
+        Only an entry carrying a valid MAC (keyed by ``version.key``) is used: a cache is
+        never a way to change where credentials go.
+        """
         row = self._db.execute("SELECT manifests FROM input_cache WHERE digest=?",
                                (digest,)).fetchone()
         if row is None:
             return None
-        data = json.loads(row[0])
+        try:
+            envelope = json.loads(row[0])
+            text, mac = envelope["data"], envelope["mac"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(text, str) or not isinstance(mac, str) \
+                or not hmac.compare_digest(mac, self._mac(digest, text)):
+            return None
+        data = json.loads(text)
         return data if isinstance(data, list) else None
 
+    @_guarded
     def cache_input(self, digest: str, manifests: list[dict[str, Any]]) -> None:
+        text = _dumps(manifests)
+        envelope = _dumps({"data": text, "mac": self._mac(digest, text)})
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO input_cache (digest, manifests, at) "
-                       "VALUES (?,?,?)", (digest, _dumps(manifests), time.time()))
+                       "VALUES (?,?,?)", (digest, envelope, time.time()))
             db.execute("DELETE FROM input_cache WHERE digest NOT IN (SELECT digest FROM "
                        "input_cache ORDER BY at DESC LIMIT ?)", (INPUT_CACHE_KEEP,))
 
+    @_guarded
     def delete_sync(self, ref: ObjectRef) -> bool:
         with self._tx() as db:
             cur = db.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?",
@@ -378,6 +538,7 @@ class LocalStore:
                        (ref.kind, ref.namespace, ref.name))
             return cur.rowcount > 0
 
+    @_guarded
     def update_status_sync(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         with self._tx():
             cur = self.get_sync(ref)
@@ -395,12 +556,14 @@ class LocalStore:
                             created_at=cur.created_at, status=write.status, memo=write.memo,
                             version=str(int(cur.version) + 1), uid=cur.uid)
 
+    @_guarded
     def tests_sync(self, ref: ObjectRef, limit: int = HISTORY_KEEP) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT record FROM tests WHERE kind=? AND namespace=? AND name=? "
             "ORDER BY id DESC LIMIT ?", (ref.kind, ref.namespace, ref.name, limit)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    @_guarded
     def events_sync(self, ref: ObjectRef, limit: int = 20) -> list[Event]:
         rows = self._db.execute(
             "SELECT at, type, reason, message FROM events WHERE kind=? AND namespace=? "
@@ -420,6 +583,10 @@ class LocalStore:
         return self.update_status_sync(ref, mutate)
 
     async def record_test(self, record: TestRecord) -> None:
+        self.record_test_sync(record)
+
+    @_guarded
+    def record_test_sync(self, record: TestRecord) -> None:
         r = record.ref
         with self._tx() as db:
             db.execute(
@@ -434,6 +601,10 @@ class LocalStore:
                 (r.kind, r.namespace, r.name, r.kind, r.namespace, r.name, HISTORY_KEEP))
 
     async def record_event(self, event: Event) -> None:
+        self.record_event_sync(event)
+
+    @_guarded
+    def record_event_sync(self, event: Event) -> None:
         r = event.ref
         with self._tx() as db:
             cur = db.execute(

@@ -288,8 +288,8 @@ class OperatorProcess:
         if exc[0] is None:
             # Our RBAC must be enough for everything the operator did (least privilege
             # that is still sufficient): not one 403 in its log.
-            denied = [r for r in self.logs() if r.get("code") == 403 or "403" in str(
-                r.get("msg"))]
+            denied = [r for r in self.logs() if r.get("code") == 403
+                      or "Forbidden" in str(r.get("msg")) or "Forbidden" in str(r.get("error"))]
             assert not denied, f"the operator was denied: {denied[:3]}"
 
     def exited(self) -> int | None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,29 +127,32 @@ def _make_leader(config: OperatorConfig, creds: Credentials,
 
 
 def reflectors(config: OperatorConfig, parts: Parts) -> list[Reflector]:
-    """One per kind and namespace (all namespaces: one); Secrets only from "now" on."""
+    """One per kind and namespace (all namespaces: one); Secrets only from "now" on.
+
+    The Secret reflectors come first: their start point is taken before any worker can
+    read a Secret by name, so no Secret change can fall between a read and the watch."""
     params = {"labelSelector": config.selector} if config.selector else {}
-    out = []
+    out = [Reflector(parts.api, resource_path("v1", "secrets", ns),
+                     parts.controller.handle_secret, rv_only=True,
+                     on_resync=parts.controller.resync_secrets,
+                     what="secrets" + (f" in {ns}" if ns else ""))
+           for ns in config.namespaces or [None]]  # type: ignore[list-item]
     for kind in (KIND_OAUTH2, KIND_SMTP):
         for ns in config.namespaces or [None]:  # type: ignore[list-item]
             out.append(Reflector(parts.api, resource_path(API_VERSION, PLURALS[kind], ns),
                                  parts.controller.handle, kind=kind, api_version=API_VERSION,
                                  params=params, what=f"{PLURALS[kind]}" + (f" in {ns}" if ns
                                                                           else "")))
-    for ns in config.namespaces or [None]:  # type: ignore[list-item]
-        out.append(Reflector(parts.api, resource_path("v1", "secrets", ns),
-                             parts.controller.handle_secret, rv_only=True,
-                             on_resync=parts.controller.resync_secrets,
-                             what="secrets" + (f" in {ns}" if ns else "")))
     return out
 
 
 async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness) -> None:
-    while True:
-        parts.controller.refresh_condition_gauges()
-        parts.controller.metrics.api_requests.set(parts.api.requests)
-        parts.secrets.prune()
-        state.ready = all(r.connected for r in refl)
+    for tick in range(10**12):
+        state.ready = all(r.connected for r in refl)  # every second
+        if tick % 5 == 0:  # the rest scans the caches: every 5 s
+            parts.controller.refresh_condition_gauges()
+            parts.controller.metrics.api_requests.set(parts.api.requests)
+            parts.secrets.prune()
         await asyncio.sleep(1)
 
 
@@ -179,8 +183,8 @@ async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event
     stops (1)."""
     refl = reflectors(config, parts)
     started = time.monotonic()
-    # Custom resources first (all of them, so the index knows every referenced Secret),
-    # then the Secret watch's start point, then the workers.
+    # The Secret watches' start point, then the custom resources (workers start as they
+    # arrive and read referenced Secrets by name), then every watch.
     for r in refl:
         await r.list()
     log.info("primed cache", extra={"objects": len(parts.store.cached_objects()),
@@ -196,6 +200,7 @@ async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event
     try:
         done, _pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         names = {t.get_name() for t in done}
+        log.info("stopping", extra={"why": sorted(names)})
         if "lease" in names:
             code = 1  # leadership lost: stop at once
         elif "stop" not in names:
@@ -210,8 +215,17 @@ async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event
         for t in waiters:
             t.cancel()
         await asyncio.gather(*waiters, gauges, return_exceptions=True)
-        await parts.controller.stop()
+        await _bounded(parts.controller.stop(), 15, "stopping the workers")
     return code
+
+
+async def _bounded(coro: Coroutine[Any, Any, None], seconds: float, what: str) -> None:
+    """Run a shutdown step, but never hang the exit on it."""
+    task = asyncio.create_task(coro)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning(f"{what} took more than {seconds:.0f}s; exiting anyway")
 
 
 async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> int:
@@ -248,7 +262,7 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         code = await _run_watches(config, parts, stop, lost if leader is not None else None,
                                   state)
     finally:
-        await parts.controller.stop()
+        await _bounded(parts.controller.stop(), 15, "stopping the workers")
         if leader is not None:  # releases the Lease on a clean stop (not after losing it)
             await asyncio.to_thread(leader.stop, release=code == 0)
         metrics.leader.set(0)
