@@ -133,6 +133,7 @@ def _per_write(fn: Callable[[], None], writes: int, runs: int) -> float:
 
 def cel_cost(writes: int, runs: int) -> dict[str, Any]:
     import celpy  # cel-python: the interpreter the emulator used before
+    from celpy.adapter import json_to_cel
 
     raw = crd_schema()
     objects = written_objects()
@@ -144,14 +145,14 @@ def cel_cost(writes: int, runs: int) -> dict[str, Any]:
         for obj_sites in sites:
             for rule, value in obj_sites:
                 prog = env.program(env.compile(rule))
-                prog.evaluate({"self": celpy.json_to_cel(value)})
+                prog.evaluate({"self": json_to_cel(value)})
 
     programs = {rule: env.program(env.compile(rule)) for s in sites for rule, _ in s}
 
     def interpret_compiled_once() -> None:
         for obj_sites in sites:
             for rule, value in obj_sites:
-                programs[rule].evaluate({"self": celpy.json_to_cel(value)})
+                programs[rule].evaluate({"self": json_to_cel(value)})
 
     schema = StructuralSchema(raw)
 
