@@ -361,13 +361,17 @@ async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
 
     providers = [r for r in todo if r.kind == KIND_OAUTH2]
     relays = [r for r in todo if r.kind == KIND_SMTP]
-    await asyncio.gather(*(one(r) for r in providers))
-    await asyncio.gather(*(one(r) for r in relays))
-    # A final selection pass per scope, unless nothing happened (the fast re-apply): the
-    # engine already selected after every change it made.
-    if force_select or any(r.action != ReconcileAction.SKIPPED for r in results):
-        for ns in sorted({r.namespace for r in relays}):
-            await select_scope(ns, world)
+    # Group commit (LocalStore.batched): the passes' writes share a few transactions
+    # instead of several each; crash safety is the store's (see there).
+    batched = getattr(world.store, "batched", None)
+    with batched() if callable(batched) else contextlib.nullcontext():
+        await asyncio.gather(*(one(r) for r in providers))
+        await asyncio.gather(*(one(r) for r in relays))
+        # A final selection pass per scope, unless nothing happened (the fast re-apply):
+        # the engine already selected after every change it made.
+        if force_select or any(r.action != ReconcileAction.SKIPPED for r in results):
+            for ns in sorted({r.namespace for r in relays}):
+                await select_scope(ns, world)
     order = {r: i for i, r in enumerate(todo)}
     results.sort(key=lambda r: order.get(r.ref, 0))
     return results
