@@ -332,11 +332,12 @@ class ApplyResult:
 
 
 def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
-              concurrency: int, *, profile: Path | None = None) -> ApplyResult:
+              concurrency: int, *, profile: Path | None = None,
+              extra: Sequence[str] = ()) -> ApplyResult:
     stats = state.with_suffix(".stats.json")
     cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "_child", str(stats),
            "apply", "-f", str(fleet), "--state", str(state), "--concurrency", str(concurrency),
-           "--per-host", str(concurrency), "--lock-timeout", "5"]
+           "--per-host", str(concurrency), "--lock-timeout", "5", *extra]
     if profile is not None:
         cmd = ["py-spy", "record", "--subprocesses", "--rate", "200", "--format", "raw",
                "--output", str(profile), "--", *cmd]
@@ -555,8 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-out", type=Path, help="keep the collapsed stacks here")
     ap.add_argument("--growth", help="comma-separated sizes for the growth fit")
     ap.add_argument("--no-second", action="store_true", help="skip the second apply")
+    ap.add_argument("--probe-workers", help="passed to apply (default: apply's, auto)")
     ap.add_argument("--write", type=Path, help="replace the generated block of this file")
     args = ap.parse_args(argv)
+    extra = ["--probe-workers", args.probe_workers] if args.probe_workers else []
     counts = args.count or [1000]
     growth = [int(x) for x in args.growth.split(",")] if args.growth else []
     report = Report()
@@ -585,12 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         def one_round(n: int, i: int, *, second: bool) -> Round:
             raw = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
             state = base / f"state-{n}-{i}"
-            first = run_apply(relay, fleet_of(n), state, env, args.concurrency)
+            first = run_apply(relay, fleet_of(n), state, env, args.concurrency, extra=extra)
             if first.tests != n:
                 raise RuntimeError(f"first apply ran {first.tests} tests, expected {n}")
             again = None
             if second:
-                again = run_apply(relay, fleet_of(n), state, env, args.concurrency)
+                again = run_apply(relay, fleet_of(n), state, env, args.concurrency,
+                                  extra=extra)
                 if again.tests != 0:
                     raise RuntimeError(f"second apply ran {again.tests} tests, expected 0")
             return Round(n, raw, first, again)
@@ -633,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             prof = (args.profile_out or base) / f"apply-{n}.collapsed.txt"
             prof.parent.mkdir(parents=True, exist_ok=True)
             pr = run_apply(relay, fleet_of(n), base / "state-profile", env, args.concurrency,
-                           profile=prof)
+                           profile=prof, extra=extra)
             report.add(f"## Profile of a first apply of {n:,} (py-spy)", "",
                        f"Wall {pr.wall:.2f} s under the profiler ({n / pr.wall:.0f} tests/s), "
                        f"CPU {1000 * pr.cpu / n:.2f} ms/resource.", "", *profile_summary(prof),
