@@ -41,22 +41,27 @@ def add_limits(parser: argparse.ArgumentParser) -> None:
 AUTO_WORKERS_FROM = 200
 
 
+def _workers(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) <= 64):
+        raise argparse.ArgumentTypeError(f"expected auto or 0..64, got {value!r}")
+    return value
+
+
 def add_probe_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--probe-workers", default="auto", metavar="N|auto",
-                        help="run connection tests in N worker processes (0: in this "
-                        "process; default auto: one per CPU beyond the first, at most 4, "
-                        f"when {AUTO_WORKERS_FROM} or more resources are applied)")
+    parser.add_argument("--probe-workers", default="auto", metavar="N", type=_workers,
+                        help="run connection tests in N worker processes, or auto (the "
+                        "default: one per CPU beyond the first, at most 4, when "
+                        f"{AUTO_WORKERS_FROM} or more resources are applied); 0: in this "
+                        "process")
 
 
 def probe_workers(args: argparse.Namespace, resources: int) -> int:
-    """``--probe-workers`` for a run over ``resources`` resources (usage error if bad)."""
+    """``--probe-workers`` for a run over ``resources`` resources."""
     value = str(getattr(args, "probe_workers", "0"))
     if value == "auto":
         from reconciler.runtimes.probepool import default_workers
 
         return default_workers() if resources >= AUTO_WORKERS_FROM else 0
-    if not value.isdigit() or int(value) > 64:
-        raise SystemExit(fail_usage(f"--probe-workers: expected auto or 0..64, got {value!r}"))
     return int(value)
 
 

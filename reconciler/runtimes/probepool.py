@@ -21,7 +21,9 @@ so none outlives the apply, even one killed with ``kill -9``.
 
 Workers are started with the interpreter and module search path of this process
 (``sys.executable``, ``PYTHONPATH`` = this ``sys.path``) and ``-P`` (the current directory
-is not searched: a checkout under test cannot substitute modules).
+is not searched: a checkout under test cannot substitute modules), and only the part of
+the environment Python, OpenSSL and the locale use (:func:`worker_environment`): an
+``env:`` password is an environment variable of this process, never of a worker.
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ _FIELDS = ("passed", "stage", "reason", "message", "action", "retryable",
 def default_workers() -> int:
     """One worker per CPU beyond the first (this process keeps one busy), at most 4."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+# What a worker inherits of the environment: what Python, OpenSSL and the locale need.
+# Not the rest: an ``env:`` reference makes a password an environment variable, and a
+# worker gets the one secret each test needs over its pipe, nothing else.
+_ENV_KEEP = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                       "SSL_CERT_FILE", "SSL_CERT_DIR", "LD_LIBRARY_PATH"})
+_ENV_KEEP_PREFIXES = ("LC_", "OPENSSL_", "PYTHON")
+
+
+def worker_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # this process's modules
+    return env
 
 
 # --- framing (both sides) --------------------------------------------------------------------
@@ -164,6 +181,10 @@ class ProbePool:
         self.closed = False
         self.offloaded = 0  # tests run by the workers (a test reads this)
 
+    def pids(self) -> list[int]:
+        """The process ids of the running workers."""
+        return [w.proc.pid for w in self._workers if w.proc.returncode is None]
+
     def start_soon(self) -> None:
         """Start the workers in the background when a loop runs (else: at first use)."""
         with contextlib.suppress(RuntimeError):
@@ -180,7 +201,7 @@ class ProbePool:
         await asyncio.shield(self._start_task())
 
     async def _start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env = worker_environment()
         try:
             for _ in range(self.size):
                 proc = await asyncio.create_subprocess_exec(

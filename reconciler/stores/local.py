@@ -257,6 +257,7 @@ class _Batch:
     units: int = 0
     timer: asyncio.TimerHandle | None = None
     failed: StoreError | None = None
+    ended: bool = False  # the store was closed
 
 
 class LocalStore:
@@ -275,6 +276,8 @@ class LocalStore:
         # group commit, if any (see batched()).
         self.write_transactions = 0
         self._batch: _Batch | None = None
+        self.batch_max_delay = 0.05
+        self.batch_max_units = 1000
         if not self.state.exists():
             if not create:
                 raise StoreError(f"no state directory at {self.state} (run `smtpctl apply` "
@@ -362,6 +365,8 @@ class LocalStore:
         try:
             self.flush()
         finally:
+            if self._batch is not None:
+                self._batch.ended = True  # closed inside batched(): nothing more to commit
             self.unlock()
             self._db.close()
 
@@ -390,12 +395,14 @@ class LocalStore:
     # --- group commit -----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def batched(self, max_delay: float = 0.05, max_units: int = 1000) -> Iterator[None]:
+    def batched(self, max_delay: float | None = None, max_units: int | None = None
+                ) -> Iterator[None]:
         """Group the write units of the block into few transactions (group commit).
 
         Each unit (one ``_tx`` block: a status write, a test record, an event) becomes a
         savepoint of a transaction that stays open for at most ``max_delay`` seconds or
-        ``max_units`` units, then commits.  This connection reads its own uncommitted
+        ``max_units`` units (default: the store's ``batch_max_delay``, 50 ms, and
+        ``batch_max_units``, 1,000), then commits.  This connection reads its own uncommitted
         writes, so the engine sees what it wrote; other processes (``get``, ``describe``)
         see it at the next commit, ``max_delay`` later at most.
 
@@ -411,7 +418,8 @@ class LocalStore:
             return
         import asyncio  # here: get/describe open stores and need no event loop
 
-        batch = _Batch(max_delay, max_units)
+        batch = _Batch(self.batch_max_delay if max_delay is None else max_delay,
+                       self.batch_max_units if max_units is None else max_units)
         try:
             batch.loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -463,7 +471,7 @@ class LocalStore:
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
-        if batch.failed is not None or not self._db.in_transaction:
+        if batch.failed is not None or batch.ended or not self._db.in_transaction:
             return
         try:
             self._db.execute("COMMIT")
