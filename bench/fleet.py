@@ -109,13 +109,24 @@ def load() -> float:
 
 @dataclass
 class RelayInfo:
+    """A relay the benchmark runs against (its own process or processes)."""
+
     name: str
     port: int
     ca_pem: str
     user: str
     password: str
-    pids: Callable[[], list[int]]
-    connections: Callable[[], int]
+    pids_fn: Callable[[], list[int]]
+    connections_fn: Callable[[], int]
+
+    def pids(self) -> list[int]:
+        """The relay's processes (their CPU time is the relay's)."""
+        return self.pids_fn()
+
+    @property
+    def connections(self) -> int:
+        """Connections the relay has accepted so far (= connection tests)."""
+        return self.connections_fn()
 
 
 def _aiosmtpd_main(conn: Connection) -> None:
@@ -137,33 +148,51 @@ def _aiosmtpd_main(conn: Connection) -> None:
             return
 
 
-@contextmanager
-def aiosmtpd_relay() -> Iterator[RelayInfo]:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_aiosmtpd_main, args=(child,), daemon=True)
-    proc.start()
-    port, ca_pem = parent.recv()
+class Relay(RelayInfo):
+    """The aiosmtpd relay (``reconciler.devservers.smtp.RelayServer``, STARTTLS + AUTH
+    PLAIN, login ``USER``/``PASSWORD``) in its own process, started by ``Relay()``;
+    ``stop()`` ends it.  ``bench/operator_scale.py`` uses it too (same relay class)."""
 
-    def connections() -> int:
-        parent.send("connections")
-        n: int = parent.recv()
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_aiosmtpd_main, args=(child,), daemon=True)
+        self._proc.start()
+        port, ca_pem = self._conn.recv()
+        super().__init__(
+            "aiosmtpd 1.4 (reconciler.devservers.smtp.RelayServer), one process, "
+            "STARTTLS + AUTH PLAIN", port, ca_pem, USER, PASSWORD,
+            lambda: [self.pid], self._connections)
+
+    @property
+    def pid(self) -> int:
+        """The relay process."""
+        pid = self._proc.pid
+        assert pid is not None
+        return pid
+
+    def _connections(self) -> int:
+        self._conn.send("connections")
+        n: int = self._conn.recv()
         return n
 
-    pid = proc.pid
-    assert pid is not None
-    try:
-        yield RelayInfo("aiosmtpd 1.4 (reconciler.devservers.smtp.RelayServer), one process, "
-                        "STARTTLS + AUTH PLAIN", port, ca_pem, USER, PASSWORD,
-                        lambda: [pid], connections)
-    finally:
+    def stop(self) -> None:
         try:
-            parent.send("stop")
-            parent.recv()
+            self._conn.send("stop")
+            self._conn.recv()
         finally:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+
+@contextmanager
+def aiosmtpd_relay() -> Iterator[RelayInfo]:
+    relay = Relay()
+    try:
+        yield relay
+    finally:
+        relay.stop()
 
 
 @contextmanager
@@ -249,8 +278,17 @@ class RawResult:
         return self.tests / self.wall
 
 
-def raw_capacity(relay: RelayInfo, count: int, concurrency: int, processes: int) -> RawResult:
-    """``count`` tests split over ``processes`` client processes started together."""
+def raw_capacity(relay: RelayInfo, count: int, concurrency: int = 32,
+                 processes: int | None = None) -> RawResult:
+    """The raw relay capacity: ``count`` connection tests (``run_probe`` alone: no engine,
+    no store, no YAML) split over ``processes`` client processes (default: CPUs + 1) that
+    warm up, then start together, ``concurrency`` tests in flight over all of them.
+
+    ``relay``: a :class:`RelayInfo` (e.g. ``Relay()``); ``result.rate`` is tests per second
+    of wall time, ``result.relay_cpu / result.wall`` how busy the relay was.  Raises when a
+    test fails (a peer that is not measuring what it claims).  Used by
+    ``bench/operator_scale.py`` too, so both benchmarks compare with the same peer."""
+    processes = processes or (os.cpu_count() or 1) + 1
     ctx = mp.get_context("spawn")
     per = max(1, count // processes)
     workers: list[tuple[Any, Connection]] = []
@@ -342,7 +380,7 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
         cmd = ["py-spy", "record", "--subprocesses", "--rate", "200", "--format", "raw",
                "--output", str(profile), "--", *cmd]
         cmd[0] = str(Path(sys.executable).with_name("py-spy"))
-    c0 = relay.connections()
+    c0 = relay.connections
     load0 = load()
     cpu0 = tree_cpu(relay.pids())
     t0 = time.perf_counter()
@@ -361,7 +399,7 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
     return ApplyResult(
         code=code, wall=wall, cpu=usage.ru_utime + usage.ru_stime,
         self_cpu=data.get("self_cpu"), maxrss_kib=int(usage.ru_maxrss),
-        tests=relay.connections() - c0, write_transactions=data.get("write_transactions"),
+        tests=relay.connections - c0, write_transactions=data.get("write_transactions"),
         relay_cpu=relay_cpu, load=(load0, load()))
 
 
