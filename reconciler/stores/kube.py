@@ -26,12 +26,14 @@ Never a secret: bodies here are custom resources, which hold only references.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import copy
 import json
 import logging
+import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP
@@ -64,6 +66,7 @@ MEMO_ANNOTATION = "smtp.reconciler.dev/last-test"
 PLURALS = {KIND_SMTP: "externalsmtps", KIND_OAUTH2: "oauth2providers"}
 MAX_ATTEMPTS = 8
 HISTORY = 5
+AWAIT_SECONDS = 60.0  # stop waiting for our own write's watch event after this long
 _META_KEYS = ("name", "namespace", "labels", "annotations", "generation", "uid",
               "resourceVersion", "creationTimestamp", "deletionTimestamp", "finalizers")
 
@@ -111,6 +114,13 @@ class KubeStore:
         self._by_scope: dict[tuple[str, str], set[Key]] = {}  # (kind, namespace) -> keys
         self._selected: dict[tuple[str, str], set[Key]] = {}  # ... whose status.selected
         self._history: dict[ObjectRef, deque[TestRecord]] = {}
+        # key -> (resourceVersion our last write returned, when): watch events of the key
+        # are older than the cache until the event with that version arrives.
+        self._awaited: dict[Key, tuple[str, float]] = {}
+        # key -> one list per write in flight: resourceVersions the watch delivered
+        # meanwhile (a write's event can arrive before its response).
+        self._inflight: dict[Key, list[list[str]]] = {}
+        self.clock: Callable[[], float] = time.monotonic
         self.on_event: Callable[[Event], None] | None = None  # metrics hook
 
     # --- cache maintenance (driven by the operator's watches) ---------------------------
@@ -118,15 +128,56 @@ class KubeStore:
     def _key(ref: ObjectRef) -> Key:
         return (ref.kind, ref.namespace, ref.name)
 
-    def observe(self, body: KubeObject) -> bool:
-        """Take a newer body into the cache; False when it is older than what we have."""
-        ref = ref_of(body)
-        key = self._key(ref)
-        old = self._cache.get(key)
-        if old is not None and _rv(old) > _rv(body) and uid_of(old) == uid_of(body):
-            return False
+    def observe(self, body: KubeObject, *, listed: bool = False) -> bool:
+        """Take a watch event's body (``listed``: a LIST item) into the cache; False when it
+        is older than what the cache holds (see "Read your writes" in the module doc)."""
+        key = self._key(ref_of(body))
+        rv = resource_version(body)
+        for seen in self._inflight.get(key, ()):
+            seen.append(rv)
+        awaited = self._awaited.get(key)
+        if awaited is not None:
+            old = self._cache.get(key)
+            if not (listed or old is None or rv == awaited[0]
+                    or uid_of(old) != uid_of(body)
+                    or _generation(body) > _generation(old)
+                    or self.clock() - awaited[1] > AWAIT_SECONDS):
+                return False  # older than our own write
+            del self._awaited[key]
         self._put(key, body)
         return True
+
+    @contextlib.contextmanager
+    def _writing(self, key: Key) -> Iterator[list[str]]:
+        """Collect the versions the watch delivers for ``key`` while a write is in flight."""
+        seen: list[str] = []
+        self._inflight.setdefault(key, []).append(seen)
+        try:
+            yield seen
+        finally:
+            lists = self._inflight.get(key, [])
+            if seen in lists:
+                lists.remove(seen)
+            if not lists:
+                self._inflight.pop(key, None)
+
+    def _wrote(self, key: Key, body: KubeObject, seen: list[str]) -> None:
+        """The response of our write: into the cache, and wait for its watch event -
+        unless that event already came (then the cache holds it, or something newer)."""
+        rv = resource_version(body)
+        if rv and rv in seen:
+            return
+        self._put(key, body)
+        if rv:
+            self._awaited[key] = (rv, self.clock())
+
+    async def patch(self, ref: ObjectRef, patch: dict[str, Any]) -> KubeObject:
+        """A merge patch of the object (metadata), its answer taken into the cache."""
+        key = self._key(ref)
+        with self._writing(key) as seen:
+            fresh = as_object(await self.api.patch(self.path(ref), patch))
+            self._wrote(key, fresh, seen)
+        return fresh
 
     def _put(self, key: Key, body: KubeObject) -> None:
         self._cache[key] = _slim(body)
@@ -140,6 +191,7 @@ class KubeStore:
     def forget(self, ref: ObjectRef) -> None:
         key = self._key(ref)
         self._cache.pop(key, None)
+        self._awaited.pop(key, None)
         self._by_scope.get((key[0], key[1]), set()).discard(key)
         self._selected.get((key[0], key[1]), set()).discard(key)
         self._history.pop(ref, None)
@@ -172,7 +224,7 @@ class KubeStore:
                     item = as_object(doc)
                     item.setdefault("kind", kind)
                     item.setdefault("apiVersion", API_VERSION)
-                    self.observe(item)
+                    self.observe(item, listed=True)
                     count += 1
         return count
 
@@ -218,8 +270,11 @@ class KubeStore:
             new_body["status"] = dict(write.status)
             try:
                 if write.status != cur.status:
-                    stored = as_object(await self.api.put(self.path(ref, "status"), new_body))
-                    self.observe(stored)
+                    key = self._key(ref)
+                    with self._writing(key) as seen:
+                        stored = as_object(await self.api.put(self.path(ref, "status"),
+                                                              new_body))
+                        self._wrote(key, stored, seen)
                     body = stored
             except Conflict:  # someone else wrote: re-read, re-decide
                 body = await self._fetch(ref)
@@ -253,7 +308,7 @@ class KubeStore:
                 patch["metadata"]["finalizers"] = [*finalizers_of(body), self.finalizer]
                 patch["metadata"]["resourceVersion"] = resource_version(body)
             try:
-                fresh = as_object(await self.api.patch(self.path(ref), patch))
+                fresh = await self.patch(ref, patch)
             except NotFound:
                 return None
             except Conflict:  # only with the finalizer's precondition: re-read, recompute
@@ -264,7 +319,6 @@ class KubeStore:
                 continue
             except ApiError as exc:
                 raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
-            self.observe(fresh)
             return fresh
         raise StoreError(f"cannot write the test memo of {ref}: still conflicting")
 
@@ -300,10 +354,10 @@ class KubeStore:
                                                       "reason": event.reason, "code": exc.code})
 
 
-def _rv(body: KubeObject) -> int:
+def _generation(body: KubeObject) -> int:
     try:
-        return int(resource_version(body) or 0)
-    except ValueError:  # resourceVersions are opaque; ours are numbers, others may not be
+        return int(meta_of(body).get("generation") or 0)
+    except (TypeError, ValueError):
         return 0
 
 
