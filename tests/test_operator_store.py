@@ -17,6 +17,7 @@ from reconciler.runtimes.leader import LeaseElector
 from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, TestMemo
 from reconciler.stores.kube import MEMO_ANNOTATION, KubeStore
 from reconciler.stores.kubeapi import Credentials, KubeApi, NotFound, Unreachable, resource_path
+from reconciler.stores.kubetypes import KubeObject, as_object
 from tests.support.kube_emulator import KubeEmulator, running_emulator
 from tests.support.kube_operator import standin_crd
 
@@ -170,11 +171,11 @@ async def test_api_errors_carry_status_not_bodies(kube: Any) -> None:
 # --- resourceVersions are opaque: stale watch events are recognised by identity ---------
 
 def _body(rv: str, *, generation: int = 1, uid: str = "u1",
-          status: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "ExternalSmtp",
+          status: dict[str, Any] | None = None) -> KubeObject:
+    return as_object({"apiVersion": API, "kind": "ExternalSmtp",
             "metadata": {"name": "relay", "namespace": "default", "uid": uid,
                          "resourceVersion": rv, "generation": generation},
-            "spec": {}, "status": status or {}}
+            "spec": {}, "status": status or {}})
 
 
 def test_events_older_than_our_write_are_dropped_without_ordering_versions() -> None:
@@ -240,5 +241,5 @@ async def test_status_write_then_stale_watch_event_keeps_our_write(kube: Any) ->
     assert out is not None
     # The watch now delivers the creation event (older than our write): dropped.
     created.setdefault("kind", "ExternalSmtp")
-    assert not store.observe(created)
+    assert not store.observe(as_object(created))
     assert store.cached(REF)["status"] == {"observedGeneration": 1}  # type: ignore[index]
