@@ -1,25 +1,41 @@
 """Operator benchmark against the API emulator: ``./dev bench operator [--count N ...]``.
 
-For each count (default 1000 and 10000) it measures, with a real ``smtpctl operator``
-process, a real loopback aiosmtpd relay (STARTTLS + AUTH PLAIN/LOGIN) and the emulator in
-its own process:
+Every process in its own interpreter, so none shares a GIL with what it measures: the API
+emulator (``tests/support/kube_emulator.py``, strict, with the generated CRDs so every write
+is schema- and CEL-validated), a real loopback aiosmtpd relay (STARTTLS + AUTH, trustme CA;
+``bench.fleet.Relay``), the real ``smtpctl operator`` process, and this script, which
+creates the resources and watches them.
 
-* **create -> all Ready**: N ExternalSmtp (one Secret each for the password, one CA
-  Secret), operator started, time until every resource is ``Ready=True``;
-* **restart catch-up**: the operator is stopped and started again; time until it has
-  reconciled all N resources, with the number of connection tests (must be 0) and of
-  status writes (must be 0) during the catch-up;
-* **peak RSS** of the operator process (``VmHWM``) in each phase;
-* **API requests per resource per reconcile**, counted at the emulator (every HTTP
-  request, including the watches and the Secret reads).
+Per count (default 1,000 and 10,000), with ``--repeat`` runs of each:
+
+* **raw relay capacity**: the same relay, just before the operator starts, driven by
+  several client processes running the connection test alone (no engine, no API): tests/s
+  the relay sustains on this machine now (:func:`raw_capacity`);
+* **create -> all Ready**: N ExternalSmtp (one password Secret, one CA Secret) exist, the
+  operator starts; the time until every resource is ``Ready=True``, detected with a
+  **watch** (never by polling the list); Ready/s and its ratio to the raw capacity;
+* **CPU per resource** of the operator, the emulator and the relay during that phase
+  (``/proc/PID/stat``), separately;
+* **API requests per resource**: counted at the emulator (every request) and by verb and
+  resource at the operator (``smtpctl_kube_requests_total``);
+* **peak RSS** (``VmHWM``) of the operator;
+* **restart catch-up**: the operator is stopped and started again; the time until it has
+  reconciled all N, the connection tests (must be 0) and resource writes (must be 0)
+  meanwhile; ``--stay-up S`` keeps it running S more seconds: it must keep its Lease;
+* with two or more counts: **growth**, least-squares fits of operator CPU seconds and of
+  create->Ready seconds against N (slope, intercept, R², and the share a quadratic term
+  would take at the largest N).
+
+``--profile DIR`` records the operator (and the emulator) with py-spy during the first
+pass (raw collapsed stacks in DIR, a summary in the output); CPU numbers of profiled runs
+are marked, because sampling costs the sampled process a little.
 
 ``--unrelated-secrets-mb 0 --unrelated-secrets-mb 10 --unrelated-secrets-mb 100`` instead
 measures the operator's peak RSS (cluster-wide mode, 100 resources) with that much Secret
-data that no resource references.
+data no resource references.
 
-Targets from the issue: catch-up of 10,000 unchanged Ready resources in under 60 s with
-zero connection tests, under 400 MB RSS at 10,000.  The results are printed as a table
-and as JSON (``--json PATH``), with the ratio to each target.
+Every wait is bounded (``--max-seconds`` for the whole run); the load average is recorded
+at the start and the end of each run: the machine is shared, compare within one run.
 """
 
 from __future__ import annotations
@@ -28,14 +44,21 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing as mp
 import os
 import platform
+import re
+import shutil
 import signal
+import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +67,43 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# bench/ is appended, never put first: this file would shadow the stdlib's operator module.
+sys.path.append(str(ROOT / "bench"))
 
-from reconciler.devservers.smtp import RelayServer  # noqa: E402
+from fleet import PASSWORD, USER, Relay  # noqa: E402 - the relay in its own process
+
+from reconciler.stores.kubeapi import Credentials, Gone, KubeApi  # noqa: E402
 from tests.support.kube_operator import standin_crd  # noqa: E402
 
 GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
 NS = "bench"
-USER = "bench@example.test"
-PASSWORD = "bench-password-not-a-secret"
+LIST_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps"
+
+
+class Deadline:
+    """The run's time budget: every wait takes what is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float) -> float:
+        return max(0.0, min(cap, self.end - time.monotonic()))
 
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _rss_peak_mb(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (NaN once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def rss_peak_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -66,6 +111,13 @@ def _rss_peak_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 class Emulator:
@@ -84,14 +136,22 @@ class Emulator:
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
         self.kubeconfig = Path(self.proc.stdout.readline().strip())
-        user = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]
-        ca = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"][
-            "certificate-authority"]
-        self.http: dict[str, Any] = {"verify": ssl.create_default_context(cafile=ca),
-                                     "headers": {"Authorization": f"Bearer {user['token']}"}}
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        self.token = str(doc["users"][0]["user"]["token"])
+        self.ca = str(doc["clusters"][0]["cluster"]["certificate-authority"])
+        self.http: dict[str, Any] = {"verify": ssl.create_default_context(cafile=self.ca),
+                                     "headers": {"Authorization": f"Bearer {self.token}"}}
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def credentials(self) -> Credentials:
+        return Credentials(server=self.url, token=self.token,
+                           ssl_context=ssl.create_default_context(cafile=self.ca))
 
     def stats(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=60,
+        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=120,
                                          **self.http).json()
         return data
 
@@ -99,133 +159,284 @@ class Emulator:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         try:
-            self.proc.wait(10)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(10)
 
 
-async def _populate(emu: Emulator, count: int, relay: RelayServer, generated_crds: bool
-                    ) -> None:
-    limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=emu.url, timeout=60, limits=limits,
+async def _populate(emu: Emulator, count: int, relay: Relay) -> None:
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(base_url=emu.url, timeout=120, limits=limits,
                                  **emu.http) as http:
         r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
         r.raise_for_status()
-        if not generated_crds:
-            for kind, plural in (
-                ("ExternalSmtp", "externalsmtps"),
-                ("OAuth2Provider", "oauth2providers"),
-            ):
-                r = await http.post(
-                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                    json=standin_crd(kind, plural),
-                )
+        if not emu.generated_crds:
+            for kind, plural in (("ExternalSmtp", "externalsmtps"),
+                                 ("OAuth2Provider", "oauth2providers")):
+                r = await http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                                    json=standin_crd(kind, plural))
                 r.raise_for_status()
-        for name, data in (
-            ("relay-ca", {"ca.crt": relay.ca_pem}),
-            ("relay-password", {"password": PASSWORD}),
-        ):
-            r = await http.post(
-                f"/api/v1/namespaces/{NS}/secrets",
-                json={"metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}},
-            )
+        for name, data in (("relay-ca", {"ca.crt": relay.ca_pem}),
+                           ("relay-password", {"password": PASSWORD})):
+            r = await http.post(f"/api/v1/namespaces/{NS}/secrets", json={
+                "metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}})
             r.raise_for_status()
-        sem = asyncio.Semaphore(32)
+        sem = asyncio.Semaphore(16)
 
         async def one(i: int) -> None:
             body = {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ExternalSmtp",
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "ExternalSmtp",
                 "metadata": {"name": f"relay-{i:05d}"},
                 "spec": {
-                    "host": "127.0.0.1",
-                    "port": relay.port,
-                    "startTLS": True,
-                    "authentication": "UsernamePassword",
-                    "username": USER,
-                    "passwordFrom": {"secretKeyRef": {"name": "relay-password", "key": "password"}},
-                    "tls": {
-                        "caBundleFrom": {"secretKeyRef": {"name": "relay-ca", "key": "ca.crt"}},
-                        "serverName": "localhost",
-                    },
+                    "host": "127.0.0.1", "port": relay.port, "startTLS": True,
+                    "authentication": "UsernamePassword", "username": USER,
+                    "passwordFrom": {"secretKeyRef": {"name": "relay-password",
+                                                      "key": "password"}},
+                    "tls": {"caBundleFrom": {"secretKeyRef": {"name": "relay-ca",
+                                                              "key": "ca.crt"}},
+                            "serverName": "localhost"},
                     "connectionTest": {"checkRelay": False},
                     "selected": i == 0,
                     "refreshInterval": "24h",
                 },
             }
             async with sem:
-                r = await http.post(
-                    f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps", json=body
-                )
+                r = await http.post(LIST_PATH, json=body)
                 r.raise_for_status()
 
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def _ready_count(emu: Emulator) -> int:
-    r = httpx.get(f"{emu.url}/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps",
-                  timeout=120, **emu.http)
-    n = 0
-    for item in r.json().get("items", []):
-        for c in (item.get("status") or {}).get("conditions") or []:
-            if c.get("type") == "Ready" and c.get("status") == "True":
-                n += 1
-    return n
+# --- the relay's capacity: the peer the operator is compared with -------------------------
 
+def _raw_client(port: int, ca_pem: str, count: int, concurrency: int,
+                start: Any, out: Any) -> None:
+    """One client process: ``count`` connection tests (``run_probe`` alone)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from reconciler.probe import run_probe
+    from reconciler.probe.egress import EgressPolicy
+    from reconciler.probe.verdict import ProbeCredentials
+    from reconciler.resources import ExternalSmtpSpec
+    from reconciler.secret import Secret
+
+    spec = ExternalSmtpSpec.model_validate({
+        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
+        "startTLS": True, "username": USER, "connectionTest": {"checkRelay": False},
+        "passwordFrom": {"secretKeyRef": {"name": "x", "key": "y"}},
+        "tls": {"serverName": "localhost"}})
+    creds = ProbeCredentials(password=Secret(PASSWORD), ca_bundle_pem=ca_pem)
+    egress = EgressPolicy()  # loopback allowed (local mode's default)
+
+    async def main() -> tuple[int, float, float]:
+        sem = asyncio.Semaphore(concurrency)
+        failed = 0
+
+        async def one() -> None:
+            nonlocal failed
+            async with sem:
+                v = await run_probe(spec, creds, policy=egress)
+                failed += not v.passed
+
+        start.wait()
+        t0 = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return failed, t0, time.monotonic()
+
+    out.put(asyncio.run(main()))
+
+
+def raw_capacity(relay: Relay, count: int, processes: int = 3,
+                 concurrency: int = 16) -> dict[str, Any]:
+    """Tests/s the relay sustains: ``processes`` client processes (so no single client's
+    CPU is the limit) run ``count`` connection tests together; the relay's CPU share is
+    reported too (near 1.0 = the relay process is the limit)."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    per = max(1, count // processes)
+    procs = [ctx.Process(target=_raw_client,
+                         args=(relay.port, relay.ca_pem, per, concurrency, start, out))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(2.0)  # the clients import their stacks before the clock starts
+    cpu0, t0 = cpu_seconds(relay.pid), time.monotonic()
+    start.set()
+    results = [out.get(timeout=600) for _ in procs]
+    wall = time.monotonic() - t0
+    cpu1 = cpu_seconds(relay.pid)
+    for p in procs:
+        p.join(30)
+    failed = sum(r[0] for r in results)
+    first, last = min(r[1] for r in results), max(r[2] for r in results)
+    tests = per * processes
+    return {"tests": tests, "failed": failed, "processes": processes,
+            "concurrency_per_process": concurrency,
+            "tests_per_second": round(tests / (last - first), 1),
+            "relay_cpu_share": round((cpu1 - cpu0) / wall, 2),
+            "relay_cpu_ms_per_test": round((cpu1 - cpu0) * 1000 / tests, 2)}
+
+
+# --- Ready, seen on a watch -----------------------------------------------------------------
+
+def _is_ready(obj: dict[str, Any]) -> bool:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") == "True":
+            return True
+    return False
+
+
+class ReadyWatch:
+    """A list+watch of the ExternalSmtps (its own thread and loop): which are Ready now,
+    and when the count first reached a target."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+        self.ready: set[str] = set()
+        self.events = 0
+        self._lock = threading.Lock()
+        self._target = 0
+        self._reached = threading.Event()
+        self.reached_at = 0.0
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._listed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ready-watch", daemon=True)
+        self._thread.start()
+        if not self._listed.wait(120):
+            raise SystemExit("bench: the Ready watch could not list")
+
+    def _update(self, name: str, ready: bool) -> None:
+        with self._lock:
+            if ready:
+                self.ready.add(name)
+            else:
+                self.ready.discard(name)
+            if self._target and len(self.ready) >= self._target and not self._reached.is_set():
+                self.reached_at = time.monotonic()
+                self._reached.set()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by wait()
+            self._error = exc
+            self._reached.set()
+            self._listed.set()
+
+    async def _main(self) -> None:
+        api = KubeApi(self.emu.credentials())
+        try:
+            while not self._stop.is_set():
+                rv = ""
+                async for items, page_rv in api.list_page(LIST_PATH, {"limit": "500"}):
+                    for item in items:
+                        self._update(item["metadata"]["name"], _is_ready(item))
+                    rv = page_rv or rv
+                self._listed.set()
+                try:
+                    while not self._stop.is_set():
+                        async for event in api.watch(LIST_PATH, {"resourceVersion": rv},
+                                                     timeout_seconds=60):
+                            obj = event.get("object") or {}
+                            rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                            if event.get("type") == "BOOKMARK":
+                                continue
+                            self.events += 1
+                            name = obj["metadata"]["name"]
+                            self._update(name, event.get("type") != "DELETED"
+                                         and _is_ready(obj))
+                            if self._stop.is_set():
+                                return
+                except Gone:
+                    continue  # re-list
+        finally:
+            await api.close()
+
+    def wait(self, count: int, seconds: float, alive: Any = None) -> float:
+        """Seconds from now until ``count`` are Ready (SystemExit after ``seconds``)."""
+        t0 = time.monotonic()
+        with self._lock:
+            self._target = count
+            if len(self.ready) >= count:
+                self.reached_at = t0
+                self._reached.set()
+        while not self._reached.wait(0.5):
+            if alive is not None:
+                alive()
+            if time.monotonic() - t0 > seconds:
+                raise SystemExit(f"bench: {len(self.ready)} of {count} Ready after "
+                                 f"{seconds:.0f}s")
+        if self._error is not None:
+            raise SystemExit(f"bench: the Ready watch failed: {self._error!r}")
+        return self.reached_at - t0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# --- the operator -----------------------------------------------------------------------
 
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path, concurrency: int,
+    def __init__(self, emu: Emulator, log: Path, concurrency: int,
                  all_namespaces: bool = False) -> None:
         self.log = log
+        self.metrics_port = free_port()
         scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
         self.fh = log.open("wb")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler",
-                "operator",
-                "--kubeconfig",
-                str(kubeconfig),
-                *scope,
-                "--identity",
-                "bench",
-                "--lease-namespace",
-                NS,
-                "--health-port",
-                "-1",
-                "--metrics-port",
-                "-1",
-                "--allow-loopback",
-                "--concurrency",
-                str(concurrency),
-                "--per-host",
-                str(concurrency),
-            ],
-            cwd=ROOT,
-            stdout=self.fh,
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "reconciler", "operator",
+             "--kubeconfig", str(emu.kubeconfig), *scope,
+             "--identity", "bench", "--lease-namespace", NS,
+             "--health-host", "127.0.0.1", "--health-port", "-1",
+             "--metrics-port", str(self.metrics_port),
+             "--allow-loopback", "--concurrency", str(concurrency),
+             "--per-host", str(concurrency)],
+            cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT,
             env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
         )
+        self.rss_peak = 0.0
+        self._reconciled = 0
+        self._offset = 0
+        self._partial = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def sample(self) -> None:
+        rss = rss_peak_mb(self.pid)
+        if rss == rss:
+            self.rss_peak = max(self.rss_peak, rss)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"bench: the operator exited with {self.proc.returncode} "
+                             f"(log: {self.log})")
 
     def reconciled(self) -> int:
-        return sum(
-            1
-            for line in self.log.read_text(errors="replace").splitlines()
-            if '"msg":"reconciled"' in line
-        )
+        """Lines logged "reconciled" so far (the log is read incrementally)."""
+        with self.log.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        self._reconciled += sum(1 for line in lines if b'"msg":"reconciled"' in line)
+        return self._reconciled
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the operator process so far."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+    def requests(self) -> dict[str, float]:
+        """``smtpctl_kube_requests_total`` by "VERB resource"."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).text
+        out: dict[str, float] = {}
+        for m in re.finditer(r'^smtpctl_kube_requests_total\{resource="([^"]*)",verb="([^"]*)"\}'
+                             r' ([0-9.e+]+)$', text, re.M):
+            out[f"{m.group(2)} {m.group(1)}"] = float(m.group(3))
+        return out
 
-    def stop(self) -> float:
-        _sample(self.proc.pid)
-        rss = _RSS.get(self.proc.pid, float("nan"))
+    def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(60)
@@ -233,93 +444,191 @@ class Operator:
             self.proc.kill()
             self.proc.wait(10)
         self.fh.close()
-        return rss
 
 
-_RSS: dict[int, float] = {}  # pid -> highest VmHWM seen while waiting
-
-
-def _sample(pid: int | None) -> None:
-    if pid is not None:
-        rss = _rss_peak_mb(pid)
-        if rss == rss:  # not NaN: the process is alive
-            _RSS[pid] = max(_RSS.get(pid, 0.0), rss)
-
-
-def _wait(what: str, fn: Any, limit: float, pid: int | None = None) -> float:
+def _wait(what: str, fn: Any, seconds: float, tick: Any = None) -> float:
     start = time.monotonic()
-    while time.monotonic() - start < limit:
-        _sample(pid)
+    while time.monotonic() - start < seconds:
+        if tick is not None:
+            tick()
         if fn():
             return time.monotonic() - start
         time.sleep(0.25)
-    raise SystemExit(f"bench: timed out after {limit:.0f}s waiting for {what}")
+    raise SystemExit(f"bench: timed out after {seconds:.0f}s waiting for {what}")
 
 
-def run_one(count: int, concurrency: int, work: Path, stay_up: float = 0) -> dict[str, Any]:
+class Profiler:
+    """py-spy on a process (raw collapsed stacks), stopped with SIGINT."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+             "--nonblocking", "--idle", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# Where a sample's CPU goes: the innermost frame matching one of these (file path parts).
+PARTS = [
+    ("TLS (ssl)", ("ssl.py", "sslproto.py")),
+    ("SMTP connection test (probe, aiosmtplib)", ("reconciler/probe/", "aiosmtplib/")),
+    ("JSON encode/decode", ("json/",)),
+    ("aiohttp client", ("aiohttp/", "multidict/", "yarl/")),
+    ("engine (reconcile, assess, digest, selection)", ("reconciler/engine/",)),
+    ("pydantic (manifest parsing)", ("pydantic", "reconciler/resources.py")),
+    ("credentials (secret sources, cache)", ("reconciler/credentials/",
+                                            "reconciler/runtimes/secretcache.py")),
+    ("store and watch (kube store, reflectors, controller)", (
+        "reconciler/stores/", "reconciler/runtimes/operator/", "reconciler/runtimes/publish.py")),
+    ("logging", ("logging/", "reconciler/runtimes/logjson.py")),
+    ("asyncio event loop", ("asyncio/",)),
+]
+
+
+def profile_summary(path: Path) -> dict[str, Any]:
+    """Shares of the busy samples, each counted once under the innermost matching part."""
+    busy, idle = Counter[str](), 0
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        frames = stack.split(";")
+        leaf = frames[-1] if frames else ""
+        if "(selectors.py" in leaf or "(threading.py" in leaf:  # waiting, not working
+            idle += count
+            continue
+        total += count
+        part = "other"
+        for frame in reversed(frames):
+            hit = next((name for name, keys in PARTS if any(k in frame for k in keys)), None)
+            if hit is not None:
+                part = hit
+                break
+        busy[part] += count
+    shares = {k: round(100 * v / total, 1) for k, v in busy.most_common()} if total else {}
+    return {"busy_samples": total, "idle_samples": idle, "share_percent": shares}
+
+
+# --- one run ------------------------------------------------------------------------------
+
+def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
+            stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None
+            ) -> dict[str, Any]:
+    load_start = os.getloadavg()
     emu = Emulator(work)
-    relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
+    relay = Relay()
+    watch: ReadyWatch | None = None
+    op: Operator | None = None
     try:
-        kubeconfig = emu.kubeconfig
         t0 = time.monotonic()
-        asyncio.run(_populate(emu, count, relay, emu.generated_crds))
+        asyncio.run(_populate(emu, count, relay))
         create_s = time.monotonic() - t0
+        raw = raw_capacity(relay, raw_tests or min(count, 2000))
+        watch = ReadyWatch(emu)
         base = emu.stats()
-        op = Operator(kubeconfig, work / f"operator-{count}-a.log", concurrency)
-        ready_s = _wait("all Ready", lambda: _ready_count(emu) >= count, 3600, op.proc.pid)
-        _wait("first pass logged", lambda: op.reconciled() >= count, 600, op.proc.pid)
-        cpu_first = op.cpu_seconds()
-        rss_first = op.stop()
+        relay_tests0 = relay.connections
+        emu_cpu0, relay_cpu0 = cpu_seconds(emu.pid), cpu_seconds(relay.pid)
+        op = Operator(emu, work / f"operator-{count}-a.log", concurrency)
+        profilers = [Profiler(op.pid, profile / f"operator-{count}.raw"),
+                     Profiler(emu.pid, profile / f"emulator-{count}.raw")] if profile else []
+        ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
+        cpu_op = cpu_seconds(op.pid)
+        cpu_emu = cpu_seconds(emu.pid) - emu_cpu0
+        cpu_relay = cpu_seconds(relay.pid) - relay_cpu0
+        for p in profilers:
+            p.stop()
+        _wait("first pass logged", lambda: op is not None and op.reconciled() >= count,
+              deadline.left(600), op.sample)
+        by_resource = op.requests()
+        op.sample()
+        rss_first = op.rss_peak
+        op.stop()
         first = emu.stats()
-        tests_first = relay.connections
-        op2 = Operator(kubeconfig, work / f"operator-{count}-b.log", concurrency)
-        t1 = time.monotonic()
-        catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count, 3600, op2.proc.pid)
-        _ = t1
+        tests_first = relay.connections - relay_tests0
+        op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency)
+        catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count,
+                          deadline.left(3600), op2.sample)
         for _ in range(4):  # a second of calm: anything still to come would show now
-            _sample(op2.proc.pid)
+            op2.sample()
             time.sleep(0.25)
         second = emu.stats()
-        cpu_catchup = op2.cpu_seconds()
-        exited = op2.proc.poll()
+        cpu_catchup = cpu_seconds(op2.pid)
         stayed = 0.0
+        exited = op2.proc.poll()
         if stay_up and exited is None:  # the restarted operator must keep its Lease
             t_up = time.monotonic()
-            while time.monotonic() - t_up < stay_up and op2.proc.poll() is None:
-                _sample(op2.proc.pid)
+            while time.monotonic() - t_up < min(stay_up, deadline.left(stay_up)) \
+                    and op2.proc.poll() is None:
+                rss = rss_peak_mb(op2.pid)
+                if rss == rss:
+                    op2.rss_peak = max(op2.rss_peak, rss)
                 time.sleep(1)
             stayed = time.monotonic() - t_up
             exited = op2.proc.poll()
-        rss_restart = op2.stop()
-        tests_restart = relay.connections - tests_first
+        rss_restart = op2.rss_peak
+        op2.stop()
+        op = None
+        tests_restart = relay.connections - relay_tests0 - tests_first
         writes_restart = sum(  # Lease renewals are writes too, but not of resources
             v - first["writes_by_plural"].get(k, 0)
-            for k, v in second["writes_by_plural"].items()
-            if k != "leases"
-        )
+            for k, v in second["writes_by_plural"].items() if k != "leases")
         req_first = first["requests"] - base["requests"]
         req_restart = second["requests"] - first["requests"]
-        return {
+        ready_per_s = count / ready_s if ready_s > 0 else float("inf")
+        out: dict[str, Any] = {
             "count": count,
+            "load_average_start": [round(x, 2) for x in load_start],
             "create_seconds": round(create_s, 2),
+            "raw_relay": raw,
             "ready_seconds": round(ready_s, 2),
+            "ready_per_second": round(ready_per_s, 1),
+            "ready_to_raw_ratio": round(ready_per_s / raw["tests_per_second"], 3),
             "tests_first": tests_first,
+            "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
+            "emulator_cpu_ms_per_resource_first": round(cpu_emu * 1000 / count, 2),
+            "relay_cpu_ms_per_resource_first": round(cpu_relay * 1000 / count, 2),
+            "operator_cpu_seconds_first": round(cpu_op, 2),
+            "cpu_busy_cores_first": round((cpu_op + cpu_emu + cpu_relay) / ready_s, 2)
+            if ready_s > 0 else None,
+            "rss_first_mb": round(rss_first, 1),
+            "api_requests_per_resource_first": round(req_first / count, 3),
+            "operator_requests_first": {k: v for k, v in sorted(by_resource.items())},
+            "operator_requests_per_resource_first": round(sum(by_resource.values()) / count, 3),
+            "emulator_requests_first_by_method": {
+                k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()},
+            "watch_events_seen_by_bench": watch.events,
             "catchup_seconds": round(catchup_s, 2),
             "tests_during_catchup": tests_restart,
             "writes_during_catchup": writes_restart,
-            "operator_exit_during_catchup": exited,
-            "stayed_up_seconds_after_catchup": round(stayed, 1),
-            "operator_cpu_ms_per_resource_first": round(cpu_first * 1000 / count, 2),
             "operator_cpu_ms_per_resource_catchup": round(cpu_catchup * 1000 / count, 2),
-            "rss_first_mb": round(rss_first, 1),
+            "api_requests_per_resource_catchup": round(req_restart / count, 3),
+            "operator_exit_after_catchup": exited,
+            "stayed_up_seconds_after_catchup": round(stayed, 1),
             "rss_restart_mb": round(rss_restart, 1),
-            "api_requests_per_resource_first": round(req_first / count, 2),
-            "api_requests_per_resource_catchup": round(req_restart / count, 2),
-            "requests_first_by_method": {
-                k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()
-            },
+            "profiled": profile is not None,
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
         }
+        if profile is not None:
+            out["profile"] = {
+                "operator": profile_summary(profile / f"operator-{count}.raw"),
+                "emulator": profile_summary(profile / f"emulator-{count}.raw"),
+            }
+        return out
     finally:
+        if op is not None:
+            op.stop()
+        if watch is not None:
+            watch.stop()
         relay.stop()
         emu.close()
 
@@ -339,26 +648,147 @@ async def _unrelated_secrets(emu: Emulator, megabytes: int) -> None:
             r.raise_for_status()
 
 
-def run_secrets(megabytes: int, count: int, concurrency: int, work: Path) -> dict[str, Any]:
+def run_secrets(megabytes: int, count: int, concurrency: int, work: Path,
+                deadline: Deadline) -> dict[str, Any]:
     """Peak operator RSS (cluster-wide mode) with ``megabytes`` of unrelated Secrets."""
     emu = Emulator(work)
-    relay = RelayServer(mode="starttls", users={USER: PASSWORD}).start()
+    relay = Relay()
+    watch: ReadyWatch | None = None
     try:
-        kubeconfig = emu.kubeconfig
-        asyncio.run(_populate(emu, count, relay, emu.generated_crds))
+        asyncio.run(_populate(emu, count, relay))
         asyncio.run(_unrelated_secrets(emu, megabytes))
-        op = Operator(kubeconfig, work / f"operator-secrets-{megabytes}.log", concurrency,
+        watch = ReadyWatch(emu)
+        op = Operator(emu, work / f"operator-secrets-{megabytes}.log", concurrency,
                       all_namespaces=True)
-        ready_s = _wait("all Ready", lambda: _ready_count(emu) >= count, 1800, op.proc.pid)
-        for _ in range(8):  # two seconds of calm
-            _sample(op.proc.pid)
-            time.sleep(0.25)
-        rss = op.stop()
+        try:
+            ready_s = watch.wait(count, deadline.left(1800), alive=op.sample)
+            for _ in range(8):  # two seconds of calm
+                op.sample()
+                time.sleep(0.25)
+        finally:
+            op.stop()
         return {"unrelated_secrets_mb": megabytes, "count": count,
-                "ready_seconds": round(ready_s, 2), "rss_peak_mb": round(rss, 1)}
+                "ready_seconds": round(ready_s, 2), "rss_peak_mb": round(op.rss_peak, 1)}
     finally:
+        if watch is not None:
+            watch.stop()
         relay.stop()
         emu.close()
+
+
+# --- where the memory goes -------------------------------------------------------------------
+
+def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline,
+               top: int = 25) -> dict[str, Any]:
+    """The operator *in this process* under tracemalloc (the emulator and the relay in
+    theirs): after every resource is Ready, what holds the memory, by the operator's code
+    line that caused each allocation (the innermost frame in ``reconciler/`` outside the
+    JSON client, so a parsed response counts where it was asked for)."""
+    import gc
+    import tracemalloc
+
+    from reconciler.runtimes.operator.main import run_operator
+    from reconciler.runtimes.operator.settings import OperatorConfig
+
+    emu = Emulator(work)
+    relay = Relay()
+    watch: ReadyWatch | None = None
+    try:
+        asyncio.run(_populate(emu, count, relay))
+        watch = ReadyWatch(emu)
+        config = OperatorConfig(
+            kubeconfig=str(emu.kubeconfig), namespaces=[NS], lease_namespace=NS,
+            identity="bench", health_port=-1, metrics_port=-1, allow_loopback=True,
+            concurrency=concurrency, per_host=concurrency, version_key=b"bench-key")
+        rss0 = rss_peak_mb(os.getpid())
+        tracemalloc.start(30)
+        ready_watch = watch
+
+        async def main() -> tuple[tracemalloc.Snapshot, float]:
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_operator(config, stop=stop))
+            ready_s = await asyncio.to_thread(ready_watch.wait, count, deadline.left(3600))
+            await asyncio.sleep(5)  # the last passes' memo writes and Events
+            gc.collect()
+            snap = tracemalloc.take_snapshot()
+            stop.set()
+            await task
+            return snap, ready_s
+
+        snap, ready_s = asyncio.run(main())
+        tracemalloc.stop()
+    finally:
+        if watch is not None:
+            watch.stop()
+        relay.stop()
+        emu.close()
+    skip = ("kubeapi.py", "kubetypes.py", "/json/", "tracemalloc", "bench/")
+    by_line: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
+    total = 0
+    for stat in snap.statistics("traceback"):
+        total += stat.size
+        where = "outside reconciler/"
+        for frame in reversed(stat.traceback):  # innermost first
+            name = frame.filename
+            if "/reconciler/" in name and not any(k in name for k in skip):
+                where = f"{name.split('/reconciler/', 1)[1]}:{frame.lineno}"
+                break
+        by_line[where] += stat.size
+        by_file[where.split(":")[0]] += stat.size
+    per = 1024 * count
+    return {
+        "count": count, "ready_seconds": round(ready_s, 2),
+        "traced_mb": round(total / 2**20, 1), "traced_kb_per_resource": round(total / per, 2),
+        "rss_before_operator_mb": round(rss0, 1),
+        "rss_peak_mb_with_tracemalloc": round(rss_peak_mb(os.getpid()), 1),
+        "by_line_kb_per_resource": {k: round(v / per, 2) for k, v in by_line.most_common(top)},
+        "by_file_kb_per_resource": {k: round(v / per, 2) for k, v in by_file.most_common(top)},
+    }
+
+
+# --- growth -------------------------------------------------------------------------------
+
+def fit(points: list[tuple[float, float]]) -> dict[str, Any]:
+    """Least squares y = a + b*N (N in thousands), R², and y = a + b*N + c*N² when there
+    are three sizes or more: the quadratic term's share of y at the largest N."""
+    xs, ys = [p[0] / 1000 for p in points], [p[1] for p in points]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if n < 2 or sxx == 0:
+        return {}
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    a = my - b * mx
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    out: dict[str, Any] = {"intercept": round(a, 3), "per_thousand": round(b, 3),
+                           "r2": round(1 - ss_res / ss_tot, 4) if ss_tot else 1.0}
+    if len(set(xs)) >= 3:
+        c0, c1, c2 = _solve([[sum(x ** (i + j) for x in xs) for j in range(3)]
+                             for i in range(3)],
+                            [sum(y * x ** i for x, y in zip(xs, ys, strict=True))
+                             for i in range(3)])
+        top = max(xs)
+        total = c0 + c1 * top + c2 * top * top
+        out["quadratic"] = {"a": round(c0, 3), "b": round(c1, 3), "c": round(c2, 4),
+                            "c_share_at_max": round(c2 * top * top / total, 3)
+                            if total else None}
+    return out
+
+
+def _solve(m: list[list[float]], v: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (the 3x3 normal equations)."""
+    n = len(v)
+    a = [[*row, v[i]] for i, row in enumerate(m)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(a[r][col]))
+        a[col], a[piv] = a[piv], a[col]
+        for r in range(n):
+            if r != col and a[col][col]:
+                f = a[r][col] / a[col][col]
+                a[r] = [x - f * y for x, y in zip(a[r], a[col], strict=True)]
+    return [a[i][n] / a[i][i] if a[i][i] else 0.0 for i in range(n)]
 
 
 def machine() -> dict[str, Any]:
@@ -367,29 +797,52 @@ def machine() -> dict[str, Any]:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.strip()
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "free": mem}
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "kernel": platform.release()}
+
+
+def _median_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]}"
+    return f"{statistics.median(values):.4g} ({min(values):.4g}-{max(values):.4g})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument(
-        "--count", type=int, action="append", help="resources (repeatable; default 1000 and 10000)"
-    )
+    parser.add_argument("--count", type=int, action="append",
+                        help="resources (repeatable; default 1000 and 10000)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per count")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--raw-tests", type=int, default=0,
+                        help="connection tests of the raw-capacity peer (default min(N, 2000))")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the operator logs here (default: a temporary directory)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy the operator and the emulator during the first pass")
     parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
                         help="keep the restarted operator running this long after catch-up "
                         "and report whether it is still up (it must keep its Lease)")
+    parser.add_argument("--max-seconds", type=float, default=3 * 3600,
+                        help="the whole run's time budget (default 3 h)")
+    parser.add_argument("--memory", type=int, default=None, metavar="N",
+                        help="instead: where the operator's memory goes with N resources "
+                        "(tracemalloc, the operator in this process)")
     parser.add_argument("--unrelated-secrets-mb", type=int, action="append", default=None,
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
     args = parser.parse_args()
+    deadline = Deadline(args.max_seconds)
+    if args.memory is not None:
+        with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
+            mem = run_memory(args.memory, args.concurrency, Path(tmp_dir), deadline)
+        print(json.dumps(mem, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "memory": mem}, indent=1))
+        return 0
     if args.unrelated_secrets_mb is not None:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
-            rows = [run_secrets(mb, 100, args.concurrency, Path(tmp_dir))
+            rows = [run_secrets(mb, 100, args.concurrency, Path(tmp_dir), deadline)
                     for mb in args.unrelated_secrets_mb]
         print(f"{'unrelated MB':>13} {'resources':>10} {'ready s':>8} {'peak RSS MB':>12}")
         for r in rows:
@@ -399,36 +852,51 @@ def main() -> int:
             args.json.write_text(json.dumps({"machine": machine(), "secrets": rows}, indent=1))
         return 0
     counts = args.count or [1000, 10000]
-    results = []
+    results: list[dict[str, Any]] = []
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
-        tmp = str(args.workdir) if args.workdir else tmp_dir
-        if args.workdir:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-        for count in counts:
-            print(f"== {count} resources", flush=True)
-            r = run_one(count, args.concurrency, Path(tmp), args.stay_up)
-            r["catchup_target_ratio"] = round(r["catchup_seconds"] / 60.0, 3)
-            r["rss_target_ratio"] = round(max(r["rss_first_mb"], r["rss_restart_mb"]) / 400.0, 3)
-            results.append(r)
-            print(json.dumps(r, indent=1), flush=True)
-    out = {"machine": machine(), "results": results}
-    print()
-    print(
-        f"{'count':>7} {'ready s':>9} {'catch-up s':>11} {'tests@restart':>14} "
-        f"{'RSS MB':>8} {'req/res':>8} {'req/res@restart':>16}"
-    )
-    for r in results:
-        print(
-            f"{r['count']:>7} {r['ready_seconds']:>9} {r['catchup_seconds']:>11} "
-            f"{r['tests_during_catchup']:>14} "
-            f"{max(r['rss_first_mb'], r['rss_restart_mb']):>8} "
-            f"{r['api_requests_per_resource_first']:>8} "
-            f"{r['api_requests_per_resource_catchup']:>16}"
-        )
+        for rep in range(args.repeat):
+            for count in counts:
+                work = (args.workdir or Path(tmp_dir)) / f"{count}-{rep}"
+                work.mkdir(parents=True, exist_ok=True)
+                print(f"== {count} resources, run {rep + 1}/{args.repeat}", flush=True)
+                r = run_one(count, args.concurrency, work, deadline, stay_up=args.stay_up,
+                            raw_tests=args.raw_tests, profile=args.profile)
+                results.append(r)
+                print(json.dumps(r, indent=1), flush=True)
+                if args.json:  # after every run: a long run that stops keeps what it has
+                    args.json.write_text(json.dumps({"machine": machine(),
+                                                     "results": results}, indent=1))
+    growth: dict[str, Any] = {}
+    if len(set(counts)) >= 2:
+        growth = {
+            "operator_cpu_seconds_first": fit([(r["count"], r["operator_cpu_seconds_first"])
+                                               for r in results]),
+            "ready_seconds": fit([(r["count"], r["ready_seconds"]) for r in results]),
+            "rss_first_mb": fit([(r["count"], r["rss_first_mb"]) for r in results]),
+        }
+        print(json.dumps({"growth": growth}, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "results": results,
+                                         "growth": growth}, indent=1))
+    print()
+    cols = [("ready/s", "ready_per_second"), ("raw/s", None), ("ratio", "ready_to_raw_ratio"),
+            ("op ms/res", "operator_cpu_ms_per_resource_first"),
+            ("emu ms/res", "emulator_cpu_ms_per_resource_first"),
+            ("req/res", "api_requests_per_resource_first"), ("RSS MB", "rss_first_mb"),
+            ("catch-up s", "catchup_seconds")]
+    print(f"{'count':>7} " + " ".join(f"{c:>22}" for c, _ in cols))
+    for count in counts:
+        rows = [r for r in results if r["count"] == count]
+        cells = []
+        for _name, key in cols:
+            vals = [r["raw_relay"]["tests_per_second"] if key is None else r[key]
+                    for r in rows]
+            cells.append(f"{_median_spread(vals):>22}")
+        print(f"{count:>7} " + " ".join(cells))
     failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
-              or r["operator_exit_during_catchup"] is not None]
+              or r["operator_exit_after_catchup"] is not None]
     return 1 if failed else 0
 
 

@@ -114,12 +114,14 @@ def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials, 
     return Parts(creds, api, store, secrets, controller)
 
 
-def _make_leader(config: OperatorConfig, creds: Credentials,
-                 on_lost: asyncio.Event) -> LeaderThread:
+def _make_leader(config: OperatorConfig, creds: Credentials, on_lost: asyncio.Event,
+                 metrics: OperatorMetrics) -> LeaderThread:
     def make_elector() -> LeaseElector:
         # Built on the lease thread: its own loop and connection, so renewals never wait
         # behind a busy reconcile loop or bulk status writes.
-        lease_api = KubeApi(creds, max_connections=2, timeout=config.renew_deadline)
+        lease_api = KubeApi(creds, max_connections=2, timeout=config.renew_deadline,
+                            on_request=lambda verb, resource:
+                            metrics.kube_requests.labels(verb, resource).inc())
         return LeaseElector(
             lease_api, namespace=config.lease_namespace or creds.namespace,
             name=config.lease_name, identity=config.identity,
@@ -154,7 +156,6 @@ async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness) 
         state.ready = all(r.connected for r in refl)  # every second
         if tick % 5 == 0:  # the rest scans the caches: every 5 s
             parts.controller.refresh_condition_gauges()
-            parts.controller.metrics.api_requests.set(parts.api.requests)
             parts.secrets.prune()
         await asyncio.sleep(1)
 
@@ -246,7 +247,8 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         log.error(f"cannot configure the Kubernetes client: {exc}")
         return 2
     log.info("connecting", extra={"server": describe_server(creds), "via": creds.source})
-    api = KubeApi(creds)
+    api = KubeApi(creds, on_request=lambda verb, resource:
+                  metrics.kube_requests.labels(verb, resource).inc())
     parts: Parts | None = None
     runners = await health.serve(config, metrics, state)
     leader: LeaderThread | None = None
@@ -254,7 +256,7 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
     code = 0
     try:
         if config.leader_election:
-            leader = _make_leader(config, creds, lost)
+            leader = _make_leader(config, creds, lost, metrics)
             leader.start()
             if not await _wait_for_lease(leader, stop, state):
                 return 0
