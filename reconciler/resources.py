@@ -56,6 +56,9 @@ _HOSTNAME_RE = re.compile(
 _LOOPBACK_URL_RE = re.compile(
     r"^http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?(/|\Z)"
 )
+# No control characters (a CR in a username could inject a JavaMail property, an escape
+# could drive a terminal): the same pattern as the schema's, ECMA-262/RE2/Rust-compatible.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 _LITERAL_SECRET_FIELDS = {
     "password": "passwordFrom",
     "clientSecret": "clientSecretFrom",
@@ -187,13 +190,15 @@ class SocketFactory(_Model):
 class TLSSpec(_Model):
     verify: StrictBool = True
     ca_bundle_from: SecretRef | None = Field(default=None, alias="caBundleFrom")
-    server_name: str | None = Field(default=None, alias="serverName", min_length=1, max_length=253)
+    server_name: str | None = Field(default=None, alias="serverName", min_length=1, max_length=253,
+                                    pattern=NO_CONTROL)
     min_version: Literal["1.2", "1.3"] = Field(default="1.2", alias="minVersion")
 
 
 class ConnectionTest(_Model):
     check_relay: StrictBool = Field(default=True, alias="checkRelay")
-    probe_recipient: str | None = Field(default=None, alias="probeRecipient", max_length=320)
+    probe_recipient: str | None = Field(default=None, alias="probeRecipient", max_length=320,
+                                        pattern=NO_CONTROL)
     timeout_seconds: float = Field(default=30, alias="timeoutSeconds", ge=1, le=600, strict=True)
 
 
@@ -202,14 +207,15 @@ class ExternalSmtpSpec(_Model):
     port: StrictInt = Field(ge=1, le=65535)
     authentication: Authentication
     start_tls: StrictBool = Field(default=False, alias="startTLS")
-    username: str | None = Field(default=None, min_length=1, max_length=320)
+    username: str | None = Field(default=None, min_length=1, max_length=320, pattern=NO_CONTROL)
     password_from: SecretRef | None = Field(default=None, alias="passwordFrom")
     oauth2_provider_ref: LocalObjectReference | None = Field(
         default=None, alias="oauth2ProviderRef"
     )
     socket_factory: SocketFactory | None = Field(default=None, alias="socketFactory")
     selected: StrictBool = False
-    from_: str | None = Field(default=None, alias="from", min_length=3, max_length=320)
+    from_: str | None = Field(default=None, alias="from", min_length=3, max_length=320,
+                              pattern=NO_CONTROL)
     tls: TLSSpec = Field(default_factory=TLSSpec)
     allow_plaintext_auth: StrictBool = Field(default=False, alias="allowPlaintextAuth")
     connection_test: ConnectionTest = Field(default_factory=ConnectionTest, alias="connectionTest")

@@ -117,8 +117,8 @@ async def test_login_state_mismatch_is_refused(oauth_server: OAuthServer, tmp_pa
     p = login_provider(oauth_server, tmp_path)
     browser = Browser(tamper_state=True)
     with pytest.raises(CredentialError) as exc:
-        await run_login(p, browser)
-    assert exc.value.reason == "OAuth2LoginFailed" and "state" in exc.value.message
+        await run_login(p, browser, timeout_seconds=5)  # the stray arrives long before
+    assert exc.value.reason == "OAuth2LoginFailed" and "wrong state" in exc.value.message
     assert browser.responses[0].status_code == 400
     assert not rt_file(tmp_path).exists()
     assert ("/token", "authorization_code") not in oauth_server.requests

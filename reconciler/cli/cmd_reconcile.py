@@ -31,10 +31,16 @@ from reconciler.cli.localcmd import (
     sort_key,
 )
 
-HELP = "reconcile the resources in the local store (once, or --watch)"
+HELP = "reconcile the resources in the local store (once, or --watch); in a cluster, ask " \
+    "the operator to re-verify now"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from reconciler.cli.cluster import add_cluster_options
+
+    parser.add_argument("targets", nargs="*", metavar="TYPE NAME... | TYPE/NAME...",
+                        help="only these resources (default: all); with --kubeconfig/"
+                        "--context: the resources the operator re-verifies now")
     add_store_options(parser)
     add_trust_options(parser)
     add_namespace_options(parser, all_flag=False)
@@ -48,11 +54,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_limits(parser)
     add_lock_timeout(parser)
     add_output(parser, ("text", "wide", "json", "yaml", "name"))
+    add_cluster_options(parser)
+    parser.add_argument("--wait", action="store_true",
+                        help="cluster: wait until the operator handled the request, then "
+                        "report Ready (exit 1 when not Ready)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="cluster: how long --wait waits (default 60)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from reconciler.cli.cluster import wants_cluster
     from reconciler.cli.output import Result
 
+    if wants_cluster(args):
+        from reconciler.cli import reconcile_request
+
+        return reconcile_request.run(args)
+    if args.targets:
+        from reconciler.cli.names import NameError_, parse_targets
+
+        try:
+            parse_targets(args.targets, default=None)
+        except NameError_ as exc:
+            return fail_usage(str(exc))
     result = Result("reconcile")
     if args.watch and args.output in ("json", "yaml"):
         return fail_usage("--watch prints a log: use -o text (or wide)")
@@ -101,6 +125,12 @@ async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
                     pass_lock=lambda: store.locked(args.lock_timeout))
         return 0
     objs = [o for o in store.list_sync() if args.namespace in (None, o.ref.namespace)]
+    if args.targets:
+        from reconciler.cli.names import parse_targets
+
+        wanted = parse_targets(args.targets, default=None)
+        objs = [o for o in objs if any(o.ref.kind in t.kinds and t.name in (None, o.ref.name)
+                                       for t in wanted)]
     with Progress(len(objs), enabled=text) as progress:
         results = await reconcile_objects([o.ref for o in objs], world, progress=progress,
                                           force=args.force)

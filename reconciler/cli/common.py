@@ -116,7 +116,8 @@ class StateDir(NamedTuple):
 
     @property
     def exists(self) -> bool:
-        return os.path.isdir(self.path)
+        # A path that exists but is no directory is not "missing": opening it reports it.
+        return os.path.exists(self.path)
 
     def missing_message(self) -> str:
         return (f"state directory {self.path} (from {self.origin}) does not exist "

@@ -21,6 +21,7 @@ carries such provider-specific authorization parameters.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import socket
 from collections.abc import Callable, Mapping
@@ -114,9 +115,12 @@ async def login(
             try:
                 params = await asyncio.wait_for(result, timeout_seconds)
             except TimeoutError:
+                stray = (f"; {listener.stray} request(s) with a wrong state were ignored "
+                         "(not the redirect of this login: possible CSRF)"
+                         if listener.stray else "")
                 raise CredentialError(
                     "OAuth2LoginFailed",
-                    f"no redirect arrived at {redirect_uri} within {timeout_seconds:g}s",
+                    f"no redirect arrived at {redirect_uri} within {timeout_seconds:g}s{stray}",
                 ) from None
             if "error" in params:
                 desc = scrub(params.get("error_description", ""), [])
@@ -137,7 +141,7 @@ async def login(
                     "OAuth2TokenEndpointUnavailable",
                     f"token endpoint {spec.token_endpoint} did not complete the exchange "
                     f"within {tokens.deadline_seconds:g}s") from None
-            except (OAuthError, httpx.HTTPError, ValueError) as exc:
+            except (OAuthError, httpx.HTTPError, ValueError, TypeError, OverflowError) as exc:
                 err, _ = token_error(exc, spec.token_endpoint, sent, 0)
                 raise err from None
     finally:
@@ -172,6 +176,7 @@ class _Listener:
     def __init__(self, result: asyncio.Future[dict[str, str]]) -> None:
         self._result = result
         self.state: str | None = None
+        self.stray = 0  # requests without the right state (ignored)
         self._runner: Any = None
 
     async def start(self) -> int:
@@ -197,11 +202,12 @@ class _Listener:
         query = {k: v for k, v in request.query.items()}
         if self._result.done():
             return web.Response(status=409, text="login already finished\n")
-        if query.get("state") != self.state:
-            self._result.set_result({"error": "state_mismatch", "error_description":
-                                     "the redirect carried a different state (possible CSRF); "
-                                     "nothing was exchanged"})
-            return _page(400, "The login was refused (state mismatch).")
+        if self.state is None or not hmac.compare_digest(
+                str(query.get("state", "")).encode(), self.state.encode()):
+            # Not our redirect: any local process can reach this port, so a request without
+            # the right state neither completes nor aborts the login (it just goes away).
+            self.stray += 1
+            return _page(400, "This is not the redirect of the login in progress.")
         if "error" in query:
             self._result.set_result({"error": query["error"],
                                      "error_description": query.get("error_description", "")})

@@ -449,7 +449,9 @@ class TokenManager:
                 else:
                     assert refresh is not None
                     token = await client.refresh_token(url, refresh_token=refresh.value.reveal())
-        except (OAuthError, httpx.HTTPError, ValueError) as exc:
+        except (OAuthError, httpx.HTTPError, ValueError, TypeError, OverflowError) as exc:
+            # TypeError/OverflowError: authlib's arithmetic on fields such as
+            # `expires_in: 1e400` (infinity once parsed) - a malformed response.
             err, transient = token_error(exc, url, sent, self._timeout)
             if transient:
                 raise _Transient(err) from None

@@ -34,6 +34,7 @@ spec:
   passwordFrom: {{file: {password_file}}}
   from: {sender}
   selected: true
+  priority: 0
   tls:
     caBundleFrom: {{file: {ca_file}}}
   connectionTest:
@@ -53,6 +54,27 @@ spec:
   username: {oauth_user}
   oauth2ProviderRef: {{name: demo-idp}}
   selected: false
+  tls:
+    caBundleFrom: {{file: {ca_file}}}
+  connectionTest:
+    timeoutSeconds: 10
+"""
+
+BACKUP_RELAY = """\
+apiVersion: smtp.reconciler.dev/v1alpha1
+kind: ExternalSmtp
+metadata:
+  name: backup-relay
+spec:
+  host: 127.0.0.1
+  port: {backup_port}
+  authentication: UsernamePassword
+  startTLS: true
+  username: {username}
+  passwordFrom: {{file: {backup_password_file}}}
+  from: {sender}
+  selected: true
+  priority: 10   # a standby: the relay with priority 0 is used while it is Ready
   tls:
     caBundleFrom: {{file: {ca_file}}}
   connectionTest:

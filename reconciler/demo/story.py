@@ -8,10 +8,14 @@
 4. Rotate the password (server and file), no manifest change: ``plan`` sees it, ``apply``
    re-tests only that relay.
 5. A broken update (a wrong username): generation 2 fails its test, generation 1 stays
-   active and selected - ``get active`` still hands out generation 1.
-6. Failover: the OAuth relay asks to be selected; being Ready, it takes over from the
-   failing relay - without a new test (only ``spec.selected`` changed).
-7. Stop the servers; print the commands to try next.
+   active and selected - ``get active`` still hands out generation 1.  The fix (generation
+   3) passes again.
+6. A standby: a second relay (``backup-relay``, ``priority: 10``) is added; ``validate
+   --strict`` accepts the setup, and the backup waits as a ``Standby``.
+7. Failover: the relay in use goes down; ``reconcile --force`` re-verifies now, the
+   primary fails and the standby takes over; ``get active`` hands out the backup (and
+   ``--require-ready`` passes again).
+8. Stop the servers; print the commands to try next.
 
 The demo runs the same CLI entry point a user types (``reconciler.cli.main.main``) in
 this process, and checks every step: if the story does not hold, it says which step
@@ -59,6 +63,7 @@ class Demo:
         self.sdir = workdir / "secrets"
         self.steps = 0
         self.password = ""
+        self.values: dict[str, Any] = {}
         self._console: Any = None
         if out.isatty():  # colour on a terminal only; plain text in pipes and CI logs
             from rich.console import Console
@@ -126,25 +131,32 @@ class Demo:
                                                   grants=("client_credentials",),
                                                   subject=OAUTH_USER)])
         relay = RelayServer(mode="starttls", users={USER: password})
+        backup_password = secrets.token_urlsafe(18)
+        backup = RelayServer(mode="starttls", users={USER: backup_password}, ca=relay.ca)
 
         def token_ok(user: str, token: str) -> bool:
             info = oauth.token_info(token)
             return info is not None and info.subject.lower() == user.lower()
 
         relay.token_validator = token_ok
-        with oauth, relay:
+        with oauth, relay, backup:
             self.say(f"  relay          127.0.0.1:{relay.port} (STARTTLS required, "
                      "AUTH PLAIN/LOGIN/XOAUTH2/OAUTHBEARER)")
+            self.say(f"  backup relay   127.0.0.1:{backup.port} (STARTTLS required)")
             self.say(f"  token endpoint {oauth.token_url}")
             ca = self.sdir / "relay-ca.pem"
             ca.write_text(relay.ca_pem)
             os.chmod(ca, 0o644)  # whatever the umask: a writable CA file is refused
             pw_file = self.sdir / "smtp-password"
             self._write_secret(pw_file, password)
+            backup_pw = self.sdir / "backup-password"
+            self._write_secret(backup_pw, backup_password)
             values = {"port": relay.port, "username": USER, "sender": USER,
                       "password_file": pw_file, "ca_file": ca, "oauth_user": OAUTH_USER,
                       "token_url": oauth.token_url, "scope": SCOPE,
-                      "client_secret_env": CLIENT_SECRET_ENV}
+                      "client_secret_env": CLIENT_SECRET_ENV, "backup_port": backup.port,
+                      "backup_password_file": backup_pw}
+            self.values = values
             (self.mdir / "oauth2provider.yaml").write_text(manifests.PROVIDER.format(**values))
             relays = self.mdir / "relays.yaml"
             relays.write_text(manifests.PASSWORD_RELAY.format(**values) + "---\n"
@@ -155,7 +167,8 @@ class Demo:
             self._first_apply(relay)
             self._rotation(relay, pw_file)
             self._broken_update(relays, relay)
-            self._failover(relays, relay)
+            self._standby()
+            self._failover(relay, backup)
         self.say()
         self.say("Servers stopped.")
 
@@ -212,23 +225,43 @@ class Demo:
         _, env = self.run("get", "active", "-o", "env", "--state", str(self.state))
         self.check(f"SMTP_USERNAME='{USER}'" in env and "SMTP_GENERATION='1'" in env,
                    "applications are still handed generation 1")
+        self._fix_update(relays)
 
-    def _failover(self, relays: Path, relay: RelayServer) -> None:
-        self.step("Failover: oauth-relay asks to be selected while billing-relay is failing")
-        text = relays.read_text()
-        head, sep, tail = text.partition("name: oauth-relay")
-        relays.write_text(head + sep + tail.replace("selected: false", "selected: true", 1))
-        before = relay.connections
-        # exit 0: this apply changed only oauth-relay, which is Ready; billing-relay's
-        # failure is older and reported in its row (docs/cli.md, "Exit codes")
-        self.run("apply", "-f", str(self.mdir), "--state", str(self.state), expect=0)
-        b, o = self.status("billing-relay"), self.status("oauth-relay")
-        self.check(o.get("selected") is True and not b.get("selected"),
-                   "oauth-relay took over (it is Ready); billing-relay released it")
-        self.check(relay.connections == before,
-                   "no new test: only spec.selected changed on oauth-relay")
-        _, env = self.run("get", "active", "-o", "env", "--state", str(self.state))
-        self.check("SMTP_AUTH='OAuth2'" in env, "applications are now handed the OAuth relay")
+    def _fix_update(self, relays: Path) -> None:
+        text = relays.read_text().replace("username: typo@example.test", f"username: {USER}", 1)
+        relays.write_text(text)
+        self.run("apply", "-f", str(self.mdir), "--state", str(self.state))
+        b = self.status("billing-relay")
+        self.check(b["generation"] == 3 and _ready(b) and b.get("activeGeneration") == 3,
+                   "the fix (generation 3) passed its test and is the one in use")
+
+    def _standby(self) -> None:
+        self.step("A standby: backup-relay (another relay, priority 10) joins billing-relay "
+                  "(priority 0)")
+        (self.mdir / "backup.yaml").write_text(manifests.BACKUP_RELAY.format(**self.values))
+        self.run("validate", "-f", str(self.mdir), "--strict")
+        self.run("apply", "-f", str(self.mdir), "--state", str(self.state))
+        b, s = self.status("billing-relay"), self.status("backup-relay")
+        self.check(_ready(s) and not s.get("selected")
+                   and _cond(s, "Selected").get("reason") == "Standby",
+                   "backup-relay is Ready and waits as the Standby")
+        self.check(b.get("selected") is True, "billing-relay (priority 0) stays in use")
+
+    def _failover(self, relay: RelayServer, backup: RelayServer) -> None:
+        self.step("Failover: the relay in use goes down; the standby takes over")
+        relay.stop()
+        self.say(f"  relay 127.0.0.1:{relay.port} stopped")
+        self.run("reconcile", "--force", "--state", str(self.state), expect=1)
+        b, s = self.status("billing-relay"), self.status("backup-relay")
+        self.check(_cond(b, "Ready").get("reason") == "ConnectionRefused"
+                   and (b.get("active") or {}).get("health") == "Failing",
+                   "billing-relay failed its re-verification (ConnectionRefused)")
+        self.check(s.get("selected") is True and not b.get("selected"),
+                   "backup-relay took over (Failover); billing-relay released it")
+        _, env = self.run("get", "active", "-o", "env", "--require-ready", "--state",
+                          str(self.state))
+        self.check(f"SMTP_PORT='{backup.port}'" in env and "SMTP_READY='true'" in env,
+                   "applications are now handed the backup relay, and it is healthy")
         self.run("describe", "externalsmtp", "billing-relay", "--state", str(self.state))
 
     def _write_secret(self, path: Path, value: str) -> None:

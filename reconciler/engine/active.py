@@ -325,14 +325,41 @@ def render_javamail(view: ActiveRelayView, secret: Secret | None = None) -> str:
     if secret is None and s.get("authentication") == "UsernamePassword":
         head.append(f"# password: {view.reference()} (use --reveal to include it)")
     if secret is None and s.get("authentication") == "OAuth2":
-        head.append("# OAuth 2.0: use --reveal to include a fresh access token "
-                    "(mail.smtp.password)")
+        head.append("# OAuth 2.0: the application obtains its access token from the provider "
+                    "(mail.smtp.password); get never contacts a token endpoint")
     body = [f"{k}={_escape_prop(v)}" for k, v in to_javamail(view, secret).items()]
-    return "\n".join(head + body) + "\n"
+    return "\n".join([_comment(h) for h in head] + body) + "\n"
 
 
 def _escape_prop(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace("=", "\\=").replace(":", "\\:")
+    """A value for a Java ``.properties`` line: ``\\r``, ``\\n`` and every other control
+    or non-ASCII character escaped (a ``\\r`` ends a line for Java: a username holding one
+    could otherwise inject ``mail.smtp.host``), as are ``\\ = : # !``."""
+    out = []
+    for c in v:
+        if c in "\\=:#!":
+            out.append("\\" + c)
+        elif c in _NAMED:
+            out.append(_NAMED[c])
+        elif ord(c) < 0x20 or ord(c) > 0x7E:
+            out.extend(f"\\u{unit:04x}" for unit in _utf16_units(c))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}
+
+
+def _utf16_units(c: str) -> list[int]:
+    data = c.encode("utf-16-be")
+    return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+
+
+def _comment(text: str) -> str:
+    """A comment line's text: no line break may end the comment early."""
+    return "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) in (0x7F, 0x85, 0x2028, 0x2029)
+                   else c for c in text)
 
 
 def describe_lines(record: Mapping[str, Any] | None, generation: int) -> list[str]:

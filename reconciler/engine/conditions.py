@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from reconciler.probe.redact import MAX_MESSAGE, cap
+from reconciler.probe.redact import MAX_MESSAGE, cap, sanitize
 from reconciler.status import Condition, ConditionStatus
 
 READY = "Ready"
@@ -57,7 +57,7 @@ def set_condition(
 
     The message is capped at ``MAX_MESSAGE`` (4,096) characters, well under the CRD's
     32,768: above it a status write fails (422) and would be retried for ever."""
-    message = cap(message, MAX_MESSAGE)
+    message = cap(sanitize(message, one_line=True), MAX_MESSAGE)
     old = find(conditions, ctype)
     ltt = str(old["lastTransitionTime"]) if old and old.get("status") == status else rfc3339(now)
     new: Condition = {"type": ctype, "status": status, "reason": reason, "message": message,

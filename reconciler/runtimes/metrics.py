@@ -45,6 +45,19 @@ class OperatorMetrics:
             "smtpctl_kube_requests_total",
             "Requests to the Kubernetes API, by verb and resource",
             ["verb", "resource"], registry=r)
+        # Health of the relay in use (issue 12; filled from the active records).
+        self.active_ready = Gauge(
+            "smtpctl_active_relay_ready",
+            "1 when the configuration the selected relay hands out passed its latest test, "
+            "0 when it is failing", ["namespace", "name"], registry=r)
+        self.active_last_success = Gauge(
+            "smtpctl_active_relay_last_success_timestamp_seconds",
+            "When the configuration the selected relay hands out last passed its test",
+            ["namespace", "name"], registry=r)
+        self.certificate_expiry = Gauge(
+            "smtpctl_relay_certificate_expiry_timestamp_seconds",
+            "When the relay certificate of a relay's active configuration expires",
+            ["namespace", "name"], registry=r)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -18,6 +18,15 @@ For each namespace with an active relay the operator maintains one Secret (defau
   never overwritten or deleted: the operator logs a warning and does not publish in
   that namespace until the name is free.  Replacements and deletions carry the
   ``resourceVersion``/``uid`` they were decided on.
+* **Only the tested value** (issue 12, ``active``'s edit): the password (and the CA
+  bundle, published as PEM in ``SMTP_TLS_CA_PEM``) is published only when its current
+  keyed version is the one in the active record
+  (:func:`reconciler.engine.active.require_tested`); an OAuth 2.0 token only while the
+  provider is Ready in the state the relay's test used.  Otherwise the Secret is left as
+  it is (it holds the tested value).  The fingerprint includes the record's health and
+  last success, so ``SMTP_READY`` / ``SMTP_LAST_SUCCESS`` follow the relay in use, and
+  :meth:`Publisher.refresh_in` tells the relay's worker when the published token needs
+  refreshing (at three quarters of its life), so it never waits for a re-verification.
 * The password reference of the active generation is ``status.active.passwordFrom``; when
   the API server pruned it, the spec's reference is used only if the spec *is* the active
   generation - otherwise the Secret is left as it is rather than guessed.
@@ -34,9 +43,11 @@ from typing import Any
 
 from reconciler.credentials.base import CredentialError, SecretSource
 from reconciler.credentials.policy import sources_for
-from reconciler.engine.active import ActiveRelayView, to_env
-from reconciler.resources import API_VERSION, KIND_SMTP, SecretRef
+from reconciler.engine.active import ActiveRelayView, NotTested, require_tested, to_env
+from reconciler.engine.conditions import is_true, rfc3339
+from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP, SecretRef
 from reconciler.secret import Secret
+from reconciler.stores.base import ObjectRef
 from reconciler.stores.kube import KubeStore
 from reconciler.stores.kubeapi import Conflict, KubeApi, NotFound, resource_path
 from reconciler.stores.kubetypes import (
@@ -141,20 +152,28 @@ class Publisher:
             return "unchanged"
         meta, active = meta_of(body), (body.get("status") or {})["active"]
         fingerprint = f"{meta['name']}/{meta.get('uid', '')}/{active.get('generation')}/" \
-                      f"{active.get('digest', '')}"
+                      f"{active.get('digest', '')}/{active.get('health', '')}/" \
+                      f"{active.get('verifiedAt', '')}"
         old_fp, expiry = self._published.get(ns, ("", 0.0))
         token_stale = active.get("authentication") == "OAuth2" and expiry and \
             expiry - time.time() < 0
         if fingerprint == old_fp and not token_stale:
             return "unchanged"
-        view = ActiveRelayView(ns, meta["name"], active)
         try:
             secret, new_expiry = await self._credential(body, active)
+            ca_pem = await self._ca_pem(body, active)
         except CredentialError as exc:
             log.warning("not publishing: credential unavailable",
                         extra={"resource": f"{KIND_SMTP}/{ns}/{meta['name']}",
                                "reason": exc.reason})
             return "unchanged"
+        except NotTested as exc:
+            log.warning("not publishing an untested value; the Secret keeps the tested one",
+                        extra={"resource": f"{KIND_SMTP}/{ns}/{meta['name']}",
+                               "what": exc.what, "reason": exc.message})
+            return "unchanged"
+        view = ActiveRelayView(ns, meta["name"], active, ca_pem=ca_pem,
+                               token_expires_at=rfc3339(new_expiry) if new_expiry else None)
         if secret is None and active.get("authentication") != "None":
             return "unchanged"  # the active generation's reference is unknown: keep as is
         data = {k: base64.b64encode(v.encode()).decode() for k, v in to_env(view, secret).items()}
@@ -198,6 +217,23 @@ class Publisher:
         log.warning("could not publish: the Secret keeps changing", extra={"namespace": ns})
         return None
 
+    async def _ca_pem(self, body: KubeObject, active: dict[str, Any]) -> str | None:
+        """The CA bundle the test trusted, as PEM - only the tested one."""
+        ref = (active.get("tls") or {}).get("caBundleFrom")
+        if not ref:
+            return None
+        resolved = await sources_for(self.sources, body).resolve(
+            SecretRef.model_validate(ref), namespace_of(body))
+        require_tested(active, "caBundle", resolved.version)
+        pem: str = resolved.value.reveal()  # a CA certificate is public
+        return pem
+
+    def refresh_in(self, ns: str) -> float | None:
+        """Seconds until the access token published in ``ns`` must be refreshed (None: no
+        token published).  The relay's worker comes back then."""
+        expiry = self._published.get(ns, ("", 0.0))[1]
+        return max(1.0, expiry - time.time()) if expiry else None
+
     def _note(self, op: str) -> None:
         if self.on_write is not None:
             self.on_write(op)
@@ -216,12 +252,20 @@ class Publisher:
             # policy: the Secret never carries a value the tenant could not read itself.
             resolved = await sources_for(self.sources, body).resolve(
                 SecretRef.model_validate(raw), ns)
+            require_tested(active, "password", resolved.version)
             return resolved.value, None
         if auth == "OAuth2" and self.token_fn is not None:
             provider = active.get("oauth2Provider") or \
                 ((spec.get("oauth2ProviderRef") or {}).get("name") if same_gen else None)
             if not provider:
                 return None, None
+            pbody = self.store.cached(ObjectRef(KIND_OAUTH2, ns, str(provider)))
+            if pbody is None or not is_true(pbody.get("status") or {}, "Ready"):
+                raise NotTested("oauth2", f"OAuth2Provider {provider!r} is not Ready")
+            from reconciler.stores.kube import to_stored
+
+            pmemo = to_stored(pbody).memo
+            require_tested(active, "oauth2", pmemo.digest if pmemo else None)
             token, expires_in = await self.token_fn(ns, str(provider))
             expiry = time.time() + 0.75 * expires_in if expires_in else time.time() + 1800
             return token, expiry

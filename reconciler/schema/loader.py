@@ -129,7 +129,13 @@ class _Loader(yaml.CSafeLoader):
             fn = _SCALARS.get(node.tag)
             if fn is None:
                 raise _Fallback
-            return fn(self, node)
+            try:
+                return fn(self, node)
+            except ValueError:  # e.g. an integer beyond Python's 4,300-digit limit
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the number {node.value[:20]}... ({len(node.value)} "
+                    "characters) cannot be read: integers are limited to 4,300 digits",
+                    node.start_mark) from None
         ident = id(node)
         if ident in memo:
             return memo[ident]
@@ -290,6 +296,8 @@ def _iter_yaml(text: str, problems: list[LoadProblem]) -> Iterator[Document]:
         problems.append(_yaml_problem(exc, index, text))
     except RecursionError:
         problems.append(LoadProblem(0, 0, "document is nested too deeply to read", index))
+    except ValueError as exc:  # a value PyYAML's own constructor cannot build
+        problems.append(LoadProblem(0, 0, f"a value cannot be read ({str(exc)[:80]})", index))
     finally:
         loader.dispose()
 

@@ -16,6 +16,7 @@ is not a mapping is an error.  A ``kind: List`` (``kubectl get -o yaml`` output)
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from itertools import islice
@@ -357,12 +358,36 @@ def describe_paths(paths: list[str]) -> list[str]:
 
 
 def _read(p: str, limit: int) -> Iterator[tuple[str, bytes | OSError]]:
+    """At most ``limit`` bytes of ``p``, never blocking on open: a FIFO without a writer
+    is empty, ``/dev/zero`` is cut at ``limit`` (and then refused as too large)."""
     try:
-        with open(p, "rb") as fh:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        yield p, exc
+        return
+    try:
+        with os.fdopen(fd, "rb", buffering=0) as fh:
+            os.set_blocking(fd, True)
+            st = os.fstat(fd)
             # read(limit) would allocate `limit` bytes for every small file (10,000
             # allocations of 8 MiB cost more than parsing); regular files tell their size.
-            small = os.fstat(fh.fileno()).st_size < limit
-            yield p, fh.read() if small else fh.read(limit)
+            want = min(limit, st.st_size + 1) if stat.S_ISREG(st.st_mode) else limit
+            chunks: list[bytes] = []
+            got = 0
+            while got < want:
+                chunk = fh.read(want - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            if got == want and want < limit:  # a regular file that grew: read on, bounded
+                while got < limit:
+                    chunk = fh.read(limit - got)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    got += len(chunk)
+            yield p, b"".join(chunks)
     except OSError as exc:
         yield p, exc
 

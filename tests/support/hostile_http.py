@@ -11,7 +11,9 @@ Content-Length body, bounded) and then misbehaves as ``mode`` says:
 * ``redirect``  - ``302`` to ``location``;
 * ``echo``      - ``400`` with an OAuth error whose ``error_description`` is built by
   ``describe(request)`` (the request's raw bytes: form body and headers) - an endpoint
-  that quotes what it received.
+  that quotes what it received;
+* ``raw``       - ``200`` with ``raw_body`` as it is (JSON a library would never write,
+  such as ``"expires_in": 1e400``).
 
 Counters a test asserts on: ``connections``, ``requests`` (raw request bytes each),
 ``bytes_sent`` per connection, and ``closed_early`` (the client hung up before the
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-Mode = Literal["drip", "flood", "flood-declared", "redirect", "echo"]
+Mode = Literal["drip", "flood", "flood-declared", "redirect", "echo", "raw"]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class HostileHttp:
     flood_bytes: int = 300 * 1024 * 1024
     location: str = ""
     describe: Callable[[bytes], str] = lambda raw: ""
+    raw_body: bytes = b""
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
     bytes_sent: list[int] = field(default_factory=list)
@@ -159,6 +162,9 @@ class HostileHttp:
             elif self.mode == "redirect":
                 self._send(conn, index, b"HTTP/1.1 302 Found\r\nLocation: "
                            + self.location.encode() + b"\r\nContent-Length: 0\r\n\r\n")
+            elif self.mode == "raw":
+                self._send(conn, index, b"HTTP/1.1 200 OK\r\nContent-Type: application/json"
+                           b"\r\nContent-Length: %d\r\n\r\n" % len(self.raw_body) + self.raw_body)
             else:  # echo
                 body = json.dumps({"error": "invalid_client",
                                    "error_description": self.describe(raw)}).encode()

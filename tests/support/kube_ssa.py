@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,6 +197,12 @@ def serialize_pe(pe: PE) -> str:
 
 def to_fields_v1(paths: FieldSet) -> Obj:
     """``Set.ToJSON``: a member with children carries ``"."``."""
+    out: Obj = json.loads(_fields_v1_json(paths))  # a fresh copy of a cached encoding
+    return out
+
+
+@functools.lru_cache(maxsize=8192)
+def _fields_v1_json(paths: FieldSet) -> str:
 
     def emit(node: dict[PE, Any], include_self: bool) -> Obj:
         out: Obj = {}
@@ -205,7 +213,7 @@ def to_fields_v1(paths: FieldSet) -> Obj:
             out[serialize_pe(pe)] = emit(children, member) if children else {}
         return out
 
-    return emit(_trie(paths), False)
+    return json.dumps(emit(_trie(paths), False))
 
 
 def parse_pe(text: str) -> PE:
@@ -228,6 +236,12 @@ def parse_pe(text: str) -> PE:
 
 def from_fields_v1(fields: Mapping[str, Any]) -> FieldSet:
     """``Set.FromJSON``: ``{}`` and ``"."`` mark members."""
+    return _from_fields_v1_json(json.dumps(fields))
+
+
+@functools.lru_cache(maxsize=8192)
+def _from_fields_v1_json(text: str) -> FieldSet:
+    fields = json.loads(text)
     out: set[Path] = set()
 
     def read(node: Mapping[str, Any], prefix: Path) -> None:
@@ -833,8 +847,16 @@ MAX_UPDATE_MANAGERS = 10
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
+_CLOCK: list[Any] = [-1, ""]
+
+
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 to the second (formatted once per second: this runs on every write)."""
+    second = int(time.time())
+    if second != _CLOCK[0]:
+        _CLOCK[:] = [second, datetime.datetime.fromtimestamp(second, datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")]
+    return str(_CLOCK[1])
 
 
 def decode_managed_fields(entries: Any) -> Managed:

@@ -102,6 +102,8 @@ class Controller:
                 self._spawn(self._finalize(ref))
             return
         self.pool.ensure(ref, int(meta_of(body).get("generation") or 0))
+        if _reconcile_request(before) != _reconcile_request(body):
+            self.pool.wake([ref])  # `smtpctl reconcile NAME --kubeconfig`: re-verify now
         if ref.kind == KIND_OAUTH2 and _ready(before) != _ready(body):
             self.pool.wake(self.index.provider_users(ref.namespace, ref.name))
 
@@ -150,9 +152,15 @@ class Controller:
             # resources never become 10,000 concurrent PATCHes.
             await finalizers.add_finalizer(self.store, ref)
         self._observe(result)
+        delay = result.requeue_after if result.requeue_after is not None else IDLE_REQUEUE
         if ref.kind == KIND_SMTP:
             await self.publisher.sync(ref.namespace)
-        return result.requeue_after if result.requeue_after is not None else IDLE_REQUEUE
+            in_use = self.publisher.active_in(ref.namespace)
+            refresh = self.publisher.refresh_in(ref.namespace)
+            if refresh is not None and in_use is not None and \
+                    meta_of(in_use).get("name") == ref.name:
+                delay = min(delay, refresh)  # the published token, before it expires
+        return delay
 
     def _observe(self, result: ReconcileResult) -> None:
         self.metrics.reconciles.labels(result.ref.kind, result.action).inc()
@@ -175,6 +183,28 @@ class Controller:
         self.metrics.resources.clear()
         for (kind, ctype, status), n in counts.items():
             self.metrics.resources.labels(kind, ctype, status).set(n)
+        self.refresh_health_gauges()
+
+    def refresh_health_gauges(self) -> None:
+        """The relay-in-use health gauges, from the active records (engine/active.py)."""
+        from reconciler.engine.active import health_sample
+
+        m = self.metrics
+        for gauge in (m.active_ready, m.active_last_success, m.certificate_expiry):
+            gauge.clear()
+        for body in self.store.cached_objects(KIND_SMTP):
+            meta = meta_of(body)
+            sample = health_sample(str(meta.get("namespace")), str(meta.get("name")),
+                                   body.get("status") or {})
+            if sample is None:
+                continue
+            labels = (sample.namespace, sample.name)
+            if sample.selected:
+                m.active_ready.labels(*labels).set(1 if sample.ready else 0)
+                if sample.last_success is not None:
+                    m.active_last_success.labels(*labels).set(sample.last_success)
+            if sample.certificate_not_after is not None:
+                m.certificate_expiry.labels(*labels).set(sample.certificate_not_after)
 
     # --- deletion ------------------------------------------------------------------------
     async def _after_removal(self, ref: ObjectRef) -> None:
@@ -197,3 +227,11 @@ class Controller:
             t.cancel()
         await self.pool.stop_all()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _reconcile_request(body: KubeObject | None) -> str | None:
+    """The value of the re-verify-now annotation (the engine acts on it)."""
+    from reconciler.engine.reconcile import RECONCILE_REQUEST
+
+    value = (meta_of(body).get("annotations") or {}).get(RECONCILE_REQUEST) if body else None
+    return str(value) if value is not None else None

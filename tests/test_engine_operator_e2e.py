@@ -1,0 +1,170 @@
+"""Issue 12 in the operator: the real ``smtpctl operator`` process against the strict API
+emulator, real aiosmtpd relays with real TLS on loopback, the real ``smtpctl`` CLI.
+
+* The published Secret renders the active record: the port and TLS mode that passed (a
+  fallback pass hands out spec.port), the TLS trust (the CA as PEM, server name,
+  verification), readiness and the last success time.
+* Re-verify now: ``smtpctl reconcile externalsmtp NAME --kubeconfig ... --wait`` sets the
+  annotation the operator honours.
+* Standby and failover; the relay in use failing without a standby: its own reason, a
+  Warning Event, a metric, ``SMTP_READY=false``.
+* An untested password is never published (not even after the Secret is lost and the
+  operator restarts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.devservers.smtp import RelayServer
+from tests.support import canary
+from tests.support.kube_operator import (
+    Cluster,
+    OperatorProcess,
+    cluster,
+    condition,
+    relay_spec,
+    wait_for,
+)
+
+USER = "user@example.test"
+NS = "mail"
+PUBLISHED = "smtp-active-relay"
+
+
+def refused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def smtpctl(*args: str) -> tuple[int, str]:
+    from reconciler.cli.main import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        code = main(list(args))
+    out = buf.getvalue()
+    canary.assert_no_canary(out, where=f"smtpctl {' '.join(args)}")
+    return code, out
+
+
+def reverify(c: Cluster, name: str) -> tuple[int, str]:
+    return smtpctl("reconcile", "externalsmtp", name, "-n", NS, "--kubeconfig",
+                   str(c.kubeconfig), "--wait", "--timeout", "60")
+
+
+def selected(c: Cluster, name: str) -> bool:
+    return bool(((c.smtp(NS, name) or {}).get("status") or {}).get("selected"))
+
+
+def ready(c: Cluster, name: str) -> bool:
+    return condition(c.smtp(NS, name), "Ready").get("status") == "True"
+
+
+def metrics(op: OperatorProcess) -> str:
+    url = next(f"http://127.0.0.1:{r['port']}/metrics" for r in op.logs()
+               if r.get("msg") == "listening" and "/metrics" in (r.get("paths") or []))
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+@pytest.fixture()
+def relays(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer, RelayServer]]:
+    primary = RelayServer(mode="starttls", users={USER: canary.PASSWORD})
+    standby = RelayServer(mode="starttls", users={USER: canary.PASSWORD}, ca=primary.ca)
+    with cluster(tmp_path) as c, primary, standby:
+        c.put_secret(NS, "relay-ca", {"ca.crt": primary.ca_pem})
+        c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+        yield c, primary, standby
+
+
+def test_published_record_failover_and_the_relay_in_use_failing(
+        relays: tuple[Cluster, RelayServer, RelayServer]) -> None:
+    c, primary, standby = relays
+    dead = refused_port()
+    spec = relay_spec(primary.port)
+    spec.update(startTLS=False, priority=0,
+                socketFactory={"class": "javax.net.ssl.SSLSocketFactory", "port": dead})
+    c.create_smtp(NS, "primary", spec)
+    backup = relay_spec(standby.port)
+    backup["priority"] = 10
+    c.create_smtp(NS, "standby", backup)
+    with OperatorProcess(c, "op", "--namespace", NS, "--metrics-port", "0") as op:
+        wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
+                 timeout=60)
+        assert condition(c.smtp(NS, "standby"), "Selected")["reason"] == "Standby"
+        data = wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
+        # 1. the connection that passed: the fallback to spec.port, not the refused port
+        assert data["SMTP_RELAY"] == f"{NS}/primary"
+        assert data["SMTP_PORT"] == str(primary.port) and data["SMTP_TLS_MODE"] == "starttls"
+        assert str(dead) not in data.values()
+        # 2. the TLS trust, the CA as PEM
+        assert data["SMTP_TLS_CA_PEM"] == primary.ca_pem
+        assert data["SMTP_TLS_SERVER_NAME"] == "localhost"
+        assert data["SMTP_TLS_VERIFY"] == "true" and data["SMTP_TLS_MIN_VERSION"] == "1.2"
+        assert data["SMTP_TLS_CERT_NOT_AFTER"].endswith("Z")
+        assert data["SMTP_READY"] == "true" and data["SMTP_LAST_SUCCESS"]
+        assert data["SMTP_PASSWORD"] == canary.PASSWORD
+        wait_for("ready metric", lambda: 'smtpctl_active_relay_ready{name="primary",'
+                 'namespace="mail"} 1.0' in metrics(op), timeout=20)
+        # the relay in use goes down; re-verify now: the standby takes over
+        primary.stop()
+        code, out = reverify(c, "primary")
+        assert code == 1 and "re-verification requested" in out and "Ready=False" in out
+        p = c.smtp(NS, "primary")
+        assert p is not None and p["status"]["active"]["health"] == "Failing"
+        assert p["status"]["lastHandledReconcileAt"]
+        wait_for("standby took over", lambda: selected(c, "standby"))
+        wait_for("published follows", lambda: (c.secret_data(NS, PUBLISHED) or {}).get(
+            "SMTP_RELAY") == f"{NS}/standby")
+        assert "Failover" in {e["reason"] for e in c.events(NS)}
+        # now the standby goes down too: no other relay is Ready
+        standby.stop()
+        code, out = reverify(c, "standby")
+        assert code == 1
+        sel = condition(c.smtp(NS, "standby"), "Selected")
+        assert sel["status"] == "True" and sel["reason"] == "ActiveRelayFailing"
+        wait_for("SMTP_READY false", lambda: (c.secret_data(NS, PUBLISHED) or {}).get(
+            "SMTP_READY") == "false")
+        assert "ActiveRelayFailing" in {e["reason"] for e in c.events(NS)
+                                        if e.get("type") == "Warning"}
+        wait_for("failing metric", lambda: 'smtpctl_active_relay_ready{name="standby",'
+                 'namespace="mail"} 0.0' in metrics(op), timeout=20)
+        assert "smtpctl_relay_certificate_expiry_timestamp_seconds" in metrics(op)
+        code, out = smtpctl("get", "active", "-n", NS, "-o", "env", "--require-ready",
+                            "--kubeconfig", str(c.kubeconfig))
+        assert code == 1 and "SMTP_READY='false'" in out
+
+
+def test_an_untested_password_is_never_published(
+        relays: tuple[Cluster, RelayServer, RelayServer]) -> None:
+    c, primary, _standby = relays
+    c.create_smtp(NS, "rot", relay_spec(primary.port))
+    rotated = canary.canary("rotated-wrong")
+    with OperatorProcess(c, "op", "--namespace", NS):
+        wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
+        c.put_secret(NS, "relay-password", {"password": rotated})  # the relay refuses it
+        wait_for("the rotation failed", lambda: condition(c.smtp(NS, "rot"), "Ready").get(
+            "reason") == "AuthenticationFailed", timeout=30)
+        msg = condition(c.smtp(NS, "rot"), "Ready")["message"]
+        assert "were not tested and are not handed out" in msg
+        assert (c.secret_data(NS, PUBLISHED) or {}).get("SMTP_PASSWORD") == canary.PASSWORD
+        c.core.delete_namespaced_secret(PUBLISHED, NS)  # lost (or deleted by someone)
+    with OperatorProcess(c, "op2", "--namespace", NS) as op:
+        wait_for("the refusal is logged", lambda: any(
+            r.get("msg", "").startswith("not publishing an untested value")
+            for r in op.logs()), timeout=30)
+        assert c.secret_data(NS, PUBLISHED) is None  # not republished with the wrong one
+        primary.users[USER] = rotated  # the server catches up with the rotation
+        code, out = reverify(c, "rot")
+        assert code == 0, out
+        wait_for("the tested new password is published", lambda: (c.secret_data(
+            NS, PUBLISHED) or {}).get("SMTP_PASSWORD") == rotated, timeout=30)
