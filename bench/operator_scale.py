@@ -1,4 +1,7 @@
-"""Operator benchmark against the API emulator: ``./dev bench operator [--count N ...]``.
+"""Operator benchmark against the API emulator: ``./dev bench operator_scale [--count N ...]``.
+
+(Named ``operator_scale``, not ``operator``: a ``bench/operator.py`` shadowed the standard
+library's ``operator`` module for every script run from ``bench/``.)
 
 Every process in its own interpreter, so none shares a GIL with what it measures: the API
 emulator (``tests/support/kube_emulator.py``, strict, with the generated CRDs so every write
@@ -67,7 +70,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-# bench/ is appended, never put first: this file would shadow the stdlib's operator module.
 sys.path.append(str(ROOT / "bench"))
 
 from fleet import PASSWORD, USER, Relay  # noqa: E402 - the relay in its own process
