@@ -680,17 +680,48 @@ def run_secrets(megabytes: int, count: int, concurrency: int, work: Path,
 
 # --- where the memory goes -------------------------------------------------------------------
 
-def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline,
-               top: int = 25) -> dict[str, Any]:
-    """The operator *in this process* under tracemalloc (the emulator and the relay in
-    theirs): after every resource is Ready, what holds the memory, by the operator's code
-    line that caused each allocation (the innermost frame in ``reconciler/`` outside the
-    JSON client, so a parsed response counts where it was asked for)."""
+def deep_size(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes reachable from ``obj`` (containers, instances, coroutine frames), each object
+    counted once (``seen``); modules, classes and functions are not followed."""
     import gc
-    import tracemalloc
+    import types
 
+    seen = set() if seen is None else seen
+    stack, total = [obj], 0
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+            types.MethodType, types.CodeType)
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, skip):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o, 0)
+        if isinstance(o, (str, bytes, int, float, bool)) or o is None:
+            continue
+        if isinstance(o, (asyncio.Task, types.CoroutineType, types.FrameType,
+                          types.GeneratorType, asyncio.Future)):
+            stack.extend(gc.get_referents(o))
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        else:
+            stack.extend(gc.get_referents(o))
+    return total
+
+
+def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> dict[str, Any]:
+    """The operator *in this process* (the emulator and the relay in theirs): after every
+    resource is Ready and the pass is over, the bytes each of its structures holds
+    (:func:`deep_size`, in the order listed, so shared objects count once, where first
+    reached) and the process's RSS before and after."""
+    import gc
+
+    from reconciler.runtimes.operator.controller import Controller
     from reconciler.runtimes.operator.main import run_operator
     from reconciler.runtimes.operator.settings import OperatorConfig
+    from reconciler.runtimes.operator.watching import Reflector
 
     emu = Emulator(work)
     relay = Relay()
@@ -702,51 +733,68 @@ def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline,
             kubeconfig=str(emu.kubeconfig), namespaces=[NS], lease_namespace=NS,
             identity="bench", health_port=-1, metrics_port=-1, allow_loopback=True,
             concurrency=concurrency, per_host=concurrency, version_key=b"bench-key")
-        rss0 = rss_peak_mb(os.getpid())
-        tracemalloc.start(30)
+        gc.collect()
+        rss_before = rss_now_mb()
         ready_watch = watch
 
-        async def main() -> tuple[tracemalloc.Snapshot, float]:
+        async def main() -> tuple[dict[str, int], float, float]:
             stop = asyncio.Event()
             task = asyncio.create_task(run_operator(config, stop=stop))
             ready_s = await asyncio.to_thread(ready_watch.wait, count, deadline.left(3600))
             await asyncio.sleep(5)  # the last passes' memo writes and Events
             gc.collect()
-            snap = tracemalloc.take_snapshot()
+            rss_ready = rss_now_mb()
+            ctl = next(o for o in gc.get_objects() if isinstance(o, Controller))
+            refl = [o for o in gc.get_objects() if isinstance(o, Reflector)]
+            seen: set[int] = set()
+            store = ctl.store
+            parts: dict[str, Any] = {
+                "store: cached bodies": store._cache,
+                "store: indexes (scope, selected)": (store._by_scope, store._selected),
+                "store: read-your-writes bookkeeping": (store._awaited, store._inflight),
+                "reflectors: known keys": [r._known for r in refl],
+                "workers (task, coroutine frames, wake event)": ctl.pool.workers,
+                "dependency index": ctl.index,
+                "secret cache": ctl.secrets,
+                "events: dedupe and rate-limit state": ctl.world.events,
+                "publisher": ctl.publisher,
+            }
+            # Shared objects (the loop, clients, the world) are not anyone's per-resource cost.
+            for shared in (ctl, store, ctl.world, ctl.pool, store.api, ctl.secrets.api,
+                           asyncio.get_running_loop(), *refl):
+                seen.add(id(shared))
+            sizes = {name: deep_size(obj, seen) for name, obj in parts.items()}
+            sample = next(iter(store._cache.values()), None)
+            (work / "sample-body.json").write_text(json.dumps(sample, indent=1))
+            sizes["(one cached body alone, its shared strings counted too)"] = \
+                deep_size(sample) * count
             stop.set()
             await task
-            return snap, ready_s
+            return sizes, ready_s, rss_ready
 
-        snap, ready_s = asyncio.run(main())
-        tracemalloc.stop()
+        sizes, ready_s, rss_ready = asyncio.run(main())
     finally:
         if watch is not None:
             watch.stop()
         relay.stop()
         emu.close()
-    skip = ("kubeapi.py", "kubetypes.py", "/json/", "tracemalloc", "bench/")
-    by_line: Counter[str] = Counter()
-    by_file: Counter[str] = Counter()
-    total = 0
-    for stat in snap.statistics("traceback"):
-        total += stat.size
-        where = "outside reconciler/"
-        for frame in reversed(stat.traceback):  # innermost first
-            name = frame.filename
-            if "/reconciler/" in name and not any(k in name for k in skip):
-                where = f"{name.split('/reconciler/', 1)[1]}:{frame.lineno}"
-                break
-        by_line[where] += stat.size
-        by_file[where.split(":")[0]] += stat.size
     per = 1024 * count
     return {
         "count": count, "ready_seconds": round(ready_s, 2),
-        "traced_mb": round(total / 2**20, 1), "traced_kb_per_resource": round(total / per, 2),
-        "rss_before_operator_mb": round(rss0, 1),
-        "rss_peak_mb_with_tracemalloc": round(rss_peak_mb(os.getpid()), 1),
-        "by_line_kb_per_resource": {k: round(v / per, 2) for k, v in by_line.most_common(top)},
-        "by_file_kb_per_resource": {k: round(v / per, 2) for k, v in by_file.most_common(top)},
+        "rss_before_operator_mb": round(rss_before, 1),
+        "rss_after_first_pass_mb": round(rss_ready, 1),
+        "rss_growth_kb_per_resource": round((rss_ready - rss_before) * 1024 / count, 2),
+        "kb_per_resource": {k: round(v / per, 2) for k, v in sizes.items()},
+        "structures_kb_per_resource": round(sum(v for k, v in sizes.items()
+                                                if not k.startswith("(")) / per, 2),
     }
+
+
+def rss_now_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # --- growth -------------------------------------------------------------------------------
@@ -829,7 +877,7 @@ def main() -> int:
                         help="the whole run's time budget (default 3 h)")
     parser.add_argument("--memory", type=int, default=None, metavar="N",
                         help="instead: where the operator's memory goes with N resources "
-                        "(tracemalloc, the operator in this process)")
+                        "(the operator in this process, its structures measured)")
     parser.add_argument("--unrelated-secrets-mb", type=int, action="append", default=None,
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
@@ -837,7 +885,9 @@ def main() -> int:
     deadline = Deadline(args.max_seconds)
     if args.memory is not None:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
-            mem = run_memory(args.memory, args.concurrency, Path(tmp_dir), deadline)
+            work = args.workdir or Path(tmp_dir)
+            work.mkdir(parents=True, exist_ok=True)
+            mem = run_memory(args.memory, args.concurrency, work, deadline)
         print(json.dumps(mem, indent=1))
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "memory": mem}, indent=1))
