@@ -45,6 +45,7 @@ PEERS: dict[str, Peer] = {p.name: p for p in (
          files=("/usr/share/java/jakarta-mail.jar", "/usr/share/java/jakarta-activation.jar")),
     Peer("iproute2", ("iproute2",), commands=("ss",)),
     Peer("setpriv", ("util-linux",), commands=("setpriv",)),
+    Peer("shellcheck", ("shellcheck",), commands=("shellcheck",)),  # hack/*.sh lint
 )}
 
 
