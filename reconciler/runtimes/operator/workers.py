@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from reconciler.runtimes.metrics import OperatorMetrics
+from reconciler.runtimes.operator.fairslots import FairSlots
 from reconciler.runtimes.operator.settings import ERROR_BACKOFF, ERROR_BACKOFF_MAX
 from reconciler.stores.base import ObjectRef, StoreError
 from reconciler.stores.kubeapi import ApiError
@@ -48,7 +49,9 @@ class WorkerPool:
         self.stopped = False
         # Workers that may run a pass at once.  Without it, 10,000 workers starting
         # together would each queue an announce write before any test could commit.
-        self._slots = asyncio.Semaphore(slots)
+        # Shared fairly between namespaces: one tenant's hung OAuth exchanges cannot hold
+        # every slot (fairslots.py, docs/security.md).
+        self._slots = FairSlots(max(2, slots))
 
     def ensure(self, ref: ObjectRef, generation: int) -> None:
         """Start a worker for ``ref``, or wake it when ``generation`` is new to it."""
@@ -85,7 +88,7 @@ class WorkerPool:
             self._busy += 1
             self._metrics.queue_depth.set(self._busy)
             try:
-                async with self._slots:
+                async with self._slots.acquire(ref.namespace):
                     delay = await self._pass(ref)
                 w.failures = 0
             except asyncio.CancelledError:
