@@ -71,6 +71,13 @@ class Relay:
         self.port, self.ca_pem = self._conn.recv()
 
     @property
+    def pid(self) -> int:
+        """The relay process (bench/operator.py reads its CPU time)."""
+        pid = self._proc.pid
+        assert pid is not None
+        return pid
+
+    @property
     def connections(self) -> int:
         self._conn.send("connections")
         n: int = self._conn.recv()
