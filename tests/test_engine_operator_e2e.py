@@ -193,10 +193,13 @@ def test_failback_after_the_delay_on_the_operators_own_schedule(
         wait_for("Failover and Failback events", lambda: {"Failover", "Failback"} <= {
             e["reason"] for e in c.events(NS)
             if (e.get("involvedObject") or {}).get("name") == "primary"})
-        data = wait_for("published follows", lambda: (
-            c.secret_data(NS, PUBLISHED) or {}).get("SMTP_RELAY") == f"{NS}/primary"
-            and c.secret_data(NS, PUBLISHED))
+        data = wait_for("published follows", lambda: _published_by(c, "primary"))
         assert data["SMTP_PORT"] == str(primary.port) and data["SMTP_READY"] == "true"
+
+
+def _published_by(c: Cluster, name: str) -> dict[str, str] | None:
+    data = c.secret_data(NS, PUBLISHED) or {}
+    return data if data.get("SMTP_RELAY") == f"{NS}/{name}" else None
 
 
 def _with_reason(c: dict[str, Any], reason: str) -> dict[str, Any] | None:
