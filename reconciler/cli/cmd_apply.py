@@ -35,6 +35,7 @@ from reconciler.cli.localcmd import (
     run_locked,
     sort_key,
 )
+from reconciler.cli.trust import add_egress_options, egress_from_args
 
 HELP = "apply manifests to the local store and test what changed (Test Connection And Save)"
 CACHE_TAG = "smtpctl.input/v2"
@@ -56,6 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="keep running: re-verify on refreshInterval, re-apply on file "
                         "changes (lines with timestamps)")
     add_limits(parser)
+    add_egress_options(parser)
     add_lock_timeout(parser)
     add_output(parser, ("text", "wide", "json", "yaml", "name"))
 
@@ -176,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
         return _usage(args, result, "--concurrency and --per-host must be at least 1")
     if args.watch and _structured(args):
         return _usage(args, result, "--watch prints a log: use -o text (or wide)")
+    try:
+        args.egress = egress_from_args(args)
+    except ValueError as exc:
+        return _usage(args, result, str(exc))
     raw = inputs.read(args.files)
     sd = state_dir(args)
     store = None
@@ -278,7 +284,8 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
     from reconciler.cli.localcmd import refresh_floor
 
     world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
-                        policy=policy_from_args(args), refresh_floor=refresh_floor(args))
+                        policy=policy_from_args(args), refresh_floor=refresh_floor(args),
+                        egress=args.egress)
     with progress:
         outcome = await apply_manifests(store, world, manifests, prune=args.prune,
                                         progress=progress)
@@ -472,3 +479,4 @@ def _print_messages(result: Any, *, command: str) -> None:
                     for x in result.events[:result.events.index(e)]):
                 continue  # the same failover is recorded on both relays: show it once
             print(f"selection: {e['namespace']}: {e['reason']}: {e['message']}")
+
