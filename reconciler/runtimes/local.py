@@ -42,10 +42,10 @@ from pydantic import ValidationError
 from reconciler.credentials.policy import SourcePolicy, stamp_manifest
 from reconciler.engine.assess import render_validation_error
 from reconciler.engine.backoff import ErrorBackoff
-from reconciler.engine.policy import REFRESH_FLOOR
 from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
 from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
+from reconciler.refresh import REFRESH_FLOOR
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
 from reconciler.secret import Secret
 from reconciler.stores.base import Event, ObjectRef, StoredObject, StoreError
