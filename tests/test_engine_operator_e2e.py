@@ -105,7 +105,9 @@ def test_published_record_failover_and_the_relay_in_use_failing(
     with OperatorProcess(c, "op", "--namespace", NS, "--metrics-port", "0") as op:
         wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
                  timeout=60)
-        assert condition(c.smtp(NS, "standby"), "Selected")["reason"] == "Standby"
+        # the standby's Selected condition follows its verdict in a second write
+        wait_for("standby waits", lambda: _with_reason(
+            condition(c.smtp(NS, "standby"), "Selected"), "Standby"))
         data = wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
         # 1. the connection that passed: the fallback to spec.port, not the refused port
         assert data["SMTP_RELAY"] == f"{NS}/primary"
