@@ -158,8 +158,8 @@ def test_apply_shows_warnings_with_their_action(e2e: Env, closed_port: int) -> N
     with RelayServer(mode="plain", auth_required=False) as plain:
         fallback = e2e.smtp("f", port=plain.port, startTLS=False, authentication="None",
                             socketFactory={"class": "javax.net.ssl.SSLSocketFactory",
-                                           "port": closed_port, "fallback": True},
-                            **{"from": "app@example.test"})
+                                           "port": closed_port, "fallback": True})
+        fallback["spec"]["from"] = "app@example.test"
         del fallback["spec"]["username"], fallback["spec"]["passwordFrom"]
         f = e2e.write("w.yaml", unverified, fallback)
         code, out = e2e.cli("apply", "-f", str(f))
