@@ -60,6 +60,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import hashlib
 import json
 import secrets
 import ssl
@@ -85,6 +86,7 @@ from tests.support.kube_auth import (
     authorize,
     cert_subject,
     forbidden_message,
+    query_bool,
     request_info,
 )
 from tests.support.kube_crd import default_crd, validate_crd
@@ -116,6 +118,7 @@ class Kind:
         if self.fields_type is None:
             self.fields_type = kube_ssa.crd_type(self.schema.schema) if self.schema \
                 is not None else kube_ssa.builtin_type(self.group, self.kind)
+        reset: kube_ssa.FieldSet
         if subresource == "status":
             reset = frozenset([(("f", "metadata"),), (("f", "spec"),)])
         elif self.status_subresource:
@@ -553,7 +556,7 @@ class KubeEmulator(KubernetesEmulator):
         # default is 1 MiB, which would refuse a Secret the server accepts.
         raw_request._client_max_size = MAX_REQUEST_BODY
         if not raw_request.path.startswith("/_emulator"):
-            watch = raw_request.query.get("watch", "").lower() in ("1", "true")
+            watch = query_bool(raw_request.query.get("watch"))
             key = f"{raw_request.method} {'watch' if watch else 'call'}"
             self._requests_by_method[key] = self._requests_by_method.get(key, 0) + 1
         if len(self._requests) > self.request_log_limit:  # keep the newest half
@@ -624,11 +627,18 @@ class KubeEmulator(KubernetesEmulator):
                 return None
             return {"kind": "APIGroup", "apiVersion": "v1", **group_obj(parts[1], groups[parts[1]])}
         if path == "/openapi/v3":
+            # kube-openapi's handler3: each group-version's URL carries the hash of its
+            # document (upper-case hex SHA-512), so a client's cache keyed by URL (kubectl's
+            # ~/.kube/cache/http) never serves another spec for the same URL, even from
+            # another server on a reused port (before: the resourceVersion, equal across
+            # emulators after the same number of writes).
             out: Obj = {"paths": {}}
             for g, versions in self._group_versions().items():
                 for v in versions:
                     key = f"apis/{g}/{v}" if g else f"api/{v}"
-                    out["paths"][key] = {"serverRelativeURL": f"/openapi/v3/{key}?hash={self._rv}"}
+                    doc = kube_api.openapi_v3(g, v, self._kinds_of(g, v), {})
+                    digest = hashlib.sha512(json.dumps(doc).encode()).hexdigest().upper()
+                    out["paths"][key] = {"serverRelativeURL": f"/openapi/v3/{key}?hash={digest}"}
             return out
         if path.startswith("/openapi/v3/api"):
             rest = path.removeprefix("/openapi/v3/").split("/")
@@ -668,17 +678,22 @@ class KubeEmulator(KubernetesEmulator):
 
     def _direct(self, request: rendering.Request) -> Callable[[rendering.Request], Any] | None:
         action = request.action
-        if action == enums.action.WATCH or (
-                request.method == enums.method.GET
-                and str(request.params.get("watch", "")).lower() in ("1", "true")):
-            return self._serve_watch
+        if request.method == enums.method.GET:
+            # RequestInfoFactory and ListResource: a collection GET is a watch when its
+            # first ``watch`` value reads as true (query_bool: watch=1, watch=True,
+            # watch=yes, watch=); a GET of one object is a get whatever ``watch`` says
+            # (kmock calls ``?watch=true`` a WATCH even with a name).
+            if request.name is not None:
+                return self._serve_fetch
+            return self._serve_watch if query_bool(request.url.query.get("watch")) \
+                else self._serve_list
         if request.method == enums.method.PUT and request.name is not None:
             return self._serve_replace
         return {
             enums.action.LIST: self._serve_list, enums.action.FETCH: self._serve_fetch,
             enums.action.CREATE: self._serve_create, enums.action.UPDATE: self._serve_update,
             enums.action.DELETE: self._serve_delete,
-        }.get(action) if action is not None else None  # type: ignore[return-value]
+        }.get(action) if action is not None else None
 
     async def _render_error(self, exc: Exception) -> Any:
         import aiohttp.web
@@ -788,7 +803,7 @@ class KubeEmulator(KubernetesEmulator):
         params = request.params
         timeout = float(params.get("timeoutSeconds") or 0) or None
         raw_rv = params.get("resourceVersion")
-        initial = params.get("sendInitialEvents") == "true"
+        initial = query_bool(request.url.query.get("sendInitialEvents"))
         yield b""  # send the headers now: a watch with nothing to say is still a stream
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
@@ -971,7 +986,7 @@ class KubeEmulator(KubernetesEmulator):
             agent = (request.headers.get("User-Agent") or "").split("/")[0]
             manager = "".join(c for c in agent if c.isprintable())[:FIELD_MANAGER_MAX]
         return _WriteCtx(manager=manager, field_validation=validation, dry_run=bool(dry_run),
-                         force=str(params.get("force", "")).lower() == "true")
+                         force=query_bool(request.url.query.get("force")))
 
     def _respond(self, ctx: _WriteCtx, obj: Obj, status: int = 200) -> Any:
         headers = {"Warning": ", ".join(_warning_header(w) for w in ctx.warnings)} \
@@ -1306,13 +1321,13 @@ class KubeEmulator(KubernetesEmulator):
         if new == old or ctx.dry_run:
             return old if new == old else new  # a no-op write is not a write
         new["metadata"]["resourceVersion"] = self._next_rv()
-        key = (old_meta.get("namespace", ""), old_meta["name"])
-        self._data[kind.key][key] = new
+        obj_key = (str(old_meta.get("namespace", "")), str(old_meta["name"]))
+        self._data[kind.key][obj_key] = new
         self._record(kind, "MODIFIED", new, old)
         if kind.plural == "customresourcedefinitions" and new.get("spec") != old.get("spec"):
             self._serve_crd(new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-            self._remove(kind, key)
+            self._remove(kind, obj_key)
         return new
 
     def _remove(self, kind: Kind, key: tuple[str, str]) -> Obj:
