@@ -335,6 +335,86 @@ async def drive(emu: EmulatorProcess, count: int, concurrency: int) -> dict[str,
             "watch_events_delivered": dict(seen)}
 
 
+# --- part 3: small requests while big ones run -----------------------------------------
+
+
+LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+async def fairness(emu: EmulatorProcess, count: int, rounds: int) -> dict[str, Any]:
+    """Lease renewals (GET + PUT, back to back, on their own connection, as a leader's)
+    while big requests run: two full LISTs of ``count`` ExternalSmtps (with status, as
+    kopf lists after a restart, no ``limit``) and a watch that replays them all.  Renewal
+    latency (wall ms, p50 / p99 / max) against how long the big requests took."""
+    limits = httpx.Limits(max_connections=8)
+    async with httpx.AsyncClient(base_url=emu.url, timeout=600, limits=limits,
+                                 **emu.http) as http, \
+            httpx.AsyncClient(base_url=emu.url, timeout=600, **emu.http) as leader:
+        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
+        r.raise_for_status()
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            async with sem:
+                made = await http.post(BASE, json=smtp_body(i))
+                made.raise_for_status()
+                obj = made.json()
+                obj["status"] = status_body(obj, 1)
+                put = await http.put(f"{BASE}/relay-{i:05d}/status", json=obj,
+                                     params={"fieldManager": "smtpctl-operator"})
+                put.raise_for_status()
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        lease = await leader.post(LEASES, json={
+            "metadata": {"name": "leader"},
+            "spec": {"holderIdentity": "bench", "leaseDurationSeconds": 15}})
+        lease.raise_for_status()
+        latencies: list[float] = []
+        big_ms: list[float] = []
+        for _ in range(rounds):
+            done = asyncio.Event()
+
+            async def full_list() -> None:
+                t0 = time.monotonic()
+                body = (await http.get(BASE)).json()
+                assert len(body["items"]) == count
+                big_ms.append((time.monotonic() - t0) * 1000)
+
+            async def replay() -> None:
+                t0 = time.monotonic()
+                seen = 0
+                async with http.stream("GET", BASE, params={"watch": "1"}) as w:
+                    async for line in w.aiter_lines():
+                        seen += bool(line.strip())
+                        if seen == count:
+                            break
+                big_ms.append((time.monotonic() - t0) * 1000)
+
+            async def renew(done: asyncio.Event) -> None:
+                while not done.is_set():
+                    t0 = time.monotonic()
+                    cur = (await leader.get(f"{LEASES}/leader")).json()
+                    cur["spec"]["renewTime"] = "2026-12-01T08:00:00.000000Z"
+                    (await leader.put(f"{LEASES}/leader", json=cur)).raise_for_status()
+                    latencies.append((time.monotonic() - t0) * 1000)
+
+            renewer = asyncio.create_task(renew(done))
+            await asyncio.gather(full_list(), full_list(), replay())
+            done.set()
+            await renewer
+        return {"count": count, "rounds": rounds, "renewals": len(latencies),
+                "renewal_ms_p50": round(_percentile(latencies, 0.5), 1),
+                "renewal_ms_p99": round(_percentile(latencies, 0.99), 1),
+                "renewal_ms_max": round(max(latencies), 1),
+                "big_request_ms_median": round(statistics.median(big_ms), 1),
+                "big_request_ms_max": round(max(big_ms), 1)}
+
+
 # --- profile summary --------------------------------------------------------------------
 
 BUCKETS = (  # first match wins, checked on every frame of a stack, innermost first
@@ -401,8 +481,29 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None,
                         help="run the emulator under py-spy; keep its stacks in this dir")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--fairness-count", type=int, default=3000,
+                        help="ExternalSmtps listed and replayed while a Lease is renewed "
+                             "(default 3000; 0 skips that part)")
+    parser.add_argument("--fairness-rounds", type=int, default=3)
+    parser.add_argument("--only-fairness", action="store_true",
+                        help="run only the Lease-renewal part")
     args = parser.parse_args()
     out: dict[str, Any] = {"machine": machine()}
+    if args.fairness_count:
+        print(f"== Lease renewals while {args.fairness_count} ExternalSmtps are listed and "
+              "replayed", flush=True)
+        with tempfile.TemporaryDirectory(prefix="smtpctl-bench-emulator-") as tmp:
+            emu = EmulatorProcess(Path(tmp), None)
+            try:
+                out["fairness"] = asyncio.run(fairness(emu, args.fairness_count,
+                                                       args.fairness_rounds))
+            finally:
+                emu.close()
+        print(json.dumps(out["fairness"], indent=1), flush=True)
+    if args.only_fairness:
+        if args.json is not None:
+            args.json.write_text(json.dumps(out, indent=1))
+        return 0
     print("== CEL per ExternalSmtp write", flush=True)
     out["cel"] = cel_cost(args.cel_writes, args.runs)
     print(json.dumps(out["cel"], indent=1), flush=True)
