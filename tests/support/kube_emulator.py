@@ -46,8 +46,8 @@ semantics with the documented API server behaviour:
   are deleted; one with a live owner loses the dangling reference; ``Orphan`` keeps them.
 
 Known gaps (documented in docs/operator.md): no admission webhooks, strategic-merge
-patches of built-in kinds are treated as JSON merge patches, paginated lists read the
-current state rather than a snapshot, built-in kinds accept unknown fields.
+patches of built-in kinds are treated as JSON merge patches, a ``continue`` page reads the
+state of its own instant, built-in kinds accept unknown fields.
 """
 
 from __future__ import annotations
