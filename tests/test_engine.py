@@ -7,7 +7,7 @@ real relay.  The store is the real SQLite store in a temporary directory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ def doc(name: str, host: str, *, selected: bool = False, port: int = 587) -> dic
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> tuple[LocalStore, Fake, BasicWorld]:
+def env(tmp_path: Path) -> Iterator[tuple[LocalStore, Fake, BasicWorld]]:
     store = LocalStore(tmp_path / "state")
     fake = Fake()
     world = BasicWorld(store=store, resolve_fn=fake.resolve, probe_fn=fake.probe,
@@ -103,6 +103,11 @@ def status(store: LocalStore, name: str) -> dict[str, Any]:
     obj = store.get_sync(ObjectRef("ExternalSmtp", "default", name))
     assert obj is not None
     return obj.status
+
+
+def must(c: dict[str, Any] | None) -> dict[str, Any]:
+    assert c is not None
+    return c
 
 
 def ready(st: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +158,7 @@ async def test_last_known_good_and_stalled(env: Any) -> None:
     assert "generation 1 remains in use" in ready(st)["message"]
     assert st["activeGeneration"] == 1 and st["active"]["host"] == "good.test"
     assert st["selected"] is True  # last-known-good stays selected
-    assert cond.find(st["conditions"], cond.STALLED)["status"] == "True"
+    assert must(cond.find(st["conditions"], cond.STALLED))["status"] == "True"
     assert cond.find(st["conditions"], cond.RECONCILING) is None
     assert ready(st)["observedGeneration"] == 2
     # permanent failure: re-verified at refreshInterval, not earlier
@@ -167,9 +172,9 @@ async def test_never_ready_is_never_active(env: Any) -> None:
     fake.outcome["bad.test"] = "ConnectionRefused"
     r = (await apply(store, world, doc("a", "bad.test", selected=True)))["a"]
     assert r.status.get("activeGeneration") is None and r.status["selected"] is False
-    assert cond.find(r.status["conditions"], cond.SELECTED)["reason"] == "NotReady"
+    assert must(cond.find(r.status["conditions"], cond.SELECTED))["reason"] == "NotReady"
     # transient: Reconciling stays True, backoff requeue
-    assert cond.find(r.status["conditions"], cond.RECONCILING)["status"] == "True"
+    assert must(cond.find(r.status["conditions"], cond.RECONCILING))["status"] == "True"
     assert cond.find(r.status["conditions"], cond.STALLED) is None
     assert r.requeue_after == pytest.approx(backoff_delay(1, "ExternalSmtp/default/a"))
     fake.now += r.requeue_after + 1
@@ -184,7 +189,7 @@ async def test_selection_conflict_failover_and_delete(env: Any) -> None:
     fake.now += 5
     await apply(store, world, doc("new", "b.test", selected=True))
     assert status(store, "old")["selected"] is True
-    new = cond.find(status(store, "new")["conditions"], cond.SELECTED)
+    new = must(cond.find(status(store, "new")["conditions"], cond.SELECTED))
     assert new["status"] == "False" and new["reason"] == "SelectionConflict"
     assert "'old'" in new["message"]
     # the active one fails while another requested one is Ready: failover
@@ -208,7 +213,7 @@ async def test_credentials_error_is_reported_without_test(env: Any) -> None:
     r = (await apply(store, world, doc("a", "relay.test")))["a"]
     assert not r.tested and r.action == "blocked" and fake.calls == []
     assert ready(r.status)["reason"] == "EnvVarNotSet"
-    assert cond.find(r.status["conditions"], cond.SELECTED)["reason"] == "NotRequested"
+    assert must(cond.find(r.status["conditions"], cond.SELECTED))["reason"] == "NotRequested"
     fake.missing_env = False
     r = (await apply(store, world, doc("a", "relay.test")))["a"]
     assert r.tested and ready(r.status)["status"] == "True"
@@ -221,7 +226,7 @@ async def test_invalid_stored_manifest_is_stalled(env: Any) -> None:
     r = (await apply(store, world, bad))["a"]
     assert r.action == "invalid" and r.requeue_after is None
     assert ready(r.status)["reason"] == "InvalidSpec"
-    assert cond.find(r.status["conditions"], cond.STALLED)["status"] == "True"
+    assert must(cond.find(r.status["conditions"], cond.STALLED))["status"] == "True"
 
 
 def test_choose_rule() -> None:
@@ -320,7 +325,7 @@ async def test_no_inheritance_across_an_interrupted_test(env: Any) -> None:
     await apply(store, world, doc("a", "relay.test"))
     (u,) = store.upsert_many([doc("a", "relay.test", port=2525)])
     await store.update_status(u.obj.ref, lambda cur: StatusWrite(
-        _testing_status(cur, cur.generation, True, fake.now), cur.memo))
+        dict(_testing_status(cur, cur.generation, True, fake.now)), cur.memo))
     r = (await apply(store, world, doc("a", "relay.test")))["a"]
     assert r.tested and len(fake.calls) == 2
     assert r.status["observedGeneration"] == 3 and ready(r.status)["status"] == "True"

@@ -109,7 +109,7 @@ async def test_plan_and_reconcile_agree_on_the_decision(env: Any) -> None:
     fake.password_version = "h:1"
     item = await plan_one(changed, stored, world)
     assert not item.test and "only untested fields changed" in item.why
-    assert (await reconcile(stored.ref, world)).action == ReconcileAction.SKIPPED  # type: ignore[union-attr]
+    assert (await reconcile(stored.ref, world)).action == ReconcileAction.SKIPPED
     fake.now += 4000
     item = await plan_one(doc("a", "relay.test"), stored, world)
     assert item.test and item.why == "re-verification due"

@@ -109,6 +109,9 @@ async def test_failover_when_the_relay_in_use_fails_reverification(env: Any) -> 
     assert sel_reason(store, "primary") == "NotReady"
     assert sel_reason(store, "standby") == "Active"
     assert "Failover" in events(store, "standby") and "Failover" in events(store, "primary")
+    # the standby took over: the relay in use is not failing, so no ActiveRelayFailing
+    # Warning (failed before: it was emitted with the verdict, before selection moved)
+    assert "ActiveRelayFailing" not in events(store, "primary")
 
 
 async def test_relay_in_use_failing_without_standby_has_its_own_reason(env: Any) -> None:
@@ -293,3 +296,22 @@ def test_validate_accepts_a_primary_and_a_standby(tmp_path: Path) -> None:
     assert code == 1
     [w] = report["errors"]
     assert "same priority (0)" in w["message"] and w["path"] == "spec.selected"
+
+
+def test_validate_warns_about_refresh_intervals_that_log_in_too_often(tmp_path: Path) -> None:
+    """The same rule as the engine's status warnings (reconciler.refresh)."""
+    def manifest(name: str, host: str, interval: str) -> dict[str, Any]:
+        d = doc(name, host)
+        d["spec"].update(passwordFrom={"env": "SMTP_PASSWORD"}, refreshInterval=interval,
+                         **{"from": "app@example.com"})
+        return d
+
+    f = tmp_path / "r.yaml"
+    f.write_text(yaml.safe_dump_all([manifest("zero", "relay.example.com", "0s"),
+                                     manifest("gmail", "smtp.gmail.com", "5m"),
+                                     manifest("fine", "smtp.gmail.com", "30m")]))
+    code, report = run_validate("-f", str(f))
+    assert code == 1  # warnings are errors under --strict
+    found = {(d["name"], "floor" in d["message"], "throttles logins" in d["message"])
+             for d in report["errors"]}
+    assert found == {("zero", True, False), ("gmail", False, True)}, report

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -52,7 +53,7 @@ def test_statuses_match_the_schema(e2e: Env, monkeypatch: pytest.MonkeyPatch) ->
     assert seen == len(docs)
 
 
-def _props(schema: dict, node: dict) -> dict:
+def _props(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     if "$ref" in node:
         node = schema["$defs"][node["$ref"].split("/")[-1]]
     return node
@@ -67,7 +68,7 @@ def test_typed_status_keys_agree_with_the_schema() -> None:
     prov = json.loads((ROOT / "schemas" / "oauth2provider.v1alpha1.json").read_text())
     s_status = smtp["$defs"]["ExternalSmtpStatus"]
     active = s_status["properties"]["active"]
-    pairs = [
+    pairs: list[tuple[Any, dict[str, Any]]] = [
         (types.SmtpStatus, s_status),
         (types.ProviderStatus, prov["$defs"]["OAuth2ProviderStatus"]),
         (types.Condition, smtp["$defs"]["Condition"]),

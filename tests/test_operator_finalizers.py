@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.credentials.policy import SourcePolicy
 from reconciler.resources import SecretRef
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.operator import finalizers
@@ -41,7 +42,7 @@ async def env() -> AsyncIterator[tuple[KubeEmulator, Parts]]:
         config = OperatorConfig(namespaces=["default"], leader_election=False)
         creds = Credentials(server=url, token=emu.admin_token,
                             ssl_context=emu.client_ssl_context())
-        parts = build(config, OperatorMetrics(), creds)
+        parts = build(config, OperatorMetrics(), creds, version_key=b"test-version-key")
         try:
             yield emu, parts
         finally:
@@ -184,3 +185,34 @@ def test_events_are_deduplicated_and_rate_limited_per_object() -> None:
     assert 'smtpctl_events_suppressed_total{reason="AuthenticationFailed",type="Warning"} 1.0' \
         in text
     assert 'smtpctl_events_suppressed_total{reason="TestFailed",type="Warning"} 26.0' in text
+
+
+async def test_secret_versions_use_the_key_passed_not_process_state(env: Any,
+                                                                    monkeypatch: Any) -> None:
+    """The version key reaches every secret source explicitly: two operators in one
+    process (different keys) hash the same value differently, and the process-wide
+    fallback key (what `set_version_key` installs) plays no part."""
+    import reconciler.secret as secret_module
+    from reconciler.runtimes.operator.main import build_sources
+    from reconciler.secret import keyed_version
+
+    _emu, parts = env
+    api = parts.api
+    await api.post(resource_path("v1", "secrets", "default"), {
+        "metadata": {"name": "pw"}, "data": {"password": base64.b64encode(b"s3cret").decode()}})
+    monkeypatch.delenv("SMTPCTL_VERSION_KEY", raising=False)
+    monkeypatch.setattr(secret_module, "_version_key", b"process-wide-key")
+    ref = SecretRef.model_validate({"secretKeyRef": {"name": "pw", "key": "password"}})
+    versions = []
+    for key in (b"key-a", b"key-b"):
+        secrets = KubeSecrets(api, referenced=lambda ns, name: True, version_key=key)
+        got = await secrets.resolve(ref, "default")
+        assert got.version == "k8s:" + keyed_version("s3cret", key=key)
+        versions.append(got.version)
+        monkeypatch.setenv("OP_TEST_ENV_SECRET", "s3cret")
+        router = build_sources(secrets, SourcePolicy.open())
+        env_ref = SecretRef.model_validate({"env": "OP_TEST_ENV_SECRET"})
+        assert (await router.resolve(env_ref, "default")).version == \
+            "env:" + keyed_version("s3cret", key=key)
+    assert versions[0] != versions[1]
+    assert "k8s:" + keyed_version("s3cret", key=b"process-wide-key") not in versions

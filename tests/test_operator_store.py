@@ -17,6 +17,7 @@ from reconciler.runtimes.leader import LeaseElector
 from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, TestMemo
 from reconciler.stores.kube import MEMO_ANNOTATION, KubeStore
 from reconciler.stores.kubeapi import Credentials, KubeApi, NotFound, Unreachable, resource_path
+from reconciler.stores.kubetypes import KubeObject, as_object
 from tests.support.kube_emulator import KubeEmulator, running_emulator
 from tests.support.kube_operator import standin_crd
 
@@ -165,3 +166,80 @@ async def test_api_errors_carry_status_not_bodies(kube: Any) -> None:
         await unreachable.get("/api")
     assert unr.value.code == 0
     await unreachable.close()
+
+
+# --- resourceVersions are opaque: stale watch events are recognised by identity ---------
+
+def _body(rv: str, *, generation: int = 1, uid: str = "u1",
+          status: dict[str, Any] | None = None) -> KubeObject:
+    return as_object({"apiVersion": API, "kind": "ExternalSmtp",
+            "metadata": {"name": "relay", "namespace": "default", "uid": uid,
+                         "resourceVersion": rv, "generation": generation},
+            "spec": {}, "status": status or {}})
+
+
+def test_events_older_than_our_write_are_dropped_without_ordering_versions() -> None:
+    # Versions that sort the wrong way as numbers and as strings: only identity may count.
+    store = KubeStore(KubeApi(Credentials(server="https://127.0.0.1:1")))
+    assert store.observe(_body("z9", status={"n": 1}), listed=True)
+    with store._writing(("ExternalSmtp", "default", "relay")) as seen:
+        pass  # our write returned "a1"; its watch event has not arrived yet
+    store._wrote(("ExternalSmtp", "default", "relay"), _body("a1", status={"n": 3}), seen)
+    # The event of an earlier write ("m5") arrives after our response: older, dropped.
+    assert not store.observe(_body("m5", status={"n": 2}))
+    assert store.cached(REF)["status"] == {"n": 3}  # type: ignore[index]
+    # Our write's own event: the wait is over, later events are taken again.
+    assert store.observe(_body("a1", status={"n": 3}))
+    assert store.observe(_body("0", status={"n": 4}))
+    assert store.cached(REF)["status"] == {"n": 4}  # type: ignore[index]
+
+
+def test_our_event_before_our_response_does_not_block_later_events() -> None:
+    store = KubeStore(KubeApi(Credentials(server="https://127.0.0.1:1")))
+    key = ("ExternalSmtp", "default", "relay")
+    store.observe(_body("10", status={"n": 1}), listed=True)
+    with store._writing(key) as seen:
+        # The watch delivers our write ("11") and someone else's ("12") before our
+        # response is read.
+        assert store.observe(_body("11", status={"n": 2}))
+        assert store.observe(_body("12", status={"n": 9}))
+    store._wrote(key, _body("11", status={"n": 2}), seen)
+    assert store.cached(REF)["status"] == {"n": 9}  # type: ignore[index]  # not regressed
+    assert store.observe(_body("13", status={"n": 10}))  # and nothing is waited for
+
+
+def test_the_wait_for_our_event_ends_on_relist_generation_uid_or_deletion() -> None:
+    store = KubeStore(KubeApi(Credentials(server="https://127.0.0.1:1")))
+    key = ("ExternalSmtp", "default", "relay")
+    store.observe(_body("1"), listed=True)
+    store._wrote(key, _body("3"), [])
+    assert not store.observe(_body("2"))
+    assert store.observe(_body("4", generation=2))  # a newer generation is newer
+    store._wrote(key, _body("6", generation=2), [])
+    assert store.observe(_body("5", generation=2), listed=True)  # a re-list is the truth
+    store._wrote(key, _body("8", generation=2), [])
+    assert store.observe(_body("1", uid="u2"))  # deleted and created again
+    store._wrote(key, _body("9", uid="u2"), [])
+    store.forget(REF)
+    assert store.observe(_body("2", uid="u3"))
+    # The safety net: an event never delivered does not freeze the object forever.
+    now = [0.0]
+    store.clock = lambda: now[0]
+    store._wrote(key, _body("11", uid="u3"), [])
+    assert not store.observe(_body("10", uid="u3"))
+    now[0] = 61.0
+    assert store.observe(_body("12", uid="u3"))
+
+
+async def test_status_write_then_stale_watch_event_keeps_our_write(kube: Any) -> None:
+    _emu, api = kube
+    created = await _create(api)
+    store = KubeStore(api)
+    await store.prime()
+    out = await store.update_status(
+        REF, lambda cur: StatusWrite(status={"observedGeneration": 1}, memo=None))
+    assert out is not None
+    # The watch now delivers the creation event (older than our write): dropped.
+    created.setdefault("kind", "ExternalSmtp")
+    assert not store.observe(as_object(created))
+    assert store.cached(REF)["status"] == {"observedGeneration": 1}  # type: ignore[index]

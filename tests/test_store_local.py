@@ -14,8 +14,16 @@ import pytest
 
 from reconciler.secret import keyed_version
 from reconciler.stores import local as local_mod
-from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, TestMemo, TestRecord
-from reconciler.stores.local import LocalStore, LockTimeout, StoreError
+from reconciler.stores.base import (
+    Event,
+    ObjectRef,
+    StatusWrite,
+    StoredObject,
+    StoreError,
+    TestMemo,
+    TestRecord,
+)
+from reconciler.stores.local import LocalStore, LockTimeout
 
 
 def doc(name: str, port: int = 587, **meta: Any) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="connection tests at once against one relay host")
     parser.add_argument("--no-announce-testing", dest="announce_testing",
                         action="store_false",
-                        help="skip the Reconciling=True write before each test")
+                        help="never write Reconciling=True for a test in flight (by "
+                        "default: before a test of a same-generation change, and during "
+                        "a test running longer than 5 s)")
     parser.add_argument("--allow-loopback", action="store_true",
                         help="allow connection tests to loopback addresses (off in a pod)")
     add_security_options(parser)

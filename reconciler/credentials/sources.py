@@ -12,6 +12,10 @@ is safe to store, so the engine can notice a rotated secret without keeping the 
   ``resourceVersion`` is opaque and changes with *any* key, so it is not used: editing one
   key of a Secret does not re-test relays that use another).
 
+The hash key (``version_key=``) is passed to each source explicitly by the runtime that
+owns it (the operator's shared Secret, the local state directory's key file); ``None``
+falls back to :func:`reconciler.secret.keyed_version`'s process key.
+
 Decisions where the issue is silent:
 
 * An empty value (empty file, empty variable, empty Secret key) is rejected with
@@ -44,6 +48,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import os
 import stat
@@ -96,9 +101,11 @@ def _check_value(value: str, what: str) -> None:
 class EnvSource:
     """``env: NAME``: a variable of the reconciler's own environment (read-only)."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None, *,
+                 version_key: bytes | None = None) -> None:
         # None: read os.environ at resolution time (so a changed variable is seen).
         self._environ = environ
+        self._key = version_key
 
     async def resolve(self, ref: SecretRef, namespace: str) -> Resolved:
         name = _require(ref.env, ref, "env")
@@ -108,7 +115,7 @@ class EnvSource:
             raise CredentialError("EnvVarNotSet", f"environment variable {name} is not set")
         _check_value(raw, f"environment variable {name}")
         value = Secret(raw)
-        return Resolved(value=value, version="env:" + keyed_version(value))
+        return Resolved(value=value, version="env:" + keyed_version(value, key=self._key))
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         raise CredentialError(
@@ -123,8 +130,10 @@ class EnvSource:
 class FileSource:
     """``file: PATH``: a local file, e.g. a mounted Kubernetes Secret volume key."""
 
-    def __init__(self, base_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, base_dir: str | os.PathLike[str] | None = None, *,
+                 version_key: bytes | None = None) -> None:
         self._base = Path(base_dir) if base_dir is not None else None
+        self._key = version_key
 
     def path_of(self, ref: SecretRef) -> Path:
         """The file a reference names (relative to the working directory or ``base_dir``)."""
@@ -182,7 +191,7 @@ class FileSource:
         text = trim_newline(text)
         _check_value(text, f"file {path}")
         value = Secret(text)
-        return Resolved(value=value, version=_file_version(st, value))
+        return Resolved(value=value, version=_file_version(st, value, self._key))
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         return await asyncio.to_thread(self._write_sync, self.path_of(ref), value)
@@ -217,11 +226,11 @@ class FileSource:
                 "RefreshTokenNotPersisted",
                 f"file {path} cannot be written ({exc.strerror or type(exc).__name__})",
             ) from None
-        return _file_version(os.stat(path), value)
+        return _file_version(os.stat(path), value, self._key)
 
 
-def _file_version(st: os.stat_result, value: Secret) -> str:
-    return f"file:{st.st_ino}:{st.st_mtime_ns}:{keyed_version(value)}"
+def _file_version(st: os.stat_result, value: Secret, key: bytes | None = None) -> str:
+    return f"file:{st.st_ino}:{st.st_mtime_ns}:{keyed_version(value, key=key)}"
 
 
 def _check_mode(path: Path, real: Path, st: os.stat_result, *, public: bool) -> None:
@@ -264,9 +273,11 @@ class KubeSecretSource:
     """
 
     def __init__(
-        self, api_client_factory: ApiClientFactory, *, timeout_seconds: float = 10
+        self, api_client_factory: ApiClientFactory, *, timeout_seconds: float = 10,
+        version_key: bytes | None = None,
     ) -> None:
         self._factory = api_client_factory
+        self._key = version_key
         self._timeout = timeout_seconds
         self._api: Any = None
         self._lock = threading.Lock()
@@ -316,7 +327,8 @@ class KubeSecretSource:
         return doc
 
     def _resolve_sync(self, sel: SecretKeySelector, namespace: str) -> Resolved:
-        return resolve_from_secret(self._read(sel, namespace), sel, namespace)
+        return resolve_from_secret(self._read(sel, namespace), sel, namespace,
+                                   version_key=self._key)
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         sel = _require(ref.secret_key_ref, ref, "secretKeyRef")
@@ -347,21 +359,22 @@ class KubeSecretSource:
                 err = _kube_error(exc2, sel.name, namespace, "create")
                 raise CredentialError("RefreshTokenNotPersisted", err.message) from None
         _ = resp.data  # read the body so the connection goes back to the pool
-        return _kube_version(value)
+        return _kube_version(value, self._key)
 
 
-def _kube_version(value: Secret) -> str:
+def _kube_version(value: Secret, key: bytes | None = None) -> str:
     """The version of one key: a keyed hash of its value.
 
     Not the Secret's ``resourceVersion``: that is opaque (no order may be read into it) and
     changes with *any* key, so a write to one key (a rotated refresh token) or an edit of
     an unrelated key would look like a rotation of every key of the Secret.
     """
-    return "k8s:" + keyed_version(value)
+    return "k8s:" + keyed_version(value, key=key)
 
 
 def resolve_from_secret(
-    doc: Mapping[str, Any], sel: SecretKeySelector, namespace: str
+    doc: Mapping[str, Any], sel: SecretKeySelector, namespace: str, *,
+    version_key: bytes | None = None,
 ) -> Resolved:
     """The value and version of ``sel``'s key in a Secret body read from the API.
 
@@ -381,7 +394,7 @@ def resolve_from_secret(
         raise CredentialError("SecretValueInvalid", f"{what} is not UTF-8 text") from None
     _check_value(text, what)
     value = Secret(text)
-    return Resolved(value=value, version=_kube_version(value))
+    return Resolved(value=value, version=_kube_version(value, version_key))
 
 
 def _kube_exceptions() -> tuple[type[Exception], ...]:
@@ -445,13 +458,16 @@ class SourceRouter:
         kube_unavailable_hint: str = "",
         policy: SourcePolicy | None = None,
         pass_cache: bool = False,
+        version_key: bytes | None = None,
     ) -> None:
-        self.env = env if env is not None else EnvSource()
-        self.file = file if file is not None else FileSource()
+        # version_key: for the env/file sources made here (given sources carry their own).
+        self.env = env if env is not None else EnvSource(version_key=version_key)
+        self.file = file if file is not None else FileSource(version_key=version_key)
         self.kube = kube
         self.policy = policy if policy is not None else SourcePolicy.open()
         self._hint = kube_unavailable_hint
-        self._cache: dict[tuple[str, str, bool], Resolved] | None = {} if pass_cache else None
+        self._cache: dict[tuple[str, str, bool], asyncio.Future[Resolved]] | None = (
+            {} if pass_cache else None)
 
     def begin_pass(self) -> None:
         """Forget the values of the last pass (rotation is seen on the next one)."""
@@ -491,16 +507,32 @@ class SourceRouter:
                           public: bool = False) -> Resolved:
         source = self._pick(ref)  # no cluster at all: say that, it is the useful news
         self.policy.check_read(ref, namespace, owner, self._file_path(ref))
+        if self._cache is None:
+            return await self._read(source, ref, namespace, public)
+        # Single flight: the first reader of a reference reads it, everyone who asks
+        # meanwhile waits for that read (128 relays sharing a CA file read it once, not
+        # 128 times); a failure is shared with them but not kept for later callers.
         key = self._key(ref, namespace, public)
-        if self._cache is not None and key in self._cache:
-            return self._cache[key]
+        pending = self._cache.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read(source, ref, namespace, public))
+            self._cache[key] = pending
+            pending.add_done_callback(functools.partial(self._forget_failure, key))
+        # shield: a caller that is cancelled does not cancel the read the others wait for
+        return await asyncio.shield(pending)
+
+    def _forget_failure(self, key: tuple[str, str, bool], done: asyncio.Future[Resolved]
+                        ) -> None:
+        if self._cache is not None and self._cache.get(key) is done and (
+                done.cancelled() or done.exception() is not None):
+            del self._cache[key]
+
+    @staticmethod
+    async def _read(source: SecretSource, ref: SecretRef, namespace: str, public: bool
+                    ) -> Resolved:
         if public and ref.file is not None and isinstance(source, FileSource):
-            resolved = await source.resolve(ref, namespace, public=True)
-        else:
-            resolved = await source.resolve(ref, namespace)
-        if self._cache is not None:
-            self._cache[key] = resolved
-        return resolved
+            return await source.resolve(ref, namespace, public=True)
+        return await source.resolve(ref, namespace)
 
     async def write_for(self, ref: SecretRef, namespace: str, value: Secret,
                         owner: Owner | None) -> str:
@@ -557,6 +589,7 @@ def default_sources(
     environ: Mapping[str, str] | None = None,
     base_dir: str | os.PathLike[str] | None = None,
     pass_cache: bool = False,
+    version_key: bytes | None = None,
 ) -> SourceRouter:
     """The usual sources: env, file, and a Kubernetes Secret source when a cluster is known.
 
@@ -586,11 +619,12 @@ def default_sources(
         if first and Path(first).exists():
             factory = _kubeconfig_factory(first, context)
             namespace_of = _kubeconfig_namespace(first, context)
-    kube = KubeSecretSource(factory) if factory is not None else None
+    kube = KubeSecretSource(factory, version_key=version_key) if factory is not None else None
     if policy.mode == "cli" and policy.default_namespace is None:
         policy = dataclasses.replace(policy, default_namespace=_once(namespace_of))
     return SourceRouter(
-        env=EnvSource(environ), file=FileSource(base_dir), kube=kube, policy=policy,
+        env=EnvSource(environ, version_key=version_key),
+        file=FileSource(base_dir, version_key=version_key), kube=kube, policy=policy,
         kube_unavailable_hint=" (no kubeconfig found and not running in a cluster)",
         pass_cache=pass_cache,
     )

@@ -6,8 +6,8 @@ throttling, certificate expiry.
   ``refresh_floor`` (:data:`REFRESH_FLOOR`, 1 minute, unless a runtime was started with
   ``--min-refresh-interval``) the floor is used and the status carries the warning
   ``RefreshIntervalRaised``.
-* **Providers that throttle logins** (Gmail, Microsoft 365 - the hosts of
-  ``reconciler.wellknown``): below :data:`THROTTLED_MINIMUM` the status carries
+* **Providers that throttle logins** (Gmail, Microsoft 365 - ``reconciler.refresh``,
+  shared with ``smtpctl validate``): below 15 minutes the status carries
   ``FrequentLogins``; these providers lock or rate-limit accounts that log in too often.
 * **Certificate expiry**: the relay's certificate ``notAfter`` is recorded in
   ``status.active.tls.certificateNotAfter``; within :data:`CERT_WARNING_DAYS` the status
@@ -18,16 +18,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from reconciler.refresh import REFRESH_FLOOR, refresh_warnings
 from reconciler.resources import ExternalSmtpSpec
-from reconciler.wellknown import PROVIDERS
 
-REFRESH_FLOOR = 60.0  # seconds: never re-verify a relay more often than once a minute
-THROTTLED_MINIMUM = 900.0  # seconds: Gmail / Microsoft 365 should not be re-verified faster
 CERT_WARNING_DAYS = 21.0
-
-THROTTLED_HOSTS = frozenset(
-    h.lower() for p in PROVIDERS if p.key in ("gmail", "gmail-oauth", "microsoft365")
-    for h in (p.host, *p.other_hosts))
 
 
 def refresh_seconds(spec: ExternalSmtpSpec, floor: float = REFRESH_FLOOR) -> float:
@@ -37,13 +31,7 @@ def refresh_seconds(spec: ExternalSmtpSpec, floor: float = REFRESH_FLOOR) -> flo
 
 def config_warnings(spec: ExternalSmtpSpec, floor: float = REFRESH_FLOOR) -> list[str]:
     """Warning reasons about the configuration itself (not about a test)."""
-    out = []
-    if spec.refresh_seconds < floor:
-        out.append("RefreshIntervalRaised")
-    if spec.host.lower().rstrip(".") in THROTTLED_HOSTS and \
-            refresh_seconds(spec, floor) < THROTTLED_MINIMUM:
-        out.append("FrequentLogins")
-    return out
+    return refresh_warnings(spec.host, spec.refresh_seconds, floor)
 
 
 def epoch(rfc3339: str) -> float | None:

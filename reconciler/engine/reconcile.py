@@ -17,9 +17,12 @@ shared with ``plan``):
 4. **plan**: digest = spec + secret versions + provider version
    (``reconciler.engine.digest``).  Same digest as the last test and not yet due -> no
    test, no write, ``requeue_after`` = time until due;
-5. **probe** within the world's concurrency limits (``Reconciling=True`` is written first
-   when ``world.announce_testing``; a fresh digest also sets ``Ready=Unknown``, because
-   Ready must only describe a test of the current generation with current secrets);
+5. **probe** within the world's concurrency limits.  ``Reconciling=True`` (reason
+   ``Testing``; with ``Ready=Unknown`` when the digest is fresh, because Ready must only
+   describe a test of the current generation with current secrets) is written *before*
+   the test only when the status would otherwise claim something false meanwhile - see
+   :func:`_announce_first` - and *during* a test still running after
+   ``world.announce_after`` seconds; otherwise the result is the pass's one status write;
 6. **commit**: conditions, last test, the active record (``reconciler.engine.record``;
    ``activeGeneration`` + ``active`` move only on a pass, ``active.health`` turns
    ``Failing`` when the configuration in use fails its re-verification), test history,
@@ -29,9 +32,13 @@ Conditions (kstatus):
 
 * ``Ready`` - True only after a passed test of the current generation and secrets.
 * ``Stalled`` - True when the catalog says only a user change helps; absent otherwise.
-* ``Reconciling`` - True while a test is in flight (reason ``Testing``) and after a
-  *retryable* failure, while the engine keeps retrying with backoff (reason = the
-  failure); absent otherwise.
+* ``Reconciling`` - True while a test of a change is pending and after a *retryable*
+  failure, while the engine keeps retrying with backoff (reason = the failure); absent
+  otherwise.  A new generation is "in progress" by ``status.observedGeneration`` lagging
+  ``metadata.generation`` (kstatus reads exactly that), so its first test needs no write
+  before it; a same-generation change (a rotated Secret, a forced re-verification) is
+  announced with ``Reconciling=True`` before its test, and any test still running after
+  ``world.announce_after`` seconds gets it too.
 * ``Selected`` - written by selection.
 
 Permanent failures are still re-verified every ``refreshInterval`` (the world may have
@@ -40,8 +47,9 @@ changed under them); transient ones retry with capped exponential backoff.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, cast
@@ -77,6 +85,7 @@ __all__ = ["ReconcileAction", "ReconcileResult", "reconcile", "render_validation
 log = logging.getLogger(__name__)
 
 PROVIDER_REFRESH = 3600.0  # an OAuth2Provider has no refreshInterval: re-check hourly
+ANNOUNCE_AFTER = 5.0  # a test still running after this long shows Reconciling=True
 # Set (to any new value, e.g. a timestamp) to re-verify now: `smtpctl reconcile --force` on a
 # cluster writes it; status.lastHandledReconcileAt echoes the value once handled.
 RECONCILE_REQUEST = "smtp.reconciler.dev/reconcile-requested-at"
@@ -306,24 +315,57 @@ async def _blocked(obj: StoredObject, world: World, block: Blocked, *,
     return ReconcileResult(obj.ref, written.status, requeue, action)
 
 
-async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Verdict:
-    """The probe within the limits.
+async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials,
+                 on_slow: Callable[[], Awaitable[object]] | None = None) -> Verdict:
+    """The probe within the limits; ``on_slow`` runs when the test (started: its slot
+    acquired) is still running after ``world.announce_after`` seconds.
 
     A rejected OAuth token is not retried here: the probe itself fetches a fresh token
     once and retries AUTH (or reconnects) before it reports ``token_rejected`` - retrying
     again would only add failed logins that servers throttle on.
     """
     async with world.limits.slot(res.spec.host):
+        if on_slow is None:
+            return await _guarded_probe(world, res, creds)
+        task = asyncio.ensure_future(_guarded_probe(world, res, creds))
         try:
-            return await world.probe(res.spec, creds)
-        except Exception as exc:  # noqa: BLE001 - a probe bug must not kill the loop or leak
-            log.error("probe raised %s for %s/%s", type(exc).__name__,
-                      res.metadata.namespace, res.metadata.name)
-            entry = catalog.get("ProtocolError")
-            return Verdict(passed=False, stage="connect", reason="ProtocolError",
-                           message=f"internal error in the connection test "
-                                   f"({type(exc).__name__})",
-                           action=entry.action, retryable=True, duration_seconds=0.0)
+            after = float(getattr(world, "announce_after", ANNOUNCE_AFTER))
+            done, _ = await asyncio.wait({task}, timeout=after)
+            if not done:
+                await on_slow()
+            return await task
+        finally:
+            if not task.done():  # cancelled, or the announcement failed
+                task.cancel()
+
+
+async def _guarded_probe(world: World, res: ExternalSmtp, creds: ProbeCredentials) -> Verdict:
+    try:
+        return await world.probe(res.spec, creds)
+    except Exception as exc:  # noqa: BLE001 - a probe bug must not kill the loop or leak
+        log.error("probe raised %s for %s/%s", type(exc).__name__,
+                  res.metadata.namespace, res.metadata.name)
+        entry = catalog.get("ProtocolError")
+        return Verdict(passed=False, stage="connect", reason="ProtocolError",
+                       message=f"internal error in the connection test "
+                               f"({type(exc).__name__})",
+                       action=entry.action, retryable=True, duration_seconds=0.0)
+
+
+def _announce_first(obj: StoredObject, fresh: bool, forced: bool) -> bool:
+    """Must ``Reconciling=True`` be written *before* this test?
+
+    Not for a new generation (a new resource included): ``status.observedGeneration``
+    still names an older generation (or is absent), which is what kstatus reads as "in
+    progress", and Ready's ``observedGeneration`` is old too, so ``kubectl wait`` keeps
+    waiting - an extra write would say nothing new.  Yes when the generation is already
+    observed and the digest changed (a rotated Secret: Ready=True must not keep describing
+    the old one while the new one is tested) or a re-verification was requested.  Not for
+    a due re-verification of unchanged settings (nothing changed; a slow one is announced
+    by :func:`_probe`)."""
+    if obj.status.get("observedGeneration") != obj.generation:
+        return False
+    return fresh or forced
 
 
 async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> ReconcileResult:
@@ -356,10 +398,18 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
 
     key = _key(ref)
     interval = refresh_seconds(res.spec, world.refresh_floor)
+
+    async def announce() -> object:
+        return await _write(world, ref, lambda cur: (
+            _testing_status(cur, gen, a.fresh, world.clock()), cur.memo))
+
+    on_slow = None
     if world.announce_testing:
-        await _write(world, ref, lambda cur: (_testing_status(cur, gen, a.fresh, now),
-                                              cur.memo))
-    verdict = await _probe(world, res, a.creds.probe)
+        if _announce_first(obj, a.fresh, why_forced is not None):
+            await announce()
+        else:
+            on_slow = announce
+    verdict = await _probe(world, res, a.creds.probe, on_slow)
     done = world.clock()
     if verdict.passed:
         new_memo = TestMemo(digest, gen, done, done + refresh_delay(interval, key), True, 0)
@@ -385,8 +435,15 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
     if written is None:
         return ReconcileResult(ref, {}, None, ReconcileAction.GONE, tested=True,
                                verdict=verdict)
-    await _emit_test_events(world, ref, verdict, before, smtp_status(written), done)
+    failing = await _emit_test_events(world, ref, verdict, before, smtp_status(written), done)
     written, wait = await _select(world, obj, written)
+    if failing and written.status.get("selected"):
+        # After selection: only when no standby took over is the relay in use failing (a
+        # standby that took over says so with Failover).
+        await world.events.emit(Event(
+            ref, "Warning", "ActiveRelayFailing",
+            f"the configuration in use (generation {failing}) failed its re-verification "
+            f"({verdict.reason}) and no standby is Ready to take over", cond.rfc3339(done)))
     requeue = _sooner(max(0.0, new_memo.due_at - world.clock()), wait)
     return ReconcileResult(ref, written.status, requeue, ReconcileAction.TESTED, tested=True,
                            verdict=verdict)
@@ -522,14 +579,19 @@ def _record(ref: ObjectRef, gen: int, now: float, v: Verdict, digest: str) -> Te
                       stage=v.stage, reason=v.reason, message=v.message,
                       duration_seconds=v.duration_seconds, digest=digest,
                       stage_seconds=dict(v.stage_seconds),
-                      transcript=[t.to_json() for t in v.transcript],
+                      # The transcript of a failure only: a passed test's is never read
+                      # back, and redacting it is most of a test's CPU (reading it builds
+                      # it; `smtpctl test -v` shows a passing one).
+                      transcript=[] if v.passed else [t.to_json() for t in v.transcript],
                       warnings=list(v.warnings),
                       details={k: val for k, val in v.details.items()
                                if isinstance(val, str | int | float | bool)})
 
 
 async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict, before: SmtpStatus,
-                            after: SmtpStatus, now: float) -> None:
+                            after: SmtpStatus, now: float) -> int | None:
+    """The Events of a verdict; returns the generation in use when exactly it failed while
+    selected (the caller emits ``ActiveRelayFailing`` once selection has been recomputed)."""
     at = cond.rfc3339(now)
     ready = cond.of(after, cond.READY)
     message = str(ready.get("message", "")) if ready else ""
@@ -543,19 +605,17 @@ async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict, before: Sm
             await world.events.emit(Event(
                 ref, "Warning", "CertificateExpiringSoon",
                 f"the relay's certificate expires at {tls.get('certificateNotAfter')}", at))
-        return
+        return None
     await world.events.emit(Event(ref, "Warning", v.reason, message, at))
     active = after.get("active")
     if after.get("activeGeneration") is not None and active is not None:
         if active.get("health") == "Failing" and after.get("selected"):
-            await world.events.emit(Event(
-                ref, "Warning", "ActiveRelayFailing",
-                f"the configuration in use (generation {active.get('generation')}) failed "
-                f"its re-verification ({v.reason})", at))
-        elif active.get("health") != "Failing":
+            return int(active.get("generation") or 0)
+        if active.get("health") != "Failing":
             await world.events.emit(Event(
                 ref, "Normal", "LastKnownGoodRetained",
                 f"generation {after.get('activeGeneration')} remains in use", at))
+    return None
 
 
 # --- OAuth2Provider ------------------------------------------------------------------------

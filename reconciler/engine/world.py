@@ -16,9 +16,12 @@ the Kubernetes operator, a test - supplies its own:
 * ``limits`` - the global and per-host concurrency limits on connection tests;
 * ``refresh_floor`` - the shortest re-verification interval (``--min-refresh-interval``);
 * ``clock`` - epoch seconds (tests pass a fake clock to reason about refresh and backoff);
-* ``announce_testing`` - write ``Reconciling=True`` before a test (an extra status write;
-  the local CLI and the operator both do it so ``kubectl wait``/``get`` show the test in
-  flight; a benchmark may turn it off).
+* ``announce_testing`` - show a test in flight with ``Reconciling=True`` where the status
+  would otherwise say something false meanwhile (a same-generation change: a rotated
+  Secret, a forced re-verification; written before the test), and for any test still
+  running after ``announce_after`` seconds; a new generation needs no such write
+  (``status.observedGeneration`` lags, kstatus reads it as in progress), so a new
+  resource costs one status write.  ``False``: never (a benchmark may turn it off).
 
 The engine depends on the credentials layer only through the structural protocols
 :class:`Credentials` and :class:`ProviderHealth` below, so it does not import SMTP or
@@ -163,13 +166,21 @@ class BasicWorld:
     limits: Limits = field(default_factory=Limits)
     clock_fn: Callable[[], float] = time.time
     announce_testing: bool = True
+    announce_after: float = 5.0  # seconds a test may run before Reconciling=True is written
     # The shortest re-verification interval (seconds): a refreshInterval under it is raised
     # to it (a test is a login).  Runtimes take it from --min-refresh-interval.
     refresh_floor: float = 60.0
     # Called by a runtime when a new pass over many resources begins: drop per-pass caches
     # (the local runtime snapshots secret sources once per pass; see runtimes/local.py).
     begin_pass: Callable[[], None] = lambda: None
+    # Called once by the runtime when it is done with the world: release what it started
+    # (the local runtime's probe worker processes; see runtimes/probepool.py).
+    close_fn: Callable[[], Awaitable[None]] | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        if self.close_fn is not None:
+            await self.close_fn()
 
     def clock(self) -> float:
         return self.clock_fn()

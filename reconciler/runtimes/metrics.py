@@ -41,8 +41,10 @@ class OperatorMetrics:
                                  registry=r)
         self.leader = Gauge("smtpctl_leader", "1 while this replica holds the Lease",
                             registry=r)
-        self.api_requests = Gauge("smtpctl_api_requests",
-                                  "API requests made by the store and publisher", registry=r)
+        self.kube_requests = Counter(
+            "smtpctl_kube_requests_total",
+            "Requests to the Kubernetes API, by verb and resource",
+            ["verb", "resource"], registry=r)
         # Health of the relay in use (issue 12; filled from the active records).
         self.active_ready = Gauge(
             "smtpctl_active_relay_ready",

@@ -53,8 +53,10 @@ def _slim(body: KubeObject) -> KubeObject:
 
 
 class KubeSecrets:
-    def __init__(self, api: KubeApi, referenced: Referenced) -> None:
+    def __init__(self, api: KubeApi, referenced: Referenced, *,
+                 version_key: bytes | None = None) -> None:
         self.api = api
+        self.version_key = version_key  # of the keyed hashes ("secret versions")
         self._referenced = referenced
         self._bodies: dict[Key, KubeObject] = {}
         self._missing: set[Key] = set()  # known not to exist (until a watch event)
@@ -160,7 +162,8 @@ class KubeSecrets:
                                       ) from None
         if body is None:
             raise CredentialError("SecretNotFound", f"{where} does not exist")
-        return resolve_from_secret(cast(dict[str, Any], body), sel, namespace)
+        return resolve_from_secret(cast(dict[str, Any], body), sel, namespace,
+                                   version_key=self.version_key)
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         """Merge-patch one key (creating the Secret when missing): a rotated refresh token."""
@@ -182,4 +185,4 @@ class KubeSecrets:
                                   f"cannot write Secret {sel.name!r} in namespace "
                                   f"{namespace!r} (HTTP {exc.code} {exc.reason})") from None
         self.observe(as_object(doc), "MODIFIED")
-        return resolve_from_secret(doc, sel, namespace).version
+        return resolve_from_secret(doc, sel, namespace, version_key=self.version_key).version

@@ -117,6 +117,7 @@ def _smtp(spec: dict[str, Any]) -> Iterable[Finding]:
         yield Finding(("spec", "tls", "verify"), "warning",
                       "certificate verification is disabled: anyone on the path can read the "
                       "credentials; add the CA with tls.caBundleFrom instead")
+    yield from _refresh(spec)
     username = spec.get("username")
     if auth == "None" and "from" not in spec and "username" not in spec:
         yield Finding(("spec",), "warning",
@@ -126,6 +127,33 @@ def _smtp(spec: dict[str, Any]) -> Iterable[Finding]:
         yield Finding(("spec", "username"), "warning",
                       f"mail would be sent as {username!r}, which is not an email address: "
                       "set spec.from to the sender address")
+
+
+def _refresh(spec: dict[str, Any]) -> Iterable[Finding]:
+    """refreshInterval under the floor, or too frequent for a provider that throttles
+    logins (the engine applies the same rule: reconciler.refresh)."""
+    from reconciler.durations import format_duration, parse_duration
+    from reconciler.refresh import REFRESH_FLOOR, THROTTLED_MINIMUM, refresh_warnings
+
+    raw, host = spec.get("refreshInterval", "1h"), spec.get("host")
+    if not isinstance(raw, str) or not isinstance(host, str):
+        return
+    try:
+        seconds = parse_duration(raw).total_seconds()
+    except ValueError:
+        return  # the schema reports it
+    warnings = refresh_warnings(host, seconds)
+    if "RefreshIntervalRaised" in warnings:
+        yield Finding(("spec", "refreshInterval"), "warning",
+                      f"refreshInterval {raw} is below the floor of "
+                      f"{format_duration(REFRESH_FLOOR)}: every re-verification is a login, "
+                      f"so {format_duration(REFRESH_FLOOR)} is used")
+    if "FrequentLogins" in warnings:
+        yield Finding(("spec", "refreshInterval"), "warning",
+                      f"{host} throttles logins: re-verifying every "
+                      f"{format_duration(max(seconds, REFRESH_FLOOR))} can get the account "
+                      f"rate-limited or locked; use {format_duration(THROTTLED_MINIMUM)} or "
+                      "more")
 
 
 def _oauth2(spec: dict[str, Any]) -> Iterable[Finding]:

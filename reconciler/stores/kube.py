@@ -17,8 +17,15 @@ It implements :class:`reconciler.stores.base.Store` for the operator:
   operator's finalizer too when the object does not have it yet: one PATCH, not two), so a crash in
   between costs at most one extra test after restart, never a Ready without a test.  The
   digest also appears in ``status.active.digest`` (last-known-good).
-* ``record_event`` posts a core/v1 Event on the object; ``record_test`` keeps the last few
-  test records in memory (Kubernetes has no place for history; describe shows status).
+* ``record_event`` posts a core/v1 Event on the object.  ``record_test`` keeps nothing:
+  Kubernetes has no place for a test history, ``status.lastTest`` and the Events carry the
+  last test and every transition, and a failed test's redacted transcript is logged at
+  debug level (``smtpctl operator -v``).  (Keeping the last five records per resource in
+  memory cost ~8 KB per resource that nothing read.)
+* **Memory**: a cached body keeps only what the operator reads (no ``managedFields``, no
+  kubectl last-applied annotation), and its keys and short strings are interned, so the
+  10,000 copies of ``"observedGeneration"``, ``"True"``, ``"TestPassed"`` ... are one each
+  (a cached ExternalSmtp body: ~12 KB as parsed, ~5.5 KB interned).
 
 Never a secret: bodies here are custom resources, which hold only references.
 """
@@ -26,12 +33,14 @@ Never a secret: bodies here are custom resources, which hold only references.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import copy
 import json
 import logging
+import sys
+import time
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from reconciler.resources import API_VERSION, KIND_OAUTH2, KIND_SMTP
@@ -63,7 +72,8 @@ log = logging.getLogger(__name__)
 MEMO_ANNOTATION = "smtp.reconciler.dev/last-test"
 PLURALS = {KIND_SMTP: "externalsmtps", KIND_OAUTH2: "oauth2providers"}
 MAX_ATTEMPTS = 8
-HISTORY = 5
+INTERN_MAX = 64  # strings up to this long are interned in cached bodies
+AWAIT_SECONDS = 60.0  # stop waiting for our own write's watch event after this long
 _META_KEYS = ("name", "namespace", "labels", "annotations", "generation", "uid",
               "resourceVersion", "creationTimestamp", "deletionTimestamp", "finalizers")
 
@@ -110,7 +120,13 @@ class KubeStore:
         self._cache: dict[Key, KubeObject] = {}
         self._by_scope: dict[tuple[str, str], set[Key]] = {}  # (kind, namespace) -> keys
         self._selected: dict[tuple[str, str], set[Key]] = {}  # ... whose status.selected
-        self._history: dict[ObjectRef, deque[TestRecord]] = {}
+        # key -> (resourceVersion our last write returned, when): watch events of the key
+        # are older than the cache until the event with that version arrives.
+        self._awaited: dict[Key, tuple[str, float]] = {}
+        # key -> one list per write in flight: resourceVersions the watch delivered
+        # meanwhile (a write's event can arrive before its response).
+        self._inflight: dict[Key, list[list[str]]] = {}
+        self.clock: Callable[[], float] = time.monotonic
         self.on_event: Callable[[Event], None] | None = None  # metrics hook
 
     # --- cache maintenance (driven by the operator's watches) ---------------------------
@@ -118,15 +134,56 @@ class KubeStore:
     def _key(ref: ObjectRef) -> Key:
         return (ref.kind, ref.namespace, ref.name)
 
-    def observe(self, body: KubeObject) -> bool:
-        """Take a newer body into the cache; False when it is older than what we have."""
-        ref = ref_of(body)
-        key = self._key(ref)
-        old = self._cache.get(key)
-        if old is not None and _rv(old) > _rv(body) and uid_of(old) == uid_of(body):
-            return False
+    def observe(self, body: KubeObject, *, listed: bool = False) -> bool:
+        """Take a watch event's body (``listed``: a LIST item) into the cache; False when it
+        is older than what the cache holds (see "Read your writes" in the module doc)."""
+        key = self._key(ref_of(body))
+        rv = resource_version(body)
+        for seen in self._inflight.get(key, ()):
+            seen.append(rv)
+        awaited = self._awaited.get(key)
+        if awaited is not None:
+            old = self._cache.get(key)
+            if not (listed or old is None or rv == awaited[0]
+                    or uid_of(old) != uid_of(body)
+                    or _generation(body) > _generation(old)
+                    or self.clock() - awaited[1] > AWAIT_SECONDS):
+                return False  # older than our own write
+            del self._awaited[key]
         self._put(key, body)
         return True
+
+    @contextlib.contextmanager
+    def _writing(self, key: Key) -> Iterator[list[str]]:
+        """Collect the versions the watch delivers for ``key`` while a write is in flight."""
+        seen: list[str] = []
+        self._inflight.setdefault(key, []).append(seen)
+        try:
+            yield seen
+        finally:
+            lists = self._inflight.get(key, [])
+            if seen in lists:
+                lists.remove(seen)
+            if not lists:
+                self._inflight.pop(key, None)
+
+    def _wrote(self, key: Key, body: KubeObject, seen: list[str]) -> None:
+        """The response of our write: into the cache, and wait for its watch event -
+        unless that event already came (then the cache holds it, or something newer)."""
+        rv = resource_version(body)
+        if rv and rv in seen:
+            return
+        self._put(key, body)
+        if rv:
+            self._awaited[key] = (rv, self.clock())
+
+    async def patch(self, ref: ObjectRef, patch: dict[str, Any]) -> KubeObject:
+        """A merge patch of the object (metadata), its answer taken into the cache."""
+        key = self._key(ref)
+        with self._writing(key) as seen:
+            fresh = as_object(await self.api.patch(self.path(ref), patch))
+            self._wrote(key, fresh, seen)
+        return fresh
 
     def _put(self, key: Key, body: KubeObject) -> None:
         self._cache[key] = _slim(body)
@@ -140,9 +197,9 @@ class KubeStore:
     def forget(self, ref: ObjectRef) -> None:
         key = self._key(ref)
         self._cache.pop(key, None)
+        self._awaited.pop(key, None)
         self._by_scope.get((key[0], key[1]), set()).discard(key)
         self._selected.get((key[0], key[1]), set()).discard(key)
-        self._history.pop(ref, None)
 
     def selected_in(self, kind: str, namespace: str) -> builtins.list[KubeObject]:
         """Cached bodies whose ``status.selected`` is true (normally zero or one)."""
@@ -172,7 +229,7 @@ class KubeStore:
                     item = as_object(doc)
                     item.setdefault("kind", kind)
                     item.setdefault("apiVersion", API_VERSION)
-                    self.observe(item)
+                    self.observe(item, listed=True)
                     count += 1
         return count
 
@@ -218,8 +275,11 @@ class KubeStore:
             new_body["status"] = dict(write.status)
             try:
                 if write.status != cur.status:
-                    stored = as_object(await self.api.put(self.path(ref, "status"), new_body))
-                    self.observe(stored)
+                    key = self._key(ref)
+                    with self._writing(key) as seen:
+                        stored = as_object(await self.api.put(self.path(ref, "status"),
+                                                              new_body))
+                        self._wrote(key, stored, seen)
                     body = stored
             except Conflict:  # someone else wrote: re-read, re-decide
                 body = await self._fetch(ref)
@@ -253,7 +313,7 @@ class KubeStore:
                 patch["metadata"]["finalizers"] = [*finalizers_of(body), self.finalizer]
                 patch["metadata"]["resourceVersion"] = resource_version(body)
             try:
-                fresh = as_object(await self.api.patch(self.path(ref), patch))
+                fresh = await self.patch(ref, patch)
             except NotFound:
                 return None
             except Conflict:  # only with the finalizer's precondition: re-read, recompute
@@ -264,16 +324,17 @@ class KubeStore:
                 continue
             except ApiError as exc:
                 raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
-            self.observe(fresh)
             return fresh
         raise StoreError(f"cannot write the test memo of {ref}: still conflicting")
 
     async def record_test(self, record: TestRecord) -> None:
-        hist = self._history.setdefault(record.ref, deque(maxlen=HISTORY))
-        hist.append(record)
-
-    def history(self, ref: ObjectRef) -> builtins.list[TestRecord]:
-        return list(self._history.get(ref, ()))
+        """No history is kept (see the module doc); a failure's transcript goes to the
+        debug log (already redacted by the probe)."""
+        if not record.passed:
+            log.debug("connection test failed", extra={
+                "resource": str(record.ref), "generation": record.generation,
+                "stage": record.stage, "reason": record.reason,
+                "transcript": record.transcript})
 
     async def record_event(self, event: Event) -> None:
         """Post a core/v1 Event on the resource (best effort: an Event is not state)."""
@@ -300,10 +361,10 @@ class KubeStore:
                                                       "reason": event.reason, "code": exc.code})
 
 
-def _rv(body: KubeObject) -> int:
+def _generation(body: KubeObject) -> int:
     try:
-        return int(resource_version(body) or 0)
-    except ValueError:  # resourceVersions are opaque; ours are numbers, others may not be
+        return int(meta_of(body).get("generation") or 0)
+    except (TypeError, ValueError):
         return 0
 
 
@@ -315,9 +376,20 @@ def _slim(body: KubeObject) -> KubeObject:
     if ann and "kubectl.kubernetes.io/last-applied-configuration" in ann:
         slim_meta["annotations"] = {k: v for k, v in ann.items()
                                     if k != "kubectl.kubernetes.io/last-applied-configuration"}
-    out = KubeObject(apiVersion=body.get("apiVersion", API_VERSION),
-                     kind=str(body.get("kind")), metadata=slim_meta,
-                     spec=body.get("spec") or {})
+    out = KubeObject(apiVersion=_interned(body.get("apiVersion", API_VERSION)),
+                     kind=_interned(str(body.get("kind"))), metadata=_interned(slim_meta),
+                     spec=_interned(body.get("spec") or {}))
     if "status" in body:
-        out["status"] = body["status"]
+        out["status"] = _interned(body["status"])
     return out
+
+
+def _interned(value: Any) -> Any:
+    """``value`` with its dict keys and short strings interned (shared between bodies)."""
+    if isinstance(value, dict):
+        return {sys.intern(k) if type(k) is str else k: _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    if type(value) is str and len(value) <= INTERN_MAX:
+        return sys.intern(value)
+    return value

@@ -311,6 +311,18 @@ def resource_path(api_version: str, plural: str, namespace: str | None,
     return base
 
 
+def resource_of(path: str) -> str:
+    """The resource a request path addresses, for metrics: ``externalsmtps``,
+    ``externalsmtps/status``, ``secrets``, ``events``, ... (never a name or namespace)."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:] if parts[:1] == ["apis"] else []
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        rest = rest[2:]
+    if not rest:
+        return "namespaces" if "namespaces" in parts else "discovery"
+    return rest[0] + (f"/{rest[2]}" if len(rest) >= 3 else "")
+
+
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -320,9 +332,11 @@ class KubeApi:
     Create it on the event loop that uses it (aiohttp sessions belong to one loop)."""
 
     def __init__(self, creds: Credentials, *, timeout: float = 30,
-                 max_connections: int = 32) -> None:
+                 max_connections: int = 32,
+                 on_request: Callable[[str, str], None] | None = None) -> None:
         self.creds = creds
         self.requests = 0
+        self.on_request = on_request  # (verb, resource) of every request sent (metrics)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -362,6 +376,8 @@ class KubeApi:
                    content_type: str = "application/json") -> dict[str, Any]:
         for attempt in range(2):
             self.requests += 1
+            if self.on_request is not None:
+                self.on_request(method, resource_of(path))
             data = None if body is None else json.dumps(body, separators=(",", ":"))
             headers = self._headers(content_type if body is not None else None)
             try:
@@ -421,6 +437,8 @@ class KubeApi:
         query = dict(params, watch="true", timeoutSeconds=str(timeout_seconds),
                      allowWatchBookmarks="true")
         self.requests += 1
+        if self.on_request is not None:
+            self.on_request("WATCH", resource_of(path))
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total,
                                         sock_read=timeout_seconds + 30)
         try:

@@ -92,7 +92,7 @@ class Controller:
             self._spawn(self._after_removal(ref))
             return
         before = self.store.cached(ref)
-        if not self.store.observe(body):
+        if not self.store.observe(body, listed=event_type is None):
             return
         self.index.update(ref, body)
         if is_deleting(body):

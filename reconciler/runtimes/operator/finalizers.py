@@ -49,12 +49,11 @@ async def _patch_finalizers(store: KubeStore, ref: ObjectRef, *, add: bool) -> N
             return
         wanted = [*current, FINALIZER] if add else [f for f in current if f != FINALIZER]
         try:
-            fresh = as_object(await store.api.patch(store.path(ref), {"metadata": {
-                "finalizers": wanted or None, "resourceVersion": resource_version(body)}}))
+            await store.patch(ref, {"metadata": {
+                "finalizers": wanted or None, "resourceVersion": resource_version(body)}})
         except Conflict:
             body = None  # someone else wrote: re-read, recompute
             continue
-        store.observe(fresh)
         return
     raise StoreError(f"cannot update the finalizers of {ref}: still conflicting")
 

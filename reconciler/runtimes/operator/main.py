@@ -35,7 +35,7 @@ from reconciler.runtimes.operator.versionkey import ensure_version_key
 from reconciler.runtimes.operator.watching import Reflector
 from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
-from reconciler.secret import Secret, set_version_key
+from reconciler.secret import Secret
 from reconciler.stores.base import ObjectRef, StoreError
 from reconciler.stores.kube import PLURALS, KubeStore, ref_of, to_stored
 from reconciler.stores.kubeapi import (
@@ -83,14 +83,17 @@ class Parts:
 def build_sources(secrets: KubeSecrets, policy: SourcePolicy) -> SourceRouter:
     """Where credentials come from in the operator: ``secretKeyRef`` via the API, and
     ``env:``/``file:`` only as far as the administrator's allow-list (``policy``) says
-    (docs/security.md)."""
-    return SourceRouter(kube=secrets, policy=policy)
+    (docs/security.md).  Every source hashes secret versions with the Secret cache's key."""
+    return SourceRouter(kube=secrets, policy=policy, version_key=secrets.version_key)
 
 
-def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials) -> Parts:
-    api = KubeApi(creds)
+def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials, *,
+          version_key: bytes, api: KubeApi | None = None) -> Parts:
+    """The operator's parts.  ``version_key`` keys the secret-version hashes (passed to
+    every secret source; no process-wide state), ``api`` the client to reuse."""
+    api = api or KubeApi(creds)
     index = DependencyIndex()
-    secrets = KubeSecrets(api, referenced=index.is_referenced)
+    secrets = KubeSecrets(api, referenced=index.is_referenced, version_key=version_key)
     sources = build_sources(secrets, config.source_policy)
     store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector,
                       finalizer=FINALIZER)
@@ -111,12 +114,14 @@ def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials) 
     return Parts(creds, api, store, secrets, controller)
 
 
-def _make_leader(config: OperatorConfig, creds: Credentials,
-                 on_lost: asyncio.Event) -> LeaderThread:
+def _make_leader(config: OperatorConfig, creds: Credentials, on_lost: asyncio.Event,
+                 metrics: OperatorMetrics) -> LeaderThread:
     def make_elector() -> LeaseElector:
         # Built on the lease thread: its own loop and connection, so renewals never wait
         # behind a busy reconcile loop or bulk status writes.
-        lease_api = KubeApi(creds, max_connections=2, timeout=config.renew_deadline)
+        lease_api = KubeApi(creds, max_connections=2, timeout=config.renew_deadline,
+                            on_request=lambda verb, resource:
+                            metrics.kube_requests.labels(verb, resource).inc())
         return LeaseElector(
             lease_api, namespace=config.lease_namespace or creds.namespace,
             name=config.lease_name, identity=config.identity,
@@ -151,7 +156,6 @@ async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness) 
         state.ready = all(r.connected for r in refl)  # every second
         if tick % 5 == 0:  # the rest scans the caches: every 5 s
             parts.controller.refresh_condition_gauges()
-            parts.controller.metrics.api_requests.set(parts.api.requests)
             parts.secrets.prune()
         await asyncio.sleep(1)
 
@@ -243,26 +247,29 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         log.error(f"cannot configure the Kubernetes client: {exc}")
         return 2
     log.info("connecting", extra={"server": describe_server(creds), "via": creds.source})
-    parts = build(config, metrics, creds)
+    api = KubeApi(creds, on_request=lambda verb, resource:
+                  metrics.kube_requests.labels(verb, resource).inc())
+    parts: Parts | None = None
     runners = await health.serve(config, metrics, state)
     leader: LeaderThread | None = None
     lost = asyncio.Event()
     code = 0
     try:
         if config.leader_election:
-            leader = _make_leader(config, creds, lost)
+            leader = _make_leader(config, creds, lost, metrics)
             leader.start()
             if not await _wait_for_lease(leader, stop, state):
                 return 0
             metrics.leader.set(1)
         state.ready = False
         key = config.version_key or await ensure_version_key(
-            parts.api, config.lease_namespace or creds.namespace)
-        set_version_key(key)  # the credentials layer reads it when hashing values
+            api, config.lease_namespace or creds.namespace)
+        parts = build(config, metrics, creds, version_key=key, api=api)
         code = await _run_watches(config, parts, stop, lost if leader is not None else None,
                                   state)
     finally:
-        await _bounded(parts.controller.stop(), 15, "stopping the workers")
+        if parts is not None:
+            await _bounded(parts.controller.stop(), 15, "stopping the workers")
         if leader is not None:  # releases the Lease on a clean stop (not after losing it)
             await asyncio.to_thread(leader.stop, release=code == 0)
         metrics.leader.set(0)
@@ -271,7 +278,7 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
                 loop.remove_signal_handler(sig)
         for runner in runners:
             await runner.cleanup()
-        await parts.api.close()
+        await api.close()
     return code
 
 

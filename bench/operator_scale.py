@@ -1,0 +1,956 @@
+"""Operator benchmark against the API emulator: ``./dev bench operator_scale [--count N ...]``.
+
+(Named ``operator_scale``, not ``operator``: a ``bench/operator.py`` shadowed the standard
+library's ``operator`` module for every script run from ``bench/``.)
+
+Every process in its own interpreter, so none shares a GIL with what it measures: the API
+emulator (``tests/support/kube_emulator.py``, strict, with the generated CRDs so every write
+is schema- and CEL-validated), a real loopback aiosmtpd relay (STARTTLS + AUTH, trustme CA;
+``bench.fleet.Relay``), the real ``smtpctl operator`` process, and this script, which
+creates the resources and watches them.
+
+Per count (default 1,000 and 10,000), with ``--repeat`` runs of each:
+
+* **raw relay capacity**: the same relay, just before the operator starts, driven by
+  several client processes running the connection test alone (no engine, no API): tests/s
+  the relay sustains on this machine now (:func:`raw_capacity`);
+* **create -> all Ready**: N ExternalSmtp (one password Secret, one CA Secret) exist, the
+  operator starts; the time until every resource is ``Ready=True``, detected with a
+  **watch** (never by polling the list); Ready/s and its ratio to the raw capacity;
+* **CPU per resource** of the operator, the emulator and the relay during that phase
+  (``/proc/PID/stat``), separately;
+* **API requests per resource**: counted at the emulator (every request) and by verb and
+  resource at the operator (``smtpctl_kube_requests_total``);
+* **peak RSS** (``VmHWM``) of the operator;
+* **restart catch-up**: the operator is stopped and started again; the time until it has
+  reconciled all N, the connection tests (must be 0) and resource writes (must be 0)
+  meanwhile; ``--stay-up S`` keeps it running S more seconds: it must keep its Lease;
+* with two or more counts: **growth**, least-squares fits of operator CPU seconds and of
+  create->Ready seconds against N (slope, intercept, R², and the share a quadratic term
+  would take at the largest N).
+
+``--profile DIR`` records the operator (and the emulator) with py-spy during the first
+pass (raw collapsed stacks in DIR, a summary in the output); CPU numbers of profiled runs
+are marked, because sampling costs the sampled process a little.
+
+``--unrelated-secrets-mb 0 --unrelated-secrets-mb 10 --unrelated-secrets-mb 100`` instead
+measures the operator's peak RSS (cluster-wide mode, 100 resources) with that much Secret
+data no resource references.
+
+Every wait is bounded (``--max-seconds`` for the whole run); the load average is recorded
+at the start and the end of each run: the machine is shared, compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))
+
+from fleet import PASSWORD, USER, Relay  # noqa: E402 - the relay in its own process
+
+from reconciler.stores.kubeapi import Credentials, Gone, KubeApi  # noqa: E402
+from tests.support.kube_operator import standin_crd  # noqa: E402
+
+GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
+NS = "bench"
+LIST_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps"
+
+
+class Deadline:
+    """The run's time budget: every wait takes what is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self, cap: float) -> float:
+        return max(0.0, min(cap, self.end - time.monotonic()))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (NaN once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def rss_peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Emulator:
+    """The strict emulator (HTTPS, admin token) in its own process."""
+
+    def __init__(self, work: Path) -> None:
+        crd_dir = ROOT / "manifests" / "crds"
+        args = [sys.executable, "-m", "tests.support.kube_emulator",
+                "--workdir", str(work / "emulator")]
+        self.generated_crds = crd_dir.is_dir() and any(crd_dir.glob("*.yaml"))
+        if self.generated_crds:
+            args += ["--crd-dir", str(crd_dir)]
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        self.kubeconfig = Path(self.proc.stdout.readline().strip())
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        self.token = str(doc["users"][0]["user"]["token"])
+        self.ca = str(doc["clusters"][0]["cluster"]["certificate-authority"])
+        self.http: dict[str, Any] = {"verify": ssl.create_default_context(cafile=self.ca),
+                                     "headers": {"Authorization": f"Bearer {self.token}"}}
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def credentials(self) -> Credentials:
+        return Credentials(server=self.url, token=self.token,
+                           ssl_context=ssl.create_default_context(cafile=self.ca))
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = httpx.get(self.url + "/_emulator/stats", timeout=120,
+                                         **self.http).json()
+        return data
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+async def _populate(emu: Emulator, count: int, relay: Relay) -> None:
+    limits = httpx.Limits(max_connections=16)
+    async with httpx.AsyncClient(base_url=emu.url, timeout=120, limits=limits,
+                                 **emu.http) as http:
+        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
+        r.raise_for_status()
+        if not emu.generated_crds:
+            for kind, plural in (("ExternalSmtp", "externalsmtps"),
+                                 ("OAuth2Provider", "oauth2providers")):
+                r = await http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                                    json=standin_crd(kind, plural))
+                r.raise_for_status()
+        for name, data in (("relay-ca", {"ca.crt": relay.ca_pem}),
+                           ("relay-password", {"password": PASSWORD})):
+            r = await http.post(f"/api/v1/namespaces/{NS}/secrets", json={
+                "metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}})
+            r.raise_for_status()
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "ExternalSmtp",
+                "metadata": {"name": f"relay-{i:05d}"},
+                "spec": {
+                    "host": "127.0.0.1", "port": relay.port, "startTLS": True,
+                    "authentication": "UsernamePassword", "username": USER,
+                    "passwordFrom": {"secretKeyRef": {"name": "relay-password",
+                                                      "key": "password"}},
+                    "tls": {"caBundleFrom": {"secretKeyRef": {"name": "relay-ca",
+                                                              "key": "ca.crt"}},
+                            "serverName": "localhost"},
+                    "connectionTest": {"checkRelay": False},
+                    "selected": i == 0,
+                    "refreshInterval": "24h",
+                },
+            }
+            async with sem:
+                r = await http.post(LIST_PATH, json=body)
+                r.raise_for_status()
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+
+# --- the relay's capacity: the peer the operator is compared with -------------------------
+
+def _raw_client(port: int, ca_pem: str, count: int, concurrency: int,
+                start: Any, out: Any) -> None:
+    """One client process: ``count`` connection tests (``run_probe`` alone)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from reconciler.probe import run_probe
+    from reconciler.probe.egress import EgressPolicy
+    from reconciler.probe.verdict import ProbeCredentials
+    from reconciler.resources import ExternalSmtpSpec
+    from reconciler.secret import Secret
+
+    spec = ExternalSmtpSpec.model_validate({
+        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
+        "startTLS": True, "username": USER, "connectionTest": {"checkRelay": False},
+        "passwordFrom": {"secretKeyRef": {"name": "x", "key": "y"}},
+        "tls": {"serverName": "localhost"}})
+    creds = ProbeCredentials(password=Secret(PASSWORD), ca_bundle_pem=ca_pem)
+    egress = EgressPolicy()  # loopback allowed (local mode's default)
+
+    async def main() -> tuple[int, float, float]:
+        sem = asyncio.Semaphore(concurrency)
+        failed = 0
+
+        async def one() -> None:
+            nonlocal failed
+            async with sem:
+                v = await run_probe(spec, creds, policy=egress)
+                failed += not v.passed
+
+        start.wait()
+        t0 = time.monotonic()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return failed, t0, time.monotonic()
+
+    out.put(asyncio.run(main()))
+
+
+def raw_capacity(relay: Relay, count: int, processes: int = 3,
+                 concurrency: int = 16) -> dict[str, Any]:
+    """Tests/s the relay sustains: ``processes`` client processes (so no single client's
+    CPU is the limit) run ``count`` connection tests together; the relay's CPU share is
+    reported too (near 1.0 = the relay process is the limit)."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    per = max(1, count // processes)
+    procs = [ctx.Process(target=_raw_client,
+                         args=(relay.port, relay.ca_pem, per, concurrency, start, out))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(2.0)  # the clients import their stacks before the clock starts
+    cpu0, t0 = cpu_seconds(relay.pid), time.monotonic()
+    start.set()
+    results = [out.get(timeout=600) for _ in procs]
+    wall = time.monotonic() - t0
+    cpu1 = cpu_seconds(relay.pid)
+    for p in procs:
+        p.join(30)
+    failed = sum(r[0] for r in results)
+    first, last = min(r[1] for r in results), max(r[2] for r in results)
+    tests = per * processes
+    return {"tests": tests, "failed": failed, "processes": processes,
+            "concurrency_per_process": concurrency,
+            "tests_per_second": round(tests / (last - first), 1),
+            "relay_cpu_share": round((cpu1 - cpu0) / wall, 2),
+            "relay_cpu_ms_per_test": round((cpu1 - cpu0) * 1000 / tests, 2)}
+
+
+# --- Ready, seen on a watch -----------------------------------------------------------------
+
+def _is_ready(obj: dict[str, Any]) -> bool:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") == "True":
+            return True
+    return False
+
+
+class ReadyWatch:
+    """A list+watch of the ExternalSmtps (its own thread and loop): which are Ready now,
+    and when the count first reached a target."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+        self.ready: set[str] = set()
+        self.events = 0
+        self._lock = threading.Lock()
+        self._target = 0
+        self._reached = threading.Event()
+        self.reached_at = 0.0
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._listed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ready-watch", daemon=True)
+        self._thread.start()
+        if not self._listed.wait(120):
+            raise SystemExit("bench: the Ready watch could not list")
+
+    def _update(self, name: str, ready: bool) -> None:
+        with self._lock:
+            if ready:
+                self.ready.add(name)
+            else:
+                self.ready.discard(name)
+            if self._target and len(self.ready) >= self._target and not self._reached.is_set():
+                self.reached_at = time.monotonic()
+                self._reached.set()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by wait()
+            self._error = exc
+            self._reached.set()
+            self._listed.set()
+
+    async def _main(self) -> None:
+        api = KubeApi(self.emu.credentials())
+        try:
+            while not self._stop.is_set():
+                rv = ""
+                async for items, page_rv in api.list_page(LIST_PATH, {"limit": "500"}):
+                    for item in items:
+                        self._update(item["metadata"]["name"], _is_ready(item))
+                    rv = page_rv or rv
+                self._listed.set()
+                try:
+                    while not self._stop.is_set():
+                        async for event in api.watch(LIST_PATH, {"resourceVersion": rv},
+                                                     timeout_seconds=60):
+                            obj = event.get("object") or {}
+                            rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                            if event.get("type") == "BOOKMARK":
+                                continue
+                            self.events += 1
+                            name = obj["metadata"]["name"]
+                            self._update(name, event.get("type") != "DELETED"
+                                         and _is_ready(obj))
+                            if self._stop.is_set():
+                                return
+                except Gone:
+                    continue  # re-list
+        finally:
+            await api.close()
+
+    def wait(self, count: int, seconds: float, alive: Any = None) -> float:
+        """Seconds from now until ``count`` are Ready (SystemExit after ``seconds``)."""
+        t0 = time.monotonic()
+        with self._lock:
+            self._target = count
+            if len(self.ready) >= count:
+                self.reached_at = t0
+                self._reached.set()
+        while not self._reached.wait(0.5):
+            if alive is not None:
+                alive()
+            if time.monotonic() - t0 > seconds:
+                raise SystemExit(f"bench: {len(self.ready)} of {count} Ready after "
+                                 f"{seconds:.0f}s")
+        if self._error is not None:
+            raise SystemExit(f"bench: the Ready watch failed: {self._error!r}")
+        return self.reached_at - t0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+# --- the operator -----------------------------------------------------------------------
+
+class Operator:
+    def __init__(self, emu: Emulator, log: Path, concurrency: int,
+                 all_namespaces: bool = False) -> None:
+        self.log = log
+        self.metrics_port = free_port()
+        scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
+        self.fh = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "operator",
+             "--kubeconfig", str(emu.kubeconfig), *scope,
+             "--identity", "bench", "--lease-namespace", NS,
+             "--health-host", "127.0.0.1", "--health-port", "-1",
+             "--metrics-port", str(self.metrics_port),
+             "--allow-loopback", "--concurrency", str(concurrency),
+             "--per-host", str(concurrency)],
+            cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT,
+            env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
+        )
+        self.rss_peak = 0.0
+        self._reconciled = 0
+        self._offset = 0
+        self._partial = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def sample(self) -> None:
+        rss = rss_peak_mb(self.pid)
+        if rss == rss:
+            self.rss_peak = max(self.rss_peak, rss)
+        if self.proc.poll() is not None:
+            raise SystemExit(f"bench: the operator exited with {self.proc.returncode} "
+                             f"(log: {self.log})")
+
+    def reconciled(self) -> int:
+        """Lines logged "reconciled" so far (the log is read incrementally)."""
+        with self.log.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        self._reconciled += sum(1 for line in lines if b'"msg":"reconciled"' in line)
+        return self._reconciled
+
+    def requests(self) -> dict[str, float]:
+        """``smtpctl_kube_requests_total`` by "VERB resource"."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).text
+        out: dict[str, float] = {}
+        for m in re.finditer(r'^smtpctl_kube_requests_total\{resource="([^"]*)",verb="([^"]*)"\}'
+                             r' ([0-9.e+]+)$', text, re.M):
+            out[f"{m.group(2)} {m.group(1)}"] = float(m.group(3))
+        return out
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.fh.close()
+
+
+def _wait(what: str, fn: Any, seconds: float, tick: Any = None) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if tick is not None:
+            tick()
+        if fn():
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise SystemExit(f"bench: timed out after {seconds:.0f}s waiting for {what}")
+
+
+class Profiler:
+    """py-spy on a process (raw collapsed stacks), stopped with SIGINT."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
+             "--nonblocking", "--idle", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# Where a sample's CPU goes: the innermost frame matching one of these (file path parts).
+PARTS = [
+    ("TLS (ssl)", ("ssl.py", "sslproto.py")),
+    ("SMTP connection test (probe, aiosmtplib)", ("reconciler/probe/", "aiosmtplib/")),
+    ("JSON encode/decode", ("json/",)),
+    ("aiohttp client", ("aiohttp/", "multidict/", "yarl/")),
+    ("engine (reconcile, assess, digest, selection)", ("reconciler/engine/",)),
+    ("pydantic (manifest parsing)", ("pydantic", "reconciler/resources.py")),
+    ("credentials (secret sources, cache)", ("reconciler/credentials/",
+                                            "reconciler/runtimes/secretcache.py")),
+    ("store and watch (kube store, reflectors, controller)", (
+        "reconciler/stores/", "reconciler/runtimes/operator/", "reconciler/runtimes/publish.py")),
+    ("logging", ("logging/", "reconciler/runtimes/logjson.py")),
+    ("asyncio event loop", ("asyncio/",)),
+]
+
+
+def profile_summary(path: Path) -> dict[str, Any]:
+    """Shares of the busy samples, each counted once under the innermost matching part."""
+    busy, idle = Counter[str](), 0
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        frames = stack.split(";")
+        leaf = frames[-1] if frames else ""
+        if "(selectors.py" in leaf or "(threading.py" in leaf:  # waiting, not working
+            idle += count
+            continue
+        total += count
+        part = "other"
+        for frame in reversed(frames):
+            hit = next((name for name, keys in PARTS if any(k in frame for k in keys)), None)
+            if hit is not None:
+                part = hit
+                break
+        busy[part] += count
+    shares = {k: round(100 * v / total, 1) for k, v in busy.most_common()} if total else {}
+    return {"busy_samples": total, "idle_samples": idle, "share_percent": shares}
+
+
+# --- one run ------------------------------------------------------------------------------
+
+def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
+            stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None
+            ) -> dict[str, Any]:
+    load_start = os.getloadavg()
+    emu = Emulator(work)
+    relay = Relay()
+    watch: ReadyWatch | None = None
+    op: Operator | None = None
+    try:
+        t0 = time.monotonic()
+        asyncio.run(_populate(emu, count, relay))
+        create_s = time.monotonic() - t0
+        raw = raw_capacity(relay, raw_tests or min(count, 2000))
+        watch = ReadyWatch(emu)
+        base = emu.stats()
+        relay_tests0 = relay.connections
+        emu_cpu0, relay_cpu0 = cpu_seconds(emu.pid), cpu_seconds(relay.pid)
+        op = Operator(emu, work / f"operator-{count}-a.log", concurrency)
+        profilers = [Profiler(op.pid, profile / f"operator-{count}.raw"),
+                     Profiler(emu.pid, profile / f"emulator-{count}.raw")] if profile else []
+        ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
+        cpu_op = cpu_seconds(op.pid)
+        cpu_emu = cpu_seconds(emu.pid) - emu_cpu0
+        cpu_relay = cpu_seconds(relay.pid) - relay_cpu0
+        for p in profilers:
+            p.stop()
+        _wait("first pass logged", lambda: op is not None and op.reconciled() >= count,
+              deadline.left(600), op.sample)
+        by_resource = op.requests()
+        op.sample()
+        rss_first = op.rss_peak
+        op.stop()
+        first = emu.stats()
+        tests_first = relay.connections - relay_tests0
+        op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency)
+        catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count,
+                          deadline.left(3600), op2.sample)
+        for _ in range(4):  # a second of calm: anything still to come would show now
+            op2.sample()
+            time.sleep(0.25)
+        second = emu.stats()
+        cpu_catchup = cpu_seconds(op2.pid)
+        stayed = 0.0
+        exited = op2.proc.poll()
+        if stay_up and exited is None:  # the restarted operator must keep its Lease
+            t_up = time.monotonic()
+            while time.monotonic() - t_up < min(stay_up, deadline.left(stay_up)) \
+                    and op2.proc.poll() is None:
+                rss = rss_peak_mb(op2.pid)
+                if rss == rss:
+                    op2.rss_peak = max(op2.rss_peak, rss)
+                time.sleep(1)
+            stayed = time.monotonic() - t_up
+            exited = op2.proc.poll()
+        rss_restart = op2.rss_peak
+        op2.stop()
+        op = None
+        tests_restart = relay.connections - relay_tests0 - tests_first
+        writes_restart = sum(  # Lease renewals are writes too, but not of resources
+            v - first["writes_by_plural"].get(k, 0)
+            for k, v in second["writes_by_plural"].items() if k != "leases")
+        req_first = first["requests"] - base["requests"]
+        req_restart = second["requests"] - first["requests"]
+        ready_per_s = count / ready_s if ready_s > 0 else float("inf")
+        out: dict[str, Any] = {
+            "count": count,
+            "load_average_start": [round(x, 2) for x in load_start],
+            "create_seconds": round(create_s, 2),
+            "raw_relay": raw,
+            "ready_seconds": round(ready_s, 2),
+            "ready_per_second": round(ready_per_s, 1),
+            "ready_to_raw_ratio": round(ready_per_s / raw["tests_per_second"], 3),
+            "tests_first": tests_first,
+            "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
+            "emulator_cpu_ms_per_resource_first": round(cpu_emu * 1000 / count, 2),
+            "relay_cpu_ms_per_resource_first": round(cpu_relay * 1000 / count, 2),
+            "operator_cpu_seconds_first": round(cpu_op, 2),
+            "cpu_busy_cores_first": round((cpu_op + cpu_emu + cpu_relay) / ready_s, 2)
+            if ready_s > 0 else None,
+            "rss_first_mb": round(rss_first, 1),
+            "api_requests_per_resource_first": round(req_first / count, 3),
+            "operator_requests_first": {k: v for k, v in sorted(by_resource.items())},
+            "operator_requests_per_resource_first": round(sum(by_resource.values()) / count, 3),
+            "emulator_requests_first_by_method": {
+                k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()},
+            "watch_events_seen_by_bench": watch.events,
+            "catchup_seconds": round(catchup_s, 2),
+            "tests_during_catchup": tests_restart,
+            "writes_during_catchup": writes_restart,
+            "operator_cpu_ms_per_resource_catchup": round(cpu_catchup * 1000 / count, 2),
+            "api_requests_per_resource_catchup": round(req_restart / count, 3),
+            "operator_exit_after_catchup": exited,
+            "stayed_up_seconds_after_catchup": round(stayed, 1),
+            "rss_restart_mb": round(rss_restart, 1),
+            "profiled": profile is not None,
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        }
+        if profile is not None:
+            out["profile"] = {
+                "operator": profile_summary(profile / f"operator-{count}.raw"),
+                "emulator": profile_summary(profile / f"emulator-{count}.raw"),
+            }
+        return out
+    finally:
+        if op is not None:
+            op.stop()
+        if watch is not None:
+            watch.stop()
+        relay.stop()
+        emu.close()
+
+
+async def _unrelated_secrets(emu: Emulator, megabytes: int) -> None:
+    """``megabytes`` of Secrets nobody references (Helm-release-like, 512 KiB each), half
+    in the operator's namespace and half in another one."""
+    blob = _b64("x" * (384 * 1024))  # 512 KiB once base64-encoded
+    async with httpx.AsyncClient(base_url=emu.url, timeout=120, **emu.http) as http:
+        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": "other"}})
+        r.raise_for_status()
+        for i in range(megabytes * 2):
+            ns = NS if i % 2 == 0 else "other"
+            r = await http.post(f"/api/v1/namespaces/{ns}/secrets", json={
+                "metadata": {"name": f"sh.helm.release.v1.app{i}.v1"},
+                "data": {"release": blob}})
+            r.raise_for_status()
+
+
+def run_secrets(megabytes: int, count: int, concurrency: int, work: Path,
+                deadline: Deadline) -> dict[str, Any]:
+    """Peak operator RSS (cluster-wide mode) with ``megabytes`` of unrelated Secrets."""
+    emu = Emulator(work)
+    relay = Relay()
+    watch: ReadyWatch | None = None
+    try:
+        asyncio.run(_populate(emu, count, relay))
+        asyncio.run(_unrelated_secrets(emu, megabytes))
+        watch = ReadyWatch(emu)
+        op = Operator(emu, work / f"operator-secrets-{megabytes}.log", concurrency,
+                      all_namespaces=True)
+        try:
+            ready_s = watch.wait(count, deadline.left(1800), alive=op.sample)
+            for _ in range(8):  # two seconds of calm
+                op.sample()
+                time.sleep(0.25)
+        finally:
+            op.stop()
+        return {"unrelated_secrets_mb": megabytes, "count": count,
+                "ready_seconds": round(ready_s, 2), "rss_peak_mb": round(op.rss_peak, 1)}
+    finally:
+        if watch is not None:
+            watch.stop()
+        relay.stop()
+        emu.close()
+
+
+# --- where the memory goes -------------------------------------------------------------------
+
+def deep_size(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes reachable from ``obj`` (containers, instances, coroutine frames), each object
+    counted once (``seen``); modules, classes and functions are not followed."""
+    import gc
+    import types
+
+    seen = set() if seen is None else seen
+    stack, total = [obj], 0
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+            types.MethodType, types.CodeType)
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, skip):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o, 0)
+        if isinstance(o, (str, bytes, int, float, bool)) or o is None:
+            continue
+        if isinstance(o, (asyncio.Task, types.CoroutineType, types.FrameType,
+                          types.GeneratorType, asyncio.Future)):
+            stack.extend(gc.get_referents(o))
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        else:
+            stack.extend(gc.get_referents(o))
+    return total
+
+
+def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> dict[str, Any]:
+    """The operator *in this process* (the emulator and the relay in theirs): after every
+    resource is Ready and the pass is over, the bytes each of its structures holds
+    (:func:`deep_size`, in the order listed, so shared objects count once, where first
+    reached) and the process's RSS before and after."""
+    import gc
+
+    from reconciler.runtimes.operator.controller import Controller
+    from reconciler.runtimes.operator.main import run_operator
+    from reconciler.runtimes.operator.settings import OperatorConfig
+    from reconciler.runtimes.operator.watching import Reflector
+
+    emu = Emulator(work)
+    relay = Relay()
+    watch: ReadyWatch | None = None
+    try:
+        asyncio.run(_populate(emu, count, relay))
+        watch = ReadyWatch(emu)
+        config = OperatorConfig(
+            kubeconfig=str(emu.kubeconfig), namespaces=[NS], lease_namespace=NS,
+            identity="bench", health_port=-1, metrics_port=-1, allow_loopback=True,
+            concurrency=concurrency, per_host=concurrency, version_key=b"bench-key")
+        gc.collect()
+        rss_before = rss_now_mb()
+        ready_watch = watch
+
+        async def main() -> tuple[dict[str, int], float, float]:
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_operator(config, stop=stop))
+            ready_s = await asyncio.to_thread(ready_watch.wait, count, deadline.left(3600))
+            await asyncio.sleep(5)  # the last passes' memo writes and Events
+            gc.collect()
+            rss_ready = rss_now_mb()
+            ctl = next(o for o in gc.get_objects() if isinstance(o, Controller))
+            refl = [o for o in gc.get_objects() if isinstance(o, Reflector)]
+            seen: set[int] = set()
+            store = ctl.store
+            parts: dict[str, Any] = {
+                "store: cached bodies": store._cache,
+                "store: indexes (scope, selected)": (store._by_scope, store._selected),
+                "store: read-your-writes bookkeeping": (store._awaited, store._inflight),
+                "reflectors: known keys": [r._known for r in refl],
+                "workers (task, coroutine frames, wake event)": ctl.pool.workers,
+                "dependency index": ctl.index,
+                "secret cache": ctl.secrets,
+                "events: dedupe and rate-limit state": ctl.world.events,
+                "publisher": ctl.publisher,
+            }
+            # Shared objects (the loop, clients, the world) are not anyone's per-resource cost.
+            for shared in (ctl, store, ctl.world, ctl.pool, store.api, ctl.secrets.api,
+                           asyncio.get_running_loop(), *refl):
+                seen.add(id(shared))
+            sizes = {name: deep_size(obj, seen) for name, obj in parts.items()}
+            sample = next(iter(store._cache.values()), None)
+            (work / "sample-body.json").write_text(json.dumps(sample, indent=1))
+            sizes["(one cached body alone, its shared strings counted too)"] = \
+                deep_size(sample) * count
+            stop.set()
+            await task
+            return sizes, ready_s, rss_ready
+
+        sizes, ready_s, rss_ready = asyncio.run(main())
+    finally:
+        if watch is not None:
+            watch.stop()
+        relay.stop()
+        emu.close()
+    per = 1024 * count
+    return {
+        "count": count, "ready_seconds": round(ready_s, 2),
+        "rss_before_operator_mb": round(rss_before, 1),
+        "rss_after_first_pass_mb": round(rss_ready, 1),
+        "rss_growth_kb_per_resource": round((rss_ready - rss_before) * 1024 / count, 2),
+        "kb_per_resource": {k: round(v / per, 2) for k, v in sizes.items()},
+        "structures_kb_per_resource": round(sum(v for k, v in sizes.items()
+                                                if not k.startswith("(")) / per, 2),
+    }
+
+
+def rss_now_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- growth -------------------------------------------------------------------------------
+
+def fit(points: list[tuple[float, float]]) -> dict[str, Any]:
+    """Least squares y = a + b*N (N in thousands), R², and y = a + b*N + c*N² when there
+    are three sizes or more: the quadratic term's share of y at the largest N."""
+    xs, ys = [p[0] / 1000 for p in points], [p[1] for p in points]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if n < 2 or sxx == 0:
+        return {}
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    a = my - b * mx
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    out: dict[str, Any] = {"intercept": round(a, 3), "per_thousand": round(b, 3),
+                           "r2": round(1 - ss_res / ss_tot, 4) if ss_tot else 1.0}
+    if len(set(xs)) >= 3:
+        c0, c1, c2 = _solve([[sum(x ** (i + j) for x in xs) for j in range(3)]
+                             for i in range(3)],
+                            [sum(y * x ** i for x, y in zip(xs, ys, strict=True))
+                             for i in range(3)])
+        top = max(xs)
+        total = c0 + c1 * top + c2 * top * top
+        out["quadratic"] = {"a": round(c0, 3), "b": round(c1, 3), "c": round(c2, 4),
+                            "c_share_at_max": round(c2 * top * top / total, 3)
+                            if total else None}
+    return out
+
+
+def _solve(m: list[list[float]], v: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (the 3x3 normal equations)."""
+    n = len(v)
+    a = [[*row, v[i]] for i, row in enumerate(m)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(a[r][col]))
+        a[col], a[piv] = a[piv], a[col]
+        for r in range(n):
+            if r != col and a[col][col]:
+                f = a[r][col] / a[col][col]
+                a[r] = [x - f * y for x, y in zip(a[r], a[col], strict=True)]
+    return [a[i][n] / a[i][i] if a[i][i] else 0.0 for i in range(n)]
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "kernel": platform.release()}
+
+
+def _median_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]}"
+    return f"{statistics.median(values):.4g} ({min(values):.4g}-{max(values):.4g})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--count", type=int, action="append",
+                        help="resources (repeatable; default 1000 and 10000)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per count")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--raw-tests", type=int, default=0,
+                        help="connection tests of the raw-capacity peer (default min(N, 2000))")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the operator logs here (default: a temporary directory)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy the operator and the emulator during the first pass")
+    parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
+                        help="keep the restarted operator running this long after catch-up "
+                        "and report whether it is still up (it must keep its Lease)")
+    parser.add_argument("--max-seconds", type=float, default=3 * 3600,
+                        help="the whole run's time budget (default 3 h)")
+    parser.add_argument("--memory", type=int, default=None, metavar="N",
+                        help="instead: where the operator's memory goes with N resources "
+                        "(the operator in this process, its structures measured)")
+    parser.add_argument("--unrelated-secrets-mb", type=int, action="append", default=None,
+                        help="instead: peak RSS with this many MB of unrelated Secrets "
+                        "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
+    args = parser.parse_args()
+    deadline = Deadline(args.max_seconds)
+    if args.memory is not None:
+        with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
+            work = args.workdir or Path(tmp_dir)
+            work.mkdir(parents=True, exist_ok=True)
+            mem = run_memory(args.memory, args.concurrency, work, deadline)
+        print(json.dumps(mem, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "memory": mem}, indent=1))
+        return 0
+    if args.unrelated_secrets_mb is not None:
+        with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
+            rows = [run_secrets(mb, 100, args.concurrency, Path(tmp_dir), deadline)
+                    for mb in args.unrelated_secrets_mb]
+        print(f"{'unrelated MB':>13} {'resources':>10} {'ready s':>8} {'peak RSS MB':>12}")
+        for r in rows:
+            print(f"{r['unrelated_secrets_mb']:>13} {r['count']:>10} {r['ready_seconds']:>8} "
+                  f"{r['rss_peak_mb']:>12}")
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "secrets": rows}, indent=1))
+        return 0
+    counts = args.count or [1000, 10000]
+    results: list[dict[str, Any]] = []
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
+        for rep in range(args.repeat):
+            for count in counts:
+                work = (args.workdir or Path(tmp_dir)) / f"{count}-{rep}"
+                work.mkdir(parents=True, exist_ok=True)
+                print(f"== {count} resources, run {rep + 1}/{args.repeat}", flush=True)
+                r = run_one(count, args.concurrency, work, deadline, stay_up=args.stay_up,
+                            raw_tests=args.raw_tests, profile=args.profile)
+                results.append(r)
+                print(json.dumps(r, indent=1), flush=True)
+                if args.json:  # after every run: a long run that stops keeps what it has
+                    args.json.write_text(json.dumps({"machine": machine(),
+                                                     "results": results}, indent=1))
+    growth: dict[str, Any] = {}
+    if len(set(counts)) >= 2:
+        growth = {
+            "operator_cpu_seconds_first": fit([(r["count"], r["operator_cpu_seconds_first"])
+                                               for r in results]),
+            "ready_seconds": fit([(r["count"], r["ready_seconds"]) for r in results]),
+            "rss_first_mb": fit([(r["count"], r["rss_first_mb"]) for r in results]),
+        }
+        print(json.dumps({"growth": growth}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "results": results,
+                                         "growth": growth}, indent=1))
+    print()
+    cols = [("ready/s", "ready_per_second"), ("raw/s", None), ("ratio", "ready_to_raw_ratio"),
+            ("op ms/res", "operator_cpu_ms_per_resource_first"),
+            ("emu ms/res", "emulator_cpu_ms_per_resource_first"),
+            ("req/res", "api_requests_per_resource_first"), ("RSS MB", "rss_first_mb"),
+            ("catch-up s", "catchup_seconds")]
+    print(f"{'count':>7} " + " ".join(f"{c:>22}" for c, _ in cols))
+    for count in counts:
+        rows = [r for r in results if r["count"] == count]
+        cells = []
+        for _name, key in cols:
+            vals = [r["raw_relay"]["tests_per_second"] if key is None else r[key]
+                    for r in rows]
+            cells.append(f"{_median_spread(vals):>22}")
+        print(f"{count:>7} " + " ".join(cells))
+    failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
+              or r["operator_exit_after_catchup"] is not None]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
