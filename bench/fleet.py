@@ -646,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         report.add("")
         for n in counts:
             rs = [r for r in rounds if r.n == n]
+            if not rs:  # --repeat 0: growth or profile only
+                continue
             ratios = [r.ratio for r in rs]
             cpu = [1000 * r.first.cpu / n for r in rs]
             report.add(
