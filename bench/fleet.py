@@ -494,18 +494,56 @@ def _short(frame: str) -> str:
 
 @dataclass
 class Round:
+    """One first apply between two raw capacity measurements (the load of the shared
+    machine drifts: the apply is compared with the mean of the raw rate before and after)."""
+
     n: int
     raw: RawResult
     first: ApplyResult
     second: ApplyResult | None
+    raw_after: RawResult | None = None
+    workers: str = "auto"  # apply's --probe-workers
 
     @property
     def rate(self) -> float:
         return self.n / self.first.wall
 
     @property
+    def raw_rate(self) -> float:
+        rates = [self.raw.rate] + ([self.raw_after.rate] if self.raw_after else [])
+        return sum(rates) / len(rates)
+
+    @property
     def ratio(self) -> float:
-        return self.rate / self.raw.rate
+        return self.rate / self.raw_rate
+
+    @property
+    def cpu_ratio(self) -> float:
+        """The ratio this round's CPU costs predict for this machine with nothing else
+        running (a projection from CPU time, which the other load barely changes; not a
+        throughput measurement): each side's rate is capped by all cores shared by the
+        client and the relay, by the relay's one process, and for the apply by its main
+        process (one core) and by its probe workers (one core each)."""
+        cores = os.cpu_count() or 1
+        raws = [self.raw] + ([self.raw_after] if self.raw_after else [])
+        client = sum(r.client_cpu / r.tests for r in raws) / len(raws)
+        relay_raw = sum(r.relay_cpu / r.tests for r in raws) / len(raws)
+        raw_rate = min(cores / (client + relay_raw), 1 / relay_raw)
+        f = self.first
+        total, relay = f.cpu / self.n, f.relay_cpu / self.n
+        main = (f.self_cpu if f.self_cpu is not None else f.cpu) / self.n
+        caps = [cores / (total + relay), 1 / relay, 1 / main]
+        workers = self.probe_workers
+        if workers and total > main:
+            caps.append(workers / (total - main))
+        return min(caps) / raw_rate
+
+    @property
+    def probe_workers(self) -> int:
+        """The worker processes apply ran with (its own rule for ``auto``)."""
+        from reconciler.cli.localcmd import probe_workers
+
+        return probe_workers(argparse.Namespace(probe_workers=self.workers), self.n)
 
 
 @dataclass
@@ -533,11 +571,13 @@ def machine() -> list[str]:
 
 
 ROUND_HEADER = (
-    "| N | round | raw tests/s (clients) | relay busy raw | first apply s | apply tests/s | "
-    "**ratio apply:raw** | apply CPU ms/resource (main) | raw client CPU ms/test | "
-    "relay CPU ms/test raw / apply | relay busy apply | write tx/resource | peak RSS first | "
-    "second apply s | tests in second | peak RSS second | load before/after |",
-    "|" + " ---: |" * 17)
+    "| N | round | probe workers | raw tests/s before / after (clients) | relay busy raw | "
+    "first apply s | "
+    "apply tests/s | **ratio apply:raw** | idle projection | apply CPU ms/resource "
+    "(main) | raw client CPU ms/test | relay CPU ms/test raw / apply | relay busy apply | "
+    "write tx/resource | peak RSS first | second apply s | tests in second | "
+    "peak RSS second | load before/after |",
+    "|" + " ---: |" * 19)
 
 
 def round_row(r: Round, i: int) -> str:
@@ -546,13 +586,14 @@ def round_row(r: Round, i: int) -> str:
     tx = f"{f.write_transactions / r.n:.3f}" if f.write_transactions is not None else "?"
     second = (f"{s.wall:.2f} | {s.tests} | {s.maxrss_kib / 1024:.0f} MB" if s is not None
               else "- | - | -")
-    return (f"| {r.n:,} | {i} | {raw.rate:.0f} ({raw.processes}) | "
+    after = f" / {r.raw_after.rate:.0f}" if r.raw_after is not None else ""
+    return (f"| {r.n:,} | {i} | {r.workers} | {raw.rate:.0f}{after} ({raw.processes}) | "
             f"{raw.relay_cpu / raw.wall:.2f} | {f.wall:.2f} | {r.rate:.0f} | "
-            f"**{r.ratio:.2f}** | {1000 * f.cpu / r.n:.2f}{main} | "
+            f"**{r.ratio:.2f}** | {r.cpu_ratio:.2f} | {1000 * f.cpu / r.n:.2f}{main} | "
             f"{1000 * raw.client_cpu / raw.tests:.2f} | "
             f"{1000 * raw.relay_cpu / raw.tests:.2f} / {1000 * f.relay_cpu / r.n:.2f} | "
             f"{f.relay_cpu / f.wall:.2f} | {tx} | {f.maxrss_kib / 1024:.0f} MB | {second} | "
-            f"{raw.load[0]:.1f}/{f.load[1]:.1f} |")
+            f"{raw.load[0]:.1f}/{(r.raw_after or f).load[1]:.1f} |")
 
 
 def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float, float]:
@@ -594,10 +635,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-out", type=Path, help="keep the collapsed stacks here")
     ap.add_argument("--growth", help="comma-separated sizes for the growth fit")
     ap.add_argument("--no-second", action="store_true", help="skip the second apply")
-    ap.add_argument("--probe-workers", help="passed to apply (default: apply's, auto)")
+    ap.add_argument("--probe-workers", action="append",
+                    help="apply's --probe-workers (default: auto); repeat it to compare "
+                         "settings in each round, between the same two raw measurements")
     ap.add_argument("--write", type=Path, help="replace the generated block of this file")
     args = ap.parse_args(argv)
-    extra = ["--probe-workers", args.probe_workers] if args.probe_workers else []
+    variants: list[str] = args.probe_workers or ["auto"]
     counts = args.count or [1000]
     growth = [int(x) for x in args.growth.split(",")] if args.growth else []
     report = Report()
@@ -623,38 +666,56 @@ def main(argv: list[str] | None = None) -> int:
                 write_fleet(fleets[n], n, relay, ca)
             return fleets[n]
 
-        def one_round(n: int, i: int, *, second: bool) -> Round:
+        def one_round(n: int, i: int, *, second: bool,
+                      settings: Sequence[str] = variants) -> list[Round]:
+            """A raw capacity, a first (and second) apply per setting, a raw capacity."""
             raw = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
-            state = base / f"state-{n}-{i}"
-            first = run_apply(relay, fleet_of(n), state, env, args.concurrency, extra=extra)
-            if first.tests != n:
-                raise RuntimeError(f"first apply ran {first.tests} tests, expected {n}")
-            again = None
-            if second:
-                again = run_apply(relay, fleet_of(n), state, env, args.concurrency,
-                                  extra=extra)
-                if again.tests != 0:
-                    raise RuntimeError(f"second apply ran {again.tests} tests, expected 0")
-            return Round(n, raw, first, again)
+            done = []
+            for workers in settings:
+                extra = ["--probe-workers", workers]
+                state = base / f"state-{n}-{i}-{workers}"
+                first = run_apply(relay, fleet_of(n), state, env, args.concurrency, extra=extra)
+                if first.tests != n:
+                    raise RuntimeError(f"first apply ran {first.tests} tests, expected {n}")
+                again = None
+                if second:
+                    again = run_apply(relay, fleet_of(n), state, env, args.concurrency,
+                                      extra=extra)
+                    if again.tests != 0:
+                        raise RuntimeError(f"second apply ran {again.tests} tests, "
+                                           "expected 0")
+                done.append((workers, first, again))
+            after = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
+            return [Round(n, raw, first, again, after, workers)
+                    for workers, first, again in done]
 
-        report.add("## Rounds", "", *ROUND_HEADER)
+        if args.repeat > 0:
+            report.add("## Rounds", "", *ROUND_HEADER)
         for n in counts:
             for i in range(1, args.repeat + 1):
-                r = one_round(n, i, second=not args.no_second)
-                rounds.append(r)
-                report.add(round_row(r, i))
-        report.add("")
-        for n in counts:
-            rs = [r for r in rounds if r.n == n]
+                for r in one_round(n, i, second=not args.no_second):
+                    rounds.append(r)
+                    report.add(round_row(r, i))
+        if args.repeat > 0:
+            report.add("")
+        for n, workers in [(n, w) for n in counts for w in variants]:
+            rs = [r for r in rounds if r.n == n and r.workers == workers]
             if not rs:  # --repeat 0: growth or profile only
                 continue
             ratios = [r.ratio for r in rs]
+            proj = [r.cpu_ratio for r in rs]
             cpu = [1000 * r.first.cpu / n for r in rs]
+            raw_cpu = [1000 * r.raw.client_cpu / r.raw.tests for r in rs]
+            rss = [r.first.maxrss_kib / 1024 for r in rs]
             report.add(
-                f"- N = {n:,}: ratio apply:raw median **{statistics.median(ratios):.2f}** "
-                f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(rs)} rounds); apply CPU "
+                f"- N = {n:,}, probe workers {workers}: ratio apply:raw median "
+                f"**{statistics.median(ratios):.2f}** "
+                f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(rs)} rounds); "
+                f"idle projection median {statistics.median(proj):.2f} (min "
+                f"{min(proj):.2f}, max {max(proj):.2f}); apply CPU "
                 f"{statistics.median(cpu):.2f} ms/resource median (min {min(cpu):.2f}, max "
-                f"{max(cpu):.2f}); write transactions/resource "
+                f"{max(cpu):.2f}) vs raw client {statistics.median(raw_cpu):.2f} ms/test; "
+                f"peak RSS {max(rss):.0f} MB; write transactions/resource "
                 + (f"{rs[0].first.write_transactions / n:.3f}"
                    if rs[0].first.write_transactions is not None else "?"))
         report.add("")
@@ -662,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             report.add("## Growth", "", *ROUND_HEADER)
             pts: list[Round] = []
             for n in growth:
-                r = one_round(n, 1, second=n == max(growth))
+                [r] = one_round(n, 1, second=n == max(growth), settings=variants[:1])
                 pts.append(r)
                 report.add(round_row(r, 1))
             report.add("", "Fits (N in thousands):", "",
@@ -677,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             prof = (args.profile_out or base) / f"apply-{n}.collapsed.txt"
             prof.parent.mkdir(parents=True, exist_ok=True)
             pr = run_apply(relay, fleet_of(n), base / "state-profile", env, args.concurrency,
-                           profile=prof, extra=extra)
+                           profile=prof, extra=["--probe-workers", variants[0]])
             report.add(f"## Profile of a first apply of {n:,} (py-spy)", "",
                        f"Wall {pr.wall:.2f} s under the profiler ({n / pr.wall:.0f} tests/s), "
                        f"CPU {1000 * pr.cpu / n:.2f} ms/resource.", "", *profile_summary(prof),
