@@ -345,9 +345,19 @@ def child(stats_path: str, argv: list[str]) -> int:
     local.LocalStore.close = close  # type: ignore[method-assign]
     from reconciler.cli.main import main
 
+    cprofile = os.environ.pop("FLEET_CPROFILE", None)
+    profiler = None
+    if cprofile:  # --cprofile: this process only, on its CPU clock (not wall time)
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
     try:
         return main(argv)
     finally:
+        if profiler is not None and cprofile:
+            profiler.disable()
+            profiler.dump_stats(cprofile)
         me = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         Path(stats_path).write_text(json.dumps({
@@ -441,6 +451,56 @@ AREAS: list[tuple[str, tuple[str, ...]]] = [
     ("CLI report (reconciler/cli)", ("reconciler/cli/cmd_apply.py", "reconciler/cli/localcmd")),
     ("JSON (json)", ("json/",)),
 ]
+
+
+# Own CPU time of the apply's main process by area (cProfile, --cprofile): file or
+# function name fragments, the first match wins.
+CPROFILE_AREAS: list[tuple[str, tuple[str, ...]]] = [
+    ("store: SQLite + JSON (stores/local.py, sqlite3, json)",
+     ("stores/local.py", "sqlite3", "json/")),
+    ("input: YAML, schema, models (schema/, yaml, pydantic, resources.py, inputs.py)",
+     ("reconciler/schema/", "yaml/", "pydantic", "resources.py", "runtimes/inputs.py",
+      "durations.py")),
+    ("engine (engine/)", ("reconciler/engine/",)),
+    ("secrets and policy (credentials/, pathlib, posixpath)",
+     ("reconciler/credentials/", "pathlib.py", "posixpath")),
+    ("probe worker pipe (probepool.py, pickle)", ("probepool.py", "pickle")),
+    ("connection test in this process (probe/, ssl, aiosmtplib, tenacity)",
+     ("reconciler/probe/", "ssl", "aiosmtplib/", "tenacity/")),
+    ("CLI (cli/)", ("reconciler/cli/",)),
+    ("asyncio event loop", ("asyncio/", "selectors.py", "Context' objects")),
+    ("imports (importlib, compile, exec)", ("importlib", "builtins.compile",
+                                            "builtins.exec", "marshal")),
+    ("date and time formatting", ("strftime", "_strptime", "datetime")),
+]
+
+
+def cprofile_summary(path: Path, top: int = 15) -> list[str]:
+    """Own CPU time by area and the top functions, from a --cprofile dump."""
+    import pstats
+
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = (
+        pstats.Stats(str(path)).stats)  # type: ignore[attr-defined]
+    areas: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0.0
+    for (file, line, name), (_, _, tt, _, _) in stats.items():
+        total += tt
+        key = f"{file}:{name}"
+        own[_short(f"{name} ({file}:{line})") if file != "~" else name] += tt
+        label = next((lb for lb, needles in CPROFILE_AREAS
+                      if any(x in key for x in needles)), "other (builtins, typing, re, ...)")
+        areas[label] += tt
+    if not total:
+        return ["(empty profile)"]
+    out = [f"{total:.2f} s of CPU under the profiler (cProfile inflates Python-level calls "
+           "about 3x; read the shares, not the seconds).", "",
+           "| area (own time) | share |", "| --- | ---: |"]
+    out += [f"| {label} | {100 * t / total:.1f} % |" for label, t in areas.most_common()]
+    out += ["", f"Top {top} functions by own CPU time:", "", "| own | function |",
+            "| ---: | --- |"]
+    out += [f"| {100 * t / total:.1f} % | `{name}` |" for name, t in own.most_common(top)]
+    return out
 
 
 def _frames(stack: str) -> list[str]:
@@ -633,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relay", choices=("aiosmtpd", "postfix"), default="aiosmtpd")
     ap.add_argument("--profile", action="store_true", help="py-spy profile of one first apply")
     ap.add_argument("--profile-out", type=Path, help="keep the collapsed stacks here")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="cProfile (CPU clock) of one first apply's main process")
     ap.add_argument("--growth", help="comma-separated sizes for the growth fit")
     ap.add_argument("--no-second", action="store_true", help="skip the second apply")
     ap.add_argument("--probe-workers", action="append",
@@ -653,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         ca.write_text(relay.ca_pem)
         env = dict(os.environ, FLEET_PW=relay.password, PYTHONWARNINGS="ignore",
                    SMTPCTL_ALLOW_ENV="FLEET_PW")
-        report.add(f"# Fleet benchmark run ({started})", "", f"Command: `{command}`", "",
+        report.add(f"### Fleet benchmark run ({started})", "", f"Command: `{command}`", "",
                    *machine(), "", f"Relay: {relay.name}.  Concurrency {args.concurrency} "
                    "(global and per host).  Raw capacity: the connection test alone in "
                    f"{args.clients} client processes, {args.raw_tests} tests (at most N).", "")
@@ -690,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                     for workers, first, again in done]
 
         if args.repeat > 0:
-            report.add("## Rounds", "", *ROUND_HEADER)
+            report.add("#### Rounds", "", *ROUND_HEADER)
         for n in counts:
             for i in range(1, args.repeat + 1):
                 for r in one_round(n, i, second=not args.no_second):
@@ -720,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
                    if rs[0].first.write_transactions is not None else "?"))
         report.add("")
         if growth:
-            report.add("## Growth", "", *ROUND_HEADER)
+            report.add("#### Growth", "", *ROUND_HEADER)
             pts: list[Round] = []
             for n in growth:
                 [r] = one_round(n, 1, second=n == max(growth), settings=variants[:1])
@@ -733,13 +795,26 @@ def main(argv: list[str] | None = None) -> int:
                                                              for r in pts),
                        "- peak RSS by N: " + ", ".join(f"{r.n:,}: {r.first.maxrss_kib / 1024:.0f}"
                                                        " MB" for r in pts), "")
+        if args.cprofile:
+            n = min(counts)
+            dump = base / "apply.cprofile"
+            cp = run_apply(relay, fleet_of(n), base / "state-cprofile",
+                           dict(env, FLEET_CPROFILE=str(dump)), args.concurrency,
+                           extra=["--probe-workers", variants[0]])
+            report.add(f"#### CPU profile of a first apply of {n:,}, main process "
+                       f"(probe workers {variants[0]})", "",
+                       f"Under the profiler: wall {cp.wall:.2f} s, CPU "
+                       f"{1000 * cp.cpu / n:.2f} ms/resource (main "
+                       f"{1000 * (cp.self_cpu or 0) / n:.2f}).  The probe workers run "
+                       "`run_probe` only: the raw peer's own cost.", "",
+                       *cprofile_summary(dump), "")
         if args.profile:
             n = min(counts)
             prof = (args.profile_out or base) / f"apply-{n}.collapsed.txt"
             prof.parent.mkdir(parents=True, exist_ok=True)
             pr = run_apply(relay, fleet_of(n), base / "state-profile", env, args.concurrency,
                            profile=prof, extra=["--probe-workers", variants[0]])
-            report.add(f"## Profile of a first apply of {n:,} (py-spy)", "",
+            report.add(f"#### Profile of a first apply of {n:,} (py-spy)", "",
                        f"Wall {pr.wall:.2f} s under the profiler ({n / pr.wall:.0f} tests/s), "
                        f"CPU {1000 * pr.cpu / n:.2f} ms/resource.", "", *profile_summary(prof),
                        "")
