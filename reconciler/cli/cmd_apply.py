@@ -36,6 +36,7 @@ from reconciler.cli.localcmd import (
     run_locked,
     sort_key,
 )
+from reconciler.cli.trust import add_egress_options, egress_from_args
 
 HELP = "apply manifests to the local store and test what changed (Test Connection And Save)"
 CACHE_TAG = "smtpctl.input/v2"
@@ -58,6 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "changes (lines with timestamps)")
     add_limits(parser)
     add_probe_workers(parser)
+    add_egress_options(parser)
     add_lock_timeout(parser)
     add_output(parser, ("text", "wide", "json", "yaml", "name"))
 
@@ -178,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
         return _usage(args, result, "--concurrency and --per-host must be at least 1")
     if args.watch and _structured(args):
         return _usage(args, result, "--watch prints a log: use -o text (or wide)")
+    try:
+        args.egress = egress_from_args(args)
+    except ValueError as exc:
+        return _usage(args, result, str(exc))
     raw = inputs.read(args.files)
     sd = state_dir(args)
     store = None
@@ -281,6 +287,7 @@ async def _apply(store: Any, manifests: list[dict[str, Any]], args: argparse.Nam
 
     world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
                         policy=policy_from_args(args), refresh_floor=refresh_floor(args),
+                        egress=args.egress,
                         probe_workers=probe_workers(args, len(manifests)))
     try:
         return await _apply_with(world, store, manifests, args, result, progress, log)
@@ -483,8 +490,9 @@ def _print_messages(result: Any, *, command: str) -> None:
             print(f"warning: {d['message']}")
     for e in result.events:
         if e["reason"] in SELECTION_EVENTS and e["type"] in ("Normal", "Warning"):
-            if e["reason"] == "Failover" and e["type"] == "Warning" and any(
-                    x is not e and x["reason"] == "Failover" and x["message"] == e["message"]
+            if e["reason"] in ("Failover", "Failback") and any(
+                    x is not e and x["reason"] == e["reason"] and x["message"] == e["message"]
                     for x in result.events[:result.events.index(e)]):
-                continue  # the same failover is recorded on both relays: show it once
+                continue  # the same fail-over/-back is recorded on both relays: show it once
             print(f"selection: {e['namespace']}: {e['reason']}: {e['message']}")
+
