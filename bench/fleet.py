@@ -805,8 +805,11 @@ def main(argv: list[str] | None = None) -> int:
                        f"(probe workers {variants[0]})", "",
                        f"Under the profiler: wall {cp.wall:.2f} s, CPU "
                        f"{1000 * cp.cpu / n:.2f} ms/resource (main "
-                       f"{1000 * (cp.self_cpu or 0) / n:.2f}).  The probe workers run "
-                       "`run_probe` only: the raw peer's own cost.", "",
+                       f"{1000 * (cp.self_cpu or 0) / n:.2f}).  "
+                       + ("Probe workers (not profiled here) run `run_probe` only, as the "
+                          "raw peer does." if variants[0] != "0" else
+                          "With no probe workers the connection tests run in this process "
+                          "and are profiled too."), "",
                        *cprofile_summary(dump), "")
         if args.profile:
             n = min(counts)
