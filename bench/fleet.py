@@ -635,7 +635,7 @@ ROUND_HEADER = (
     "first apply s | "
     "apply tests/s | **ratio apply:raw** | idle projection | apply CPU ms/resource "
     "(main) | raw client CPU ms/test | relay CPU ms/test raw / apply | relay busy apply | "
-    "write tx/resource | peak RSS first | second apply s | tests in second | "
+    "write tx/resource | peak RSS first | second apply s (CPU s) | tests in second | "
     "peak RSS second | load before/after |",
     "|" + " ---: |" * 19)
 
@@ -644,8 +644,8 @@ def round_row(r: Round, i: int) -> str:
     f, s, raw = r.first, r.second, r.raw
     main = f" ({1000 * f.self_cpu / r.n:.2f})" if f.self_cpu is not None else ""
     tx = f"{f.write_transactions / r.n:.3f}" if f.write_transactions is not None else "?"
-    second = (f"{s.wall:.2f} | {s.tests} | {s.maxrss_kib / 1024:.0f} MB" if s is not None
-              else "- | - | -")
+    second = (f"{s.wall:.2f} ({s.cpu:.2f}) | {s.tests} | {s.maxrss_kib / 1024:.0f} MB"
+              if s is not None else "- | - | -")
     after = f" / {r.raw_after.rate:.0f}" if r.raw_after is not None else ""
     return (f"| {r.n:,} | {i} | {r.workers} | {raw.rate:.0f}{after} ({raw.processes}) | "
             f"{raw.relay_cpu / raw.wall:.2f} | {f.wall:.2f} | {r.rate:.0f} | "
