@@ -8,6 +8,7 @@ emulator, real aiosmtpd relays with real TLS on loopback, the real ``smtpctl`` C
   annotation the operator honours.
 * Standby and failover; the relay in use failing without a standby: its own reason, a
   Warning Event, a metric, ``SMTP_READY=false``.
+* The first pass picks the preferred relay even when the standby's verdict comes first.
 * Fail-back after ``failbackDelay``, on the operator's own schedule.
 * An untested password is never published (not even after the Secret is lost and the
   operator restarts).
@@ -36,6 +37,7 @@ from tests.support.kube_operator import (
     relay_spec,
     wait_for,
 )
+from tests.support.tcp_proxy import TcpProxy
 
 USER = "user@example.test"
 NS = "mail"
@@ -103,7 +105,9 @@ def test_published_record_failover_and_the_relay_in_use_failing(
     with OperatorProcess(c, "op", "--namespace", NS, "--metrics-port", "0") as op:
         wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
                  timeout=60)
-        assert condition(c.smtp(NS, "standby"), "Selected")["reason"] == "Standby"
+        # the standby's Selected condition follows its verdict in a second write
+        wait_for("standby waits", lambda: _with_reason(
+            condition(c.smtp(NS, "standby"), "Selected"), "Standby"))
         data = wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
         # 1. the connection that passed: the fallback to spec.port, not the refused port
         assert data["SMTP_RELAY"] == f"{NS}/primary"
@@ -149,6 +153,36 @@ def test_published_record_failover_and_the_relay_in_use_failing(
         code, out = smtpctl("get", "active", "-n", NS, "-o", "env", "--require-ready",
                             "--kubeconfig", str(c.kubeconfig))
         assert code == 1 and "SMTP_READY='false'" in out
+
+
+def test_first_pass_picks_the_preferred_relay_whichever_verdict_comes_first(
+        relays: tuple[Cluster, RelayServer, RelayServer]) -> None:
+    """Rule 4 in the operator: a proxy adds 0.25 s each way to the primary's connection,
+    so its test takes seconds longer and the standby's verdict comes first.  Without the
+    rule the standby became the relay in use and kept it (the primary then waited out its
+    fail-back delay, 5m): the preferred relay must be chosen, the standby never."""
+    c, primary, standby = relays
+    with TcpProxy("127.0.0.1", primary.port, delay=0.25) as slow:
+        spec = relay_spec(slow.port)
+        spec["priority"] = 0
+        c.create_smtp(NS, "primary", spec)
+        backup = relay_spec(standby.port)
+        backup["priority"] = 10
+        c.create_smtp(NS, "standby", backup)
+        with OperatorProcess(c, "op", "--namespace", NS):
+            wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
+                     timeout=90)
+            sel = wait_for("standby waits", lambda: _with_reason(
+                condition(c.smtp(NS, "standby"), "Selected"), "Standby"))
+            assert "'primary'" in sel["message"]
+            wait_for("Active event", lambda: "Active" in _reasons(c, "primary"))
+            assert not {"Active", "Failover", "Failback"} & set(_reasons(c, "standby"))
+        assert slow.connections  # the primary's test did go through the slow path
+
+
+def _reasons(c: Cluster, name: str) -> list[str]:
+    return [e["reason"] for e in c.events(NS)
+            if (e.get("involvedObject") or {}).get("name") == name]
 
 
 def test_failback_after_the_delay_on_the_operators_own_schedule(
