@@ -8,6 +8,7 @@
   error, a store error) was logged and nothing retried: the object stayed stuck in
   Terminating (the flaky ``test_deletion_fails_over_and_cleans_up``).
 * Unrelated Secrets cost no memory: the Secret cache keeps only referenced Secrets.
+* After a gap in the Secret watch, kept Secrets are re-read before their next use.
 """
 
 from __future__ import annotations
@@ -115,6 +116,57 @@ async def test_only_referenced_secrets_are_kept(env: Any) -> None:
     referenced.clear()  # no resource uses it any more
     secrets.prune()
     assert len(secrets) == 0
+
+
+async def test_after_a_watch_gap_kept_secrets_are_reread_before_use(env: Any) -> None:
+    """A Secret rotated while the Secret watch was down: the next use reads it by name
+    (before: the kept copy was served until the resync finished, so a resource created
+    during an outage was tested with the rotated-away password and got a spurious
+    AuthenticationFailed Warning), users are woken once, and a resync whose read fails
+    keeps the entry stale and says so (before: the failure was skipped and the change
+    never noticed)."""
+    _emu, parts = env
+    api = parts.api
+    changed: list[tuple[str, str]] = []
+    secrets = KubeSecrets(api, referenced=lambda ns, name: name in ("pw", "other"))
+    secrets.on_changed = changed.append
+    secrets_path = resource_path("v1", "secrets", "default")
+    for name, value in (("pw", b"old"), ("other", b"same")):
+        await api.post(secrets_path, {"metadata": {"name": name},
+                                      "data": {"password": base64.b64encode(value).decode()}})
+    pw = SecretRef.model_validate({"secretKeyRef": {"name": "pw", "key": "password"}})
+    other = SecretRef.model_validate({"secretKeyRef": {"name": "other", "key": "password"}})
+    assert (await secrets.resolve(pw, "default")).value.reveal() == "old"
+    await secrets.resolve(other, "default")
+
+    secrets.mark_stale("elsewhere")  # another namespace's watch: nothing here is stale
+    assert secrets.stale == 0
+    secrets.mark_stale("default")  # the watch broke; meanwhile the Secret is rotated
+    await api.patch(resource_path("v1", "secrets", "default", "pw"),
+                    {"data": {"password": base64.b64encode(b"new").decode()}})
+    misses = secrets.misses
+    assert (await secrets.resolve(pw, "default")).value.reveal() == "new"  # read, not kept
+    assert secrets.misses == misses + 1
+    assert changed == [("default", "pw")]  # its users are woken, once
+    assert await secrets.resync() == []  # 'other' re-read: unchanged, nobody woken
+    assert changed == [("default", "pw")] and secrets.stale == 0
+    hits = secrets.hits
+    await secrets.resolve(pw, "default")
+    assert secrets.hits == hits + 1  # fresh again: served from memory
+
+    # A resync whose read fails: the entry stays stale (the next use reads it again).
+    secrets.mark_stale(None)
+    real_get = api.get
+
+    async def down(path: str, params: Any = None) -> dict[str, Any]:
+        raise Unreachable(0, "Unreachable", f"GET {path}: injected")
+
+    api.get = down
+    assert sorted(await secrets.resync()) == [("default", "other"), ("default", "pw")]
+    assert secrets.stale == 2
+    api.get = real_get
+    assert await secrets.resync() == [] and secrets.stale == 0
+    assert changed == [("default", "pw")]
 
 
 async def test_first_memo_write_carries_the_finalizer_in_the_same_patch(env: Any) -> None:
