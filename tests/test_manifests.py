@@ -12,6 +12,7 @@ from typing import Any
 import celpy
 import pytest
 import yaml
+from celpy.adapter import json_to_cel
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -266,7 +267,7 @@ def test_argocd_cm_snippet_matches_health_lua() -> None:
 
 def _flux_verdict(check: dict[str, str], obj: dict[str, Any]) -> str:
     env = celpy.Environment()
-    act = {k: celpy.json_to_cel(v) for k, v in obj.items()}
+    act = {k: json_to_cel(v) for k, v in obj.items()}
     for key in ("inProgress", "failed", "current"):
         if bool(env.program(env.compile(check[key])).evaluate(act)):
             return key

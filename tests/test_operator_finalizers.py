@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -29,6 +29,7 @@ from reconciler.runtimes.operator.settings import FINALIZER, OperatorConfig
 from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.stores.base import ObjectRef
 from reconciler.stores.kubeapi import Credentials, KubeApi, Unreachable, resource_path
+from reconciler.stores.kubetypes import as_object
 from tests.support.kube_emulator import KubeEmulator, running_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,12 +84,17 @@ async def test_removal_keeps_others_and_is_retried_until_it_succeeds(env: Any) -
         if path == PATH and failures["left"]:
             failures["left"] -= 1
             raise Unreachable(0, "Unreachable", f"PATCH {path}: injected")
-        return await real_patch(path, body)
+        return cast(dict[str, Any], await real_patch(path, body))
 
     api.patch = flaky_patch  # the network drops the first three finalizer patches
     delays: list[int] = []
+
+    def backoff(n: int) -> float:
+        delays.append(n)
+        return 0.0
+
     await finalizers.finalize(store, parts.controller.world, parts.controller.publisher, REF,
-                              backoff=lambda n: delays.append(n) or 0.0)
+                              backoff=backoff)
     assert delays == [1, 2, 3]  # the backoff grows per consecutive failure
     body = await api.get(PATH)
     assert body["metadata"]["finalizers"] == ["other.example/keep"]  # theirs stays
@@ -102,8 +108,8 @@ async def test_only_referenced_secrets_are_kept(env: Any) -> None:
     secrets = KubeSecrets(api, referenced=lambda ns, name: (ns, name) in referenced)
     blob = base64.b64encode(b"x" * 4096).decode()
     for i in range(20):  # unrelated Secrets arriving on the watch
-        body = {"metadata": {"namespace": "default", "name": f"helm-{i}",
-                             "resourceVersion": str(i)}, "data": {"release": blob}}
+        body = as_object({"metadata": {"namespace": "default", "name": f"helm-{i}",
+                                       "resourceVersion": str(i)}, "data": {"release": blob}})
         assert secrets.observe(body, "ADDED") is False
     assert len(secrets) == 0
     await api.post(resource_path("v1", "secrets", "default"), {
@@ -185,7 +191,7 @@ async def test_first_memo_write_carries_the_finalizer_in_the_same_patch(env: Any
 
     async def counting_patch(path: str, body: Any) -> dict[str, Any]:
         patches.append(body)
-        return await real_patch(path, body)
+        return cast(dict[str, Any], await real_patch(path, body))
 
     api.patch = counting_patch
     await store.update_status(REF, lambda cur: StatusWrite({"observedGeneration": 1}, memo))
