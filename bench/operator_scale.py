@@ -873,6 +873,9 @@ def main() -> int:
     parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
                         help="keep the restarted operator running this long after catch-up "
                         "and report whether it is still up (it must keep its Lease)")
+    parser.add_argument("--stay-up-from", type=int, default=0, metavar="N",
+                        help="only counts >= N stay up (--stay-up); e.g. a growth run over "
+                        "1000 3000 10000 that checks the Lease at 10000 only")
     parser.add_argument("--max-seconds", type=float, default=3 * 3600,
                         help="the whole run's time budget (default 3 h)")
     parser.add_argument("--memory", type=int, default=None, metavar="N",
@@ -913,7 +916,8 @@ def main() -> int:
                 work = (args.workdir or Path(tmp_dir)) / f"{count}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
                 print(f"== {count} resources, run {rep + 1}/{args.repeat}", flush=True)
-                r = run_one(count, args.concurrency, work, deadline, stay_up=args.stay_up,
+                stay_up = args.stay_up if count >= args.stay_up_from else 0
+                r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
                             raw_tests=args.raw_tests, profile=args.profile)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
