@@ -1,49 +1,135 @@
-"""Fleet benchmark: `smtpctl apply` of 1,000 and 10,000 ExternalSmtp against one relay.
+"""Fleet benchmark: `smtpctl apply` of a fleet of ExternalSmtp against one relay.
 
-    ./dev bench fleet [--count 1000 --count 10000] [--concurrency 32] [--no-profile]
+    ./dev bench fleet [--count 1000 ...] [--repeat 3] [--clients 3] [--relay aiosmtpd]
+                      [--profile] [--growth 1000,2000,5000,10000] [--write FILE]
 
-What it measures, per fleet size, with a loopback aiosmtpd relay (STARTTLS with a trustme
-CA + AUTH PLAIN) running in its own process (so it does not share our GIL):
+Every row compares the apply with its peer **in the same run, against the same relay**:
 
-* ``raw probe``: the relay's capacity - ``run_probe`` alone, N tests at the chosen
-  concurrency, no engine, no store (the peer we compare against: the ratio
-  ``apply tests/s : raw tests/s`` says how much of the relay's capacity the engine uses);
-* ``first apply``: ``python -m reconciler apply -f fleet.yaml`` in a subprocess - every
-  resource tested; wall time, tests/s, peak RSS of the apply process;
-* ``second apply``: the same, unchanged - must run **zero** connection tests (asserted
-  through the relay's connection counter); wall time, peak RSS;
-* a cProfile summary of a first apply (the smallest count) - where the time goes.
+* ``raw relay capacity``: the connection test alone (``run_probe`` in a loop: no engine,
+  no store, no YAML) in ``--clients`` separate processes at once (default: CPUs + 1), so
+  that the client is not the limit the way one process of it is.  Each process warms up,
+  then all start together; tests per second of wall time over all processes.
+* ``first apply``: ``python -m reconciler apply -f fleet.yaml`` in a subprocess (fresh
+  state): every resource tested (asserted through the relay's connection counter).  Wall
+  time, tests/s, the ratio to the raw capacity, the CPU time of the apply process and
+  everything it started (per resource), its peak RSS, and the number of SQLite write
+  transactions it committed (per resource; counted by wrapping ``LocalStore.close``).
+* ``second apply``: the same again, unchanged: must run **zero** tests (asserted).
+* the CPU time of the relay process(es) during each phase (``/proc``): how busy the relay
+  was, per test and as a share of one core.
+* ``--profile``: a py-spy profile of one first apply (the apply's process and its
+  children), summarised by own time and by area; ``--profile-out DIR`` keeps the raw
+  collapsed stacks.
+* ``--growth``: first apply at several sizes (one raw capacity per size), with a fit of
+  CPU time and wall time against N.
 
-Output: a Markdown report on stdout (paste into docs/benchmarks/fleet.md).
+The relay (``--relay``): ``aiosmtpd`` (default; ``reconciler.devservers.smtp.RelayServer``,
+STARTTLS + AUTH PLAIN, in its own process) or ``postfix`` (Postfix + Dovecot from
+``tests/support/postfix.py``, its STARTTLS listener; ``in_flow_delay`` set to 0, see
+docs/benchmarks/fleet.md for why).
+
+Output: Markdown on stdout (``--write docs/benchmarks/fleet.md`` replaces the generated
+block of that file and keeps the analysis around it).  The machine is shared: the load
+average before and after each phase is printed with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import platform
-import pstats
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 USER = "fleet@example.test"
-PASSWORD = "bench-password-not-secret"
+PASSWORD = "bench-password-not-secret"  # the bench relay's own test login
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-# --- the relay, in its own process ---------------------------------------------------------
+# --- CPU accounting from /proc ------------------------------------------------------------
 
 
-def _relay_main(conn: Connection) -> None:
+def _proc_table() -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                out[int(d)] = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    return out
+
+
+def tree_cpu(roots: Sequence[int]) -> float:
+    """CPU seconds (user + system) of ``roots`` and all their descendants, including the
+    children they already reaped (``cutime``/``cstime``)."""
+    table = _proc_table()
+    kids: dict[int, list[int]] = {}
+    for pid, fields in table.items():
+        kids.setdefault(int(fields[1]), []).append(pid)
+    total = 0
+    todo, seen = list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        f = table[pid]
+        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+        todo += kids.get(pid, [])
+    return total / CLK_TCK
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+# --- relays ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RelayInfo:
+    """A relay the benchmark runs against (its own process or processes)."""
+
+    name: str
+    port: int
+    ca_pem: str
+    user: str
+    password: str
+    pids_fn: Callable[[], list[int]]
+    connections_fn: Callable[[], int]
+
+    def pids(self) -> list[int]:
+        """The relay's processes (their CPU time is the relay's)."""
+        return self.pids_fn()
+
+    @property
+    def connections(self) -> int:
+        """Connections the relay has accepted so far (= connection tests)."""
+        return self.connections_fn()
+
+
+def _aiosmtpd_main(conn: Connection) -> None:
     import warnings
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # aiosmtpd's login_data
@@ -62,23 +148,30 @@ def _relay_main(conn: Connection) -> None:
             return
 
 
-class Relay:
+class Relay(RelayInfo):
+    """The aiosmtpd relay (``reconciler.devservers.smtp.RelayServer``, STARTTLS + AUTH
+    PLAIN, login ``USER``/``PASSWORD``) in its own process, started by ``Relay()``;
+    ``stop()`` ends it.  ``bench/operator_scale.py`` uses it too (same relay class)."""
+
     def __init__(self) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_relay_main, args=(child,), daemon=True)
+        self._proc = ctx.Process(target=_aiosmtpd_main, args=(child,), daemon=True)
         self._proc.start()
-        self.port, self.ca_pem = self._conn.recv()
+        port, ca_pem = self._conn.recv()
+        super().__init__(
+            "aiosmtpd 1.4 (reconciler.devservers.smtp.RelayServer), one process, "
+            "STARTTLS + AUTH PLAIN", port, ca_pem, USER, PASSWORD,
+            lambda: [self.pid], self._connections)
 
     @property
     def pid(self) -> int:
-        """The relay process (bench/operator.py reads its CPU time)."""
+        """The relay process."""
         pid = self._proc.pid
         assert pid is not None
         return pid
 
-    @property
-    def connections(self) -> int:
+    def _connections(self) -> int:
         self._conn.send("connections")
         n: int = self._conn.recv()
         return n
@@ -93,10 +186,224 @@ class Relay:
                 self._proc.kill()
 
 
-# --- helpers ---------------------------------------------------------------------------------
+@contextmanager
+def aiosmtpd_relay() -> Iterator[RelayInfo]:
+    relay = Relay()
+    try:
+        yield relay
+    finally:
+        relay.stop()
 
 
-def write_fleet(path: Path, count: int, port: int, ca_file: Path) -> None:
+@contextmanager
+def postfix_relay() -> Iterator[RelayInfo]:
+    from tests.support.postfix import start_peer
+
+    with start_peer() as peer:
+        etc = peer.root / "etc"
+        # The connection test opens a transaction (MAIL FROM) and resets it; no message is
+        # ever delivered, so Postfix's flow control (in_flow_delay, 1 s by default) would
+        # pause every cleanup connection once its tokens are spent: 30 tests/s whatever the
+        # client.  A relay that receives real mail gets tokens back from qmgr.
+        subprocess.run(["postconf", "-c", str(etc), "-e", "in_flow_delay = 0"], check=True)
+        subprocess.run(["postfix", "-c", str(etc), "reload"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # reload is asynchronous; let master re-read its configuration
+
+        def pids() -> list[int]:
+            master = (peer.root / "queue" / "pid" / "master.pid").read_text().split()[0]
+            return [int(master), *([peer._dovecot_pid] if peer._dovecot_pid else [])]
+
+        def connections() -> int:
+            return sum(1 for line in peer.maillog.read_text("utf-8", "replace").splitlines()
+                       if "/smtpd[" in line and ": disconnect from " in line)
+
+        yield RelayInfo("Postfix 3.7 + Dovecot 2.3 (tests/support/postfix.py), STARTTLS "
+                        "listener, in_flow_delay=0", peer.starttls_port, peer.ca_pem,
+                        peer.user, peer.password.reveal(), pids, connections)
+
+
+# --- raw relay capacity: the connection test alone, in several processes ---------------------
+
+
+def _raw_worker(conn: Connection, port: int, ca_pem: str, user: str, password: str,
+                count: int, concurrency: int) -> None:
+    from reconciler.probe import run_probe
+    from reconciler.probe.verdict import ProbeCredentials
+    from reconciler.resources import ExternalSmtpSpec
+    from reconciler.secret import Secret
+
+    spec = ExternalSmtpSpec.model_validate({
+        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
+        "startTLS": True, "username": user, "passwordFrom": {"env": "FLEET_PW"}})
+    creds = ProbeCredentials(password=Secret(password), ca_bundle_pem=ca_pem)
+
+    async def run() -> None:
+        for _ in range(2):  # warm up: imports, TLS context, first connection
+            v = await run_probe(spec, creds)
+            if not v.passed:
+                conn.send(("error", f"{v.reason}: {v.message}"))
+                return
+        conn.send(("ready", None))
+        conn.recv()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        sem = asyncio.Semaphore(concurrency)
+        failures = 0
+
+        async def one() -> None:
+            nonlocal failures
+            async with sem:
+                failures += not (await run_probe(spec, creds)).passed
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        end = time.monotonic()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+        conn.send(("done", (end, cpu, failures)))
+
+    asyncio.run(run())
+
+
+@dataclass
+class RawResult:
+    processes: int
+    tests: int
+    wall: float
+    client_cpu: float
+    relay_cpu: float
+    load: tuple[float, float]
+
+    @property
+    def rate(self) -> float:
+        return self.tests / self.wall
+
+
+def raw_capacity(relay: RelayInfo, count: int, concurrency: int = 32,
+                 processes: int | None = None) -> RawResult:
+    """The raw relay capacity: ``count`` connection tests (``run_probe`` alone: no engine,
+    no store, no YAML) split over ``processes`` client processes (default: CPUs + 1) that
+    warm up, then start together, ``concurrency`` tests in flight over all of them.
+
+    ``relay``: a :class:`RelayInfo` (e.g. ``Relay()``); ``result.rate`` is tests per second
+    of wall time, ``result.relay_cpu / result.wall`` how busy the relay was.  Raises when a
+    test fails (a peer that is not measuring what it claims).  Used by
+    ``bench/operator_scale.py`` too, so both benchmarks compare with the same peer."""
+    processes = processes or (os.cpu_count() or 1) + 1
+    ctx = mp.get_context("spawn")
+    per = max(1, count // processes)
+    workers: list[tuple[Any, Connection]] = []
+    for _ in range(processes):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_raw_worker, daemon=True, args=(
+            child, relay.port, relay.ca_pem, relay.user, relay.password, per,
+            max(1, concurrency // processes)))
+        proc.start()
+        workers.append((proc, parent))
+    try:
+        for _, conn in workers:
+            kind, detail = conn.recv()
+            if kind != "ready":
+                raise RuntimeError(f"raw probe client failed its warm-up: {detail}")
+        load0 = load()
+        cpu0 = tree_cpu(relay.pids())
+        t0 = time.monotonic()
+        for _, conn in workers:
+            conn.send("go")
+        results = [conn.recv()[1] for _, conn in workers]
+        end = max(r[0] for r in results)
+        relay_cpu = tree_cpu(relay.pids()) - cpu0
+        failures = sum(r[2] for r in results)
+        if failures:
+            raise RuntimeError(f"{failures} raw connection tests failed")
+        return RawResult(processes, per * processes, end - t0, sum(r[1] for r in results),
+                         relay_cpu, (load0, load()))
+    finally:
+        for proc, _ in workers:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --- the apply process -------------------------------------------------------------------------
+
+
+def child(stats_path: str, argv: list[str]) -> int:
+    """Run ``smtpctl ARGV`` in this process and write its counters to ``stats_path``.
+
+    The counters are read where the store keeps them (``LocalStore.write_transactions``)
+    when the CLI closes the store; nothing in smtpctl's behaviour changes.
+    """
+    from reconciler.stores import local
+
+    totals: list[int] = []
+    orig_close = local.LocalStore.close
+
+    def close(self: local.LocalStore) -> None:
+        totals.append(int(getattr(self, "write_transactions", -1)))
+        orig_close(self)
+
+    local.LocalStore.close = close  # type: ignore[method-assign]
+    from reconciler.cli.main import main
+
+    try:
+        return main(argv)
+    finally:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        Path(stats_path).write_text(json.dumps({
+            "write_transactions": sum(totals) if totals and min(totals) >= 0 else None,
+            "self_cpu": me.ru_utime + me.ru_stime, "children_cpu": kids.ru_utime + kids.ru_stime,
+            "self_maxrss_kib": me.ru_maxrss}))
+
+
+@dataclass
+class ApplyResult:
+    code: int
+    wall: float
+    cpu: float  # the apply process and everything it started (wait4)
+    self_cpu: float | None
+    maxrss_kib: int
+    tests: int
+    write_transactions: int | None
+    relay_cpu: float
+    load: tuple[float, float]
+
+
+def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
+              concurrency: int, *, profile: Path | None = None,
+              extra: Sequence[str] = ()) -> ApplyResult:
+    stats = state.with_suffix(".stats.json")
+    cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "_child", str(stats),
+           "apply", "-f", str(fleet), "--state", str(state), "--concurrency", str(concurrency),
+           "--per-host", str(concurrency), "--lock-timeout", "5", *extra]
+    if profile is not None:
+        cmd = ["py-spy", "record", "--subprocesses", "--rate", "200", "--format", "raw",
+               "--output", str(profile), "--", *cmd]
+        cmd[0] = str(Path(sys.executable).with_name("py-spy"))
+    c0 = relay.connections
+    load0 = load()
+    cpu0 = tree_cpu(relay.pids())
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    relay_cpu = tree_cpu(relay.pids()) - cpu0
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    if code != 0:
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-15:]
+        raise RuntimeError(f"apply exited {code}:\n" + "\n".join(tail))
+    data = json.loads(stats.read_text()) if stats.exists() else {}
+    return ApplyResult(
+        code=code, wall=wall, cpu=usage.ru_utime + usage.ru_stime,
+        self_cpu=data.get("self_cpu"), maxrss_kib=int(usage.ru_maxrss),
+        tests=relay.connections - c0, write_transactions=data.get("write_transactions"),
+        relay_cpu=relay_cpu, load=(load0, load()))
+
+
+def write_fleet(path: Path, count: int, relay: RelayInfo, ca_file: Path) -> None:
     parts = []
     for i in range(count):
         parts.append(f"""apiVersion: smtp.reconciler.dev/v1alpha1
@@ -105,10 +412,10 @@ metadata:
   name: relay-{i:05d}
 spec:
   host: 127.0.0.1
-  port: {port}
+  port: {relay.port}
   authentication: UsernamePassword
   startTLS: true
-  username: {USER}
+  username: {relay.user}
   passwordFrom: {{env: FLEET_PW}}
   selected: {"true" if i == 0 else "false"}
   tls: {{caBundleFrom: {{file: {ca_file}}}}}
@@ -116,201 +423,286 @@ spec:
     path.write_text("---\n".join(parts))
 
 
-def run_apply(args: list[str], env: dict[str, str]) -> tuple[int, float, int]:
-    """Run a child, return (exit code, wall seconds, peak RSS in KiB of that child)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, int(usage.ru_maxrss)
+# --- profiles ----------------------------------------------------------------------------------
+
+AREAS: list[tuple[str, tuple[str, ...]]] = [
+    ("imports (module loading)", ("<frozen importlib._bootstrap",)),
+    ("TLS (ssl, asyncio sslproto)", ("ssl.py", "sslproto.py")),
+    ("SQLite (reconciler/stores/local.py)", ("stores/local.py",)),
+    ("connection test (reconciler/probe)", ("reconciler/probe/",)),
+    ("  of which transcript + redaction", ("probe/transcript.py", "probe/redact.py")),
+    ("  of which tenacity (retry wrapper)", ("tenacity/",)),
+    ("  of which aiosmtplib", ("aiosmtplib/",)),
+    ("secrets (reconciler/credentials)", ("reconciler/credentials/",)),
+    ("engine (reconciler/engine)", ("reconciler/engine/",)),
+    ("  of which selection", ("engine/selection.py",)),
+    ("input: YAML", ("yaml/",)),
+    ("input: schema + models (schema, pydantic)", ("reconciler/schema/", "pydantic")),
+    ("CLI report (reconciler/cli)", ("reconciler/cli/cmd_apply.py", "reconciler/cli/localcmd")),
+    ("JSON (json)", ("json/",)),
+]
 
 
-async def raw_probe(count: int, concurrency: int, port: int, ca_pem: str) -> float:
-    """The relay's capacity: run_probe alone, no engine, no store; returns tests/s."""
-    from reconciler.probe import run_probe
-    from reconciler.probe.verdict import ProbeCredentials
-    from reconciler.resources import ExternalSmtpSpec
-    from reconciler.secret import Secret
-
-    spec = ExternalSmtpSpec.model_validate({
-        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
-        "startTLS": True, "username": USER, "passwordFrom": {"env": "FLEET_PW"}})
-    creds = ProbeCredentials(password=Secret(PASSWORD), ca_bundle_pem=ca_pem)
-    sem = asyncio.Semaphore(concurrency)
-    failures = 0
-
-    async def one() -> None:
-        nonlocal failures
-        async with sem:
-            v = await run_probe(spec, creds)
-            failures += not v.passed
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(count)))
-    dt = time.perf_counter() - t0
-    assert failures == 0, f"{failures} raw probes failed"
-    return count / dt
+def _frames(stack: str) -> list[str]:
+    return stack.split(";")
 
 
-def seed_state(fleet: Path, state: Path, env: dict[str, str]) -> None:
-    """Fill a store as a first apply would, but with an instant passing probe.
+def profile_summary(path: Path, top: int = 20) -> list[str]:
+    """Own time by function and inclusive time by area, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
+    per_process: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        frames = _frames(stack)
+        per_process[frames[0].split(" (")[0] if frames[0].startswith("process") else "-"] += count
+        own[_short(frames[-1])] += count
+        for label, needles in AREAS:
+            if any(any(k in f for k in needles) for f in frames):
+                areas[label] += count
+    if not total:
+        return ["(empty profile)"]
+    out = [f"{total} samples at 200 Hz (CPU only: py-spy leaves out idle threads).", "",
+           "Inclusive share by area (a sample counts for every area on its stack):", "",
+           "| area | share |", "| --- | ---: |"]
+    for label, _ in AREAS:
+        out.append(f"| {label} | {100 * areas[label] / total:.1f} % |")
+    out += ["", f"Top {top} functions by own time:", "", "| own | function |", "| ---: | --- |"]
+    for name, hits in own.most_common(top):
+        out.append(f"| {100 * hits / total:.1f} % | `{name}` |")
+    if len(per_process) > 1:
+        out += ["", "By process: " + ", ".join(f"{k} {100 * v / total:.0f} %"
+                                               for k, v in per_process.most_common())]
+    return out
 
-    Only for sizes where a real first apply takes too long on a shared machine: the
-    digests are computed by the real credentials layer, so the real second apply must
-    still run zero tests (asserted).  The report marks such rows.
-    """
-    code = (
-        "import asyncio, sys\n"
-        "from reconciler.probe.verdict import Verdict\n"
-        "from reconciler.runtimes.local import apply_manifests, build_world, "
-        "load_documents, validate_documents\n"
-        "from reconciler.stores.local import LocalStore\n"
-        "async def ok(spec, creds):\n"
-        "    return Verdict(True, 'quit', 'TestPassed', 'seeded', 'None', False, 0.0)\n"
-        "store = LocalStore(sys.argv[2])\n"
-        "world = build_world(store, announce_testing=False)\n"
-        "world.probe_fn = ok\n"
-        "ms = validate_documents(load_documents([sys.argv[1]]))\n"
-        "asyncio.run(apply_manifests(store, world, ms))\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(fleet), str(state)], env=env, check=True,
-                   cwd=ROOT)
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    where = where.replace(str(ROOT) + "/", "").split("site-packages/")[-1]
+    where = where.split("/lib/python3.11/")[-1]
+    return f"{name} ({where})"
 
 
-def machine() -> str:
+# --- report ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    n: int
+    raw: RawResult
+    first: ApplyResult
+    second: ApplyResult | None
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.first.wall
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / self.raw.rate
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+
+
+def machine() -> list[str]:
     cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    free = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout.strip()
-    return (f"- nproc: {os.cpu_count()}\n- CPU: {cpu}\n- Python: {platform.python_version()}"
-            f"\n- free -h:\n\n```\n{free}\n```")
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    free = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout
+    mem = next((ln.split()[1] for ln in free.splitlines() if ln.startswith("Mem:")), "?")
+    return [f"- CPU: {cpu}; `nproc`: {os.cpu_count()}; memory: {mem}; "
+            f"Python {platform.python_version()}; kernel {platform.release()}",
+            "- Shared with other engineers' test runs: the load average (1 min) before and "
+            "after each phase is in the tables; compare ratios within one round."]
 
 
-def profile_summary(path: Path, top: int = 18) -> str:
-    stats = pstats.Stats(str(path))
-    total = stats.total_tt  # type: ignore[attr-defined]
-    rows: list[tuple[float, float, str]] = []
-    for (fn, line, name), (_cc, _nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        short = fn.replace(str(ROOT) + "/", "").split("site-packages/")[-1]
-        rows.append((tt, ct, f"{short}:{line}({name})"))
-    rows.sort(reverse=True)
-    out = [f"Total profiled time {total:.2f}s. Top functions by own time:", "",
-           "| own s | cumulative s | function |", "| ---: | ---: | --- |"]
-    for tt, ct, name in rows[:top]:
-        out.append(f"| {tt:.3f} | {ct:.3f} | `{name}` |")
-    steps = {
-        "connection tests (run_probe, incl. TLS)": "reconciler/probe/runner.py",
-        "status/memo writes (update_status_sync)": "update_status_sync",
-        "test history (record_test)": "record_test",
-        "events (record_event)": "record_event",
-        "input: schema check (schema_problems)": "schema_problems",
-        "input: YAML + typed models (parse_texts, validate_documents)": "parse_texts|"
-                                                                        "validate_documents",
-        "upsert (upsert_many)": "upsert_many",
-        "credentials (resolve_smtp_credentials)": "resolve_smtp_credentials",
-        "selection (select_scope)": "select_scope",
-    }
-    out += ["", "Cumulative time of the main steps (coroutines: time while running, not "
-            "while suspended):", ""]
-    for label, pat in steps.items():
-        keys = pat.split("|")
-        best = max((ct for _tt, ct, name in rows if any(k in name for k in keys)
-                    and ("run_probe" in name or "runner.py" not in pat)), default=0.0)
-        out.append(f"- {label}: {best:.2f}s ({100 * best / total:.0f}%)")
-    buckets = {"waiting for the network (epoll)": ("poll", "select"),
-               "TLS (ssl)": ("ssl.py", "_ssl"),
-               "SQLite": ("sqlite3", "execute", "commit"),
-               "YAML": ("yaml", "_yaml"),
-               "pydantic": ("pydantic",)}
-    out += ["", "Own time by area (heuristic, by function/file name):", ""]
-    for label, names in buckets.items():
-        s = sum(tt for tt, _ct, name in rows if any(k in name for k in names))
-        out.append(f"- {label}: {s:.2f}s ({100 * s / total:.0f}%)")
-    return "\n".join(out)
+ROUND_HEADER = (
+    "| N | round | raw tests/s (clients) | relay busy raw | first apply s | apply tests/s | "
+    "**ratio apply:raw** | apply CPU ms/resource (main) | raw client CPU ms/test | "
+    "relay CPU ms/test raw / apply | relay busy apply | write tx/resource | peak RSS first | "
+    "second apply s | tests in second | peak RSS second | load before/after |",
+    "|" + " ---: |" * 17)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, action="append", help="fleet size (repeatable)")
+def round_row(r: Round, i: int) -> str:
+    f, s, raw = r.first, r.second, r.raw
+    main = f" ({1000 * f.self_cpu / r.n:.2f})" if f.self_cpu is not None else ""
+    tx = f"{f.write_transactions / r.n:.3f}" if f.write_transactions is not None else "?"
+    second = (f"{s.wall:.2f} | {s.tests} | {s.maxrss_kib / 1024:.0f} MB" if s is not None
+              else "- | - | -")
+    return (f"| {r.n:,} | {i} | {raw.rate:.0f} ({raw.processes}) | "
+            f"{raw.relay_cpu / raw.wall:.2f} | {f.wall:.2f} | {r.rate:.0f} | "
+            f"**{r.ratio:.2f}** | {1000 * f.cpu / r.n:.2f}{main} | "
+            f"{1000 * raw.client_cpu / raw.tests:.2f} | "
+            f"{1000 * raw.relay_cpu / raw.tests:.2f} / {1000 * f.relay_cpu / r.n:.2f} | "
+            f"{f.relay_cpu / f.wall:.2f} | {tx} | {f.maxrss_kib / 1024:.0f} MB | {second} | "
+            f"{raw.load[0]:.1f}/{f.load[1]:.1f} |")
+
+
+def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares y = p*x0 + q*x1 (normal equations); returns p, q and R^2."""
+    s00 = sum(a * a for a, _ in xs)
+    s01 = sum(a * b for a, b in xs)
+    s11 = sum(b * b for _, b in xs)
+    t0 = sum(a * y for (a, _), y in zip(xs, ys, strict=True))
+    t1 = sum(b * y for (_, b), y in zip(xs, ys, strict=True))
+    det = s00 * s11 - s01 * s01
+    p, q = (t0 * s11 - t1 * s01) / det, (s00 * t1 - s01 * t0) / det
+    mean = sum(ys) / len(ys)
+    ss = sum((y - mean) ** 2 for y in ys)
+    res = sum((y - p * a - q * b) ** 2 for (a, b), y in zip(xs, ys, strict=True))
+    return p, q, (1 - res / ss) if ss else 1.0
+
+
+def fit(points: list[tuple[float, float]]) -> str:
+    """Least-squares fits y = a + b*N and y = b*N + c*N^2 (N in thousands), with R^2."""
+    ns = [p[0] / 1000 for p in points]
+    ys = [p[1] for p in points]
+    a, b, r_lin = _lstsq2([(1.0, n) for n in ns], ys)
+    qb, qc, r_quad = _lstsq2([(n, n * n) for n in ns], ys)
+    return (f"{a:.2f} + {b:.2f}·N (R² {r_lin:.4f}); "
+            f"{qb:.2f}·N + {qc:.3f}·N² (R² {r_quad:.4f})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="./dev bench fleet", description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, action="append", help="fleet size (repeatable; 1000)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds per size (3)")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--seed-above", type=int, default=None, metavar="N",
-                    help="for fleets larger than N, seed the store with an instant probe "
-                    "instead of a real first apply (the second apply stays real)")
-    args = ap.parse_args()
-    counts = args.count or [1000, 10000]
-    conc = args.concurrency
-    relay = Relay()
-    lines = ["# Fleet benchmark (`./dev bench fleet`)", "",
-             f"Command: `{' '.join(['./dev bench fleet', *sys.argv[1:]])}`", "",
-             "Machine (shared with four other engineers' test runs while measured: numbers "
-             "are noisy):", "", machine(), "",
-             f"Concurrency {conc} (global and per host: one relay). Relay: aiosmtpd "
-             "(devservers.smtp.RelayServer), STARTTLS + AUTH PLAIN, in its own process.", "",
-             "| resources | raw probe tests/s | first apply s | first apply tests/s | "
-             "ratio apply:raw | second apply s | tests in second apply | peak RSS first | "
-             "peak RSS second |", "|" + " ---: |" * 9]
-    profile = ""
-    try:
-        with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
-            base = Path(tmp)
-            ca = base / "ca.pem"
-            ca.write_text(relay.ca_pem)
-            env = dict(os.environ, FLEET_PW=PASSWORD, PYTHONWARNINGS="ignore")
-            for n in counts:
-                fleet = base / f"fleet-{n}.yaml"
-                write_fleet(fleet, n, relay.port, ca)
-                raw = asyncio.run(raw_probe(min(n, 300), conc, relay.port, relay.ca_pem))
-                state = base / f"state-{n}"
-                cmd = [sys.executable, "-m", "reconciler", "apply", "-f", str(fleet),
-                       "--state", str(state), "--concurrency", str(conc), "--per-host",
-                       str(conc), "--lock-timeout", "5"]
-                seeded = args.seed_above is not None and n > args.seed_above
-                c0 = relay.connections
-                if seeded:
-                    seed_state(fleet, state, env)
-                    rc1, t1, rss1 = 0, float("nan"), 0
-                else:
-                    rc1, t1, rss1 = run_apply(cmd, env)
-                c1 = relay.connections
-                assert rc1 == 0, f"first apply exited {rc1}"
-                assert seeded or c1 - c0 == n, f"first apply ran {c1 - c0} tests, expected {n}"
-                rc2, t2, rss2 = run_apply(cmd, env)
-                c2 = relay.connections
-                assert rc2 == 0, f"second apply exited {rc2}"
-                assert c2 == c1, f"second apply ran {c2 - c1} connection tests, expected 0"
-                rate = n / t1
-                label = f"{n:,} (seeded)" if seeded else f"{n:,}"
-                lines.append(f"| {label} | {raw:.0f} | {t1:.1f} | {rate:.0f} | {rate / raw:.2f} | "
-                             f"{t2:.2f} | {c2 - c1} | {rss1 / 1024:.0f} MB | "
-                             f"{rss2 / 1024:.0f} MB |")
-                print(lines[-1], file=sys.stderr, flush=True)
-            if not args.no_profile:
-                n = min(counts)
-                prof = base / "apply.prof"
-                state = base / "state-prof"
-                rc, _t, _r = run_apply(
-                    [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "reconciler",
-                     "apply", "-f", str(base / f"fleet-{n}.yaml"), "--state", str(state),
-                     "--concurrency", str(conc), "--per-host", str(conc)], env)
-                assert rc == 0, f"profiled apply exited {rc}"
-                profile = f"## Profile of a first apply of {n:,} (cProfile)\n\n" + \
-                    profile_summary(prof)
-    finally:
-        relay.stop()
-    print("\n".join(lines))
-    if profile:
-        print("\n" + profile)
-    print(f"\nbench process peak RSS: "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    ap.add_argument("--clients", type=int, default=(os.cpu_count() or 1) + 1,
+                    help="client processes of the raw capacity (CPUs + 1)")
+    ap.add_argument("--raw-tests", type=int, default=1500,
+                    help="tests of one raw capacity measurement (at most N)")
+    ap.add_argument("--relay", choices=("aiosmtpd", "postfix"), default="aiosmtpd")
+    ap.add_argument("--profile", action="store_true", help="py-spy profile of one first apply")
+    ap.add_argument("--profile-out", type=Path, help="keep the collapsed stacks here")
+    ap.add_argument("--growth", help="comma-separated sizes for the growth fit")
+    ap.add_argument("--no-second", action="store_true", help="skip the second apply")
+    ap.add_argument("--probe-workers", help="passed to apply (default: apply's, auto)")
+    ap.add_argument("--write", type=Path, help="replace the generated block of this file")
+    args = ap.parse_args(argv)
+    extra = ["--probe-workers", args.probe_workers] if args.probe_workers else []
+    counts = args.count or [1000]
+    growth = [int(x) for x in args.growth.split(",")] if args.growth else []
+    report = Report()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = " ".join(["./dev bench fleet", *(argv if argv is not None else sys.argv[1:])])
+    relay_cm = aiosmtpd_relay() if args.relay == "aiosmtpd" else postfix_relay()
+    with relay_cm as relay, tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
+        base = Path(tmp)
+        ca = base / "ca.pem"
+        ca.write_text(relay.ca_pem)
+        env = dict(os.environ, FLEET_PW=relay.password, PYTHONWARNINGS="ignore",
+                   SMTPCTL_ALLOW_ENV="FLEET_PW")
+        report.add(f"# Fleet benchmark run ({started})", "", f"Command: `{command}`", "",
+                   *machine(), "", f"Relay: {relay.name}.  Concurrency {args.concurrency} "
+                   "(global and per host).  Raw capacity: the connection test alone in "
+                   f"{args.clients} client processes, {args.raw_tests} tests (at most N).", "")
+        rounds: list[Round] = []
+        fleets: dict[int, Path] = {}
+
+        def fleet_of(n: int) -> Path:
+            if n not in fleets:
+                fleets[n] = base / f"fleet-{n}.yaml"
+                write_fleet(fleets[n], n, relay, ca)
+            return fleets[n]
+
+        def one_round(n: int, i: int, *, second: bool) -> Round:
+            raw = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
+            state = base / f"state-{n}-{i}"
+            first = run_apply(relay, fleet_of(n), state, env, args.concurrency, extra=extra)
+            if first.tests != n:
+                raise RuntimeError(f"first apply ran {first.tests} tests, expected {n}")
+            again = None
+            if second:
+                again = run_apply(relay, fleet_of(n), state, env, args.concurrency,
+                                  extra=extra)
+                if again.tests != 0:
+                    raise RuntimeError(f"second apply ran {again.tests} tests, expected 0")
+            return Round(n, raw, first, again)
+
+        report.add("## Rounds", "", *ROUND_HEADER)
+        for n in counts:
+            for i in range(1, args.repeat + 1):
+                r = one_round(n, i, second=not args.no_second)
+                rounds.append(r)
+                report.add(round_row(r, i))
+        report.add("")
+        for n in counts:
+            rs = [r for r in rounds if r.n == n]
+            ratios = [r.ratio for r in rs]
+            cpu = [1000 * r.first.cpu / n for r in rs]
+            report.add(
+                f"- N = {n:,}: ratio apply:raw median **{statistics.median(ratios):.2f}** "
+                f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(rs)} rounds); apply CPU "
+                f"{statistics.median(cpu):.2f} ms/resource median (min {min(cpu):.2f}, max "
+                f"{max(cpu):.2f}); write transactions/resource "
+                + (f"{rs[0].first.write_transactions / n:.3f}"
+                   if rs[0].first.write_transactions is not None else "?"))
+        report.add("")
+        if growth:
+            report.add("## Growth", "", *ROUND_HEADER)
+            pts: list[Round] = []
+            for n in growth:
+                r = one_round(n, 1, second=n == max(growth))
+                pts.append(r)
+                report.add(round_row(r, 1))
+            report.add("", "Fits (N in thousands):", "",
+                       "- apply CPU seconds: " + fit([(r.n, r.first.cpu) for r in pts]),
+                       "- first apply wall seconds: " + fit([(r.n, r.first.wall) for r in pts]),
+                       "- ratio apply:raw by N: " + ", ".join(f"{r.n:,}: {r.ratio:.2f}"
+                                                             for r in pts),
+                       "- peak RSS by N: " + ", ".join(f"{r.n:,}: {r.first.maxrss_kib / 1024:.0f}"
+                                                       " MB" for r in pts), "")
+        if args.profile:
+            n = min(counts)
+            prof = (args.profile_out or base) / f"apply-{n}.collapsed.txt"
+            prof.parent.mkdir(parents=True, exist_ok=True)
+            pr = run_apply(relay, fleet_of(n), base / "state-profile", env, args.concurrency,
+                           profile=prof, extra=extra)
+            report.add(f"## Profile of a first apply of {n:,} (py-spy)", "",
+                       f"Wall {pr.wall:.2f} s under the profiler ({n / pr.wall:.0f} tests/s), "
+                       f"CPU {1000 * pr.cpu / n:.2f} ms/resource.", "", *profile_summary(prof),
+                       "")
+    report.add(f"bench process peak RSS: "
+               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    text = "\n".join(report.lines)
+    print(text)
+    if args.write:
+        write_block(args.write, text)
     return 0
 
 
+BEGIN, END = "<!-- bench-fleet:begin -->", "<!-- bench-fleet:end -->"
+
+
+def write_block(path: Path, text: str) -> None:
+    """Replace the generated block of ``path`` (keeping the analysis around it)."""
+    old = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
+    if BEGIN not in old or END not in old:
+        old = old.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = old.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "_child":
+        sys.exit(child(sys.argv[2], sys.argv[3:]))
     sys.exit(main())

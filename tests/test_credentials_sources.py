@@ -371,7 +371,8 @@ def _factory(cfg: Path) -> Any:
 
     def build() -> Any:
         c = client.Configuration()
-        config.load_kube_config(config_file=str(cfg), client_configuration=c)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(cfg), client_configuration=c)
         c.retries = 0  # fail fast: urllib3 would otherwise retry the refused connection
         return client.ApiClient(c)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.support.smtp_servers import (  # noqa: F401
 )
 
 Relay = Callable[..., RelayServer]
+FROM_USER: dict[str, Any] = {"from": USER}  # `from` is a keyword: passed as **extra
 
 
 def assert_clean(v: Verdict) -> None:
@@ -136,14 +138,14 @@ async def test_starttls_false_against_starttls_server_hints(relay: Relay) -> Non
 
 async def test_no_auth_against_auth_required_server(relay: Relay) -> None:
     server = relay(mode="starttls")
-    v = await run_probe(make_spec(server.port, auth="None", **{"from": USER}),
+    v = await run_probe(make_spec(server.port, auth="None", **FROM_USER),
                         ProbeCredentials(ca_bundle_pem=server.ca_pem))
     assert (v.passed, v.reason, v.stage) == (False, "AuthenticationRequired", "mail_from")
 
 
 async def test_no_auth_server_without_auth_passes(relay: Relay) -> None:
     server = relay(mode="plain", auth_required=False)
-    v = await run_probe(make_spec(server.port, mode="plain", auth="None", **{"from": USER}),
+    v = await run_probe(make_spec(server.port, mode="plain", auth="None", **FROM_USER),
                         ProbeCredentials())
     assert v.passed, v.message
     assert v.details["mechanism"] is None
@@ -151,7 +153,7 @@ async def test_no_auth_server_without_auth_passes(relay: Relay) -> None:
 
 async def test_must_issue_starttls_first(relay: Relay) -> None:
     server = relay(mode="starttls", auth_required=False)
-    v = await run_probe(make_spec(server.port, mode="plain", auth="None", **{"from": USER}),
+    v = await run_probe(make_spec(server.port, mode="plain", auth="None", **FROM_USER),
                         ProbeCredentials())
     assert (v.passed, v.reason, v.stage) == (False, "StartTLSRequired", "mail_from")
 
@@ -261,7 +263,7 @@ async def test_fallback_to_plaintext_never_sends_credentials(relay: Relay) -> No
 async def test_fallback_plain_without_credentials_passes(relay: Relay) -> None:
     server = relay(mode="plain", auth_required=False)
     spec = make_spec(server.port, mode="implicit", implicit_port=_closed_port(), fallback=True,
-                     auth="None", **{"from": USER})
+                     auth="None", **FROM_USER)
     v = await run_probe(spec, ProbeCredentials())
     assert v.passed, v.message
     assert v.warnings == ("InsecureFallbackUsed",)

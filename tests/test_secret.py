@@ -43,7 +43,7 @@ def test_equality_and_hash_by_value() -> None:
 def test_immutable_and_not_picklable() -> None:
     s = Secret(canary.PASSWORD)
     with pytest.raises(AttributeError):
-        s._value = "x"  # type: ignore[misc]
+        s._value = "x"
     with pytest.raises(TypeError):
         pickle.dumps(s)
     with pytest.raises(TypeError):
@@ -66,7 +66,7 @@ class _Model(pydantic.BaseModel):
 
 
 def test_pydantic_serialises_the_mask() -> None:
-    m = _Model(password=canary.PASSWORD)  # type: ignore[arg-type]
+    m = _Model(password=canary.PASSWORD)
     assert m.password.reveal() == canary.PASSWORD
     canary.assert_no_canary(m.model_dump_json(), json.dumps(m.model_dump(mode="json")),
                             repr(m), str(m))
@@ -75,7 +75,7 @@ def test_pydantic_serialises_the_mask() -> None:
 
 def test_pydantic_rejects_non_strings() -> None:
     with pytest.raises(pydantic.ValidationError):
-        _Model(password=123)  # type: ignore[arg-type]
+        _Model(password=123)
 
 
 def test_exception_messages_and_logging(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,14 +5,24 @@ misses cloud metadata addresses and IPv4-embedding IPv6 forms; the operator has 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 
+from reconciler.cli.main import main
 from reconciler.cli.opsecurity import add_security_options, security_settings
 from reconciler.devservers.smtp import RelayServer
 from reconciler.probe import run_probe
 from reconciler.probe.egress import EgressPolicy
+from tests.support import canary
 from tests.support.smtp_servers import make_spec, password_creds
+
+API = "smtp.reconciler.dev/v1alpha1"
+USER = "user@example.test"
 
 DENIED = [
     "169.254.169.254",  # AWS, GCP, Azure, Oracle, OpenStack, DigitalOcean, Hetzner
@@ -84,3 +94,80 @@ async def test_a_relay_behind_a_denied_network_is_never_connected() -> None:
         v = await run_probe(make_spec(relay.port), password_creds(relay), policy=egress)
         assert (v.passed, v.reason) == (False, "EgressDenied")
         assert relay.connections == 0
+
+
+# --- the CLI's options: the same two on test, apply and reconcile ---------------------------
+
+
+def _relays(tmp_path: Path, *relays: tuple[str, RelayServer]) -> Path:
+    docs = []
+    for name, relay in relays:
+        ca = tmp_path / f"{name}-ca.pem"
+        ca.write_text(relay.ca_pem)
+        docs.append({"apiVersion": API, "kind": "ExternalSmtp",
+                     "metadata": {"name": name, "namespace": "default"},
+                     "spec": {"host": relay.host, "port": relay.port, "startTLS": True,
+                              "authentication": "UsernamePassword", "username": USER,
+                              "passwordFrom": {"file": str(tmp_path / "pw")},
+                              "tls": {"caBundleFrom": {"file": str(ca)},
+                                      "serverName": "localhost"},
+                              "connectionTest": {"timeoutSeconds": 5, "checkRelay": False}}})
+    (tmp_path / "pw").write_text(canary.PASSWORD + "\n")
+    (tmp_path / "pw").chmod(0o600)
+    path = tmp_path / "relays.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return path
+
+
+def smtpctl(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    canary.assert_no_canary(out.getvalue(), err.getvalue(), where="smtpctl output")
+    return code, out.getvalue(), err.getvalue()
+
+
+def reasons(stdout: str) -> dict[str, str]:
+    return {i["metadata"]["name"]: (i.get("result") or {}).get("reason") or i.get("reason")
+            for i in json.loads(stdout)["items"]}
+
+
+def test_cli_test_denies_and_allows_networks(tmp_path: Path) -> None:
+    """`smtpctl test --deny-egress NET` never connects to a relay in NET; `--allow-egress`
+    carves an exception out of a denied network (allow is judged first)."""
+    with (RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as one,
+          RelayServer(mode="starttls", host="127.0.0.2", users={USER: canary.PASSWORD}) as two):
+        manifest = _relays(tmp_path, ("one", one), ("two", two))
+        code, _, _ = smtpctl("test", "-f", str(manifest))
+        assert code == 0 and one.connections == 1 and two.connections == 1
+        code, out, _ = smtpctl("test", "-f", str(manifest), "-o", "json",
+                               "--deny-egress", "127.0.0.0/8", "--allow-egress", "127.0.0.2/32")
+        assert code == 1
+        assert "EgressDenied" in json.dumps(json.loads(out)["items"][0])
+        assert one.connections == 1  # not one more
+        assert two.connections == 2 and json.loads(out)["items"][1]["passed"] is True
+
+
+@pytest.mark.parametrize("command", ["apply", "reconcile"])
+def test_cli_apply_and_reconcile_take_the_same_options(tmp_path: Path, command: str) -> None:
+    state = tmp_path / "state"
+    with RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as relay:
+        manifest = _relays(tmp_path, ("one", relay))
+        if command == "reconcile":  # the state holds the manifest; reconcile re-tests it
+            assert smtpctl("apply", "-f", str(manifest), "--state", str(state))[0] == 0
+            assert relay.connections == 1
+            argv = ["reconcile", "--force", "--state", str(state)]
+        else:
+            argv = ["apply", "-f", str(manifest), "--state", str(state)]
+        before = relay.connections
+        code, out, err = smtpctl(*argv, "--deny-egress", "127.0.0.1/32")
+        assert code == 1, (out, err)
+        assert "EgressDenied" in out + err
+        assert relay.connections == before
+        code, out, err = smtpctl(*argv, "--deny-egress", "not-a-network")
+        assert code == 2 and "--allow-egress/--deny-egress" in err, (out, err)
+
+
+def test_cli_test_refuses_a_malformed_network(tmp_path: Path) -> None:
+    code, _, err = smtpctl("test", "-f", str(tmp_path / "none.yaml"), "--allow-egress", "x/99")
+    assert code == 2 and "--allow-egress/--deny-egress" in err

@@ -9,13 +9,29 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pytest
 
+from reconciler.devservers.smtp import RelayServer
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.operator.fairslots import FairSlots
 from reconciler.runtimes.operator.workers import WorkerPool
 from reconciler.stores.base import ObjectRef
+from tests.support import canary
+from tests.support.faults import FaultServer
+from tests.support.hostile_http import HostileHttp
+from tests.support.kube_operator import (
+    GROUP,
+    VERSION,
+    OperatorProcess,
+    cluster,
+    condition,
+    relay_spec,
+    wait_for,
+)
+
+HONEST = "user@example.test"
 
 
 async def until(what: str, cond: object) -> None:
@@ -92,3 +108,73 @@ async def test_one_tenants_hung_passes_do_not_starve_another() -> None:
     finally:
         hang.set()
         await pool.stop_all()
+
+
+# --- end to end: the real operator on the API emulator, three tenants ---------------------
+
+A_RELAYS = 70  # more than the operator's 64 pass slots: without FairSlots, A holds them all
+C_PROVIDERS = 6
+
+
+def test_hung_tenants_do_not_delay_another_tenant_in_the_operator(tmp_path: Path) -> None:
+    """Tenant A has 70 relays pointing at an SMTP server that never sends its banner (each
+    test hangs until its ``timeoutSeconds: 120``).  Tenant B's honest relay, created while
+    they hang, is Ready after one connection test, before any of A's tests has ended: B
+    never needed a slot A held.  Then tenant C's OAuth2Providers, whose token endpoint
+    drips, get slots too, and their exchanges end at their 20 s deadline
+    (``OAuth2TokenEndpointUnavailable``) while A's tests still hang.  With the former FIFO
+    semaphore of 64 slots, A's 70 passes held every slot and B waited for A's tests to end
+    (this test fails that way with ``FairSlots(..., reserve=0)``)."""
+    with (cluster(tmp_path, namespaces=("team-a", "team-b", "team-c")) as c,
+          FaultServer("no_banner") as a_relay, HostileHttp("drip", interval=0.5) as c_idp,
+          RelayServer(mode="starttls", host="127.0.0.2",
+                      users={HONEST: canary.PASSWORD}) as honest):
+        c.put_secret("team-a", "pw", {"password": canary.canary("tenant-a")})
+        for i in range(A_RELAYS):
+            c.create_smtp("team-a", f"hang-{i}", {
+                "host": "127.0.0.1", "port": a_relay.port, "startTLS": True,
+                "authentication": "UsernamePassword", "username": f"u{i}@a.test",
+                "passwordFrom": {"secretKeyRef": {"name": "pw", "key": "password"}},
+                "connectionTest": {"timeoutSeconds": 120, "checkRelay": False}})
+
+        def a_ended() -> int:
+            return sum(conn.closed.is_set() for conn in a_relay.connections)
+
+        with OperatorProcess(c, "op"):
+            # A's tests hang (4 at once: the per-host limit); its other passes wait in slots.
+            wait_for("A's tests to hang", lambda: len(a_relay.connections) >= 4, timeout=60)
+            c.put_secret("team-b", "relay-password", {"password": canary.PASSWORD})
+            c.put_secret("team-b", "relay-ca", {"ca.crt": honest.ca_pem})
+            spec = relay_spec(honest.port, user=HONEST)
+            spec["host"] = "127.0.0.2"
+            c.create_smtp("team-b", "mail", spec)
+            wait_for("B Ready", lambda: condition(c.smtp("team-b", "mail"), "Ready")
+                     .get("status") == "True", timeout=45)
+            ended_when_b_was_ready = a_ended()
+            assert honest.connections == 1  # one pass, one connection test
+            assert len(honest.auth_attempts) == 1
+
+            c.put_secret("team-c", "oauth", {"secret": canary.CLIENT_SECRET})
+            for i in range(C_PROVIDERS):
+                c.co.create_namespaced_custom_object(
+                    GROUP, VERSION, "team-c", "oauth2providers", {
+                        "apiVersion": f"{GROUP}/{VERSION}", "kind": "OAuth2Provider",
+                        "metadata": {"name": f"idp-{i}"},
+                        "spec": {"grantType": "ClientCredentials", "clientId": f"c{i}",
+                                 "clientSecretFrom": {"secretKeyRef": {"name": "oauth",
+                                                                       "key": "secret"}},
+                                 "tokenEndpoint": c_idp.url}})
+            for i in range(C_PROVIDERS):
+                got = wait_for(f"C's idp-{i} to give up", lambda n=i: condition(  # type: ignore[misc]
+                    c.kube.emu.get_object(  # type: ignore[union-attr]
+                        f"{GROUP}/{VERSION}", "oauth2providers", "team-c", f"idp-{n}"),
+                    "Ready") or None, timeout=60)
+                assert (got["status"], got["reason"]) == (
+                    "False", "OAuth2TokenEndpointUnavailable"), got
+            ended_when_c_gave_up = a_ended()
+            assert c_idp.connections >= C_PROVIDERS
+            # The operator hung up on the drip (noticed by the server at its next byte).
+            wait_for("the drip to notice", lambda: c_idp.closed_early >= C_PROVIDERS)
+        # Compared after the operator stopped, so a failure says which came first.
+        assert ended_when_b_was_ready == 0, "B waited for one of A's tests to end"
+        assert ended_when_c_gave_up == 0, "C's exchanges outlived A's hung tests"

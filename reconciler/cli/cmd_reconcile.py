@@ -30,6 +30,7 @@ from reconciler.cli.localcmd import (
     run_locked,
     sort_key,
 )
+from reconciler.cli.trust import add_egress_options, egress_from_args
 
 HELP = "reconcile the resources in the local store (once, or --watch); in a cluster, ask " \
     "the operator to re-verify now"
@@ -52,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="exit 1 unless every resource is Ready (default: only a test "
                         "run by this pass that failed does)")
     add_limits(parser)
+    add_egress_options(parser)
     add_lock_timeout(parser)
     add_output(parser, ("text", "wide", "json", "yaml", "name"))
     add_cluster_options(parser)
@@ -80,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     result = Result("reconcile")
     if args.watch and args.output in ("json", "yaml"):
         return fail_usage("--watch prints a log: use -o text (or wide)")
+    try:
+        args.egress = egress_from_args(args)
+    except ValueError as exc:
+        return fail_usage(str(exc))
     try:
         store = open_for_read(args)
     except NoStore as exc:
@@ -114,7 +120,8 @@ async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
     from reconciler.cli.localcmd import refresh_floor
 
     world = build_world(store, limits=Limits(args.concurrency, args.per_host), events=log,
-                        policy=policy_from_args(args), refresh_floor=refresh_floor(args))
+                        policy=policy_from_args(args), refresh_floor=refresh_floor(args),
+                        egress=args.egress)
     if args.watch:
         stamped = Progress(0, enabled=True, stamp=True)
         log.on_event = stamped.event
@@ -138,3 +145,4 @@ async def _run(store: Any, args: argparse.Namespace, result: Any) -> int:
                    key=sort_key)
     return summarize(fresh, {r.ref: r for r in results}, {}, [], args, result, log.events,
                      command="reconcile")
+

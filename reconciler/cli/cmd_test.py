@@ -18,7 +18,8 @@ Decisions where the issue is silent:
   version and cipher, peer, mechanism, fallback, relay check); ``-o junit`` one test case
   per relay, ``-o github`` workflow annotations for failures and warnings;
 * the egress policy is the local default: loopback allowed, link-local and cloud metadata
-  addresses refused; ``--deny-egress CIDR`` adds networks (the operator has its own flags).
+  addresses refused; ``--deny-egress CIDR`` adds networks, ``--allow-egress CIDR`` permits
+  a denied one (the same options as ``apply``, ``reconcile`` and the operator).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from reconciler.cli.common import (
     add_namespace_options,
     add_output,
 )
+from reconciler.cli.trust import add_egress_options, egress_from_args
 
 HELP = "run the connection test of ExternalSmtp resources, without saving anything"
 MAX_CONCURRENT = 8
@@ -58,14 +60,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="kubeconfig for secretKeyRef references (default: $KUBECONFIG, "
                              "~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
-    parser.add_argument("--deny-egress", action="append", default=[], metavar="CIDR",
-                        help="refuse to connect to this network too (repeatable)")
+    add_egress_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from reconciler.cli.manifests import print_text_diagnostics, read_args
     from reconciler.cli.output import Result
-    from reconciler.probe import EgressPolicy
     from reconciler.resources import ExternalSmtp, OAuth2Provider, parse_resource
 
     result = Result("test")
@@ -78,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         return code
 
     try:
-        policy = EgressPolicy.from_strings(deny=args.deny_egress)
-    except ValueError:
-        result.error("--deny-egress: expected a network such as 10.0.0.0/8")
+        policy = egress_from_args(args)
+    except ValueError as exc:
+        result.error(str(exc))
         return stop(EXIT_USAGE)
     _, loaded, code = read_args(args, result)
     if code != EXIT_OK:

@@ -36,6 +36,35 @@ def add_limits(parser: argparse.ArgumentParser) -> None:
                         "refreshInterval says (default 1m; a test is a login)")
 
 
+# --probe-workers auto: worker processes pay off from about this many resources (each
+# costs a Python start and the probe's imports, a few tenths of a second of CPU).
+AUTO_WORKERS_FROM = 200
+
+
+def _workers(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) <= 64):
+        raise argparse.ArgumentTypeError(f"expected auto or 0..64, got {value!r}")
+    return value
+
+
+def add_probe_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probe-workers", default="auto", metavar="N", type=_workers,
+                        help="run connection tests in N worker processes, or auto (the "
+                        "default: one per CPU beyond the first, at most 4, when "
+                        f"{AUTO_WORKERS_FROM} or more resources are applied); 0: in this "
+                        "process")
+
+
+def probe_workers(args: argparse.Namespace, resources: int) -> int:
+    """``--probe-workers`` for a run over ``resources`` resources."""
+    value = str(getattr(args, "probe_workers", "0"))
+    if value == "auto":
+        from reconciler.runtimes.probepool import default_workers
+
+        return default_workers() if resources >= AUTO_WORKERS_FROM else 0
+    return int(value)
+
+
 def refresh_floor(args: argparse.Namespace) -> float:
     """``--min-refresh-interval`` in seconds (a usage error when it does not parse)."""
     from reconciler.resources import parse_duration

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from reconciler.credentials.policy import SourcePolicy
+    from reconciler.probe.egress import EgressPolicy
 
 # The same names as reconciler.credentials.policy (not imported here: `smtpctl --help`
 # imports every command module and must stay light).
@@ -51,3 +52,30 @@ def policy_from_args(args: argparse.Namespace) -> SourcePolicy:
     return cli_policy(env=getattr(args, "allow_env", None) or (),
                       file_roots=getattr(args, "allow_file_root", None) or (),
                       namespaces=getattr(args, "allow_namespace", None) or ())
+
+
+def add_egress_options(parser: argparse.ArgumentParser) -> None:
+    """``--allow-egress`` / ``--deny-egress`` for the commands that connect (``test``,
+    ``apply``, ``reconcile``); the operator has the same two (cli/opsecurity.py)."""
+    group = parser.add_argument_group(
+        "egress (where a manifest may make smtpctl connect; see docs/security.md)")
+    group.add_argument(
+        "--allow-egress", action="append", default=[], metavar="CIDR",
+        help="connect to this network even if denied by default (e.g. a relay on a "
+             "link-local address; repeatable)")
+    group.add_argument(
+        "--deny-egress", action="append", default=[], metavar="CIDR",
+        help="refuse to connect to this network too (repeatable)")
+
+
+def egress_from_args(args: argparse.Namespace) -> EgressPolicy:
+    """The egress policy of this invocation (loopback allowed: the CLI runs on your
+    machine); ``ValueError`` naming the options on a malformed network."""
+    from reconciler.probe.egress import EgressPolicy
+
+    try:
+        return EgressPolicy.from_strings(deny=getattr(args, "deny_egress", None) or (),
+                                         allow=getattr(args, "allow_egress", None) or ())
+    except ValueError:
+        raise ValueError("--allow-egress/--deny-egress: expected a network such as "
+                         "10.0.0.0/8 or fd00::/8") from None

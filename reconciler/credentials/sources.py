@@ -48,6 +48,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import os
 import stat
@@ -465,7 +466,8 @@ class SourceRouter:
         self.kube = kube
         self.policy = policy if policy is not None else SourcePolicy.open()
         self._hint = kube_unavailable_hint
-        self._cache: dict[tuple[str, str, bool], Resolved] | None = {} if pass_cache else None
+        self._cache: dict[tuple[str, str, bool], asyncio.Future[Resolved]] | None = (
+            {} if pass_cache else None)
 
     def begin_pass(self) -> None:
         """Forget the values of the last pass (rotation is seen on the next one)."""
@@ -505,16 +507,32 @@ class SourceRouter:
                           public: bool = False) -> Resolved:
         source = self._pick(ref)  # no cluster at all: say that, it is the useful news
         self.policy.check_read(ref, namespace, owner, self._file_path(ref))
+        if self._cache is None:
+            return await self._read(source, ref, namespace, public)
+        # Single flight: the first reader of a reference reads it, everyone who asks
+        # meanwhile waits for that read (128 relays sharing a CA file read it once, not
+        # 128 times); a failure is shared with them but not kept for later callers.
         key = self._key(ref, namespace, public)
-        if self._cache is not None and key in self._cache:
-            return self._cache[key]
+        pending = self._cache.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read(source, ref, namespace, public))
+            self._cache[key] = pending
+            pending.add_done_callback(functools.partial(self._forget_failure, key))
+        # shield: a caller that is cancelled does not cancel the read the others wait for
+        return await asyncio.shield(pending)
+
+    def _forget_failure(self, key: tuple[str, str, bool], done: asyncio.Future[Resolved]
+                        ) -> None:
+        if self._cache is not None and self._cache.get(key) is done and (
+                done.cancelled() or done.exception() is not None):
+            del self._cache[key]
+
+    @staticmethod
+    async def _read(source: SecretSource, ref: SecretRef, namespace: str, public: bool
+                    ) -> Resolved:
         if public and ref.file is not None and isinstance(source, FileSource):
-            resolved = await source.resolve(ref, namespace, public=True)
-        else:
-            resolved = await source.resolve(ref, namespace)
-        if self._cache is not None:
-            self._cache[key] = resolved
-        return resolved
+            return await source.resolve(ref, namespace, public=True)
+        return await source.resolve(ref, namespace)
 
     async def write_for(self, ref: SecretRef, namespace: str, value: Secret,
                         owner: Owner | None) -> str:

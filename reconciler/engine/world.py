@@ -173,7 +173,14 @@ class BasicWorld:
     # Called by a runtime when a new pass over many resources begins: drop per-pass caches
     # (the local runtime snapshots secret sources once per pass; see runtimes/local.py).
     begin_pass: Callable[[], None] = lambda: None
+    # Called once by the runtime when it is done with the world: release what it started
+    # (the local runtime's probe worker processes; see runtimes/probepool.py).
+    close_fn: Callable[[], Awaitable[None]] | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        if self.close_fn is not None:
+            await self.close_fn()
 
     def clock(self) -> float:
         return self.clock_fn()

@@ -157,7 +157,7 @@ async def run_probe(
     duration = time.monotonic() - started
     if spec.tls.verify is False and state.details.get("tlsVersion"):
         state.warn("TLSVerificationDisabled")
-    transcript = state.transcript.lines()
+    transcript = state.transcript.view()  # redacted when first read
     details = dict(state.details)
     if failure is None:
         ok = catalog.get("TestPassed")

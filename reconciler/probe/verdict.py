@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,7 +31,9 @@ class Verdict:
     duration_seconds: float
     warnings: tuple[str, ...] = ()  # catalog reasons of kind "warning"
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    transcript: tuple[TranscriptLine, ...] = ()
+    # Redacted lines; the probe hands a view that is redacted when first read
+    # (reconciler.probe.transcript): read it only when it is shown or stored.
+    transcript: Sequence[TranscriptLine] = ()
     details: dict[str, Any] = field(default_factory=dict)  # mechanism, tls version, peer, ...
     # True when the server rejected the OAuth token (the engine drops the cached token
     # and retries once with a fresh one before reporting failure).

@@ -9,6 +9,7 @@ Tests wire functions of their own, or these against loopback servers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,12 @@ class LiveFunctions:
     resolve_fn: ResolveFn
     probe_fn: ProbeFn
     check_provider_fn: CheckProviderFn
-    tokens: TokenManager
+    token_manager: Callable[[], TokenManager]
+
+    @property
+    def tokens(self) -> TokenManager:
+        """The OAuth 2.0 token manager (created, and its HTTP stack imported, on first use)."""
+        return self.token_manager()
 
 
 def live_functions(sources: SecretSource, *, allow_loopback: bool = True,
@@ -48,18 +54,27 @@ def live_functions(sources: SecretSource, *, allow_loopback: bool = True,
     the SMTP probe *and* every OAuth endpoint.  ``offline`` (``plan``, ``apply --dry-run``):
     secrets are resolved for their versions, but no token endpoint or relay is contacted
     and nothing is written (the probe and the provider check refuse to run)."""
-    from reconciler.credentials.oauth import TokenManager, check_provider
     from reconciler.credentials.resolve import resolve_smtp_credentials
     from reconciler.probe import run_probe
     from reconciler.probe.egress import EgressPolicy as _EgressPolicy
 
     policy = egress if egress is not None else _EgressPolicy(allow_loopback=allow_loopback)
-    tokens = TokenManager(sources, egress=policy, offline=offline)
+    made: list[TokenManager] = []
+
+    def tokens() -> TokenManager:
+        # The OAuth stack (httpx, authlib: a fifth of a second to import) only when a
+        # resource needs a token: a fleet of password relays never does.
+        if not made:
+            from reconciler.credentials.oauth import TokenManager as _TokenManager
+
+            made.append(_TokenManager(sources, egress=policy, offline=offline))
+        return made[0]
 
     async def resolve_fn(res: ExternalSmtp, provider: OAuth2Provider | None) -> Credentials:
         providers = {provider.metadata.name: provider} if provider is not None else {}
-        return await resolve_smtp_credentials(res, providers=providers, sources=sources,
-                                              tokens=tokens)
+        return await resolve_smtp_credentials(
+            res, providers=providers, sources=sources,
+            tokens=tokens() if res.spec.authentication == "OAuth2" else None)
 
     async def probe_fn(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
         if offline:
@@ -69,6 +84,8 @@ def live_functions(sources: SecretSource, *, allow_loopback: bool = True,
     async def check_fn(provider: OAuth2Provider) -> ProviderHealth:
         if offline:
             raise RuntimeError("an offline world never contacts a token endpoint")
-        return await check_provider(provider, tokens)
+        from reconciler.credentials.oauth import check_provider
+
+        return await check_provider(provider, tokens())
 
     return LiveFunctions(resolve_fn, probe_fn, check_fn, tokens)

@@ -224,7 +224,8 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                 events: Any = None, announce_testing: bool = True,
                 clock: Callable[[], float] = time.time,
                 policy: SourcePolicy | None = None, egress: Any = None,
-                offline: bool = False, refresh_floor: float | None = None) -> BasicWorld:
+                offline: bool = False, refresh_floor: float | None = None,
+                probe_workers: int = 0) -> BasicWorld:
     """A World wired to the real credentials layer and probe (imported lazily).
 
     ``policy``: which secret references manifests may use (default: the CLI's, with the
@@ -233,6 +234,9 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
     endpoint, no relay, no write).  Each reference is resolved at most once per pass
     (``begin_pass``): 10,000 relays usually share a handful of references.
     ``refresh_floor``: the shortest re-verification interval (``--min-refresh-interval``).
+    ``probe_workers``: run connection tests in that many worker processes
+    (:mod:`reconciler.runtimes.probepool`; started now, in the background, when a loop
+    runs); call ``await world.aclose()`` when done with the world.
     """
     from reconciler.credentials.policy import cli_policy
     from reconciler.credentials.sources import default_sources
@@ -241,8 +245,17 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
     sources = default_sources(policy=policy if policy is not None else cli_policy(),
                               pass_cache=True)
     live = live_functions(sources, egress=egress, offline=offline)
-    return BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
-                      check_provider_fn=live.check_provider_fn,
+    probe_fn, close_fn = live.probe_fn, None
+    if probe_workers > 0 and not offline:
+        from reconciler.probe.egress import EgressPolicy
+        from reconciler.runtimes.probepool import ProbePool
+
+        pool = ProbePool(probe_workers, policy=egress if egress is not None else EgressPolicy(),
+                         fallback=live.probe_fn)
+        pool.start_soon()
+        probe_fn, close_fn = pool.probe, pool.aclose
+    return BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=probe_fn,
+                      check_provider_fn=live.check_provider_fn, close_fn=close_fn,
                       events=events if events is not None else StoreEventSink(store),
                       limits=limits or Limits(), clock_fn=clock,
                       announce_testing=announce_testing, begin_pass=sources.begin_pass,
@@ -361,13 +374,17 @@ async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
 
     providers = [r for r in todo if r.kind == KIND_OAUTH2]
     relays = [r for r in todo if r.kind == KIND_SMTP]
-    await asyncio.gather(*(one(r) for r in providers))
-    await asyncio.gather(*(one(r) for r in relays))
-    # A final selection pass per scope, unless nothing happened (the fast re-apply): the
-    # engine already selected after every change it made.
-    if force_select or any(r.action != ReconcileAction.SKIPPED for r in results):
-        for ns in sorted({r.namespace for r in relays}):
-            await select_scope(ns, world)
+    # Group commit (LocalStore.batched): the passes' writes share a few transactions
+    # instead of several each; crash safety is the store's (see there).
+    batched = getattr(world.store, "batched", None)
+    with batched() if callable(batched) else contextlib.nullcontext():
+        await asyncio.gather(*(one(r) for r in providers))
+        await asyncio.gather(*(one(r) for r in relays))
+        # A final selection pass per scope, unless nothing happened (the fast re-apply):
+        # the engine already selected after every change it made.
+        if force_select or any(r.action != ReconcileAction.SKIPPED for r in results):
+            for ns in sorted({r.namespace for r in relays}):
+                await select_scope(ns, world)
     order = {r: i for i, r in enumerate(todo)}
     results.sort(key=lambda r: order.get(r.ref, 0))
     return results

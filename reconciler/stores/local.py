@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from reconciler.credentials.policy import MANIFEST_ANNOTATION
 from reconciler.secret import set_version_key
@@ -65,6 +65,9 @@ from reconciler.stores.base import (
     TestMemo,
     TestRecord,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 DB_NAME = "state.db"
 KEY_NAME = "version.key"
@@ -243,6 +246,20 @@ def load_version_key(state: Path) -> bytes:
     return key
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The open group commit of :meth:`LocalStore.batched`."""
+
+    max_delay: float
+    max_units: int
+    loop: asyncio.AbstractEventLoop | None = None
+    opened: float = 0.0
+    units: int = 0
+    timer: asyncio.TimerHandle | None = None
+    failed: StoreError | None = None
+    ended: bool = False  # the store was closed
+
+
 class LocalStore:
     """The SQLite store; implements :class:`reconciler.stores.base.Store`.
 
@@ -255,6 +272,12 @@ class LocalStore:
                  create: bool = True) -> None:
         self.state = Path(state)
         self.path = self.state / DB_NAME
+        # Write transactions committed (tests and bench/fleet.py read it) and the open
+        # group commit, if any (see batched()).
+        self.write_transactions = 0
+        self._batch: _Batch | None = None
+        self.batch_max_delay = 0.05
+        self.batch_max_units = 1000
         if not self.state.exists():
             if not create:
                 raise StoreError(f"no state directory at {self.state} (run `smtpctl apply` "
@@ -339,8 +362,13 @@ class LocalStore:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        self.unlock()
-        self._db.close()
+        try:
+            self.flush()
+        finally:
+            if self._batch is not None:
+                self._batch.ended = True  # closed inside batched(): nothing more to commit
+            self.unlock()
+            self._db.close()
 
     def __enter__(self) -> LocalStore:
         return self
@@ -350,6 +378,11 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One unit of writes: its own transaction, or a savepoint of the group commit."""
+        if self._batch is not None:
+            with self._unit(self._batch):
+                yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -357,6 +390,99 @@ class LocalStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self.write_transactions += 1
+
+    # --- group commit -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batched(self, max_delay: float | None = None, max_units: int | None = None
+                ) -> Iterator[None]:
+        """Group the write units of the block into few transactions (group commit).
+
+        Each unit (one ``_tx`` block: a status write, a test record, an event) becomes a
+        savepoint of a transaction that stays open for at most ``max_delay`` seconds or
+        ``max_units`` units (default: the store's ``batch_max_delay``, 50 ms, and
+        ``batch_max_units``, 1,000), then commits.  This connection reads its own uncommitted
+        writes, so the engine sees what it wrote; other processes (``get``, ``describe``)
+        see it at the next commit, ``max_delay`` later at most.
+
+        Crash safety is unchanged: a commit happens only between two units, never inside
+        one (a unit is synchronous), so every committed state is one that committing each
+        unit on its own could also have left - a prefix of the units in their order.  A
+        process killed meanwhile loses the units since the last commit, as it would lose
+        the ones it had not reached.  The block's end (also by an exception), ``flush``,
+        ``unlock`` and ``close`` commit what is open.
+        """
+        if self._batch is not None:  # nested: the outer block commits
+            yield
+            return
+        import asyncio  # here: get/describe open stores and need no event loop
+
+        batch = _Batch(self.batch_max_delay if max_delay is None else max_delay,
+                       self.batch_max_units if max_units is None else max_units)
+        try:
+            batch.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            batch.loop = None  # synchronous use: committed by size, age and the block's end
+        self._batch = batch
+        try:
+            yield
+        finally:
+            self._batch = None
+            self._commit_open(batch, quiet=True)
+        if batch.failed is not None:
+            raise batch.failed
+
+    def flush(self) -> None:
+        """Commit the open group commit, if any (the block goes on batching); raises the
+        StoreError of a failed commit."""
+        if self._batch is not None:
+            self._commit_open(self._batch)
+
+    @contextlib.contextmanager
+    def _unit(self, batch: _Batch) -> Iterator[None]:
+        if batch.failed is not None:
+            # A commit failed: the units since the one before it are lost.  No later unit
+            # may commit (a status without the test record it follows), until the block ends.
+            raise batch.failed
+        db = self._db
+        if not db.in_transaction:
+            db.execute("BEGIN IMMEDIATE")
+            batch.opened = time.monotonic()
+            batch.units = 0
+            if batch.loop is not None:
+                batch.timer = batch.loop.call_later(
+                    batch.max_delay, self._commit_open, batch, True)
+        db.execute("SAVEPOINT unit")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK TO unit")
+            db.execute("RELEASE unit")
+            raise
+        db.execute("RELEASE unit")
+        batch.units += 1
+        if batch.units >= batch.max_units or time.monotonic() - batch.opened >= batch.max_delay:
+            self._commit_open(batch)
+
+    def _commit_open(self, batch: _Batch, quiet: bool = False) -> None:
+        """Commit what ``batch`` has open.  A failed commit is kept on the batch (every
+        later unit raises it) and raised unless ``quiet`` (the timer, the block's end)."""
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        if batch.failed is not None or batch.ended or not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            batch.failed = _damaged(self.path, exc)
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._db.execute("ROLLBACK")
+            if not quiet:
+                raise batch.failed from None
+            return
+        self.write_transactions += 1
 
     def lock(self, timeout: float) -> None:
         """Take the exclusive apply lock, waiting up to ``timeout`` seconds."""
@@ -392,6 +518,12 @@ class LocalStore:
                 self.unlock()
 
     def unlock(self) -> None:
+        try:
+            self.flush()  # nothing written under the lock stays uncommitted after it
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)

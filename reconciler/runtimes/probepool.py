@@ -1,0 +1,309 @@
+"""Connection tests in worker processes: the other CPU cores for a large apply.
+
+One ``apply`` runs the engine, the store and every connection test on one event loop,
+so it uses one core however many the machine has; the connection test (TLS handshake,
+the SMTP dialogue) is most of that work.  A :class:`ProbePool` runs the tests of
+password (and unauthenticated) relays in worker processes instead, while this process
+keeps the engine, the store, selection and everything that writes; so a fleet is
+limited by the relays (or by all the machine's cores), not by one core.
+
+What crosses to a worker, over a pipe between this process and its own child (memory,
+never a file): the spec, the resolved password and the CA bundle of one test.  What
+comes back: the verdict.  A passed test's transcript is not sent back (``apply`` keeps
+only failures' transcripts; redacting a transcript is most of a test's CPU); a failed
+test's is redacted in the worker, which knows the secrets it was given.
+
+Not sent to a worker (tested in this process, as without a pool): OAuth 2.0 relays (the
+token is refreshed by this process's token manager when a server rejects it) and a test
+that sends a message.  A worker that dies fails nothing: its tests in flight and every
+later test run here, and the pool stays closed.  A worker exits when its pipe closes,
+so none outlives the apply, even one killed with ``kill -9``.
+
+Workers are started with the interpreter and module search path of this process
+(``sys.executable``, ``PYTHONPATH`` = this ``sys.path``) and ``-P`` (the current directory
+is not searched: a checkout under test cannot substitute modules), and only the part of
+the environment Python, OpenSSL and the locale use (:func:`worker_environment`): an
+``env:`` password is an environment variable of this process, never of a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.probe.egress import EgressPolicy
+from reconciler.probe.verdict import ProbeCredentials, TranscriptLine, Verdict
+from reconciler.resources import ExternalSmtpSpec
+from reconciler.secret import Secret
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!I")
+MAX_MESSAGE = 16 * 1024 * 1024  # a verdict is bounded far below this (transcript caps)
+
+# The fields of a Verdict that travel as they are (the transcript is handled apart).
+_FIELDS = ("passed", "stage", "reason", "message", "action", "retryable",
+           "duration_seconds", "warnings", "stage_seconds", "details", "token_rejected")
+
+
+def default_workers() -> int:
+    """One worker per CPU beyond the first (this process keeps one busy), at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+# What a worker inherits of the environment: what Python, OpenSSL and the locale need.
+# Not the rest: an ``env:`` reference makes a password an environment variable, and a
+# worker gets the one secret each test needs over its pipe, nothing else.
+_ENV_KEEP = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                       "SSL_CERT_FILE", "SSL_CERT_DIR", "LD_LIBRARY_PATH"})
+_ENV_KEEP_PREFIXES = ("LC_", "OPENSSL_", "PYTHON")
+
+
+def worker_environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # this process's modules
+    return env
+
+
+# --- framing (both sides) --------------------------------------------------------------------
+
+
+async def _read_message(reader: asyncio.StreamReader) -> Any:
+    head = await reader.readexactly(_HEADER.size)
+    (size,) = _HEADER.unpack(head)
+    if size > MAX_MESSAGE:
+        raise ValueError(f"message of {size} bytes")
+    return pickle.loads(await reader.readexactly(size))  # noqa: S301 - our own child/parent
+
+
+def _frame(obj: Any) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+# --- the worker process ----------------------------------------------------------------------
+
+
+def worker_main() -> None:
+    """Entry point of a worker process (stdin: requests, stdout: replies)."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent handles it and closes our pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The protocol gets the pipes; anything printed goes to stderr, never into a reply.
+    requests, replies = os.dup(0), os.dup(1)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    asyncio.run(_serve(requests, replies))
+
+
+async def _serve(requests: int, replies: int) -> None:
+    from reconciler.probe import run_probe
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_MESSAGE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(requests, "rb", buffering=0))
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(replies, "wb", buffering=0))
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    policy: EgressPolicy = await _read_message(reader)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(rid: int, spec: ExternalSmtpSpec, password: str | None,
+                  ca_pem: str | None) -> None:
+        creds = ProbeCredentials(password=Secret(password) if password is not None else None,
+                                 ca_bundle_pem=ca_pem)
+        try:
+            v = await run_probe(spec, creds, policy=policy)
+            reply: Any = (rid, {k: getattr(v, k) for k in _FIELDS},
+                          None if v.passed else [(t.direction, t.line, t.elapsed_seconds)
+                                                 for t in v.transcript])
+        except Exception as exc:  # noqa: BLE001 - run_probe never raises; if it did: say so
+            reply = (rid, None, f"{type(exc).__name__}")
+        writer.write(_frame(reply))
+        await writer.drain()
+
+    while True:
+        try:
+            rid, spec, password, ca_pem = await _read_message(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            break  # the parent closed the pipe (or is gone): no new work
+        task = asyncio.create_task(one(rid, spec, password, ca_pem))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    for task in list(tasks):
+        task.cancel()
+    with contextlib.suppress(Exception):
+        transport.close()
+
+
+# --- this process ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    pending: dict[int, asyncio.Future[Verdict]] = field(default_factory=dict)
+    reader_task: asyncio.Task[None] | None = None
+
+
+class ProbePool:
+    """Runs ``run_probe`` in worker processes; see the module docstring.
+
+    Use it as the world's probe function (``await pool.probe(spec, creds)``) and
+    ``await pool.aclose()`` at the end.  ``start()`` launches the workers (they import
+    the probe while this process reads its input); the first ``probe`` starts them if
+    that was not done.
+    """
+
+    def __init__(self, workers: int, *, policy: EgressPolicy,
+                 fallback: Callable[[ExternalSmtpSpec, ProbeCredentials], Any]) -> None:
+        self.size = workers
+        self.policy = policy
+        self._fallback = fallback  # the in-process probe (OAuth, a dead pool)
+        self._workers: list[_Worker] = []
+        self._next_id = 0
+        self._starting: asyncio.Task[None] | None = None
+        self.closed = False
+        self.offloaded = 0  # tests run by the workers (a test reads this)
+
+    def pids(self) -> list[int]:
+        """The process ids of the running workers."""
+        return [w.proc.pid for w in self._workers if w.proc.returncode is None]
+
+    def start_soon(self) -> None:
+        """Start the workers in the background when a loop runs (else: at first use)."""
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self._start_task()
+
+    def _start_task(self) -> asyncio.Task[None]:
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        return self._starting
+
+    async def start(self) -> None:
+        """Launch the workers (once; every caller waits until they are launched)."""
+        await asyncio.shield(self._start_task())
+
+    async def _start(self) -> None:
+        env = worker_environment()
+        try:
+            for _ in range(self.size):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-P", "-c",
+                    "from reconciler.runtimes.probepool import worker_main; worker_main()",
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                assert proc.stdin is not None and proc.stdout is not None
+                w = _Worker(proc, proc.stdin)
+                w.writer.write(_frame(self.policy))
+                w.reader_task = asyncio.create_task(self._replies(w, proc.stdout))
+                self._workers.append(w)
+        except OSError as exc:
+            log.warning("probe workers could not start (%s): testing in this process",
+                        type(exc).__name__)
+            await self._close_workers()
+
+    async def probe(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        if creds.token_provider is not None or self.closed:
+            verdict: Verdict = await self._fallback(spec, creds)
+            return verdict
+        await self.start()
+        live = [w for w in self._workers if w.proc.returncode is None]
+        if not live:
+            return await self._lost(spec, creds)
+        worker = min(live, key=lambda w: len(w.pending))
+        rid = self._next_id
+        self._next_id += 1
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        worker.pending[rid] = future
+        password = creds.password.reveal() if creds.password is not None else None
+        try:
+            worker.writer.write(_frame((rid, spec, password, creds.ca_bundle_pem)))
+            await worker.writer.drain()
+        except (ConnectionError, RuntimeError):
+            worker.pending.pop(rid, None)
+            return await self._lost(spec, creds)
+        del password
+        try:
+            verdict = await asyncio.shield(future)
+            self.offloaded += 1
+            return verdict
+        except _WorkerLost:
+            return await self._fallback(spec, creds)  # type: ignore[no-any-return]
+        finally:
+            worker.pending.pop(rid, None)
+
+    async def _lost(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        await self.aclose()
+        verdict: Verdict = await self._fallback(spec, creds)
+        return verdict
+
+    async def _replies(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                rid, fields, extra = await _read_message(reader)
+                future = worker.pending.get(rid)
+                if future is None or future.done():
+                    continue
+                if fields is None:  # the worker's probe raised (a bug): test it here
+                    future.set_exception(_WorkerLost(str(extra)))
+                    continue
+                transcript = tuple(TranscriptLine(d, line, at) for d, line, at in extra or ())
+                future.set_result(Verdict(**fields, transcript=transcript))
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError,
+                pickle.UnpicklingError, EOFError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        finally:
+            for future in worker.pending.values():
+                if not future.done():
+                    future.set_exception(_WorkerLost("the worker process ended"))
+            if not self.closed:
+                log.warning("a probe worker ended: its tests run in this process")
+                self.closed = True  # every later test runs here too
+
+    async def aclose(self) -> None:
+        """Stop the workers (their pipes close; each exits) and wait for them."""
+        self.closed = True
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._starting)
+        await self._close_workers()
+
+    async def _close_workers(self) -> None:
+        self.closed = True
+        workers, self._workers = self._workers, []
+        for w in workers:
+            with contextlib.suppress(Exception):
+                w.writer.close()
+        for w in workers:
+            try:
+                async with asyncio.timeout(5):
+                    await w.proc.wait()
+            except TimeoutError:
+                w.proc.kill()
+                await w.proc.wait()
+            if w.reader_task is not None:
+                w.reader_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w.reader_task
+
+
+class _WorkerLost(Exception):
+    """A worker ended (or failed) with this test in flight: it runs in this process."""

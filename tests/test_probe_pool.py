@@ -1,0 +1,275 @@
+"""Connection tests in worker processes (``reconciler.runtimes.probepool``): the same
+verdicts as in this process, secrets only over the pipe, nothing lost when a worker dies,
+no worker outliving its parent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.probe import run_probe
+from reconciler.probe.egress import EgressPolicy
+from reconciler.probe.verdict import ProbeCredentials, Verdict
+from reconciler.resources import ExternalSmtpSpec
+from reconciler.runtimes.probepool import ProbePool
+from reconciler.secret import Secret
+from tests.support import canary
+from tests.support.engine_env import USER, Env, cond, e2e_fixture  # noqa: F401
+from tests.support.tcp_proxy import TcpProxy
+
+
+def _spec(port: int, user: str = USER) -> ExternalSmtpSpec:
+    return ExternalSmtpSpec.model_validate({
+        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
+        "startTLS": True, "username": user, "passwordFrom": {"env": "SMTP_PW"},
+        "connectionTest": {"timeoutSeconds": 10}})
+
+
+class Fallback:
+    """The in-process probe, counting its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        self.calls += 1
+        return await run_probe(spec, creds)
+
+
+@pytest.fixture(name="pool")
+async def pool_fixture() -> AsyncIterator[tuple[ProbePool, Fallback]]:
+    fallback = Fallback()
+    pool = ProbePool(2, policy=EgressPolicy(), fallback=fallback)
+    await pool.start()
+    try:
+        yield pool, fallback
+    finally:
+        await pool.aclose()
+
+
+def _creds(e2e: Env) -> ProbeCredentials:
+    return ProbeCredentials(password=Secret(canary.PASSWORD), ca_bundle_pem=e2e.relay.ca_pem)
+
+
+async def test_workers_give_the_verdicts_this_process_gives(
+        e2e: Env, pool: tuple[ProbePool, Fallback]) -> None:
+    p, fallback = pool
+    creds = _creds(e2e)
+    good = await asyncio.gather(*(p.probe(_spec(e2e.relay.port), creds) for _ in range(8)))
+    bad = await p.probe(_spec(e2e.relay.port, "nobody@example.test"), creds)
+    here = await run_probe(_spec(e2e.relay.port, "nobody@example.test"), creds)
+    assert p.offloaded == 9 and fallback.calls == 0
+    assert all(v.passed and v.reason == "TestPassed" for v in good)
+    assert good[0].details["tlsMode"] == "starttls" and good[0].details["mechanism"] == "PLAIN"
+    assert tuple(good[0].transcript) == ()  # a passed test's transcript is not sent back
+    assert (bad.passed, bad.stage, bad.reason) == (here.passed, here.stage, here.reason)
+    assert [t.line for t in bad.transcript] == [t.line for t in here.transcript]
+    assert "AUTH PLAIN ******" in [t.line for t in bad.transcript]
+    canary.assert_no_canary(repr(bad), where="a verdict from a worker")
+
+
+async def test_oauth_tests_stay_in_this_process(e2e: Env,
+                                                pool: tuple[ProbePool, Fallback]) -> None:
+    p, fallback = pool
+
+    async def token(force: bool) -> Secret:
+        return Secret("not-a-token")
+
+    creds = ProbeCredentials(token_provider=token, ca_bundle_pem=e2e.relay.ca_pem)
+    spec = ExternalSmtpSpec.model_validate({
+        "host": "127.0.0.1", "port": e2e.relay.port, "authentication": "OAuth2",
+        "startTLS": True, "username": USER, "oauth2ProviderRef": {"name": "idp"}})
+    await p.probe(spec, creds)
+    assert fallback.calls == 1 and p.offloaded == 0
+
+
+def _cmdline_and_environ(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+
+
+async def test_no_secret_in_a_workers_command_line_or_environment(
+        e2e: Env, pool: tuple[ProbePool, Fallback]) -> None:
+    p, _ = pool
+    assert (await p.probe(_spec(e2e.relay.port), _creds(e2e))).passed
+    pids = p.pids()
+    assert len(pids) == 2
+    assert os.environ["SMTP_PW"] == canary.PASSWORD  # the env: source of this process
+    for pid in pids:
+        data = _cmdline_and_environ(pid)
+        assert canary.PASSWORD.encode() not in data
+        assert b"SMTP_PW" not in data
+
+
+class GatedProxy(TcpProxy):
+    """Holds each new connection until released, and says when one arrived."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__("127.0.0.1", port)
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+
+    async def _handle(self, c_reader: asyncio.StreamReader,
+                      c_writer: asyncio.StreamWriter) -> None:
+        self.arrived.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
+        await super()._handle(c_reader, c_writer)
+
+
+async def test_a_worker_that_dies_mid_test_fails_no_test(
+        e2e: Env, pool: tuple[ProbePool, Fallback]) -> None:
+    p, fallback = pool
+    creds = _creds(e2e)
+    gate = GatedProxy(e2e.relay.port)
+    gate.start()
+    try:
+        task = asyncio.create_task(p.probe(_spec(gate.port), creds))
+        arrived = await asyncio.get_running_loop().run_in_executor(None, gate.arrived.wait, 30)
+        assert arrived, "the worker never connected"
+        for pid in p.pids():  # every worker dies with the test in flight
+            os.kill(pid, signal.SIGKILL)
+        gate.release.set()
+        verdict = await task
+    finally:
+        gate.release.set()
+        gate.stop()
+    assert verdict.passed  # tested again in this process
+    assert fallback.calls == 1 and p.closed
+    assert (await p.probe(_spec(e2e.relay.port), creds)).passed  # later tests: here too
+    assert fallback.calls == 2
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """The pids still alive after ``timeout`` (waits on pidfds: no polling)."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue
+    try:
+        alive = dict(fds)
+        while alive:
+            ready, _, _ = select.select(list(alive), [], [], timeout)
+            if not ready:
+                break
+            for fd in ready:
+                alive.pop(fd)
+        return sorted(alive.values())
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def test_workers_end_with_the_pool(pool: tuple[ProbePool, Fallback]) -> None:
+    p, _ = pool
+    pids = p.pids()
+    assert len(pids) == 2
+    await p.aclose()
+    assert _wait_gone(pids, 10) == []
+
+
+PARENT = """
+import asyncio, os, signal, sys
+from reconciler.probe.egress import EgressPolicy
+from reconciler.runtimes.probepool import ProbePool
+
+async def main():
+    pool = ProbePool(2, policy=EgressPolicy(), fallback=None)
+    await pool.start()
+    print(" ".join(str(p) for p in pool.pids()), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_no_worker_outlives_a_killed_parent(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2
+    assert _wait_gone(pids, 20) == []
+
+
+def test_apply_with_probe_workers(e2e: Env) -> None:
+    docs = [e2e.smtp(f"r{i}", selected=i == 0) for i in range(6)]
+    docs.append(e2e.smtp("bad", user="nobody@example.test"))
+    code, out = e2e.cli("apply", "-f", str(e2e.write("fleet.yaml", *docs)),
+                        "--probe-workers", "2")
+    assert code == 1  # "bad" was created and is not Ready
+    for i in range(6):
+        assert cond(e2e.status(f"r{i}"), "Ready")["status"] == "True"
+    assert cond(e2e.status("bad"), "Ready")["reason"] == "AuthenticationFailed"
+    assert "AuthenticationFailed" in out
+    code, out = e2e.cli("apply", "-f", str(e2e.root / "fleet.yaml"), "--probe-workers", "x")
+    assert code == 2 and "--probe-workers" in out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_kill_9_during_an_apply_with_probe_workers(e2e: Env) -> None:
+    """The crash test of tests/test_crash.py with worker processes: the store keeps its
+    invariants and no worker survives its apply."""
+    import random
+    import time
+
+    from tests.test_crash import _check_store
+
+    rng = random.Random(3)
+    n = 40
+
+    def fleet(broken: set[int]) -> Path:
+        docs = [e2e.smtp(f"r{i:03d}", selected=i % 7 == 0,
+                         user="nobody@example.test" if i in broken else USER)
+                for i in range(n)]
+        return e2e.write("fleet.yaml", *docs)
+
+    def apply(path: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "apply", "-f", str(path), "--state",
+             str(e2e.state), "--concurrency", "8", "--per-host", "8", "--probe-workers", "2",
+             "--lock-timeout", "20"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+
+    t0 = time.monotonic()
+    assert apply(fleet(set(range(0, n, 5)))).wait(timeout=120) == 1  # broken ones: exit 1
+    span = max(1.0, time.monotonic() - t0)
+    _check_store(e2e.state)
+    killed = 0
+    for i in range(4):
+        proc = apply(fleet({j for j in range(n) if rng.random() < 0.2}))
+        try:
+            proc.wait(timeout=rng.uniform(0.3, 1.0) * span)
+        except subprocess.TimeoutExpired:
+            workers = _children(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            killed += 1
+            assert _wait_gone(workers, 20) == [], "a probe worker outlived its apply"
+        _check_store(e2e.state)
+        if i % 2 == 1:  # a rotated password: every relay is tested again
+            new = canary.canary(f"rot{i}")
+            e2e.relay.users[USER] = new
+            os.environ["SMTP_PW"] = new
+    assert killed >= 1, "no apply was interrupted: the loop tested nothing"
+    assert apply(fleet(set())).wait(timeout=120) == 0
+    _check_store(e2e.state)
