@@ -175,6 +175,29 @@ async def test_after_a_watch_gap_kept_secrets_are_reread_before_use(env: Any) ->
     assert changed == [("default", "pw")]
 
 
+async def test_concurrent_syncs_write_the_published_secret_once(env: Any) -> None:
+    """Every pass of a namespace ends with ``publisher.sync``; passes that end together
+    write the published Secret once (before: each saw the old fingerprint and wrote it -
+    20-30 identical writes, and POSTs answered 409, when a new fleet's passes ended)."""
+    import asyncio
+
+    _emu, parts = env
+    api, store, publisher = parts.api, parts.store, parts.controller.publisher
+    body = await _create(api, [])
+    body["status"] = {"selected": True, "active": {
+        "generation": 1, "digest": "sha256:abc", "host": "smtp.example.com", "port": 587,
+        "authentication": "None", "tlsMode": "starttls", "health": "Healthy",
+        "verifiedAt": "2026-12-01T00:00:00Z"}}
+    store.observe(as_object(body))
+    sent: list[tuple[str, str]] = []
+    api.on_request = lambda verb, resource: sent.append((verb, resource))
+    results = await asyncio.gather(*(publisher.sync("default") for _ in range(10)))
+    assert sorted(results) == ["created"] + ["unchanged"] * 9
+    assert [r for r in sent if r[0] != "GET"] == [("POST", "secrets")]
+    data = (await api.get(resource_path("v1", "secrets", "default", "smtp-active-relay")))
+    assert base64.b64decode(data["data"]["SMTP_RELAY"]).decode() == "default/relay"
+
+
 async def test_first_memo_write_carries_the_finalizer_in_the_same_patch(env: Any) -> None:
     """Issue 15: finalizer and memo in one PATCH (they were two), and still with the
     precondition: a finalizer another controller added after our read is kept."""

@@ -286,6 +286,9 @@ class OperatorProcess:
         self.stop()
         self._fh.close()
         canary.assert_no_canary(self.log.read_bytes(), where=f"operator log {self.log.name}")
+        if exc[0] is not None:  # the test failed: show what the operator did (pytest prints it)
+            tail = self.log.read_bytes().decode("utf-8", "replace").splitlines()[-80:]
+            print(f"--- operator log {self.log.name} (last {len(tail)} lines)", *tail, sep="\n")
         if exc[0] is None:
             # Our RBAC must be enough for everything the operator did (least privilege
             # that is still sufficient): not one 403 in its log.
