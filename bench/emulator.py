@@ -204,6 +204,7 @@ class EmulatorProcess:
         kubeconfig = yaml.safe_load(Path(self.proc.stdout.readline().strip()).read_text())
         ca = kubeconfig["clusters"][0]["cluster"]["certificate-authority"]
         token = kubeconfig["users"][0]["user"]["token"]
+        self.ca, self.token = str(ca), str(token)
         self.http: dict[str, Any] = {"verify": ssl.create_default_context(cafile=ca),
                                      "headers": {"Authorization": f"Bearer {token}"}}
         self.pid = self._emulator_pid()
@@ -335,6 +336,104 @@ async def drive(emu: EmulatorProcess, count: int, concurrency: int) -> dict[str,
             "watch_events_delivered": dict(seen)}
 
 
+# --- part 3: small requests while big ones run -----------------------------------------
+
+
+LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+# The leader, in a process of its own (its latency must not include this process parsing
+# the big lists): GET + PUT of the Lease back to back until stdin closes, then the
+# latencies (ms) as one JSON line.
+RENEWER = """
+import json, ssl, sys, threading, time
+import httpx
+url, ca, token, lease = sys.argv[1:5]
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+latencies = []
+with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=ca), timeout=600,
+                  headers={"Authorization": f"Bearer {token}"}) as http:
+    http.get(lease).raise_for_status()
+    print("ready", flush=True)
+    while not stop.is_set():
+        t0 = time.monotonic()
+        current = http.get(lease).json()
+        current["spec"]["renewTime"] = "2026-12-01T08:00:00.000000Z"
+        http.put(lease, json=current).raise_for_status()
+        latencies.append((time.monotonic() - t0) * 1000)
+print(json.dumps(latencies), flush=True)
+"""
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+async def fairness(emu: EmulatorProcess, count: int, rounds: int) -> dict[str, Any]:
+    """Lease renewals (GET + PUT, back to back, on their own connection and in their own
+    process, as a leader's) while big requests run: two full LISTs of ``count``
+    ExternalSmtps (with status, as kopf lists after a restart, no ``limit``) and a watch
+    that replays them all.  Renewal latency (wall ms, p50 / p99 / max) against how long
+    the big requests took."""
+    limits = httpx.Limits(max_connections=8)
+    async with httpx.AsyncClient(base_url=emu.url, timeout=600, limits=limits,
+                                 **emu.http) as http:
+        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
+        r.raise_for_status()
+        sem = asyncio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            async with sem:
+                made = await http.post(BASE, json=smtp_body(i))
+                made.raise_for_status()
+                obj = made.json()
+                obj["status"] = status_body(obj, 1)
+                put = await http.put(f"{BASE}/relay-{i:05d}/status", json=obj,
+                                     params={"fieldManager": "smtpctl-operator"})
+                put.raise_for_status()
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        lease = await http.post(LEASES, json={
+            "metadata": {"name": "leader"},
+            "spec": {"holderIdentity": "bench", "leaseDurationSeconds": 15}})
+        lease.raise_for_status()
+        latencies: list[float] = []
+        big_ms: list[float] = []
+        for _ in range(rounds):
+            async def full_list() -> None:
+                t0 = time.monotonic()
+                body = (await http.get(BASE)).content  # not parsed: this process is light
+                assert body.count(b'"kind": "ExternalSmtp"') == count
+                big_ms.append((time.monotonic() - t0) * 1000)
+
+            async def replay() -> None:
+                t0 = time.monotonic()
+                seen = 0
+                async with http.stream("GET", BASE, params={"watch": "1"}) as w:
+                    async for line in w.aiter_lines():
+                        seen += bool(line.strip())
+                        if seen == count:
+                            break
+                big_ms.append((time.monotonic() - t0) * 1000)
+
+            renewer = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", RENEWER, emu.url, emu.ca, emu.token,
+                f"{LEASES}/leader", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE)
+            assert renewer.stdin is not None and renewer.stdout is not None
+            assert (await renewer.stdout.readline()).strip() == b"ready"
+            await asyncio.gather(full_list(), full_list(), replay())
+            renewer.stdin.close()
+            latencies += json.loads(await renewer.stdout.readline())
+            await renewer.wait()
+        return {"count": count, "rounds": rounds, "renewals": len(latencies),
+                "renewal_ms_p50": round(_percentile(latencies, 0.5), 1),
+                "renewal_ms_p99": round(_percentile(latencies, 0.99), 1),
+                "renewal_ms_max": round(max(latencies), 1),
+                "big_request_ms_median": round(statistics.median(big_ms), 1),
+                "big_request_ms_max": round(max(big_ms), 1)}
+
+
 # --- profile summary --------------------------------------------------------------------
 
 BUCKETS = (  # first match wins, checked on every frame of a stack, innermost first
@@ -401,8 +500,29 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None,
                         help="run the emulator under py-spy; keep its stacks in this dir")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--fairness-count", type=int, default=3000,
+                        help="ExternalSmtps listed and replayed while a Lease is renewed "
+                             "(default 3000; 0 skips that part)")
+    parser.add_argument("--fairness-rounds", type=int, default=3)
+    parser.add_argument("--only-fairness", action="store_true",
+                        help="run only the Lease-renewal part")
     args = parser.parse_args()
     out: dict[str, Any] = {"machine": machine()}
+    if args.fairness_count:
+        print(f"== Lease renewals while {args.fairness_count} ExternalSmtps are listed and "
+              "replayed", flush=True)
+        with tempfile.TemporaryDirectory(prefix="smtpctl-bench-emulator-") as tmp:
+            emu = EmulatorProcess(Path(tmp), None)
+            try:
+                out["fairness"] = asyncio.run(fairness(emu, args.fairness_count,
+                                                       args.fairness_rounds))
+            finally:
+                emu.close()
+        print(json.dumps(out["fairness"], indent=1), flush=True)
+    if args.only_fairness:
+        if args.json is not None:
+            args.json.write_text(json.dumps(out, indent=1))
+        return 0
     print("== CEL per ExternalSmtp write", flush=True)
     out["cel"] = cel_cost(args.cel_writes, args.runs)
     print(json.dumps(out["cel"], indent=1), flush=True)

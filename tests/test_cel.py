@@ -85,7 +85,7 @@ def crd_accepts(doc: dict[str, Any]) -> bool:
 def schema_expectation(doc: dict[str, Any]) -> bool:
     """The JSON Schema verdict, adjusted for the documented scopes deviation."""
     kind = doc["kind"]
-    valid = validator(kind).is_valid(doc)  # agrees with the reference: see
+    valid: bool = validator(kind).is_valid(doc)  # agrees with the reference: see
     spec = doc.get("spec")                 # tests/test_schema_agreement.py
     if kind == KIND_OAUTH2 and isinstance(spec, dict) and isinstance(spec.get("scopes"), str):
         return False  # the CRD types scopes as a list; only local manifests take a string
@@ -109,11 +109,12 @@ def test_crd_agrees_with_json_schema_on_mutations(case: str, doc: dict[str, Any]
 
 def test_each_cel_rule_rejects_its_own_violation() -> None:
     """Not only agreement: every rule fires on a document that breaks just that rule."""
-    base = {"apiVersion": API_VERSION, "kind": KIND_SMTP, "metadata": {"name": "a"},
-            "spec": {"host": "h", "port": 25, "authentication": "UsernamePassword",
+    base: dict[str, Any] = {
+        "apiVersion": API_VERSION, "kind": KIND_SMTP, "metadata": {"name": "a"},
+        "spec": {"host": "h", "port": 25, "authentication": "UsernamePassword",
                      "username": "u", "passwordFrom": {"env": "P"}}}
     assert crd_accepts(base)
-    broken = [
+    broken: list[dict[str, Any]] = [
         {"passwordFrom": None},
         {"authentication": "OAuth2", "oauth2ProviderRef": {"name": "p"}},
         {"authentication": "OAuth2"},
@@ -123,7 +124,7 @@ def test_each_cel_rule_rejects_its_own_violation() -> None:
         {"socketFactory": {"class": "javax.net.ssl.SSLSocketFactory"}},
     ]
     for change in broken:
-        doc = yaml.safe_load(yaml.safe_dump(base))
+        doc: dict[str, Any] = yaml.safe_load(yaml.safe_dump(base))
         for k, v in change.items():
             if v is None:
                 del doc["spec"][k]
@@ -134,7 +135,8 @@ def test_each_cel_rule_rejects_its_own_violation() -> None:
 
 
 def test_scopes_deviation_is_the_only_one() -> None:
-    doc = {"apiVersion": API_VERSION, "kind": KIND_OAUTH2, "metadata": {"name": "p"},
+    doc: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND_OAUTH2,
+                           "metadata": {"name": "p"},
            "spec": {"grantType": "ClientCredentials", "clientId": "c",
                     "clientSecretFrom": {"env": "S"}, "tokenEndpoint": "https://t"}}
     for scopes, crd, schema in (("a b", False, True), (["a"], True, True), (5, False, False),

@@ -152,7 +152,7 @@ def test_plan_exit_codes_and_no_side_effects(e2e: Env) -> None:
     assert not e2e.state.exists()  # plan writes nothing, not even a state directory
     e2e.cli("apply", "-f", str(f))
     assert e2e.cli("plan", "-f", str(f))[0] == 0
-    changed = e2e.smtp("a", port=e2e.relay.port, **{"refreshInterval": "2h"})
+    changed = e2e.smtp("a", port=e2e.relay.port, refreshInterval="2h")
     code, out = e2e.cli("plan", "-f", str(e2e.write("b.yaml", changed)), "-o", "json")
     assert code == 3
     env = json.loads(out)

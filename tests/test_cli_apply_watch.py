@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import yaml
@@ -62,7 +63,7 @@ def _ref(name: str):  # type: ignore[no-untyped-def]
     return ObjectRef("ExternalSmtp", "default", name)
 
 
-def _never():  # type: ignore[no-untyped-def]
+def _never() -> NoReturn:
     raise AssertionError("missing")
 
 

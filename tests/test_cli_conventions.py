@@ -95,8 +95,8 @@ def test_shared_options_are_defined_once() -> None:
             if name in NOT_MANIFESTS:
                 continue
             # every manifest reader takes --allow-status (and the trust flags with it)
-            allow = option(parser, "--allow-status")
-            assert allow is not None and same(allow, option(files, "--allow-status")), name
+            allow, ref_allow = option(parser, "--allow-status"), option(files, "--allow-status")
+            assert allow is not None and ref_allow is not None and same(allow, ref_allow), name
         n = option(parser, "-n")
         if n is not None and not name.startswith("operator"):
             refs = [option(ns_lookup, "-n"), option(ns_manifest, "-n")]

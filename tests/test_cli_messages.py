@@ -8,7 +8,6 @@ server and real routes inside a network namespace of our own (tests/support/netn
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from reconciler.probe import run_probe
 from tests.support import canary
 from tests.support.engine_env import Env, e2e_fixture  # noqa: F401
 from tests.support.faults import FaultServer
+from tests.support.faults import fault as fault  # the fixture
 from tests.support.netns_probe import probe_in_netns
 from tests.support.smtp_servers import make_spec, password_creds
 
@@ -32,21 +32,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def fault() -> Iterator[type[FaultServer]]:
-    started: list[FaultServer] = []
-
-    class Started(FaultServer):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            self.start()
-            started.append(self)
-
-    yield Started
-    for s in started:
-        s.stop()
 
 
 async def test_connection_refused_says_refused_without_a_tuple(closed_port: int) -> None:
@@ -158,8 +143,8 @@ def test_apply_shows_warnings_with_their_action(e2e: Env, closed_port: int) -> N
     with RelayServer(mode="plain", auth_required=False) as plain:
         fallback = e2e.smtp("f", port=plain.port, startTLS=False, authentication="None",
                             socketFactory={"class": "javax.net.ssl.SSLSocketFactory",
-                                           "port": closed_port, "fallback": True},
-                            **{"from": "app@example.test"})
+                                           "port": closed_port, "fallback": True})
+        fallback["spec"]["from"] = "app@example.test"
         del fallback["spec"]["username"], fallback["spec"]["passwordFrom"]
         f = e2e.write("w.yaml", unverified, fallback)
         code, out = e2e.cli("apply", "-f", str(f))

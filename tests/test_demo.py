@@ -46,11 +46,18 @@ def test_demo_story(tmp_path: Path) -> None:
         "ok: backup-relay took over (Failover); billing-relay released it",
         "ok: applications are now handed the backup relay, and it is healthy",
         "health:      FAILING",
+        "ok: billing-relay is back and Ready; it waits out its failbackDelay (FailbackPending)",
+        "ok: backup-relay stays in use meanwhile (no flapping)",
+        "selection: default: Failback:",
+        "ok: billing-relay took selection back (Failback) after being Ready for its "
+        "failbackDelay",
+        "ok: applications are handed billing-relay again",
         "every step held",
         "Try next:",
     ):
         assert line in out, line
     assert "Traceback" not in out
+    assert out.count("selection: default: Failback:") == 1  # recorded on both, shown once
     assert_no_canary(out, where="demo output")
     # the state and manifests hold references only (the secrets dir holds the secrets)
     assert_no_canary_in_tree(work / "state")

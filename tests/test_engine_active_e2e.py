@@ -186,6 +186,10 @@ def test_standby_takes_over_when_the_relay_in_use_goes_down(e2e: Env) -> None:
                       e2e.smtp("standby", selected=True, priority=10))
         code, out = e2e.cli("validate", "-f", str(f), "--strict", state=False)
         assert code == 0, out  # the supported standby setup is not a mistake
+        code, out = e2e.cli("plan", "-f", str(f))
+        assert "'primary' becomes the relay in use if its test passes; 'standby' stands " \
+            "by (priority 10)" in out, out
+        assert "SelectionConflict" not in out  # before: "set selected: false on the others"
         assert e2e.cli("apply", "-f", str(f))[0] == 0
         assert json.loads(e2e.cli("get", "active", "-o", "json")[1])["relay"]["name"] == \
             "primary"

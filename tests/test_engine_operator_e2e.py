@@ -8,6 +8,8 @@ emulator, real aiosmtpd relays with real TLS on loopback, the real ``smtpctl`` C
   annotation the operator honours.
 * Standby and failover; the relay in use failing without a standby: its own reason, a
   Warning Event, a metric, ``SMTP_READY=false``.
+* The first pass picks the preferred relay even when the standby's verdict comes first.
+* Fail-back after ``failbackDelay``, on the operator's own schedule.
 * An untested password is never published (not even after the Secret is lost and the
   operator restarts).
 """
@@ -19,6 +21,7 @@ import io
 import socket
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from tests.support.kube_operator import (
     relay_spec,
     wait_for,
 )
+from tests.support.tcp_proxy import TcpProxy
 
 USER = "user@example.test"
 NS = "mail"
@@ -101,7 +105,9 @@ def test_published_record_failover_and_the_relay_in_use_failing(
     with OperatorProcess(c, "op", "--namespace", NS, "--metrics-port", "0") as op:
         wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
                  timeout=60)
-        assert condition(c.smtp(NS, "standby"), "Selected")["reason"] == "Standby"
+        # the standby's Selected condition follows its verdict in a second write
+        wait_for("standby waits", lambda: _with_reason(
+            condition(c.smtp(NS, "standby"), "Selected"), "Standby"))
         data = wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
         # 1. the connection that passed: the fallback to spec.port, not the refused port
         assert data["SMTP_RELAY"] == f"{NS}/primary"
@@ -149,8 +155,93 @@ def test_published_record_failover_and_the_relay_in_use_failing(
         assert code == 1 and "SMTP_READY='false'" in out
 
 
+def test_first_pass_picks_the_preferred_relay_whichever_verdict_comes_first(
+        relays: tuple[Cluster, RelayServer, RelayServer]) -> None:
+    """Rule 4 in the operator: a proxy adds 0.25 s each way to the primary's connection,
+    so its test takes seconds longer and the standby's verdict comes first.  Without the
+    rule the standby became the relay in use and kept it (the primary then waited out its
+    fail-back delay, 5m): the preferred relay must be chosen, the standby never."""
+    c, primary, standby = relays
+    with TcpProxy("127.0.0.1", primary.port, delay=0.25) as slow:
+        spec = relay_spec(slow.port)
+        spec["priority"] = 0
+        c.create_smtp(NS, "primary", spec)
+        backup = relay_spec(standby.port)
+        backup["priority"] = 10
+        c.create_smtp(NS, "standby", backup)
+        with OperatorProcess(c, "op", "--namespace", NS):
+            wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
+                     timeout=90)
+            sel = wait_for("standby waits", lambda: _with_reason(
+                condition(c.smtp(NS, "standby"), "Selected"), "Standby"))
+            assert "'primary'" in sel["message"]
+            wait_for("Active event", lambda: "Active" in _reasons(c, "primary"))
+            assert not {"Active", "Failover", "Failback"} & set(_reasons(c, "standby"))
+        assert slow.connections  # the primary's test did go through the slow path
+
+
+def _reasons(c: Cluster, name: str) -> list[str]:
+    return [e["reason"] for e in c.events(NS)
+            if (e.get("involvedObject") or {}).get("name") == name]
+
+
+def test_failback_after_the_delay_on_the_operators_own_schedule(
+        relays: tuple[Cluster, RelayServer, RelayServer]) -> None:
+    """The primary comes back: it is Ready at once, but the standby keeps selection until
+    the primary has been Ready for its failbackDelay; then the operator fails back by
+    itself (no event, no prompt wakes it: the pass that saw the primary Ready scheduled
+    the next one for the end of the delay).  Failed before: the operator requeued the
+    primary only at its next re-verification (refreshInterval 1h)."""
+    c, primary, standby = relays
+    delay = 4
+    spec = relay_spec(primary.port)
+    spec.update(priority=0, failbackDelay=f"{delay}s")
+    c.create_smtp(NS, "primary", spec)
+    backup = relay_spec(standby.port)
+    backup["priority"] = 10
+    c.create_smtp(NS, "standby", backup)
+    with OperatorProcess(c, "op", "--namespace", NS):
+        wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
+                 timeout=60)
+        primary.stop()
+        code, out = reverify(c, "primary")
+        assert code == 1, out
+        wait_for("standby took over", lambda: selected(c, "standby"))
+        primary.start()  # back on the same port
+        code, out = reverify(c, "primary")
+        assert code == 0, out
+        back = condition(c.smtp(NS, "primary"), "Ready")
+        assert back["status"] == "True"
+        wait_for("fail-back", lambda: selected(c, "primary") and not selected(c, "standby"),
+                 timeout=60)
+        took = condition(c.smtp(NS, "primary"), "Selected")
+        assert took["reason"] == "Active"
+        # hysteresis: selection came back only after the primary had been Ready (since
+        # `back`, unchanged) for the whole delay
+        assert condition(c.smtp(NS, "primary"), "Ready")["lastTransitionTime"] == \
+            back["lastTransitionTime"]
+        assert (_epoch(took["lastTransitionTime"]) - _epoch(back["lastTransitionTime"])
+                >= delay)
+        assert condition(c.smtp(NS, "standby"), "Selected")["reason"] == "Standby"
+        # the Events follow the selection writes: wait for them (a grouped run saw them late)
+        wait_for("Failover and Failback events", lambda: {"Failover", "Failback"} <= {
+            e["reason"] for e in c.events(NS)
+            if (e.get("involvedObject") or {}).get("name") == "primary"})
+        data = wait_for("published follows", lambda: _published_by(c, "primary"))
+        assert data["SMTP_PORT"] == str(primary.port) and data["SMTP_READY"] == "true"
+
+
+def _published_by(c: Cluster, name: str) -> dict[str, str] | None:
+    data = c.secret_data(NS, PUBLISHED) or {}
+    return data if data.get("SMTP_RELAY") == f"{NS}/{name}" else None
+
+
 def _with_reason(c: dict[str, Any], reason: str) -> dict[str, Any] | None:
     return c if c.get("reason") == reason else None
+
+
+def _epoch(rfc3339: str) -> float:
+    return datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%S%z").timestamp()
 
 
 def test_an_untested_password_is_never_published(

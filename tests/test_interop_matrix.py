@@ -11,9 +11,11 @@ silently:
   prints the *observed* matrix, reports cells that differ from the expectations (exit 1)
   and with ``--write`` rewrites the block in ``docs/interop.md`` from the observations.
 
-Where the probe's behaviour today differs from what issue 3 asks, the cell carries
-``want_probe`` as well: ``test_cell_meets_issue[...]`` is a strict xfail on it, so fixing
-the probe turns it into a failure that asks for the table (and the doc) to be updated.
+Where the probe's behaviour today is known to be wrong, the cell carries the verdict it
+should give in ``want_probe`` as well: ``test_cell_meets_issue[...]`` is a strict xfail
+on it, so fixing the probe turns it into a failure that asks for the table (and the doc)
+to be updated.  ``test_interop_prose_agrees_with_the_table`` checks the doc's per-cell
+bullets against the table.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class Cell:
     swaks: SwaksFn | None  # None: swaks cannot do this cell ("n/a")
     expect_probe: str
     expect_swaks: str
-    want_probe: str | None = None  # issue 3's requirement where the probe differs today
+    want_probe: str | None = None  # the verdict the probe should give, where it differs today
     note: str = ""
 
 
@@ -418,7 +420,7 @@ def render(rows: list[Row]) -> str:
     for i, (cell, probe, swaks, javamail) in enumerate(rows, 1):
         notes = cell.note
         if cell.want_probe and probe != cell.want_probe:
-            notes = f"**issue 3 wants `{cell.want_probe}`**; " + notes
+            notes = f"**should be `{cell.want_probe}`**; " + notes
         out.append(f"| {i} | `{cell.id}` | {cell.listener} | {cell.client} | {cell.auth} "
                    f"| {probe} | {swaks} | {javamail} | {notes} |")
     return "\n".join(out) + "\n"
@@ -467,10 +469,10 @@ def test_cell_javamail(postfix_peer: PostfixPeer, cell: Cell) -> None:
 
 _WANTED = [c for c in CELLS if c.want_probe]
 
-if _WANTED:  # no placeholder test (it could only skip) while every cell meets issue 3
+if _WANTED:  # no placeholder test (it could only skip) while every verdict is right
 
     @pytest.mark.parametrize("cell", _WANTED, ids=[c.id for c in _WANTED])
-    @pytest.mark.xfail(strict=True, reason="probe differs from issue 3 here (see the cell note)")
+    @pytest.mark.xfail(strict=True, reason="the probe's verdict is known wrong here (cell note)")
     async def test_cell_meets_issue(postfix_peer: PostfixPeer, cell: Cell) -> None:
         verdict = await run_cell_probe(postfix_peer, cell)
         assert probe_outcome(verdict) == cell.want_probe
@@ -487,6 +489,49 @@ def test_interop_doc_is_current() -> None:
     text = DOC.read_text()
     assert doc_block(text) == render(expected_rows()), (
         "docs/interop.md is out of date: run `python -m tests.test_interop_matrix --write`")
+
+
+def prose_disagreements(text: str) -> list[str]:
+    """What the bullets of docs/interop.md that start with a cell's name say against the
+    table: an unknown cell, or a catalog reason that is not the cell's probe verdict (a
+    reason right after "not" is what the probe does *not* say, and may differ)."""
+    from reconciler.catalog import CATALOG
+
+    cells = {c.id: c for c in CELLS}
+    prose = text[text.index(END) + len(END):] if END in text else text
+    out = []
+    for m in re.finditer(r"^- `([a-z0-9-]+)`:(.*?)(?=^\S|^- |\Z)", prose, re.M | re.S):
+        cid, body = m.group(1), " ".join(m.group(2).split())
+        cell = cells.get(cid)
+        if cell is None:
+            out.append(f"`{cid}`: no such cell in CELLS")
+            continue
+        verdict = cell.expect_probe.split(" ")[0]
+        for r in re.finditer(r"`([A-Z][A-Za-z0-9]+)`", body):
+            negated = re.search(r"\bnot\b(?: (?:a|an|the)\b)?(?: \w+)?\s*$", body[:r.start()])
+            if r.group(1) in CATALOG and r.group(1) != verdict and not negated:
+                out.append(f"`{cid}`: the text names `{r.group(1)}`, the table says "
+                           f"{cell.expect_probe!r}")
+    return out
+
+
+def test_interop_prose_agrees_with_the_table() -> None:
+    text = DOC.read_text()
+    assert re.search(r"^- `auth-required`:", text, re.M), "the checked bullets are gone"
+    assert prose_disagreements(text) == []
+
+
+def test_the_prose_check_catches_a_contradiction() -> None:
+    """The contradiction docs/interop.md once had: the auth-required bullet said the probe
+    reports SenderRejected while the table said AuthenticationRequired."""
+    assert prose_disagreements(
+        END + "\n- `auth-required`: the probe reports `SenderRejected` for this.\n") == [
+        "`auth-required`: the text names `SenderRejected`, the table says "
+        "'AuthenticationRequired at rcpt_to'"]
+    assert prose_disagreements(
+        END + "\n- `auth-required`: reports `AuthenticationRequired`, not a generic "
+              "`SenderRejected`.\n- `no-such-cell`: x\n"
+    ) == ["`no-such-cell`: no such cell in CELLS"]
 
 
 def test_every_listener_of_the_peer_is_exercised() -> None:

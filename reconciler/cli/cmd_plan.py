@@ -219,7 +219,9 @@ def _selection(store: Any, manifests: list[dict[str, Any]], items: list[Any],
             c = candidate(obj)
             m = next((m for m in manifests if ref_of(m) == ref), None)
             if m is not None:
-                c = dataclasses.replace(c, requested=bool((m.get("spec") or {}).get("selected")))
+                spec = m.get("spec") or {}
+                c = dataclasses.replace(c, requested=bool(spec.get("selected")),
+                                        priority=_priority(spec))
             if item is not None and item.test:
                 c = dataclasses.replace(c, ready=True, has_active=True)
                 depends.add(c.name)
@@ -230,8 +232,9 @@ def _selection(store: Any, manifests: list[dict[str, Any]], items: list[Any],
                 continue
             item = plan.get(ref)
             tested = bool(item is not None and item.test)
-            cands.append(Candidate(ref.name, "~", bool((m.get("spec") or {}).get("selected")),
-                                   tested, False, tested, False))
+            spec = m.get("spec") or {}
+            cands.append(Candidate(ref.name, "~", bool(spec.get("selected")),
+                                   tested, False, tested, False, priority=_priority(spec)))
             if tested:
                 depends.add(ref.name)
         after = choose(cands)
@@ -246,11 +249,34 @@ def _selection(store: Any, manifests: list[dict[str, Any]], items: list[Any],
             msg = (f"{after!r} becomes the relay in use{cond_text}"
                    + (f" (instead of {current!r})" if current else ""))
         if len(requested) > 1:
-            losers = [n for n in requested if n != after]
-            msg += (f"; {', '.join(repr(n) for n in losers)} also ask(s) to be selected: "
-                    "SelectionConflict (set selected: false on the others)")
+            msg += _others(cands, after)
         entry = {"kind": "ExternalSmtp", "namespace": ns, "name": after or current or "",
                  "type": "Plan", "reason": "Selection", "message": msg,
                  "current": current, "planned": after}
         out.append(entry)
     return out
+
+
+def _priority(spec: dict[str, Any]) -> int:
+    p = spec.get("priority", 0)
+    return p if isinstance(p, int) and not isinstance(p, bool) else 0
+
+
+def _others(cands: list[Any], after: str | None) -> str:
+    """The other relays that ask to be selected: standbys (a priority of their own: they
+    take over when the preferred one fails) and ties (the same priority as another
+    selected relay: a SelectionConflict only age decides)."""
+    requested = sorted((c for c in cands if c.requested), key=lambda c: c.order)
+    counts: dict[int, int] = {}
+    for c in requested:
+        counts[c.priority] = counts.get(c.priority, 0) + 1
+    others = [c for c in requested if c.name != after]
+    standbys = [c for c in others if counts[c.priority] == 1]
+    ties = [c for c in others if counts[c.priority] > 1]
+    text = "".join(f"; {c.name!r} stands by (priority {c.priority})" for c in standbys)
+    if ties:
+        text += (f"; {', '.join(repr(c.name) for c in ties)} also ask(s) to be selected "
+                 "with the same priority as another selected relay: SelectionConflict "
+                 "(give a standby a higher spec.priority - lower is preferred - or set "
+                 "selected: false)")
+    return text

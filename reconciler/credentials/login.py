@@ -112,8 +112,9 @@ async def login(
                     open_browser(uri)
                 except Exception as exc:  # noqa: BLE001 - a convenience; the URL is printed
                     log.debug("could not open a browser: %s", type(exc).__name__)
-            try:
-                params = await asyncio.wait_for(result, timeout_seconds)
+            try:  # not wait_for: on 3.11 it drops a Ctrl-C landing with the redirect
+                async with asyncio.timeout(timeout_seconds):
+                    params = await result
             except TimeoutError:
                 stray = (f"; {listener.stray} request(s) with a wrong state were ignored "
                          "(not the redirect of this login: possible CSRF)"

@@ -35,6 +35,7 @@ spec:
   from: {sender}
   selected: true
   priority: 0
+  failbackDelay: {failback_delay}   # short for the demo (default 5m)
   tls:
     caBundleFrom: {{file: {ca_file}}}
   connectionTest:

@@ -15,7 +15,11 @@
 7. Failover: the relay in use goes down; ``reconcile --force`` re-verifies now, the
    primary fails and the standby takes over; ``get active`` hands out the backup (and
    ``--require-ready`` passes again).
-8. Stop the servers; print the commands to try next.
+8. Fail-back: the primary comes back (same port); it is Ready at once but the backup
+   stays in use (``FailbackPending``) until the primary has been Ready for its
+   ``failbackDelay`` (a few seconds in the demo, 5m by default); then ``reconcile`` hands
+   selection back (``Failback``) without a test, and ``get active`` hands out the primary.
+9. Stop the servers; print the commands to try next.
 
 The demo runs the same CLI entry point a user types (``reconciler.cli.main.main``) in
 this process, and checks every step: if the story does not hold, it says which step
@@ -35,6 +39,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -48,6 +53,7 @@ OAUTH_USER = "notify@example.test"
 CLIENT_SECRET_ENV = "SMTPCTL_DEMO_CLIENT_SECRET"  # noqa: S105 - a variable name
 PASSWORD_SEED_ENV = "SMTPCTL_DEMO_PASSWORD"  # noqa: S105 - a variable name
 SCOPE = "https://mail.example.test/.default"
+FAILBACK_DELAY = 5  # seconds: billing-relay's spec.failbackDelay in the demo (default 5m)
 
 
 class StoryFailed(Exception):
@@ -155,7 +161,8 @@ class Demo:
                       "password_file": pw_file, "ca_file": ca, "oauth_user": OAUTH_USER,
                       "token_url": oauth.token_url, "scope": SCOPE,
                       "client_secret_env": CLIENT_SECRET_ENV, "backup_port": backup.port,
-                      "backup_password_file": backup_pw}
+                      "backup_password_file": backup_pw,
+                      "failback_delay": f"{FAILBACK_DELAY}s"}
             self.values = values
             (self.mdir / "oauth2provider.yaml").write_text(manifests.PROVIDER.format(**values))
             relays = self.mdir / "relays.yaml"
@@ -169,6 +176,7 @@ class Demo:
             self._broken_update(relays, relay)
             self._standby()
             self._failover(relay, backup)
+            self._failback(relay, backup)
         self.say()
         self.say("Servers stopped.")
 
@@ -264,6 +272,43 @@ class Demo:
                    "applications are now handed the backup relay, and it is healthy")
         self.run("describe", "externalsmtp", "billing-relay", "--state", str(self.state))
 
+    def _failback(self, relay: RelayServer, backup: RelayServer) -> None:
+        self.step(f"Fail-back: billing-relay comes back; it takes selection back once it "
+                  f"has been Ready for its failbackDelay ({FAILBACK_DELAY}s here, 5m by "
+                  f"default)")
+        relay.start()  # the same port again
+        self.say(f"  relay 127.0.0.1:{relay.port} started again")
+        self.run("reconcile", "--force", "externalsmtp", "billing-relay", "--state",
+                 str(self.state))
+        b, s = self.status("billing-relay"), self.status("backup-relay")
+        pending = _cond(b, "Selected")
+        self.check(_ready(b) and pending.get("reason") == "FailbackPending",
+                   "billing-relay is back and Ready; it waits out its failbackDelay "
+                   "(FailbackPending)")
+        self.say(f"  Selected message: {pending.get('message')}")
+        self.check(s.get("selected") is True and not b.get("selected"),
+                   "backup-relay stays in use meanwhile (no flapping)")
+        # The hysteresis is wall-clock time: wait it out (what `apply --watch` or the
+        # operator do on their own - they schedule a pass for that moment).
+        since = _epoch(_cond(b, "Ready").get("lastTransitionTime"))
+        wait = since + FAILBACK_DELAY - time.time()
+        if wait > 0:
+            self.say(f"  (waiting {wait:.1f}s for the fail-back delay)")
+            time.sleep(wait)
+        self.run("reconcile", "--state", str(self.state))
+        b, s = self.status("billing-relay"), self.status("backup-relay")
+        took = _cond(b, "Selected")
+        self.check(b.get("selected") is True and not s.get("selected")
+                   and took.get("reason") == "Active"
+                   and _epoch(took.get("lastTransitionTime")) - since >= FAILBACK_DELAY,
+                   "billing-relay took selection back (Failback) after being Ready for its "
+                   "failbackDelay")
+        _, env = self.run("get", "active", "-o", "env", "--require-ready", "--state",
+                          str(self.state))
+        self.check(f"SMTP_PORT='{relay.port}'" in env and "SMTP_READY='true'" in env
+                   and "SMTP_RELAY='default/billing-relay'" in env,
+                   "applications are handed billing-relay again")
+
     def _write_secret(self, path: Path, value: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -299,6 +344,13 @@ def _cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
         if c.get("type") == ctype:
             return dict(c)
     return {}
+
+
+def _epoch(rfc3339: Any) -> float:
+    try:
+        return datetime.strptime(str(rfc3339), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError as exc:
+        raise StoryFailed(f"not a timestamp: {rfc3339!r}") from exc
 
 
 def _ready(status: dict[str, Any]) -> bool:

@@ -31,8 +31,10 @@ Usage from synchronous code (tests, the demo)::
     relay.stop()
 
 or as a context manager (``with RelayServer(...) as relay:``).  ``start()`` binds
-``127.0.0.1`` on an ephemeral port; pass ``ca=`` to share one trustme CA between servers
-(the token endpoint of the demo uses the same CA).  The token validator is a callable
+``127.0.0.1`` on an ephemeral port; ``start()`` after ``stop()`` listens on the same port
+again (a relay that went down and comes back: the demo's and tests' fail-back); pass
+``ca=`` to share one trustme CA between servers (the token endpoint of the demo uses the
+same CA).  The token validator is a callable
 ``(username, token) -> bool``; by default it accepts exactly the pairs in
 :attr:`RelayServer.tokens` (token -> username), which the demo's token endpoint fills.
 It runs on the server thread, so it must be thread-safe and must not block for long.
@@ -417,7 +419,8 @@ class RelayServer:
     async def _listen(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
         ssl_ctx = self.server_tls_context() if self.mode == "implicit" else None
         return await loop.create_server(
-            lambda: self._make_protocol(loop), host=self.host, port=0, ssl=ssl_ctx
+            # 0 the first time (ephemeral); a restart after stop() takes the same port.
+            lambda: self._make_protocol(loop), host=self.host, port=self.port, ssl=ssl_ctx
         )
 
 

@@ -435,8 +435,15 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
     if written is None:
         return ReconcileResult(ref, {}, None, ReconcileAction.GONE, tested=True,
                                verdict=verdict)
-    await _emit_test_events(world, ref, verdict, before, smtp_status(written), done)
+    failing = await _emit_test_events(world, ref, verdict, before, smtp_status(written), done)
     written, wait = await _select(world, obj, written)
+    if failing and written.status.get("selected"):
+        # After selection: only when no standby took over is the relay in use failing (a
+        # standby that took over says so with Failover).
+        await world.events.emit(Event(
+            ref, "Warning", "ActiveRelayFailing",
+            f"the configuration in use (generation {failing}) failed its re-verification "
+            f"({verdict.reason}) and no standby is Ready to take over", cond.rfc3339(done)))
     requeue = _sooner(max(0.0, new_memo.due_at - world.clock()), wait)
     return ReconcileResult(ref, written.status, requeue, ReconcileAction.TESTED, tested=True,
                            verdict=verdict)
@@ -582,7 +589,9 @@ def _record(ref: ObjectRef, gen: int, now: float, v: Verdict, digest: str) -> Te
 
 
 async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict, before: SmtpStatus,
-                            after: SmtpStatus, now: float) -> None:
+                            after: SmtpStatus, now: float) -> int | None:
+    """The Events of a verdict; returns the generation in use when exactly it failed while
+    selected (the caller emits ``ActiveRelayFailing`` once selection has been recomputed)."""
     at = cond.rfc3339(now)
     ready = cond.of(after, cond.READY)
     message = str(ready.get("message", "")) if ready else ""
@@ -596,19 +605,17 @@ async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict, before: Sm
             await world.events.emit(Event(
                 ref, "Warning", "CertificateExpiringSoon",
                 f"the relay's certificate expires at {tls.get('certificateNotAfter')}", at))
-        return
+        return None
     await world.events.emit(Event(ref, "Warning", v.reason, message, at))
     active = after.get("active")
     if after.get("activeGeneration") is not None and active is not None:
         if active.get("health") == "Failing" and after.get("selected"):
-            await world.events.emit(Event(
-                ref, "Warning", "ActiveRelayFailing",
-                f"the configuration in use (generation {active.get('generation')}) failed "
-                f"its re-verification ({v.reason})", at))
-        elif active.get("health") != "Failing":
+            return int(active.get("generation") or 0)
+        if active.get("health") != "Failing":
             await world.events.emit(Event(
                 ref, "Normal", "LastKnownGoodRetained",
                 f"generation {after.get('activeGeneration')} remains in use", at))
+    return None
 
 
 # --- OAuth2Provider ------------------------------------------------------------------------

@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 KIND = "ExternalSmtp"
 DEFAULT_FAILBACK = 300.0
 
+# The reasons of the Selected condition (docs/engine.md lists them; a test compares).
+SELECTED_TRUE_REASONS = ("Active", "LastKnownGoodRetained", "ActiveRelayFailing")
+SELECTED_FALSE_REASONS = ("NotRequested", "NotReady", "Standby", "FailbackPending",
+                          "SelectionConflict")
+SELECTED_REASONS = SELECTED_TRUE_REASONS + SELECTED_FALSE_REASONS
+# The Events select_scope records when the relay in use changes (docs/engine.md).
+SELECTION_EVENTS = ("Active", "Failover", "Failback", "NoRelayInUse")
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:

@@ -31,8 +31,11 @@ import asyncio
 import contextlib
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 BANNER = b"220 faults.test ESMTP fault server\r\n"
 
@@ -240,3 +243,19 @@ def self_signed_context(ca: Any) -> ssl.SSLContext:
         key.write_bytes(ca.private_key_pem.bytes())
         ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+@pytest.fixture
+def fault() -> Iterator[type[FaultServer]]:
+    """``fault(...)`` builds a started FaultServer, stopped at the end of the test."""
+    started: list[FaultServer] = []
+
+    class Started(FaultServer):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.start()
+            started.append(self)
+
+    yield Started
+    for s in started:
+        s.stop()

@@ -147,6 +147,7 @@ def _object_meta_schema() -> Obj:
 
 def kind_schema(kind: Any, builtin: Mapping[str, Any] | None) -> Obj:
     """The OpenAPI schema of one kind: the CRD's schema, or the built-in one we know."""
+    schema: dict[str, Any]
     if kind.schema is not None:
         schema = json.loads(json.dumps(kind.schema.schema))
     elif builtin is not None:

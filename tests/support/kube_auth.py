@@ -62,6 +62,15 @@ class RequestInfo:
 _SPECIAL_VERBS = {"proxy", "watch"}
 
 
+def query_bool(value: str | None) -> bool:
+    """A boolean query parameter (``watch``, ``allowWatchBookmarks``, ``sendInitialEvents``,
+    ``force``) as apimachinery's ``runtime.Convert_Slice_string_To_bool`` reads its first
+    value: absent, ``0`` or ``false`` in any case is false; anything else, the empty string
+    included, is true (not Go's ``strconv.ParseBool``: ``watch=yes`` is a watch, and no
+    value is refused)."""
+    return value is not None and value != "0" and value.lower() != "false"
+
+
 def request_info(method: str, path: str, query: Mapping[str, str]) -> RequestInfo:
     """``RequestInfoFactory.NewRequestInfo``."""
     parts = [p for p in path.strip("/").split("/") if p]
@@ -94,9 +103,9 @@ def request_info(method: str, path: str, query: Mapping[str, str]) -> RequestInf
         info.subresource = rest[2]
     if info.verb != "watch":
         m = method.upper()
-        watch = str(query.get("watch", "")).lower() in ("1", "true")
-        if m in ("GET", "HEAD"):
-            info.verb = "watch" if watch else ("get" if info.name else "list")
+        if m in ("GET", "HEAD"):  # only a collection GET is a list or a watch
+            info.verb = "get" if info.name else (
+                "watch" if query_bool(query.get("watch")) else "list")
         else:
             info.verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
                          "DELETE": "delete" if info.name else "deletecollection"}.get(m, m.lower())

@@ -201,7 +201,7 @@ class StructuralSchema:
                 child = f"{path}.{k}" if path else k
                 if top and k in ("apiVersion", "kind", "metadata"):
                     continue
-                if k in (props or {}):
+                if props is not None and k in props:
                     self._unknown(v, props[k], child, out)
                 elif not schema.get("x-kubernetes-preserve-unknown-fields"):
                     out.append(child)

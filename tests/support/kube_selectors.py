@@ -9,6 +9,7 @@ so :func:`parse_label_selector` raises ``ValueError`` for the emulator to map to
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -69,6 +70,10 @@ def parse_label_selector(selector: str | None) -> Predicate:
     return lambda labels: all(r(labels) for r in reqs)
 
 
+def _field_matches(obj: Mapping[str, Any], *, path: str, value: str, equal: bool) -> bool:
+    return (_field(obj, path) == value) == equal
+
+
 def _field(obj: Mapping[str, Any], path: str) -> str:
     cur: Any = obj
     for part in path.split("."):
@@ -88,8 +93,6 @@ def parse_field_selector(selector: str | None) -> Callable[[Mapping[str, Any]], 
         if not m:
             raise ValueError(f"invalid field selector: {part.strip()!r}")
         path, op, value = m.group(1), m.group(2), m.group(3)
-        if op == "!=":
-            preds.append(lambda o, p=path, v=value: _field(o, p) != v)
-        else:
-            preds.append(lambda o, p=path, v=value: _field(o, p) == v)
+        preds.append(functools.partial(_field_matches, path=path, value=value,
+                                       equal=op != "!="))
     return lambda obj: all(p(obj) for p in preds)

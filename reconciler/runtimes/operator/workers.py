@@ -110,8 +110,12 @@ class WorkerPool:
                 if self.workers.get(ref) is w:
                     del self.workers[ref]
                 return
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel (stop())
+            # that lands in the step the wake fires, leaving an orphan worker running
+            # (tests/test_cancellation.py).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(w.wake.wait(), max(0.0, delay))
+                async with asyncio.timeout(max(0.0, delay)):
+                    await w.wake.wait()
 
     async def stop_all(self) -> None:
         self.stopped = True
