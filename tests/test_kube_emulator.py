@@ -442,6 +442,43 @@ def test_finalizers_hold_deletion_until_removed(kube: Any, ns: str) -> None:
     assert exc.value.status == 404
 
 
+def test_deleting_a_namespace_deletes_its_content_first(kube: Any, ns: str) -> None:
+    """Namespace strategy and controller, NamespaceLifecycle admission: a created
+    namespace carries ``spec.finalizers: [kubernetes]``, phase Active and its name label;
+    deleting it makes it Terminating, deletes its content (finalizers hold their
+    objects), refuses new content with 403, and removes it once empty.  ``default`` may
+    not be deleted.  Before: the namespace went at once and its objects stayed."""
+    co, core = _co(kube), _core(kube)
+    made = core.create_namespace(cast(Any, {"metadata": {"name": ns}}))
+    assert made.spec.finalizers == ["kubernetes"] and made.status.phase == "Active"
+    assert made.metadata.labels == {"kubernetes.io/metadata.name": ns}
+    held = widget("held")
+    held["metadata"]["finalizers"] = ["test.example.dev/cleanup"]
+    co.create_namespaced_custom_object(G, V, ns, P, held)
+    core.create_namespaced_secret(ns, cast(Any, {"metadata": {"name": "plain"}}))
+    core.delete_namespace(ns)
+    terminating = core.read_namespace(ns)
+    assert terminating.status.phase == "Terminating"
+    assert terminating.metadata.deletion_timestamp is not None
+    assert core.list_namespaced_secret(ns).items == []  # deleted by the controller
+    assert co.get_namespaced_custom_object(G, V, ns, P, "held")["metadata"][
+        "deletionTimestamp"]
+    with pytest.raises(kubernetes.client.ApiException) as exc:
+        core.create_namespaced_secret(ns, cast(Any, {"metadata": {"name": "late"}}))
+    body = _err(exc)
+    assert exc.value.status == 403 and body["reason"] == "Forbidden"
+    assert body["message"] == (f'secrets "late" is forbidden: unable to create new content in '
+                               f"namespace {ns} because it is being terminated")
+    co.patch_namespaced_custom_object(G, V, ns, P, "held", {"metadata": {"finalizers": None}})
+    with pytest.raises(kubernetes.client.ApiException) as exc:
+        core.read_namespace(ns)
+    assert exc.value.status == 404
+    with pytest.raises(kubernetes.client.ApiException) as exc:
+        core.delete_namespace("default")
+    assert exc.value.status == 403
+    assert core.read_namespace("default").status.phase == "Active"
+
+
 def test_owner_references_are_garbage_collected(kube: Any, ns: str) -> None:
     owner = _co(kube).create_namespaced_custom_object(G, V, ns, P, widget("owner"))
     ref = {

@@ -186,6 +186,44 @@ def test_lease_times_are_micro_times_and_fields_typed(http: httpx.Client) -> Non
     assert r.status_code == 201
 
 
+def test_unknown_fields_of_built_in_kinds(http: httpx.Client) -> None:
+    """The API server decodes built-in kinds into Go structs: a field the type does not
+    have is a strict decoding error with ``fieldValidation=Strict`` (kubectl's default),
+    a ``299`` Warning with Warn (the server's default), silence with Ignore, and it is
+    never stored.  Before: a Secret's ``stringdata`` typo was accepted and kept."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "typo"},
+              "stringdata": {"password": "x"}}
+    path = "/api/v1/namespaces/mail/secrets"
+    r = http.post(path, json=secret, params={"fieldValidation": "Strict"})
+    assert r.status_code == 400
+    assert r.json()["message"] == ('Secret in version "v1" cannot be handled as a Secret: '
+                                   'strict decoding error: unknown field "stringdata"')
+    r = http.post(path, json=secret)
+    assert r.status_code == 201
+    assert r.headers["Warning"] == '299 - "unknown field \\"stringdata\\""'
+    assert "stringdata" not in http.get(f"{path}/typo").json()
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "l", "labels": {"a": "b"}, "selfLink": ""},
+             "spec": {"holderIdentty": "me", "leaseDurationSeconds": 15}}
+    r = http.post("/apis/coordination.k8s.io/v1/namespaces/mail/leases", json=lease,
+                  params={"fieldValidation": "Strict"})
+    assert r.status_code == 400 and r.json()["message"].endswith(
+        'strict decoding error: unknown field "spec.holderIdentty"')
+    r = http.post("/apis/coordination.k8s.io/v1/namespaces/mail/leases", json=lease,
+                  params={"fieldValidation": "Ignore"})
+    assert r.status_code == 201 and "Warning" not in r.headers
+    assert r.json()["spec"] == {"leaseDurationSeconds": 15}
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"},
+             "involvedObject": {"kind": "Secret", "name": "typo", "namespace": "mail"},
+             "reason": "R", "message": "m", "type": "Normal", "source": {"component": "c"},
+             "firstTimestamp": "2026-01-01T00:00:00Z", "count": 1,
+             "series": {"count": 2, "lastObservedTime": "2026-01-01T00:00:00.000000Z"},
+             "reportingComponent": "c", "extra": {"deep": 1}}
+    r = http.post("/api/v1/namespaces/mail/events", json=event,
+                  params={"fieldValidation": "Strict"})
+    assert r.status_code == 400 and r.json()["message"].endswith('unknown field "extra"')
+
+
 def test_core_events_keep_their_legacy_rules(http: httpx.Client) -> None:
     """legacyValidateEvent: core/v1 Event names are not validated, but the involved
     object's namespace must be the Event's."""

@@ -47,7 +47,8 @@ semantics with the documented API server behaviour:
 
 Known gaps (documented in docs/operator.md): no admission webhooks, strategic-merge
 patches of built-in kinds are treated as JSON merge patches, a ``continue`` page reads the
-state of its own instant, built-in kinds accept unknown fields.
+state of its own instant, built-in kinds other than Secret, ConfigMap, Lease, Event and
+Namespace accept unknown fields.
 """
 
 from __future__ import annotations
@@ -171,6 +172,10 @@ class ApiError(Exception):
 # objects filtered.  Every slice boundary increments KubeEmulator.slices.
 SLICE_BYTES = 16 * 1024
 SLICE_OBJECTS = 512
+
+
+NAMESPACES: ResKey = ("", "v1", "namespaces")
+IMMORTAL_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 
 
 def _event_line(type_: str, obj: Obj) -> bytes:
@@ -1017,6 +1022,8 @@ class KubeEmulator(KubernetesEmulator):
                 raise ApiError(400, "BadRequest", f'{kind.kind} in version "{kind.version}" '
                                                   f"cannot be handled as a {kind.kind}: {exc}"
                                ) from None
+            obj, unknown = kube_validation.split_unknown(kind.group, kind.kind, obj)
+            self._unknown_fields(kind, unknown, ctx)
         if kind.key == ("", "v1", "secrets"):
             # The server folds the write-only stringData into base64 data.
             string_data = obj.pop("stringData", None) or {}
@@ -1034,14 +1041,7 @@ class KubeEmulator(KubernetesEmulator):
             if causes:
                 raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
             return obj
-        unknown = kind.schema.unknown_fields(obj)
-        if unknown and ctx.field_validation == "Strict":
-            detail = ", ".join(f'unknown field "{u}"' for u in unknown)
-            raise ApiError(400, "BadRequest",
-                           f'{kind.kind} in version "{kind.version}" cannot be handled as a '
-                           f"{kind.kind}: strict decoding error: {detail}")
-        if ctx.field_validation == "Warn":
-            ctx.warnings += [f'unknown field "{u}"' for u in unknown]
+        self._unknown_fields(kind, kind.schema.unknown_fields(obj), ctx)
         obj = kind.schema.default(kind.schema.drop_nulls(kind.schema.prune(obj)))
         causes = kind.schema.validate(obj, old)
         if old is not None:
@@ -1049,6 +1049,18 @@ class KubeEmulator(KubernetesEmulator):
         if causes:
             raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
         return obj
+
+    @staticmethod
+    def _unknown_fields(kind: Kind, unknown: list[str], ctx: _WriteCtx) -> None:
+        """``fieldValidation``: Strict refuses unknown fields, Warn (the default) names
+        them in Warning headers, Ignore says nothing; they are dropped either way."""
+        if unknown and ctx.field_validation == "Strict":
+            detail = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise ApiError(400, "BadRequest",
+                           f'{kind.kind} in version "{kind.version}" cannot be handled as a '
+                           f"{kind.kind}: strict decoding error: {detail}")
+        if ctx.field_validation == "Warn":
+            ctx.warnings += [f'unknown field "{u}"' for u in unknown]
 
     def _context(self, request: rendering.Request, options_kind: str,
                  patch_type: str = "") -> _WriteCtx:
@@ -1139,9 +1151,20 @@ class KubeEmulator(KubernetesEmulator):
                     "not match the namespace sent on the request",
                 )
             meta["namespace"] = ns
-            if self.secure and ("", ns) not in self._data[("", "v1", "namespaces")]:
+            if self.secure and ("", ns) not in self._data[NAMESPACES]:
                 raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
                                {"name": ns, "kind": "namespaces"})
+            home = self._data[NAMESPACES].get(("", ns))
+            if home is not None and home["metadata"].get("deletionTimestamp"):
+                # plugin/namespace/lifecycle: no new content in a Terminating namespace
+                name = str(meta.get("name") or "")
+                raise ApiError(
+                    403, "Forbidden",
+                    f'{kind.qualified} "{name}" is forbidden: unable to create new content '
+                    f"in namespace {ns} because it is being terminated",
+                    {"name": name, "group": kind.group, "kind": kind.plural, "causes": [
+                        {"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                         "message": f"namespace {ns} is being terminated"}]})
             if not ctx.dry_run:
                 self._ensure_namespace(ns)
         else:
@@ -1176,6 +1199,12 @@ class KubeEmulator(KubernetesEmulator):
         meta["creationTimestamp"] = _now()
         if kind.generation:
             meta["generation"] = 1
+        if kind.key == NAMESPACES:  # namespace strategy: PrepareForCreate
+            obj["spec"] = {**(obj.get("spec") or {}), "finalizers": sorted(
+                {*((obj.get("spec") or {}).get("finalizers") or []), "kubernetes"})}
+            obj["status"] = {"phase": "Active"}
+            meta["labels"] = {**(meta.get("labels") or {}),
+                              "kubernetes.io/metadata.name": meta["name"]}
         requested = meta.pop("managedFields", None)
         obj = self._admit(kind, obj, None, ctx)
         if kind.plural == "customresourcedefinitions":
@@ -1451,6 +1480,8 @@ class KubeEmulator(KubernetesEmulator):
             self._finish_crd_deletion(crd_name)
         elif kind.plural == "customresourcedefinitions":
             self._unregister_crd(obj)
+        if kind.namespaced and key[0]:
+            self._finish_namespace_deletion(key[0])
         return gone
 
     def _crd_kinds(self, crd_name: str) -> list[ResKey]:
@@ -1518,7 +1549,55 @@ class KubeEmulator(KubernetesEmulator):
             else:
                 self._delete(kind, key)
 
+    def _delete_namespace(self, name: str) -> Obj:
+        """A namespace is Terminating until the namespace controller has deleted its
+        content (each object honouring its finalizers), then ``spec.finalizers`` loses
+        ``kubernetes`` (``/finalize``) and it goes."""
+        if name in IMMORTAL_NAMESPACES:  # plugin/namespace/lifecycle
+            raise ApiError(403, "Forbidden", f'namespaces "{name}" is forbidden: this '
+                           "namespace may not be deleted", {"name": name, "kind": "namespaces"})
+        kind = self._kinds[NAMESPACES]
+        obj = self._data[NAMESPACES][("", name)]
+        if not obj["metadata"].get("deletionTimestamp"):
+            new = copy.deepcopy(obj)
+            new["metadata"]["deletionTimestamp"] = _now()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            new["status"] = {**(new.get("status") or {}), "phase": "Terminating"}
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._data[NAMESPACES][("", name)] = new
+            self._record(kind, "MODIFIED", new, obj)
+            obj = new
+        for res, content_kind in list(self._kinds.items()):
+            if not content_kind.namespaced:
+                continue
+            for obj_key in [k for k in self._data.get(res, {}) if k[0] == name]:
+                if obj_key in self._data[res]:
+                    self._delete(content_kind, obj_key)
+        self._finish_namespace_deletion(name)
+        return obj
+
+    def _finish_namespace_deletion(self, name: str) -> None:
+        obj = self._data[NAMESPACES].get(("", name))
+        if obj is None or not obj["metadata"].get("deletionTimestamp"):
+            return
+        if any(k[0] == name for res, kind in self._kinds.items() if kind.namespaced
+               for k in self._data.get(res, {})):
+            return
+        kind = self._kinds[NAMESPACES]
+        if "kubernetes" in (obj.get("spec") or {}).get("finalizers", []):
+            new = copy.deepcopy(obj)
+            new["spec"]["finalizers"] = [f for f in new["spec"]["finalizers"]
+                                         if f != "kubernetes"]
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._data[NAMESPACES][("", name)] = new
+            self._record(kind, "MODIFIED", new, obj)
+            obj = new
+        if not obj["spec"].get("finalizers") and not obj["metadata"].get("finalizers"):
+            self._remove(kind, ("", name))
+
     def _delete(self, kind: Kind, key: tuple[str, str]) -> Obj:
+        if kind.key == NAMESPACES:
+            return self._delete_namespace(key[1])
         obj = self._data[kind.key][key]
         meta = obj["metadata"]
         if not meta.get("finalizers"):

@@ -358,16 +358,62 @@ DECODE: dict[tuple[str, str], tuple[str, Obj]] = {
                              "type": "string", "count": "int32", "firstTimestamp": "time",
                              "lastTimestamp": "time", "eventTime": "microtime",
                              "source": {"component": "string", "host": "string"},
+                             "series": {"count": "int32", "lastObservedTime": "microtime"},
+                             "related": _REF,
                              "reportingComponent": "string", "reportingInstance": "string",
                              "action": "string"}),
     ("events.k8s.io", "Event"): ("Event", {"regarding": _REF, "related": _REF,
                                           "reason": "string", "note": "string",
                                           "type": "string", "eventTime": "microtime",
+                                          "series": {"count": "int32",
+                                                     "lastObservedTime": "microtime"},
                                           "reportingController": "string",
                                           "reportingInstance": "string", "action": "string",
+                                          "deprecatedSource": {"component": "string",
+                                                               "host": "string"},
+                                          "deprecatedFirstTimestamp": "time",
+                                          "deprecatedLastTimestamp": "time",
                                           "deprecatedCount": "int32"}),
-    ("", "Namespace"): ("Namespace", {"spec": {"finalizers": ["string"]}}),
+    ("", "Namespace"): ("Namespace", {"spec": {"finalizers": ["string"]}, "status": {
+        "phase": "string", "conditions": [{"type": "string", "status": "string",
+                                           "lastTransitionTime": "time", "reason": "string",
+                                           "message": "string"}]}}),
 }
+# Kinds whose whole Go type DECODE declares: their unknown fields are known to be unknown
+# (strict decoding errors, Warning headers, dropped), as the API server's decoder finds.
+CLOSED = frozenset({("", "Secret"), ("", "ConfigMap"), ("coordination.k8s.io", "Lease"),
+                    ("", "Event"), ("events.k8s.io", "Event"), ("", "Namespace")})
+_MANAGED = {"manager": "string", "operation": "string", "apiVersion": "string",
+            "time": "time", "fieldsType": "string", "fieldsV1": "any", "subresource": "string"}
+_META_TYPE = {**_META, "selfLink": "string", "managedFields": [_MANAGED]}
+
+
+def split_unknown(group: str, kind: str, obj: Obj) -> tuple[Obj, list[str]]:
+    """``obj`` without the fields its Go type does not have, and their paths (as the
+    strict decoder names them: ``spec.holderIdentty``, ``items[0].x``); nothing for a kind
+    not in CLOSED."""
+    if (group, kind) not in CLOSED:
+        return obj, []
+    spec = {"apiVersion": "string", "kind": "string", "metadata": _META_TYPE,
+            **DECODE[(group, kind)][1]}
+    unknown: list[str] = []
+    kept = _known(obj, spec, "", unknown)
+    return kept, unknown
+
+
+def _known(value: Any, spec: Any, path: str, unknown: list[str]) -> Any:
+    if isinstance(spec, dict) and isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            child = f"{path}.{k}" if path else k
+            if k in spec:
+                out[k] = _known(v, spec[k], child, unknown)
+            else:
+                unknown.append(child)
+        return out
+    if isinstance(spec, list) and isinstance(value, list):
+        return [_known(v, spec[0], f"{path}[{i}]", unknown) for i, v in enumerate(value)]
+    return value
 
 
 def decode(group: str, kind: str, obj: Mapping[str, Any]) -> None:

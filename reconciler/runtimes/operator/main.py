@@ -67,7 +67,7 @@ def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetri
 
     world = BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
                        check_provider_fn=check_fn, events=EventSink(store, metrics),
-                       limits=Limits(config.concurrency, config.per_host),
+                       limits=Limits(config.concurrency, config.per_host, fair=True),
                        announce_testing=config.announce_testing)
     return world, live.tokens
 
