@@ -345,9 +345,19 @@ def child(stats_path: str, argv: list[str]) -> int:
     local.LocalStore.close = close  # type: ignore[method-assign]
     from reconciler.cli.main import main
 
+    cprofile = os.environ.pop("FLEET_CPROFILE", None)
+    profiler = None
+    if cprofile:  # --cprofile: this process only, on its CPU clock (not wall time)
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
     try:
         return main(argv)
     finally:
+        if profiler is not None and cprofile:
+            profiler.disable()
+            profiler.dump_stats(cprofile)
         me = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         Path(stats_path).write_text(json.dumps({
@@ -443,6 +453,56 @@ AREAS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+# Own CPU time of the apply's main process by area (cProfile, --cprofile): file or
+# function name fragments, the first match wins.
+CPROFILE_AREAS: list[tuple[str, tuple[str, ...]]] = [
+    ("store: SQLite + JSON (stores/local.py, sqlite3, json)",
+     ("stores/local.py", "sqlite3", "json/")),
+    ("input: YAML, schema, models (schema/, yaml, pydantic, resources.py, inputs.py)",
+     ("reconciler/schema/", "yaml/", "pydantic", "resources.py", "runtimes/inputs.py",
+      "durations.py")),
+    ("engine (engine/)", ("reconciler/engine/",)),
+    ("secrets and policy (credentials/, pathlib, posixpath)",
+     ("reconciler/credentials/", "pathlib.py", "posixpath")),
+    ("probe worker pipe (probepool.py, pickle)", ("probepool.py", "pickle")),
+    ("connection test in this process (probe/, ssl, aiosmtplib, tenacity)",
+     ("reconciler/probe/", "ssl", "aiosmtplib/", "tenacity/")),
+    ("CLI (cli/)", ("reconciler/cli/",)),
+    ("asyncio event loop", ("asyncio/", "selectors.py", "Context' objects")),
+    ("imports (importlib, compile, exec)", ("importlib", "builtins.compile",
+                                            "builtins.exec", "marshal")),
+    ("date and time formatting", ("strftime", "_strptime", "datetime")),
+]
+
+
+def cprofile_summary(path: Path, top: int = 15) -> list[str]:
+    """Own CPU time by area and the top functions, from a --cprofile dump."""
+    import pstats
+
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = (
+        pstats.Stats(str(path)).stats)  # type: ignore[attr-defined]
+    areas: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0.0
+    for (file, line, name), (_, _, tt, _, _) in stats.items():
+        total += tt
+        key = f"{file}:{name}"
+        own[_short(f"{name} ({file}:{line})") if file != "~" else name] += tt
+        label = next((lb for lb, needles in CPROFILE_AREAS
+                      if any(x in key for x in needles)), "other (builtins, typing, re, ...)")
+        areas[label] += tt
+    if not total:
+        return ["(empty profile)"]
+    out = [f"{total:.2f} s of CPU under the profiler (cProfile inflates Python-level calls "
+           "about 3x; read the shares, not the seconds).", "",
+           "| area (own time) | share |", "| --- | ---: |"]
+    out += [f"| {label} | {100 * t / total:.1f} % |" for label, t in areas.most_common()]
+    out += ["", f"Top {top} functions by own CPU time:", "", "| own | function |",
+            "| ---: | --- |"]
+    out += [f"| {100 * t / total:.1f} % | `{name}` |" for name, t in own.most_common(top)]
+    return out
+
+
 def _frames(stack: str) -> list[str]:
     return stack.split(";")
 
@@ -494,18 +554,56 @@ def _short(frame: str) -> str:
 
 @dataclass
 class Round:
+    """One first apply between two raw capacity measurements (the load of the shared
+    machine drifts: the apply is compared with the mean of the raw rate before and after)."""
+
     n: int
     raw: RawResult
     first: ApplyResult
     second: ApplyResult | None
+    raw_after: RawResult | None = None
+    workers: str = "auto"  # apply's --probe-workers
 
     @property
     def rate(self) -> float:
         return self.n / self.first.wall
 
     @property
+    def raw_rate(self) -> float:
+        rates = [self.raw.rate] + ([self.raw_after.rate] if self.raw_after else [])
+        return sum(rates) / len(rates)
+
+    @property
     def ratio(self) -> float:
-        return self.rate / self.raw.rate
+        return self.rate / self.raw_rate
+
+    @property
+    def cpu_ratio(self) -> float:
+        """The ratio this round's CPU costs predict for this machine with nothing else
+        running (a projection from CPU time, which the other load barely changes; not a
+        throughput measurement): each side's rate is capped by all cores shared by the
+        client and the relay, by the relay's one process, and for the apply by its main
+        process (one core) and by its probe workers (one core each)."""
+        cores = os.cpu_count() or 1
+        raws = [self.raw] + ([self.raw_after] if self.raw_after else [])
+        client = sum(r.client_cpu / r.tests for r in raws) / len(raws)
+        relay_raw = sum(r.relay_cpu / r.tests for r in raws) / len(raws)
+        raw_rate = min(cores / (client + relay_raw), 1 / relay_raw)
+        f = self.first
+        total, relay = f.cpu / self.n, f.relay_cpu / self.n
+        main = (f.self_cpu if f.self_cpu is not None else f.cpu) / self.n
+        caps = [cores / (total + relay), 1 / relay, 1 / main]
+        workers = self.probe_workers
+        if workers and total > main:
+            caps.append(workers / (total - main))
+        return min(caps) / raw_rate
+
+    @property
+    def probe_workers(self) -> int:
+        """The worker processes apply ran with (its own rule for ``auto``)."""
+        from reconciler.cli.localcmd import probe_workers
+
+        return probe_workers(argparse.Namespace(probe_workers=self.workers), self.n)
 
 
 @dataclass
@@ -533,26 +631,29 @@ def machine() -> list[str]:
 
 
 ROUND_HEADER = (
-    "| N | round | raw tests/s (clients) | relay busy raw | first apply s | apply tests/s | "
-    "**ratio apply:raw** | apply CPU ms/resource (main) | raw client CPU ms/test | "
-    "relay CPU ms/test raw / apply | relay busy apply | write tx/resource | peak RSS first | "
-    "second apply s | tests in second | peak RSS second | load before/after |",
-    "|" + " ---: |" * 17)
+    "| N | round | probe workers | raw tests/s before / after (clients) | relay busy raw | "
+    "first apply s | "
+    "apply tests/s | **ratio apply:raw** | idle projection | apply CPU ms/resource "
+    "(main) | raw client CPU ms/test | relay CPU ms/test raw / apply | relay busy apply | "
+    "write tx/resource | peak RSS first | second apply s (CPU s) | tests in second | "
+    "peak RSS second | load before/after |",
+    "|" + " ---: |" * 19)
 
 
 def round_row(r: Round, i: int) -> str:
     f, s, raw = r.first, r.second, r.raw
     main = f" ({1000 * f.self_cpu / r.n:.2f})" if f.self_cpu is not None else ""
     tx = f"{f.write_transactions / r.n:.3f}" if f.write_transactions is not None else "?"
-    second = (f"{s.wall:.2f} | {s.tests} | {s.maxrss_kib / 1024:.0f} MB" if s is not None
-              else "- | - | -")
-    return (f"| {r.n:,} | {i} | {raw.rate:.0f} ({raw.processes}) | "
+    second = (f"{s.wall:.2f} ({s.cpu:.2f}) | {s.tests} | {s.maxrss_kib / 1024:.0f} MB"
+              if s is not None else "- | - | -")
+    after = f" / {r.raw_after.rate:.0f}" if r.raw_after is not None else ""
+    return (f"| {r.n:,} | {i} | {r.workers} | {raw.rate:.0f}{after} ({raw.processes}) | "
             f"{raw.relay_cpu / raw.wall:.2f} | {f.wall:.2f} | {r.rate:.0f} | "
-            f"**{r.ratio:.2f}** | {1000 * f.cpu / r.n:.2f}{main} | "
+            f"**{r.ratio:.2f}** | {r.cpu_ratio:.2f} | {1000 * f.cpu / r.n:.2f}{main} | "
             f"{1000 * raw.client_cpu / raw.tests:.2f} | "
             f"{1000 * raw.relay_cpu / raw.tests:.2f} / {1000 * f.relay_cpu / r.n:.2f} | "
             f"{f.relay_cpu / f.wall:.2f} | {tx} | {f.maxrss_kib / 1024:.0f} MB | {second} | "
-            f"{raw.load[0]:.1f}/{f.load[1]:.1f} |")
+            f"{raw.load[0]:.1f}/{(r.raw_after or f).load[1]:.1f} |")
 
 
 def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float, float]:
@@ -592,12 +693,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relay", choices=("aiosmtpd", "postfix"), default="aiosmtpd")
     ap.add_argument("--profile", action="store_true", help="py-spy profile of one first apply")
     ap.add_argument("--profile-out", type=Path, help="keep the collapsed stacks here")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="cProfile (CPU clock) of one first apply's main process")
     ap.add_argument("--growth", help="comma-separated sizes for the growth fit")
     ap.add_argument("--no-second", action="store_true", help="skip the second apply")
-    ap.add_argument("--probe-workers", help="passed to apply (default: apply's, auto)")
+    ap.add_argument("--probe-workers", action="append",
+                    help="apply's --probe-workers (default: auto); repeat it to compare "
+                         "settings in each round, between the same two raw measurements")
     ap.add_argument("--write", type=Path, help="replace the generated block of this file")
     args = ap.parse_args(argv)
-    extra = ["--probe-workers", args.probe_workers] if args.probe_workers else []
+    variants: list[str] = args.probe_workers or ["auto"]
     counts = args.count or [1000]
     growth = [int(x) for x in args.growth.split(",")] if args.growth else []
     report = Report()
@@ -610,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         ca.write_text(relay.ca_pem)
         env = dict(os.environ, FLEET_PW=relay.password, PYTHONWARNINGS="ignore",
                    SMTPCTL_ALLOW_ENV="FLEET_PW")
-        report.add(f"# Fleet benchmark run ({started})", "", f"Command: `{command}`", "",
+        report.add(f"### Fleet benchmark run ({started})", "", f"Command: `{command}`", "",
                    *machine(), "", f"Relay: {relay.name}.  Concurrency {args.concurrency} "
                    "(global and per host).  Raw capacity: the connection test alone in "
                    f"{args.clients} client processes, {args.raw_tests} tests (at most N).", "")
@@ -623,44 +728,64 @@ def main(argv: list[str] | None = None) -> int:
                 write_fleet(fleets[n], n, relay, ca)
             return fleets[n]
 
-        def one_round(n: int, i: int, *, second: bool) -> Round:
+        def one_round(n: int, i: int, *, second: bool,
+                      settings: Sequence[str] = variants) -> list[Round]:
+            """A raw capacity, a first (and second) apply per setting, a raw capacity."""
             raw = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
-            state = base / f"state-{n}-{i}"
-            first = run_apply(relay, fleet_of(n), state, env, args.concurrency, extra=extra)
-            if first.tests != n:
-                raise RuntimeError(f"first apply ran {first.tests} tests, expected {n}")
-            again = None
-            if second:
-                again = run_apply(relay, fleet_of(n), state, env, args.concurrency,
-                                  extra=extra)
-                if again.tests != 0:
-                    raise RuntimeError(f"second apply ran {again.tests} tests, expected 0")
-            return Round(n, raw, first, again)
+            done = []
+            for workers in settings:
+                extra = ["--probe-workers", workers]
+                state = base / f"state-{n}-{i}-{workers}"
+                first = run_apply(relay, fleet_of(n), state, env, args.concurrency, extra=extra)
+                if first.tests != n:
+                    raise RuntimeError(f"first apply ran {first.tests} tests, expected {n}")
+                again = None
+                if second:
+                    again = run_apply(relay, fleet_of(n), state, env, args.concurrency,
+                                      extra=extra)
+                    if again.tests != 0:
+                        raise RuntimeError(f"second apply ran {again.tests} tests, "
+                                           "expected 0")
+                done.append((workers, first, again))
+            after = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
+            return [Round(n, raw, first, again, after, workers)
+                    for workers, first, again in done]
 
-        report.add("## Rounds", "", *ROUND_HEADER)
+        if args.repeat > 0:
+            report.add("#### Rounds", "", *ROUND_HEADER)
         for n in counts:
             for i in range(1, args.repeat + 1):
-                r = one_round(n, i, second=not args.no_second)
-                rounds.append(r)
-                report.add(round_row(r, i))
-        report.add("")
-        for n in counts:
-            rs = [r for r in rounds if r.n == n]
+                for r in one_round(n, i, second=not args.no_second):
+                    rounds.append(r)
+                    report.add(round_row(r, i))
+        if args.repeat > 0:
+            report.add("")
+        for n, workers in [(n, w) for n in counts for w in variants]:
+            rs = [r for r in rounds if r.n == n and r.workers == workers]
+            if not rs:  # --repeat 0: growth or profile only
+                continue
             ratios = [r.ratio for r in rs]
+            proj = [r.cpu_ratio for r in rs]
             cpu = [1000 * r.first.cpu / n for r in rs]
+            raw_cpu = [1000 * r.raw.client_cpu / r.raw.tests for r in rs]
+            rss = [r.first.maxrss_kib / 1024 for r in rs]
             report.add(
-                f"- N = {n:,}: ratio apply:raw median **{statistics.median(ratios):.2f}** "
-                f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(rs)} rounds); apply CPU "
+                f"- N = {n:,}, probe workers {workers}: ratio apply:raw median "
+                f"**{statistics.median(ratios):.2f}** "
+                f"(min {min(ratios):.2f}, max {max(ratios):.2f}, {len(rs)} rounds); "
+                f"idle projection median {statistics.median(proj):.2f} (min "
+                f"{min(proj):.2f}, max {max(proj):.2f}); apply CPU "
                 f"{statistics.median(cpu):.2f} ms/resource median (min {min(cpu):.2f}, max "
-                f"{max(cpu):.2f}); write transactions/resource "
+                f"{max(cpu):.2f}) vs raw client {statistics.median(raw_cpu):.2f} ms/test; "
+                f"peak RSS {max(rss):.0f} MB; write transactions/resource "
                 + (f"{rs[0].first.write_transactions / n:.3f}"
                    if rs[0].first.write_transactions is not None else "?"))
         report.add("")
         if growth:
-            report.add("## Growth", "", *ROUND_HEADER)
+            report.add("#### Growth", "", *ROUND_HEADER)
             pts: list[Round] = []
             for n in growth:
-                r = one_round(n, 1, second=n == max(growth))
+                [r] = one_round(n, 1, second=n == max(growth), settings=variants[:1])
                 pts.append(r)
                 report.add(round_row(r, 1))
             report.add("", "Fits (N in thousands):", "",
@@ -670,13 +795,29 @@ def main(argv: list[str] | None = None) -> int:
                                                              for r in pts),
                        "- peak RSS by N: " + ", ".join(f"{r.n:,}: {r.first.maxrss_kib / 1024:.0f}"
                                                        " MB" for r in pts), "")
+        if args.cprofile:
+            n = min(counts)
+            dump = base / "apply.cprofile"
+            cp = run_apply(relay, fleet_of(n), base / "state-cprofile",
+                           dict(env, FLEET_CPROFILE=str(dump)), args.concurrency,
+                           extra=["--probe-workers", variants[0]])
+            report.add(f"#### CPU profile of a first apply of {n:,}, main process "
+                       f"(probe workers {variants[0]})", "",
+                       f"Under the profiler: wall {cp.wall:.2f} s, CPU "
+                       f"{1000 * cp.cpu / n:.2f} ms/resource (main "
+                       f"{1000 * (cp.self_cpu or 0) / n:.2f}).  "
+                       + ("Probe workers (not profiled here) run `run_probe` only, as the "
+                          "raw peer does." if variants[0] != "0" else
+                          "With no probe workers the connection tests run in this process "
+                          "and are profiled too."), "",
+                       *cprofile_summary(dump), "")
         if args.profile:
             n = min(counts)
             prof = (args.profile_out or base) / f"apply-{n}.collapsed.txt"
             prof.parent.mkdir(parents=True, exist_ok=True)
             pr = run_apply(relay, fleet_of(n), base / "state-profile", env, args.concurrency,
-                           profile=prof, extra=extra)
-            report.add(f"## Profile of a first apply of {n:,} (py-spy)", "",
+                           profile=prof, extra=["--probe-workers", variants[0]])
+            report.add(f"#### Profile of a first apply of {n:,} (py-spy)", "",
                        f"Wall {pr.wall:.2f} s under the profiler ({n / pr.wall:.0f} tests/s), "
                        f"CPU {1000 * pr.cpu / n:.2f} ms/resource.", "", *profile_summary(prof),
                        "")

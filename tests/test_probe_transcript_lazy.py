@@ -92,3 +92,43 @@ def test_a_passed_probe_builds_no_transcript_unless_read(e2e: Env) -> None:
         assert v.passed and CountingRedactor.calls == 0  # the dialogue was not redacted
         assert any(t.line == "AUTH PLAIN ******" for t in v.transcript)  # -v reads it
         assert CountingRedactor.calls > 0
+
+
+def test_a_passed_probe_builds_no_masking_forms_until_a_line_is_read(e2e: Env) -> None:
+    """The forms of a secret (URL-quoted, hex, skeletons, ...) are built on the first mask,
+    not when the secret is registered: a passed test never masks, so never builds them."""
+    import reconciler.probe.redact as redact
+
+    spec = ExternalSmtpSpec.model_validate({
+        "host": "127.0.0.1", "port": e2e.relay.port, "authentication": "UsernamePassword",
+        "startTLS": True, "username": "app@example.test", "passwordFrom": {"env": "SMTP_PW"}})
+    creds = ProbeCredentials(password=Secret(canary.PASSWORD), ca_bundle_pem=e2e.relay.ca_pem)
+    built: list[bytes] = []
+    real_forms = redact._forms
+
+    def counting_forms(raw: bytes) -> set[str]:
+        built.append(raw)
+        return real_forms(raw)
+
+    verdicts: list[Verdict] = []
+
+    async def main() -> None:
+        verdicts.append(await run_probe(spec, creds))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(redact, "_forms", counting_forms)
+        asyncio.run(main())
+        [v] = verdicts
+        assert v.passed and built == []  # the password and the AUTH payload: registered only
+        lines = [t.line for t in v.transcript]  # -v reads it: now every form is built
+        assert built and canary.PASSWORD.encode() in built
+    assert "AUTH PLAIN ******" in lines
+    canary.assert_no_canary("\n".join(lines), where="a passed test's transcript")
+
+
+def test_forms_are_rebuilt_when_a_secret_is_added_after_a_mask() -> None:
+    red = Redactor()
+    red.add(Secret("first-secret-value"))
+    assert red.mask("x first-secret-value y") == f"x {MASK} y"
+    red.add(Secret("second-secret-value"))  # after the forms were built once
+    assert red.mask("second-secret-value and FIRST-SECRET-VALUE") == f"{MASK} and {MASK}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.devservers.smtp import RelayServer
+from reconciler.engine.world import Limits
 from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.operator.fairslots import FairSlots
 from reconciler.runtimes.operator.workers import WorkerPool
@@ -141,8 +142,9 @@ def test_hung_tenants_do_not_delay_another_tenant_in_the_operator(tmp_path: Path
             return sum(conn.closed.is_set() for conn in a_relay.connections)
 
         with OperatorProcess(c, "op"):
-            # A's tests hang (4 at once: the per-host limit); its other passes wait in slots.
-            wait_for("A's tests to hang", lambda: len(a_relay.connections) >= 4, timeout=60)
+            # A's tests hang (3 at once: its share of the per-host limit of 4); its other
+            # passes wait in pass slots.
+            wait_for("A's tests to hang", lambda: len(a_relay.connections) >= 3, timeout=60)
             c.put_secret("team-b", "relay-password", {"password": canary.PASSWORD})
             c.put_secret("team-b", "relay-ca", {"ca.crt": honest.ca_pem})
             spec = relay_spec(honest.port, user=HONEST)
@@ -178,3 +180,58 @@ def test_hung_tenants_do_not_delay_another_tenant_in_the_operator(tmp_path: Path
         # Compared after the operator stopped, so a failure says which came first.
         assert ended_when_b_was_ready == 0, "B waited for one of A's tests to end"
         assert ended_when_c_gave_up == 0, "C's exchanges outlived A's hung tests"
+
+
+# --- connection-test limits: shared by every namespace, fair between them --------------------
+
+
+def _hold(limits: Limits, host: str, namespace: str, n: int, release: asyncio.Event,
+          entered: list[str]) -> list[asyncio.Task[None]]:
+    """``n`` tests of ``namespace`` against ``host`` that hang (until ``release``)."""
+    async def one() -> None:
+        async with limits.slot(host, namespace):
+            entered.append(namespace)
+            await release.wait()
+
+    return [asyncio.ensure_future(one()) for _ in range(n)]
+
+
+async def test_hung_tests_of_one_tenant_leave_connection_slots_to_another() -> None:
+    """The global limit (16 by default) was one FIFO semaphore: a tenant whose relays on
+    16 hosts never answer held every connection-test slot for up to their timeoutSeconds
+    (600 s at most), and another tenant's test waited behind them.  Now a namespace holds
+    at most three quarters of the slots, globally and per host (``Limits(fair=True)``, the
+    operator's; with ``fair=False`` B's test never gets a slot here)."""
+    limits = Limits(concurrency=8, per_host=4, fair=True)
+    release = asyncio.Event()
+    entered: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(10):  # tenant A: one hung test on each of 10 hosts, more than 8 slots
+        tasks += _hold(limits, f"a{i}.example", "tenant-a", 1, release, entered)
+    await until("A holds what it may", lambda: entered.count("tenant-a") >= 6)
+    b = asyncio.ensure_future(_enter_once(limits, "b.example", "tenant-b"))
+    await until("B's test to get a slot", b.done)
+    assert entered.count("tenant-a") == 6  # A's other 4 still wait
+    release.set()
+    await asyncio.gather(*tasks, b)
+
+
+async def test_one_tenant_cannot_take_every_slot_of_a_shared_relay_host() -> None:
+    """The per-host limit (4) protects a relay; a tenant pointing relays at a blackholed
+    port of a shared host (smtp.office365.com:9) held all 4 of that host's slots, and other
+    tenants' tests of the real relay (port 587) waited for its timeouts."""
+    limits = Limits(concurrency=16, per_host=4, fair=True)
+    release = asyncio.Event()
+    entered: list[str] = []
+    tasks = _hold(limits, "smtp.office365.com", "tenant-a", 6, release, entered)
+    await until("A's tests to hold the host", lambda: entered.count("tenant-a") >= 3)
+    b = asyncio.ensure_future(_enter_once(limits, "SMTP.office365.com", "tenant-b"))
+    await until("B's test to get the host's reserved slot", b.done)
+    assert entered.count("tenant-a") == 3  # three of the host's four slots, not all
+    release.set()
+    await asyncio.gather(*tasks, b)
+
+
+async def _enter_once(limits: Limits, host: str, namespace: str) -> None:
+    async with limits.slot(host, namespace):
+        pass

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from reconciler.cli.trust import egress_arguments
+
 if TYPE_CHECKING:
     from reconciler.credentials.policy import SourcePolicy
     from reconciler.probe.egress import EgressPolicy
@@ -33,12 +35,7 @@ def add_security_options(parser: argparse.ArgumentParser) -> None:
         "--allow-file-secret-dir", action="append", default=[], metavar="DIR",
         help="let file: references read below DIR (repeatable; every tenant can then read "
              "it). Default: none")
-    group.add_argument(
-        "--allow-egress", action="append", default=[], metavar="CIDR",
-        help="allow connections to this network even if denied by default (repeatable)")
-    group.add_argument(
-        "--deny-egress", action="append", default=[], metavar="CIDR",
-        help="refuse connections to this network too (repeatable)")
+    egress_arguments(group)
 
 
 def security_settings(args: argparse.Namespace) -> tuple[SourcePolicy, EgressPolicy]:

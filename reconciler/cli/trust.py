@@ -56,9 +56,13 @@ def policy_from_args(args: argparse.Namespace) -> SourcePolicy:
 
 def add_egress_options(parser: argparse.ArgumentParser) -> None:
     """``--allow-egress`` / ``--deny-egress`` for the commands that connect (``test``,
-    ``apply``, ``reconcile``); the operator has the same two (cli/opsecurity.py)."""
-    group = parser.add_argument_group(
-        "egress (where a manifest may make smtpctl connect; see docs/security.md)")
+    ``apply``, ``reconcile``); the operator adds the same two (cli/opsecurity.py)."""
+    egress_arguments(parser.add_argument_group(
+        "egress (where a manifest may make smtpctl connect; see docs/security.md)"))
+
+
+def egress_arguments(group: argparse._ArgumentGroup) -> None:
+    """The two egress options, defined once for the CLI and the operator."""
     group.add_argument(
         "--allow-egress", action="append", default=[], metavar="CIDR",
         help="connect to this network even if denied by default (e.g. a relay on a "

@@ -324,7 +324,7 @@ async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials,
     once and retries AUTH (or reconnects) before it reports ``token_rejected`` - retrying
     again would only add failed logins that servers throttle on.
     """
-    async with world.limits.slot(res.spec.host):
+    async with world.limits.slot(res.spec.host, res.metadata.namespace):
         if on_slow is None:
             return await _guarded_probe(world, res, creds)
         task = asyncio.ensure_future(_guarded_probe(world, res, creds))

@@ -33,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from reconciler.engine.fairslots import FairSlots
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
 from reconciler.stores.base import Event, Store
@@ -95,32 +96,51 @@ class Limits:
 
     The per-host limit keeps one relay from being hammered by a fleet of resources that
     all point at it (and from tripping its rate limits, which would fail the tests).
+
+    ``fair=True`` (the operator: manifests of many tenants) shares both limits fairly
+    between namespaces (:class:`reconciler.engine.fairslots.FairSlots`): a namespace never
+    holds more than three quarters of the global slots nor of one host's slots, so a
+    tenant whose relays hang until their ``timeoutSeconds`` (or that points relays at a
+    blackholed port of a shared relay host) cannot make another tenant's tests wait for
+    them.  The CLI keeps plain FIFO semaphores (one author, full parallelism).
     """
 
-    def __init__(self, concurrency: int = 16, per_host: int = 4) -> None:
+    def __init__(self, concurrency: int = 16, per_host: int = 4, *, fair: bool = False) -> None:
         if concurrency < 1 or per_host < 1:
             raise ValueError("concurrency limits must be at least 1")
         self.concurrency = concurrency
         self.per_host = per_host
-        self._global = asyncio.Semaphore(concurrency)
-        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self.fair = fair
+        self._global = _limiter(concurrency, fair)
+        self._hosts: dict[str, _Limiter] = {}
         self._users: dict[str, int] = {}
 
     @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
+    async def slot(self, host: str, namespace: str = "") -> AsyncIterator[None]:
         key = host.lower()
         sem = self._hosts.get(key)
         if sem is None:
-            sem = self._hosts[key] = asyncio.Semaphore(self.per_host)
+            sem = self._hosts[key] = _limiter(self.per_host, self.fair)
         self._users[key] = self._users.get(key, 0) + 1
         try:
-            async with sem, self._global:
+            async with sem(namespace), self._global(namespace):
                 yield
         finally:
             self._users[key] -= 1
             if self._users[key] == 0:  # do not grow without bound over many hosts
                 del self._users[key]
                 self._hosts.pop(key, None)
+
+
+_Limiter = Callable[[str], AbstractAsyncContextManager[object]]
+
+
+def _limiter(total: int, fair: bool) -> _Limiter:
+    """``limiter(namespace)`` -> an async context manager holding one of ``total`` slots."""
+    if fair:
+        return FairSlots(total).acquire
+    sem = asyncio.Semaphore(total)
+    return lambda _namespace: sem
 
 
 class World(Protocol):

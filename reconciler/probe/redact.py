@@ -85,7 +85,10 @@ class Redactor:
 
     def __init__(self) -> None:
         self._raw: set[bytes] = set()
-        self._needles: list[str] = []
+        # The masking forms of every secret, built on the first mask: most connection
+        # tests pass and their transcripts are never rendered (transcript.py), so they
+        # never mask anything and need no forms.
+        self._needle_cache: list[str] | None = []
         self._prefixes: tuple[str, ...] = ()
 
     def add(self, secret: Secret | str | bytes) -> None:
@@ -99,9 +102,16 @@ class Redactor:
         if not raw or raw in self._raw:
             return
         self._raw.add(raw)
-        self._needles = sorted({f for r in self._raw for f in _forms(r)}, key=len, reverse=True)
+        self._needle_cache = None
         self._prefixes = tuple(sorted({r.decode("utf-8", "replace") for r in self._raw},
                                       key=len, reverse=True))
+
+    @property
+    def _needles(self) -> list[str]:
+        if self._needle_cache is None:
+            self._needle_cache = sorted({f for r in self._raw for f in _forms(r)},
+                                        key=len, reverse=True)
+        return self._needle_cache
 
     def __bool__(self) -> bool:
         return bool(self._raw)
