@@ -17,6 +17,10 @@ separately"), in two parts:
   namespaces, as the operator's reflectors).  CPU milliseconds per request per phase, and
   per resource.  ``--profile DIR`` runs the emulator under py-spy and prints where its CPU
   goes (the raw collapsed stacks are kept in DIR).
+* **Small requests while big ones run** (``--fairness-count N``, default 3000; 0 skips it;
+  ``--only-fairness`` runs only this part): a leader in its own process renews a Lease
+  back to back while two full LISTs of N ExternalSmtps and a watch replaying them run;
+  renewal latency p50 / p99 / max.
 
 The record is docs/benchmarks/emulator.md.
 """

@@ -47,7 +47,6 @@ import argparse
 import asyncio
 import base64
 import json
-import multiprocessing as mp
 import os
 import platform
 import re
@@ -73,6 +72,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))
 
 from fleet import PASSWORD, USER, Relay  # noqa: E402 - the relay in its own process
+from fleet import raw_capacity as fleet_raw_capacity  # noqa: E402 - perf's raw peer
 
 from reconciler.stores.kubeapi import Credentials, Gone, KubeApi  # noqa: E402
 from tests.support.kube_operator import standin_crd  # noqa: E402
@@ -212,73 +212,17 @@ async def _populate(emu: Emulator, count: int, relay: Relay) -> None:
 
 # --- the relay's capacity: the peer the operator is compared with -------------------------
 
-def _raw_client(port: int, ca_pem: str, count: int, concurrency: int,
-                start: Any, out: Any) -> None:
-    """One client process: ``count`` connection tests (``run_probe`` alone)."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from reconciler.probe import run_probe
-    from reconciler.probe.egress import EgressPolicy
-    from reconciler.probe.verdict import ProbeCredentials
-    from reconciler.resources import ExternalSmtpSpec
-    from reconciler.secret import Secret
-
-    spec = ExternalSmtpSpec.model_validate({
-        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
-        "startTLS": True, "username": USER, "connectionTest": {"checkRelay": False},
-        "passwordFrom": {"secretKeyRef": {"name": "x", "key": "y"}},
-        "tls": {"serverName": "localhost"}})
-    creds = ProbeCredentials(password=Secret(PASSWORD), ca_bundle_pem=ca_pem)
-    egress = EgressPolicy()  # loopback allowed (local mode's default)
-
-    async def main() -> tuple[int, float, float]:
-        sem = asyncio.Semaphore(concurrency)
-        failed = 0
-
-        async def one() -> None:
-            nonlocal failed
-            async with sem:
-                v = await run_probe(spec, creds, policy=egress)
-                failed += not v.passed
-
-        start.wait()
-        t0 = time.monotonic()
-        await asyncio.gather(*(one() for _ in range(count)))
-        return failed, t0, time.monotonic()
-
-    out.put(asyncio.run(main()))
-
-
-def raw_capacity(relay: Relay, count: int, processes: int = 3,
-                 concurrency: int = 16) -> dict[str, Any]:
-    """Tests/s the relay sustains: ``processes`` client processes (so no single client's
-    CPU is the limit) run ``count`` connection tests together; the relay's CPU share is
-    reported too (near 1.0 = the relay process is the limit)."""
-    ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    per = max(1, count // processes)
-    procs = [ctx.Process(target=_raw_client,
-                         args=(relay.port, relay.ca_pem, per, concurrency, start, out))
-             for _ in range(processes)]
-    for p in procs:
-        p.start()
-    time.sleep(2.0)  # the clients import their stacks before the clock starts
-    cpu0, t0 = cpu_seconds(relay.pid), time.monotonic()
-    start.set()
-    results = [out.get(timeout=600) for _ in procs]
-    wall = time.monotonic() - t0
-    cpu1 = cpu_seconds(relay.pid)
-    for p in procs:
-        p.join(30)
-    failed = sum(r[0] for r in results)
-    first, last = min(r[1] for r in results), max(r[2] for r in results)
-    tests = per * processes
-    return {"tests": tests, "failed": failed, "processes": processes,
-            "concurrency_per_process": concurrency,
-            "tests_per_second": round(tests / (last - first), 1),
-            "relay_cpu_share": round((cpu1 - cpu0) / wall, 2),
-            "relay_cpu_ms_per_test": round((cpu1 - cpu0) * 1000 / tests, 2)}
+def raw_capacity(relay: Relay, count: int, concurrency: int) -> dict[str, Any]:
+    """Tests/s the relay sustains (perf's peer, ``fleet.raw_capacity``: several client
+    processes so no single client's CPU is the limit, the operator's concurrency in flight);
+    the relay's CPU share is reported too (near 1.0 = the relay process is the limit)."""
+    r = fleet_raw_capacity(relay, count, concurrency=concurrency)
+    return {"tests": r.tests, "processes": r.processes, "concurrency": concurrency,
+            "tests_per_second": round(r.rate, 1),
+            "relay_cpu_share": round(r.relay_cpu / r.wall, 2),
+            "relay_cpu_ms_per_test": round(r.relay_cpu * 1000 / r.tests, 2),
+            "client_cpu_ms_per_test": round(r.client_cpu * 1000 / r.tests, 2),
+            "load_average_1min": list(r.load)}
 
 
 # --- Ready, seen on a watch -----------------------------------------------------------------
@@ -535,7 +479,7 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         t0 = time.monotonic()
         asyncio.run(_populate(emu, count, relay))
         create_s = time.monotonic() - t0
-        raw = raw_capacity(relay, raw_tests or min(count, 2000))
+        raw = raw_capacity(relay, raw_tests or min(count, 2000), concurrency)
         watch = ReadyWatch(emu)
         base = emu.stats()
         relay_tests0 = relay.connections
@@ -873,6 +817,9 @@ def main() -> int:
     parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
                         help="keep the restarted operator running this long after catch-up "
                         "and report whether it is still up (it must keep its Lease)")
+    parser.add_argument("--stay-up-from", type=int, default=0, metavar="N",
+                        help="only counts >= N stay up (--stay-up); e.g. a growth run over "
+                        "1000 3000 10000 that checks the Lease at 10000 only")
     parser.add_argument("--max-seconds", type=float, default=3 * 3600,
                         help="the whole run's time budget (default 3 h)")
     parser.add_argument("--memory", type=int, default=None, metavar="N",
@@ -913,7 +860,8 @@ def main() -> int:
                 work = (args.workdir or Path(tmp_dir)) / f"{count}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
                 print(f"== {count} resources, run {rep + 1}/{args.repeat}", flush=True)
-                r = run_one(count, args.concurrency, work, deadline, stay_up=args.stay_up,
+                stay_up = args.stay_up if count >= args.stay_up_from else 0
+                r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
                             raw_tests=args.raw_tests, profile=args.profile)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -35,11 +36,11 @@ def test_get_and_describe_read_the_cluster(tmp_path: Path,
         c.create_smtp("mail", "relay", relay_spec(2525))
         c.co.patch_namespaced_custom_object_status(
             GROUP, VERSION, "mail", "externalsmtps", "relay", {"status": _status()})
-        c.core.create_namespaced_event("mail", {
+        c.core.create_namespaced_event("mail", cast(Any, {
             "metadata": {"name": "relay.1"}, "type": "Warning",
             "reason": "AuthenticationFailed", "message": "generation 2 failed",
             "involvedObject": {"kind": "ExternalSmtp", "name": "relay", "namespace": "mail"},
-            "lastTimestamp": NOW})
+            "lastTimestamp": NOW}))
         kc = str(c.kubeconfig)
         empty_state = str(tmp_path / "no-local-store")
 

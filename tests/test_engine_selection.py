@@ -96,6 +96,22 @@ async def _setup_pair(env: Any) -> tuple[LocalStore, Fake, BasicWorld]:
     return store, fake, world
 
 
+async def test_selection_leaves_relays_that_do_not_ask_to_their_own_pass(env: Any) -> None:
+    """A fleet where one relay asks to be selected: choosing it writes nothing on the
+    others.  Before, it wrote Selected=False/NotRequested (and observedGeneration, so
+    kstatus read an untested resource as current) on every relay whose first pass had not
+    run yet - in the operator a write racing with that pass (409, re-read, a second
+    write) for most of a new fleet."""
+    store, fake, world = env
+    store.upsert_many([relay("primary", "a.test", 0), doc("plain", "b.test")], now=fake.now)
+    await reconcile(ref("primary"), world)
+    assert selected(store) == ["primary"]
+    assert st(store, "plain") == {}  # untouched until its own pass
+    await reconcile(ref("plain"), world)
+    assert sel_reason(store, "plain") == "NotRequested"
+    assert st(store, "plain")["selected"] is False
+
+
 async def test_failover_when_the_relay_in_use_fails_reverification(env: Any) -> None:
     store, fake, world = await _setup_pair(env)
     fake.outcome["a.test"] = "ConnectionRefused"

@@ -72,7 +72,9 @@ def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None
         assert data["SMTP_HOST"] == "127.0.0.1" and data["SMTP_PORT"] == str(relay.port)
         assert data["SMTP_USERNAME"] == USER and data["SMTP_TLS_MODE"] == "starttls"
         assert data["SMTP_PASSWORD"] == canary.PASSWORD, "published password mismatch"
-        secret = c.kube.emu.get_object("v1", "secrets", NS, PUBLISHED)  # type: ignore[union-attr]
+        assert c.kube.emu is not None
+        secret = c.kube.emu.get_object("v1", "secrets", NS, PUBLISHED)
+        assert secret is not None
         owner = secret["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["uid"]) == (
             "ExternalSmtp",
@@ -112,7 +114,7 @@ def test_secret_created_after_resource(env: tuple[Cluster, RelayServer]) -> None
             r for r in op.logs() if r.get("msg") == "reconciled"
             and r.get("reason") == "SecretNotFound"])
         assert failed[-1].get("requeueAfter")
-        retry_at = _ts(failed[-1]) + float(failed[-1]["requeueAfter"])  # type: ignore[arg-type]
+        retry_at = _ts(failed[-1]) + float(failed[-1]["requeueAfter"])
         c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
         passed = wait_for("Ready after the Secret appeared", lambda: [
             r for r in op.logs() if r.get("msg") == "reconciled"
@@ -195,6 +197,11 @@ def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, Relay
         wait_for("all Ready", lambda: all(ready(c, n) for n in rvs))
 
 
+def _holder(c: Cluster) -> str | None:
+    spec = c.coord.read_namespaced_lease("smtpctl-operator", OPERATOR_NS).spec
+    return None if spec is None else spec.holder_identity
+
+
 def test_leader_handover(env: tuple[Cluster, RelayServer]) -> None:
     c, relay = env
     c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
@@ -202,20 +209,10 @@ def test_leader_handover(env: tuple[Cluster, RelayServer]) -> None:
     with OperatorProcess(c, "alpha", "--namespace", NS) as a:
         wait_for("Ready", lambda: ready(c, "lead"))
         with OperatorProcess(c, "beta", "--namespace", NS) as b:
-            lease = c.coord.read_namespaced_lease("smtpctl-operator", OPERATOR_NS)
-            assert lease.spec.holder_identity == "alpha"
+            assert _holder(c) == "alpha"
             assert not any(r.get("msg") == "reconciled" for r in b.logs())  # standby is idle
             a.kill()  # the leader dies without releasing its Lease
-            wait_for(
-                "beta leads",
-                lambda: (
-                    c.coord.read_namespaced_lease(
-                        "smtpctl-operator", OPERATOR_NS
-                    ).spec.holder_identity
-                    == "beta"
-                ),
-                timeout=15,
-            )
+            wait_for("beta leads", lambda: _holder(c) == "beta", timeout=15)
             c.patch_smtp(NS, "lead", {"spec": {"refreshInterval": "3h"}})
             wait_for(
                 "beta reconciles",

@@ -8,6 +8,7 @@
   error, a store error) was logged and nothing retried: the object stayed stuck in
   Terminating (the flaky ``test_deletion_fails_over_and_cleans_up``).
 * Unrelated Secrets cost no memory: the Secret cache keeps only referenced Secrets.
+* After a gap in the Secret watch, kept Secrets are re-read before their next use.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -28,6 +29,7 @@ from reconciler.runtimes.operator.settings import FINALIZER, OperatorConfig
 from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.stores.base import ObjectRef
 from reconciler.stores.kubeapi import Credentials, KubeApi, Unreachable, resource_path
+from reconciler.stores.kubetypes import as_object
 from tests.support.kube_emulator import KubeEmulator, running_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,12 +84,17 @@ async def test_removal_keeps_others_and_is_retried_until_it_succeeds(env: Any) -
         if path == PATH and failures["left"]:
             failures["left"] -= 1
             raise Unreachable(0, "Unreachable", f"PATCH {path}: injected")
-        return await real_patch(path, body)
+        return cast(dict[str, Any], await real_patch(path, body))
 
     api.patch = flaky_patch  # the network drops the first three finalizer patches
     delays: list[int] = []
+
+    def backoff(n: int) -> float:
+        delays.append(n)
+        return 0.0
+
     await finalizers.finalize(store, parts.controller.world, parts.controller.publisher, REF,
-                              backoff=lambda n: delays.append(n) or 0.0)
+                              backoff=backoff)
     assert delays == [1, 2, 3]  # the backoff grows per consecutive failure
     body = await api.get(PATH)
     assert body["metadata"]["finalizers"] == ["other.example/keep"]  # theirs stays
@@ -101,8 +108,8 @@ async def test_only_referenced_secrets_are_kept(env: Any) -> None:
     secrets = KubeSecrets(api, referenced=lambda ns, name: (ns, name) in referenced)
     blob = base64.b64encode(b"x" * 4096).decode()
     for i in range(20):  # unrelated Secrets arriving on the watch
-        body = {"metadata": {"namespace": "default", "name": f"helm-{i}",
-                             "resourceVersion": str(i)}, "data": {"release": blob}}
+        body = as_object({"metadata": {"namespace": "default", "name": f"helm-{i}",
+                                       "resourceVersion": str(i)}, "data": {"release": blob}})
         assert secrets.observe(body, "ADDED") is False
     assert len(secrets) == 0
     await api.post(resource_path("v1", "secrets", "default"), {
@@ -115,6 +122,80 @@ async def test_only_referenced_secrets_are_kept(env: Any) -> None:
     referenced.clear()  # no resource uses it any more
     secrets.prune()
     assert len(secrets) == 0
+
+
+async def test_after_a_watch_gap_kept_secrets_are_reread_before_use(env: Any) -> None:
+    """A Secret rotated while the Secret watch was down: the next use reads it by name
+    (before: the kept copy was served until the resync finished, so a resource created
+    during an outage was tested with the rotated-away password and got a spurious
+    AuthenticationFailed Warning), users are woken once, and a resync whose read fails
+    keeps the entry stale and says so (before: the failure was skipped and the change
+    never noticed)."""
+    _emu, parts = env
+    api = parts.api
+    changed: list[tuple[str, str]] = []
+    secrets = KubeSecrets(api, referenced=lambda ns, name: name in ("pw", "other"))
+    secrets.on_changed = changed.append
+    secrets_path = resource_path("v1", "secrets", "default")
+    for name, value in (("pw", b"old"), ("other", b"same")):
+        await api.post(secrets_path, {"metadata": {"name": name},
+                                      "data": {"password": base64.b64encode(value).decode()}})
+    pw = SecretRef.model_validate({"secretKeyRef": {"name": "pw", "key": "password"}})
+    other = SecretRef.model_validate({"secretKeyRef": {"name": "other", "key": "password"}})
+    assert (await secrets.resolve(pw, "default")).value.reveal() == "old"
+    await secrets.resolve(other, "default")
+
+    secrets.mark_stale("elsewhere")  # another namespace's watch: nothing here is stale
+    assert secrets.stale == 0
+    secrets.mark_stale("default")  # the watch broke; meanwhile the Secret is rotated
+    await api.patch(resource_path("v1", "secrets", "default", "pw"),
+                    {"data": {"password": base64.b64encode(b"new").decode()}})
+    misses = secrets.misses
+    assert (await secrets.resolve(pw, "default")).value.reveal() == "new"  # read, not kept
+    assert secrets.misses == misses + 1
+    assert changed == [("default", "pw")]  # its users are woken, once
+    assert await secrets.resync() == []  # 'other' re-read: unchanged, nobody woken
+    assert changed == [("default", "pw")] and secrets.stale == 0
+    hits = secrets.hits
+    await secrets.resolve(pw, "default")
+    assert secrets.hits == hits + 1  # fresh again: served from memory
+
+    # A resync whose read fails: the entry stays stale (the next use reads it again).
+    secrets.mark_stale(None)
+    real_get = api.get
+
+    async def down(path: str, params: Any = None) -> dict[str, Any]:
+        raise Unreachable(0, "Unreachable", f"GET {path}: injected")
+
+    api.get = down
+    assert sorted(await secrets.resync()) == [("default", "other"), ("default", "pw")]
+    assert secrets.stale == 2
+    api.get = real_get
+    assert await secrets.resync() == [] and secrets.stale == 0
+    assert changed == [("default", "pw")]
+
+
+async def test_concurrent_syncs_write_the_published_secret_once(env: Any) -> None:
+    """Every pass of a namespace ends with ``publisher.sync``; passes that end together
+    write the published Secret once (before: each saw the old fingerprint and wrote it -
+    20-30 identical writes, and POSTs answered 409, when a new fleet's passes ended)."""
+    import asyncio
+
+    _emu, parts = env
+    api, store, publisher = parts.api, parts.store, parts.controller.publisher
+    body = await _create(api, [])
+    body["status"] = {"selected": True, "active": {
+        "generation": 1, "digest": "sha256:abc", "host": "smtp.example.com", "port": 587,
+        "authentication": "None", "tlsMode": "starttls", "health": "Healthy",
+        "verifiedAt": "2026-12-01T00:00:00Z"}}
+    store.observe(as_object(body))
+    sent: list[tuple[str, str]] = []
+    api.on_request = lambda verb, resource: sent.append((verb, resource))
+    results = await asyncio.gather(*(publisher.sync("default") for _ in range(10)))
+    assert sorted(results) == ["created"] + ["unchanged"] * 9
+    assert [r for r in sent if r[0] != "GET"] == [("POST", "secrets")]
+    data = (await api.get(resource_path("v1", "secrets", "default", "smtp-active-relay")))
+    assert base64.b64decode(data["data"]["SMTP_RELAY"]).decode() == "default/relay"
 
 
 async def test_first_memo_write_carries_the_finalizer_in_the_same_patch(env: Any) -> None:
@@ -133,7 +214,7 @@ async def test_first_memo_write_carries_the_finalizer_in_the_same_patch(env: Any
 
     async def counting_patch(path: str, body: Any) -> dict[str, Any]:
         patches.append(body)
-        return await real_patch(path, body)
+        return cast(dict[str, Any], await real_patch(path, body))
 
     api.patch = counting_patch
     await store.update_status(REF, lambda cur: StatusWrite({"observedGeneration": 1}, memo))

@@ -156,6 +156,28 @@ async def test_two_electors_never_both_lead(kube: Any) -> None:
     assert await leader.try_acquire_or_renew() is True
 
 
+async def test_renewing_a_held_lease_is_one_put(kube: Any) -> None:
+    """The leader renews the Lease it holds with one PUT carrying the version it last
+    wrote (before: GET + PUT every 2 s); a Lease someone else wrote meanwhile answers 409
+    and the elector looks at it (GET) and steps down."""
+    _emu, api = kube
+    elector = LeaseElector(api, namespace="default", name="op", identity="a")
+    assert await elector.try_acquire_or_renew() is True  # created
+    sent = api.requests
+    for _ in range(3):
+        assert await elector.try_acquire_or_renew() is True
+    assert api.requests == sent + 3
+    path = resource_path("coordination.k8s.io/v1", "leases", "default", "op")
+    lease = await api.get(path)
+    lease["spec"]["holderIdentity"] = "b"  # taken over (its renewTime is live)
+    await api.put(path, lease)
+    sent = api.requests
+    assert await elector.try_acquire_or_renew() is False
+    assert api.requests == sent + 2  # the PUT answered 409, then the GET
+    assert await elector.try_acquire_or_renew() is False  # standby: GET only
+    assert api.requests == sent + 3
+
+
 async def test_api_errors_carry_status_not_bodies(kube: Any) -> None:
     _emu, api = kube
     with pytest.raises(NotFound) as exc:

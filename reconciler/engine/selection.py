@@ -231,6 +231,11 @@ async def select_scope(namespace: str, world: Any) -> str | None:
         ordered = sorted(cands.values(), key=lambda c: c.name == winner)
         by_name = {o.ref.name: o for o in objs}
         for c in ordered:
+            if not c.requested and not c.selected:
+                # Its own pass writes Selected=False/NotRequested with its status.  Writing
+                # it here too raced with that pass (409, re-read, second write) for every
+                # relay of a new fleet whose first test had not finished yet.
+                continue
             sel, reason, msg = desired_selected(c, choice, namespace, cands)
             mutate = selected_mutator(sel, reason, msg, now)
             if mutate(by_name[c.name]) is None:

@@ -27,7 +27,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from reconciler.stores.kubeapi import ApiError, KubeApi, NotFound, describe_server, resource_path
+from reconciler.stores.kubeapi import (
+    ApiError,
+    Conflict,
+    KubeApi,
+    NotFound,
+    describe_server,
+    resource_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,7 @@ class LeaseElector:
         self.is_leader = False
         self.transitions = 0
         self._last_error = ""
+        self._held: dict[str, Any] | None = None  # the Lease as we last wrote it (we hold it)
 
     @property
     def reachable(self) -> bool:
@@ -88,8 +96,26 @@ class LeaseElector:
                 "leaseTransitions": transitions}
 
     async def try_acquire_or_renew(self) -> bool:
-        """One attempt; True when we hold the Lease afterwards."""
+        """One attempt; True when we hold the Lease afterwards.
+
+        While we hold it, a renewal is one PUT of the Lease as we last wrote it (its
+        resourceVersion is the precondition: client-go's fast path); only a 409 (someone
+        else wrote it) falls back to GET + PUT.  Halves the Lease requests."""
         now = time.time()
+        held = self._held
+        if held is not None:
+            spec = held.get("spec") or {}
+            lease = dict(held, spec=self._spec(now, spec.get("acquireTime"),
+                                               int(spec.get("leaseTransitions") or 0)))
+            try:
+                self._held = await self.api.put(self._path, lease)
+                self._last_error = ""
+                return True
+            except Conflict:
+                self._held = None  # changed behind our back: look at it (slow path)
+            except ApiError as exc:
+                self._report(exc)
+                return False
         try:
             lease = await self.api.get(self._path)
         except NotFound:
@@ -97,8 +123,8 @@ class LeaseElector:
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": self._spec(now, None, 0)}
             try:
-                await self.api.post(resource_path("coordination.k8s.io/v1", "leases",
-                                                  self.namespace), body)
+                self._held = await self.api.post(resource_path("coordination.k8s.io/v1",
+                                                               "leases", self.namespace), body)
             except ApiError as exc:
                 self._report(exc)
                 return False
@@ -113,12 +139,14 @@ class LeaseElector:
         duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
         mine = holder == self.identity
         if not mine and holder and renewed + duration > now:
+            self._held = None
             return False  # someone else holds a live lease
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
         lease["spec"] = self._spec(now, spec.get("acquireTime") if mine else None, transitions)
         try:
-            await self.api.put(self._path, lease)  # carries metadata.resourceVersion
+            self._held = await self.api.put(self._path, lease)  # carries resourceVersion
         except ApiError as exc:
+            self._held = None
             self._report(exc)
             return False  # 409: another candidate won the race
         self._last_error = ""
@@ -186,6 +214,7 @@ class LeaseElector:
                 await self.api.put(self._path, lease)
         except ApiError:
             pass
+        self._held = None
         self.is_leader = False
 
 

@@ -34,6 +34,7 @@ For each namespace with an active relay the operator maintains one Secret (defau
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -92,6 +93,7 @@ class Publisher:
         self._published: dict[str, tuple[str, float]] = {}  # ns -> (fingerprint, token expiry)
         self._loaded: set[str] = set()
         self._foreign: set[str] = set()  # namespaces where the name is taken by someone else
+        self._locks: dict[str, asyncio.Lock] = {}  # one sync at a time per namespace
 
     def _path(self, ns: str, with_name: bool = True) -> str:
         return resource_path("v1", "secrets", ns, self.name if with_name else None)
@@ -131,7 +133,18 @@ class Publisher:
         self._loaded.add(ns)
 
     async def sync(self, ns: str) -> str:
-        """Bring the namespace's Secret in line; returns created|updated|deleted|unchanged."""
+        """Bring the namespace's Secret in line; returns created|updated|deleted|unchanged.
+
+        One at a time per namespace: every pass of the namespace calls this, and passes
+        that ran together each saw the old fingerprint and wrote the same Secret (20-30
+        identical PUTs, and POSTs answered 409, when a new fleet's first passes ended)."""
+        lock = self._locks.get(ns)
+        if lock is None:
+            lock = self._locks[ns] = asyncio.Lock()
+        async with lock:
+            return await self._sync(ns)
+
+    async def _sync(self, ns: str) -> str:
         await self._load(ns)
         if ns in self._foreign:
             await self._current(ns)  # still there? (deleted or replaced by ours: retry)

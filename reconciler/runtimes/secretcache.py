@@ -13,6 +13,13 @@ Decoding, checks and versions are the credentials layer's own
 memory and are never logged.  ``resourceVersion`` is opaque: it is compared for equality
 only, never ordered; a GET that raced with a watch event for the same Secret is not
 stored (the watch event is newer).
+
+After a gap in the Secret watch (API unreachable, watch expired) every kept entry is
+*stale* (:meth:`KubeSecrets.mark_stale`): it may hold a value the cluster no longer has,
+so it is re-read by name before it is used again (a resource created during an outage is
+never tested with a rotated-away password), and :meth:`KubeSecrets.resync` re-reads the
+rest.  Whichever read comes first, a content change against the entry marked stale is
+reported once (``on_changed``) so the resources using it are woken.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from reconciler.stores.kubetypes import (
 
 Key = tuple[str, str]  # namespace, name
 Referenced = Callable[[str, str], bool]
+OnChanged = Callable[[Key], None]
 
 
 def _slim(body: KubeObject) -> KubeObject:
@@ -62,6 +70,9 @@ class KubeSecrets:
         self._missing: set[Key] = set()  # known not to exist (until a watch event)
         self._epoch: dict[Key, int] = {}  # bumped by every watch event for the key
         self._inflight: dict[Key, asyncio.Future[KubeObject | None]] = {}
+        # key -> resourceVersion of the entry when the watch gap began ("" = missing)
+        self._stale: dict[Key, str] = {}
+        self.on_changed: OnChanged | None = None  # a stale entry was re-read: content differs
         self.hits = 0
         self.misses = 0
 
@@ -77,6 +88,7 @@ class KubeSecrets:
             self._missing.discard(key)
             return False
         self._epoch[key] = self._epoch.get(key, 0) + 1
+        self._stale.pop(key, None)  # an event after the gap carries the current content
         if event_type == "DELETED":
             self._bodies.pop(key, None)
             self._missing.add(key)
@@ -91,20 +103,30 @@ class KubeSecrets:
             del self._bodies[key]
         self._missing = {k for k in self._missing if self._referenced(*k)}
         self._epoch = {k: v for k, v in self._epoch.items() if self._referenced(*k)}
+        self._stale = {k: v for k, v in self._stale.items() if self._referenced(*k)}
+
+    def mark_stale(self, namespace: str | None) -> None:
+        """The Secret watch of ``namespace`` (None: every namespace) has a gap: changes may
+        have been missed, so every kept entry there is re-read before its next use."""
+        for key in [*self._bodies, *self._missing]:
+            if (namespace is None or key[0] == namespace) and key not in self._stale:
+                self._stale[key] = resource_version(self._bodies.get(key))
+
+    @property
+    def stale(self) -> int:
+        return len(self._stale)
 
     async def resync(self) -> list[Key]:
-        """After a watch gap: re-read every kept Secret; the keys whose content changed."""
-        changed: list[Key] = []
-        for key in list(self._bodies) + list(self._missing):
-            old = self._bodies.get(key)
+        """After a watch gap: re-read every stale entry (changes go to ``on_changed``);
+        the keys that could not be read (still stale: retry later)."""
+        failed: list[Key] = []
+        for key in list(self._stale):
             try:
-                fresh = await self._fetch(key)
+                await self._fetch(key)
             except ApiError:
-                continue
-            if (old is None) != (fresh is None) or \
-                    resource_version(old) != resource_version(fresh):  # equality: opaque
-                changed.append(key)
-        return changed
+                if key in self._stale:
+                    failed.append(key)
+        return failed
 
     # --- reads --------------------------------------------------------------------------
     async def _fetch(self, key: Key) -> KubeObject | None:
@@ -128,6 +150,10 @@ class KubeSecrets:
                 else:
                     self._bodies[key] = body
                     self._missing.discard(key)
+                was = self._stale.pop(key, None)
+                if was is not None and was != resource_version(body) and \
+                        self.on_changed is not None:  # equality only: versions are opaque
+                    self.on_changed(key)
             fut.set_result(body)
             return body
         except BaseException as exc:
@@ -144,11 +170,9 @@ class KubeSecrets:
         key = (namespace, sel.name)
         where = f"Secret {sel.name!r} in namespace {namespace!r}"
         body = self._bodies.get(key)
-        if body is not None:
+        if key not in self._stale and (body is not None or key in self._missing):
             self.hits += 1
-        elif key in self._missing:
-            self.hits += 1
-        else:
+        else:  # never read, or stale after a watch gap (it may be out of date)
             self.misses += 1
             try:
                 body = await self._fetch(key)

@@ -46,7 +46,7 @@ semantics with the documented API server behaviour:
   are deleted; one with a live owner loses the dangling reference; ``Orphan`` keeps them.
 
 Known gaps (documented in docs/operator.md): no admission webhooks, strategic-merge
-patches of built-in kinds are treated as JSON merge patches, a ``continue`` page reads the
+patches know the merge keys of the built-in kinds we serve only, a ``continue`` page reads the
 state of its own instant, built-in kinds other than Secret, ConfigMap, Lease, Event and
 Namespace accept unknown fields.
 """
@@ -79,7 +79,7 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import apps, enums, parsing, rendering
 
-from tests.support import kube_api, kube_ssa, kube_validation
+from tests.support import kube_api, kube_smp, kube_ssa, kube_validation
 from tests.support.kube_auth import (
     ANONYMOUS,
     Authenticator,
@@ -1260,12 +1260,11 @@ class KubeEmulator(KubernetesEmulator):
         try:
             if ctype == "application/json-patch+json":
                 new = jsonpatch.apply_patch(old, request.data or [])
-            elif ctype == "application/merge-patch+json" or (
-                ctype == "application/strategic-merge-patch+json"
-                and kind.schema is None
-                and kind.group != "apiextensions.k8s.io"
-            ):
+            elif ctype == "application/merge-patch+json":
                 new = merge_patch(old, request.data or {})
+            elif ctype == "application/strategic-merge-patch+json" and kind.schema is None \
+                    and kind.group != "apiextensions.k8s.io":
+                new = kube_smp.strategic_merge_patch(old, request.data, kind.group, kind.kind)
             else:
                 raise ApiError(
                     415,
@@ -1277,6 +1276,8 @@ class KubeEmulator(KubernetesEmulator):
                 )
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise ApiError(422, "Invalid", f"the patch could not be applied: {exc}") from None
+        except kube_smp.PatchError as exc:
+            raise ApiError(400, "BadRequest", str(exc)) from None
         rv = (
             ((request.data or {}).get("metadata") or {}).get("resourceVersion")
             if isinstance(request.data, dict)

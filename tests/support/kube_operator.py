@@ -114,7 +114,8 @@ def cluster(tmp_path: Path, namespaces: tuple[str, ...] = ("mail",)) -> Iterator
         sa_dir = tmp_path / "serviceaccount"
         env = kube.in_cluster(sa_dir, OPERATOR_NS, OPERATOR_SA)
         env["SMTPCTL_SERVICEACCOUNT_DIR"] = str(sa_dir)
-        client = kubernetes.config.new_client_from_config(str(cfg))
+        client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            str(cfg))
         try:
             yield Cluster(kube, cfg, client, tmp_path, sa_dir, env)
         finally:
@@ -136,18 +137,19 @@ class Cluster:
 
     # --- objects --------------------------------------------------------------------
     def put_secret(self, ns: str, name: str, data: dict[str, str]) -> None:
-        body = {
-            "metadata": {"name": name},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-        }
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         try:
             cur = self.core.read_namespaced_secret(name, ns)
-            body["metadata"]["resourceVersion"] = cur.metadata.resource_version
-            self.core.replace_namespaced_secret(name, ns, body)
+            assert cur.metadata is not None
+            self.core.replace_namespaced_secret(name, ns, kubernetes.client.V1Secret(
+                metadata=kubernetes.client.V1ObjectMeta(
+                    name=name, resource_version=cur.metadata.resource_version),
+                data=encoded))
         except kubernetes.client.ApiException as exc:
             if exc.status != 404:
                 raise
-            self.core.create_namespaced_secret(ns, body)
+            self.core.create_namespaced_secret(ns, kubernetes.client.V1Secret(
+                metadata=kubernetes.client.V1ObjectMeta(name=name), data=encoded))
 
     def create_smtp(
         self, ns: str, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None
@@ -158,9 +160,8 @@ class Cluster:
             "metadata": {"name": name, "labels": labels or {}},
             "spec": spec,
         }
-        out: dict[str, Any] = self.co.create_namespaced_custom_object(
-            GROUP, VERSION, ns, "externalsmtps", body
-        )
+        out = self.co.create_namespaced_custom_object(GROUP, VERSION, ns, "externalsmtps", body)
+        assert isinstance(out, dict)
         return out
 
     def patch_smtp(self, ns: str, name: str, patch: dict[str, Any]) -> None:
@@ -285,6 +286,9 @@ class OperatorProcess:
         self.stop()
         self._fh.close()
         canary.assert_no_canary(self.log.read_bytes(), where=f"operator log {self.log.name}")
+        if exc[0] is not None:  # the test failed: show what the operator did (pytest prints it)
+            tail = self.log.read_bytes().decode("utf-8", "replace").splitlines()[-80:]
+            print(f"--- operator log {self.log.name} (last {len(tail)} lines)", *tail, sep="\n")
         if exc[0] is None:
             # Our RBAC must be enough for everything the operator did (least privilege
             # that is still sufficient): not one 403 in its log.

@@ -23,6 +23,7 @@ from reconciler.runtimes.metrics import OperatorMetrics
 from reconciler.runtimes.operator import finalizers
 from reconciler.runtimes.operator.index import DependencyIndex
 from reconciler.runtimes.operator.settings import IDLE_REQUEUE
+from reconciler.runtimes.operator.watching import Backoff
 from reconciler.runtimes.operator.workers import WorkerPool
 from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
@@ -39,6 +40,7 @@ from reconciler.stores.kubetypes import (
 )
 
 log = logging.getLogger("smtpctl.operator")
+RESYNC_ATTEMPTS = 10  # re-reads of stale Secrets after a watch gap (0.5 s .. 30 s apart)
 
 
 def _ready(body: KubeObject | None) -> str:
@@ -69,6 +71,7 @@ class Controller:
                                slots=max(64, world.limits.concurrency * 4))
         self._deleting: set[ObjectRef] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        secrets.on_changed = lambda key: self._wake_secret_users(*key, "RESYNC")
 
     @property
     def stopped(self) -> bool:
@@ -116,11 +119,24 @@ class Controller:
             return
         self._wake_secret_users(namespace_of(body), name_of(body), event_type)
 
+    def secrets_gap(self, namespace: str | None) -> None:
+        """The Secret watch of ``namespace`` (None: all) broke: changes may be missed until
+        it is back, so the kept Secrets there are re-read before their next use."""
+        self.secrets.mark_stale(namespace)
+
     def resync_secrets(self) -> None:
-        """The Secret watch had a gap: re-read the kept Secrets, wake users of changed ones."""
+        """The Secret watch is back after a gap: re-read the stale Secrets (users of changed
+        ones are woken by ``secrets.on_changed``); reads that fail are retried with backoff
+        (bounded), and stay stale meanwhile, so a pass re-reads them itself."""
         async def run() -> None:
-            for ns, name in await self.secrets.resync():
-                self._wake_secret_users(ns, name, "RESYNC")
+            backoff = Backoff()
+            for _ in range(RESYNC_ATTEMPTS):
+                failed = await self.secrets.resync()
+                if not failed or self.stopped:
+                    return
+                await asyncio.sleep(backoff.next())
+            log.warning("cannot re-read Secrets after a watch gap; their next use re-reads "
+                        "them", extra={"secrets": len(failed)})
 
         self._spawn(run())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -140,6 +141,7 @@ def reflectors(config: OperatorConfig, parts: Parts) -> list[Reflector]:
     out = [Reflector(parts.api, resource_path("v1", "secrets", ns),
                      parts.controller.handle_secret, rv_only=True,
                      on_resync=parts.controller.resync_secrets,
+                     on_gap=functools.partial(parts.controller.secrets_gap, ns),
                      what="secrets" + (f" in {ns}" if ns else ""))
            for ns in config.namespaces or [None]]  # type: ignore[list-item]
     for kind in (KIND_OAUTH2, KIND_SMTP):

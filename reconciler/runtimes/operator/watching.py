@@ -63,7 +63,8 @@ class Reflector:
     def __init__(self, api: KubeApi, path: str, on_event: OnEvent, *, kind: str | None = None,
                  api_version: str | None = None, params: dict[str, str] | None = None,
                  what: str = "", page: int = 500, rv_only: bool = False,
-                 on_resync: Callable[[], None] | None = None) -> None:
+                 on_resync: Callable[[], None] | None = None,
+                 on_gap: Callable[[], None] | None = None) -> None:
         self.api = api
         self.path = path
         self.on_event = on_event
@@ -77,6 +78,7 @@ class Reflector:
         # ``on_resync`` is told after every re-list (changes may have been missed).
         self.rv_only = rv_only
         self.on_resync = on_resync
+        self.on_gap = on_gap  # told when a list or watch fails (events may be missed)
         self.resource_version = ""
         self.connected = False
         self._known: dict[tuple[str, str], KubeObject] = {}  # key -> last body (slim)
@@ -140,6 +142,8 @@ class Reflector:
 
     async def _failed(self, verb: str, exc: ApiError) -> None:
         self.connected = False
+        if self.on_gap is not None:
+            self.on_gap()
         delay = self._backoff.next()
         log.warning(f"cannot {verb} {self.what} on {describe_server(self.api.creds)}: "
                     f"{exc.code or ''} {exc.reason}; retrying in {delay:.1f}s".replace("  ", " "),
