@@ -20,7 +20,7 @@ class Provider:
     tls: str  # "starttls" | "implicit"
     authentication: str  # "UsernamePassword" | "OAuth2"
     username_hint: str
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # may name {provider} and {namespace} (` -n NS` or empty)
     token_endpoint: str | None = None
     scopes: tuple[str, ...] = ()
     grant: str | None = None  # OAuth2: ClientCredentials | RefreshToken | AuthorizationCode
@@ -36,8 +36,9 @@ PROVIDERS: tuple[Provider, ...] = (
               "spec.from must be the account or one of its verified send-as aliases")),
     Provider("gmail-oauth", "Google Workspace / Gmail (OAuth 2.0)", "smtp.gmail.com", 587,
              "starttls", "OAuth2", "you@example.com",
-             ("run `smtpctl oauth login gmail-oauth -f FILE --auth-param access_type=offline "
-              "--auth-param prompt=consent` once to store the refresh token",),
+             ("run `smtpctl oauth login {provider} -f FILE{namespace} "
+              "--auth-param access_type=offline --auth-param prompt=consent` once to store "
+              "the refresh token",),
              token_endpoint="https://oauth2.googleapis.com/token",  # noqa: S106 - a URL
              scopes=("https://mail.google.com/",), grant="AuthorizationCode",
              authorization_endpoint="https://accounts.google.com/o/oauth2/v2/auth"),

@@ -94,6 +94,37 @@ def test_init_knows_what_each_provider_needs(tmp_path: Path) -> None:
     assert code == 0 and all(p.key in out for p in PROVIDERS)
 
 
+@pytest.mark.parametrize("key", [p.key for p in PROVIDERS
+                                 if any("oauth login" in n for n in p.notes)])
+@pytest.mark.parametrize("extra", [(), ("--name", "corp", "-n", "mail")])
+def test_the_login_command_init_prints_finds_its_provider(key: str, extra: tuple[str, ...],
+                                                          tmp_path: Path) -> None:
+    # The note told users to run `smtpctl oauth login gmail-oauth` while the scaffold named
+    # its provider gmail-oauth-idp: the command answered "not found".
+    import shlex
+
+    from reconciler.cli import cmd_oauth
+    from reconciler.cli.main import build_parser
+
+    code, out, err = run("init", key, *extra, "-o", "json")
+    assert code == 0, err
+    items = json.loads(out)["items"]
+    manifest = tmp_path / "relay.yaml"
+    manifest.write_text(yaml.safe_dump_all([i["manifest"] for i in items]))
+    notes = [n for i in items for n in i.get("notes") or [] if "oauth login" in n]
+    assert len(notes) == 1, notes
+    command = shlex.split(notes[0].split("`")[1])
+    assert command[:3] == ["smtpctl", "oauth", "login"]
+    argv = [str(manifest) if a == "FILE" else a for a in command[2:]]
+    args = build_parser("oauth").parse_args(argv)
+    with contextlib.redirect_stderr(io.StringIO()) as problems:
+        provider = cmd_oauth._load_provider(args)
+    assert not isinstance(provider, int), problems.getvalue()
+    wanted = next(i["manifest"] for i in items if i["kind"] == "OAuth2Provider")
+    assert provider.metadata.name == wanted["metadata"]["name"]
+    assert (provider.metadata.namespace == "mail") == ("-n" in extra)
+
+
 # --- import -----------------------------------------------------------------------------------
 
 

@@ -187,14 +187,16 @@ def init(key: str, *, name: str | None = None, namespace: str | None = None,
         "postmark": "the Server API token (a token, not a secret: it is the login)",
     }.get(key, "the account that logs in")
     manifests: list[Manifest] = []
-    notes = list(p.notes)
+    provider_name = f"{name}-idp"
+    # a note's command names what this scaffold prints, not the catalogue's key
+    notes = [n.format(provider=provider_name, namespace=f" -n {namespace}" if namespace else "")
+             for n in p.notes]
     if p.authentication == "UsernamePassword":
         ref = secret or default_ref(name, "password")
         spec["passwordFrom"] = ref
         comments[("spec", "passwordFrom")] = "a reference, never the value"
         notes.append(f"put the password into {describe_ref(ref)}")
     else:
-        provider_name = f"{name}-idp"
         spec["oauth2ProviderRef"] = {"name": provider_name}
         manifests.append(_oauth_provider(p, provider_name, namespace, secret, tenant,
                                          client_id, notes))
