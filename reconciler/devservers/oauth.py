@@ -86,7 +86,7 @@ class TokenInfo:
     client_id: str
     subject: str
     scope: tuple[str, ...]
-    expires_at: float  # time.monotonic() deadline
+    expires_at: float  # a deadline on the server's clock (time.monotonic() by default)
 
     def live(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) < self.expires_at
@@ -134,6 +134,9 @@ class OAuthServer:
     host: str = "127.0.0.1"
     ssl_context: ssl.SSLContext | None = None
     token_factory: Callable[[str], str] | None = None  # prefix -> token (tests: canaries)
+    # when issued tokens and codes expire (tests inject the clock their client reads, so
+    # a token's life does not depend on how fast a loaded machine runs the test)
+    clock: Callable[[], float] = time.monotonic
 
     _clients: dict[str, ClientConfig] = field(init=False, default_factory=dict)
     _access: dict[str, TokenInfo] = field(init=False, default_factory=dict)
@@ -236,7 +239,7 @@ class OAuthServer:
     def token_info(self, token: str) -> TokenInfo | None:
         with self._lock:
             info = self._access.get(token)
-        if info is None or not info.live():
+        if info is None or not info.live(self.clock()):
             return None
         return info
 
@@ -302,7 +305,7 @@ class OAuthServer:
         if scope:
             body["scope"] = " ".join(scope)
         self._access[access] = TokenInfo(client_id, subject, scope,
-                                         time.monotonic() + self.token_lifetime)
+                                         self.clock() + self.token_lifetime)
         if refresh:
             rt = self._new_token(self.refresh_token_prefix)
             self._refresh[rt] = _Grant(client_id, subject, scope)
@@ -401,7 +404,7 @@ class OAuthServer:
             # authorization_code
             code_grant = self._codes.pop(form.get("code", ""), None)
             if code_grant is None or code_grant.client_id != client.client_id or \
-                    code_grant.expires_at < time.monotonic():
+                    code_grant.expires_at < self.clock():
                 return 400, {"error": "invalid_grant",
                              "error_description": "the authorization code is invalid or "
                              "expired"}, {}
@@ -450,7 +453,7 @@ class OAuthServer:
                                                    **extra}), ""
             code = secrets.token_urlsafe(24)
             self._codes[code] = _Code(client.client_id, self.login_subject, scope, redirect,
-                                      query["code_challenge"], time.monotonic() + 600)
+                                      query["code_challenge"], self.clock() + 600)
             return 302, _with_query(redirect, {"code": code, **extra}), ""
 
     def handle_revoke(self, headers: Any, form: dict[str, str]) -> tuple[int, dict[str, Any],
@@ -490,7 +493,7 @@ class OAuthServer:
         info = self.token_info(form.get("token", ""))
         if info is None:
             return {"active": False}
-        exp = int(time.time() + (info.expires_at - time.monotonic()))
+        exp = int(time.time() + (info.expires_at - self.clock()))
         return {"active": True, "username": info.subject, "sub": info.subject,
                 "scope": " ".join(info.scope), "client_id": info.client_id, "exp": exp,
                 "token_type": "Bearer"}
