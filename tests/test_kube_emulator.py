@@ -615,7 +615,6 @@ def test_created_crd_is_discoverable(kube: Any) -> None:
     assert f"{P}/status" in names
 
 
-@pytest.mark.skipif(not (ROOT / "manifests" / "crds").is_dir(), reason="CRDs not generated yet")
 def test_our_generated_crds_validate_external_smtp(tmp_path: Path) -> None:
     with EmulatorThread(crd_dir=ROOT / "manifests" / "crds", lenient=True) as kube:
         client = _new_client(

@@ -220,8 +220,8 @@ async def test_connect_timeout() -> None:
             s.connect_ex(("127.0.0.1", port))
             fillers.append(s)
         v = await run_probe(make_spec(port, timeout=2), creds())
-        if v.reason == "ReadTimeout":
-            pytest.skip("this kernel completed the handshake despite the full backlog")
+        # Linux drops SYNs to a listener whose accept queue is full; a kernel that completed
+        # the handshake anyway would show ReadTimeout here: that fails (never a skip).
         assert (v.passed, v.reason, v.stage) == (False, "ConnectTimeout", "connect")
         assert v.message.startswith("Connect timed out")
     finally:

@@ -284,12 +284,10 @@ async def test_plain_client_against_implicit_port_times_out(relay: Relay) -> Non
 
 
 async def test_ipv6_loopback_literal(relay: Relay) -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6")
-    try:
-        server = relay(mode="implicit", host="::1")
-    except OSError:
-        pytest.skip("cannot bind ::1 here")
+    # IPv6 loopback is part of the environment the suite needs (the egress guard and the
+    # transcript's peer formatting are judged on it): its absence fails, never skips.
+    assert socket.has_ipv6, "this Python was built without IPv6: the suite needs ::1"
+    server = relay(mode="implicit", host="::1")
     v = await run_probe(make_spec(server.port, mode="implicit", host="::1"),
                         password_creds(server))
     assert v.passed, v.message
