@@ -187,3 +187,24 @@ async def test_token_rejected_even_after_refresh_fails_clearly(oauth: OAuthServe
         assert verdict.token_rejected
         assert tm.requests == 2  # one refresh, not a loop
         assert_verdict_clean(verdict)
+
+
+def test_dev_server_is_quiet_when_a_client_leaves_before_its_answer(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A client gone before its answer (a probe past its deadline, a finished test) is not a
+    server error: before, every such request printed a traceback from the server's thread
+    (and, once the test's stderr was closed, a thread exception in a full run)."""
+    with make_server() as oauth:
+        server = oauth._server
+        assert server is not None
+        request: Any = None  # handle_error reads only the exception being handled
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            server.handle_error(request, ("127.0.0.1", 1))
+        assert capfd.readouterr().err == ""
+        try:
+            raise RuntimeError("a real fault")
+        except RuntimeError:
+            server.handle_error(request, ("127.0.0.1", 1))
+        assert "a real fault" in capfd.readouterr().err  # real errors still shown
