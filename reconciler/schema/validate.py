@@ -373,23 +373,23 @@ def _read(p: str, limit: int) -> Iterator[tuple[str, bytes | OSError]]:
             # allocations of 8 MiB cost more than parsing); regular files tell their size.
             want = min(limit, st.st_size + 1) if stat.S_ISREG(st.st_mode) else limit
             chunks: list[bytes] = []
-            got = 0
-            while got < want:
-                chunk = fh.read(want - got)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                got += len(chunk)
+            got = _fill(fh, chunks, 0, want)
             if got == want and want < limit:  # a regular file that grew: read on, bounded
-                while got < limit:
-                    chunk = fh.read(limit - got)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    got += len(chunk)
+                got = _fill(fh, chunks, got, limit)
             yield p, b"".join(chunks)
     except OSError as exc:
         yield p, exc
+
+
+def _fill(fh: BinaryIO, chunks: list[bytes], got: int, upto: int) -> int:
+    """Read into ``chunks`` until ``upto`` bytes in all or end of file; the new total."""
+    while got < upto:
+        chunk = fh.read(upto - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return got
 
 
 _LIST_KINDS = frozenset(f"{k}List" for k in KINDS)
