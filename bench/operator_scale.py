@@ -326,9 +326,18 @@ class ReadyWatch:
 
 # --- the operator -----------------------------------------------------------------------
 
+def children(pid: int) -> list[int]:
+    """Process ids of the children of ``pid`` (the operator's probe workers)."""
+    try:
+        return [int(c) for c in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 class Operator:
     def __init__(self, emu: Emulator, log: Path, concurrency: int,
-                 all_namespaces: bool = False) -> None:
+                 all_namespaces: bool = False, probe_workers: str = "auto") -> None:
         self.log = log
         self.metrics_port = free_port()
         scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
@@ -340,11 +349,12 @@ class Operator:
              "--health-host", "127.0.0.1", "--health-port", "-1",
              "--metrics-port", str(self.metrics_port),
              "--allow-loopback", "--concurrency", str(concurrency),
-             "--per-host", str(concurrency)],
+             "--per-host", str(concurrency), "--probe-workers", probe_workers],
             cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT,
             env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
         )
         self.rss_peak = 0.0
+        self.worker_cpu: dict[int, float] = {}  # probe worker pid -> CPU seen last
         self._reconciled = 0
         self._offset = 0
         self._partial = b""
@@ -357,9 +367,19 @@ class Operator:
         rss = rss_peak_mb(self.pid)
         if rss == rss:
             self.rss_peak = max(self.rss_peak, rss)
+        self.sample_workers()
         if self.proc.poll() is not None:
             raise SystemExit(f"bench: the operator exited with {self.proc.returncode} "
                              f"(log: {self.log})")
+
+    def sample_workers(self) -> float:
+        """CPU seconds of the probe workers so far (each worker's last sample is kept,
+        so one that ended still counts)."""
+        for pid in children(self.pid):
+            cpu = cpu_seconds(pid)
+            if cpu == cpu:
+                self.worker_cpu[pid] = cpu
+        return sum(self.worker_cpu.values())
 
     def reconciled(self) -> int:
         """Lines logged "reconciled" so far (the log is read incrementally)."""
@@ -467,9 +487,26 @@ def profile_summary(path: Path) -> dict[str, Any]:
 
 # --- one run ------------------------------------------------------------------------------
 
+def idle_projection(raw: dict[str, Any], main_ms: float, workers_ms: float,
+                    emulator_ms: float, relay_ms: float, workers: int) -> float:
+    """The ratio this run's CPU times predict for this machine with nothing else running
+    (a projection, not a measurement; as ``fleet.py``'s): each side's rate is capped by
+    all cores shared by every process of the side, by the relay's one process, and on the
+    operator's side by its loop (one core), the emulator's loop (one core) and the probe
+    workers (one core each)."""
+    cores = os.cpu_count() or 1
+    client, relay_raw = raw["client_cpu_ms_per_test"], raw["relay_cpu_ms_per_test"]
+    raw_rate = min(cores / (client + relay_raw), 1 / relay_raw)
+    total = main_ms + workers_ms + emulator_ms + relay_ms
+    caps = [cores / total, 1 / relay_ms, 1 / main_ms, 1 / emulator_ms]
+    if workers and workers_ms > 0:
+        caps.append(workers / workers_ms)
+    return float(min(caps) / raw_rate)
+
+
 def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
-            stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None
-            ) -> dict[str, Any]:
+            stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
+            probe_workers: str = "auto") -> dict[str, Any]:
     load_start = os.getloadavg()
     emu = Emulator(work)
     relay = Relay()
@@ -484,11 +521,14 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         base = emu.stats()
         relay_tests0 = relay.connections
         emu_cpu0, relay_cpu0 = cpu_seconds(emu.pid), cpu_seconds(relay.pid)
-        op = Operator(emu, work / f"operator-{count}-a.log", concurrency)
+        op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
+                      probe_workers=probe_workers)
         profilers = [Profiler(op.pid, profile / f"operator-{count}.raw"),
                      Profiler(emu.pid, profile / f"emulator-{count}.raw")] if profile else []
         ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
         cpu_op = cpu_seconds(op.pid)
+        cpu_workers = op.sample_workers()
+        workers_seen = len(op.worker_cpu)
         cpu_emu = cpu_seconds(emu.pid) - emu_cpu0
         cpu_relay = cpu_seconds(relay.pid) - relay_cpu0
         for p in profilers:
@@ -501,7 +541,8 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         op.stop()
         first = emu.stats()
         tests_first = relay.connections - relay_tests0
-        op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency)
+        op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency,
+                            probe_workers=probe_workers)
         catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count,
                           deadline.left(3600), op2.sample)
         for _ in range(4):  # a second of calm: anything still to come would show now
@@ -540,11 +581,20 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "ready_per_second": round(ready_per_s, 1),
             "ready_to_raw_ratio": round(ready_per_s / raw["tests_per_second"], 3),
             "tests_first": tests_first,
+            "probe_workers": probe_workers,
+            "probe_worker_processes": workers_seen,
             "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
+            "probe_workers_cpu_ms_per_resource_first": round(cpu_workers * 1000 / count, 2),
+            "operator_total_cpu_ms_per_resource_first": round(
+                (cpu_op + cpu_workers) * 1000 / count, 2),
+            "idle_projection_ratio": round(idle_projection(
+                raw, cpu_op * 1000 / count, cpu_workers * 1000 / count,
+                cpu_emu * 1000 / count, cpu_relay * 1000 / count, workers_seen), 3),
             "emulator_cpu_ms_per_resource_first": round(cpu_emu * 1000 / count, 2),
             "relay_cpu_ms_per_resource_first": round(cpu_relay * 1000 / count, 2),
             "operator_cpu_seconds_first": round(cpu_op, 2),
-            "cpu_busy_cores_first": round((cpu_op + cpu_emu + cpu_relay) / ready_s, 2)
+            "cpu_busy_cores_first": round((cpu_op + cpu_workers + cpu_emu + cpu_relay)
+                                          / ready_s, 2)
             if ready_s > 0 else None,
             "rss_first_mb": round(rss_first, 1),
             "api_requests_per_resource_first": round(req_first / count, 3),
@@ -807,6 +857,9 @@ def main() -> int:
                         help="resources (repeatable; default 1000 and 10000)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per count")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--probe-workers", action="append", default=None, metavar="N",
+                        help="the operator's --probe-workers (repeatable: one run per value "
+                        "and count, an A/B in one invocation; default auto)")
     parser.add_argument("--raw-tests", type=int, default=0,
                         help="connection tests of the raw-capacity peer (default min(N, 2000))")
     parser.add_argument("--json", type=Path, default=None)
@@ -856,13 +909,16 @@ def main() -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
         for rep in range(args.repeat):
-            for count in counts:
-                work = (args.workdir or Path(tmp_dir)) / f"{count}-{rep}"
+            for count, workers in [(c, w) for c in counts
+                                   for w in args.probe_workers or ["auto"]]:
+                work = (args.workdir or Path(tmp_dir)) / f"{count}-{workers}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
-                print(f"== {count} resources, run {rep + 1}/{args.repeat}", flush=True)
+                print(f"== {count} resources, --probe-workers {workers}, "
+                      f"run {rep + 1}/{args.repeat}", flush=True)
                 stay_up = args.stay_up if count >= args.stay_up_from else 0
                 r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
-                            raw_tests=args.raw_tests, profile=args.profile)
+                            raw_tests=args.raw_tests, profile=args.profile,
+                            probe_workers=workers)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has
@@ -882,19 +938,23 @@ def main() -> int:
                                          "growth": growth}, indent=1))
     print()
     cols = [("ready/s", "ready_per_second"), ("raw/s", None), ("ratio", "ready_to_raw_ratio"),
+            ("idle proj.", "idle_projection_ratio"),
             ("op ms/res", "operator_cpu_ms_per_resource_first"),
+            ("workers ms/res", "probe_workers_cpu_ms_per_resource_first"),
             ("emu ms/res", "emulator_cpu_ms_per_resource_first"),
             ("req/res", "api_requests_per_resource_first"), ("RSS MB", "rss_first_mb"),
             ("catch-up s", "catchup_seconds")]
-    print(f"{'count':>7} " + " ".join(f"{c:>22}" for c, _ in cols))
-    for count in counts:
-        rows = [r for r in results if r["count"] == count]
+    print(f"{'count':>7} {'workers':>7} " + " ".join(f"{c:>22}" for c, _ in cols))
+    for count, workers in [(c, w) for c in counts for w in args.probe_workers or ["auto"]]:
+        rows = [r for r in results if r["count"] == count and r["probe_workers"] == workers]
+        if not rows:
+            continue
         cells = []
         for _name, key in cols:
             vals = [r["raw_relay"]["tests_per_second"] if key is None else r[key]
                     for r in rows]
             cells.append(f"{_median_spread(vals):>22}")
-        print(f"{count:>7} " + " ".join(cells))
+        print(f"{count:>7} {workers:>7} " + " ".join(cells))
     failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
               or r["operator_exit_after_catchup"] is not None]
     return 1 if failed else 0
