@@ -470,7 +470,8 @@ def profile_summary(path: Path) -> dict[str, Any]:
         count = int(n)
         frames = stack.split(";")
         leaf = frames[-1] if frames else ""
-        if "(selectors.py" in leaf or "(threading.py" in leaf:  # waiting, not working
+        if "(selectors.py" in leaf or "(threading.py" in leaf or "_do_waitpid" in leaf:
+            # waiting, not working (asyncio's child watcher thread blocks in waitpid)
             idle += count
             continue
         total += count
@@ -705,12 +706,16 @@ def deep_size(obj: Any, seen: set[int] | None = None) -> int:
     return total
 
 
-def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> dict[str, Any]:
+def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline,
+               snapshot: Path | None = None) -> dict[str, Any]:
     """The operator *in this process* (the emulator and the relay in theirs): after every
     resource is Ready and the pass is over, the bytes each of its structures holds
     (:func:`deep_size`, in the order listed, so shared objects count once, where first
-    reached) and the process's RSS before and after."""
+    reached) and the process's RSS before and after.  ``snapshot``: trace allocations
+    (``tracemalloc``, 12 frames) and dump what is allocated then to that file (compare
+    two sizes with :func:`snapshot_diff`)."""
     import gc
+    import tracemalloc
 
     from reconciler.runtimes.operator.controller import Controller
     from reconciler.runtimes.operator.main import run_operator
@@ -730,6 +735,8 @@ def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> 
         gc.collect()
         rss_before = rss_now_mb()
         ready_watch = watch
+        if snapshot is not None:
+            tracemalloc.start(12)
 
         async def main() -> tuple[dict[str, int], float, float]:
             stop = asyncio.Event()
@@ -738,6 +745,8 @@ def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> 
             await asyncio.sleep(5)  # the last passes' memo writes and Events
             gc.collect()
             rss_ready = rss_now_mb()
+            if snapshot is not None:
+                tracemalloc.take_snapshot().dump(str(snapshot))
             ctl = next(o for o in gc.get_objects() if isinstance(o, Controller))
             refl = [o for o in gc.get_objects() if isinstance(o, Reflector)]
             seen: set[int] = set()
@@ -782,6 +791,32 @@ def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> 
         "structures_kb_per_resource": round(sum(v for k, v in sizes.items()
                                                 if not k.startswith("(")) / per, 2),
     }
+
+
+def snapshot_diff(small: Path, large: Path, n_small: int, n_large: int,
+                  top: int = 25) -> list[dict[str, Any]]:
+    """Bytes per resource each allocation site holds more at ``n_large`` than at
+    ``n_small`` resources (two ``--memory N --tracemalloc`` snapshots), grouped by the
+    innermost frame in ``reconciler/`` (else the innermost frame) - what is held per
+    resource, and where it was allocated."""
+    import tracemalloc
+
+    def by_site(path: Path) -> Counter[str]:
+        snap = tracemalloc.Snapshot.load(str(path)).filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)])
+        sizes = Counter[str]()
+        for stat in snap.statistics("traceback"):
+            frames = list(stat.traceback)  # oldest call first, the allocation last
+            ours = [f for f in frames if "/reconciler/" in f.filename]
+            f = ours[-1] if ours else frames[-1]
+            sizes[f"{f.filename.split('/site-packages/')[-1].split('/work/')[-1]}:"
+                  f"{f.lineno}"] += stat.size
+        return sizes
+
+    a, b = by_site(small), by_site(large)
+    per = n_large - n_small
+    held = sorted(((round((b[k] - a.get(k, 0)) / per, 1), k) for k in b), reverse=True)
+    return [{"site": k, "bytes_per_resource": v} for v, k in held[:top]]
 
 
 def rss_now_mb() -> float:
@@ -878,6 +913,10 @@ def main() -> int:
     parser.add_argument("--memory", type=int, default=None, metavar="N",
                         help="instead: where the operator's memory goes with N resources "
                         "(the operator in this process, its structures measured)")
+    parser.add_argument("--tracemalloc", type=Path, default=None, metavar="DIR",
+                        help="with --memory: dump a tracemalloc snapshot to DIR/operator-N.snap "
+                        "and, with one of another N already there, print what is held per "
+                        "resource by allocation site (the difference over the difference in N)")
     parser.add_argument("--unrelated-secrets-mb", type=int, action="append", default=None,
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
@@ -887,7 +926,21 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
             work = args.workdir or Path(tmp_dir)
             work.mkdir(parents=True, exist_ok=True)
-            mem = run_memory(args.memory, args.concurrency, work, deadline)
+            snap = None
+            if args.tracemalloc is not None:
+                args.tracemalloc.mkdir(parents=True, exist_ok=True)
+                snap = args.tracemalloc / f"operator-{args.memory}.snap"
+            mem = run_memory(args.memory, args.concurrency, work, deadline, snap)
+        if args.tracemalloc is not None:
+            others = sorted(int(p.stem.split("-")[1]) for p in
+                            args.tracemalloc.glob("operator-*.snap"))
+            others = [n for n in others if n != args.memory]
+            if others:
+                n0 = others[0]
+                lo, hi = sorted((n0, args.memory))
+                mem["held_per_resource_by_site"] = snapshot_diff(
+                    args.tracemalloc / f"operator-{lo}.snap",
+                    args.tracemalloc / f"operator-{hi}.snap", lo, hi)
         print(json.dumps(mem, indent=1))
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "memory": mem}, indent=1))
