@@ -142,8 +142,8 @@ def test_tests_run_in_the_worker_and_a_killed_worker_costs_only_itself(
                          "--probe-workers", "1") as op:
         assert op.proc is not None
         wait_for("good Ready", lambda: _ready(c, "good").get("status") == "True")
-        bad = wait_for("bad failed", lambda: _ready(c, "bad").get("status") == "False"
-                       and _ready(c, "bad"))
+        wait_for("bad failed", lambda: _ready(c, "bad").get("status") == "False")
+        bad = _ready(c, "bad")
         assert bad["reason"] == "AuthenticationFailed", bad
         # Both tests ran in the worker (the metric is refreshed every second).
         wait_for("worker tests counted",
