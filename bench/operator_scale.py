@@ -809,8 +809,8 @@ def snapshot_diff(small: Path, large: Path, n_small: int, n_large: int,
             frames = list(stat.traceback)  # oldest call first, the allocation last
             ours = [f for f in frames if "/reconciler/" in f.filename]
             f = ours[-1] if ours else frames[-1]
-            sizes[f"{f.filename.split('/site-packages/')[-1].split('/work/')[-1]}:"
-                  f"{f.lineno}"] += stat.size
+            name = f.filename.split("/site-packages/")[-1].removeprefix(str(ROOT) + "/")
+            sizes[f"{name}:{f.lineno}"] += stat.size
         return sizes
 
     a, b = by_site(small), by_site(large)
