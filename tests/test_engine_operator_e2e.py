@@ -273,39 +273,14 @@ def test_an_untested_password_is_never_published(
 def test_published_access_token_is_refreshed_before_it_expires(tmp_path: Path) -> None:
     """Before, the published token was refreshed only when the relay's worker ran again
     (its refreshInterval, 1h here): a mounted token expired after its lifetime."""
-    import os
     import time
 
-    from reconciler.devservers.oauth import ClientConfig, OAuthServer
+    from tests.support.oauth_relay import oauth_relay
 
-    oauth_user = "oauth@example.test"
-    oauth = OAuthServer(
-        clients=[ClientConfig("smtpctl", canary.CLIENT_SECRET, grants=("client_credentials",),
-                              subject=oauth_user)],
-        token_factory=lambda prefix: canary.ACCESS_TOKEN_PREFIX + os.urandom(6).hex())
-    oauth.token_lifetime = 20.0
-    relay = RelayServer(mode="starttls", users={USER: canary.PASSWORD})
-
-    def token_ok(user: str, token: str) -> bool:
-        info = oauth.token_info(token)
-        return info is not None and info.subject.lower() == user.lower()
-
-    relay.token_validator = token_ok
-    with cluster(tmp_path) as c, oauth, relay:
-        c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
-        c.put_secret(NS, "idp", {"client-secret": canary.CLIENT_SECRET})
-        c.co.create_namespaced_custom_object(
-            "smtp.reconciler.dev", "v1alpha1", NS, "oauth2providers",
-            {"apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": "OAuth2Provider",
-             "metadata": {"name": "idp"},
-             "spec": {"grantType": "ClientCredentials", "clientId": "smtpctl",
-                      "clientSecretFrom": {"secretKeyRef": {"name": "idp",
-                                                            "key": "client-secret"}},
-                      "tokenEndpoint": oauth.token_url}})
-        spec = relay_spec(relay.port, user=oauth_user)
-        del spec["passwordFrom"]
-        spec.update(authentication="OAuth2", oauth2ProviderRef={"name": "idp"})
-        c.create_smtp(NS, "oauth", spec)
+    with cluster(tmp_path) as c, oauth_relay(token_lifetime=20.0) as env:
+        oauth, relay = env.idp, env.relay
+        env.install(c, NS)
+        c.create_smtp(NS, "oauth", env.relay_spec())
         with OperatorProcess(c, "op", "--namespace", NS):
             first = wait_for("published token", lambda: (c.secret_data(NS, PUBLISHED) or {})
                              .get("SMTP_OAUTH2_TOKEN"), timeout=60)

@@ -678,3 +678,10 @@ async def test_fault_injection_with_kmock_reactions_still_works() -> None:
                 headers={"Content-Type": "application/merge-patch+json"},
             )
             assert r.status_code == 200 and r.json()["metadata"]["labels"] == {"a": "b"}
+            # So do lists (rendered in slices on the direct path; one document here).
+            r = await http.post("/api/v1/namespaces/x/configmaps", json={"metadata": {"name": "c"}})
+            assert r.status_code == 201
+            listed = await http.get("/api/v1/namespaces/x/configmaps")
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["kind"] == "ConfigMapList"
+            assert [o["metadata"]["name"] for o in listed.json()["items"]] == ["c"]

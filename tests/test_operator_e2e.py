@@ -243,50 +243,12 @@ def test_deletion_fails_over_and_cleans_up(env: tuple[Cluster, RelayServer]) -> 
 
 
 def test_oauth2_relay_publishes_a_fresh_access_token(tmp_path: Path) -> None:
-    import os
+    from tests.support.oauth_relay import oauth_relay
 
-    from reconciler.devservers.oauth import ClientConfig, OAuthServer
-
-    oauth_user = "oauth@example.test"
-    oauth = OAuthServer(
-        clients=[
-            ClientConfig(
-                "smtpctl", canary.CLIENT_SECRET, grants=("client_credentials",), subject=oauth_user
-            )
-        ],
-        token_factory=lambda prefix: canary.ACCESS_TOKEN_PREFIX + os.urandom(6).hex(),
-    )
-    relay = RelayServer(mode="starttls", users={USER: canary.PASSWORD})
-
-    def token_ok(user: str, token: str) -> bool:
-        info = oauth.token_info(token)
-        return info is not None and info.subject.lower() == user.lower()
-
-    relay.token_validator = token_ok
-    with cluster(tmp_path) as c, oauth, relay:
-        c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
-        c.put_secret(NS, "idp", {"client-secret": canary.CLIENT_SECRET})
-        c.co.create_namespaced_custom_object(
-            "smtp.reconciler.dev",
-            "v1alpha1",
-            NS,
-            "oauth2providers",
-            {
-                "apiVersion": "smtp.reconciler.dev/v1alpha1",
-                "kind": "OAuth2Provider",
-                "metadata": {"name": "idp"},
-                "spec": {
-                    "grantType": "ClientCredentials",
-                    "clientId": "smtpctl",
-                    "clientSecretFrom": {"secretKeyRef": {"name": "idp", "key": "client-secret"}},
-                    "tokenEndpoint": oauth.token_url,
-                },
-            },
-        )
-        spec = relay_spec(relay.port, user=oauth_user)
-        del spec["passwordFrom"]
-        spec.update(authentication="OAuth2", oauth2ProviderRef={"name": "idp"})
-        c.create_smtp(NS, "oauth", spec)
+    with cluster(tmp_path) as c, oauth_relay() as env:
+        oauth = env.idp
+        env.install(c, NS)
+        c.create_smtp(NS, "oauth", env.relay_spec())
         with OperatorProcess(c, "op", "--namespace", NS):
             wait_for("OAuth relay Ready", lambda: ready(c, "oauth"), timeout=30)
             data = wait_for("published", lambda: c.secret_data(NS, PUBLISHED))

@@ -244,10 +244,7 @@ def test_operator_outputs_hold_no_canary(tmp_path: Path) -> None:
                      "tokenEndpointAuthMethod": "client_secret_post",
                      "refreshTokenFrom": {"secretKeyRef": {"name": "idp", "key": "refresh-token"}},
                      "tokenEndpoint": idp.token_url, "testEndpoint": idp.test_url}})
-        # Not selected: with a rotating refresh token, an OAuth relay that becomes the active
-        # one may never be published ("no recorded tested version"; reported, not ours).
-        c.create_smtp(NS, "by-oauth", spec("oauth@x.test", 10, selected=False,
-                                           authentication="OAuth2",
+        c.create_smtp(NS, "by-oauth", spec("oauth@x.test", 10, authentication="OAuth2",
                                            oauth2ProviderRef={"name": "idp"}))
         c.create_smtp(NS, "by-secret", spec("k8s@x.test", 20, **password(
             {"secretKeyRef": {"name": "smtp", "key": "password"}})))

@@ -78,13 +78,19 @@ def require_tested(record: Mapping[str, Any], what: str, current_version: str | 
         name = "the CA bundle"
     else:
         tested = record.get("credentialVersion")
-        name = "the password" if what == "password" else "the OAuth 2.0 provider's credentials"
+        name = "the password" if what == "password" else "the OAuth 2.0 provider's configuration"
     gen = record.get("generation")
     if not tested:
-        raise NotTested(what, f"{name} of generation {gen} has no recorded tested version "
-                              "(it was tested by an older smtpctl): re-verify it with "
-                              "`smtpctl reconcile --force`")
+        raise NotTested(what, f"{name} of generation {gen} cannot be checked: the active record "
+                              "holds no tested version of it (records written by an earlier "
+                              "smtpctl may lack it): re-verify the relay (`smtpctl reconcile "
+                              "--force`) to record one")
     if current_version != tested:
+        if what == "oauth2":
+            raise NotTested(what, f"{name} of generation {gen} is not the one the relay's test "
+                                  "obtained its access token with: the provider's spec or "
+                                  "secrets changed since, and the relay has not passed a test "
+                                  "with them yet; nothing untested is handed out")
         raise NotTested(what, f"{name} of generation {gen} is not the value that passed its "
                               "test: it changed since, and the new value has not passed (see "
                               "the relay's Ready condition); nothing untested is handed out")

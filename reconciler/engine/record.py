@@ -12,9 +12,11 @@ Built from the *verdict* (what the test actually did), not from the spec alone:
   keyed version of the bundle that was trusted, the negotiated version and the
   certificate's expiry.
 * ``credentialVersion`` is the keyed version (an HMAC, never the value) of the password
-  that passed - or, for OAuth 2.0, of the provider's credentials - so a consumer can
-  refuse a value that is not the tested one (``smtpctl get active --reveal``, the
-  operator's published Secret).
+  that passed - or, for OAuth 2.0, the version of the provider's configuration the test's
+  access token was obtained with (``o:`` + a hash of its spec and the keyed versions of
+  its secrets; records written by an earlier smtpctl hold the provider's test-memo digest,
+  ``sha256:...``) - so a consumer can refuse a value that is not the tested one
+  (``smtpctl get active --reveal``, the operator's published Secret).
 * ``verifiedAt`` is when this exact configuration last passed; ``health`` turns
   ``Failing`` (with ``failingSince`` and ``failure``) when a re-verification of exactly
   this configuration fails - the relay in use is down, as opposed to a newer generation
@@ -40,9 +42,12 @@ def credential_version(res: ExternalSmtp, versions: Mapping[str, str]) -> str | 
     if s.authentication == "UsernamePassword":
         return versions.get("passwordFrom")
     if s.authentication == "OAuth2" and s.oauth2_provider_ref is not None:
-        # The provider's checked state (its memo digest: spec + credential versions): an
-        # access token is handed out only while the provider is the one the test used.
-        return versions.get("oauth2Provider") or None
+        # The version of the provider's configuration (spec hash + keyed versions of its
+        # client secret and refresh token) the test's access token was obtained with, as
+        # the token manager reports it - not the provider's test memo: the operator writes
+        # that after the provider's status, so a relay tested in between recorded no
+        # version and its token was never published.
+        return versions.get(f"oauth2:{s.oauth2_provider_ref.name}") or None
     return None
 
 

@@ -22,7 +22,8 @@ For each namespace with an active relay the operator maintains one Secret (defau
   bundle, published as PEM in ``SMTP_TLS_CA_PEM``) is published only when its current
   keyed version is the one in the active record
   (:func:`reconciler.engine.active.require_tested`); an OAuth 2.0 token only while the
-  provider is Ready in the state the relay's test used.  Otherwise the Secret is left as
+  provider is Ready and the token comes from the provider configuration (spec and secret
+  versions) the relay's test obtained its own token with.  Otherwise the Secret is left as
   it is (it holds the tested value).  The fingerprint includes the record's health and
   last success, so ``SMTP_READY`` / ``SMTP_LAST_SUCCESS`` follow the relay in use, and
   :meth:`Publisher.refresh_in` tells the relay's worker when the published token needs
@@ -77,7 +78,9 @@ def owned(secret: KubeObject) -> bool:
         "app.kubernetes.io/managed-by"] and any(
         o.get("kind") == KIND_SMTP and o.get("apiVersion") == API_VERSION for o in owners)
 
-TokenFn = Callable[[str, str], Awaitable[tuple[Secret, float | None]]]  # (ns, provider)
+# (namespace, provider) -> (access token, seconds it lives, version of the provider's
+# configuration the token was obtained with: TokenManager.provider_version)
+TokenFn = Callable[[str, str], Awaitable[tuple[Secret, float | None, str | None]]]
 
 
 class Publisher:
@@ -275,11 +278,19 @@ class Publisher:
             pbody = self.store.cached(ObjectRef(KIND_OAUTH2, ns, str(provider)))
             if pbody is None or not is_true(pbody.get("status") or {}, "Ready"):
                 raise NotTested("oauth2", f"OAuth2Provider {provider!r} is not Ready")
-            from reconciler.stores.kube import to_stored
+            # Checked after the token is obtained, against the configuration it was obtained
+            # with (no window between the check and the fetch).  Not the provider's test
+            # memo: the operator writes that after the provider's status, so a relay tested
+            # in between had no version to record, and nothing woke it when the memo came.
+            token, expires_in, version = await self.token_fn(ns, str(provider))
+            tested = active.get("credentialVersion")
+            if isinstance(tested, str) and tested.startswith("sha256:"):
+                # A record of an earlier smtpctl: the provider's memo digest was recorded.
+                from reconciler.stores.kube import to_stored
 
-            pmemo = to_stored(pbody).memo
-            require_tested(active, "oauth2", pmemo.digest if pmemo else None)
-            token, expires_in = await self.token_fn(ns, str(provider))
+                pmemo = to_stored(pbody).memo
+                version = pmemo.digest if pmemo else None
+            require_tested(active, "oauth2", version)
             expiry = time.time() + 0.75 * expires_in if expires_in else time.time() + 1800
             return token, expiry
         return None, None

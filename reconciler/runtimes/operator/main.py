@@ -118,14 +118,14 @@ def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials, 
                       finalizer=FINALIZER)
     world, tokens, pool = build_world(store, config, metrics, sources)
 
-    async def token_fn(ns: str, name: str) -> tuple[Secret, float | None]:
+    async def token_fn(ns: str, name: str) -> tuple[Secret, float | None, str | None]:
         body = store.cached(ObjectRef(KIND_OAUTH2, ns, name))
         if body is None:
             raise CredentialError("OAuth2ProviderNotFound", f"OAuth2Provider {name!r} not found")
         provider = OAuth2Provider.model_validate(to_stored(body).manifest)
         token: Secret = await tokens.token(provider)
         metrics.token_fetches.labels("ok").inc()
-        return token, tokens.expires_in(provider)
+        return token, tokens.expires_in(provider), tokens.provider_version(provider)
 
     publisher = Publisher(api, store, sources, name=config.publish_secret, token_fn=token_fn,
                           on_write=lambda op: metrics.published.labels(op).inc())
