@@ -326,9 +326,18 @@ class ReadyWatch:
 
 # --- the operator -----------------------------------------------------------------------
 
+def children(pid: int) -> list[int]:
+    """Process ids of the children of ``pid`` (the operator's probe workers)."""
+    try:
+        return [int(c) for c in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 class Operator:
     def __init__(self, emu: Emulator, log: Path, concurrency: int,
-                 all_namespaces: bool = False) -> None:
+                 all_namespaces: bool = False, probe_workers: str = "auto") -> None:
         self.log = log
         self.metrics_port = free_port()
         scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
@@ -340,11 +349,12 @@ class Operator:
              "--health-host", "127.0.0.1", "--health-port", "-1",
              "--metrics-port", str(self.metrics_port),
              "--allow-loopback", "--concurrency", str(concurrency),
-             "--per-host", str(concurrency)],
+             "--per-host", str(concurrency), "--probe-workers", probe_workers],
             cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT,
             env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
         )
         self.rss_peak = 0.0
+        self.worker_cpu: dict[int, float] = {}  # probe worker pid -> CPU seen last
         self._reconciled = 0
         self._offset = 0
         self._partial = b""
@@ -357,9 +367,19 @@ class Operator:
         rss = rss_peak_mb(self.pid)
         if rss == rss:
             self.rss_peak = max(self.rss_peak, rss)
+        self.sample_workers()
         if self.proc.poll() is not None:
             raise SystemExit(f"bench: the operator exited with {self.proc.returncode} "
                              f"(log: {self.log})")
+
+    def sample_workers(self) -> float:
+        """CPU seconds of the probe workers so far (each worker's last sample is kept,
+        so one that ended still counts)."""
+        for pid in children(self.pid):
+            cpu = cpu_seconds(pid)
+            if cpu == cpu:
+                self.worker_cpu[pid] = cpu
+        return sum(self.worker_cpu.values())
 
     def reconciled(self) -> int:
         """Lines logged "reconciled" so far (the log is read incrementally)."""
@@ -450,7 +470,8 @@ def profile_summary(path: Path) -> dict[str, Any]:
         count = int(n)
         frames = stack.split(";")
         leaf = frames[-1] if frames else ""
-        if "(selectors.py" in leaf or "(threading.py" in leaf:  # waiting, not working
+        if "(selectors.py" in leaf or "(threading.py" in leaf or "_do_waitpid" in leaf:
+            # waiting, not working (asyncio's child watcher thread blocks in waitpid)
             idle += count
             continue
         total += count
@@ -467,9 +488,26 @@ def profile_summary(path: Path) -> dict[str, Any]:
 
 # --- one run ------------------------------------------------------------------------------
 
+def idle_projection(raw: dict[str, Any], main_ms: float, workers_ms: float,
+                    emulator_ms: float, relay_ms: float, workers: int) -> float:
+    """The ratio this run's CPU times predict for this machine with nothing else running
+    (a projection, not a measurement; as ``fleet.py``'s): each side's rate is capped by
+    all cores shared by every process of the side, by the relay's one process, and on the
+    operator's side by its loop (one core), the emulator's loop (one core) and the probe
+    workers (one core each)."""
+    cores = os.cpu_count() or 1
+    client, relay_raw = raw["client_cpu_ms_per_test"], raw["relay_cpu_ms_per_test"]
+    raw_rate = min(cores / (client + relay_raw), 1 / relay_raw)
+    total = main_ms + workers_ms + emulator_ms + relay_ms
+    caps = [cores / total, 1 / relay_ms, 1 / main_ms, 1 / emulator_ms]
+    if workers and workers_ms > 0:
+        caps.append(workers / workers_ms)
+    return float(min(caps) / raw_rate)
+
+
 def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
-            stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None
-            ) -> dict[str, Any]:
+            stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
+            probe_workers: str = "auto") -> dict[str, Any]:
     load_start = os.getloadavg()
     emu = Emulator(work)
     relay = Relay()
@@ -484,11 +522,14 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         base = emu.stats()
         relay_tests0 = relay.connections
         emu_cpu0, relay_cpu0 = cpu_seconds(emu.pid), cpu_seconds(relay.pid)
-        op = Operator(emu, work / f"operator-{count}-a.log", concurrency)
+        op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
+                      probe_workers=probe_workers)
         profilers = [Profiler(op.pid, profile / f"operator-{count}.raw"),
                      Profiler(emu.pid, profile / f"emulator-{count}.raw")] if profile else []
         ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
         cpu_op = cpu_seconds(op.pid)
+        cpu_workers = op.sample_workers()
+        workers_seen = len(op.worker_cpu)
         cpu_emu = cpu_seconds(emu.pid) - emu_cpu0
         cpu_relay = cpu_seconds(relay.pid) - relay_cpu0
         for p in profilers:
@@ -501,7 +542,8 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         op.stop()
         first = emu.stats()
         tests_first = relay.connections - relay_tests0
-        op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency)
+        op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency,
+                            probe_workers=probe_workers)
         catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count,
                           deadline.left(3600), op2.sample)
         for _ in range(4):  # a second of calm: anything still to come would show now
@@ -540,11 +582,20 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "ready_per_second": round(ready_per_s, 1),
             "ready_to_raw_ratio": round(ready_per_s / raw["tests_per_second"], 3),
             "tests_first": tests_first,
+            "probe_workers": probe_workers,
+            "probe_worker_processes": workers_seen,
             "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
+            "probe_workers_cpu_ms_per_resource_first": round(cpu_workers * 1000 / count, 2),
+            "operator_total_cpu_ms_per_resource_first": round(
+                (cpu_op + cpu_workers) * 1000 / count, 2),
+            "idle_projection_ratio": round(idle_projection(
+                raw, cpu_op * 1000 / count, cpu_workers * 1000 / count,
+                cpu_emu * 1000 / count, cpu_relay * 1000 / count, workers_seen), 3),
             "emulator_cpu_ms_per_resource_first": round(cpu_emu * 1000 / count, 2),
             "relay_cpu_ms_per_resource_first": round(cpu_relay * 1000 / count, 2),
             "operator_cpu_seconds_first": round(cpu_op, 2),
-            "cpu_busy_cores_first": round((cpu_op + cpu_emu + cpu_relay) / ready_s, 2)
+            "cpu_busy_cores_first": round((cpu_op + cpu_workers + cpu_emu + cpu_relay)
+                                          / ready_s, 2)
             if ready_s > 0 else None,
             "rss_first_mb": round(rss_first, 1),
             "api_requests_per_resource_first": round(req_first / count, 3),
@@ -655,12 +706,16 @@ def deep_size(obj: Any, seen: set[int] | None = None) -> int:
     return total
 
 
-def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> dict[str, Any]:
+def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline,
+               snapshot: Path | None = None) -> dict[str, Any]:
     """The operator *in this process* (the emulator and the relay in theirs): after every
     resource is Ready and the pass is over, the bytes each of its structures holds
     (:func:`deep_size`, in the order listed, so shared objects count once, where first
-    reached) and the process's RSS before and after."""
+    reached) and the process's RSS before and after.  ``snapshot``: trace allocations
+    (``tracemalloc``, 12 frames) and dump what is allocated then to that file (compare
+    two sizes with :func:`snapshot_diff`)."""
     import gc
+    import tracemalloc
 
     from reconciler.runtimes.operator.controller import Controller
     from reconciler.runtimes.operator.main import run_operator
@@ -680,6 +735,8 @@ def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> 
         gc.collect()
         rss_before = rss_now_mb()
         ready_watch = watch
+        if snapshot is not None:
+            tracemalloc.start(12)
 
         async def main() -> tuple[dict[str, int], float, float]:
             stop = asyncio.Event()
@@ -688,6 +745,8 @@ def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> 
             await asyncio.sleep(5)  # the last passes' memo writes and Events
             gc.collect()
             rss_ready = rss_now_mb()
+            if snapshot is not None:
+                tracemalloc.take_snapshot().dump(str(snapshot))
             ctl = next(o for o in gc.get_objects() if isinstance(o, Controller))
             refl = [o for o in gc.get_objects() if isinstance(o, Reflector)]
             seen: set[int] = set()
@@ -732,6 +791,32 @@ def run_memory(count: int, concurrency: int, work: Path, deadline: Deadline) -> 
         "structures_kb_per_resource": round(sum(v for k, v in sizes.items()
                                                 if not k.startswith("(")) / per, 2),
     }
+
+
+def snapshot_diff(small: Path, large: Path, n_small: int, n_large: int,
+                  top: int = 25) -> list[dict[str, Any]]:
+    """Bytes per resource each allocation site holds more at ``n_large`` than at
+    ``n_small`` resources (two ``--memory N --tracemalloc`` snapshots), grouped by the
+    innermost frame in ``reconciler/`` (else the innermost frame) - what is held per
+    resource, and where it was allocated."""
+    import tracemalloc
+
+    def by_site(path: Path) -> Counter[str]:
+        snap = tracemalloc.Snapshot.load(str(path)).filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)])
+        sizes = Counter[str]()
+        for stat in snap.statistics("traceback"):
+            frames = list(stat.traceback)  # oldest call first, the allocation last
+            ours = [f for f in frames if "/reconciler/" in f.filename]
+            f = ours[-1] if ours else frames[-1]
+            name = f.filename.split("/site-packages/")[-1].removeprefix(str(ROOT) + "/")
+            sizes[f"{name}:{f.lineno}"] += stat.size
+        return sizes
+
+    a, b = by_site(small), by_site(large)
+    per = n_large - n_small
+    held = sorted(((round((b[k] - a.get(k, 0)) / per, 1), k) for k in b), reverse=True)
+    return [{"site": k, "bytes_per_resource": v} for v, k in held[:top]]
 
 
 def rss_now_mb() -> float:
@@ -807,6 +892,9 @@ def main() -> int:
                         help="resources (repeatable; default 1000 and 10000)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per count")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--probe-workers", action="append", default=None, metavar="N",
+                        help="the operator's --probe-workers (repeatable: one run per value "
+                        "and count, an A/B in one invocation; default auto)")
     parser.add_argument("--raw-tests", type=int, default=0,
                         help="connection tests of the raw-capacity peer (default min(N, 2000))")
     parser.add_argument("--json", type=Path, default=None)
@@ -825,6 +913,10 @@ def main() -> int:
     parser.add_argument("--memory", type=int, default=None, metavar="N",
                         help="instead: where the operator's memory goes with N resources "
                         "(the operator in this process, its structures measured)")
+    parser.add_argument("--tracemalloc", type=Path, default=None, metavar="DIR",
+                        help="with --memory: dump a tracemalloc snapshot to DIR/operator-N.snap "
+                        "and, with one of another N already there, print what is held per "
+                        "resource by allocation site (the difference over the difference in N)")
     parser.add_argument("--unrelated-secrets-mb", type=int, action="append", default=None,
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
@@ -834,7 +926,21 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
             work = args.workdir or Path(tmp_dir)
             work.mkdir(parents=True, exist_ok=True)
-            mem = run_memory(args.memory, args.concurrency, work, deadline)
+            snap = None
+            if args.tracemalloc is not None:
+                args.tracemalloc.mkdir(parents=True, exist_ok=True)
+                snap = args.tracemalloc / f"operator-{args.memory}.snap"
+            mem = run_memory(args.memory, args.concurrency, work, deadline, snap)
+        if args.tracemalloc is not None:
+            others = sorted(int(p.stem.split("-")[1]) for p in
+                            args.tracemalloc.glob("operator-*.snap"))
+            others = [n for n in others if n != args.memory]
+            if others:
+                n0 = others[0]
+                lo, hi = sorted((n0, args.memory))
+                mem["held_per_resource_by_site"] = snapshot_diff(
+                    args.tracemalloc / f"operator-{lo}.snap",
+                    args.tracemalloc / f"operator-{hi}.snap", lo, hi)
         print(json.dumps(mem, indent=1))
         if args.json:
             args.json.write_text(json.dumps({"machine": machine(), "memory": mem}, indent=1))
@@ -856,13 +962,16 @@ def main() -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
         for rep in range(args.repeat):
-            for count in counts:
-                work = (args.workdir or Path(tmp_dir)) / f"{count}-{rep}"
+            for count, workers in [(c, w) for c in counts
+                                   for w in args.probe_workers or ["auto"]]:
+                work = (args.workdir or Path(tmp_dir)) / f"{count}-{workers}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
-                print(f"== {count} resources, run {rep + 1}/{args.repeat}", flush=True)
+                print(f"== {count} resources, --probe-workers {workers}, "
+                      f"run {rep + 1}/{args.repeat}", flush=True)
                 stay_up = args.stay_up if count >= args.stay_up_from else 0
                 r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
-                            raw_tests=args.raw_tests, profile=args.profile)
+                            raw_tests=args.raw_tests, profile=args.profile,
+                            probe_workers=workers)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has
@@ -882,19 +991,23 @@ def main() -> int:
                                          "growth": growth}, indent=1))
     print()
     cols = [("ready/s", "ready_per_second"), ("raw/s", None), ("ratio", "ready_to_raw_ratio"),
+            ("idle proj.", "idle_projection_ratio"),
             ("op ms/res", "operator_cpu_ms_per_resource_first"),
+            ("workers ms/res", "probe_workers_cpu_ms_per_resource_first"),
             ("emu ms/res", "emulator_cpu_ms_per_resource_first"),
             ("req/res", "api_requests_per_resource_first"), ("RSS MB", "rss_first_mb"),
             ("catch-up s", "catchup_seconds")]
-    print(f"{'count':>7} " + " ".join(f"{c:>22}" for c, _ in cols))
-    for count in counts:
-        rows = [r for r in results if r["count"] == count]
+    print(f"{'count':>7} {'workers':>7} " + " ".join(f"{c:>22}" for c, _ in cols))
+    for count, workers in [(c, w) for c in counts for w in args.probe_workers or ["auto"]]:
+        rows = [r for r in results if r["count"] == count and r["probe_workers"] == workers]
+        if not rows:
+            continue
         cells = []
         for _name, key in cols:
             vals = [r["raw_relay"]["tests_per_second"] if key is None else r[key]
                     for r in rows]
             cells.append(f"{_median_spread(vals):>22}")
-        print(f"{count:>7} " + " ".join(cells))
+        print(f"{count:>7} {workers:>7} " + " ".join(cells))
     failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
               or r["operator_exit_after_catchup"] is not None]
     return 1 if failed else 0

@@ -279,3 +279,23 @@ def test_kill_9_during_an_apply_with_probe_workers(e2e: Env) -> None:
     assert killed >= 1, "no apply was interrupted: the loop tested nothing"
     assert apply(fleet(set())).wait(timeout=120) == 0
     _check_store(e2e.state)
+
+
+def test_an_apply_that_tests_nothing_starts_no_worker(e2e: Env,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: the pool started its workers when the world was built, so an unchanged
+    re-apply paid ~0.3 s of CPU for processes it never used.  Failed before: 2 started."""
+    spawned: list[tuple[object, ...]] = []
+    real_exec = asyncio.create_subprocess_exec
+
+    async def counting(*args: object, **kw: object) -> object:
+        spawned.append(args)
+        return await real_exec(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", counting)
+    fleet = e2e.write("fleet.yaml", *(e2e.smtp(f"r{i}", selected=i == 0) for i in range(3)))
+    code, _ = e2e.cli("apply", "-f", str(fleet), "--probe-workers", "2")
+    assert code == 0 and len(spawned) == 2  # tests ran: the workers were started for them
+    spawned.clear()
+    code, out = e2e.cli("apply", "-f", str(fleet), "--probe-workers", "2")
+    assert code == 0 and spawned == [], out  # unchanged: nothing to test, no worker

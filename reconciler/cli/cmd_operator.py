@@ -48,6 +48,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="connection tests at once, in total")
     parser.add_argument("--per-host", type=int, default=4,
                         help="connection tests at once against one relay host")
+    parser.add_argument("--probe-workers", default="auto", metavar="N",
+                        help="run connection tests in N worker processes (0: on the "
+                        "operator's event loop); auto (the default): one per CPU beyond "
+                        "the first that this process may use (affinity and cgroup CPU "
+                        "limit), at most 4. OAuth2 relays are always tested in the operator; "
+                        "--concurrency and --per-host bound the tests either way")
     parser.add_argument("--no-announce-testing", dest="announce_testing",
                         action="store_false",
                         help="never write Reconciling=True for a test in flight (by "
@@ -73,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("smtpctl.operator").error("--renew-deadline must be shorter than "
                                                     "--lease-duration")
         return EXIT_USAGE
+    from reconciler.runtimes.operator.probing import parse_probe_workers
+
+    try:
+        workers = parse_probe_workers(args.probe_workers)
+    except ValueError as exc:
+        logging.getLogger("smtpctl.operator").error(str(exc))
+        return EXIT_USAGE
     config = OperatorConfig(
         kubeconfig=args.kubeconfig, context=args.context, namespaces=list(args.namespaces),
         selector=args.selector, publish_secret=args.publish_secret,
@@ -82,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         health_host=args.health_host, health_port=args.health_port,
         metrics_port=args.metrics_port, concurrency=args.concurrency, per_host=args.per_host,
         announce_testing=args.announce_testing, allow_loopback=args.allow_loopback,
+        probe_workers=workers,
     )
     if args.identity:
         config.identity = args.identity

@@ -11,10 +11,16 @@ from reconciler.secret import Secret
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
-    """A resolved secret and its version (changes when the value changes; safe to store)."""
+    """A resolved secret and its version (changes when the value changes; safe to store).
+
+    ``origin``: for a file, the real path of the file that was actually opened and read
+    (what the source policy judges for every resource the value is handed to); None for
+    other sources.
+    """
 
     value: Secret
     version: str
+    origin: str | None = None
 
 
 class CredentialError(Exception):

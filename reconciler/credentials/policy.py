@@ -125,6 +125,24 @@ def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
+def _manifest_home(manifest: str, homes: dict[str, Path] | None) -> Path:
+    """The real directory of a manifest file (``homes``: a memo by the directory named).
+
+    The memo saves a ``realpath`` per resource when thousands of resources share a
+    directory; a manifest that is itself a symbolic link is resolved every time.
+    """
+    if homes is None:
+        return _resolved(manifest).parent
+    named = os.path.expanduser(manifest)
+    if os.path.islink(named):
+        return _resolved(named).parent
+    where = os.path.dirname(os.path.abspath(named))
+    home = homes.get(where)
+    if home is None:
+        home = homes[where] = _resolved(where)
+    return home
+
+
 def _within(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
@@ -209,8 +227,21 @@ class SourcePolicy:
             f"only the variables you allow; pass --allow-env {name} (or set "
             f"{ENV_ALLOW_ENV}={name})")
 
-    def _check_file(self, ref: SecretRef, path: Path, owner: Owner | None) -> None:
-        real = _resolved(path)
+    def check_opened(self, ref: SecretRef, owner: Owner | None, path: Path, real: Path, *,
+                     homes: dict[str, Path] | None = None) -> None:
+        """Judge a ``file:`` reference by the file that was actually opened (``real``: its
+        real path as the kernel reports it for the open descriptor), not by where ``path``
+        points now: that is the value ``owner`` would receive.  ``homes``: a memo of the
+        manifest directories' real paths, owned by the caller and kept for one pass.
+        """
+        if self.mode == "open":
+            return
+        self._check_file(ref, path, owner, real=real, homes=homes)
+
+    def _check_file(self, ref: SecretRef, path: Path, owner: Owner | None, *,
+                    real: Path | None = None, homes: dict[str, Path] | None = None) -> None:
+        if real is None:
+            real = _resolved(path)
         if any(_within(real, root) for root in self.file_roots):
             return
         shown = ref.file
@@ -223,7 +254,7 @@ class SourcePolicy:
                 f"--allow-file-secret-dir DIR)")
         home: Path | None = None
         if self.manifest_dir and owner is not None and owner.manifest:
-            home = _resolved(owner.manifest).parent
+            home = _manifest_home(owner.manifest, homes)
             if _within(real, home):
                 hidden = [p for p in real.relative_to(home).parts if p.startswith(".")]
                 if not hidden:

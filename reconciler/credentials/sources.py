@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.credentials.base import CredentialError, Resolved, SecretSource
-from reconciler.credentials.policy import Owner, SourcePolicy
+from reconciler.credentials.policy import REFUSED, Owner, SourcePolicy
 from reconciler.resources import SecretKeySelector, SecretRef
 from reconciler.secret import Secret, keyed_version
 
@@ -178,6 +178,7 @@ class FileSource:
             st = os.fstat(fh.fileno())  # the version describes the bytes actually read
             if not stat.S_ISREG(st.st_mode):
                 raise CredentialError("SecretFileNotFound", f"{path} is not a regular file")
+            origin = _opened_path(fh.fileno(), path, real, st)
             data = fh.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise CredentialError(
@@ -191,7 +192,8 @@ class FileSource:
         text = trim_newline(text)
         _check_value(text, f"file {path}")
         value = Secret(text)
-        return Resolved(value=value, version=_file_version(st, value, self._key))
+        return Resolved(value=value, version=_file_version(st, value, self._key),
+                        origin=origin)
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         return await asyncio.to_thread(self._write_sync, self.path_of(ref), value)
@@ -227,6 +229,56 @@ class FileSource:
                 f"file {path} cannot be written ({exc.strerror or type(exc).__name__})",
             ) from None
         return _file_version(os.stat(path), value, self._key)
+
+
+def _opened_path(fd: int, path: Path, real: Path, st: os.stat_result) -> str:
+    """The real path of the file open on ``fd``: what the source policy must judge.
+
+    ``real`` was resolved before the open; a directory on the way can be swapped for a
+    symbolic link between the two (``O_NOFOLLOW`` guards the last component only).  The
+    kernel's name for the descriptor says what was opened; where ``/proc`` does not (not
+    Linux, a file deleted meanwhile), ``real`` resolved again must still name the very file
+    (device and inode) that was opened, else the read fails.
+    """
+    try:
+        named = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        named = ""
+    if named.startswith("/") and not named.endswith(" (deleted)"):
+        return named
+    again = os.path.realpath(real)
+    try:
+        now = os.stat(again)
+    except OSError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        raise CredentialError("SecretFileNotFound",
+                              f"file {path} changed while it was being opened")
+    return again
+
+
+def _prefixes(path: str) -> tuple[str, ...]:
+    """Every prefix of an absolute path, as written (``/a``, ``/a/b``, ...)."""
+    parts = path.split("/")
+    return tuple(dict.fromkeys(q for i in range(2, len(parts) + 1)
+                               if (q := "/".join(parts[:i]))))
+
+
+def _stamps(paths: tuple[str, ...]) -> tuple[Any, ...]:
+    """What changes when an entry is replaced (``lstat``, links not followed): device,
+    inode and type; and the change time of what is not a directory (a directory's changes
+    with every file created in it; a replaced directory has another inode)."""
+    out: list[Any] = []
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except OSError:
+            out.append(None)
+            continue
+        kind = stat.S_IFMT(st.st_mode)
+        out.append((st.st_dev, st.st_ino, kind) if kind == stat.S_IFDIR
+                   else (st.st_dev, st.st_ino, kind, st.st_ctime_ns))
+    return tuple(out)
 
 
 def _file_version(st: os.stat_result, value: Secret, key: bytes | None = None) -> str:
@@ -442,9 +494,15 @@ class SourceRouter:
     way callers do that.
 
     ``pass_cache``: resolve each reference at most once per pass (10,000 relays usually
-    share a handful of references) until :meth:`begin_pass`; the cache is consulted only
-    after the policy allowed the reference for the resource asking, holds values in
-    memory only, and a write invalidates its entry.  Failures are not cached.
+    share a handful of references) until :meth:`begin_pass`; it holds values in memory
+    only, a write invalidates its entry, and failures are not cached.  A cached value
+    reaches a resource only after the policy allowed it *for that resource*: ``env`` and
+    ``secretKeyRef`` references are checked before the cache is consulted; a ``file``
+    reference is checked before the (single) read opens anything, then judged for every
+    resource it is handed to by the file that was actually opened
+    (:attr:`Resolved.origin`), a decision kept for the pass by (reference, manifest,
+    opened file): the same value judged for the same manifest directory needs no new
+    ``realpath``.
     """
 
     accepts_public = True  # resolve(..., public=True): a CA bundle, not a secret
@@ -468,11 +526,18 @@ class SourceRouter:
         self._hint = kube_unavailable_hint
         self._cache: dict[tuple[str, str, bool], asyncio.Future[Resolved]] | None = (
             {} if pass_cache else None)
+        # Per pass: the policy's decisions on opened files, and manifest directories.
+        self._judged: dict[tuple[tuple[str, str, bool], str | None, str], str | None] = {}
+        self._homes: dict[str, Path] = {}
+        self._watch: dict[tuple[str, str, bool], tuple[tuple[str, ...], tuple[Any, ...]]] = {}
 
     def begin_pass(self) -> None:
         """Forget the values of the last pass (rotation is seen on the next one)."""
         if self._cache is not None:
             self._cache.clear()
+        self._judged.clear()
+        self._homes.clear()
+        self._watch.clear()
 
     def scoped(self, owner: Owner) -> _Scoped:
         """This router acting for ``owner`` (the resource whose spec holds the references)."""
@@ -506,20 +571,86 @@ class SourceRouter:
     async def resolve_for(self, ref: SecretRef, namespace: str, owner: Owner | None, *,
                           public: bool = False) -> Resolved:
         source = self._pick(ref)  # no cluster at all: say that, it is the useful news
-        self.policy.check_read(ref, namespace, owner, self._file_path(ref))
         if self._cache is None:
-            return await self._read(source, ref, namespace, public)
+            path = self._file_path(ref)
+            self.policy.check_read(ref, namespace, owner, path)
+            resolved = await self._read(source, ref, namespace, public)
+            if path is not None and resolved.origin is not None:
+                self.policy.check_opened(ref, owner, path, Path(resolved.origin))
+            return resolved
         # Single flight: the first reader of a reference reads it, everyone who asks
         # meanwhile waits for that read (128 relays sharing a CA file read it once, not
         # 128 times); a failure is shared with them but not kept for later callers.
         key = self._key(ref, namespace, public)
         pending = self._cache.get(key)
+        if pending is None or ref.file is None:
+            # Before anything is read: a refused reference is never opened.
+            path = self._file_path(ref)
+            watched = _prefixes(str(path)) if path is not None else ()
+            before = _stamps(watched)
+            self.policy.check_read(ref, namespace, owner, path)
         if pending is None:
-            pending = asyncio.ensure_future(self._read(source, ref, namespace, public))
+            pending = asyncio.ensure_future(
+                self._read_watched(source, ref, namespace, public, key, watched, before))
             self._cache[key] = pending
             pending.add_done_callback(functools.partial(self._forget_failure, key))
-        # shield: a caller that is cancelled does not cancel the read the others wait for
-        return await asyncio.shield(pending)
+            checked_now = True
+        else:
+            checked_now = ref.file is None
+        try:
+            # shield: a caller that is cancelled does not cancel the read others wait for
+            resolved = await asyncio.shield(pending)
+        except CredentialError:
+            if not checked_now:  # a resource that may not read the file learns nothing
+                self.policy.check_read(ref, namespace, owner, self._file_path(ref))
+            raise  # of it (not even why the read failed)
+        if ref.file is not None:
+            self._judge_file(key, ref, namespace, owner, resolved, checked_now=checked_now)
+        return resolved
+
+    async def _read_watched(self, source: SecretSource, ref: SecretRef, namespace: str,
+                            public: bool, key: tuple[str, str, bool],
+                            watched: tuple[str, ...], before: tuple[Any, ...]) -> Resolved:
+        """The read of a pass, remembering what the path's resolution went through."""
+        resolved = await self._read(source, ref, namespace, public)
+        if resolved.origin is not None:
+            more = tuple(p for p in _prefixes(resolved.origin) if p not in watched)
+            self._watch[key] = (watched + more, before + _stamps(more))
+        return resolved
+
+    def _judge_file(self, key: tuple[str, str, bool], ref: SecretRef, namespace: str,
+                    owner: Owner | None, resolved: Resolved, *, checked_now: bool) -> None:
+        """May ``owner`` have the value read from the file that was opened?
+
+        Two checks.  Where the path points: made before the read for its first reader;
+        for the others, made again only when an entry on the way changed since the read
+        (a symbolic link swapped, a directory or the file replaced: device, inode, type,
+        and for non-directories the change time, of every prefix of the path and of the
+        opened file's real path).  What was opened (``Resolved.origin``): judged for each
+        manifest directory once per pass; a directory (``homes``) is resolved once.
+        """
+        if resolved.origin is None:  # a source that cannot say: judge where it points now
+            if not checked_now:
+                self.policy.check_read(ref, namespace, owner, self._file_path(ref))
+            return
+        if not checked_now:
+            watch = self._watch.get(key)
+            if watch is None or _stamps(watch[0]) != watch[1]:
+                self.policy.check_read(ref, namespace, owner, self._file_path(ref))
+        memo = (key, owner.manifest if owner is not None else None, resolved.origin)
+        if memo not in self._judged:
+            path = self._file_path(ref)
+            assert path is not None
+            try:
+                self.policy.check_opened(ref, owner, path, Path(resolved.origin),
+                                         homes=self._homes)
+            except CredentialError as exc:
+                self._judged[memo] = exc.message
+            else:
+                self._judged[memo] = None
+        refusal = self._judged[memo]
+        if refusal is not None:
+            raise CredentialError(REFUSED, refusal)
 
     def _forget_failure(self, key: tuple[str, str, bool], done: asyncio.Future[Resolved]
                         ) -> None:
@@ -543,6 +674,7 @@ class SourceRouter:
         if self._cache is not None:
             for public in (False, True):
                 self._cache.pop(self._key(ref, namespace, public), None)
+                self._watch.pop(self._key(ref, namespace, public), None)
         source = self._pick(ref)
         writer = getattr(source, "write", None)
         if writer is None:

@@ -66,7 +66,7 @@ from reconciler.engine.backoff import backoff_delay, refresh_delay
 from reconciler.engine.digest import plan_digest
 from reconciler.engine.policy import certificate_expiring, config_warnings, refresh_seconds
 from reconciler.engine.record import failing_record, passed_record
-from reconciler.engine.selection import candidate, select_scope
+from reconciler.engine.selection import OwnWrite, candidate, select_scope, select_scope_with
 from reconciler.engine.world import World
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, ExternalSmtp, OAuth2Provider
@@ -178,6 +178,11 @@ def _handled(st: Status, request: str | None) -> Status:
     return st
 
 
+def _takes_part(obj: StoredObject) -> bool:
+    """Does this relay's pass recompute selection (it asks for it, or holds it)?"""
+    return _requested(obj) or bool(obj.status.get("selected"))
+
+
 async def _select(world: World, obj: StoredObject, written: StoredObject,
                   ) -> tuple[StoredObject, float | None]:
     """Selection of the scope after a pass, when this relay takes part in it; returns the
@@ -203,10 +208,9 @@ def _sooner(requeue: float | None, wait: float | None) -> float | None:
     return wait if requeue is None else min(requeue, wait)
 
 
-async def _write(world: World, ref: ObjectRef,
-                 build: Callable[[StoredObject], tuple[Status, TestMemo | None]],
-                 ) -> StoredObject | None:
-    """update_status with a no-op check: nothing is written when nothing changed."""
+def _mutator(build: Callable[[StoredObject], tuple[Status, TestMemo | None]],
+             ) -> Callable[[StoredObject], StatusWrite | None]:
+    """``build`` as a store mutator with a no-op check: None when nothing changed."""
 
     def mutate(cur: StoredObject) -> StatusWrite | None:
         status, memo = build(cur)
@@ -214,7 +218,14 @@ async def _write(world: World, ref: ObjectRef,
             return None
         return StatusWrite(status=dict(status), memo=memo)
 
-    return await world.store.update_status(ref, mutate)
+    return mutate
+
+
+async def _write(world: World, ref: ObjectRef,
+                 build: Callable[[StoredObject], tuple[Status, TestMemo | None]],
+                 ) -> StoredObject | None:
+    """update_status with a no-op check: nothing is written when nothing changed."""
+    return await world.store.update_status(ref, _mutator(build))
 
 
 def _lkg_suffix(status: SmtpStatus, generation: int, digest: str) -> str:
@@ -431,12 +442,28 @@ async def _reconcile_smtp(obj: StoredObject, world: World, *, force: bool) -> Re
     # Ready without its test in the history.
     await world.store.record_test(_record(ref, gen, done, verdict, digest))
     before = smtp_status(obj)
-    written = await _write(world, ref, build)
-    if written is None:
+    failing_box: list[int | None] = []
+
+    async def test_events(w: StoredObject) -> None:
+        failing_box.append(await _emit_test_events(world, ref, verdict, before,
+                                                   smtp_status(w), done))
+
+    if _takes_part(obj):
+        # The verdict and the Selected condition in one status write (selection decided
+        # under the scope lock from the verdict as it will be written).
+        _, maybe = await select_scope_with(ref.namespace, world,
+                                           OwnWrite(ref.name, _mutator(build), test_events))
+        wait = None if maybe is None else _failback_wait(maybe, world.clock())
+    else:
+        maybe = await _write(world, ref, build)
+        if maybe is not None:
+            await test_events(maybe)
+            maybe, wait = await _select(world, obj, maybe)  # it joined during the pass
+    if maybe is None:
         return ReconcileResult(ref, {}, None, ReconcileAction.GONE, tested=True,
                                verdict=verdict)
-    failing = await _emit_test_events(world, ref, verdict, before, smtp_status(written), done)
-    written, wait = await _select(world, obj, written)
+    written = maybe
+    failing = failing_box[0] if failing_box else None
     if failing and written.status.get("selected"):
         # After selection: only when no standby took over is the relay in use failing (a
         # standby that took over says so with Failover).

@@ -30,7 +30,8 @@ selected relays, even if the process dies between the two writes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -220,28 +221,93 @@ async def select_scope(namespace: str, world: Any) -> str | None:
 
     ``world`` is a :class:`reconciler.engine.world.World`.  Returns the winner's name.
     """
+    winner, _ = await select_scope_with(namespace, world)
+    return winner
+
+
+@dataclass(frozen=True, slots=True)
+class OwnWrite:
+    """A pass's own status write (its verdict), made by :func:`select_scope_with` together
+    with the relay's Selected condition: one write instead of two.  ``after`` runs right
+    after that write (with the object as written), still under the scope lock."""
+
+    name: str
+    mutate: Callable[[StoredObject], StatusWrite | None]
+    after: Callable[[StoredObject], Awaitable[object]] | None = None
+
+
+def _combined(own: Callable[[StoredObject], StatusWrite | None],
+              selected: Callable[[StoredObject], StatusWrite | None] | None,
+              ) -> Callable[[StoredObject], StatusWrite | None]:
+    """The verdict's write, then the Selected condition on top of it (pure: a store may
+    call it again on a fresh object after a conflict)."""
+    def mutate(cur: StoredObject) -> StatusWrite | None:
+        first = own(cur)
+        if selected is None:
+            return first
+        mid = cur if first is None else replace(cur, status=first.status, memo=first.memo)
+        second = selected(mid)
+        if second is None:
+            return first
+        return StatusWrite(status=second.status, memo=mid.memo)
+    return mutate
+
+
+async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = None,
+                            ) -> tuple[str | None, StoredObject | None]:
+    """:func:`select_scope`, and with ``own``: that relay's verdict is written in the same
+    status write as its Selected condition, under the scope lock, with selection decided
+    from the status that write produces (the verdict is part of the decision, as if it had
+    been written first).  Returns the winner and ``own``'s object as written (None: no
+    ``own``, or it is gone).
+
+    Every write that changes who is selected happens under the scope lock, so the
+    snapshot the decision is made from cannot change under it; the order is the same as
+    without ``own``: releases first, the winner last."""
     async with world.scope_lock(namespace):
         objs: list[StoredObject] = await world.store.list(KIND, namespace)
-        cands = {o.ref.name: candidate(o) for o in objs}
+        by_name = {o.ref.name: o for o in objs}
+        if own is not None and own.name in by_name:
+            cur = by_name[own.name]
+            preview = own.mutate(cur)
+            if preview is not None:  # decide on the verdict as it will be written
+                by_name[own.name] = replace(cur, status=preview.status, memo=preview.memo)
+        cands = {name: candidate(o) for name, o in by_name.items()}
         now = world.clock()
         choice = decide(list(cands.values()), now)
         winner = choice.winner
         previous = sorted((c for c in cands.values() if c.selected), key=lambda c: c.order)
         # Release first, then acquire: never two selected in the store.
         ordered = sorted(cands.values(), key=lambda c: c.name == winner)
-        by_name = {o.ref.name: o for o in objs}
+        written: StoredObject | None = None
+        if own is not None and own.name not in by_name:  # not listed: gone (or not ours)
+            written = await world.store.update_status(ObjectRef(KIND, namespace, own.name),
+                                                      own.mutate)
+            if written is not None and own.after is not None:
+                await own.after(written)
         for c in ordered:
-            if not c.requested and not c.selected:
-                # Its own pass writes Selected=False/NotRequested with its status.  Writing
-                # it here too raced with that pass (409, re-read, second write) for every
-                # relay of a new fleet whose first test had not finished yet.
-                continue
-            sel, reason, msg = desired_selected(c, choice, namespace, cands)
-            mutate = selected_mutator(sel, reason, msg, now)
-            if mutate(by_name[c.name]) is None:
+            ref = ObjectRef(KIND, namespace, c.name)
+            mine = own is not None and c.name == own.name
+            mutate: Callable[[StoredObject], StatusWrite | None] | None = None
+            sel = False
+            if (c.requested or c.selected) and (mine or not c.pending or c.name == winner):
+                # Not for a relay that neither asks for selection nor holds it, nor for one
+                # whose first verdict is not in yet: its own pass writes its Selected
+                # condition with its status.  Writing it here too raced with that pass
+                # (409, re-read, second write) for every relay of a new fleet whose first
+                # test had not finished yet.
+                sel, reason, msg = desired_selected(c, choice, namespace, cands)
+                mutate = selected_mutator(sel, reason, msg, now)
+            if mine:
+                assert own is not None
+                written = await world.store.update_status(ref, _combined(own.mutate, mutate))
+                if written is not None and own.after is not None:
+                    await own.after(written)
+                continue  # a failure raises: the pass failed, as without selection
+            if mutate is None or mutate(by_name[c.name]) is None:
                 continue  # already as desired in the snapshot: no write (fast re-apply)
             try:
-                await world.store.update_status(ObjectRef(KIND, namespace, c.name), mutate)
+                await world.store.update_status(ref, mutate)
             except StoreError as exc:
                 if sel or c.selected:
                     raise  # releasing or acquiring failed: stop before a second winner
@@ -249,7 +315,7 @@ async def select_scope(namespace: str, world: Any) -> str | None:
                 log.warning("could not write the Selected condition of %s/%s: %s",
                             namespace, c.name, exc)
         await _emit_selection_events(world, namespace, cands, previous, winner, now)
-        return winner
+        return winner, written
 
 
 async def _emit_selection_events(world: Any, namespace: str, cands: dict[str, Candidate],

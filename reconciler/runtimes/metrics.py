@@ -21,6 +21,12 @@ class OperatorMetrics:
             "smtpctl_connection_test_stage_seconds", "Duration of connection test stages",
             ["stage"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.probe_workers = Gauge(
+            "smtpctl_probe_workers", "Probe worker processes running (--probe-workers)",
+            registry=r)
+        self.probe_worker_tests = Counter(
+            "smtpctl_probe_worker_tests_total",
+            "Connection tests run in probe worker processes", registry=r)
         self.reconciles = Counter("smtpctl_reconciles_total", "Reconcile passes, by action",
                                   ["kind", "action"], registry=r)
         self.resources = Gauge("smtpctl_resources", "Resources by condition status",

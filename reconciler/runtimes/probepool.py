@@ -165,9 +165,9 @@ class ProbePool:
     """Runs ``run_probe`` in worker processes; see the module docstring.
 
     Use it as the world's probe function (``await pool.probe(spec, creds)``) and
-    ``await pool.aclose()`` at the end.  ``start()`` launches the workers (they import
-    the probe while this process reads its input); the first ``probe`` starts them if
-    that was not done.
+    ``await pool.aclose()`` at the end.  The first ``probe`` launches the workers (an
+    apply that tests nothing, an unchanged re-apply, starts none); ``start()`` does it
+    ahead of time.  A test sent before a worker has imported the probe waits in its pipe.
     """
 
     def __init__(self, workers: int, *, policy: EgressPolicy,
@@ -184,12 +184,6 @@ class ProbePool:
     def pids(self) -> list[int]:
         """The process ids of the running workers."""
         return [w.proc.pid for w in self._workers if w.proc.returncode is None]
-
-    def start_soon(self) -> None:
-        """Start the workers in the background when a loop runs (else: at first use)."""
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop()
-            self._start_task()
 
     def _start_task(self) -> asyncio.Task[None]:
         if self._starting is None:

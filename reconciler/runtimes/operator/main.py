@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.credentials.base import CredentialError, SecretSource
 from reconciler.credentials.policy import SourcePolicy
@@ -49,12 +49,28 @@ from reconciler.stores.kubeapi import (
     resource_path,
 )
 
+if TYPE_CHECKING:
+    from reconciler.runtimes.probepool import ProbePool
+
 log = logging.getLogger("smtpctl.operator")
 
 
 def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetrics,
-                sources: SecretSource) -> tuple[BasicWorld, Any]:
+                sources: SecretSource) -> tuple[BasicWorld, Any, ProbePool | None]:
+    """The engine's world; also the OAuth token manager and the probe worker pool (None
+    with ``--probe-workers 0``; its workers start at the first test that can use them,
+    ``world.aclose()`` stops them)."""
     live = live_functions(sources, allow_loopback=config.allow_loopback, egress=config.egress)
+    probe_fn, pool = live.probe_fn, None
+    if config.probe_workers > 0:
+        from reconciler.probe.egress import EgressPolicy
+        from reconciler.runtimes.probepool import ProbePool as _ProbePool
+
+        # The same egress policy as the in-process probe (live_functions' default).
+        policy = config.egress if config.egress is not None else \
+            EgressPolicy(allow_loopback=config.allow_loopback)
+        pool = _ProbePool(config.probe_workers, policy=policy, fallback=live.probe_fn)
+        probe_fn = pool.probe
 
     async def check_fn(provider: OAuth2Provider) -> Any:
         try:
@@ -65,11 +81,12 @@ def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetri
         metrics.token_fetches.labels("ok" if getattr(result, "ready", False) else "failed").inc()
         return result
 
-    world = BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=live.probe_fn,
+    world = BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=probe_fn,
                        check_provider_fn=check_fn, events=EventSink(store, metrics),
                        limits=Limits(config.concurrency, config.per_host, fair=True),
-                       announce_testing=config.announce_testing)
-    return world, live.tokens
+                       announce_testing=config.announce_testing,
+                       close_fn=pool.aclose if pool is not None else None)
+    return world, live.tokens, pool
 
 
 @dataclass
@@ -79,6 +96,7 @@ class Parts:
     store: KubeStore
     secrets: KubeSecrets
     controller: Controller
+    probe_pool: ProbePool | None = None
 
 
 def build_sources(secrets: KubeSecrets, policy: SourcePolicy) -> SourceRouter:
@@ -98,7 +116,7 @@ def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials, 
     sources = build_sources(secrets, config.source_policy)
     store = KubeStore(api, namespaces=config.namespaces or None, label_selector=config.selector,
                       finalizer=FINALIZER)
-    world, tokens = build_world(store, config, metrics, sources)
+    world, tokens, pool = build_world(store, config, metrics, sources)
 
     async def token_fn(ns: str, name: str) -> tuple[Secret, float | None, str | None]:
         body = store.cached(ObjectRef(KIND_OAUTH2, ns, name))
@@ -112,7 +130,7 @@ def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials, 
     publisher = Publisher(api, store, sources, name=config.publish_secret, token_fn=token_fn,
                           on_write=lambda op: metrics.published.labels(op).inc())
     controller = Controller(store, world, publisher, metrics, index, secrets)
-    return Parts(creds, api, store, secrets, controller)
+    return Parts(creds, api, store, secrets, controller, pool)
 
 
 def _make_leader(config: OperatorConfig, creds: Credentials, on_lost: asyncio.Event,
@@ -153,9 +171,16 @@ def reflectors(config: OperatorConfig, parts: Parts) -> list[Reflector]:
     return out
 
 
-async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness) -> None:
+async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness,
+                  metrics: OperatorMetrics) -> None:
+    counted = 0
     for tick in range(10**12):
         state.ready = all(r.connected for r in refl)  # every second
+        pool = parts.probe_pool
+        if pool is not None:
+            metrics.probe_workers.set(len(pool.pids()))
+            metrics.probe_worker_tests.inc(pool.offloaded - counted)
+            counted = pool.offloaded
         if tick % 5 == 0:  # the rest scans the caches: every 5 s
             parts.controller.refresh_condition_gauges()
             parts.secrets.prune()
@@ -184,7 +209,8 @@ async def _wait_for_lease(leader: LeaderThread, stop: asyncio.Event,
 
 
 async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event,
-                       lost: asyncio.Event | None, state: health.Readiness) -> int:
+                       lost: asyncio.Event | None, state: health.Readiness,
+                       metrics: OperatorMetrics) -> int:
     """List, start the workers, watch; until stopped (0), the Lease is lost or a watch
     stops (1)."""
     refl = reflectors(config, parts)
@@ -200,7 +226,7 @@ async def _run_watches(config: OperatorConfig, parts: Parts, stop: asyncio.Event
     waiters: set[asyncio.Task[Any]] = {*tasks, stopper}
     if lost is not None:
         waiters.add(asyncio.create_task(lost.wait(), name="lease"))
-    gauges = asyncio.create_task(_gauges(parts, refl, state))
+    gauges = asyncio.create_task(_gauges(parts, refl, state, metrics))
     state.ready = True
     code = 0
     try:
@@ -268,10 +294,12 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
             api, config.lease_namespace or creds.namespace)
         parts = build(config, metrics, creds, version_key=key, api=api)
         code = await _run_watches(config, parts, stop, lost if leader is not None else None,
-                                  state)
+                                  state, metrics)
     finally:
         if parts is not None:
             await _bounded(parts.controller.stop(), 15, "stopping the workers")
+            if parts.probe_pool is not None:  # after the passes: none is testing now
+                await _bounded(parts.probe_pool.aclose(), 15, "stopping the probe workers")
         if leader is not None:  # releases the Lease on a clean stop (not after losing it)
             await asyncio.to_thread(leader.stop, release=code == 0)
         metrics.leader.set(0)

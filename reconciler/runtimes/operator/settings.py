@@ -33,6 +33,8 @@ class OperatorConfig:
     health_port: int = 8080
     metrics_port: int = 9090
     concurrency: int = 16
+    # Connection tests in this many worker processes (operator/probing.py); 0: in the loop.
+    probe_workers: int = 0
     per_host: int = 4
     announce_testing: bool = True
     # In a pod, loopback is the pod itself (sidecars): refused unless asked for (tests).
