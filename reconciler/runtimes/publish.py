@@ -28,6 +28,11 @@ For each namespace with an active relay the operator maintains one Secret (defau
   last success, so ``SMTP_READY`` / ``SMTP_LAST_SUCCESS`` follow the relay in use, and
   :meth:`Publisher.refresh_in` tells the relay's worker when the published token needs
   refreshing (at three quarters of its life), so it never waits for a re-verification.
+* **A refusal is retried with backoff**, not at every pass: when the value cannot be
+  published (the credential is unavailable, or not the tested one) the namespace is tried
+  again after 5 s, doubling up to 5 minutes, or at once when the fingerprint changes (a new
+  test passed).  Before, a refused OAuth2 token past its expiry brought the relay's worker
+  back every second: a warning and a token request per second, per namespace.
 * The password reference of the active generation is ``status.active.passwordFrom``; when
   the API server pruned it, the spec's reference is used only if the spec *is* the active
   generation - otherwise the Secret is left as it is rather than guessed.
@@ -82,11 +87,15 @@ def owned(secret: KubeObject) -> bool:
 # configuration the token was obtained with: TokenManager.provider_version)
 TokenFn = Callable[[str, str], Awaitable[tuple[Secret, float | None, str | None]]]
 
+RETRY_FIRST = 5.0  # seconds until a refused namespace is tried again; doubles per refusal
+RETRY_MAX = 300.0
+
 
 class Publisher:
     def __init__(self, api: KubeApi, store: KubeStore, sources: SecretSource, *,
                  name: str = "smtp-active-relay", token_fn: TokenFn | None = None,
-                 on_write: Callable[[str], None] | None = None) -> None:
+                 on_write: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.api = api
         self.store = store
         self.sources = sources
@@ -97,6 +106,9 @@ class Publisher:
         self._loaded: set[str] = set()
         self._foreign: set[str] = set()  # namespaces where the name is taken by someone else
         self._locks: dict[str, asyncio.Lock] = {}  # one sync at a time per namespace
+        # ns -> (fingerprint refused, when to try again, the backoff that led there)
+        self._refused: dict[str, tuple[str, float, float]] = {}
+        self._clock = clock
 
     def _path(self, ns: str, with_name: bool = True) -> str:
         return resource_path("v1", "secrets", ns, self.name if with_name else None)
@@ -172,21 +184,26 @@ class Publisher:
                       f"{active.get('verifiedAt', '')}"
         old_fp, expiry = self._published.get(ns, ("", 0.0))
         token_stale = active.get("authentication") == "OAuth2" and expiry and \
-            expiry - time.time() < 0
+            expiry - self._clock() < 0
         if fingerprint == old_fp and not token_stale:
             return "unchanged"
+        refused = self._refused.get(ns)
+        if refused is not None and refused[0] == fingerprint and self._clock() < refused[1]:
+            return "unchanged"  # refused lately: tried again at its time, not at every pass
         try:
             secret, new_expiry = await self._credential(body, active)
             ca_pem = await self._ca_pem(body, active)
         except CredentialError as exc:
             log.warning("not publishing: credential unavailable",
                         extra={"resource": f"{KIND_SMTP}/{ns}/{meta['name']}",
-                               "reason": exc.reason})
+                               "reason": exc.reason,
+                               "retry_in": self._refuse(ns, fingerprint)})
             return "unchanged"
         except NotTested as exc:
             log.warning("not publishing an untested value; the Secret keeps the tested one",
                         extra={"resource": f"{KIND_SMTP}/{ns}/{meta['name']}",
-                               "what": exc.what, "reason": exc.message})
+                               "what": exc.what, "reason": exc.message,
+                               "retry_in": self._refuse(ns, fingerprint)})
             return "unchanged"
         view = ActiveRelayView(ns, meta["name"], active, ca_pem=ca_pem,
                                token_expires_at=rfc3339(new_expiry) if new_expiry else None)
@@ -209,6 +226,7 @@ class Publisher:
         if op is None:
             return "unchanged"
         self._published[ns] = (fingerprint, float(new_expiry or 0))
+        self._refused.pop(ns, None)
         self._note(op)
         log.info("published active relay", extra={"namespace": ns, "relay": meta["name"],
                                                    "generation": active.get("generation"),
@@ -244,11 +262,25 @@ class Publisher:
         pem: str = resolved.value.reveal()  # a CA certificate is public
         return pem
 
+    def _refuse(self, ns: str, fingerprint: str) -> float:
+        """Note a refusal: the seconds until ``ns`` is tried again (doubling per refusal of
+        the same fingerprint)."""
+        last = self._refused.get(ns)
+        backoff = min(RETRY_MAX, max(RETRY_FIRST, 2 * last[2])) \
+            if last is not None and last[0] == fingerprint else RETRY_FIRST
+        self._refused[ns] = (fingerprint, self._clock() + backoff, backoff)
+        return backoff
+
     def refresh_in(self, ns: str) -> float | None:
         """Seconds until the access token published in ``ns`` must be refreshed (None: no
-        token published).  The relay's worker comes back then."""
+        token published), or, after a refusal, until it is tried again.  The relay's worker
+        comes back then."""
         expiry = self._published.get(ns, ("", 0.0))[1]
-        return max(1.0, expiry - time.time()) if expiry else None
+        if not expiry:
+            return None
+        refused = self._refused.get(ns)
+        due = refused[1] if refused is not None else expiry
+        return max(1.0, due - self._clock())
 
     def _note(self, op: str) -> None:
         if self.on_write is not None:
@@ -291,6 +323,7 @@ class Publisher:
                 pmemo = to_stored(pbody).memo
                 version = pmemo.digest if pmemo else None
             require_tested(active, "oauth2", version)
-            expiry = time.time() + 0.75 * expires_in if expires_in else time.time() + 1800
+            now = self._clock()
+            expiry = now + 0.75 * expires_in if expires_in else now + 1800
             return token, expiry
         return None, None
