@@ -136,6 +136,10 @@ _ENTRIES: tuple[Reason, ...] = (
            kind="warning"),
     Reason("PlaintextAuthUsed", "Credentials were sent over an unencrypted connection",
            "spec.allowPlaintextAuth is true; enable TLS", kind="warning"),
+    Reason("PipelinedAuthRefused",
+           "The server objected to the pipelined AUTH; the test passed without it",
+           "Set spec.connectionTest.pipelineAuth: false for this server (every test now "
+           "costs a second connection)", kind="warning"),
     # --- credentials ----------------------------------------------------------------------
     Reason("SecretNotFound", "The referenced Secret does not exist",
            "Create the Secret named in the message in the resource's namespace",

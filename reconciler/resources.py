@@ -159,6 +159,7 @@ class TLSSpec(_Model):
 
 class ConnectionTest(_Model):
     check_relay: StrictBool = Field(default=True, alias="checkRelay")
+    pipeline_auth: StrictBool = Field(default=False, alias="pipelineAuth")
     probe_recipient: str | None = Field(default=None, alias="probeRecipient", max_length=320,
                                         pattern=NO_CONTROL)
     timeout_seconds: float = Field(default=30, alias="timeoutSeconds", ge=1, le=600, strict=True)

@@ -20,6 +20,7 @@ PROBE_REASONS = {
     "PlaintextAuthRefused", "ApplicationPasswordRequired", "SmtpAuthDisabled",
     "SenderRejected", "SendAsDenied", "RelayDenied", "TestPassed",
     "InsecureFallbackUsed", "TLSVerificationDisabled", "PlaintextAuthUsed",
+    "PipelinedAuthRefused",
 }
 
 
@@ -43,7 +44,8 @@ def test_entries_are_well_formed() -> None:
 def test_probe_reasons_exist_with_the_right_kind() -> None:
     for name in PROBE_REASONS:
         entry = catalog.get(name)
-        if name in {"InsecureFallbackUsed", "TLSVerificationDisabled", "PlaintextAuthUsed"}:
+        if name in {"InsecureFallbackUsed", "TLSVerificationDisabled", "PlaintextAuthUsed",
+                    "PipelinedAuthRefused"}:
             assert entry.kind == "warning"
         elif name != "TestPassed":
             assert entry.kind == "error", name

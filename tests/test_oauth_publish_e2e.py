@@ -9,10 +9,12 @@ refresh token on every grant, a relay that accepts only that server's live token
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import kmock
 
+from reconciler.stores.kube import MEMO_ANNOTATION
 from tests.support import canary
 from tests.support.kube_operator import (
     GROUP,
@@ -74,3 +76,39 @@ def test_relay_tested_before_its_providers_memo_is_written_is_published(
             assert not refused, refused
         active = (c.smtp(NS, "oauth") or {})["status"]["active"]
         assert str(active.get("credentialVersion", "")).startswith("o:"), active
+
+
+def test_a_record_of_an_earlier_smtpctl_keeps_being_published(tmp_path: Path) -> None:
+    """Active records written before the fix above hold the provider's memo digest
+    (``sha256:...``) as ``credentialVersion``, not the token manager's ``o:`` version.  The
+    publisher compares those with the memo digest, as before: after an upgrade the published
+    token is still refreshed (compared with the new version, it was refused as untested
+    until the relay's next re-verification, and the mounted token expired meanwhile)."""
+    with cluster(tmp_path) as c, oauth_relay(token_lifetime=20.0) as env:
+        env.install(c, NS)
+        c.create_smtp(NS, "oauth", env.relay_spec())
+        with OperatorProcess(c, "op", "--namespace", NS) as op:
+            first = wait_for("a published token", lambda: (
+                c.secret_data(NS, PUBLISHED) or {}).get("SMTP_OAUTH2_TOKEN"), timeout=60)
+            provider = c.co.get_namespaced_custom_object(
+                GROUP, VERSION, NS, "oauth2providers", "idp")
+            assert isinstance(provider, dict)
+            memo = json.loads(provider["metadata"]["annotations"][MEMO_ANNOTATION])
+            assert memo["digest"].startswith("sha256:")
+            relay = c.co.get_namespaced_custom_object(GROUP, VERSION, NS, "externalsmtps",
+                                                      "oauth")
+            assert isinstance(relay, dict)
+            assert relay["status"]["active"]["credentialVersion"].startswith("o:")
+            relay["status"]["active"]["credentialVersion"] = memo["digest"]  # as then
+            c.co.replace_namespaced_custom_object_status(GROUP, VERSION, NS, "externalsmtps",
+                                                         "oauth", relay)
+            tests = env.relay.connections
+            second = wait_for("the token refreshed on the publisher's schedule", lambda: (
+                lambda t: t if t and t != first else None)(
+                (c.secret_data(NS, PUBLISHED) or {}).get("SMTP_OAUTH2_TOKEN")), timeout=40)
+            assert env.idp.token_info(second) is not None
+            assert env.relay.connections == tests  # no re-test: the legacy record was used
+            active = (c.smtp(NS, "oauth") or {})["status"]["active"]
+            assert active["credentialVersion"] == memo["digest"]
+            refused = [r for r in op.logs() if "untested" in str(r.get("msg"))]
+            assert not refused, refused

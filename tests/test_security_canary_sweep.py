@@ -166,6 +166,8 @@ def test_cli_outputs_and_state_hold_no_canary(tmp_path: Path, monkeypatch: pytes
                       "refreshTokenFrom": {"file": str(rt)},
                       "tokenEndpoint": idp.token_url, "testEndpoint": idp.test_url}},
         ]
+        for doc in docs[:4]:  # the password relays: the opt-in pipelined AUTH too
+            doc["spec"]["connectionTest"]["pipelineAuth"] = True
         (repo / "relays.yaml").write_text(yaml.safe_dump_all(docs))
         f, st = ["-f", str(repo)], ["--state", str(state)]
         outputs: dict[str, str] = {}
@@ -181,6 +183,10 @@ def test_cli_outputs_and_state_hold_no_canary(tmp_path: Path, monkeypatch: pytes
         assert {i["name"]: i["passed"] for i in doc["items"]} == {
             "by-file": True, "by-env": True, "by-secret": True, "by-oauth": True,
             "refused": False}, doc["items"]
+        piped = [i["name"] for i in doc["items"] if any(  # AUTH and QUIT in one write
+            a["line"] == "AUTH PLAIN ******" and b["line"] == "QUIT"
+            for a, b in zip(i["transcript"], i["transcript"][1:], strict=False))]
+        assert sorted(piped) == ["by-env", "by-file", "by-secret", "refused"], piped
         run("apply -o json", "apply", *f, *st, "-o", "json", expect=(1,))
         # A second reader keeps the WAL: the CLI's close is then not the last one.
         reader = sqlite3.connect(state / "state.db")
@@ -235,7 +241,8 @@ def test_operator_outputs_hold_no_canary(tmp_path: Path) -> None:
                  ) -> dict[str, Any]:
             return {"host": "127.0.0.1", "port": smtp.port, "startTLS": True,
                     "username": user, "tls": ca, "selected": selected, "priority": priority,
-                    "connectionTest": {"timeoutSeconds": 10, "checkRelay": False}, **auth}
+                    "connectionTest": {"timeoutSeconds": 10, "checkRelay": False,
+                                       "pipelineAuth": True}, **auth}
 
         c.co.create_namespaced_custom_object(GROUP, VERSION, NS, "oauth2providers", {
             "apiVersion": API, "kind": "OAuth2Provider", "metadata": {"name": "idp"},

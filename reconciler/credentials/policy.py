@@ -37,6 +37,7 @@ This module is plain data and path arithmetic: no network, no secret values.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -123,6 +124,13 @@ def stamp_manifest(doc: dict[str, Any], source: str | None) -> None:
 
 def _resolved(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+@functools.lru_cache(maxsize=1024)
+def _env_allowed(patterns: tuple[str, ...], name: str) -> bool:
+    """Does a name or glob of the CLI's allow-list match ``name``?  (Pure: memoised, as
+    10,000 relays ask the same question.)"""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _manifest_home(manifest: str, homes: dict[str, Path] | None) -> Path:
@@ -219,7 +227,7 @@ class SourcePolicy:
                 f"resolves only secretKeyRef references to Secrets of the resource's own "
                 f"namespace (a cluster administrator can allow this variable with "
                 f"--allow-env-secret {name})")
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.env):
+        if _env_allowed(self.env, name):
             return
         raise CredentialError(
             REFUSED,

@@ -75,6 +75,8 @@ __all__ = [
 ]
 
 
+_Key = tuple[tuple[str, ...], str, bool]  # a reference's shape and fields, namespace, public
+
 MAX_FILE_BYTES = 1 << 20  # a secret or CA bundle file larger than 1 MiB is refused
 
 
@@ -524,12 +526,12 @@ class SourceRouter:
         self.kube = kube
         self.policy = policy if policy is not None else SourcePolicy.open()
         self._hint = kube_unavailable_hint
-        self._cache: dict[tuple[str, str, bool], asyncio.Future[Resolved]] | None = (
+        self._cache: dict[_Key, asyncio.Future[Resolved]] | None = (
             {} if pass_cache else None)
         # Per pass: the policy's decisions on opened files, and manifest directories.
-        self._judged: dict[tuple[tuple[str, str, bool], str | None, str], str | None] = {}
+        self._judged: dict[tuple[_Key, str | None, str], str | None] = {}
         self._homes: dict[str, Path] = {}
-        self._watch: dict[tuple[str, str, bool], tuple[tuple[str, ...], tuple[Any, ...]]] = {}
+        self._watch: dict[_Key, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
 
     def begin_pass(self) -> None:
         """Forget the values of the last pass (rotation is seen on the next one)."""
@@ -565,8 +567,13 @@ class SourceRouter:
         return Path(path_of(ref)) if callable(path_of) else Path(ref.file)
 
     @staticmethod
-    def _key(ref: SecretRef, namespace: str, public: bool) -> tuple[str, str, bool]:
-        return (ref.model_dump_json(by_alias=True, exclude_none=True), namespace, public)
+    def _key(ref: SecretRef, namespace: str, public: bool) -> _Key:
+        # What names the value: the shape and its fields (cheaper than the model's JSON,
+        # asked once per reference per resource).
+        sel = ref.secret_key_ref
+        what = (("secretKeyRef", sel.name, sel.key) if sel is not None else
+                ("env", ref.env) if ref.env is not None else ("file", str(ref.file)))
+        return (what, namespace, public)
 
     async def resolve_for(self, ref: SecretRef, namespace: str, owner: Owner | None, *,
                           public: bool = False) -> Resolved:
@@ -587,7 +594,7 @@ class SourceRouter:
             # Before anything is read: a refused reference is never opened.
             path = self._file_path(ref)
             watched = _prefixes(str(path)) if path is not None else ()
-            before = _stamps(watched)
+            before = _stamps(watched) if watched else ()
             self.policy.check_read(ref, namespace, owner, path)
         if pending is None:
             pending = asyncio.ensure_future(
@@ -609,7 +616,7 @@ class SourceRouter:
         return resolved
 
     async def _read_watched(self, source: SecretSource, ref: SecretRef, namespace: str,
-                            public: bool, key: tuple[str, str, bool],
+                            public: bool, key: _Key,
                             watched: tuple[str, ...], before: tuple[Any, ...]) -> Resolved:
         """The read of a pass, remembering what the path's resolution went through."""
         resolved = await self._read(source, ref, namespace, public)
@@ -618,7 +625,7 @@ class SourceRouter:
             self._watch[key] = (watched + more, before + _stamps(more))
         return resolved
 
-    def _judge_file(self, key: tuple[str, str, bool], ref: SecretRef, namespace: str,
+    def _judge_file(self, key: _Key, ref: SecretRef, namespace: str,
                     owner: Owner | None, resolved: Resolved, *, checked_now: bool) -> None:
         """May ``owner`` have the value read from the file that was opened?
 
@@ -652,7 +659,7 @@ class SourceRouter:
         if refusal is not None:
             raise CredentialError(REFUSED, refusal)
 
-    def _forget_failure(self, key: tuple[str, str, bool], done: asyncio.Future[Resolved]
+    def _forget_failure(self, key: _Key, done: asyncio.Future[Resolved]
                         ) -> None:
         if self._cache is not None and self._cache.get(key) is done and (
                 done.cancelled() or done.exception() is not None):

@@ -18,6 +18,11 @@ aiosmtpd does the SMTP work; this module adds what a submission relay needs arou
 * a relay policy: senders outside :attr:`RelayServer.allowed_senders` get
   ``553 5.7.1`` at MAIL FROM, recipients outside :attr:`RelayServer.allowed_recipients`
   get ``554 5.7.1`` at RCPT TO (the send-as and relay-off cases of the original form);
+* optionally, SMTP synchronisation enforced (``enforce_sync``: ``disconnect`` like Exim,
+  ``reject`` like Postfix's ``reject_unauth_pipelining``, ``discard``: early input is
+  dropped silently) with AUTH always a sync point,
+  stricter than RFC 4954 (which lets AUTH PLAIN with an initial response be pipelined);
+  :attr:`RelayServer.sync_violations` lists what it caught;
 * counters and logs a test can assert on: :attr:`RelayServer.connections`,
   :attr:`RelayServer.auth_attempts` (mechanism, user, success; never a secret) and
   :attr:`RelayServer.messages` (only filled by an explicit DATA, i.e. ``--send-test-message``).
@@ -258,6 +263,7 @@ class RelayServer:
         auth_required: bool = True,
         mechanisms: Iterable[str] = DEFAULT_MECHANISMS,
         advertise_pipelining: bool = True,
+        enforce_sync: Literal["off", "disconnect", "reject", "discard"] = "off",
         ca: trustme.CA | None = None,
         host: str = "127.0.0.1",
         server_hostname: str = "localhost",
@@ -278,6 +284,8 @@ class RelayServer:
         if unknown:
             raise ValueError(f"unsupported mechanisms: {sorted(unknown)}")
         self.advertise_pipelining = advertise_pipelining
+        self.enforce_sync = enforce_sync
+        self.sync_violations: list[str] = []  # commands followed by early input
         self.ca = ca or trustme.CA()
         self.host = host
         self.server_hostname = server_hostname
@@ -399,7 +407,11 @@ class RelayServer:
         with self._lock:
             self.connections += 1
         excluded = [m for m in ALL_MECHANISMS if m not in self.mechanisms]
-        proto = SMTP(
+        extra: dict[str, Any] = {}
+        cls: type[SMTP] = SMTP
+        if self.enforce_sync != "off":
+            cls, extra = _SyncEnforcingSMTP, {"relay": self}
+        proto = cls(
             _Handler(self),
             hostname=self.server_hostname,
             tls_context=self.server_tls_context() if self.mode == "starttls" else None,
@@ -411,6 +423,7 @@ class RelayServer:
             authenticator=self._authenticator,
             timeout=30,
             loop=loop,
+            **extra,
         )
         self._protocols = [p for p in self._protocols if p.transport is not None]
         self._protocols.append(proto)
@@ -422,6 +435,77 @@ class RelayServer:
             # 0 the first time (ephemeral); a restart after stop() takes the same port.
             lambda: self._make_protocol(loop), host=self.host, port=self.port, ssl=ssl_ctx
         )
+
+
+# Commands after which a client must wait for the reply (RFC 2920 section 3.1), read
+# strictly: AUTH is one of them here, without RFC 4954's exception for AUTH PLAIN with an
+# initial response - the strictest server a pipelining client may meet.
+SYNC_POINTS = frozenset({"EHLO", "HELO", "STARTTLS", "AUTH", "DATA", "NOOP", "VRFY", "EXPN"})
+
+
+class _SyncEnforcingSMTP(SMTP):
+    """aiosmtpd that enforces SMTP synchronisation, like Exim's ``smtp_enforce_sync``:
+    input that arrived after a command of :data:`SYNC_POINTS`, before its reply, is a
+    protocol violation.  ``disconnect``: ``554 5.5.0 SMTP synchronization error`` instead
+    of the reply, and the connection is closed (Exim; Postfix's
+    ``smtpd_forbid_unauth_pipelining``).  ``reject``: the command is served, but every
+    later RCPT TO gets ``503 5.5.0 ... Improper use of SMTP command pipelining`` (Postfix's
+    ``reject_unauth_pipelining`` as a recipient restriction).  ``discard``: the early input
+    is dropped without a word (what servers do with input sent before STARTTLS)."""
+
+    def __init__(self, *args: Any, relay: RelayServer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._relay = relay
+        self._improper = False
+
+    async def _in_sync(self, command: str) -> bool:
+        reader = self._reader
+        if command not in SYNC_POINTS or not reader._buffer:  # type: ignore[attr-defined]
+            return True
+        with self._relay._lock:
+            self._relay.sync_violations.append(command)
+        if self._relay.enforce_sync == "reject":
+            self._improper = True
+            return True
+        if self._relay.enforce_sync == "discard":
+            reader._buffer.clear()  # type: ignore[attr-defined]  # silently dropped
+            return True
+        reader._buffer.clear()  # type: ignore[attr-defined]  # nothing after it is served
+        await self.push("554 5.5.0 SMTP synchronization error")
+        if self.transport is not None:
+            self.transport.close()
+        return False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if await self._in_sync("EHLO"):
+            await super().smtp_EHLO(hostname)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if await self._in_sync("HELO"):
+            await super().smtp_HELO(hostname)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if await self._in_sync("STARTTLS"):
+            await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if await self._in_sync("AUTH"):
+            await super().smtp_AUTH(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self._in_sync("DATA"):
+            await super().smtp_DATA(arg)
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if await self._in_sync("NOOP"):
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if self._improper:
+            await self.push(f"503 5.5.0 {arg or ''}: Recipient address rejected: Improper use "
+                            "of SMTP command pipelining")
+            return
+        await super().smtp_RCPT(arg)
 
 
 def _lower_set(values: Iterable[str] | None) -> frozenset[str] | None:

@@ -40,7 +40,7 @@ from reconciler import catalog
 from reconciler.probe.egress import EgressPolicy
 from reconciler.probe.failure import ProbeFailure
 from reconciler.probe.redact import MAX_MESSAGE, Redactor, cap
-from reconciler.probe.session import AttemptState, run_attempt
+from reconciler.probe.session import AttemptState, Mode, PipelinedAuthRefused, run_attempt
 from reconciler.probe.transcript import Transcript
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import ExternalSmtpSpec
@@ -59,10 +59,25 @@ def _transient(exc: BaseException) -> bool:
             and exc.reason in _RETRY_REASONS)
 
 
+async def _connection(state: AttemptState, mode: Mode, port: int) -> None:
+    """One connection - and, when the server objected to the opt-in pipelined AUTH
+    (``connectionTest.pipelineAuth``), one more at once without pipelining it, with the
+    warning ``PipelinedAuthRefused``.  Safe: the objection came before any credential was
+    checked, or after it passed."""
+    try:
+        await run_attempt(state, mode, port)
+    except PipelinedAuthRefused as refused:
+        state.pipelined_auth_refused = True
+        state.warn("PipelinedAuthRefused")
+        state.details["pipelinedAuthRefused"] = refused.detail
+        state.transcript.note(f"{refused.detail}; testing again without pipelining AUTH")
+        await run_attempt(state, mode, port)
+
+
 async def _attempt(state: AttemptState) -> None:
     spec = state.spec
     try:
-        await run_attempt(state, "implicit" if spec.implicit_tls else spec.tls_mode,
+        await _connection(state, "implicit" if spec.implicit_tls else spec.tls_mode,
                           spec.connect_port)
         return
     except ProbeFailure as failure:
@@ -76,7 +91,7 @@ async def _attempt(state: AttemptState) -> None:
                           f"trying a plain connection to port {spec.port}")
     state.details["fallbackUsed"] = True
     try:
-        await run_attempt(state, "fallback", spec.port)
+        await _connection(state, "fallback", spec.port)
     except ProbeFailure as second:
         state.details["fallback"] = {"stage": second.stage, "reason": second.reason,
                                      "message": second.message}

@@ -73,6 +73,21 @@ async def _initial(wire: Wire, mech: str, payload: bytes, timeout: float, *,
     return await wire.command(encoded, timeout, display="******")
 
 
+def plain_initial_line(wire: Wire, username: str, password: Secret) -> str | None:
+    """``AUTH PLAIN <initial response>`` for a pipelined group, its payload registered with
+    the redactor; ``None`` when the line would be too long to carry the response (the
+    two-step form needs a round trip of its own, so it cannot be pipelined)."""
+    wire.transcript.redact.add(password)
+    payload = b"\0" + username.encode() + b"\0" + password.reveal().encode()
+    encoded = _b64(payload)
+    line = f"AUTH PLAIN {encoded}"
+    if len(line) > _MAX_INITIAL_LINE:
+        return None
+    wire.transcript.redact.add(payload)
+    wire.transcript.redact.add(encoded)
+    return line
+
+
 async def auth_password(
     wire: Wire, mech: str, username: str, password: Secret, timeout: float
 ) -> AuthOutcome:

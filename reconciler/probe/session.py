@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import email.utils
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -72,6 +73,7 @@ class AttemptState:
     token_refreshed: bool = False
     deadline_bound: bool = False
     reconnected: bool = False  # the one reconnect after a token rejection was used
+    pipelined_auth_refused: bool = False  # the server objected: no pipelined AUTH again
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -344,8 +346,13 @@ async def run_attempt(state: AttemptState, mode: Mode, port: int) -> None:
                 extensions = await _ehlo(state, wire, local_name)
 
         state.details["pipelining"] = "pipelining" in extensions
-        await _authenticate(state, wire, extensions)
-        quit_sent = await _relay_check(state, wire, extensions)
+        state.details["authPipelined"] = False
+        mech = _auth_mechanism(state, wire, extensions)
+        if mech is not None and _may_pipeline_auth(state, mech, extensions):
+            quit_sent = await _auth_pipelined(state, wire)
+        else:
+            await _authenticate(state, wire, mech)
+            quit_sent = await _relay_check(state, wire, extensions)
 
         with state.at("quit"):
             if quit_sent:
@@ -366,11 +373,13 @@ async def run_attempt(state: AttemptState, mode: Mode, port: int) -> None:
 # --- AUTH -----------------------------------------------------------------------------
 
 
-async def _authenticate(state: AttemptState, wire: Wire, extensions: dict[str, str]) -> None:
+def _auth_mechanism(state: AttemptState, wire: Wire, extensions: dict[str, str]) -> str | None:
+    """The SASL mechanism AUTH will use (None: the resource has no credentials), after the
+    checks that must pass before the first AUTH byte is written."""
     spec = state.spec
     state.details["mechanism"] = None
     if spec.authentication == "None":
-        return
+        return None
     with state.at("auth"):
         if not wire.encrypted:
             if state.mode == "fallback":
@@ -395,8 +404,15 @@ async def _authenticate(state: AttemptState, wire: Wire, extensions: dict[str, s
             offered = cap(state.transcript.redact(offered, one_line=True), 200)
             raise ProbeFailure("auth", "AuthNotSupported", f"the server offers {offered}")
         state.details["mechanism"] = mech
-        username = spec.username or ""
-        if spec.authentication == "UsernamePassword":
+        return mech
+
+
+async def _authenticate(state: AttemptState, wire: Wire, mech: str | None) -> None:
+    if mech is None:
+        return
+    with state.at("auth"):
+        username = state.spec.username or ""
+        if state.spec.authentication == "UsernamePassword":
             await _auth_password(state, wire, mech, username)
         else:
             await _auth_oauth(state, wire, mech, username)
@@ -494,6 +510,126 @@ async def _auth_oauth(state: AttemptState, wire: Wire, mech: str, username: str)
         raise failure
 
 
+# --- pipelined AUTH (opt-in: connectionTest.pipelineAuth) -----------------------------
+
+# What servers say when they object to input that arrived before their reply: Exim's
+# "554 SMTP synchronization error", Postfix's "554 5.5.0 Error: SMTP protocol
+# synchronization" (smtpd_forbid_unauth_pipelining) and "503 5.5.0 ... Improper use of
+# SMTP command pipelining" (reject_unauth_pipelining).
+_OBJECTION = re.compile(r"synchroni[sz]|pipelin", re.IGNORECASE)
+_EARLY_INPUT_WAIT = 5.0  # seconds for a reply to a command pipelined after AUTH
+
+
+class PipelinedAuthRefused(ProbeFailure):
+    """The server objected to the pipelined AUTH group; the runner tests again at once
+    without pipelining it (on a new connection)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("auth", "ProtocolError", detail)
+
+
+def _may_pipeline_auth(state: AttemptState, mech: str, extensions: dict[str, str]) -> bool:
+    """RFC 4954 section 4: AUTH must end a pipelined group, except with an initial response
+    for a mechanism in which the client speaks first, that completes in one round trip
+    and negotiates no security layer - PLAIN (and EXTERNAL).  Not XOAUTH2/OAUTHBEARER: a
+    rejected token gets a challenge the client must answer, a second round trip whose
+    answer would be the pipelined MAIL FROM.  Not LOGIN or CRAM-MD5 (challenges)."""
+    return (state.spec.connection_test.pipeline_auth and not state.pipelined_auth_refused
+            and mech == "PLAIN" and "pipelining" in extensions
+            and state.send_test_message_to is None)
+
+
+def _objection(reply: SMTPResponse) -> bool:
+    return reply.code >= 400 and bool(_OBJECTION.search(reply.message))
+
+
+async def _auth_pipelined(state: AttemptState, wire: Wire) -> bool:
+    """``AUTH PLAIN <initial response>`` and the rest of the test in one write: ``MAIL``,
+    ``RCPT``, ``RSET``, ``QUIT`` (or only ``QUIT`` without a relay check).  Returns True
+    (QUIT was sent).
+
+    Every reply is checked in order, as RFC 2920 demands: a rejected AUTH is the verdict
+    (the replies to the commands after it are read but do not count, and nothing is
+    retried: a second wrong password is a second failed login).  A server that objects to
+    the early input - a synchronization or pipelining error, or hanging up before it
+    answered the checks - raises :class:`PipelinedAuthRefused`.
+    """
+    username = state.spec.username or ""
+    password = state.creds.password
+    if password is None:
+        raise ProbeFailure("auth", "AuthenticationFailed", "no password was resolved")
+    line = sasl.plain_initial_line(wire, username, password)
+    if line is None:  # too long for an initial response: one command at a time
+        await _authenticate(state, wire, "PLAIN")
+        return False
+    commands = _relay_commands(state)
+    tail = [*commands, "RSET", "QUIT"] if commands is not None else ["QUIT"]
+    redact = state.transcript.redact
+    _plaintext_warning(state, wire)
+    state.details["authPipelined"] = True
+    try:
+        with state.at("auth"):
+            budget = state.timeout()
+            with _guard(state, budget):
+                wire.send_group([line, *tail], display=["AUTH PLAIN ******"])
+                try:
+                    auth = await wire.next_reply(budget)
+                except (SMTPServerDisconnected, ConnectionError) as exc:
+                    raise PipelinedAuthRefused(
+                        "the server closed the connection without answering the pipelined "
+                        "AUTH") from exc
+            if _objection(auth):
+                raise PipelinedAuthRefused(
+                    f"the server refused the pipelined AUTH: {auth.code} "
+                    f"{cap(redact(auth.message, one_line=True), 200, redact)}")
+            if auth.code != 235:
+                raise reply_failure("auth", auth.code, auth.message, redact)
+        if commands is None:
+            with state.at("quit"), contextlib.suppress(
+                    SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError, OSError):
+                await wire.next_reply(state.timeout(5.0))
+            return True
+        # A server may also discard input that arrived before its AUTH reply (as servers
+        # do after STARTTLS): the replies to the commands after AUTH never come.  Waiting
+        # the whole read timeout for them would spend the budget of the retry.
+        total = float(state.spec.connection_test.timeout_seconds)
+        wait = min(_EARLY_INPUT_WAIT, max(1.0, total / 2))
+        with state.at("mail_from"):
+            for stage in ("mail_from", "rcpt_to"):
+                what = stage.upper().replace("_", " ")
+                budget = state.timeout(wait)
+                with _guard(state, budget):
+                    try:
+                        reply = await wire.next_reply(budget)
+                    except (SMTPServerDisconnected, ConnectionError) as exc:
+                        raise PipelinedAuthRefused(
+                            f"the server closed the connection after the pipelined AUTH "
+                            f"passed, before it answered {what}") from exc
+                    except SMTPTimeoutError as exc:
+                        raise PipelinedAuthRefused(
+                            f"the pipelined AUTH passed, but {what} got no reply within "
+                            f"{format_duration(budget)} (input sent before the AUTH reply "
+                            f"was discarded?)") from exc
+                if _objection(reply):
+                    raise PipelinedAuthRefused(
+                        f"the server refused the commands pipelined after AUTH: {reply.code} "
+                        f"{cap(redact(reply.message, one_line=True), 200, redact)}")
+                if reply.code // 100 != 2:
+                    raise reply_failure(stage, reply.code, reply.message, redact)
+            for _ in ("RSET", "QUIT"):  # optional: the checks are answered
+                try:
+                    reply = await wire.next_reply(state.timeout(5.0))
+                except (SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError,
+                        OSError):
+                    break
+                if reply.code == 421:
+                    break
+        state.details["relayCheck"] = "passed"
+        return True
+    finally:
+        wire.end_group()
+
+
 # --- relay check ----------------------------------------------------------------------
 
 
@@ -503,6 +639,22 @@ def _check_address(address: str) -> str:
     return address
 
 
+def _relay_commands(state: AttemptState) -> tuple[str, str] | None:
+    """``MAIL FROM`` and ``RCPT TO`` of the relay check, or None when it is skipped (and
+    ``details.relayCheck`` says why)."""
+    spec = state.spec
+    send_to = state.send_test_message_to
+    if not spec.connection_test.check_relay and send_to is None:
+        state.details["relayCheck"] = "skipped"
+        return None
+    sender = spec.sender
+    if sender is None:
+        state.details["relayCheck"] = "skipped: no sender address (spec.from)"
+        return None
+    recipient = send_to or spec.connection_test.probe_recipient or sender
+    return f"MAIL FROM:<{_check_address(sender)}>", f"RCPT TO:<{_check_address(recipient)}>"
+
+
 async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, str]) -> bool:
     """MAIL FROM / RCPT TO / RSET (never DATA unless opted in).  True when QUIT was sent.
 
@@ -510,18 +662,13 @@ async def _relay_check(state: AttemptState, wire: Wire, extensions: dict[str, st
     ``QUIT`` (RFC 2920 allows QUIT last in a group), goes out in one write: one round trip
     instead of four.
     """
-    spec = state.spec
     send_to = state.send_test_message_to
-    if not spec.connection_test.check_relay and send_to is None:
-        state.details["relayCheck"] = "skipped"
+    commands = _relay_commands(state)
+    if commands is None:
         return False
-    sender = spec.sender
-    if sender is None:
-        state.details["relayCheck"] = "skipped: no sender address (spec.from)"
-        return False
-    recipient = send_to or spec.connection_test.probe_recipient or sender
-    mail = f"MAIL FROM:<{_check_address(sender)}>"
-    rcpt = f"RCPT TO:<{_check_address(recipient)}>"
+    mail, rcpt = commands
+    sender = state.spec.sender
+    assert sender is not None
     redact = state.transcript.redact
     budget = state.timeout()
     if send_to is None and "pipelining" in extensions:

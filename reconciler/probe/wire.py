@@ -7,8 +7,9 @@ read timeouts, and STARTTLS with the RFC 3207 injection defence.  We use it dire
 rather than through ``aiosmtplib.SMTP`` because the probe needs three things the
 high-level client does not give: a transcript of every line, a socket we connected
 ourselves (so the egress guard judges the exact address we use), and PIPELINING of
-MAIL/RCPT/RSET.  The last one needs the small subclass below: the stock protocol drops
-bytes that arrive while no command is waiting, which is exactly what pipelined replies do.
+MAIL/RCPT/RSET (and, opted in, of AUTH PLAIN before them).  The last one needs the small
+subclass below: the stock protocol drops bytes that arrive while no command is waiting,
+which is exactly what pipelined replies do.
 """
 
 from __future__ import annotations
@@ -116,6 +117,35 @@ class Wire:
         self.transcript.reply(response.code, response.message)
         return response
 
+    def send_group(self, lines: Sequence[str], *,
+                   display: Sequence[str | None] | None = None) -> None:
+        """Write several commands in one write (RFC 2920); read their replies in order
+        with :meth:`next_reply`, then call :meth:`end_group`.
+
+        ``display[i]`` replaces line ``i`` in the transcript (an AUTH payload)."""
+        proto = self._proto()
+        shown = list(display or ())
+        shown += [None] * (len(lines) - len(shown))
+        for line, text in zip(lines, shown, strict=True):
+            if COMMAND_INJECTION_REGEX.search(line.encode("utf-8")):
+                raise ValueError("Command contains a prohibited control character")
+            self.transcript.client(line if text is None else text)
+        proto.pipelining = True
+        proto._response_pending = True
+        proto.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
+
+    async def next_reply(self, timeout: float) -> SMTPResponse:
+        """The next reply of a group sent with :meth:`send_group`, recorded."""
+        proto = self._proto()
+        response = await proto.read_next(timeout)
+        self.transcript.reply(response.code, response.message)
+        proto._response_pending = True
+        return response
+
+    def end_group(self) -> None:
+        if self.protocol is not None:
+            self.protocol.pipelining = False
+
     async def pipeline(
         self, lines: Sequence[str], timeout: float, *, required: int | None = None,
         tail_timeout: float = 5.0,
@@ -127,34 +157,25 @@ class Wire:
         (RSET, QUIT) are read with ``tail_timeout`` and are optional: a server that hangs
         up or stays silent there does not turn the checks already answered into a failure.
         """
-        proto = self._proto()
-        for line in lines:
-            if COMMAND_INJECTION_REGEX.search(line.encode("utf-8")):
-                raise ValueError("Command contains a prohibited control character")
-            self.transcript.client(line)
         need = len(lines) if required is None else required
-        proto.pipelining = True
+        self.send_group(lines)
         try:
-            proto._response_pending = True
-            proto.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
             replies: list[SMTPResponse] = []
             for i in range(len(lines)):
                 optional = i >= need
                 try:
-                    response = await proto.read_next(
+                    response = await self.next_reply(
                         min(timeout, tail_timeout) if optional else timeout)
                 except (SMTPResponseException, SMTPServerDisconnected, SMTPTimeoutError):
                     if optional:
                         break
                     raise
-                self.transcript.reply(response.code, response.message)
                 replies.append(response)
                 if response.code == 421:
                     break
-                proto._response_pending = True
             return replies
         finally:
-            proto.pipelining = False
+            self.end_group()
 
     async def starttls(
         self, context: ssl.SSLContext, server_hostname: str, timeout: float

@@ -281,6 +281,14 @@ LISTENERS: dict[str, tuple[str, ...]] = {
                    "smtpd_tls_protocols=<=TLSv1.2"),
     # Answers every connection with 421 (a relay that is temporarily refusing service).
     "busy": ("smtpd_delay_reject=no", "smtpd_client_restrictions=$busy_client_restrictions"),
+    # Pipelining enforcement (the probe's opt-in pipelined AUTH must pass or fall back):
+    # Postfix disconnects a client that pipelines where RFC 2920/5321 do not allow it ...
+    "forbid_pipelining": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                          "smtpd_forbid_unauth_pipelining=yes"),
+    # ... or rejects its recipients ("Improper use of SMTP command pipelining").
+    "reject_pipelining": ("smtpd_tls_security_level=encrypt", "smtpd_tls_auth_only=yes",
+                          "smtpd_relay_restrictions=reject_unauth_pipelining,"
+                          "permit_sasl_authenticated,reject_unauth_destination"),
 }
 
 
