@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -18,6 +17,7 @@ from reconciler.runtimes.local import build_world, watch
 from reconciler.stores.local import LocalStore
 from tests.support import canary
 from tests.support.engine_env import Env, cond, e2e_fixture  # noqa: F401
+from tests.support.terminal import smtpctl
 
 
 async def _until(pred, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
@@ -94,8 +94,8 @@ def test_concurrent_applies_do_not_interleave(e2e: Env) -> None:
     docs = [e2e.smtp(f"c{i}") for i in range(20)]
     path = e2e.write("c.yaml", *docs)
     env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "reconciler", "apply", "-f", str(path), "--state",
-           str(e2e.state), "--lock-timeout", "30"]
+    cmd = smtpctl("apply", "-f", str(path), "--state",
+                  str(e2e.state), "--lock-timeout", "30")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                               text=True) for _ in range(3)]
     outs = []
@@ -111,8 +111,8 @@ def test_concurrent_applies_do_not_interleave(e2e: Env) -> None:
 
 
 def test_reconcile_without_state_is_a_usage_error(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "reconciler", "reconcile", "--state",
-                           str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(smtpctl("reconcile", "--state", str(tmp_path / "none")),
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert "(from --state)" in proc.stderr  # a mistyped --state is named as such
 
@@ -122,9 +122,9 @@ def test_apply_watch_cli_reverifies_and_stops_on_ctrl_c(e2e: Env) -> None:
 
     path = e2e.write("w.yaml", e2e.smtp("w", refreshInterval="1s"))
     env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "--watch", "-f",
-                             str(path), "--state", str(e2e.state),
-                             "--min-refresh-interval", "1s"],
+    proc = subprocess.Popen(smtpctl("apply", "--watch", "-f",
+                                    str(path), "--state", str(e2e.state),
+                                    "--min-refresh-interval", "1s"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
@@ -153,8 +153,8 @@ def test_reconcile_watch_cli_reverifies(e2e: Env) -> None:
     assert e2e.cli("apply", "-f", str(path), "--min-refresh-interval", "1s")[0] == 0
     n = e2e.relay.connections
     env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "reconcile", "--watch",
-                             "--state", str(e2e.state), "--min-refresh-interval", "1s"],
+    proc = subprocess.Popen(smtpctl("reconcile", "--watch",
+                                    "--state", str(e2e.state), "--min-refresh-interval", "1s"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
@@ -181,9 +181,9 @@ def test_apply_watch_lines_have_timestamps_and_show_failovers(e2e: Env) -> None:
                    "--min-refresh-interval", "1s")[0] == 0
     path = e2e.write("w.yaml", a, e2e.smtp("b", selected=True, user="other@example.test"))
     env = dict(os.environ, SMTP_PW=canary.PASSWORD, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "--watch", "-f",
-                             str(path), "--state", str(e2e.state),
-                             "--min-refresh-interval", "1s"],
+    proc = subprocess.Popen(smtpctl("apply", "--watch", "-f",
+                                    str(path), "--state", str(e2e.state),
+                                    "--min-refresh-interval", "1s"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
