@@ -59,7 +59,9 @@ async def test_a_worker_stopped_as_it_is_woken_stops() -> None:
     """WorkerPool.stop(ref) while a wake for the same worker is in flight (a Secret event
     and the resource's deletion in one watch batch).  With wait_for the cancel was
     swallowed: the orphaned worker ran another pass and lived on, outside the pool (so
-    stop_all could not stop it either)."""
+    stop_all could not stop it either).  (Since a sleeping resource holds a timer, not a
+    task, the woken pass is a task of its own: stopped, it ends cancelled or has ended,
+    and no timer is left to start another pass.)"""
     for k in STEPS:
         passes = 0
         slept = asyncio.Event()
@@ -75,16 +77,23 @@ async def test_a_worker_stopped_as_it_is_woken_stops() -> None:
         try:
             pool.ensure(ref, 1)
             await asyncio.wait_for(slept.wait(), 10)
-            await _steps(3)  # the worker is now asleep on its wake event
-            task = pool.workers[ref].task
-            assert task is not None
+            await _steps(3)  # the pass is over: the resource now waits on its timer
+            worker = pool.workers[ref]
+            assert worker.task is None and worker.timer is not None
             pool.wake([ref])
+            task = worker.task
+            assert task is not None  # the woken pass
             await _steps(k)
             before = passes  # the woken worker may have run its pass already: allowed
             pool.stop(ref)
-            assert await _cancel_and_settle(task, f"worker stopped {k} step(s) after its wake")
+            if not task.done():
+                assert await _cancel_and_settle(task, f"worker stopped {k} step(s) after "
+                                                      "its wake")
             await _steps(3)
             assert passes == before, f"offset {k}: the stopped worker ran another pass"
+            assert ref not in pool.workers
+            assert worker.timer is None or worker.timer.cancelled(), \
+                f"offset {k}: a timer would start another pass"
         finally:
             await pool.stop_all()
 

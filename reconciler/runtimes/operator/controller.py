@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
 
 from reconciler.engine.reconcile import ReconcileAction, ReconcileResult, reconcile
 from reconciler.engine.selection import select_scope
@@ -29,6 +29,9 @@ from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.stores.base import ObjectRef
 from reconciler.stores.kube import KubeStore, ref_of
+
+if TYPE_CHECKING:
+    from reconciler.engine.active import HealthSample
 from reconciler.stores.kubetypes import (
     KubeObject,
     condition,
@@ -65,6 +68,7 @@ class Controller:
         self.world = world
         self.publisher = publisher
         self.metrics = metrics
+        metrics.relay_health = self.relay_health
         self.index = index
         self.secrets = secrets
         self.pool = WorkerPool(self._pass, metrics,
@@ -199,28 +203,18 @@ class Controller:
         self.metrics.resources.clear()
         for (kind, ctype, status), n in counts.items():
             self.metrics.resources.labels(kind, ctype, status).set(n)
-        self.refresh_health_gauges()
 
-    def refresh_health_gauges(self) -> None:
-        """The relay-in-use health gauges, from the active records (engine/active.py)."""
+    def relay_health(self) -> Iterator[HealthSample]:
+        """The relays' health samples from the active records (engine/active.py), for the
+        ``smtpctl_active_relay_*`` metrics (computed when ``/metrics`` is scraped)."""
         from reconciler.engine.active import health_sample
 
-        m = self.metrics
-        for gauge in (m.active_ready, m.active_last_success, m.certificate_expiry):
-            gauge.clear()
         for body in self.store.cached_objects(KIND_SMTP):
             meta = meta_of(body)
             sample = health_sample(str(meta.get("namespace")), str(meta.get("name")),
                                    body.get("status") or {})
-            if sample is None:
-                continue
-            labels = (sample.namespace, sample.name)
-            if sample.selected:
-                m.active_ready.labels(*labels).set(1 if sample.ready else 0)
-                if sample.last_success is not None:
-                    m.active_last_success.labels(*labels).set(sample.last_success)
-            if sample.certificate_not_after is not None:
-                m.certificate_expiry.labels(*labels).set(sample.certificate_not_after)
+            if sample is not None:
+                yield sample
 
     # --- deletion ------------------------------------------------------------------------
     async def _after_removal(self, ref: ObjectRef) -> None:
