@@ -302,7 +302,7 @@ async def _apply_with(world: Any, store: Any, manifests: list[dict[str, Any]],
 
     with progress:
         outcome = await apply_manifests(store, world, manifests, prune=args.prune,
-                                        progress=progress)
+                                        progress=progress, keep_objects=True)
     refs = [ref_of(m) for m in manifests]
     code = report(store, refs, outcome, args, result, log.events)
     if args.watch:
@@ -366,10 +366,11 @@ def report(store: Any, refs: list[Any], outcome: Any, args: argparse.Namespace, 
 
     results = {r.ref: r for r in outcome.results}
     operations = {u.obj.ref: OPERATIONS.get(u.change, u.change) for u in outcome.upserted}
-    # Rows from what the pass wrote (no re-read of 10,000 rows); selection may have
-    # changed other relays' Selected after their own pass, so relays are re-read when
-    # anything was tested.
-    if all(r.action == "skipped" or r.ref.kind != "ExternalSmtp" for r in outcome.results):
+    # The objects as the apply left them, from what it wrote (apply_manifests with
+    # keep_objects: no second decode of 10,000 rows); else from the pass's results, or read.
+    if outcome.objects is not None:
+        objs = list(outcome.objects)
+    elif all(r.action == "skipped" or r.ref.kind != "ExternalSmtp" for r in outcome.results):
         final = {r.ref: r.status for r in outcome.results}
         objs = [dataclasses.replace(u.obj, status=final.get(u.obj.ref, u.obj.status))
                 for u in outcome.upserted]

@@ -321,6 +321,9 @@ class ApplyOutcome:
     pruned: list[ObjectRef] = field(default_factory=list)
     held: list[tuple[ObjectRef, str]] = field(default_factory=list)  # prunes deferred
     results: list[ReconcileResult] = field(default_factory=list)
+    # With apply_manifests(keep_objects=True): the applied objects as the store holds them
+    # at the end, in store order (what list_sync would return for them).
+    objects: list[StoredObject] | None = None
 
     @property
     def tests_run(self) -> int:
@@ -376,7 +379,11 @@ async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
     # Group commit (LocalStore.batched): the passes' writes share a few transactions
     # instead of several each; crash safety is the store's (see there).
     batched = getattr(world.store, "batched", None)
-    with batched() if callable(batched) else contextlib.nullcontext():
+    # LocalStore.remember: the final selection pass lists the relays the passes just
+    # wrote without decoding their rows again.
+    remember = getattr(world.store, "remember", None)
+    with batched() if callable(batched) else contextlib.nullcontext(), \
+            remember() if callable(remember) else contextlib.nullcontext():
         await _each(providers, one, limit)
         await _each(relays, one, limit)
         # A final selection pass per scope, unless nothing happened (the fast re-apply):
@@ -427,10 +434,26 @@ def prune_candidates(store: LocalStore, manifests: list[dict[str, Any]]) -> list
 async def apply_manifests(store: LocalStore, world: BasicWorld, manifests: list[dict[str, Any]],
                           *, prune: bool = False, progress: ProgressFn | None = None,
                           on_upserted: Callable[[list[Upserted]], None] | None = None,
-                          ) -> ApplyOutcome:
+                          keep_objects: bool = False) -> ApplyOutcome:
     """Upsert, reconcile, then prune (``prune``): removals come after the replacements were
     tested, and never take away the relay in use of a namespace without a Ready
-    replacement (see :func:`safe_prunes`)."""
+    replacement (see :func:`safe_prunes`).  ``keep_objects``: fill ``objects`` for a
+    report, from what the apply wrote (no decode of the rows it has in hand)."""
+    with store.remember():
+        out = await _apply_manifests(store, world, manifests, prune=prune, progress=progress,
+                                     on_upserted=on_upserted)
+        if keep_objects:
+            wanted = {u.obj.ref for u in out.upserted}
+            out.objects = [o for o in store.list_current_sync(as_read=True)
+                           if o.ref in wanted]
+    return out
+
+
+async def _apply_manifests(store: LocalStore, world: BasicWorld,
+                           manifests: list[dict[str, Any]], *, prune: bool,
+                           progress: ProgressFn | None,
+                           on_upserted: Callable[[list[Upserted]], None] | None,
+                           ) -> ApplyOutcome:
     out = ApplyOutcome()
     out.upserted = store.upsert_many(manifests, now=world.clock())
     if on_upserted is not None:

@@ -38,6 +38,7 @@ missing tables, and any SQLite error later.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -299,6 +300,9 @@ class LocalStore:
         # group commit, if any (see batched()).
         self.write_transactions = 0
         self._batch: _Batch | None = None
+        # The objects as this process last wrote them, while remember() is open.
+        self._known: dict[ObjectRef, StoredObject] | None = None
+        self._built: set[ObjectRef] = set()  # remembered statuses built here, not read
         self.batch_max_delay = 0.05
         self.batch_max_units = 1000
         if not self.state.exists():
@@ -590,6 +594,72 @@ class LocalStore:
         sql += " ORDER BY namespace, name, kind"
         return [self._row(r) for r in self._db.execute(sql, args)]
 
+    @contextlib.contextmanager
+    def remember(self) -> Iterator[None]:
+        """While the block runs, keep every object as this store last wrote it (upserts,
+        status writes; deletes forget), so that :meth:`list_current_sync` hands those back
+        instead of decoding their rows again.  An apply opens it around its passes: its
+        final selection pass and its report needed two full decodes of every row (CPU,
+        and ~70 MB each at 10,000 resources)."""
+        if self._known is not None:
+            yield
+            return
+        self._known = {}
+        try:
+            yield
+        finally:
+            self._known = None
+            self._built = set()
+
+    def _remember(self, obj: StoredObject, *, built: bool) -> None:
+        known = self._known
+        if known is None:
+            return
+        if built:
+            self._built.add(obj.ref)
+        else:
+            self._built.discard(obj.ref)
+        prev = known.get(obj.ref)
+        if prev is not None and prev.manifest is not obj.manifest \
+                and prev.generation == obj.generation and prev.manifest == obj.manifest:
+            # the same manifest decoded again (each status write reads its row): keep one
+            obj = dataclasses.replace(obj, manifest=prev.manifest)
+        known[obj.ref] = obj
+
+    @_guarded
+    def list_current_sync(self, kind: str | None = None, namespace: str | None = None,
+                          *, as_read: bool = False) -> list[StoredObject]:
+        """:meth:`list_sync`, but a row whose version is the one this store last wrote
+        (see :meth:`remember`) is not decoded again: that object is returned.  Its dicts
+        are shared: read them, never change them (as a status mutator's ``cur``).  The
+        keys of a remembered status are in the order they were built, not the stored
+        (sorted) order: ``as_read`` re-encodes and decodes those statuses (as written to
+        the row, as a read decodes it), for a caller that prints whole dicts."""
+        known = self._known
+        if known is None:
+            return self.list_sync(kind, namespace)
+        sql = "SELECT kind, namespace, name, version FROM resources WHERE 1=1"
+        args: list[Any] = []
+        if kind is not None:
+            sql += " AND kind=?"
+            args.append(kind)
+        if namespace is not None:
+            sql += " AND namespace=?"
+            args.append(namespace)
+        sql += " ORDER BY namespace, name, kind"
+        out: list[StoredObject] = []
+        for k, ns, name, version in self._db.execute(sql, args).fetchall():
+            ref = ObjectRef(k, ns, name)
+            obj = known.get(ref)
+            if obj is None or obj.version != str(version):
+                obj = self.get_sync(ref)  # not ours, or changed since: read it
+                if obj is None:
+                    continue
+            elif as_read and ref in self._built:
+                obj = dataclasses.replace(obj, status=_loads(_dumps(obj.status)))
+            out.append(obj)
+        return out
+
     @_guarded
     def upsert_many(self, manifests: list[dict[str, Any]], *, now: float | None = None
                     ) -> list[Upserted]:
@@ -646,6 +716,8 @@ class LocalStore:
                     ref, clean, gen, created, _loads(status),
                     TestMemo.from_json(_loads(memo)) if memo else None, str(version), uid)
                 out.append(Upserted(obj, change))
+        for u in out:
+            self._remember(u.obj, built=False)
         return out
 
     def _mac(self, digest: str, text: str) -> str:
@@ -691,7 +763,11 @@ class LocalStore:
                              (ref.kind, ref.namespace, ref.name))
             db.execute("DELETE FROM tests WHERE kind=? AND namespace=? AND name=?",
                        (ref.kind, ref.namespace, ref.name))
-            return cur.rowcount > 0
+            gone = cur.rowcount > 0
+        if self._known is not None:
+            self._known.pop(ref, None)
+            self._built.discard(ref)
+        return gone
 
     @_guarded
     def update_status_sync(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
@@ -707,9 +783,11 @@ class LocalStore:
                 "WHERE kind=? AND namespace=? AND name=?",
                 (_dumps(write.status), _dumps(write.memo.to_json()) if write.memo else None,
                  ref.kind, ref.namespace, ref.name))
-        return StoredObject(ref=cur.ref, manifest=cur.manifest, generation=cur.generation,
-                            created_at=cur.created_at, status=write.status, memo=write.memo,
-                            version=str(int(cur.version) + 1), uid=cur.uid)
+        obj = StoredObject(ref=cur.ref, manifest=cur.manifest, generation=cur.generation,
+                           created_at=cur.created_at, status=write.status, memo=write.memo,
+                           version=str(int(cur.version) + 1), uid=cur.uid)
+        self._remember(obj, built=True)
+        return obj
 
     @_guarded
     def tests_sync(self, ref: ObjectRef, limit: int = HISTORY_KEEP) -> list[dict[str, Any]]:
@@ -732,7 +810,7 @@ class LocalStore:
         return self.get_sync(ref)
 
     async def list(self, kind: str, namespace: str | None = None) -> list[StoredObject]:
-        return self.list_sync(kind, namespace)
+        return self.list_current_sync(kind, namespace)
 
     async def update_status(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         return self.update_status_sync(ref, mutate)
