@@ -58,6 +58,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if str(ROOT / "bench") not in sys.path:
+    sys.path.append(str(ROOT / "bench"))
+
+from bench_records import write_block  # noqa: E402 - bench/, the record files
 
 USER = "fleet@example.test"
 PASSWORD = "bench-password-not-secret"  # the bench relay's own test login
@@ -826,21 +830,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(report.lines)
     print(text)
     if args.write:
-        write_block(args.write, text)
+        write_block(args.write, "fleet", text)
     return 0
-
-
-BEGIN, END = "<!-- bench-fleet:begin -->", "<!-- bench-fleet:end -->"
-
-
-def write_block(path: Path, text: str) -> None:
-    """Replace the generated block of ``path`` (keeping the analysis around it)."""
-    old = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
-    if BEGIN not in old or END not in old:
-        old = old.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = old.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))
+
+from bench_records import write_block  # noqa: E402 - bench/, the record files
 
 from reconciler.devservers.smtp import RelayServer  # noqa: E402
 from reconciler.probe import ProbeCredentials, run_probe  # noqa: E402
@@ -264,21 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     canary.assert_no_canary(text, where="benchmark report")
     print(text)
     if args.write:
-        _write(args.write, text)
+        write_block(args.write, "probe", text)
     return 0
-
-
-BEGIN, END = "<!-- bench-probe:begin -->", "<!-- bench-probe:end -->"
-
-
-def _write(path: Path, text: str) -> None:
-    """Replace the generated block of ``path`` (keeping the analysis around it)."""
-    old = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
-    if BEGIN not in old or END not in old:
-        old = f"{BEGIN}\n{END}\n" + old
-    head, rest = old.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
 if __name__ == "__main__":

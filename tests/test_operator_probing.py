@@ -4,7 +4,7 @@ End to end: the real ``smtpctl operator`` with one worker against a real STARTTL
 passed and failed tests run in the worker (counted by the operator's metrics), verdicts
 and the redacted transcript of a failure are what the in-process probe gives, the
 worker is a child of the operator that ends with it, and a worker killed with
-``kill -9`` costs nothing but the worker: the next tests run in the operator.
+``kill -9`` costs nothing but the worker: the next test starts a new one and runs in it.
 The ``auto`` default follows the CPUs the process may use (cgroup quota included).
 """
 
@@ -157,13 +157,23 @@ def test_tests_run_in_the_worker_and_a_killed_worker_costs_only_itself(
         canary.assert_no_canary(environ, where="probe worker environment")
         assert b"SMTPCTL_VERSION_KEY" not in environ
 
-        # kill -9 the worker: the operator goes on, testing in its own loop.
+        # kill -9 the worker (an OOM kill): the operator goes on, and the next test
+        # starts a new worker and runs in it (failed before: it ran in the operator's
+        # loop, and every later one too, until the pod restarted).
+        assert _metric(op, "smtpctl_probe_worker_restarts_total") == 0.0
         os.kill(workers[0], signal.SIGKILL)
         wait_for("no worker", lambda: _metric(op, "smtpctl_probe_workers") == 0.0)
         c.create_smtp(NS, "third", relay_spec(relay.port, selected=False))
         wait_for("third Ready", lambda: _ready(c, "third").get("status") == "True")
         assert len(relay.auth_attempts) == 3
-        assert _metric(op, "smtpctl_probe_worker_tests_total") == 2.0
+        wait_for("third tested in a new worker",
+                 lambda: _metric(op, "smtpctl_probe_worker_tests_total") == 3.0)
+        assert _metric(op, "smtpctl_probe_worker_restarts_total") == 1.0
+        assert _metric(op, "smtpctl_probe_worker_unavailable_total") == 0.0
+        assert _metric(op, "smtpctl_probe_workers") == 1.0
+        new = [p for p in _children(op.proc.pid) if "worker_main" in _cmdline(p)]
+        assert len(new) == 1 and new != workers
+        workers += new
         assert op.exited() is None
     # Stopped with the operator: no worker outlives it.
     assert not any("worker_main" in _cmdline(p) for p in workers)

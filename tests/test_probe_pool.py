@@ -143,9 +143,70 @@ async def test_a_worker_that_dies_mid_test_fails_no_test(
         gate.release.set()
         gate.stop()
     assert verdict.passed  # tested again in this process
-    assert fallback.calls == 1 and p.closed
-    assert (await p.probe(_spec(e2e.relay.port), creds)).passed  # later tests: here too
-    assert fallback.calls == 2
+    assert fallback.calls == 1 and p.lost == 1 and not p.closed
+
+
+async def _kill_workers(p: ProbePool) -> list[int]:
+    """kill -9 every running worker and wait until the pool has seen each pipe close."""
+    workers = list(p._workers)  # to wait for the pool's own reader tasks
+    pids = p.pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    tasks = [w.reader_task for w in workers if w.reader_task is not None]
+    async with asyncio.timeout(30):
+        await asyncio.gather(*tasks)
+    assert p.pids() == []
+    return pids
+
+
+async def test_a_dead_worker_is_replaced_at_the_next_test(
+        e2e: Env, pool: tuple[ProbePool, Fallback]) -> None:
+    """A long-running operator lost its probe workers for good when one died (OOM, kill -9):
+    every later test ran in its loop until the pod restarted.  Failed before: the test
+    after the kill ran in this process (fallback.calls == 1, no worker)."""
+    p, fallback = pool
+    creds = _creds(e2e)
+    assert (await p.probe(_spec(e2e.relay.port), creds)).passed
+    killed = await _kill_workers(p)
+    verdicts = await asyncio.gather(*(p.probe(_spec(e2e.relay.port), creds) for _ in range(4)))
+    assert all(v.passed for v in verdicts)
+    assert fallback.calls == 0 and p.offloaded == 5  # every test ran in a worker
+    new = p.pids()
+    assert len(new) == 2 and not set(new) & set(killed)  # two new worker processes
+    assert all("worker_main" in Path(f"/proc/{pid}/cmdline").read_text() for pid in new)
+    assert p.restarts == 2 and p.restarts_refused == 0
+
+
+async def test_restarts_are_bounded_per_window(e2e: Env) -> None:
+    """A worker that keeps dying cannot become a fork loop: at most ``max_restarts``
+    replacements in any ``restart_window`` seconds (an injected clock); meanwhile tests
+    run in this process, and restarts resume when the oldest leaves the window."""
+    now = [1000.0]
+    fallback = Fallback()
+    p = ProbePool(1, policy=EgressPolicy(), fallback=fallback, max_restarts=2,
+                  restart_window=60.0, clock=lambda: now[0])
+    creds = _creds(e2e)
+    spec = _spec(e2e.relay.port)
+    try:
+        assert (await p.probe(spec, creds)).passed  # the first start is not a restart
+        for t in (0.0, 10.0):  # two restarts, at 1000 and 1010
+            await _kill_workers(p)
+            now[0] = 1000.0 + t
+            assert (await p.probe(spec, creds)).passed
+            assert len(p.pids()) == 1
+        assert p.restarts == 2 and fallback.calls == 0 and p.offloaded == 3
+        await _kill_workers(p)
+        for t in (20.0, 59.9):  # the budget is spent: tests run here, nothing is started
+            now[0] = 1000.0 + t
+            assert (await p.probe(spec, creds)).passed
+            assert p.pids() == []
+        assert p.restarts == 2 and p.restarts_refused == 2 and fallback.calls == 2
+        now[0] = 1060.0  # the restart at 1000 has left the window
+        assert (await p.probe(spec, creds)).passed
+        assert len(p.pids()) == 1 and p.restarts == 3 and p.offloaded == 4
+        assert fallback.calls == 2
+    finally:
+        await p.aclose()
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:

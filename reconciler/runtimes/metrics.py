@@ -81,6 +81,13 @@ class OperatorMetrics:
         self.probe_worker_tests = Counter(
             "smtpctl_probe_worker_tests_total",
             "Connection tests run in probe worker processes", registry=r)
+        self.probe_worker_restarts = Counter(
+            "smtpctl_probe_worker_restarts_total",
+            "Probe worker processes started to replace one that ended", registry=r)
+        self.probe_worker_unavailable = Counter(
+            "smtpctl_probe_worker_unavailable_total",
+            "Connection tests run on the operator's loop because no probe worker was running "
+            "and the restart budget was spent", registry=r)
         self.reconciles = Counter("smtpctl_reconciles_total", "Reconcile passes, by action",
                                   ["kind", "action"], registry=r)
         self.resources = Gauge("smtpctl_resources", "Resources by condition status",

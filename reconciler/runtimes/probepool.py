@@ -29,6 +29,7 @@ the environment Python, OpenSSL and the locale use (:func:`worker_environment`):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -36,6 +37,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +161,11 @@ class _Worker:
     writer: asyncio.StreamWriter
     pending: dict[int, asyncio.Future[Verdict]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
+    ended: bool = False  # its pipe closed: it takes no more tests (it may not be reaped yet)
+
+
+RESTART_WINDOW = 60.0  # seconds
+MIN_RESTARTS = 4  # replacement workers per window: this, or the pool's size if larger
 
 
 class ProbePool:
@@ -168,22 +175,44 @@ class ProbePool:
     ``await pool.aclose()`` at the end.  The first ``probe`` launches the workers (an
     apply that tests nothing, an unchanged re-apply, starts none); ``start()`` does it
     ahead of time.  A test sent before a worker has imported the probe waits in its pipe.
+
+    A worker that ends (OOM-killed, ``kill -9``, a crash) is replaced at the next test
+    that needs a worker, at most ``max_restarts`` times in any ``restart_window``
+    seconds (default: :data:`MIN_RESTARTS` or the pool's size if larger, per 60 s) so a
+    worker that keeps dying cannot turn into a fork loop.  While that budget is spent,
+    tests go to the workers still running, or run in this process if none is (one
+    warning per episode; :attr:`restarts_refused` counts them); restarts resume once
+    the oldest restart has left the window.  ``clock``: monotonic seconds (tests).
     """
 
     def __init__(self, workers: int, *, policy: EgressPolicy,
-                 fallback: Callable[[ExternalSmtpSpec, ProbeCredentials], Any]) -> None:
+                 fallback: Callable[[ExternalSmtpSpec, ProbeCredentials], Any],
+                 max_restarts: int | None = None, restart_window: float = RESTART_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.size = workers
         self.policy = policy
         self._fallback = fallback  # the in-process probe (OAuth, a dead pool)
         self._workers: list[_Worker] = []
         self._next_id = 0
         self._starting: asyncio.Task[None] | None = None
+        self._replacing: asyncio.Task[None] | None = None
+        self.max_restarts = max(MIN_RESTARTS, workers) if max_restarts is None else max_restarts
+        self.restart_window = restart_window
+        self._clock = clock
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._refusing = False  # the budget is spent (logged once per episode)
         self.closed = False
         self.offloaded = 0  # tests run by the workers (a test reads this)
+        self.restarts = 0  # replacement workers started
+        self.restarts_refused = 0  # tests run here: no worker running, none could start
+        self.lost = 0  # tests in flight on a worker that ended (run again here)
 
     def pids(self) -> list[int]:
         """The process ids of the running workers."""
-        return [w.proc.pid for w in self._workers if w.proc.returncode is None]
+        return [w.proc.pid for w in self._live()]
+
+    def _live(self) -> list[_Worker]:
+        return [w for w in self._workers if not w.ended and w.proc.returncode is None]
 
     def _start_task(self) -> asyncio.Task[None]:
         if self._starting is None:
@@ -194,32 +223,80 @@ class ProbePool:
         """Launch the workers (once; every caller waits until they are launched)."""
         await asyncio.shield(self._start_task())
 
+    async def _spawn(self, env: dict[str, str]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-c",
+            "from reconciler.runtimes.probepool import worker_main; worker_main()",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert proc.stdin is not None and proc.stdout is not None
+        w = _Worker(proc, proc.stdin)
+        w.writer.write(_frame(self.policy))
+        w.reader_task = asyncio.create_task(self._replies(w, proc.stdout))
+        self._workers.append(w)
+
     async def _start(self) -> None:
         env = worker_environment()
         try:
             for _ in range(self.size):
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-P", "-c",
-                    "from reconciler.runtimes.probepool import worker_main; worker_main()",
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-                assert proc.stdin is not None and proc.stdout is not None
-                w = _Worker(proc, proc.stdin)
-                w.writer.write(_frame(self.policy))
-                w.reader_task = asyncio.create_task(self._replies(w, proc.stdout))
-                self._workers.append(w)
+                await self._spawn(env)
         except OSError as exc:
             log.warning("probe workers could not start (%s): testing in this process",
                         type(exc).__name__)
             await self._close_workers()
+
+    def _restart_allowed(self) -> bool:
+        """Take one restart from the budget (False: spent for now)."""
+        now = self._clock()
+        while self._restart_times and now - self._restart_times[0] >= self.restart_window:
+            self._restart_times.popleft()
+        if len(self._restart_times) >= self.max_restarts:
+            return False
+        self._restart_times.append(now)
+        return True
+
+    async def _replace(self) -> None:
+        """Start a worker for each one that ended, as far as the restart budget allows."""
+        env = worker_environment()
+        for _ in range(self.size - len(self._live())):
+            if self.closed:
+                return
+            if not self._restart_allowed():
+                if not self._refusing:
+                    self._refusing = True
+                    log.warning(
+                        "probe workers ended %d times within %.0f s: not restarting them "
+                        "for now; tests run in the workers left or in this process",
+                        self.max_restarts, self.restart_window)
+                return
+            self._refusing = False
+            try:
+                await self._spawn(env)
+            except OSError as exc:
+                log.warning("a probe worker could not be restarted (%s)", type(exc).__name__)
+                return
+            self.restarts += 1
+            log.warning("probe worker restarted (%d of at most %d per %.0f s)",
+                        len(self._restart_times), self.max_restarts, self.restart_window)
+
+    async def _replenish(self) -> None:
+        """Replace ended workers (single flight: concurrent tests wait for one attempt)."""
+        if self._replacing is None or self._replacing.done():
+            if len(self._live()) >= self.size:
+                return
+            self._replacing = asyncio.get_running_loop().create_task(self._replace())
+        await asyncio.shield(self._replacing)
 
     async def probe(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
         if creds.token_provider is not None or self.closed:
             verdict: Verdict = await self._fallback(spec, creds)
             return verdict
         await self.start()
-        live = [w for w in self._workers if w.proc.returncode is None]
+        await self._replenish()
+        live = self._live()
         if not live:
-            return await self._lost(spec, creds)
+            if not self.closed:
+                self.restarts_refused += 1
+            return await self._fallback(spec, creds)  # type: ignore[no-any-return]
         worker = min(live, key=lambda w: len(w.pending))
         rid = self._next_id
         self._next_id += 1
@@ -231,21 +308,19 @@ class ProbePool:
             await worker.writer.drain()
         except (ConnectionError, RuntimeError):
             worker.pending.pop(rid, None)
-            return await self._lost(spec, creds)
+            worker.ended = True
+            self.lost += 1
+            return await self._fallback(spec, creds)  # type: ignore[no-any-return]
         del password
         try:
             verdict = await asyncio.shield(future)
             self.offloaded += 1
             return verdict
         except _WorkerLost:
+            self.lost += 1
             return await self._fallback(spec, creds)  # type: ignore[no-any-return]
         finally:
             worker.pending.pop(rid, None)
-
-    async def _lost(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
-        await self.aclose()
-        verdict: Verdict = await self._fallback(spec, creds)
-        return verdict
 
     async def _replies(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         try:
@@ -265,19 +340,26 @@ class ProbePool:
         except asyncio.CancelledError:
             raise
         finally:
+            worker.ended = True
             for future in worker.pending.values():
                 if not future.done():
                     future.set_exception(_WorkerLost("the worker process ended"))
             if not self.closed:
-                log.warning("a probe worker ended: its tests run in this process")
-                self.closed = True  # every later test runs here too
+                log.warning("probe worker %d ended: its tests in flight run in this "
+                            "process; it is replaced at the next test", worker.proc.pid)
+                with contextlib.suppress(Exception):
+                    worker.writer.close()
+                # Forget it (the event loop's child watcher reaps the process).
+                with contextlib.suppress(ValueError):
+                    self._workers.remove(worker)
 
     async def aclose(self) -> None:
         """Stop the workers (their pipes close; each exits) and wait for them."""
         self.closed = True
-        if self._starting is not None and not self._starting.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._starting)
+        for task in (self._starting, self._replacing):
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
         await self._close_workers()
 
     async def _close_workers(self) -> None:

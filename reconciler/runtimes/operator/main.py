@@ -173,14 +173,16 @@ def reflectors(config: OperatorConfig, parts: Parts) -> list[Reflector]:
 
 async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness,
                   metrics: OperatorMetrics) -> None:
-    counted = 0
+    counted = restarts = unavailable = 0
     for tick in range(10**12):
         state.ready = all(r.connected for r in refl)  # every second
         pool = parts.probe_pool
         if pool is not None:
             metrics.probe_workers.set(len(pool.pids()))
             metrics.probe_worker_tests.inc(pool.offloaded - counted)
-            counted = pool.offloaded
+            metrics.probe_worker_restarts.inc(pool.restarts - restarts)
+            metrics.probe_worker_unavailable.inc(pool.restarts_refused - unavailable)
+            counted, restarts, unavailable = pool.offloaded, pool.restarts, pool.restarts_refused
         if tick % 5 == 0:  # the rest scans the caches: every 5 s
             parts.controller.refresh_condition_gauges()
             parts.secrets.prune()

@@ -5,8 +5,9 @@ status writes and the Events.  A connection test (TLS handshake, SMTP dialogue) 
 of a new resource's CPU, so with ``N > 0`` the tests of password (and unauthenticated)
 relays run in ``N`` worker processes (:class:`reconciler.runtimes.probepool.ProbePool`,
 the pool ``smtpctl apply --probe-workers`` uses).  OAuth 2.0 relays stay in this process
-(their token is refreshed by this process's token manager), and so does every test once
-a worker has died (see the pool's module doc).
+(their token is refreshed by this process's token manager).  A worker that dies is
+replaced at the next test, within the pool's restart budget (at most 4 restarts, or
+``N`` if larger, per 60 s; meanwhile tests run here); see the pool's class doc.
 
 The pool is only *where* a test runs: the engine takes its connection-test slot (the
 fair ``Limits``: global, per relay host, per namespace) before it calls the probe, so the
