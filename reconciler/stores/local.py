@@ -284,6 +284,19 @@ class _Batch:
     ended: bool = False  # the store was closed
 
 
+def _filter(kind: str | None, namespace: str | None) -> tuple[str, list[Any]]:
+    """The WHERE and ORDER BY of a listing by kind and namespace (None: any), and its
+    arguments."""
+    where, args = " WHERE 1=1", []
+    if kind is not None:
+        where += " AND kind=?"
+        args.append(kind)
+    if namespace is not None:
+        where += " AND namespace=?"
+        args.append(namespace)
+    return where + " ORDER BY namespace, name, kind", args
+
+
 class LocalStore:
     """The SQLite store; implements :class:`reconciler.stores.base.Store`.
 
@@ -583,16 +596,9 @@ class LocalStore:
     @_guarded
     def list_sync(self, kind: str | None = None, namespace: str | None = None
                   ) -> list[StoredObject]:
-        sql = f"SELECT {self._COLS} FROM resources WHERE 1=1"  # noqa: S608
-        args: list[Any] = []
-        if kind is not None:
-            sql += " AND kind=?"
-            args.append(kind)
-        if namespace is not None:
-            sql += " AND namespace=?"
-            args.append(namespace)
-        sql += " ORDER BY namespace, name, kind"
-        return [self._row(r) for r in self._db.execute(sql, args)]
+        where, args = _filter(kind, namespace)
+        return [self._row(r) for r in self._db.execute(
+            f"SELECT {self._COLS} FROM resources" + where, args)]  # noqa: S608
 
     @contextlib.contextmanager
     def remember(self) -> Iterator[None]:
@@ -638,15 +644,7 @@ class LocalStore:
         known = self._known
         if known is None:
             return self.list_sync(kind, namespace)
-        where = " WHERE 1=1"
-        args: list[Any] = []
-        if kind is not None:
-            where += " AND kind=?"
-            args.append(kind)
-        if namespace is not None:
-            where += " AND namespace=?"
-            args.append(namespace)
-        where += " ORDER BY namespace, name, kind"
+        where, args = _filter(kind, namespace)
         rows = self._db.execute("SELECT kind, namespace, name, version FROM resources"  # noqa: S608
                                 + where, args).fetchall()
         out: dict[ObjectRef, StoredObject | None] = {}
