@@ -402,7 +402,8 @@ def children(pid: int) -> list[int]:
 
 class Operator:
     def __init__(self, emu: Emulator, log: Path, concurrency: int,
-                 all_namespaces: bool = False, probe_workers: str = "auto") -> None:
+                 all_namespaces: bool = False, probe_workers: str = "auto",
+                 root: Path = ROOT) -> None:
         self.log = log
         self.metrics_port = free_port()
         scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
@@ -415,7 +416,8 @@ class Operator:
              "--metrics-port", str(self.metrics_port),
              "--allow-loopback", "--concurrency", str(concurrency),
              "--per-host", str(concurrency), "--probe-workers", probe_workers],
-            cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT,
+            # cwd first on sys.path (``-m``): ``root``'s reconciler package is the one run
+            cwd=root, stdout=self.fh, stderr=subprocess.STDOUT,
             env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
         )
         self.rss_peak = 0.0
@@ -605,19 +607,20 @@ def attribute(by_verb: dict[str, float], count: int, seconds: float) -> dict[str
 
 def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
-            probe_workers: str = "auto", placement: str = "shared") -> dict[str, Any]:
+            probe_workers: str = "auto", placement: str = "shared",
+            operator_root: Path = ROOT) -> dict[str, Any]:
     place = Placement(placement)
     # This script (its Ready watch, the samplers) runs on the API server's side: on a
     # real cluster whoever waits for Ready is not on the operator's node either.
     with place.on(place.api):
         return _run_one(count, concurrency, work, deadline, stay_up=stay_up,
                         raw_tests=raw_tests, profile=profile, probe_workers=probe_workers,
-                        place=place)
+                        place=place, operator_root=operator_root)
 
 
 def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
              stay_up: float, raw_tests: int, profile: Path | None,
-             probe_workers: str, place: Placement) -> dict[str, Any]:
+             probe_workers: str, place: Placement, operator_root: Path) -> dict[str, Any]:
     load_start = os.getloadavg()
     with place.on(place.api):
         emu = Emulator(work)
@@ -638,7 +641,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         t_start = time.monotonic()
         with place.on(place.rest):
             op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
-                          probe_workers=probe_workers)
+                          probe_workers=probe_workers, root=operator_root)
         profilers = [Profiler(op.pid, profile / f"operator-{count}.raw"),
                      Profiler(emu.pid, profile / f"emulator-{count}.raw")] if profile else []
         ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
@@ -664,7 +667,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         tests_first = relay.connections - relay_tests0
         with place.on(place.rest):
             op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency,
-                                probe_workers=probe_workers)
+                                probe_workers=probe_workers, root=operator_root)
         catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count,
                           deadline.left(3600), op2.sample)
         for _ in range(4):  # a second of calm: anything still to come would show now
@@ -705,6 +708,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "tests_first": tests_first,
             "probe_workers": probe_workers,
             "placement": place.name,
+            "operator_root": str(operator_root),
             "cpus": cpus_seen,
             "probe_worker_processes": workers_seen,
             "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
@@ -1027,6 +1031,11 @@ def main() -> int:
     parser.add_argument("--placement", action="append", default=None,
                         choices=("shared", "pinned"),
                         help="where the processes run (repeatable; default shared)")
+    parser.add_argument("--operator-root", type=Path, action="append", default=None,
+                        metavar="DIR", help="run the operator from this source tree (e.g. "
+                        "`git archive main` unpacked) instead of this one; repeatable: a "
+                        "before/after A/B in one invocation, each run its own emulator and "
+                        "relay (default: this tree)")
     parser.add_argument("--raw-tests", type=int, default=0,
                         help="connection tests of the raw-capacity peer (default min(N, 2000))")
     parser.add_argument("--json", type=Path, default=None)
@@ -1095,22 +1104,27 @@ def main() -> int:
         placements = list(dict.fromkeys(["shared", "pinned", *placements]))
     for name in placements:
         Placement(name)  # fails now, not after an hour, on a machine with one CPU
-    runs = [(c, w, pl) for c in counts for w in args.probe_workers or ["auto"]
-            for pl in placements]
+    roots: list[Path] = [r.resolve() for r in args.operator_root or [ROOT]]
+    for root in roots:
+        if not (root / "reconciler" / "__main__.py").is_file():
+            raise SystemExit(f"bench: {root} holds no reconciler package")
+    runs = [(c, w, pl, root) for c in counts for w in args.probe_workers or ["auto"]
+            for pl in placements for root in roots]
     results: list[dict[str, Any]] = []
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
         for rep in range(args.repeat):
-            for count, workers, placement in runs:
-                work = (args.workdir or Path(tmp_dir)) / f"{count}-{workers}-{placement}-{rep}"
+            for i, (count, workers, placement, root) in enumerate(runs):
+                work = (args.workdir or Path(tmp_dir)) / f"{count}-{workers}-{placement}-{i}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
                 print(f"== {count} resources, --probe-workers {workers}, {placement}, "
-                      f"run {rep + 1}/{args.repeat}", flush=True)
+                      f"operator from {root}, run {rep + 1}/{args.repeat}", flush=True)
                 stay_up = args.stay_up if count >= args.stay_up_from else 0
                 r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
                             raw_tests=args.raw_tests, profile=args.profile,
-                            probe_workers=workers, placement=placement)
+                            probe_workers=workers, placement=placement,
+                            operator_root=root)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has
@@ -1119,7 +1133,8 @@ def main() -> int:
     growth: dict[str, Any] = {}
     if len(set(counts)) >= 2:
         for placement in placements:
-            rs = [r for r in results if r["placement"] == placement]
+            rs = [r for r in results if r["placement"] == placement
+                  and r["operator_root"] == str(roots[0])]
             growth[placement] = {
                 "operator_cpu_seconds_first": fit([
                     (r["count"], r["operator_cpu_seconds_first"]) for r in rs]),
@@ -1154,7 +1169,7 @@ def main() -> int:
             ("fixed req", "fixed_requests"), ("lease req", "lease_requests"),
             ("RSS MB", "rss_first_mb"),
             ("catch-up s", "catchup_seconds")]
-    print(f"{'count':>7} {'workers':>7} {'placement':>9} "
+    print(f"{'count':>7} {'workers':>7} {'placement':>9} {'root':>4} "
           + " ".join(f"{c:>22}" for c, _ in cols))
 
     def cell(r: dict[str, Any], key: str | None) -> Any:
@@ -1167,13 +1182,16 @@ def main() -> int:
             return att[key]
         return r[key]
 
-    for count, workers, placement in runs:
+    for count, workers, placement, root in runs:
         rows = [r for r in results if r["count"] == count and r["probe_workers"] == workers
-                and r["placement"] == placement]
+                and r["placement"] == placement and r["operator_root"] == str(root)]
         if not rows:
             continue
         cells = [f"{_median_spread([cell(r, key) for r in rows]):>22}" for _n, key in cols]
-        print(f"{count:>7} {workers:>7} {placement:>9} " + " ".join(cells))
+        print(f"{count:>7} {workers:>7} {placement:>9} {roots.index(root):>4} "
+              + " ".join(cells))
+    if len(roots) > 1:
+        print("root: " + ", ".join(f"{i} = {r}" for i, r in enumerate(roots)))
     failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
               or r["operator_exit_after_catchup"] is not None]
     return 1 if failed else 0
