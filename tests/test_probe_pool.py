@@ -343,21 +343,28 @@ def test_kill_9_during_an_apply_with_probe_workers(e2e: Env) -> None:
     _check_store(e2e.state)
 
 
-def _count_workers(monkeypatch: pytest.MonkeyPatch) -> tuple[list[object], list[Prestarted]]:
+class _Counted(Prestarted):
+    """A Prestarted that remembers its processes' ids (they are handed over later)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.pids = [p.pid for p in self._procs]
+
+
+def _count_workers(monkeypatch: pytest.MonkeyPatch) -> tuple[list[object], list[_Counted]]:
     """Workers started when needed (asyncio) and ahead (Prestarted), as they start."""
     spawned: list[object] = []
-    ahead: list[Prestarted] = []
+    ahead: list[_Counted] = []
     real_exec = asyncio.create_subprocess_exec
 
     async def counting(*args: object, **kw: object) -> object:
         spawned.append(args)
         return await real_exec(*args, **kw)  # type: ignore[arg-type]
 
-    class Counted(Prestarted):
+    class Counted(_Counted):
         def __init__(self, count: int) -> None:
             super().__init__(count)
             ahead.append(self)
-            self.pids = [p.pid for p in self._procs]
 
     monkeypatch.setattr(asyncio, "create_subprocess_exec", counting)
     monkeypatch.setattr(probepool, "Prestarted", Counted)
