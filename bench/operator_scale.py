@@ -29,6 +29,14 @@ Per count (default 1,000 and 10,000), with ``--repeat`` runs of each:
   create->Ready seconds against N (slope, intercept, R², and the share a quadratic term
   would take at the largest N).
 
+``--pin-api-server`` runs every size twice in one invocation, **shared** (every process on
+every CPU, as above) and **pinned**: the API emulator (and this script's watch) on one CPU,
+the operator with its probe workers, the relay and the raw peer's client processes on the
+others (``os.sched_setaffinity``, every thread; children inherit it), so the raw peer and
+the operator get the same CPU budget and the API server's cost is outside it, as on a real
+cluster (``--placement pinned`` alone runs only that one).  The operator's
+``--probe-workers auto`` sees the CPUs of its affinity (one CPU: no worker).
+
 ``--profile DIR`` records the operator (and the emulator) with py-spy during the first
 pass (raw collapsed stacks in DIR, a summary in the output); CPU numbers of profiled runs
 are marked, because sampling costs the sampled process a little.
@@ -46,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -61,6 +70,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +130,61 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# --- where each process runs --------------------------------------------------------------
+
+
+class Placement:
+    """CPU sets for the run's processes: ``shared`` (no pinning) or ``pinned`` (the API
+    server on the first CPU of this process's affinity, everything else on the rest)."""
+
+    def __init__(self, name: str) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        self.name = name
+        self.api: set[int] | None = None
+        self.rest: set[int] | None = None
+        if name == "pinned":
+            if len(cpus) < 2:
+                raise SystemExit("bench: --pin-api-server needs two CPUs or more")
+            self.api, self.rest = {cpus[0]}, set(cpus[1:])
+        elif name != "shared":
+            raise SystemExit(f"bench: unknown placement {name!r} (shared, pinned)")
+        self.all = set(cpus)
+
+    @property
+    def api_cores(self) -> int:
+        return len(self.api or self.all)
+
+    @property
+    def rest_cores(self) -> int:
+        return len(self.rest or self.all)
+
+    @contextlib.contextmanager
+    def on(self, cpus: set[int] | None) -> Iterator[None]:
+        """This thread on ``cpus`` meanwhile (None: unchanged): processes and threads it
+        starts inherit the mask."""
+        if cpus is None:
+            yield
+            return
+        old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cpus)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, old)
+
+
+def affinity(pid: int) -> list[int]:
+    """The CPUs every thread of ``pid`` may run on (their union; [] once it is gone)."""
+    cpus: set[int] = set()
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                cpus |= os.sched_getaffinity(int(tid))
+    except OSError:
+        return []
+    return sorted(cpus)
 
 
 class Emulator:
@@ -337,7 +402,8 @@ def children(pid: int) -> list[int]:
 
 class Operator:
     def __init__(self, emu: Emulator, log: Path, concurrency: int,
-                 all_namespaces: bool = False, probe_workers: str = "auto") -> None:
+                 all_namespaces: bool = False, probe_workers: str = "auto",
+                 root: Path = ROOT) -> None:
         self.log = log
         self.metrics_port = free_port()
         scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
@@ -350,7 +416,8 @@ class Operator:
              "--metrics-port", str(self.metrics_port),
              "--allow-loopback", "--concurrency", str(concurrency),
              "--per-host", str(concurrency), "--probe-workers", probe_workers],
-            cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT,
+            # cwd first on sys.path (``-m``): ``root``'s reconciler package is the one run
+            cwd=root, stdout=self.fh, stderr=subprocess.STDOUT,
             env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
         )
         self.rss_peak = 0.0
@@ -489,47 +556,102 @@ def profile_summary(path: Path) -> dict[str, Any]:
 # --- one run ------------------------------------------------------------------------------
 
 def idle_projection(raw: dict[str, Any], main_ms: float, workers_ms: float,
-                    emulator_ms: float, relay_ms: float, workers: int) -> float:
+                    emulator_ms: float, relay_ms: float, workers: int,
+                    placement: Placement | None = None) -> float:
     """The ratio this run's CPU times predict for this machine with nothing else running
     (a projection, not a measurement; as ``fleet.py``'s): each side's rate is capped by
-    all cores shared by every process of the side, by the relay's one process, and on the
-    operator's side by its loop (one core), the emulator's loop (one core) and the probe
-    workers (one core each)."""
-    cores = os.cpu_count() or 1
+    the cores its processes may use, by the relay's one process, and on the operator's side
+    by its loop (one core), the emulator's loop (one core) and the probe workers (one core
+    each).  Shared: every process on every core.  Pinned: the raw peer's clients, the
+    relay, the operator and its workers on the operator's cores; the emulator alone on its
+    own."""
+    shared = placement is None or placement.api is None
+    cores = (os.cpu_count() or 1) if placement is None else placement.rest_cores
     client, relay_raw = raw["client_cpu_ms_per_test"], raw["relay_cpu_ms_per_test"]
     raw_rate = min(cores / (client + relay_raw), 1 / relay_raw)
-    total = main_ms + workers_ms + emulator_ms + relay_ms
+    total = main_ms + workers_ms + relay_ms + (emulator_ms if shared else 0.0)
     caps = [cores / total, 1 / relay_ms, 1 / main_ms, 1 / emulator_ms]
+    if not shared and placement is not None:
+        caps.append(placement.api_cores / emulator_ms)
     if workers and workers_ms > 0:
-        caps.append(workers / workers_ms)
+        caps.append(min(workers, cores) / workers_ms)
     return float(min(caps) / raw_rate)
+
+
+# --- which API requests are whose -----------------------------------------------------------
+
+# "VERB resource" (as the operator counts them) of the requests every new resource costs:
+# its status write (verdict and Selected), its memo+finalizer PATCH, its Event.
+PER_RESOURCE = ("PUT externalsmtps/status", "PATCH externalsmtps", "POST events",
+                "PUT oauth2providers/status", "PATCH oauth2providers")
+
+
+def attribute(by_verb: dict[str, float], count: int, seconds: float) -> dict[str, Any]:
+    """Split the operator's requests of a pass into per-resource writes, Lease traffic
+    (a start-up GET/POST, then one renewal PUT per retry period: proportional to time,
+    not to N) and fixed start-up requests (discovery, LISTs, WATCHes, the version key,
+    the Secrets read by name, the published Secret)."""
+    per = {k: v for k, v in by_verb.items() if k in PER_RESOURCE}
+    lease = {k: v for k, v in by_verb.items() if k.endswith(" leases")}
+    fixed = {k: v for k, v in by_verb.items() if k not in per and k not in lease}
+    n_per, n_lease, n_fixed = sum(per.values()), sum(lease.values()), sum(fixed.values())
+    return {
+        "per_resource": per, "per_resource_per_resource": round(n_per / count, 4),
+        "lease": lease, "lease_requests": n_lease,
+        "lease_requests_per_second": round(n_lease / seconds, 3) if seconds > 0 else None,
+        "fixed": fixed, "fixed_requests": n_fixed,
+        "total": n_per + n_lease + n_fixed,
+        "total_per_resource": round((n_per + n_lease + n_fixed) / count, 4),
+    }
 
 
 def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
-            probe_workers: str = "auto") -> dict[str, Any]:
+            probe_workers: str = "auto", placement: str = "shared",
+            operator_root: Path = ROOT) -> dict[str, Any]:
+    place = Placement(placement)
+    # This script (its Ready watch, the samplers) runs on the API server's side: on a
+    # real cluster whoever waits for Ready is not on the operator's node either.
+    with place.on(place.api):
+        return _run_one(count, concurrency, work, deadline, stay_up=stay_up,
+                        raw_tests=raw_tests, profile=profile, probe_workers=probe_workers,
+                        place=place, operator_root=operator_root)
+
+
+def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
+             stay_up: float, raw_tests: int, profile: Path | None,
+             probe_workers: str, place: Placement, operator_root: Path) -> dict[str, Any]:
     load_start = os.getloadavg()
-    emu = Emulator(work)
-    relay = Relay()
+    with place.on(place.api):
+        emu = Emulator(work)
+    with place.on(place.rest):
+        relay = Relay()
     watch: ReadyWatch | None = None
     op: Operator | None = None
     try:
         t0 = time.monotonic()
         asyncio.run(_populate(emu, count, relay))
         create_s = time.monotonic() - t0
-        raw = raw_capacity(relay, raw_tests or min(count, 2000), concurrency)
+        with place.on(place.rest):  # the raw peer's client processes
+            raw = raw_capacity(relay, raw_tests or min(count, 2000), concurrency)
         watch = ReadyWatch(emu)
         base = emu.stats()
         relay_tests0 = relay.connections
         emu_cpu0, relay_cpu0 = cpu_seconds(emu.pid), cpu_seconds(relay.pid)
-        op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
-                      probe_workers=probe_workers)
+        t_start = time.monotonic()
+        with place.on(place.rest):
+            op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
+                          probe_workers=probe_workers, root=operator_root)
         profilers = [Profiler(op.pid, profile / f"operator-{count}.raw"),
                      Profiler(emu.pid, profile / f"emulator-{count}.raw")] if profile else []
         ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
         cpu_op = cpu_seconds(op.pid)
         cpu_workers = op.sample_workers()
         workers_seen = len(op.worker_cpu)
+        cpus_seen = {"emulator": affinity(emu.pid), "relay": affinity(relay.pid),
+                     "operator": affinity(op.pid),
+                     "probe_workers": sorted({c for w in children(op.pid)
+                                              for c in affinity(w)})}
         cpu_emu = cpu_seconds(emu.pid) - emu_cpu0
         cpu_relay = cpu_seconds(relay.pid) - relay_cpu0
         for p in profilers:
@@ -537,13 +659,15 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         _wait("first pass logged", lambda: op is not None and op.reconciled() >= count,
               deadline.left(600), op.sample)
         by_resource = op.requests()
+        op_seconds = time.monotonic() - t_start  # the operator's life so far (Lease renewals)
         op.sample()
         rss_first = op.rss_peak
         op.stop()
         first = emu.stats()
         tests_first = relay.connections - relay_tests0
-        op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency,
-                            probe_workers=probe_workers)
+        with place.on(place.rest):
+            op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency,
+                                probe_workers=probe_workers, root=operator_root)
         catchup_s = _wait("catch-up", lambda: op2.reconciled() >= count,
                           deadline.left(3600), op2.sample)
         for _ in range(4):  # a second of calm: anything still to come would show now
@@ -583,6 +707,9 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "ready_to_raw_ratio": round(ready_per_s / raw["tests_per_second"], 3),
             "tests_first": tests_first,
             "probe_workers": probe_workers,
+            "placement": place.name,
+            "operator_root": str(operator_root),
+            "cpus": cpus_seen,
             "probe_worker_processes": workers_seen,
             "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
             "probe_workers_cpu_ms_per_resource_first": round(cpu_workers * 1000 / count, 2),
@@ -590,7 +717,7 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
                 (cpu_op + cpu_workers) * 1000 / count, 2),
             "idle_projection_ratio": round(idle_projection(
                 raw, cpu_op * 1000 / count, cpu_workers * 1000 / count,
-                cpu_emu * 1000 / count, cpu_relay * 1000 / count, workers_seen), 3),
+                cpu_emu * 1000 / count, cpu_relay * 1000 / count, workers_seen, place), 3),
             "emulator_cpu_ms_per_resource_first": round(cpu_emu * 1000 / count, 2),
             "relay_cpu_ms_per_resource_first": round(cpu_relay * 1000 / count, 2),
             "operator_cpu_seconds_first": round(cpu_op, 2),
@@ -601,6 +728,7 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "api_requests_per_resource_first": round(req_first / count, 3),
             "operator_requests_first": {k: v for k, v in sorted(by_resource.items())},
             "operator_requests_per_resource_first": round(sum(by_resource.values()) / count, 3),
+            "requests_attributed_first": attribute(by_resource, count, op_seconds),
             "emulator_requests_first_by_method": {
                 k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()},
             "watch_events_seen_by_bench": watch.events,
@@ -895,6 +1023,19 @@ def main() -> int:
     parser.add_argument("--probe-workers", action="append", default=None, metavar="N",
                         help="the operator's --probe-workers (repeatable: one run per value "
                         "and count, an A/B in one invocation; default auto)")
+    parser.add_argument("--pin-api-server", action="store_true",
+                        help="every run twice: shared (no pinning) and pinned (the API "
+                        "emulator on one CPU, the operator, its workers, the relay and the "
+                        "raw peer's clients on the others); same as --placement shared "
+                        "--placement pinned")
+    parser.add_argument("--placement", action="append", default=None,
+                        choices=("shared", "pinned"),
+                        help="where the processes run (repeatable; default shared)")
+    parser.add_argument("--operator-root", type=Path, action="append", default=None,
+                        metavar="DIR", help="run the operator from this source tree (e.g. "
+                        "`git archive main` unpacked) instead of this one; repeatable: a "
+                        "before/after A/B in one invocation, each run its own emulator and "
+                        "relay (default: this tree)")
     parser.add_argument("--raw-tests", type=int, default=0,
                         help="connection tests of the raw-capacity peer (default min(N, 2000))")
     parser.add_argument("--json", type=Path, default=None)
@@ -957,21 +1098,33 @@ def main() -> int:
             args.json.write_text(json.dumps({"machine": machine(), "secrets": rows}, indent=1))
         return 0
     counts = args.count or [1000, 10000]
+    placements: list[str] = args.placement or (["shared", "pinned"] if args.pin_api_server
+                                               else ["shared"])
+    if args.pin_api_server:
+        placements = list(dict.fromkeys(["shared", "pinned", *placements]))
+    for name in placements:
+        Placement(name)  # fails now, not after an hour, on a machine with one CPU
+    roots: list[Path] = [r.resolve() for r in args.operator_root or [ROOT]]
+    for root in roots:
+        if not (root / "reconciler" / "__main__.py").is_file():
+            raise SystemExit(f"bench: {root} holds no reconciler package")
+    runs = [(c, w, pl, root) for c in counts for w in args.probe_workers or ["auto"]
+            for pl in placements for root in roots]
     results: list[dict[str, Any]] = []
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
         for rep in range(args.repeat):
-            for count, workers in [(c, w) for c in counts
-                                   for w in args.probe_workers or ["auto"]]:
-                work = (args.workdir or Path(tmp_dir)) / f"{count}-{workers}-{rep}"
+            for i, (count, workers, placement, root) in enumerate(runs):
+                work = (args.workdir or Path(tmp_dir)) / f"{count}-{workers}-{placement}-{i}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
-                print(f"== {count} resources, --probe-workers {workers}, "
-                      f"run {rep + 1}/{args.repeat}", flush=True)
+                print(f"== {count} resources, --probe-workers {workers}, {placement}, "
+                      f"operator from {root}, run {rep + 1}/{args.repeat}", flush=True)
                 stay_up = args.stay_up if count >= args.stay_up_from else 0
                 r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
                             raw_tests=args.raw_tests, profile=args.profile,
-                            probe_workers=workers)
+                            probe_workers=workers, placement=placement,
+                            operator_root=root)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has
@@ -979,12 +1132,28 @@ def main() -> int:
                                                      "results": results}, indent=1))
     growth: dict[str, Any] = {}
     if len(set(counts)) >= 2:
-        growth = {
-            "operator_cpu_seconds_first": fit([(r["count"], r["operator_cpu_seconds_first"])
-                                               for r in results]),
-            "ready_seconds": fit([(r["count"], r["ready_seconds"]) for r in results]),
-            "rss_first_mb": fit([(r["count"], r["rss_first_mb"]) for r in results]),
-        }
+        for placement in placements:
+            rs = [r for r in results if r["placement"] == placement
+                  and r["operator_root"] == str(roots[0])]
+            growth[placement] = {
+                "operator_cpu_seconds_first": fit([
+                    (r["count"], r["operator_cpu_seconds_first"]) for r in rs]),
+                "ready_seconds": fit([(r["count"], r["ready_seconds"]) for r in rs]),
+                "rss_first_mb": fit([(r["count"], r["rss_first_mb"]) for r in rs]),
+                # requests = a + b*N: b is what one more resource costs (b per thousand
+                # below), a the fixed part; and the same for each attributed share
+                "requests_first": fit([(r["count"], r["requests_attributed_first"]["total"])
+                                       for r in rs]),
+                "requests_first_per_resource_writes": fit([
+                    (r["count"], sum(r["requests_attributed_first"]["per_resource"].values()))
+                    for r in rs]),
+                "requests_first_lease": fit([
+                    (r["count"], r["requests_attributed_first"]["lease_requests"])
+                    for r in rs]),
+                "requests_first_fixed": fit([
+                    (r["count"], r["requests_attributed_first"]["fixed_requests"])
+                    for r in rs]),
+            }
         print(json.dumps({"growth": growth}, indent=1))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "results": results,
@@ -995,19 +1164,34 @@ def main() -> int:
             ("op ms/res", "operator_cpu_ms_per_resource_first"),
             ("workers ms/res", "probe_workers_cpu_ms_per_resource_first"),
             ("emu ms/res", "emulator_cpu_ms_per_resource_first"),
-            ("req/res", "api_requests_per_resource_first"), ("RSS MB", "rss_first_mb"),
+            ("req/res", "api_requests_per_resource_first"),
+            ("per-res writes/res", "per_resource_writes"),
+            ("fixed req", "fixed_requests"), ("lease req", "lease_requests"),
+            ("RSS MB", "rss_first_mb"),
             ("catch-up s", "catchup_seconds")]
-    print(f"{'count':>7} {'workers':>7} " + " ".join(f"{c:>22}" for c, _ in cols))
-    for count, workers in [(c, w) for c in counts for w in args.probe_workers or ["auto"]]:
-        rows = [r for r in results if r["count"] == count and r["probe_workers"] == workers]
+    print(f"{'count':>7} {'workers':>7} {'placement':>9} {'root':>4} "
+          + " ".join(f"{c:>22}" for c, _ in cols))
+
+    def cell(r: dict[str, Any], key: str | None) -> Any:
+        if key is None:
+            return r["raw_relay"]["tests_per_second"]
+        att = r["requests_attributed_first"]
+        if key == "per_resource_writes":
+            return att["per_resource_per_resource"]
+        if key in ("fixed_requests", "lease_requests"):
+            return att[key]
+        return r[key]
+
+    for count, workers, placement, root in runs:
+        rows = [r for r in results if r["count"] == count and r["probe_workers"] == workers
+                and r["placement"] == placement and r["operator_root"] == str(root)]
         if not rows:
             continue
-        cells = []
-        for _name, key in cols:
-            vals = [r["raw_relay"]["tests_per_second"] if key is None else r[key]
-                    for r in rows]
-            cells.append(f"{_median_spread(vals):>22}")
-        print(f"{count:>7} {workers:>7} " + " ".join(cells))
+        cells = [f"{_median_spread([cell(r, key) for r in rows]):>22}" for _n, key in cols]
+        print(f"{count:>7} {workers:>7} {placement:>9} {roots.index(root):>4} "
+              + " ".join(cells))
+    if len(roots) > 1:
+        print("root: " + ", ".join(f"{i} = {r}" for i, r in enumerate(roots)))
     failed = [r for r in results if r["tests_during_catchup"] or r["writes_during_catchup"]
               or r["operator_exit_after_catchup"] is not None]
     return 1 if failed else 0

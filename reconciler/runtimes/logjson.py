@@ -13,6 +13,14 @@ import sys
 import time
 from typing import Any
 
+import orjson
+
+# orjson (a C encoder: one log line per reconcile pass and per Event was ~5 % of the
+# operator's CPU) with what it would otherwise encode natively sent to ``default=str``
+# like json.dumps's: dataclasses, datetimes, str/int/dict/list subclasses.
+_ORJSON = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+           | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_NON_STR_KEYS)
+
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -31,7 +39,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # The exception type only: a message or traceback could quote input values.
             out["exception"] = record.exc_info[0].__name__
-        return json.dumps(out, default=str, separators=(",", ":"))
+        try:
+            return orjson.dumps(out, default=str, option=_ORJSON).decode()
+        except (orjson.JSONEncodeError, UnicodeDecodeError):  # e.g. an int beyond 64 bits
+            return json.dumps(out, default=str, separators=(",", ":"))
 
 
 def setup(level: int = logging.INFO, framework_level: int = logging.WARNING) -> None:

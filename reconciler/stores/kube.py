@@ -150,6 +150,12 @@ class KubeStore:
                     or self.clock() - awaited[1] > AWAIT_SECONDS):
                 return False  # older than our own write
             del self._awaited[key]
+        old = self._cache.get(key)
+        if old is not None and rv and rv == resource_version(old) \
+                and uid_of(old) == uid_of(body):
+            # The very version the cache holds (our own write's answer, now on the watch):
+            # a resourceVersion names one state of one object, so there is nothing to take.
+            return True
         self._put(key, body)
         return True
 
@@ -186,7 +192,7 @@ class KubeStore:
         return fresh
 
     def _put(self, key: Key, body: KubeObject) -> None:
-        self._cache[key] = _slim(body)
+        self._cache[key] = _slim(body, self._cache.get(key))
         self._by_scope.setdefault((key[0], key[1]), set()).add(key)
         sel = self._selected.setdefault((key[0], key[1]), set())
         if (body.get("status") or {}).get("selected"):
@@ -355,7 +361,8 @@ class KubeStore:
             "reportingComponent": "smtp.reconciler.dev/operator",
         }
         try:
-            await self.api.post(resource_path("v1", "events", event.ref.namespace), ev)
+            await self.api.post(resource_path("v1", "events", event.ref.namespace), ev,
+                                reply=False)
         except ApiError as exc:
             log.warning("could not post event", extra={"resource": str(event.ref),
                                                       "reason": event.reason, "code": exc.code})
@@ -368,8 +375,15 @@ def _generation(body: KubeObject) -> int:
         return 0
 
 
-def _slim(body: KubeObject) -> KubeObject:
-    """Keep only what the store needs (kubectl's last-applied annotation can be large)."""
+def _slim(body: KubeObject, old: KubeObject | None = None) -> KubeObject:
+    """Keep only what the store needs (kubectl's last-applied annotation can be large).
+
+    ``old``: the cached body this one replaces; its ``spec`` and ``status`` are kept (the
+    same objects) when equal to the new ones, instead of interning equal copies again (a
+    status write leaves the spec as it was, a memo write the status: half of the cache's
+    interning work per write).  Cached bodies are never mutated in place, so sharing is
+    safe; :class:`~reconciler.runtimes.operator.controller.Controller` relies on an
+    unchanged spec being the same object."""
     slim_meta = ObjectMeta(**{k: v for k, v in meta_of(body).items()  # type: ignore[typeddict-item]
                               if k in _META_KEYS})
     ann = slim_meta.get("annotations")
@@ -378,10 +392,20 @@ def _slim(body: KubeObject) -> KubeObject:
                                     if k != "kubectl.kubernetes.io/last-applied-configuration"}
     out = KubeObject(apiVersion=_interned(body.get("apiVersion", API_VERSION)),
                      kind=_interned(str(body.get("kind"))), metadata=_interned(slim_meta),
-                     spec=_interned(body.get("spec") or {}))
+                     spec=_kept(body.get("spec") or {}, old, "spec"))
     if "status" in body:
-        out["status"] = _interned(body["status"])
+        out["status"] = _kept(body["status"], old, "status")
     return out
+
+
+def _kept(value: Any, old: KubeObject | None, field: str) -> Any:
+    """``old[field]`` when it equals ``value`` (a C-level comparison), else ``value``
+    interned."""
+    if old is not None and field in old:
+        prev = old[field]  # type: ignore[literal-required]
+        if prev == value:
+            return prev
+    return _interned(value)
 
 
 def _interned(value: Any) -> Any:

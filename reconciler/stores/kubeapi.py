@@ -373,7 +373,11 @@ class KubeApi:
 
     async def call(self, method: str, path: str, *, body: Any = None,
                    params: Mapping[str, str] | None = None,
-                   content_type: str = "application/json") -> dict[str, Any]:
+                   content_type: str = "application/json",
+                   reply: bool = True) -> dict[str, Any]:
+        """One request (a 401 retried once with fresh credentials); the decoded reply, or
+        ``{}`` when ``reply`` is False and the call succeeded (a reply nobody reads - an
+        Event's echo - is not decoded)."""
         for attempt in range(2):
             self.requests += 1
             if self.on_request is not None:
@@ -395,6 +399,8 @@ class KubeApi:
                     self.creds.authorization() != headers.get("Authorization")
                     or await asyncio.to_thread(self.creds.refresh)):
                 continue  # a rotated token (seen by us or another client): retry once
+            if not reply and status < 400:
+                return {}
             try:
                 doc = orjson.loads(raw) if raw else {}
             except ValueError:
@@ -485,8 +491,8 @@ class KubeApi:
     async def put(self, path: str, body: Any) -> dict[str, Any]:
         return await self.call("PUT", path, body=body)
 
-    async def post(self, path: str, body: Any) -> dict[str, Any]:
-        return await self.call("POST", path, body=body)
+    async def post(self, path: str, body: Any, *, reply: bool = True) -> dict[str, Any]:
+        return await self.call("POST", path, body=body, reply=reply)
 
     async def delete(self, path: str, body: Any = None) -> dict[str, Any]:
         return await self.call("DELETE", path, body=body)

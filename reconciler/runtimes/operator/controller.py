@@ -101,7 +101,9 @@ class Controller:
         before = self.store.cached(ref)
         if not self.store.observe(body, listed=event_type is None):
             return
-        self.index.update(ref, body)
+        # The cached body: the store keeps an unchanged spec as the same object, so the
+        # index skips our own status and memo writes' events (most events) cheaply.
+        self.index.update(ref, self.store.cached(ref) or body)
         if is_deleting(body):
             if finalizers.has_finalizer(body) and ref not in self._deleting:
                 self._deleting.add(ref)

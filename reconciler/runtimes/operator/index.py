@@ -37,12 +37,20 @@ class DependencyIndex:
     def __init__(self) -> None:
         self._secrets: dict[SecretKey, set[ObjectRef]] = {}
         self._providers: dict[SecretKey, set[ObjectRef]] = {}
-        self._entries: dict[ObjectRef, list[tuple[dict[SecretKey, set[ObjectRef]],
-                                                  SecretKey]]] = {}
+        # ref -> (the spec object indexed, its entries)
+        self._entries: dict[ObjectRef, tuple[object, list[tuple[
+            dict[SecretKey, set[ObjectRef]], SecretKey]]]] = {}
 
     def update(self, ref: ObjectRef, body: KubeObject | None) -> None:
-        """Index ``ref`` by what ``body`` references (``None``: the object is gone)."""
-        for table, key in self._entries.pop(ref, []):
+        """Index ``ref`` by what ``body`` references (``None``: the object is gone).
+
+        Only the spec matters: when ``body``'s spec is the very object indexed last time
+        (the store keeps an unchanged spec as the same object), nothing is done."""
+        spec = None if body is None else body.get("spec")
+        held = self._entries.get(ref)
+        if held is not None and spec is not None and held[0] is spec:
+            return
+        for table, key in self._entries.pop(ref, (None, []))[1]:
             deps = table.get(key)
             if deps is not None:
                 deps.discard(ref)
@@ -56,7 +64,7 @@ class DependencyIndex:
             entries.append((self._providers, (ref.namespace, prov)))
         for table, key in entries:
             table.setdefault(key, set()).add(ref)
-        self._entries[ref] = entries
+        self._entries[ref] = (spec, entries)
 
     def secret_users(self, namespace: str, name: str) -> set[ObjectRef]:
         return set(self._secrets.get((namespace, name), ()))
