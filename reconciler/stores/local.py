@@ -815,10 +815,26 @@ class LocalStore:
             self._built.discard(ref)
         return gone
 
+    def _current(self, ref: ObjectRef) -> StoredObject | None:
+        """:meth:`get_sync`, but inside :meth:`remember` an object whose row still has the
+        version this store last wrote or read is handed back as it is (one indexed read of
+        the version instead of decoding the row).  Shared: read it, never change it (the
+        engine's mutators copy what they change; tests/test_store_remember.py checks)."""
+        known = self._known
+        obj = known.get(ref) if known is not None else None
+        if obj is None:
+            return self.get_sync(ref)
+        row = self._db.execute(
+            "SELECT version FROM resources WHERE kind=? AND namespace=? AND name=?",
+            (ref.kind, ref.namespace, ref.name)).fetchone()
+        if row is None:
+            return None
+        return obj if str(row[0]) == obj.version else self.get_sync(ref)
+
     @_guarded
     def update_status_sync(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         with self._tx():
-            cur = self.get_sync(ref)
+            cur = self._current(ref)
             if cur is None:
                 return None
             write = mutate(cur)
@@ -852,8 +868,12 @@ class LocalStore:
 
     # --- the Store protocol ---------------------------------------------------------
 
+    @_guarded
+    def _get_current(self, ref: ObjectRef) -> StoredObject | None:
+        return self._current(ref)
+
     async def get(self, ref: ObjectRef) -> StoredObject | None:
-        return self.get_sync(ref)
+        return self._get_current(ref)  # = get_sync outside remember()
 
     async def list(self, kind: str, namespace: str | None = None) -> list[StoredObject]:
         return self.list_current_sync(kind, namespace)
