@@ -417,7 +417,14 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
         relay_cpu=relay_cpu, load=(load0, load()))
 
 
-def write_fleet(path: Path, count: int, relay: RelayInfo, ca_file: Path) -> None:
+def is_requested(i: int, fraction: float) -> bool:
+    """Relay ``i`` asks for ``spec.selected: true``: relay 0 always, then a ``fraction`` of
+    the fleet spread evenly (1.0: every relay)."""
+    return i == 0 or int((i + 1) * fraction) > int(i * fraction)
+
+
+def write_fleet(path: Path, count: int, relay: RelayInfo, ca_file: Path,
+                selected_fraction: float = 0.0) -> None:
     parts = []
     for i in range(count):
         parts.append(f"""apiVersion: smtp.reconciler.dev/v1alpha1
@@ -431,7 +438,7 @@ spec:
   startTLS: true
   username: {relay.user}
   passwordFrom: {{env: FLEET_PW}}
-  selected: {"true" if i == 0 else "false"}
+  selected: {"true" if is_requested(i, selected_fraction) else "false"}
   tls: {{caBundleFrom: {{file: {ca_file}}}}}
 """)
     path.write_text("---\n".join(parts))
@@ -704,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-workers", action="append",
                     help="apply's --probe-workers (default: auto); repeat it to compare "
                          "settings in each round, between the same two raw measurements")
+    ap.add_argument("--selected-fraction", type=float, default=0.0, metavar="F",
+                    help="share of the relays with spec.selected: true (0: relay 0 only; "
+                         "1: all)")
     ap.add_argument("--write", type=Path, help="replace the generated block of this file")
     args = ap.parse_args(argv)
     variants: list[str] = args.probe_workers or ["auto"]
@@ -722,14 +732,17 @@ def main(argv: list[str] | None = None) -> int:
         report.add(f"### Fleet benchmark run ({started})", "", f"Command: `{command}`", "",
                    *machine(), "", f"Relay: {relay.name}.  Concurrency {args.concurrency} "
                    "(global and per host).  Raw capacity: the connection test alone in "
-                   f"{args.clients} client processes, {args.raw_tests} tests (at most N).", "")
+                   f"{args.clients} client processes, {args.raw_tests} tests (at most N).  "
+                   + (f"Relays with `spec.selected: true`: {args.selected_fraction:.0%} of "
+                      "the fleet." if args.selected_fraction > 0 else
+                      "One relay has `spec.selected: true`."), "")
         rounds: list[Round] = []
         fleets: dict[int, Path] = {}
 
         def fleet_of(n: int) -> Path:
             if n not in fleets:
                 fleets[n] = base / f"fleet-{n}.yaml"
-                write_fleet(fleets[n], n, relay, ca)
+                write_fleet(fleets[n], n, relay, ca, args.selected_fraction)
             return fleets[n]
 
         def one_round(n: int, i: int, *, second: bool,

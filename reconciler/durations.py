@@ -8,6 +8,7 @@ and ECMA-262 agree (``[0-9]``, ``\\Z``).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -16,8 +17,12 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s|us|µs|ns)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 
+@functools.lru_cache(maxsize=256)
 def parse_duration(value: str) -> timedelta:
-    """Parse a Go duration string (``1h``, ``90m``, ``1h30m``, ``45s``)."""
+    """Parse a Go duration string (``1h``, ``90m``, ``1h30m``, ``45s``).
+
+    Memoised (``timedelta`` is immutable; an error is raised again each time): a fleet
+    repeats a few values, parsed for every resource at every pass."""
     if not _DURATION_RE.match(value):
         raise ValueError(f"{value!r} is not a duration such as 1h, 30m or 1h30m")
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))

@@ -21,7 +21,8 @@ from reconciler.probe import run_probe
 from reconciler.probe.egress import EgressPolicy
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import ExternalSmtpSpec
-from reconciler.runtimes.probepool import ProbePool
+from reconciler.runtimes import probepool
+from reconciler.runtimes.probepool import Prestarted, ProbePool
 from reconciler.secret import Secret
 from tests.support import canary
 from tests.support.engine_env import USER, Env, cond, e2e_fixture  # noqa: F401
@@ -342,21 +343,140 @@ def test_kill_9_during_an_apply_with_probe_workers(e2e: Env) -> None:
     _check_store(e2e.state)
 
 
-def test_an_apply_that_tests_nothing_starts_no_worker(e2e: Env,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 15: the pool started its workers when the world was built, so an unchanged
-    re-apply paid ~0.3 s of CPU for processes it never used.  Failed before: 2 started."""
-    spawned: list[tuple[object, ...]] = []
+class _Counted(Prestarted):
+    """A Prestarted that remembers its processes' ids (they are handed over later)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.pids = [p.pid for p in self._procs]
+
+
+def _count_workers(monkeypatch: pytest.MonkeyPatch) -> tuple[list[object], list[_Counted]]:
+    """Workers started when needed (asyncio) and ahead (Prestarted), as they start."""
+    spawned: list[object] = []
+    ahead: list[_Counted] = []
     real_exec = asyncio.create_subprocess_exec
 
     async def counting(*args: object, **kw: object) -> object:
         spawned.append(args)
         return await real_exec(*args, **kw)  # type: ignore[arg-type]
 
+    class Counted(_Counted):
+        def __init__(self, count: int) -> None:
+            super().__init__(count)
+            ahead.append(self)
+
     monkeypatch.setattr(asyncio, "create_subprocess_exec", counting)
+    monkeypatch.setattr(probepool, "Prestarted", Counted)
+    return spawned, ahead
+
+
+def test_an_apply_that_tests_nothing_starts_no_worker(e2e: Env,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: the pool started its workers when the world was built, so an unchanged
+    re-apply paid ~0.3 s of CPU for processes it never used.  Failed before: 2 started."""
+    spawned, ahead = _count_workers(monkeypatch)
     fleet = e2e.write("fleet.yaml", *(e2e.smtp(f"r{i}", selected=i == 0) for i in range(3)))
     code, _ = e2e.cli("apply", "-f", str(fleet), "--probe-workers", "2")
-    assert code == 0 and len(spawned) == 2  # tests ran: the workers were started for them
-    spawned.clear()
+    # tests ran: the workers were started for them, ahead (the input was new)
+    assert code == 0 and spawned == [] and [len(a.pids) for a in ahead] == [2]
+    ahead.clear()
     code, out = e2e.cli("apply", "-f", str(fleet), "--probe-workers", "2")
-    assert code == 0 and spawned == [], out  # unchanged: nothing to test, no worker
+    assert code == 0 and spawned == [] and ahead == [], out  # unchanged: no worker
+
+
+def test_workers_started_ahead_are_the_ones_that_test(e2e: Env,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: a first apply's workers start while it parses its input (they took
+    ~0.4 s from the first test to the first verdict); they are the workers that test."""
+    spawned, ahead = _count_workers(monkeypatch)
+    fleet = e2e.write("fleet.yaml", *(e2e.smtp(f"r{i}", selected=i == 0) for i in range(4)))
+    tested: list[list[int]] = []
+    real_aclose = ProbePool.aclose
+
+    async def aclose(self: ProbePool) -> None:
+        tested.append(sorted(self.pids()))
+        assert self.offloaded == 4
+        await real_aclose(self)
+
+    monkeypatch.setattr(ProbePool, "aclose", aclose)
+    code, out = e2e.cli("apply", "-f", str(fleet), "--probe-workers", "2")
+    assert code == 0, out
+    assert spawned == [] and tested == [sorted(ahead[0].pids)]
+    assert _wait_gone(ahead[0].pids, 20) == []
+
+
+def test_workers_started_ahead_for_an_input_that_fails_end(e2e: Env,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Started ahead, then not needed: an input with an error, or fewer resources than
+    ``auto`` starts workers for, or a store another apply holds: none outlives its apply."""
+    _, ahead = _count_workers(monkeypatch)
+    bad = e2e.write("bad.yaml", e2e.smtp("r0"), e2e.smtp("r0"))  # defined twice
+    code, out = e2e.cli("apply", "-f", str(bad), "--probe-workers", "2")
+    assert code != 0 and "defined more than once" in out
+    # 'auto' guesses from the input's `kind` keys: 300 of them in comments, 1 resource
+    tricky = e2e.write("tricky.yaml", e2e.smtp("r1"))
+    tricky.write_text("".join(f"# kind: {i}\n" for i in range(300)) + tricky.read_text())
+    code, out = e2e.cli("apply", "-f", str(tricky), "--probe-workers", "auto")
+    assert code == 0, out
+    from reconciler.runtimes.probepool import default_workers
+
+    assert [len(a.pids) for a in ahead] == [2, default_workers()] if default_workers() else [2]
+    for a in ahead:
+        assert _wait_gone(a.pids, 20) == []
+        assert len(a) == 0
+
+
+async def test_a_pool_adopts_what_it_needs_and_closes_the_rest(e2e: Env) -> None:
+    os.environ["SMTP_PW"] = canary.PASSWORD  # the env: source, as in an apply
+    ahead = Prestarted(3)
+    pids = [p.pid for p in ahead._procs]
+    pool = ProbePool(2, policy=EgressPolicy(), fallback=Fallback(),
+                     prestarted=ahead.take(2))
+    assert len(ahead) == 1
+    try:
+        verdicts = await asyncio.gather(*(pool.probe(_spec(e2e.relay.port), _creds(e2e))
+                                          for _ in range(4)))
+        assert all(v.passed for v in verdicts) and pool.offloaded == 4
+        assert sorted(pool.pids()) == sorted(pids[:2])
+        for pid in pids:  # started ahead, with the same reduced environment
+            data = _cmdline_and_environ(pid)
+            assert canary.PASSWORD.encode() not in data and b"SMTP_PW" not in data
+    finally:
+        await pool.aclose()
+        ahead.close()
+    assert _wait_gone(pids, 20) == []
+
+
+async def test_a_pool_that_never_tests_closes_the_workers_it_was_given() -> None:
+    ahead = Prestarted(2)
+    pids = [p.pid for p in ahead._procs]
+    pool = ProbePool(1, policy=EgressPolicy(), fallback=Fallback(), prestarted=ahead.take(2))
+    await pool.aclose()
+    assert _wait_gone(pids, 20) == []
+
+
+async def test_a_dead_prestarted_worker_is_replaced(e2e: Env) -> None:
+    ahead = Prestarted(1)
+    [proc] = ahead.take(1)
+    proc.kill()
+    proc.wait()
+    pool = ProbePool(1, policy=EgressPolicy(), fallback=Fallback(), prestarted=[proc])
+    try:
+        v = await pool.probe(_spec(e2e.relay.port), _creds(e2e))
+        assert v.passed
+        v = await pool.probe(_spec(e2e.relay.port), _creds(e2e))
+        assert v.passed and pool.offloaded >= 1 and proc.pid not in pool.pids()
+    finally:
+        await pool.aclose()
+
+
+def test_a_worker_closed_before_any_work_exits_quietly() -> None:
+    """A worker started ahead and then not needed gets its pipe closed before the first
+    message.  Failed before: it exited 1 with a traceback (IncompleteReadError) on the
+    user's terminal."""
+    proc = subprocess.run([sys.executable, "-P", "-c", probepool._WORKER_CODE],
+                          input=b"", capture_output=True, timeout=60,
+                          env=probepool.worker_environment(), check=False)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (0, b"", b"")

@@ -7,6 +7,7 @@ in apimachinery.  Every condition carries the ``observedGeneration`` it was comp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -20,8 +21,12 @@ STALLED = "Stalled"
 SELECTED = "Selected"
 
 
+@functools.lru_cache(maxsize=256)
 def rfc3339(epoch: float) -> str:
-    """An RFC 3339 UTC time with second precision, as Kubernetes writes them."""
+    """An RFC 3339 UTC time with second precision, as Kubernetes writes them.
+
+    Memoised by the exact value: a pass stamps its conditions, events and records with
+    the same clock reading several times (``strftime`` was ~5 % of a large apply's CPU)."""
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

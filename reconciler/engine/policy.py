@@ -16,6 +16,7 @@ throttling, certificate expiry.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from reconciler.refresh import REFRESH_FLOOR, refresh_warnings
@@ -34,7 +35,10 @@ def config_warnings(spec: ExternalSmtpSpec, floor: float = REFRESH_FLOOR) -> lis
     return refresh_warnings(spec.host, spec.refresh_seconds, floor)
 
 
+@functools.lru_cache(maxsize=256)
 def epoch(rfc3339: str) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time, None if it is not one; memoised (a fleet
+    behind one relay parses the same certificate ``notAfter`` at every pass)."""
     try:
         return datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:

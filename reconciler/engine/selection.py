@@ -29,6 +29,7 @@ selected relays, even if the process dies between the two writes.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -86,8 +87,15 @@ class Choice:
 
 
 def _epoch(rfc3339: Any) -> float:
+    return _epoch_of(str(rfc3339))
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch_of(text: str) -> float:
+    """Memoised: every selection pass reads every candidate's lastTransitionTime, and a
+    fleet's are a few distinct seconds (``strptime`` is slow)."""
     try:
-        return datetime.strptime(str(rfc3339), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:
         return 0.0
 

@@ -225,7 +225,7 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
                 clock: Callable[[], float] = time.time,
                 policy: SourcePolicy | None = None, egress: Any = None,
                 offline: bool = False, refresh_floor: float | None = None,
-                probe_workers: int = 0) -> BasicWorld:
+                probe_workers: int = 0, prestarted: Any = None) -> BasicWorld:
     """A World wired to the real credentials layer and probe (imported lazily).
 
     ``policy``: which secret references manifests may use (default: the CLI's, with the
@@ -237,7 +237,8 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
     ``probe_workers``: run connection tests in that many worker processes
     (:mod:`reconciler.runtimes.probepool`; started at the first connection test, so an
     apply that tests nothing starts none); call ``await world.aclose()`` when done with
-    the world.
+    the world.  ``prestarted``: a :class:`~reconciler.runtimes.probepool.Prestarted` whose
+    processes the pool adopts first (up to ``probe_workers``; the rest stay its owner's).
     """
     from reconciler.credentials.policy import cli_policy
     from reconciler.credentials.sources import default_sources
@@ -252,7 +253,8 @@ def build_world(store: LocalStore, *, limits: Limits | None = None,
         from reconciler.runtimes.probepool import ProbePool
 
         pool = ProbePool(probe_workers, policy=egress if egress is not None else EgressPolicy(),
-                         fallback=live.probe_fn)
+                         fallback=live.probe_fn,
+                         prestarted=prestarted.take(probe_workers) if prestarted else None)
         probe_fn, close_fn = pool.probe, pool.aclose
     return BasicWorld(store=store, resolve_fn=live.resolve_fn, probe_fn=probe_fn,
                       check_provider_fn=live.check_provider_fn, close_fn=close_fn,

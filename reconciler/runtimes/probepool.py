@@ -121,7 +121,10 @@ async def _serve(requests: int, replies: int) -> None:
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(replies, "wb", buffering=0))
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    policy: EgressPolicy = await _read_message(reader)
+    try:
+        policy: EgressPolicy = await _read_message(reader)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return  # closed before any work (started ahead, then not needed): exit quietly
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(rid: int, spec: ExternalSmtpSpec, password: str | None,
@@ -155,9 +158,93 @@ async def _serve(requests: int, replies: int) -> None:
 # --- this process ------------------------------------------------------------------------------
 
 
+_WORKER_CODE = "from reconciler.runtimes.probepool import worker_main; worker_main()"
+
+
+class Prestarted:
+    """Worker processes started before the event loop runs, for a :class:`ProbePool` to
+    adopt at its first test.
+
+    A worker needs ~0.2 s to start Python and import the probe.  Started when the pool
+    needs it (at the first test), that time is spent with nothing tested; ``apply``
+    starts them while it parses its input instead (on another core), when the input
+    changed since the last apply and is large enough for workers (``docs/cli.md``).
+    Processes the pool does not take are closed by :meth:`close` (their pipe closes; they
+    exit), which the owner calls in any case when done.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        env = worker_environment()
+        try:
+            for _ in range(count):
+                self._procs.append(subprocess.Popen(
+                    [sys.executable, "-P", "-c", _WORKER_CODE], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, env=env, bufsize=0))
+        except OSError as exc:
+            log.warning("probe workers could not start ahead (%s): started when needed",
+                        type(exc).__name__)
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def take(self, count: int) -> list[subprocess.Popen[bytes]]:
+        """Hand over up to ``count`` processes (the caller owns them then)."""
+        taken, self._procs = self._procs[:count], self._procs[count:]
+        return taken
+
+    def close(self) -> None:
+        """Close the processes not taken: their pipes close, they exit, they are reaped."""
+        procs, self._procs = self._procs, []
+        self._close_all(procs)
+
+    @staticmethod
+    def _close_all(procs: list[subprocess.Popen[bytes]]) -> None:
+        for p in procs:
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class _Adopted:
+    """A prestarted worker (``subprocess.Popen``) with the interface the pool uses of an
+    ``asyncio.subprocess.Process``: ``pid``, ``returncode``, ``wait()``, ``kill()``."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(None, self._popen.wait)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._popen.kill()
+
+    def reap(self) -> None:
+        self._popen.wait()
+
+
+async def _close_popens(procs: list[subprocess.Popen[bytes]]) -> None:
+    """:meth:`Prestarted.close` for processes in this loop (waited for in a thread)."""
+    if procs:
+        await asyncio.get_running_loop().run_in_executor(None, Prestarted._close_all, procs)
+
+
 @dataclass(eq=False)
 class _Worker:
-    proc: asyncio.subprocess.Process
+    proc: asyncio.subprocess.Process | _Adopted
     writer: asyncio.StreamWriter
     pending: dict[int, asyncio.Future[Verdict]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
@@ -174,7 +261,10 @@ class ProbePool:
     Use it as the world's probe function (``await pool.probe(spec, creds)``) and
     ``await pool.aclose()`` at the end.  The first ``probe`` launches the workers (an
     apply that tests nothing, an unchanged re-apply, starts none); ``start()`` does it
-    ahead of time.  A test sent before a worker has imported the probe waits in its pipe.
+    ahead of time.  ``prestarted``: processes started before the event loop
+    (:class:`Prestarted`), adopted then instead of spawning new ones; the pool closes
+    them if it never starts.  A test sent before a worker has imported the probe waits
+    in its pipe.
 
     A worker that ends (OOM-killed, ``kill -9``, a crash) is replaced at the next test
     that needs a worker, at most ``max_restarts`` times in any ``restart_window``
@@ -188,8 +278,11 @@ class ProbePool:
     def __init__(self, workers: int, *, policy: EgressPolicy,
                  fallback: Callable[[ExternalSmtpSpec, ProbeCredentials], Any],
                  max_restarts: int | None = None, restart_window: float = RESTART_WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 prestarted: list[subprocess.Popen[bytes]] | None = None) -> None:
         self.size = workers
+        # Started ahead (Prestarted.take): adopted at the first test, before any spawn.
+        self._prestarted = list(prestarted or ())
         self.policy = policy
         self._fallback = fallback  # the in-process probe (OAuth, a dead pool)
         self._workers: list[_Worker] = []
@@ -225,23 +318,46 @@ class ProbePool:
 
     async def _spawn(self, env: dict[str, str]) -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-c",
-            "from reconciler.runtimes.probepool import worker_main; worker_main()",
+            sys.executable, "-P", "-c", _WORKER_CODE,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert proc.stdin is not None and proc.stdout is not None
-        w = _Worker(proc, proc.stdin)
+        self._add(_Worker(proc, proc.stdin), proc.stdout)
+
+    def _add(self, w: _Worker, reader: asyncio.StreamReader) -> None:
         w.writer.write(_frame(self.policy))
-        w.reader_task = asyncio.create_task(self._replies(w, proc.stdout))
+        w.reader_task = asyncio.create_task(self._replies(w, reader))
         self._workers.append(w)
+
+    async def _adopt(self, popen: subprocess.Popen[bytes]) -> None:
+        """Use a prestarted worker: its pipes as this loop's streams."""
+        assert popen.stdin is not None and popen.stdout is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_MESSAGE)
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                         popen.stdout)
+            transport, protocol = await loop.connect_write_pipe(
+                asyncio.streams.FlowControlMixin, popen.stdin)
+        except BaseException:
+            await _close_popens([popen])
+            raise
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        self._add(_Worker(_Adopted(popen), writer), reader)
 
     async def _start(self) -> None:
         env = worker_environment()
+        prestarted, self._prestarted = self._prestarted, []
         try:
-            for _ in range(self.size):
+            while prestarted and len(self._workers) < self.size:
+                await self._adopt(prestarted.pop(0))
+            await _close_popens(prestarted)  # more than asked for: not used
+            prestarted = []
+            for _ in range(self.size - len(self._workers)):
                 await self._spawn(env)
         except OSError as exc:
             log.warning("probe workers could not start (%s): testing in this process",
                         type(exc).__name__)
+            await _close_popens(prestarted)
             await self._close_workers()
 
     def _restart_allowed(self) -> bool:
@@ -349,13 +465,18 @@ class ProbePool:
                             "process; it is replaced at the next test", worker.proc.pid)
                 with contextlib.suppress(Exception):
                     worker.writer.close()
-                # Forget it (the event loop's child watcher reaps the process).
+                # Forget it (the event loop's child watcher reaps the process; a
+                # prestarted one is reaped by a thread of the loop's executor).
+                if isinstance(worker.proc, _Adopted):
+                    asyncio.get_running_loop().run_in_executor(None, worker.proc.reap)
                 with contextlib.suppress(ValueError):
                     self._workers.remove(worker)
 
     async def aclose(self) -> None:
         """Stop the workers (their pipes close; each exits) and wait for them."""
         self.closed = True
+        prestarted, self._prestarted = self._prestarted, []
+        await _close_popens(prestarted)  # never needed: no test ran
         for task in (self._starting, self._replacing):
             if task is not None and not task.done():
                 with contextlib.suppress(Exception):
