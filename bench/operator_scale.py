@@ -608,19 +608,20 @@ def attribute(by_verb: dict[str, float], count: int, seconds: float) -> dict[str
 def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
             probe_workers: str = "auto", placement: str = "shared",
-            operator_root: Path = ROOT) -> dict[str, Any]:
+            operator_root: Path = ROOT, profile_rate: int = 100) -> dict[str, Any]:
     place = Placement(placement)
     # This script (its Ready watch, the samplers) runs on the API server's side: on a
     # real cluster whoever waits for Ready is not on the operator's node either.
     with place.on(place.api):
         return _run_one(count, concurrency, work, deadline, stay_up=stay_up,
                         raw_tests=raw_tests, profile=profile, probe_workers=probe_workers,
-                        place=place, operator_root=operator_root)
+                        place=place, operator_root=operator_root, profile_rate=profile_rate)
 
 
 def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
              stay_up: float, raw_tests: int, profile: Path | None,
-             probe_workers: str, place: Placement, operator_root: Path) -> dict[str, Any]:
+             probe_workers: str, place: Placement, operator_root: Path,
+             profile_rate: int) -> dict[str, Any]:
     load_start = os.getloadavg()
     with place.on(place.api):
         emu = Emulator(work)
@@ -642,8 +643,10 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         with place.on(place.rest):
             op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
                           probe_workers=probe_workers, root=operator_root)
-        profilers = [Profiler(op.pid, profile / f"operator-{count}.raw"),
-                     Profiler(emu.pid, profile / f"emulator-{count}.raw")] if profile else []
+        profilers = [Profiler(op.pid, profile / f"operator-{count}-{place.name}.raw",
+                              profile_rate),
+                     Profiler(emu.pid, profile / f"emulator-{count}-{place.name}.raw",
+                              profile_rate)] if profile else []
         ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
         cpu_op = cpu_seconds(op.pid)
         cpu_workers = op.sample_workers()
@@ -745,8 +748,8 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         }
         if profile is not None:
             out["profile"] = {
-                "operator": profile_summary(profile / f"operator-{count}.raw"),
-                "emulator": profile_summary(profile / f"emulator-{count}.raw"),
+                "operator": profile_summary(profile / f"operator-{count}-{place.name}.raw"),
+                "emulator": profile_summary(profile / f"emulator-{count}-{place.name}.raw"),
             }
         return out
     finally:
@@ -1043,6 +1046,8 @@ def main() -> int:
                         help="keep the operator logs here (default: a temporary directory)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy the operator and the emulator during the first pass")
+    parser.add_argument("--profile-rate", type=int, default=100, metavar="HZ",
+                        help="py-spy's sampling rate with --profile (default 100)")
     parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
                         help="keep the restarted operator running this long after catch-up "
                         "and report whether it is still up (it must keep its Lease)")
@@ -1124,7 +1129,7 @@ def main() -> int:
                 r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
                             raw_tests=args.raw_tests, profile=args.profile,
                             probe_workers=workers, placement=placement,
-                            operator_root=root)
+                            operator_root=root, profile_rate=args.profile_rate)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has

@@ -185,12 +185,12 @@ class Controller:
         return delay
 
     def _observe(self, result: ReconcileResult) -> None:
-        self.metrics.reconciles.labels(result.ref.kind, result.action).inc()
+        self.metrics.reconciles_of(result.ref.kind, result.action).inc()
         v = result.verdict
         if result.tested and v is not None:
-            self.metrics.tests.labels("passed" if v.passed else "failed", v.reason).inc()
+            self.metrics.tests_of("passed" if v.passed else "failed", v.reason).inc()
             for stage, seconds in v.stage_seconds.items():
-                self.metrics.test_duration.labels(stage).observe(seconds)
+                self.metrics.test_duration_of(stage).observe(seconds)
         gen = (result.status or {}).get("observedGeneration")
         log.info("reconciled", extra={
             "resource": str(result.ref), "generation": gen, "action": result.action,

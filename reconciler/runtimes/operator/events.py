@@ -58,11 +58,11 @@ class EventSink(StoreEventSink):
 
     async def emit(self, event: Event) -> None:
         if not self._allow(event):
-            self._metrics.events_suppressed.labels(event.type, event.reason).inc()
+            self._metrics.events_suppressed_of(event.type, event.reason).inc()
             log.debug("event suppressed", extra={"resource": str(event.ref),
                                                  "reason": event.reason})
             return
-        self._metrics.events.labels(event.type, event.reason).inc()
+        self._metrics.events_of(event.type, event.reason).inc()
         log.info("event", extra={"resource": str(event.ref), "reason": event.reason,
                                  "type": event.type})
         await super().emit(event)

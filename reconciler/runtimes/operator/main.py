@@ -140,7 +140,7 @@ def _make_leader(config: OperatorConfig, creds: Credentials, on_lost: asyncio.Ev
         # behind a busy reconcile loop or bulk status writes.
         lease_api = KubeApi(creds, max_connections=2, timeout=config.renew_deadline,
                             on_request=lambda verb, resource:
-                            metrics.kube_requests.labels(verb, resource).inc())
+                            metrics.kube_requests_of(verb, resource).inc())
         return LeaseElector(
             lease_api, namespace=config.lease_namespace or creds.namespace,
             name=config.lease_name, identity=config.identity,
@@ -278,7 +278,7 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
         return 2
     log.info("connecting", extra={"server": describe_server(creds), "via": creds.source})
     api = KubeApi(creds, on_request=lambda verb, resource:
-                  metrics.kube_requests.labels(verb, resource).inc())
+                  metrics.kube_requests_of(verb, resource).inc())
     parts: Parts | None = None
     runners = await health.serve(config, metrics, state)
     leader: LeaderThread | None = None
