@@ -480,3 +480,37 @@ def test_a_worker_closed_before_any_work_exits_quietly() -> None:
                           input=b"", capture_output=True, timeout=60,
                           env=probepool.worker_environment(), check=False)
     assert (proc.returncode, proc.stderr, proc.stdout) == (0, b"", b"")
+
+
+CTRL_C_PARENT = """
+import sys
+from reconciler.runtimes.probepool import Prestarted
+
+warm = Prestarted(1)
+try:
+    print(warm._procs[0].pid, flush=True)  # the test sends Ctrl-C once it reads this
+    sys.stdin.read()
+except KeyboardInterrupt:
+    pass
+warm.close()
+print("closed", flush=True)
+"""
+
+
+def test_ctrl_c_while_a_worker_starts_prints_nothing_from_it(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's foreground process group) while a worker started
+    ahead is still importing.  Failed before: the worker, in the apply's process group,
+    printed a KeyboardInterrupt traceback (and exited 1)."""
+    script = tmp_path / "parent.py"
+    script.write_text(CTRL_C_PARENT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, env=dict(os.environ))
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline())
+    assert os.getpgid(worker) == worker != os.getpgid(proc.pid)  # a group of its own
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == b"closed", err
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
+    assert _wait_gone([worker], 20) == []

@@ -100,7 +100,7 @@ def worker_main() -> None:
     """Entry point of a worker process (stdin: requests, stdout: replies)."""
     import signal
 
-    # Ctrl-C reaches the whole process group: the parent handles it and closes our pipe.
+    # A SIGINT sent to this process alone: the parent handles Ctrl-C and closes our pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol gets the pipes; anything printed goes to stderr, never into a reply.
     requests, replies = os.dup(0), os.dup(1)
@@ -159,6 +159,10 @@ async def _serve(requests: int, replies: int) -> None:
 
 
 _WORKER_CODE = "from reconciler.runtimes.probepool import worker_main; worker_main()"
+# Workers run in a process group of their own (``process_group=0``): Ctrl-C at a terminal
+# signals its foreground group, the apply, which closes their pipes (they exit then).  In
+# the apply's group, a Ctrl-C while a worker was still importing (the first ~0.2 s; with
+# workers started ahead, while the input is parsed) printed its KeyboardInterrupt traceback.
 
 
 class Prestarted:
@@ -180,7 +184,7 @@ class Prestarted:
             for _ in range(count):
                 self._procs.append(subprocess.Popen(
                     [sys.executable, "-P", "-c", _WORKER_CODE], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, env=env, bufsize=0))
+                    stdout=subprocess.PIPE, env=env, bufsize=0, process_group=0))
         except OSError as exc:
             log.warning("probe workers could not start ahead (%s): started when needed",
                         type(exc).__name__)
@@ -319,7 +323,7 @@ class ProbePool:
     async def _spawn(self, env: dict[str, str]) -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-P", "-c", _WORKER_CODE,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, process_group=0)
         assert proc.stdin is not None and proc.stdout is not None
         self._add(_Worker(proc, proc.stdin), proc.stdout)
 
