@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -130,6 +131,10 @@ def candidate(obj: StoredObject) -> Candidate:
     )
 
 
+# Candidate.order as a C-level key (sorting a namespace's candidates runs on every pass).
+_ORDER = operator.attrgetter("priority", "created_at", "name")
+
+
 def choose(cands: list[Candidate], now: float = 0.0) -> str | None:
     """The winner's name under the rule above at ``now`` (epoch seconds; the default 0
     means no fail-back delay has passed yet)."""
@@ -139,9 +144,9 @@ def choose(cands: list[Candidate], now: float = 0.0) -> str | None:
 def decide(cands: list[Candidate], now: float = 0.0) -> Choice:
     """The winner under the rule above, and who waits for what (pure; the heart of
     guarantee 3)."""
-    incumbents = sorted((c for c in cands if c.selected), key=lambda c: c.order)
+    incumbents = sorted((c for c in cands if c.selected), key=_ORDER)
     inc = incumbents[0] if incumbents else None
-    eligible = sorted((c for c in cands if c.requested and c.ready), key=lambda c: c.order)
+    eligible = sorted((c for c in cands if c.requested and c.ready), key=_ORDER)
     best = eligible[0] if eligible else None
     if inc is not None and inc.requested and inc.has_active and (
             inc.ready or (inc.testing and not inc.failing)):
@@ -341,7 +346,7 @@ async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = N
         now = world.clock()
         choice = decide(list(cands.values()), now)
         winner = choice.winner
-        previous = sorted((c for c in cands.values() if c.selected), key=lambda c: c.order)
+        previous = sorted((c for c in cands.values() if c.selected), key=_ORDER)
         # Release first, then acquire: never two selected in the store.
         ordered = [c for c in cands.values() if c.name != winner]
         if winner is not None:
