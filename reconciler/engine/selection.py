@@ -265,9 +265,10 @@ _MEMOS: weakref.WeakKeyDictionary[Any, dict[str, dict[str, _Memo]]] = (
 
 
 def _memos_of(store: Any, namespace: str) -> dict[str, _Memo] | None:
-    if not getattr(store, "shares_objects", False):
-        return None
     try:
+        if not getattr(store, "shares_objects", False):
+            _MEMOS.pop(store, None)  # e.g. between two applies of `apply --watch`
+            return None
         by_ns = _MEMOS.setdefault(store, {})
     except TypeError:  # not weak-referenceable: no memo
         return None
