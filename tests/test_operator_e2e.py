@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.devservers.smtp import RelayServer
+from reconciler.stores.kube import MEMO_ANNOTATION
 from tests.support import canary
 from tests.support.kube_operator import (
     OPERATOR_NS,
@@ -44,6 +45,11 @@ def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
 def ready(c: Cluster, name: str, status: str = "True", reason: str | None = None) -> bool:
     cond = condition(c.smtp(NS, name), "Ready")
     return cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+
+
+def has_memo(c: Cluster, name: str) -> bool:
+    meta = (c.smtp(NS, name) or {}).get("metadata") or {}
+    return MEMO_ANNOTATION in (meta.get("annotations") or {})
 
 
 def selected(c: Cluster, name: str) -> bool:
@@ -165,6 +171,9 @@ def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, Relay
     with OperatorProcess(c, "op1", "--namespace", NS):
         for name in ("r1", "r2", "r3"):
             wait_for(f"{name} Ready", lambda n=name: ready(c, n))  # type: ignore[misc]
+            # The memo is written after the status (docs: a stop in between costs one
+            # re-test): op1 stops only once every pass has written it.
+            wait_for(f"{name} memo", lambda n=name: has_memo(c, n))  # type: ignore[misc]
         wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
     rvs = {n: c.smtp(NS, n)["metadata"]["resourceVersion"] for n in ("r1", "r2", "r3")}  # type: ignore[index]
     connections = relay.connections

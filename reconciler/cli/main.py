@@ -166,8 +166,16 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=max(40, width - 2))
 
 
-def entry() -> None:  # pragma: no cover
-    sys.exit(main())
+def entry() -> None:
+    """The console script: :func:`main`, and a Ctrl-C at any point of it (while the
+    command's module is imported or its arguments parsed, not only while it runs) is the
+    one line ``interrupted`` and exit 130, never a traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
