@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -129,6 +131,10 @@ def candidate(obj: StoredObject) -> Candidate:
     )
 
 
+# Candidate.order as a C-level key (sorting a namespace's candidates runs on every pass).
+_ORDER = operator.attrgetter("priority", "created_at", "name")
+
+
 def choose(cands: list[Candidate], now: float = 0.0) -> str | None:
     """The winner's name under the rule above at ``now`` (epoch seconds; the default 0
     means no fail-back delay has passed yet)."""
@@ -138,9 +144,9 @@ def choose(cands: list[Candidate], now: float = 0.0) -> str | None:
 def decide(cands: list[Candidate], now: float = 0.0) -> Choice:
     """The winner under the rule above, and who waits for what (pure; the heart of
     guarantee 3)."""
-    incumbents = sorted((c for c in cands if c.selected), key=lambda c: c.order)
+    incumbents = sorted((c for c in cands if c.selected), key=_ORDER)
     inc = incumbents[0] if incumbents else None
-    eligible = sorted((c for c in cands if c.requested and c.ready), key=lambda c: c.order)
+    eligible = sorted((c for c in cands if c.requested and c.ready), key=_ORDER)
     best = eligible[0] if eligible else None
     if inc is not None and inc.requested and inc.has_active and (
             inc.ready or (inc.testing and not inc.failing)):
@@ -224,6 +230,51 @@ def selected_mutator(selected: bool, reason: str, message: str, now: float) -> A
     return mutate
 
 
+def _settled(obj: StoredObject, selected: bool, reason: str, message: str) -> bool:
+    """True when ``obj`` already shows this Selected condition: exactly when
+    :func:`selected_mutator` would return None for it (no write)."""
+    st = obj.status
+    old = cond.find(st.get("conditions") or [], cond.SELECTED)
+    return (old is not None and old.get("status") == ("True" if selected else "False")
+            and old.get("reason") == reason and old.get("message") == message
+            and bool(st.get("selected", False)) == selected
+            and old.get("observedGeneration") == obj.generation)
+
+
+class _Memo:
+    """What selection derived from one stored object: its candidate, and the Selected
+    condition it was last found to show already (``key``: the choice it was desired
+    under).  Kept per object *identity* (the memo holds the object, so the identity is
+    never reused), only for a store that hands an unchanged object out again as the same
+    Python object (``shares_objects``, the local store inside ``remember()``).  Objects
+    are read-only (the Store protocol), so the same object derives the same candidate."""
+
+    __slots__ = ("cand", "desired", "key", "obj", "settled")
+
+    def __init__(self, obj: StoredObject) -> None:
+        self.obj = obj
+        self.cand = candidate(obj)
+        self.key: tuple[Any, ...] | None = None
+        self.desired: tuple[bool, str, str] = (False, "", "")
+        self.settled = False
+
+
+# store -> namespace -> name -> memo (dropped with the store).
+_MEMOS: weakref.WeakKeyDictionary[Any, dict[str, dict[str, _Memo]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _memos_of(store: Any, namespace: str) -> dict[str, _Memo] | None:
+    try:
+        if not getattr(store, "shares_objects", False):
+            _MEMOS.pop(store, None)  # e.g. between two applies of `apply --watch`
+            return None
+        by_ns = _MEMOS.setdefault(store, {})
+    except TypeError:  # not weak-referenceable: no memo
+        return None
+    return by_ns.setdefault(namespace, {})
+
+
 async def select_scope(namespace: str, world: Any) -> str | None:
     """Recompute selection in ``namespace`` and write the Selected conditions.
 
@@ -274,28 +325,46 @@ async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = N
     without ``own``: releases first, the winner last."""
     async with world.scope_lock(namespace):
         objs: list[StoredObject] = await world.store.list(KIND, namespace)
-        by_name = {o.ref.name: o for o in objs}
+        # Each pass of a fleet whose relays all ask for selection runs this over the whole
+        # namespace: candidates are memoised per object (see _Memo), built again only for
+        # the objects written since the last run.
+        memos = _memos_of(world.store, namespace)
+        fresh: dict[str, _Memo] = {}
+        for o in objs:
+            m = memos.get(o.ref.name) if memos is not None else None
+            fresh[o.ref.name] = m if m is not None and m.obj is o else _Memo(o)
+        if memos is not None:
+            memos.clear()
+            memos.update(fresh)
+        by_name = {name: m.obj for name, m in fresh.items()}
+        cands = {name: m.cand for name, m in fresh.items()}
         if own is not None and own.name in by_name:
             cur = by_name[own.name]
             preview = own.mutate(cur)
             if preview is not None:  # decide on the verdict as it will be written
                 by_name[own.name] = replace(cur, status=preview.status, memo=preview.memo)
-        cands = {name: candidate(o) for name, o in by_name.items()}
+                cands[own.name] = candidate(by_name[own.name])
         now = world.clock()
         choice = decide(list(cands.values()), now)
         winner = choice.winner
-        previous = sorted((c for c in cands.values() if c.selected), key=lambda c: c.order)
+        previous = sorted((c for c in cands.values() if c.selected), key=_ORDER)
         # Release first, then acquire: never two selected in the store.
-        ordered = sorted(cands.values(), key=lambda c: c.name == winner)
+        ordered = [c for c in cands.values() if c.name != winner]
+        if winner is not None:
+            ordered.append(cands[winner])
+        # What desired_selected reads besides the candidate itself.
+        w = cands.get(winner) if winner else None
+        key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
+               None if w is None else w.priority)
         written: StoredObject | None = None
         if own is not None and own.name not in by_name:  # not listed: gone (or not ours)
             written = await world.store.update_status(ObjectRef(KIND, namespace, own.name),
                                                       own.mutate)
             if written is not None and own.after is not None:
                 await own.after(written)
+        own_name = own.name if own is not None else None
         for c in ordered:
-            ref = ObjectRef(KIND, namespace, c.name)
-            mine = own is not None and c.name == own.name
+            mine = c.name == own_name
             mutate: Callable[[StoredObject], StatusWrite | None] | None = None
             sel = False
             if (c.requested or c.selected) and (mine or not c.pending or c.name == winner):
@@ -304,18 +373,29 @@ async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = N
                 # condition with its status.  Writing it here too raced with that pass
                 # (409, re-read, second write) for every relay of a new fleet whose first
                 # test had not finished yet.
-                sel, reason, msg = desired_selected(c, choice, namespace, cands)
-                mutate = selected_mutator(sel, reason, msg, now)
+                if mine:
+                    sel, reason, msg = desired_selected(c, choice, namespace, cands)
+                    mutate = selected_mutator(sel, reason, msg, now)
+                else:
+                    m = fresh[c.name]
+                    if m.key != key:  # the same object under the same choice: as before
+                        m.key, m.desired = key, desired_selected(c, choice, namespace, cands)
+                        m.settled = _settled(m.obj, *m.desired)
+                    if m.settled:
+                        continue  # already as desired in the snapshot: no write
+                    sel, reason, msg = m.desired
+                    mutate = selected_mutator(sel, reason, msg, now)
             if mine:
                 assert own is not None
-                written = await world.store.update_status(ref, _combined(own.mutate, mutate))
+                written = await world.store.update_status(ObjectRef(KIND, namespace, c.name),
+                                                          _combined(own.mutate, mutate))
                 if written is not None and own.after is not None:
                     await own.after(written)
                 continue  # a failure raises: the pass failed, as without selection
             if mutate is None or mutate(by_name[c.name]) is None:
                 continue  # already as desired in the snapshot: no write (fast re-apply)
             try:
-                await world.store.update_status(ref, mutate)
+                await world.store.update_status(ObjectRef(KIND, namespace, c.name), mutate)
             except StoreError as exc:
                 if sel or c.selected:
                     raise  # releasing or acquiring failed: stop before a second winner

@@ -204,6 +204,10 @@ def _rfc3339(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def _key(ref: ObjectRef) -> tuple[str, str, str]:
+    return (ref.kind, ref.namespace, ref.name)
+
+
 def _loads(text: str) -> Any:
     """``json.loads``, faster: orjson (the cli extra's) reads the rows; what it refuses (NaN
     or Infinity, which ``json`` writes; a lone surrogate), or no orjson at all, goes to
@@ -351,8 +355,10 @@ class LocalStore:
         self.write_transactions = 0
         self._batch: _Batch | None = None
         # The objects as this process last wrote them, while remember() is open.
-        self._known: dict[ObjectRef, StoredObject] | None = None
-        self._built: set[ObjectRef] = set()  # remembered statuses built here, not read
+        # Keyed by (kind, namespace, name), a row's key: list_current_sync looks every
+        # row up (a tuple hashes in C; an ObjectRef's dataclass hash is Python code).
+        self._known: dict[tuple[str, str, str], StoredObject] | None = None
+        self._built: set[tuple[str, str, str]] = set()  # statuses built here, not read
         self.batch_max_delay = 0.05
         self.batch_max_units = 1000
         if not self.state.exists():
@@ -654,20 +660,28 @@ class LocalStore:
             self._known = None
             self._built = set()
 
+    @property
+    def shares_objects(self) -> bool:
+        """True inside :meth:`remember`: an unchanged object is handed out again as the
+        same Python object (``is``), so a reader may memoise what it derives from it by
+        identity (selection does: engine/selection.py).  Objects are read-only."""
+        return self._known is not None
+
     def _remember(self, obj: StoredObject, *, built: bool) -> None:
         known = self._known
         if known is None:
             return
+        key = _key(obj.ref)
         if built:
-            self._built.add(obj.ref)
+            self._built.add(key)
         else:
-            self._built.discard(obj.ref)
-        prev = known.get(obj.ref)
+            self._built.discard(key)
+        prev = known.get(key)
         if prev is not None and prev.manifest is not obj.manifest \
                 and prev.generation == obj.generation and prev.manifest == obj.manifest:
             # the same manifest decoded again (each status write reads its row): keep one
             obj = dataclasses.replace(obj, manifest=prev.manifest)
-        known[obj.ref] = obj
+        known[key] = obj
 
     @_guarded
     def list_current_sync(self, kind: str | None = None, namespace: str | None = None,
@@ -684,27 +698,28 @@ class LocalStore:
         where, args = _filter(kind, namespace)
         rows = self._db.execute("SELECT kind, namespace, name, version FROM resources"  # noqa: S608
                                 + where, args).fetchall()
-        out: dict[ObjectRef, StoredObject | None] = {}
-        stale = False
+        out: list[StoredObject | None] = []
+        stale: dict[tuple[str, str, str], int] = {}  # row key -> its place in out
+        built = self._built if as_read else None
         for k, ns, name, version in rows:
-            ref = ObjectRef(k, ns, name)
-            obj = known.get(ref)
+            key = (k, ns, name)
+            obj = known.get(key)
             if obj is None or obj.version != str(version):
-                out[ref] = None  # not ours, or changed since: read below
-                stale = True
-            elif as_read and ref in self._built:
-                out[ref] = dataclasses.replace(obj, status=_loads(_dumps(obj.status)))
+                stale[key] = len(out)  # not ours, or changed since: read below
+                out.append(None)
+            elif built is not None and key in built:
+                out.append(dataclasses.replace(obj, status=_loads(_dumps(obj.status))))
             else:
-                out[ref] = obj
+                out.append(obj)
         if stale:  # one more scan, decoding only those rows (and remembering them)
             for row in self._db.execute(f"SELECT {self._COLS} FROM resources"  # noqa: S608
                                         + where, args):
-                ref = ObjectRef(row[0], row[1], row[2])
-                if ref in out and out[ref] is None:
+                at = stale.get((row[0], row[1], row[2]))
+                if at is not None and out[at] is None:
                     obj = self._row(row)
                     self._remember(obj, built=False)
-                    out[ref] = obj
-        return [o for o in out.values() if o is not None]
+                    out[at] = obj
+        return [o for o in out if o is not None]
 
     @_guarded
     def upsert_many(self, manifests: list[dict[str, Any]], *, now: float | None = None
@@ -811,8 +826,8 @@ class LocalStore:
                        (ref.kind, ref.namespace, ref.name))
             gone = cur.rowcount > 0
         if self._known is not None:
-            self._known.pop(ref, None)
-            self._built.discard(ref)
+            self._known.pop(_key(ref), None)
+            self._built.discard(_key(ref))
         return gone
 
     def _current(self, ref: ObjectRef) -> StoredObject | None:
@@ -821,7 +836,7 @@ class LocalStore:
         the version instead of decoding the row).  Shared: read it, never change it (the
         engine's mutators copy what they change; tests/test_store_remember.py checks)."""
         known = self._known
-        obj = known.get(ref) if known is not None else None
+        obj = known.get(_key(ref)) if known is not None else None
         if obj is None:
             return self.get_sync(ref)
         row = self._db.execute(
