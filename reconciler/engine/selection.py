@@ -29,16 +29,15 @@ selected relays, even if the process dies between the two writes.
 
 from __future__ import annotations
 
-import functools
 import logging
 import operator
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 from reconciler.engine import conditions as cond
+from reconciler.engine.policy import epoch
 from reconciler.resources import format_duration, parse_duration
 from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, StoreError
 
@@ -89,17 +88,10 @@ class Choice:
 
 
 def _epoch(rfc3339: Any) -> float:
-    return _epoch_of(str(rfc3339))
-
-
-@functools.lru_cache(maxsize=1024)
-def _epoch_of(text: str) -> float:
-    """Memoised: every selection pass reads every candidate's lastTransitionTime, and a
-    fleet's are a few distinct seconds (``strptime`` is slow)."""
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
-    except ValueError:
-        return 0.0
+    """A lastTransitionTime in epoch seconds, 0 if it is not a time (memoised by
+    :func:`reconciler.engine.policy.epoch`: every selection pass reads every candidate's)."""
+    seconds = epoch(str(rfc3339))
+    return 0.0 if seconds is None else seconds
 
 
 def candidate(obj: StoredObject) -> Candidate:
@@ -213,14 +205,10 @@ def desired_selected(c: Candidate, choice: Choice, namespace: str,
 
 def selected_mutator(selected: bool, reason: str, message: str, now: float) -> Any:
     def mutate(cur: StoredObject) -> StatusWrite | None:
+        if _settled(cur, selected, reason, message):
+            return None
         st = dict(cur.status)
         conds = list(st.get("conditions") or [])
-        old = cond.find(conds, cond.SELECTED)
-        if (old is not None and old.get("status") == ("True" if selected else "False")
-                and old.get("reason") == reason and old.get("message") == message
-                and bool(st.get("selected", False)) == selected
-                and old.get("observedGeneration") == cur.generation):
-            return None
         st["conditions"] = cond.set_condition(
             conds, cond.SELECTED, "True" if selected else "False", reason, message,
             generation=cur.generation, now=now)
@@ -231,8 +219,8 @@ def selected_mutator(selected: bool, reason: str, message: str, now: float) -> A
 
 
 def _settled(obj: StoredObject, selected: bool, reason: str, message: str) -> bool:
-    """True when ``obj`` already shows this Selected condition: exactly when
-    :func:`selected_mutator` would return None for it (no write)."""
+    """True when ``obj`` already shows this Selected condition (no write needed):
+    :func:`selected_mutator`'s test, also used by selection's memo."""
     st = obj.status
     old = cond.find(st.get("conditions") or [], cond.SELECTED)
     return (old is not None and old.get("status") == ("True" if selected else "False")

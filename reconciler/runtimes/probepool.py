@@ -165,6 +165,11 @@ _WORKER_CODE = "from reconciler.runtimes.probepool import worker_main; worker_ma
 # workers started ahead, while the input is parsed) printed its KeyboardInterrupt traceback.
 
 
+def _worker_argv() -> list[str]:
+    """The command of a worker process (spawned by the pool, or started ahead)."""
+    return [sys.executable, "-P", "-c", _WORKER_CODE]
+
+
 class Prestarted:
     """Worker processes started before the event loop runs, for a :class:`ProbePool` to
     adopt at its first test.
@@ -183,7 +188,7 @@ class Prestarted:
         try:
             for _ in range(count):
                 self._procs.append(subprocess.Popen(
-                    [sys.executable, "-P", "-c", _WORKER_CODE], stdin=subprocess.PIPE,
+                    _worker_argv(), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, env=env, bufsize=0, process_group=0))
         except OSError as exc:
             log.warning("probe workers could not start ahead (%s): started when needed",
@@ -322,8 +327,8 @@ class ProbePool:
 
     async def _spawn(self, env: dict[str, str]) -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-P", "-c", _WORKER_CODE,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, process_group=0)
+            *_worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            process_group=0)
         assert proc.stdin is not None and proc.stdout is not None
         self._add(_Worker(proc, proc.stdin), proc.stdout)
 

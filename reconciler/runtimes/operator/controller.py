@@ -29,9 +29,6 @@ from reconciler.runtimes.publish import Publisher
 from reconciler.runtimes.secretcache import KubeSecrets
 from reconciler.stores.base import ObjectRef
 from reconciler.stores.kube import KubeStore, ref_of
-
-if TYPE_CHECKING:
-    from reconciler.engine.active import HealthSample
 from reconciler.stores.kubetypes import (
     KubeObject,
     condition,
@@ -41,6 +38,9 @@ from reconciler.stores.kubetypes import (
     name_of,
     namespace_of,
 )
+
+if TYPE_CHECKING:
+    from reconciler.engine.active import HealthSample
 
 log = logging.getLogger("smtpctl.operator")
 RESYNC_ATTEMPTS = 10  # re-reads of stale Secrets after a watch gap (0.5 s .. 30 s apart)
