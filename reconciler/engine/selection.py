@@ -29,6 +29,7 @@ selected relays, even if the process dies between the two writes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import operator
 import weakref
@@ -308,60 +309,171 @@ async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = N
     been written first).  Returns the winner and ``own``'s object as written (None: no
     ``own``, or it is gone).
 
-    Every write that changes who is selected happens under the scope lock, so the
-    snapshot the decision is made from cannot change under it; the order is the same as
-    without ``own``: releases first, the winner last."""
-    async with world.scope_lock(namespace):
-        objs: list[StoredObject] = await world.store.list(KIND, namespace)
-        # Each pass of a fleet whose relays all ask for selection runs this over the whole
-        # namespace: candidates are memoised per object (see _Memo), built again only for
-        # the objects written since the last run.
-        memos = _memos_of(world.store, namespace)
-        fresh: dict[str, _Memo] = {}
-        for o in objs:
-            m = memos.get(o.ref.name) if memos is not None else None
-            fresh[o.ref.name] = m if m is not None and m.obj is o else _Memo(o)
-        if memos is not None:
-            memos.clear()
-            memos.update(fresh)
-        by_name = {name: m.obj for name, m in fresh.items()}
-        cands = {name: m.cand for name, m in fresh.items()}
-        if own is not None and own.name in by_name:
-            cur = by_name[own.name]
-            preview = own.mutate(cur)
-            if preview is not None:  # decide on the verdict as it will be written
-                by_name[own.name] = replace(cur, status=preview.status, memo=preview.memo)
-                cands[own.name] = candidate(by_name[own.name])
-        now = world.clock()
-        choice = decide(list(cands.values()), now)
-        winner = choice.winner
-        previous = sorted((c for c in cands.values() if c.selected), key=_ORDER)
-        # Release first, then acquire: never two selected in the store.
-        ordered = [c for c in cands.values() if c.name != winner]
-        if winner is not None:
-            ordered.append(cands[winner])
-        # What desired_selected reads besides the candidate itself.
-        w = cands.get(winner) if winner else None
-        key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
-               None if w is None else w.priority)
-        written: StoredObject | None = None
-        if own is not None and own.name not in by_name:  # not listed: gone (or not ours)
-            written = await world.store.update_status(ObjectRef(KIND, namespace, own.name),
-                                                      own.mutate)
-            if written is not None and own.after is not None:
-                await own.after(written)
-        own_name = own.name if own is not None else None
+    **Coalesced**: the call queues a request on the scope; the first caller to hold the
+    scope lock serves *every* queued request in one run (see :func:`_run`): one listing,
+    each queued verdict previewed, one decision, each verdict written together with its
+    Selected condition, releases before the winner, Events once per change of the relay in
+    use.  A fleet whose passes all ask for selection costs one run per batch of passes
+    that finished together, not one per pass.  Every write that changes who is selected
+    happens under the scope lock, so the snapshot a decision is made from cannot change
+    under it."""
+    lock = world.scope_lock(namespace)
+    scope = _scope_of(lock)
+    req = _Request(own)
+    scope.queue.append(req)
+    try:
+        if not lock.locked():
+            # One turn of the event loop: the passes that are ready to ask now (their tests
+            # finished while the previous run held the loop) join this run.
+            await asyncio.sleep(0)
+        async with lock:
+            while not req.done:  # each run finishes (or fails) at least one request
+                await _run(namespace, world, scope, req)
+    except BaseException:
+        if not req.taken and req in scope.queue:  # cancelled while queued: not served
+            scope.queue.remove(req)
+        raise
+    if req.error is not None:
+        raise req.error
+    return req.winner, req.written
+
+
+class _Request:
+    """One caller's request to a scope's selection run (its own verdict write, if any)."""
+
+    __slots__ = ("done", "error", "own", "taken", "winner", "written")
+
+    def __init__(self, own: OwnWrite | None) -> None:
+        self.own = own
+        self.taken = False  # in a run that is in progress
+        self.done = False
+        self.winner: str | None = None
+        self.written: StoredObject | None = None
+        self.error: BaseException | None = None
+
+    def finish(self, written: StoredObject | None = None) -> None:
+        self.written, self.done = written, True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.done = error, True
+
+
+class _Scope:
+    """The requests queued on one scope lock (one namespace of one world)."""
+
+    __slots__ = ("__weakref__", "queue", "runs")
+
+    def __init__(self) -> None:
+        self.queue: list[_Request] = []
+        self.runs = 0  # selection runs made (tests count them)
+
+
+# scope lock -> its queue (dropped with the lock, i.e. with the world).
+_SCOPES: weakref.WeakKeyDictionary[Any, _Scope] = weakref.WeakKeyDictionary()
+
+
+def _scope_of(lock: Any) -> _Scope:
+    scope = _SCOPES.get(lock)
+    if scope is None:
+        scope = _SCOPES[lock] = _Scope()
+    return scope
+
+
+class _Stop(Exception):
+    """A write that changes who is selected failed: no further write in this run."""
+
+
+async def _run(namespace: str, world: Any, scope: _Scope, leader: _Request) -> None:
+    """Serve the queued requests in one selection run (the caller holds the scope lock).
+
+    Takes the queue (one request per relay; a second one for the same relay waits for the
+    next run), then :func:`_select_batch`.  Whatever is not finished when the run ends -
+    the leader was cancelled, or a write it depends on failed - goes back to the front of
+    the queue for the next run: a failing or cancelled pass never loses the others'
+    verdicts."""
+    batch: list[_Request] = []
+    later: list[_Request] = []
+    names: set[str] = set()
+    for r in scope.queue:
+        if r.own is not None:
+            if r.own.name in names:
+                later.append(r)
+                continue
+            names.add(r.own.name)
+        batch.append(r)
+    scope.queue = later
+    for r in batch:
+        r.taken = True
+    scope.runs += 1
+    try:
+        await _select_batch(namespace, world, batch, leader)
+    finally:
+        left = [r for r in batch if not r.done]
+        for r in batch:
+            r.taken = False
+        scope.queue[:0] = left
+
+
+async def _select_batch(namespace: str, world: Any, batch: list[_Request],
+                        leader: _Request) -> None:
+    owns = {r.own.name: r for r in batch if r.own is not None}
+    objs: list[StoredObject] = await world.store.list(KIND, namespace)
+    # A fleet whose relays all ask for selection runs this over the whole namespace once
+    # per run: candidates are memoised per object (see _Memo), built again only for the
+    # objects written since the last run.
+    memos = _memos_of(world.store, namespace)
+    fresh: dict[str, _Memo] = {}
+    for o in objs:
+        m = memos.get(o.ref.name) if memos is not None else None
+        fresh[o.ref.name] = m if m is not None and m.obj is o else _Memo(o)
+    if memos is not None:
+        memos.clear()
+        memos.update(fresh)
+    by_name = {name: m.obj for name, m in fresh.items()}
+    cands = {name: m.cand for name, m in fresh.items()}
+    for name, r in owns.items():
+        cur = by_name.get(name)
+        if cur is None:
+            continue
+        assert r.own is not None
+        try:
+            preview = r.own.mutate(cur)
+        except Exception as exc:  # noqa: BLE001 - that pass's own failure, not the run's
+            r.fail(exc)  # its relay takes part as it is stored (released if need be)
+            continue
+        if preview is not None:  # decide on the verdict as it will be written
+            by_name[name] = replace(cur, status=preview.status, memo=preview.memo)
+            cands[name] = candidate(by_name[name])
+    now = world.clock()
+    choice = decide(list(cands.values()), now)
+    winner = choice.winner
+    previous = sorted((c for c in cands.values() if c.selected), key=_ORDER)
+    # Release first, then acquire: never two selected in the store.
+    ordered = [c for c in cands.values() if c.name != winner]
+    if winner is not None:
+        ordered.append(cands[winner])
+    # What desired_selected reads besides the candidate itself.
+    w = cands.get(winner) if winner else None
+    key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
+           None if w is None else w.priority)
+    owns = {name: r for name, r in owns.items() if not r.done}
+    for name, r in owns.items():
+        if name not in by_name:  # not listed: gone (or not ours)
+            assert r.own is not None
+            await _own_write(world, ObjectRef(KIND, namespace, name), r, r.own.mutate)
+    try:
         for c in ordered:
-            mine = c.name == own_name
+            req = owns.get(c.name)
             mutate: Callable[[StoredObject], StatusWrite | None] | None = None
             sel = False
-            if (c.requested or c.selected) and (mine or not c.pending or c.name == winner):
+            if (c.requested or c.selected) and (req is not None or not c.pending
+                                                  or c.name == winner):
                 # Not for a relay that neither asks for selection nor holds it, nor for one
                 # whose first verdict is not in yet: its own pass writes its Selected
                 # condition with its status.  Writing it here too raced with that pass
                 # (409, re-read, second write) for every relay of a new fleet whose first
                 # test had not finished yet.
-                if mine:
+                if req is not None:
                     sel, reason, msg = desired_selected(c, choice, namespace, cands)
                     mutate = selected_mutator(sel, reason, msg, now)
                 else:
@@ -373,25 +485,62 @@ async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = N
                         continue  # already as desired in the snapshot: no write
                     sel, reason, msg = m.desired
                     mutate = selected_mutator(sel, reason, msg, now)
-            if mine:
-                assert own is not None
-                written = await world.store.update_status(ObjectRef(KIND, namespace, c.name),
-                                                          _combined(own.mutate, mutate))
-                if written is not None and own.after is not None:
-                    await own.after(written)
-                continue  # a failure raises: the pass failed, as without selection
+            ref = ObjectRef(KIND, namespace, c.name)
+            if req is not None:
+                assert req.own is not None
+                await _own_write(world, ref, req, _combined(req.own.mutate, mutate),
+                                 changes=sel or c.selected)
+                continue
             if mutate is None or mutate(by_name[c.name]) is None:
                 continue  # already as desired in the snapshot: no write (fast re-apply)
             try:
-                await world.store.update_status(ObjectRef(KIND, namespace, c.name), mutate)
+                await world.store.update_status(ref, mutate)
             except StoreError as exc:
                 if sel or c.selected:
-                    raise  # releasing or acquiring failed: stop before a second winner
+                    # Releasing or acquiring failed: stop before a second winner.  The
+                    # leader's pass reports it (if its request is not served yet, else the
+                    # first one not served); the others are decided again in the next run.
+                    victim = leader if leader.taken and not leader.done else next(
+                        (q for q in batch if not q.done), None)
+                    if victim is not None:
+                        victim.fail(exc)
+                    return
                 # A loser's Selected=False condition only: the selection itself holds.
                 log.warning("could not write the Selected condition of %s/%s: %s",
                             namespace, c.name, exc)
-        await _emit_selection_events(world, namespace, cands, previous, winner, now)
-        return winner, written
+    except _Stop:
+        return  # a pass's own selection-changing write failed: the others run again
+    for r in batch:
+        if not r.done:
+            r.finish()
+    for r in batch:
+        r.winner = winner
+    await _emit_selection_events(world, namespace, cands, previous, winner, now)
+
+
+async def _own_write(world: Any, ref: ObjectRef, r: _Request,
+                     mutate: Callable[[StoredObject], StatusWrite | None], *,
+                     changes: bool = False) -> None:
+    """A queued pass's verdict (with its Selected condition); ``after`` right after it.
+
+    A failure is that pass's (its caller raises it); when the write would have changed
+    who is selected (``changes``), :class:`_Stop` ends the run: the requests not served
+    yet go back to the queue and are decided again without this verdict."""
+    assert r.own is not None
+    try:
+        written = await world.store.update_status(ref, mutate)
+    except Exception as exc:
+        r.fail(exc)
+        if changes:
+            raise _Stop from exc
+        return
+    if written is not None and r.own.after is not None:
+        try:
+            await r.own.after(written)
+        except Exception as exc:  # noqa: BLE001 - written; its pass reports the failure
+            r.fail(exc)
+            return
+    r.finish(written)
 
 
 async def _emit_selection_events(world: Any, namespace: str, cands: dict[str, Candidate],
