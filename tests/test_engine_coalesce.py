@@ -18,6 +18,7 @@ about selection, the probe has its own).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as hs
 
 from reconciler.engine import selection
 from reconciler.engine.reconcile import ReconcileResult, reconcile
 from reconciler.engine.world import BasicWorld, Limits
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
-from reconciler.runtimes.local import PassError, reconcile_objects
+from reconciler.runtimes.local import PassError, delete_refs, reconcile_objects
 from reconciler.secret import Secret
 from reconciler.stores.base import (
     Event,
@@ -70,7 +73,9 @@ class Scope:
     holding: dict[str, asyncio.Event] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
     events: list[tuple[str, str, str, str]] = field(default_factory=list)
+    writes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     lists: int = 0
+    gets: int = 0
     decided: int = 0  # candidates looked at by decisions, summed over all of them
     decisions: int = 0
     selected_at_once: int = 0
@@ -108,13 +113,13 @@ class Scope:
         return [e for e in self.events if e[2] in selection.SELECTION_EVENTS]
 
 
-def _doc(i: int, priority: int = 0) -> dict[str, Any]:
+def _doc(i: int, priority: int = 0, selected: bool = True) -> dict[str, Any]:
     return {"apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": KIND,
             "metadata": {"name": f"r{i:03d}", "namespace": NS},
             "spec": {"host": "relay.test", "port": 3000 + i,
                      "authentication": "UsernamePassword", "username": "app@example.test",
                      "startTLS": True, "passwordFrom": {"env": "SMTP_PW"},
-                     "refreshInterval": "1h", "selected": True, "priority": priority}}
+                     "refreshInterval": "1h", "selected": selected, "priority": priority}}
 
 
 def _scope(path: Path, monkeypatch: pytest.MonkeyPatch, priorities: list[int]) -> tuple[
@@ -133,10 +138,15 @@ def _scope(path: Path, monkeypatch: pytest.MonkeyPatch, priorities: list[int]) -
 
     monkeypatch.setattr(selection, "decide", counting_decide)
     original_list, original_update = s.store.list, s.store.update_status
+    original_get = s.store.get
 
     async def counting_list(kind: str, namespace: str | None = None) -> list[StoredObject]:
         s.lists += 1
         return await original_list(kind, namespace)
+
+    async def counting_get(ref: ObjectRef) -> StoredObject | None:
+        s.gets += 1
+        return await original_get(ref)
 
     async def gated_update(ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         if ref.name in s.hold:
@@ -144,11 +154,18 @@ def _scope(path: Path, monkeypatch: pytest.MonkeyPatch, priorities: list[int]) -
             await asyncio.wait_for(s.hold[ref.name].wait(), WAIT)
         if ref.name in s.broken:
             raise StoreError(f"status of {ref.name} cannot be written")
-        written = await original_update(ref, mutate)
+        def logged(cur: StoredObject) -> Any:
+            out = mutate(cur)
+            if out is not None and out.status != cur.status:
+                s.writes.append((ref.name, dict(out.status)))
+            return out
+
+        written = await original_update(ref, logged)
         s.selected_at_once = max(s.selected_at_once, len(s.selected()))
         return written
 
     s.store.list = counting_list  # type: ignore[method-assign]
+    s.store.get = counting_get  # type: ignore[method-assign]
     s.store.update_status = gated_update  # type: ignore[method-assign]
     return s, refs
 
@@ -170,11 +187,12 @@ def _final(s: Scope) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def test_passes_that_finish_together_share_one_selection_run(
+async def test_selection_work_per_apply_is_linear(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """48 requested relays whose tests end together: a few selection runs, not one per
-    pass.  The code before coalescing listed the namespace and decided over all 48
-    candidates on every pass (49 listings, 48 * 48 = 2,304 candidates decided)."""
+    pass, and each looks at the relays written since the previous one, not at the whole
+    namespace (one listing per apply).  The code before listed the namespace and decided
+    over all 48 candidates on every pass (49 listings, 2,352 candidates decided)."""
     n = 48
     s, refs = _scope(tmp_path, monkeypatch, [i % 3 for i in range(n)])
     _open_all(s, [r.name for r in refs])
@@ -183,8 +201,10 @@ async def test_passes_that_finish_together_share_one_selection_run(
     objs = s.objects()
     assert all(o.status.get("lastTest", {}).get("passed") for o in objs.values())
     assert s.selected() == ["r000"] and s.selected_at_once == 1
-    assert s.lists <= n // 4, s.lists
-    assert s.decided <= n * n // 4, s.decided
+    assert s.lists <= 1, s.lists
+    assert s.decisions <= n // 4, s.decisions
+    assert s.decided <= 2 * n, s.decided
+    assert s.gets <= 4 * n, s.gets  # the pass's own read, and selection's of what changed
     # Every relay shows the one decision (standbys name the relay in use).
     for name, o in objs.items():
         sel = next(c for c in o.status["conditions"] if c["type"] == "Selected")
@@ -229,7 +249,7 @@ async def test_coalesced_passes_end_in_the_state_of_sequential_ones(
     assert finals[0] == finals[1]
     assert len(coalesced.selected()) == 1
     assert coalesced.selected_at_once == sequential.selected_at_once == 1
-    assert coalesced.lists < sequential.lists
+    assert coalesced.decisions < sequential.decisions
     assert len(coalesced.selection_events()) <= len(sequential.selection_events())
     assert [e[2] for e in coalesced.selection_events()].count("Active") == 1
 
@@ -359,3 +379,162 @@ async def test_a_cancelled_leader_or_waiter_loses_no_other_verdict(
     s.hold = {}
     await asyncio.wait_for(reconcile_objects([refs[0], refs[3]], world), WAIT)
     assert s.selected() == ["r000"] and s.selected_at_once == 1
+
+
+async def _story(s: Scope, seed: int) -> None:
+    """Three applies with changes in between: tests that end in a random order a few
+    scheduler turns apart; then priorities changed, relays that stop or start asking for
+    selection, two deleted (the relay in use among them; the local runtime selects
+    again), three added; then a forced
+    re-test in which the relay in use and others fail."""
+    rng = random.Random(seed)
+    world = s.world()
+    n = 20
+    docs = {i: (rng.randrange(3), rng.random() < 0.8) for i in range(n)}
+
+    def upsert(items: dict[int, tuple[int, bool]]) -> list[ObjectRef]:
+        return [u.obj.ref for u in s.store.upsert_many(
+            [_doc(i, p, sel) for i, (p, sel) in sorted(items.items())], now=s.now)]
+
+    async def apply(refs: list[ObjectRef], force: bool = False) -> None:
+        s.gates = {}
+        run = asyncio.create_task(reconcile_objects(refs, world, force=force))
+        names = [r.name for r in refs]
+        for name in rng.sample(names, len(names)):
+            s.gates.setdefault(name, asyncio.Event()).set()
+            for _ in range(rng.randrange(3)):
+                await asyncio.sleep(0)
+        await asyncio.wait_for(run, WAIT)
+
+    refs = upsert(docs)
+    s.fail = {f"r{i:03d}" for i in rng.sample(range(n), 4)}
+    await apply(refs)
+    for i in rng.sample(range(n), 5):
+        docs[i] = (rng.randrange(3), docs[i][1])
+    for i in rng.sample(range(n), 3):
+        docs[i] = (docs[i][0], not docs[i][1])
+    (used,) = s.selected()
+    gone = [int(used[1:]), *rng.sample([i for i in sorted(docs) if i != int(used[1:])], 1)]
+    for i in gone:
+        del docs[i]
+    await delete_refs(s.store, world, [ObjectRef(KIND, NS, f"r{i:03d}") for i in gone])
+    for i in range(n, n + 3):
+        docs[i] = (rng.randrange(3), True)
+    s.now += 60
+    refs = upsert(docs)
+    await apply(refs)
+    s.fail |= set(s.selected()) | {f"r{i:03d}" for i in rng.sample(sorted(docs), 3)}
+    s.now += 7200
+    await apply(refs, force=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_the_index_decides_as_a_full_listing_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Selection's index (the relays written since the previous run, read again; the
+    decision from the selected relays, the best Ready ones and the best one waiting) against
+    a full listing and a decision over every relay on every run: the same status writes
+    in the same order and the same Events, through new relays, changed priorities, relays
+    that stop or start asking, deletions and failovers; never two selected at once."""
+    runs: list[Scope] = []
+    for index in (True, False):
+        with monkeypatch.context() as mp:
+            if not index:
+                mp.setattr(selection, "_memos_of", lambda store, namespace: None)
+            s, _ = _scope(tmp_path / str(index), mp, [])
+            with s.store.remember():  # one view throughout: upserts and deletes included
+                await _story(s, seed)
+            runs.append(s)
+    indexed, listed = runs
+    assert indexed.lists < listed.lists
+    assert indexed.decided < listed.decided
+    assert [w[0] for w in indexed.writes] == [w[0] for w in listed.writes]
+    assert indexed.writes == listed.writes
+    assert indexed.events == listed.events
+    assert indexed.selected() == listed.selected() and len(indexed.selected()) == 1
+    assert indexed.selected_at_once == listed.selected_at_once == 1
+
+
+async def test_a_verdict_whose_write_failed_is_never_selected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A standby that failed, then passes a re-test whose write fails: its stored status
+    still says it failed.  When the relay in use fails afterwards, selection must not pick
+    the standby on the strength of the verdict it previewed but never wrote (Selected only
+    when a passed test is stored): nothing Ready to take over, the relay in use is kept."""
+    s, refs = _scope(tmp_path, monkeypatch, [0, 1])
+    world = s.world()
+    world.announce_testing = False  # the verdict is the pass's only write
+    s.fail = {"r001"}
+    _open_all(s, ["r000", "r001"])
+    await asyncio.wait_for(reconcile_objects(refs, world), WAIT)
+    assert s.selected() == ["r000"]
+    s.fail = set()
+    s.broken = {"r001"}
+    s.now += 7200
+    failed: list[PassError] = []
+    with s.store.remember():  # one apply's view: selection keeps its index throughout
+        await asyncio.wait_for(
+            reconcile_objects([refs[1]], world, force=True, failed=failed), WAIT)
+        assert [p.ref.name for p in failed] == ["r001"]
+        s.broken = set()
+        s.fail = {"r000"}
+        s.now += 60
+        await asyncio.wait_for(reconcile_objects([refs[0]], world, force=True), WAIT)
+    objs = s.objects()
+    assert objs["r001"].status["lastTest"]["passed"] is False
+    assert not objs["r001"].status.get("selected")
+    sel = next(c for c in objs["r000"].status["conditions"] if c["type"] == "Selected")
+    assert (sel["status"], sel["reason"]) == ("True", "ActiveRelayFailing")
+    assert s.selected() == ["r000"]
+
+
+_cands = hs.lists(
+    hs.builds(selection.Candidate, name=hs.sampled_from("abcdefghij"),
+              created_at=hs.sampled_from("123"), requested=hs.booleans(),
+              ready=hs.booleans(), testing=hs.booleans(), has_active=hs.booleans(),
+              selected=hs.booleans(), priority=hs.integers(0, 3),
+              ready_since=hs.sampled_from([0.0, 100.0, 1000.0]), failing=hs.booleans(),
+              pending=hs.booleans(), failback_after=hs.sampled_from([0.0, 300.0])),
+    max_size=10, unique_by=lambda c: c.name)
+
+
+def _c(name: str, priority: int, **kw: Any) -> selection.Candidate:
+    base: dict[str, Any] = {"created_at": "1", "requested": True, "ready": True,
+                            "testing": False, "has_active": True, "selected": False,
+                            "ready_since": 100.0}
+    return selection.Candidate(name=name, priority=priority, **(base | kw))
+
+
+@settings(max_examples=400)
+@given(_cands, hs.sampled_from([0.0, 200.0, 2000.0]), hs.randoms())
+# Two Ready relays ranked above the relay in use, both waiting for their fail-back delay.
+@example([_c("a", 2, selected=True), _c("b", 0), _c("c", 1)], 200.0, random.Random(1))
+# Nothing selected; the best Ready relay waits for a better one's first verdict (rule 4).
+@example([_c("a", 1), _c("b", 0, ready=False, has_active=False, pending=True),
+          _c("c", 2)], 0.0, random.Random(2))
+def test_the_index_hands_decide_what_decides(cands: list[selection.Candidate], now: float,
+                                             rnd: random.Random) -> None:
+    """The candidates the index hands to ``decide`` (the selected relays, the best Ready
+    one and every Ready one ranked above the relay in use, the best one waiting for its
+    first verdict) give the same choice - winner, fail-back times, the relay waited for -
+    as every relay of the namespace, whatever the order the index learnt them in."""
+    idx = selection._Index()
+
+    def learn(c: selection.Candidate) -> None:
+        m = object.__new__(selection._Memo)
+        m.obj = StoredObject(ref=ObjectRef(KIND, NS, c.name), manifest={}, generation=1,
+                             created_at=c.created_at, status={}, memo=None, version="1",
+                             uid="u")
+        m.cand = c
+        idx.put(m)
+
+    again = rnd.sample(cands, len(cands) // 2)
+    for c in rnd.sample(cands, len(cands)):
+        if c in again:  # first as it was before a write
+            learn(dataclasses.replace(c, ready=not c.ready, selected=not c.selected,
+                                      pending=not c.pending, priority=(c.priority + 1) % 4))
+        else:
+            learn(c)
+    for c in again:  # then as written
+        learn(c)
+    assert selection.decide(idx.deciding(), now) == selection.decide(cands, now)

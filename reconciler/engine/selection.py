@@ -30,6 +30,8 @@ selected relays, even if the process dies between the two writes.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import operator
 import weakref
@@ -248,12 +250,82 @@ class _Memo:
         self.settled = False
 
 
-# store -> namespace -> name -> memo (dropped with the store).
-_MEMOS: weakref.WeakKeyDictionary[Any, dict[str, dict[str, _Memo]]] = (
-    weakref.WeakKeyDictionary())
+_Order = tuple[int, str, str]
 
 
-def _memos_of(store: Any, namespace: str) -> dict[str, _Memo] | None:
+class _Index:
+    """Selection's view of one namespace of one store, kept from run to run while the
+    store shares objects: the memo of every relay, and the relays that asked for selection
+    and are Ready (``eligible``), that asked and wait for their first verdict (``pending``)
+    and that are selected (``held``), each sorted by rank.  With a store that can name the
+    objects written since the previous run (``changes_since``), a run looks at those only
+    instead of listing the namespace: its cost follows the batch, not the namespace."""
+
+    __slots__ = ("dirty", "eligible", "held", "key", "memos", "pending", "token", "unsettled")
+
+    def __init__(self) -> None:
+        self.memos: dict[str, _Memo] = {}
+        self.eligible: list[_Order] = []
+        self.pending: list[_Order] = []
+        self.held: list[_Order] = []
+        self.token: object | None = None  # the store's change token (None: list)
+        self.key: tuple[Any, ...] | None = None  # the choice of the previous run
+        self.dirty: set[str] = set()  # read again at the next run (previewed verdicts)
+        self.unsettled: set[str] = set()  # a Selected write that failed: tried again
+
+    def rebuild(self, objs: list[StoredObject]) -> None:
+        old = self.memos
+        self.__init__()  # type: ignore[misc]
+        for o in objs:
+            m = old.get(o.ref.name)
+            self.put(m if m is not None and m.obj is o else _Memo(o))
+
+    def put(self, m: _Memo) -> None:
+        name = m.obj.ref.name
+        self.drop(name)
+        self.memos[name] = m
+        c = m.cand
+        o = (c.priority, c.created_at, c.name)
+        if c.requested and c.ready:
+            bisect.insort(self.eligible, o)
+        if c.requested and c.pending:
+            bisect.insort(self.pending, o)
+        if c.selected:
+            bisect.insort(self.held, o)
+
+    def drop(self, name: str) -> None:
+        m = self.memos.pop(name, None)
+        if m is None:
+            return
+        c = m.cand
+        o = (c.priority, c.created_at, c.name)
+        for lst in (self.eligible, self.pending, self.held):
+            i = bisect.bisect_left(lst, o)
+            if i < len(lst) and lst[i] == o:
+                del lst[i]
+
+    def deciding(self) -> list[Candidate]:
+        """The candidates :func:`decide` reads: it gives the same choice from these as
+        from the whole namespace (the selected relays, the best Ready one and every Ready
+        one ranked above the relay in use, the best one still waiting for its first
+        verdict)."""
+        names = [o[2] for o in self.held]
+        if self.eligible:
+            names.append(self.eligible[0][2])
+            if self.held:
+                top = self.held[0][0]  # the incumbent's priority
+                names.extend(o[2] for o in itertools.takewhile(
+                    lambda o: o[0] < top, self.eligible))
+        if self.pending:
+            names.append(self.pending[0][2])
+        return [self.memos[n].cand for n in dict.fromkeys(names)]
+
+
+# store -> namespace -> index (dropped with the store).
+_MEMOS: weakref.WeakKeyDictionary[Any, dict[str, _Index]] = weakref.WeakKeyDictionary()
+
+
+def _memos_of(store: Any, namespace: str) -> _Index | None:
     try:
         if not getattr(store, "shares_objects", False):
             _MEMOS.pop(store, None)  # e.g. between two applies of `apply --watch`
@@ -261,7 +333,10 @@ def _memos_of(store: Any, namespace: str) -> dict[str, _Memo] | None:
         by_ns = _MEMOS.setdefault(store, {})
     except TypeError:  # not weak-referenceable: no memo
         return None
-    return by_ns.setdefault(namespace, {})
+    idx = by_ns.get(namespace)
+    if idx is None:
+        idx = by_ns[namespace] = _Index()
+    return idx
 
 
 async def select_scope(namespace: str, world: Any) -> str | None:
@@ -414,56 +489,124 @@ async def _run(namespace: str, world: Any, scope: _Scope, leader: _Request) -> N
         scope.queue[:0] = left
 
 
+async def _view(namespace: str, world: Any, idx: _Index | None,
+                owns: dict[str, _Request]) -> tuple[dict[str, _Memo], list[str] | None]:
+    """The relays of the namespace as stored now, as memos by name, and which of them
+    changed since the previous run (None: all of them are looked at).  With an index and a
+    store that names its changes, only those are read again; otherwise one listing."""
+    store = world.store
+    changes = getattr(store, "changes_since", None) if idx is not None else None
+    if idx is not None and callable(changes):
+        token, names = changes(KIND, namespace, idx.token)
+        if names is not None:
+            idx.token = token
+            look = names | idx.dirty | idx.unsettled | owns.keys()
+            idx.dirty = set()
+            for name in look:
+                obj = await store.get(ObjectRef(KIND, namespace, name))
+                if obj is None:
+                    idx.drop(name)
+                elif (m := idx.memos.get(name)) is None or m.obj is not obj:
+                    idx.put(_Memo(obj))
+            return idx.memos, sorted(n for n in look if n in idx.memos)  # listing order
+    else:
+        token = None
+    objs: list[StoredObject] = await store.list(KIND, namespace)
+    if idx is None:
+        return {o.ref.name: _Memo(o) for o in objs}, None
+    idx.rebuild(objs)
+    idx.token = token  # the listing is as of this token (no write since)
+    return idx.memos, None
+
+
 async def _select_batch(namespace: str, world: Any, batch: list[_Request],
                         leader: _Request) -> None:
+    """One selection run for ``batch`` (the caller holds the scope lock)."""
     owns = {r.own.name: r for r in batch if r.own is not None}
-    objs: list[StoredObject] = await world.store.list(KIND, namespace)
-    # A fleet whose relays all ask for selection runs this over the whole namespace once
-    # per run: candidates are memoised per object (see _Memo), built again only for the
-    # objects written since the last run.
-    memos = _memos_of(world.store, namespace)
-    fresh: dict[str, _Memo] = {}
-    for o in objs:
-        m = memos.get(o.ref.name) if memos is not None else None
-        fresh[o.ref.name] = m if m is not None and m.obj is o else _Memo(o)
-    if memos is not None:
-        memos.clear()
-        memos.update(fresh)
-    by_name = {name: m.obj for name, m in fresh.items()}
-    cands = {name: m.cand for name, m in fresh.items()}
+    idx = _memos_of(world.store, namespace)
+    try:
+        await _decide_and_write(namespace, world, batch, leader, owns, idx)
+    except BaseException:
+        if idx is not None:
+            idx.token = None  # interrupted half-way: list at the next run
+        raise
+
+
+async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
+                            leader: _Request, owns: dict[str, _Request],
+                            idx: _Index | None) -> None:
+    # A fleet whose relays all ask for selection runs this once per batch of passes:
+    # candidates are memoised per object (see _Memo), and with the index (see _Index) only
+    # the relays written since the previous run are looked at.
+    memos, look = await _view(namespace, world, idx, owns)
+    by_name = {name: m.obj for name, m in memos.items()} if look is None else None
+    previews: dict[str, Candidate] = {}
     for name, r in owns.items():
-        cur = by_name.get(name)
-        if cur is None:
+        m = memos.get(name)
+        if m is None:
             continue
         assert r.own is not None
         try:
-            preview = r.own.mutate(cur)
+            preview = r.own.mutate(m.obj)
         except Exception as exc:  # noqa: BLE001 - that pass's own failure, not the run's
             r.fail(exc)  # its relay takes part as it is stored (released if need be)
             continue
         if preview is not None:  # decide on the verdict as it will be written
-            by_name[name] = replace(cur, status=preview.status, memo=preview.memo)
-            cands[name] = candidate(by_name[name])
+            obj = replace(m.obj, status=preview.status, memo=preview.memo)
+            previews[name] = candidate(obj)
+            if idx is not None:
+                idx.dirty.add(name)  # read again at the next run, written or not
+                pm = _Memo(obj)
+                idx.put(pm)
+                memos[name] = pm
+    if look is None:
+        cands = {name: previews.get(name) or m.cand for name, m in memos.items()}
+        pool = list(cands.values())
+    else:
+        assert idx is not None
+        pool = idx.deciding()
+        cands = {c.name: c for c in pool}
     now = world.clock()
-    choice = decide(list(cands.values()), now)
+    choice = decide(pool, now)
     winner = choice.winner
-    previous = sorted((c for c in cands.values() if c.selected), key=_ORDER)
-    # Release first, then acquire: never two selected in the store.
-    ordered = [c for c in cands.values() if c.name != winner]
-    if winner is not None:
-        ordered.append(cands[winner])
+    previous = sorted((c for c in pool if c.selected), key=_ORDER)
     # What desired_selected reads besides the candidate itself.
-    w = cands.get(winner) if winner else None
+    w = memos[winner].cand if winner else None
+    if w is not None:
+        cands.setdefault(w.name, w)
     key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
            None if w is None else w.priority)
+    if look is not None and idx is not None:
+        if key != idx.key:  # another choice: every relay's Selected condition may change
+            look = sorted(memos)
+        else:
+            # the relay in use now and the ones it replaces (released first)
+            extra = [o[2] for o in idx.held if o[2] not in look]
+            look = sorted(set(look) | set(extra) | ({winner} if winner else set()))
+        idx.key = key
+    elif idx is not None:
+        idx.key = key
+    if look is not None:
+        names = look
+    elif idx is not None:  # listing order (by name; a previewed relay was put again)
+        names = sorted(memos)
+    else:
+        names = list(memos)
+    # Release first, then acquire: never two selected in the store.
+    ordered = [n for n in names if n != winner]
+    if winner is not None:
+        ordered.append(winner)
     owns = {name: r for name, r in owns.items() if not r.done}
     for name, r in owns.items():
-        if name not in by_name:  # not listed: gone (or not ours)
+        if name not in memos:  # not listed: gone (or not ours)
             assert r.own is not None
             await _own_write(world, ObjectRef(KIND, namespace, name), r, r.own.mutate)
+    if idx is not None:
+        idx.unsettled = set()
     try:
-        for c in ordered:
-            req = owns.get(c.name)
+        for name in ordered:
+            c = memos[name].cand if name not in previews else previews[name]
+            req = owns.get(name)
             mutate: Callable[[StoredObject], StatusWrite | None] | None = None
             sel = False
             if (c.requested or c.selected) and (req is not None or not c.pending
@@ -476,8 +619,8 @@ async def _select_batch(namespace: str, world: Any, batch: list[_Request],
                 if req is not None:
                     sel, reason, msg = desired_selected(c, choice, namespace, cands)
                     mutate = selected_mutator(sel, reason, msg, now)
-                else:
-                    m = fresh[c.name]
+                elif idx is not None:
+                    m = memos[name]
                     if m.key != key:  # the same object under the same choice: as before
                         m.key, m.desired = key, desired_selected(c, choice, namespace, cands)
                         m.settled = _settled(m.obj, *m.desired)
@@ -485,13 +628,17 @@ async def _select_batch(namespace: str, world: Any, batch: list[_Request],
                         continue  # already as desired in the snapshot: no write
                     sel, reason, msg = m.desired
                     mutate = selected_mutator(sel, reason, msg, now)
-            ref = ObjectRef(KIND, namespace, c.name)
+                else:
+                    sel, reason, msg = desired_selected(c, choice, namespace, cands)
+                    mutate = selected_mutator(sel, reason, msg, now)
+            ref = ObjectRef(KIND, namespace, name)
             if req is not None:
                 assert req.own is not None
                 await _own_write(world, ref, req, _combined(req.own.mutate, mutate),
                                  changes=sel or c.selected)
                 continue
-            if mutate is None or mutate(by_name[c.name]) is None:
+            current = memos[name].obj if by_name is None else by_name[name]
+            if mutate is None or mutate(current) is None:
                 continue  # already as desired in the snapshot: no write (fast re-apply)
             try:
                 await world.store.update_status(ref, mutate)
@@ -504,11 +651,17 @@ async def _select_batch(namespace: str, world: Any, batch: list[_Request],
                         (q for q in batch if not q.done), None)
                     if victim is not None:
                         victim.fail(exc)
+                    if idx is not None:
+                        idx.token = None
                     return
                 # A loser's Selected=False condition only: the selection itself holds.
                 log.warning("could not write the Selected condition of %s/%s: %s",
                             namespace, c.name, exc)
+                if idx is not None:
+                    idx.unsettled.add(name)
     except _Stop:
+        if idx is not None:
+            idx.token = None
         return  # a pass's own selection-changing write failed: the others run again
     for r in batch:
         if not r.done:
