@@ -25,6 +25,11 @@ an MX preference.  The rule (deterministic, documented in docs/engine.md):
 
 Writes release the old winner before marking the new one, so the store never holds two
 selected relays, even if the process dies between the two writes.
+
+One run serves every pass waiting for the scope (:func:`select_scope_with`: requests are
+queued, the first caller to hold the scope lock serves them all), and while the store
+shares objects a run looks only at the relays written since the previous one
+(:class:`_Index`): a fleet of N requested relays costs O(N) selection work, not O(N^2).
 """
 
 from __future__ import annotations
