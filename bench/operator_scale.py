@@ -469,6 +469,18 @@ class Operator:
             out[f"{m.group(2)} {m.group(1)}"] = float(m.group(3))
         return out
 
+    def events(self) -> dict[str, dict[str, float]]:
+        """Events posted (``smtpctl_events_total``) and suppressed, by "type reason"
+        and "type reason limit" (``smtpctl_events_suppressed_total``)."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30).text
+        out: dict[str, dict[str, float]] = {"posted": {}, "suppressed": {}}
+        for m in re.finditer(r'^smtpctl_events_(total|suppressed_total)\{([^}]*)\} ([0-9.e+]+)$',
+                             text, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            key = " ".join(labels[k] for k in ("type", "reason", "limit") if k in labels)
+            out["posted" if m.group(1) == "total" else "suppressed"][key] = float(m.group(3))
+        return out
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -662,6 +674,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         _wait("first pass logged", lambda: op is not None and op.reconciled() >= count,
               deadline.left(600), op.sample)
         by_resource = op.requests()
+        events_first = op.events()
         op_seconds = time.monotonic() - t_start  # the operator's life so far (Lease renewals)
         op.sample()
         rss_first = op.rss_peak
@@ -732,6 +745,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "operator_requests_first": {k: v for k, v in sorted(by_resource.items())},
             "operator_requests_per_resource_first": round(sum(by_resource.values()) / count, 3),
             "requests_attributed_first": attribute(by_resource, count, op_seconds),
+            "events_first": events_first,
             "emulator_requests_first_by_method": {
                 k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()},
             "watch_events_seen_by_bench": watch.events,

@@ -263,9 +263,10 @@ def test_events_are_deduplicated_and_rate_limited_per_object() -> None:
     asyncio.run(run())
     text = metrics.render().decode()
     # 1 duplicate; 50 - 24 flapping ones (the first Event used one of the 25 tokens).
-    assert 'smtpctl_events_suppressed_total{reason="AuthenticationFailed",type="Warning"} 1.0' \
-        in text
-    assert 'smtpctl_events_suppressed_total{reason="TestFailed",type="Warning"} 26.0' in text
+    assert ('smtpctl_events_suppressed_total{limit="duplicate",reason="AuthenticationFailed",'
+            'type="Warning"} 1.0') in text
+    assert ('smtpctl_events_suppressed_total{limit="object",reason="TestFailed",'
+            'type="Warning"} 26.0') in text
 
 
 async def test_secret_versions_use_the_key_passed_not_process_state(env: Any,

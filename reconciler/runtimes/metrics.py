@@ -124,8 +124,10 @@ class OperatorMetrics:
                               ["type", "reason"], registry=r)
         self.events_suppressed = Counter(
             "smtpctl_events_suppressed_total",
-            "Events not posted (a duplicate within 10 minutes, or the object's rate limit)",
-            ["type", "reason"], registry=r)
+            "Events not posted, by the limit that held them back: duplicate (the same "
+            "Event within 10 minutes), object (the object's rate limit) or namespace (the "
+            "namespace's budget of Normal Events)",
+            ["type", "reason", "limit"], registry=r)
         self.published = Counter("smtpctl_published_secret_writes_total",
                                  "Writes of the published active-relay Secret", ["op"],
                                  registry=r)

@@ -10,10 +10,15 @@ limited by the relays (or by all the machine's cores), not by one core.
 What crosses to a worker, over a pipe between this process and its own child (memory,
 never a file): the spec (its wire form, a plain dict: pickling the pydantic model cost this
 process three times as much; the worker builds the model again), the resolved password
-and the CA bundle of one test.  What comes back: the verdict.  A passed test's transcript
-is not sent back (``apply`` keeps only failures' transcripts; redacting a transcript is
-most of a test's CPU); a failed test's is redacted in the worker, which knows the
-secrets it was given.
+and the CA bundle of one test - each distinct CA bundle once per worker, then its SHA-256
+digest (a fleet shares a few bundles; a bundle can be a 200 KB public-CA file).  Both
+sides keep the same bounded list of the bundles the worker holds (the
+:data:`MAX_BUNDLES` most recently used, in the order of the pipe's messages), so the
+parent always knows whether to send the PEM or the digest; a replacement worker starts
+with none and gets each again.  What comes back: the verdict.  A passed test's
+transcript is not sent back (``apply`` keeps only failures' transcripts; redacting a
+transcript is most of a test's CPU); a failed test's is redacted in the worker, which
+knows the secrets it was given.
 
 Not sent to a worker (tested in this process, as without a pool): OAuth 2.0 relays (the
 token is refreshed by this process's token manager when a server rejects it) and a test
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import os
 import pickle
@@ -54,6 +60,8 @@ log = logging.getLogger(__name__)
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 16 * 1024 * 1024  # a verdict is bounded far below this (transcript caps)
 _READ_CHUNK = 256 * 1024  # bytes per read of a pipe (a message may span several reads)
+
+MAX_BUNDLES = 64  # CA bundles a worker keeps by digest (least recently used forgotten)
 
 # The fields of a Verdict that travel as they are (the transcript is handled apart).
 _FIELDS = ("passed", "stage", "reason", "message", "action", "retryable",
@@ -157,6 +165,9 @@ async def _serve(requests: int, replies: int) -> None:
     except (asyncio.IncompleteReadError, ConnectionError):
         return  # closed before any work (started ahead, then not needed): exit quietly
     tasks: set[asyncio.Task[None]] = set()
+    # The CA bundles this worker holds, by digest: the parent's _Worker.bundles mirrors
+    # it (same insertions, uses and evictions, in the order of the pipe's messages).
+    bundles: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     async def one(rid: int, wire: dict[str, Any], password: str | None,
                   ca_pem: str | None) -> None:
@@ -182,7 +193,13 @@ async def _serve(requests: int, replies: int) -> None:
         if not chunk:
             break  # the parent closed the pipe (or is gone): no new work
         buf += chunk
-        for rid, wire, password, ca_pem in _split(buf):
+        for rid, wire, password, ca in _split(buf):  # in the pipe's order (bundles)
+            try:
+                ca_pem = _bundle_received(bundles, ca)
+            except KeyError:  # a digest this worker does not hold: a protocol bug; say so
+                writer.write(_frame((rid, None, "UnknownCaBundle")))
+                await writer.drain()
+                continue
             task = asyncio.create_task(one(rid, wire, password, ca_pem))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -190,6 +207,22 @@ async def _serve(requests: int, replies: int) -> None:
         task.cancel()
     with contextlib.suppress(Exception):
         transport.close()
+
+
+def _bundle_received(bundles: collections.OrderedDict[str, str],
+                     ca: str | tuple[str, str] | None) -> str | None:
+    """The CA bundle of a request: ``None``, ``(digest, pem)`` (new to this worker: kept)
+    or ``digest`` (one it holds; ``KeyError`` if not)."""
+    if ca is None:
+        return None
+    if isinstance(ca, tuple):
+        digest, pem = ca
+        bundles[digest] = pem
+        if len(bundles) > MAX_BUNDLES:
+            bundles.popitem(last=False)
+        return pem
+    bundles.move_to_end(ca)
+    return bundles[ca]
 
 
 # --- this process ------------------------------------------------------------------------------
@@ -295,6 +328,19 @@ class _Worker:
     pending: dict[int, asyncio.Future[Verdict]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
     ended: bool = False  # its pipe closed: it takes no more tests (it may not be reaped yet)
+    # Digests of the CA bundles the worker holds (see _bundle_received), oldest first.
+    bundles: collections.OrderedDict[str, None] = field(
+        default_factory=collections.OrderedDict)
+
+    def sent_bundle(self, digest: str) -> None:
+        """Note that a request naming (or carrying) this bundle was written: the worker
+        holds it from then on, as its most recently used."""
+        if digest in self.bundles:
+            self.bundles.move_to_end(digest)
+            return
+        self.bundles[digest] = None
+        if len(self.bundles) > MAX_BUNDLES:
+            self.bundles.popitem(last=False)
 
 
 RESTART_WINDOW = 60.0  # seconds
@@ -345,6 +391,8 @@ class ProbePool:
         self.restarts = 0  # replacement workers started
         self.restarts_refused = 0  # tests run here: no worker running, none could start
         self.lost = 0  # tests in flight on a worker that ended (run again here)
+        self.bundles_sent = 0  # CA bundles sent in full (once per worker and bundle)
+        self._digests: dict[str, str] = {}  # CA bundle PEM -> its SHA-256 (bounded)
 
     def pids(self) -> list[int]:
         """The process ids of the running workers."""
@@ -465,9 +513,18 @@ class ProbePool:
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         worker.pending[rid] = future
         password = creds.password.reveal() if creds.password is not None else None
+        # The CA bundle: its digest alone when the worker holds it, else both.
+        ca: str | tuple[str, str] | None = None
+        digest = None
+        if creds.ca_bundle_pem is not None:
+            digest = self._digest(creds.ca_bundle_pem)
+            ca = digest if digest in worker.bundles else (digest, creds.ca_bundle_pem)
         try:
-            worker.writer.write(_frame((rid, spec.model_dump(by_alias=True), password,
-                                        creds.ca_bundle_pem)))
+            frame = _frame((rid, spec.model_dump(by_alias=True), password, ca))
+            if digest is not None:  # nothing between here and the write: same order
+                worker.sent_bundle(digest)
+                self.bundles_sent += isinstance(ca, tuple)
+            worker.writer.write(frame)
             await worker.writer.drain()
         except (ConnectionError, RuntimeError):
             worker.pending.pop(rid, None)
@@ -484,6 +541,14 @@ class ProbePool:
             return await self._fallback(spec, creds)  # type: ignore[no-any-return]
         finally:
             worker.pending.pop(rid, None)
+
+    def _digest(self, pem: str) -> str:
+        digest = self._digests.get(pem)
+        if digest is None:
+            if len(self._digests) >= 4 * MAX_BUNDLES:
+                self._digests.clear()
+            digest = self._digests[pem] = hashlib.sha256(pem.encode()).hexdigest()
+        return digest
 
     async def _replies(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         # Every reply that has arrived is handled per wake-up (not one read per reply).
