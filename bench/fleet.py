@@ -498,7 +498,7 @@ def timeline_summary(path: Path, n: int, workers: str) -> list[str]:
     lo = next(r for r in rows if r[10] >= 0.05 * n)
     hi = next((r for r in rows if r[10] >= 0.95 * n), rows[-1])
     span = [r for r in rows if lo[0] <= r[0] <= hi[0]]
-    wall = hi[0] - lo[0]
+    wall = float(hi[0] - lo[0])
 
     def share(i: int) -> float:
         return float(hi[i] - lo[i]) / wall
