@@ -25,10 +25,18 @@ an MX preference.  The rule (deterministic, documented in docs/engine.md):
 
 Writes release the old winner before marking the new one, so the store never holds two
 selected relays, even if the process dies between the two writes.
+
+One run serves every pass waiting for the scope (:func:`select_scope_with`: requests are
+queued, the first caller to hold the scope lock serves them all), and while the store
+shares objects a run looks only at the relays written since the previous one
+(:class:`_Index`): a fleet of N requested relays costs O(N) selection work, not O(N^2).
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import itertools
 import logging
 import operator
 import weakref
@@ -247,12 +255,82 @@ class _Memo:
         self.settled = False
 
 
-# store -> namespace -> name -> memo (dropped with the store).
-_MEMOS: weakref.WeakKeyDictionary[Any, dict[str, dict[str, _Memo]]] = (
-    weakref.WeakKeyDictionary())
+_Order = tuple[int, str, str]
 
 
-def _memos_of(store: Any, namespace: str) -> dict[str, _Memo] | None:
+class _Index:
+    """Selection's view of one namespace of one store, kept from run to run while the
+    store shares objects: the memo of every relay, and the relays that asked for selection
+    and are Ready (``eligible``), that asked and wait for their first verdict (``pending``)
+    and that are selected (``held``), each sorted by rank.  With a store that can name the
+    objects written since the previous run (``changes_since``), a run looks at those only
+    instead of listing the namespace: its cost follows the batch, not the namespace."""
+
+    __slots__ = ("dirty", "eligible", "held", "key", "memos", "pending", "token", "unsettled")
+
+    def __init__(self) -> None:
+        self.memos: dict[str, _Memo] = {}
+        self.eligible: list[_Order] = []
+        self.pending: list[_Order] = []
+        self.held: list[_Order] = []
+        self.token: object | None = None  # the store's change token (None: list)
+        self.key: tuple[Any, ...] | None = None  # the choice of the previous run
+        self.dirty: set[str] = set()  # read again at the next run (previewed verdicts)
+        self.unsettled: set[str] = set()  # a Selected write that failed: tried again
+
+    def rebuild(self, objs: list[StoredObject]) -> None:
+        old = self.memos
+        self.__init__()  # type: ignore[misc]
+        for o in objs:
+            m = old.get(o.ref.name)
+            self.put(m if m is not None and m.obj is o else _Memo(o))
+
+    def put(self, m: _Memo) -> None:
+        name = m.obj.ref.name
+        self.drop(name)
+        self.memos[name] = m
+        c = m.cand
+        o = (c.priority, c.created_at, c.name)
+        if c.requested and c.ready:
+            bisect.insort(self.eligible, o)
+        if c.requested and c.pending:
+            bisect.insort(self.pending, o)
+        if c.selected:
+            bisect.insort(self.held, o)
+
+    def drop(self, name: str) -> None:
+        m = self.memos.pop(name, None)
+        if m is None:
+            return
+        c = m.cand
+        o = (c.priority, c.created_at, c.name)
+        for lst in (self.eligible, self.pending, self.held):
+            i = bisect.bisect_left(lst, o)
+            if i < len(lst) and lst[i] == o:
+                del lst[i]
+
+    def deciding(self) -> list[Candidate]:
+        """The candidates :func:`decide` reads: it gives the same choice from these as
+        from the whole namespace (the selected relays, the best Ready one and every Ready
+        one ranked above the relay in use, the best one still waiting for its first
+        verdict)."""
+        names = [o[2] for o in self.held]
+        if self.eligible:
+            names.append(self.eligible[0][2])
+            if self.held:
+                top = self.held[0][0]  # the incumbent's priority
+                names.extend(o[2] for o in itertools.takewhile(
+                    lambda o: o[0] < top, self.eligible))
+        if self.pending:
+            names.append(self.pending[0][2])
+        return [self.memos[n].cand for n in dict.fromkeys(names)]
+
+
+# store -> namespace -> index (dropped with the store).
+_MEMOS: weakref.WeakKeyDictionary[Any, dict[str, _Index]] = weakref.WeakKeyDictionary()
+
+
+def _memos_of(store: Any, namespace: str) -> _Index | None:
     try:
         if not getattr(store, "shares_objects", False):
             _MEMOS.pop(store, None)  # e.g. between two applies of `apply --watch`
@@ -260,7 +338,10 @@ def _memos_of(store: Any, namespace: str) -> dict[str, _Memo] | None:
         by_ns = _MEMOS.setdefault(store, {})
     except TypeError:  # not weak-referenceable: no memo
         return None
-    return by_ns.setdefault(namespace, {})
+    idx = by_ns.get(namespace)
+    if idx is None:
+        idx = by_ns[namespace] = _Index()
+    return idx
 
 
 async def select_scope(namespace: str, world: Any) -> str | None:
@@ -308,64 +389,243 @@ async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = N
     been written first).  Returns the winner and ``own``'s object as written (None: no
     ``own``, or it is gone).
 
-    Every write that changes who is selected happens under the scope lock, so the
-    snapshot the decision is made from cannot change under it; the order is the same as
-    without ``own``: releases first, the winner last."""
-    async with world.scope_lock(namespace):
-        objs: list[StoredObject] = await world.store.list(KIND, namespace)
-        # Each pass of a fleet whose relays all ask for selection runs this over the whole
-        # namespace: candidates are memoised per object (see _Memo), built again only for
-        # the objects written since the last run.
-        memos = _memos_of(world.store, namespace)
-        fresh: dict[str, _Memo] = {}
-        for o in objs:
-            m = memos.get(o.ref.name) if memos is not None else None
-            fresh[o.ref.name] = m if m is not None and m.obj is o else _Memo(o)
-        if memos is not None:
-            memos.clear()
-            memos.update(fresh)
-        by_name = {name: m.obj for name, m in fresh.items()}
-        cands = {name: m.cand for name, m in fresh.items()}
-        if own is not None and own.name in by_name:
-            cur = by_name[own.name]
-            preview = own.mutate(cur)
-            if preview is not None:  # decide on the verdict as it will be written
-                by_name[own.name] = replace(cur, status=preview.status, memo=preview.memo)
-                cands[own.name] = candidate(by_name[own.name])
-        now = world.clock()
-        choice = decide(list(cands.values()), now)
-        winner = choice.winner
-        previous = sorted((c for c in cands.values() if c.selected), key=_ORDER)
-        # Release first, then acquire: never two selected in the store.
-        ordered = [c for c in cands.values() if c.name != winner]
-        if winner is not None:
-            ordered.append(cands[winner])
-        # What desired_selected reads besides the candidate itself.
-        w = cands.get(winner) if winner else None
-        key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
-               None if w is None else w.priority)
-        written: StoredObject | None = None
-        if own is not None and own.name not in by_name:  # not listed: gone (or not ours)
-            written = await world.store.update_status(ObjectRef(KIND, namespace, own.name),
-                                                      own.mutate)
-            if written is not None and own.after is not None:
-                await own.after(written)
-        own_name = own.name if own is not None else None
-        for c in ordered:
-            mine = c.name == own_name
+    **Coalesced**: the call queues a request on the scope; the first caller to hold the
+    scope lock serves *every* queued request in one run (see :func:`_run`): one listing,
+    each queued verdict previewed, one decision, each verdict written together with its
+    Selected condition, releases before the winner, Events once per change of the relay in
+    use.  A fleet whose passes all ask for selection costs one run per batch of passes
+    that finished together, not one per pass.  Every write that changes who is selected
+    happens under the scope lock, so the snapshot a decision is made from cannot change
+    under it."""
+    lock = world.scope_lock(namespace)
+    scope = _scope_of(lock)
+    req = _Request(own)
+    scope.queue.append(req)
+    try:
+        if not lock.locked():
+            # One turn of the event loop: the passes that are ready to ask now (their tests
+            # finished while the previous run held the loop) join this run.
+            await asyncio.sleep(0)
+        async with lock:
+            while not req.done:  # each run finishes (or fails) at least one request
+                await _run(namespace, world, scope, req)
+    except BaseException:
+        if not req.taken and req in scope.queue:  # cancelled while queued: not served
+            scope.queue.remove(req)
+        raise
+    if req.error is not None:
+        raise req.error
+    return req.winner, req.written
+
+
+class _Request:
+    """One caller's request to a scope's selection run (its own verdict write, if any)."""
+
+    __slots__ = ("done", "error", "own", "taken", "winner", "written")
+
+    def __init__(self, own: OwnWrite | None) -> None:
+        self.own = own
+        self.taken = False  # in a run that is in progress
+        self.done = False
+        self.winner: str | None = None
+        self.written: StoredObject | None = None
+        self.error: BaseException | None = None
+
+    def finish(self, written: StoredObject | None = None) -> None:
+        self.written, self.done = written, True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.done = error, True
+
+
+class _Scope:
+    """The requests queued on one scope lock (one namespace of one world)."""
+
+    __slots__ = ("__weakref__", "queue", "runs")
+
+    def __init__(self) -> None:
+        self.queue: list[_Request] = []
+        self.runs = 0  # selection runs made (tests count them)
+
+
+# scope lock -> its queue (dropped with the lock, i.e. with the world).
+_SCOPES: weakref.WeakKeyDictionary[Any, _Scope] = weakref.WeakKeyDictionary()
+
+
+def _scope_of(lock: Any) -> _Scope:
+    scope = _SCOPES.get(lock)
+    if scope is None:
+        scope = _SCOPES[lock] = _Scope()
+    return scope
+
+
+class _Stop(Exception):
+    """A write that changes who is selected failed: no further write in this run."""
+
+
+async def _run(namespace: str, world: Any, scope: _Scope, leader: _Request) -> None:
+    """Serve the queued requests in one selection run (the caller holds the scope lock).
+
+    Takes the queue (one request per relay; a second one for the same relay waits for the
+    next run), then :func:`_select_batch`.  Whatever is not finished when the run ends -
+    the leader was cancelled, or a write it depends on failed - goes back to the front of
+    the queue for the next run: a failing or cancelled pass never loses the others'
+    verdicts."""
+    batch: list[_Request] = []
+    later: list[_Request] = []
+    names: set[str] = set()
+    for r in scope.queue:
+        if r.own is not None:
+            if r.own.name in names:
+                later.append(r)
+                continue
+            names.add(r.own.name)
+        batch.append(r)
+    scope.queue = later
+    for r in batch:
+        r.taken = True
+    scope.runs += 1
+    try:
+        await _select_batch(namespace, world, batch, leader)
+    finally:
+        left = [r for r in batch if not r.done]
+        for r in batch:
+            r.taken = False
+        scope.queue[:0] = left
+
+
+async def _view(namespace: str, world: Any, idx: _Index | None,
+                owns: dict[str, _Request]) -> tuple[dict[str, _Memo], list[str] | None]:
+    """The relays of the namespace as stored now, as memos by name, and which of them
+    changed since the previous run (None: all of them are looked at).  With an index and a
+    store that names its changes, only those are read again; otherwise one listing."""
+    store = world.store
+    changes = getattr(store, "changes_since", None) if idx is not None else None
+    if idx is not None and callable(changes):
+        token, names = changes(KIND, namespace, idx.token)
+        if names is not None:
+            idx.token = token
+            look = names | idx.dirty | idx.unsettled | owns.keys()
+            idx.dirty = set()
+            for name in look:
+                obj = await store.get(ObjectRef(KIND, namespace, name))
+                if obj is None:
+                    idx.drop(name)
+                elif (m := idx.memos.get(name)) is None or m.obj is not obj:
+                    idx.put(_Memo(obj))
+            return idx.memos, sorted(n for n in look if n in idx.memos)  # listing order
+    else:
+        token = None
+    objs: list[StoredObject] = await store.list(KIND, namespace)
+    if idx is None:
+        return {o.ref.name: _Memo(o) for o in objs}, None
+    idx.rebuild(objs)
+    idx.token = token  # the listing is as of this token (no write since)
+    return idx.memos, None
+
+
+async def _select_batch(namespace: str, world: Any, batch: list[_Request],
+                        leader: _Request) -> None:
+    """One selection run for ``batch`` (the caller holds the scope lock)."""
+    owns = {r.own.name: r for r in batch if r.own is not None}
+    idx = _memos_of(world.store, namespace)
+    try:
+        await _decide_and_write(namespace, world, batch, leader, owns, idx)
+    except BaseException:
+        if idx is not None:
+            idx.token = None  # interrupted half-way: list at the next run
+        raise
+
+
+async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
+                            leader: _Request, owns: dict[str, _Request],
+                            idx: _Index | None) -> None:
+    # A fleet whose relays all ask for selection runs this once per batch of passes:
+    # candidates are memoised per object (see _Memo), and with the index (see _Index) only
+    # the relays written since the previous run are looked at.
+    memos, look = await _view(namespace, world, idx, owns)
+    by_name = {name: m.obj for name, m in memos.items()} if look is None else None
+    previews: dict[str, Candidate] = {}
+    for name, r in owns.items():
+        m = memos.get(name)
+        if m is None:
+            continue
+        assert r.own is not None
+        try:
+            preview = r.own.mutate(m.obj)
+        except Exception as exc:  # noqa: BLE001 - that pass's own failure, not the run's
+            r.fail(exc)  # its relay takes part as it is stored (released if need be)
+            continue
+        if preview is not None:  # decide on the verdict as it will be written
+            obj = replace(m.obj, status=preview.status, memo=preview.memo)
+            previews[name] = candidate(obj)
+            if idx is not None:
+                idx.dirty.add(name)  # read again at the next run, written or not
+                pm = _Memo(obj)
+                idx.put(pm)
+                memos[name] = pm
+    if look is None:
+        cands = {name: previews.get(name) or m.cand for name, m in memos.items()}
+        pool = list(cands.values())
+    else:
+        assert idx is not None
+        pool = idx.deciding()
+        cands = {c.name: c for c in pool}
+    now = world.clock()
+    choice = decide(pool, now)
+    winner = choice.winner
+    previous = sorted((c for c in pool if c.selected), key=_ORDER)
+    # What desired_selected reads besides the candidate itself.
+    w = memos[winner].cand if winner else None
+    if w is not None:
+        cands.setdefault(w.name, w)
+    key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
+           None if w is None else w.priority)
+    if look is not None and idx is not None:
+        if key != idx.key:  # another choice: every relay's Selected condition may change
+            look = sorted(memos)
+        else:
+            # the relay in use now and the ones it replaces (released first)
+            extra = [o[2] for o in idx.held if o[2] not in look]
+            look = sorted(set(look) | set(extra) | ({winner} if winner else set()))
+        idx.key = key
+    elif idx is not None:
+        idx.key = key
+    if look is not None:
+        names = look
+    elif idx is not None:  # listing order (by name; a previewed relay was put again)
+        names = sorted(memos)
+    else:
+        names = list(memos)
+    # Release first, then acquire: never two selected in the store.
+    ordered = [n for n in names if n != winner]
+    if winner is not None:
+        ordered.append(winner)
+    owns = {name: r for name, r in owns.items() if not r.done}
+    for name, r in owns.items():
+        if name not in memos:  # not listed: gone (or not ours)
+            assert r.own is not None
+            await _own_write(world, ObjectRef(KIND, namespace, name), r, r.own.mutate)
+    if idx is not None:
+        idx.unsettled = set()
+    try:
+        for name in ordered:
+            c = memos[name].cand if name not in previews else previews[name]
+            req = owns.get(name)
             mutate: Callable[[StoredObject], StatusWrite | None] | None = None
             sel = False
-            if (c.requested or c.selected) and (mine or not c.pending or c.name == winner):
+            if (c.requested or c.selected) and (req is not None or not c.pending
+                                                  or c.name == winner):
                 # Not for a relay that neither asks for selection nor holds it, nor for one
                 # whose first verdict is not in yet: its own pass writes its Selected
                 # condition with its status.  Writing it here too raced with that pass
                 # (409, re-read, second write) for every relay of a new fleet whose first
                 # test had not finished yet.
-                if mine:
+                if req is not None:
                     sel, reason, msg = desired_selected(c, choice, namespace, cands)
                     mutate = selected_mutator(sel, reason, msg, now)
-                else:
-                    m = fresh[c.name]
+                elif idx is not None:
+                    m = memos[name]
                     if m.key != key:  # the same object under the same choice: as before
                         m.key, m.desired = key, desired_selected(c, choice, namespace, cands)
                         m.settled = _settled(m.obj, *m.desired)
@@ -373,25 +633,72 @@ async def select_scope_with(namespace: str, world: Any, own: OwnWrite | None = N
                         continue  # already as desired in the snapshot: no write
                     sel, reason, msg = m.desired
                     mutate = selected_mutator(sel, reason, msg, now)
-            if mine:
-                assert own is not None
-                written = await world.store.update_status(ObjectRef(KIND, namespace, c.name),
-                                                          _combined(own.mutate, mutate))
-                if written is not None and own.after is not None:
-                    await own.after(written)
-                continue  # a failure raises: the pass failed, as without selection
-            if mutate is None or mutate(by_name[c.name]) is None:
+                else:
+                    sel, reason, msg = desired_selected(c, choice, namespace, cands)
+                    mutate = selected_mutator(sel, reason, msg, now)
+            ref = ObjectRef(KIND, namespace, name)
+            if req is not None:
+                assert req.own is not None
+                await _own_write(world, ref, req, _combined(req.own.mutate, mutate),
+                                 changes=sel or c.selected)
+                continue
+            current = memos[name].obj if by_name is None else by_name[name]
+            if mutate is None or mutate(current) is None:
                 continue  # already as desired in the snapshot: no write (fast re-apply)
             try:
-                await world.store.update_status(ObjectRef(KIND, namespace, c.name), mutate)
+                await world.store.update_status(ref, mutate)
             except StoreError as exc:
                 if sel or c.selected:
-                    raise  # releasing or acquiring failed: stop before a second winner
+                    # Releasing or acquiring failed: stop before a second winner.  The
+                    # leader's pass reports it (if its request is not served yet, else the
+                    # first one not served); the others are decided again in the next run.
+                    victim = leader if leader.taken and not leader.done else next(
+                        (q for q in batch if not q.done), None)
+                    if victim is not None:
+                        victim.fail(exc)
+                    if idx is not None:
+                        idx.token = None
+                    return
                 # A loser's Selected=False condition only: the selection itself holds.
                 log.warning("could not write the Selected condition of %s/%s: %s",
                             namespace, c.name, exc)
-        await _emit_selection_events(world, namespace, cands, previous, winner, now)
-        return winner, written
+                if idx is not None:
+                    idx.unsettled.add(name)
+    except _Stop:
+        if idx is not None:
+            idx.token = None
+        return  # a pass's own selection-changing write failed: the others run again
+    for r in batch:
+        if not r.done:
+            r.finish()
+    for r in batch:
+        r.winner = winner
+    await _emit_selection_events(world, namespace, cands, previous, winner, now)
+
+
+async def _own_write(world: Any, ref: ObjectRef, r: _Request,
+                     mutate: Callable[[StoredObject], StatusWrite | None], *,
+                     changes: bool = False) -> None:
+    """A queued pass's verdict (with its Selected condition); ``after`` right after it.
+
+    A failure is that pass's (its caller raises it); when the write would have changed
+    who is selected (``changes``), :class:`_Stop` ends the run: the requests not served
+    yet go back to the queue and are decided again without this verdict."""
+    assert r.own is not None
+    try:
+        written = await world.store.update_status(ref, mutate)
+    except Exception as exc:
+        r.fail(exc)
+        if changes:
+            raise _Stop from exc
+        return
+    if written is not None and r.own.after is not None:
+        try:
+            await r.own.after(written)
+        except Exception as exc:  # noqa: BLE001 - written; its pass reports the failure
+            r.fail(exc)
+            return
+    r.finish(written)
 
 
 async def _emit_selection_events(world: Any, namespace: str, cands: dict[str, Candidate],

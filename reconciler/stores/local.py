@@ -358,6 +358,11 @@ class LocalStore:
         # Keyed by (kind, namespace, name), a row's key: list_current_sync looks every
         # row up (a tuple hashes in C; an ObjectRef's dataclass hash is Python code).
         self._known: dict[tuple[str, str, str], StoredObject] | None = None
+        # Keys written inside remember(), in order (changes_since), and its epoch: a new
+        # object when the journal starts over.
+        self._journal: list[tuple[str, str, str]] = []
+        self._epoch = object()
+        self._data_version: object = None
         self._built: set[tuple[str, str, str]] = set()  # statuses built here, not read
         self.batch_max_delay = 0.05
         self.batch_max_units = 1000
@@ -560,6 +565,7 @@ class LocalStore:
             self._db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             batch.failed = _damaged(self.path, exc)
+            self._epoch = object()  # the journal names writes that were rolled back
             with contextlib.suppress(sqlite3.DatabaseError):
                 self._db.execute("ROLLBACK")
             if not quiet:
@@ -654,11 +660,36 @@ class LocalStore:
             yield
             return
         self._known = {}
+        self._journal = []
+        self._epoch = object()
+        self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         try:
             yield
         finally:
             self._known = None
             self._built = set()
+            self._journal = []
+            self._epoch = object()
+
+    def changes_since(self, kind: str, namespace: str, token: object | None
+                      ) -> tuple[object, set[str] | None]:
+        """``(token, names)``: the names of ``kind`` in ``namespace`` written through this
+        store (status writes, upserts, deletes) since ``token``, which an earlier call
+        returned; ``names`` is None when the store cannot tell - outside :meth:`remember`,
+        no or an old token, or another connection (process) committed since - and the
+        caller lists instead.  Selection keeps its view of a namespace with it instead of
+        listing the namespace on every run (engine/selection.py)."""
+        if self._known is None:
+            return None, None
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:  # another connection committed: start over
+            self._data_version = version
+            self._epoch = object()
+        now = (self._epoch, len(self._journal))
+        if not isinstance(token, tuple) or len(token) != 2 or token[0] is not self._epoch:
+            return now, None
+        return now, {n for k, ns, n in self._journal[token[1]:]
+                     if k == kind and ns == namespace}
 
     @property
     def shares_objects(self) -> bool:
@@ -667,11 +698,13 @@ class LocalStore:
         identity (selection does: engine/selection.py).  Objects are read-only."""
         return self._known is not None
 
-    def _remember(self, obj: StoredObject, *, built: bool) -> None:
+    def _remember(self, obj: StoredObject, *, built: bool, read: bool = False) -> None:
         known = self._known
         if known is None:
             return
         key = _key(obj.ref)
+        if not read:  # written through this store: a change (changes_since)
+            self._journal.append(key)
         if built:
             self._built.add(key)
         else:
@@ -717,7 +750,7 @@ class LocalStore:
                 at = stale.get((row[0], row[1], row[2]))
                 if at is not None and out[at] is None:
                     obj = self._row(row)
-                    self._remember(obj, built=False)
+                    self._remember(obj, built=False, read=True)
                     out[at] = obj
         return [o for o in out if o is not None]
 
@@ -828,6 +861,7 @@ class LocalStore:
         if self._known is not None:
             self._known.pop(_key(ref), None)
             self._built.discard(_key(ref))
+            self._journal.append(_key(ref))
         return gone
 
     def _current(self, ref: ObjectRef) -> StoredObject | None:
