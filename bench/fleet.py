@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -347,6 +348,8 @@ def child(stats_path: str, argv: list[str]) -> int:
         orig_close(self)
 
     local.LocalStore.close = close  # type: ignore[method-assign]
+    timeline = os.environ.pop("FLEET_TIMELINE", None)
+    sampler = _Sampler(timeline) if timeline else None
     from reconciler.cli.main import main
 
     cprofile = os.environ.pop("FLEET_CPROFILE", None)
@@ -359,6 +362,8 @@ def child(stats_path: str, argv: list[str]) -> int:
     try:
         return main(argv)
     finally:
+        if sampler is not None:
+            sampler.stop()
         if profiler is not None and cprofile:
             profiler.disable()
             profiler.dump_stats(cprofile)
@@ -368,6 +373,180 @@ def child(stats_path: str, argv: list[str]) -> int:
             "write_transactions": sum(totals) if totals and min(totals) >= 0 else None,
             "self_cpu": me.ru_utime + me.ru_stime, "children_cpu": kids.ru_utime + kids.ru_stime,
             "self_maxrss_kib": me.ru_maxrss}))
+
+
+class _Sampler:
+    """``--timeline``: what the apply's processes do, every ``PERIOD`` seconds, sampled by a
+    thread of the apply's main process (bench only; smtpctl is not changed, its functions
+    are wrapped to count).  Per sample: CPU seconds of the main process, of its probe
+    workers and of the relay (``/proc``), the machine's busy and idle CPU (``/proc/stat``),
+    tests in flight in the workers (sent, no reply read yet), tests waiting for a slot or
+    running (``Limits.slot``), passes running, passes done, and how long a callback
+    scheduled from this thread waited for the event loop (its lag)."""
+
+    PERIOD = 0.025
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        from reconciler.engine import world as world_mod
+        from reconciler.runtimes import local as local_rt
+        from reconciler.runtimes import probepool
+
+        self.path = path
+        self.relay_pids = [int(p) for p in os.environ.get("FLEET_RELAY_PIDS", "").split(",")
+                           if p]
+        self.pools: list[Any] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.passes = [0, 0]  # running, done
+        self.slots = [0, 0]  # waiting for a slot or holding one, holding one
+        self.rows: list[list[float]] = []
+        self.lags: list[tuple[float, float]] = []
+        sampler = self
+
+        init = probepool.ProbePool.__init__
+
+        def pool_init(pool: Any, *a: Any, **kw: Any) -> None:
+            init(pool, *a, **kw)
+            sampler.pools.append(pool)
+
+        setattr(probepool.ProbePool, "__init__", pool_init)  # noqa: B010
+        reconcile = getattr(local_rt, "reconcile")  # noqa: B009
+
+        async def counted(*a: Any, **kw: Any) -> Any:
+            if sampler.loop is None:
+                sampler.loop = asyncio.get_running_loop()
+            sampler.passes[0] += 1
+            try:
+                return await reconcile(*a, **kw)
+            finally:
+                sampler.passes[0] -= 1
+                sampler.passes[1] += 1
+
+        setattr(local_rt, "reconcile", counted)  # noqa: B010
+        slot = world_mod.Limits.slot
+
+        @contextlib.asynccontextmanager
+        async def counted_slot(limits: Any, *a: Any, **kw: Any) -> Any:
+            sampler.slots[0] += 1
+            try:
+                async with slot(limits, *a, **kw):
+                    sampler.slots[1] += 1
+                    try:
+                        yield
+                    finally:
+                        sampler.slots[1] -= 1
+            finally:
+                sampler.slots[0] -= 1
+
+        setattr(world_mod.Limits, "slot", counted_slot)  # noqa: B010
+        self.t0 = time.monotonic()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _cpu(pid: int | str) -> float:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(f[11]) + int(f[12])) / CLK_TCK
+
+    @staticmethod
+    def _machine() -> tuple[float, float]:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+        idle = f[3] + f[4]
+        return (sum(f[:8]) - idle) / CLK_TCK, idle / CLK_TCK
+
+    def run(self) -> None:
+        while not self.done.wait(self.PERIOD):
+            t = time.monotonic() - self.t0
+            workers = [w for pool in self.pools for w in list(pool._workers)]
+            inflight = sum(len(w.pending) for w in workers)
+            busy, idle = self._machine()
+            self.rows.append([
+                t, self._cpu("self"), sum(self._cpu(w.proc.pid) for w in workers),
+                sum(self._cpu(p) for p in self.relay_pids), busy, idle, inflight,
+                self.slots[0], self.slots[1], self.passes[0], self.passes[1]])
+            loop = self.loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._lag, time.monotonic())
+
+    def _lag(self, sent: float) -> None:
+        self.lags.append((sent - self.t0, time.monotonic() - sent))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        Path(self.path).write_text(json.dumps({"rows": self.rows, "lags": self.lags}))
+
+
+def timeline_summary(path: Path, n: int, workers: str) -> list[str]:
+    """The steady part of a ``--timeline`` run (from the first pass that finished to the
+    last), CPU as shares of the machine's cores."""
+    data = json.loads(path.read_text())
+    rows, lags = data["rows"], data["lags"]
+    cores = os.cpu_count() or 1
+    done = [r for r in rows if r[10] > 0]
+    if len(done) < 3:
+        return ["(too short to summarise)"]
+    # steady: from the first sample with 5 % done to the one with 95 % done
+    lo = next(r for r in rows if r[10] >= 0.05 * n)
+    hi = next((r for r in rows if r[10] >= 0.95 * n), rows[-1])
+    span = [r for r in rows if lo[0] <= r[0] <= hi[0]]
+    wall = float(hi[0] - lo[0])
+
+    def share(i: int) -> float:
+        return float(hi[i] - lo[i]) / wall
+
+    main, worker, relay = share(1), share(2), share(3)
+    busy, idle = share(4), share(5)
+    inflight = sorted(r[6] for r in span)
+    slots = sorted(r[8] for r in span)
+    waiting = sorted(r[7] - r[8] for r in span)
+    lag = sorted(x for t, x in lags if lo[0] <= t <= hi[0])
+    starved = sum(1 for r in span if r[6] < 0.5 * 32) / max(1, len(span))
+
+    def pct(xs: list[float], q: float) -> float:
+        return float(xs[min(len(xs) - 1, int(q * len(xs)))]) if xs else float("nan")
+
+    first_test = next((r[0] for r in rows if r[6] > 0 or r[8] > 0), float("nan"))
+    first_done = next((r[0] for r in rows if r[10] > 0), float("nan"))
+    all_done = next((r[0] for r in rows if r[10] >= n), float("nan"))
+    end = rows[-1][0]
+    if os.environ.get("FLEET_TIMELINE_KEEP"):
+        Path(os.environ["FLEET_TIMELINE_KEEP"]).write_text(path.read_text())
+    return [
+        f"Probe workers {workers}; sampled every {_Sampler.PERIOD * 1000:.0f} ms by a thread of "
+        f"the apply's main process.  Steady part (5 % to 95 % of the passes done): "
+        f"{hi[0] - lo[0]:.2f} s at {0.9 * n / wall:.0f} passes/s.  Phases (s after the "
+        f"sampler started, in the apply's main process after its first imports): first test "
+        f"in flight {first_test:.2f}, first pass done {first_done:.2f}, 5 % done {lo[0]:.2f}, "
+        f"95 % done {hi[0]:.2f}, all done {all_done:.2f}, sampler stopped {end:.2f} (the "
+        "process exits after that).",
+        "",
+        "| during the steady part | value |",
+        "| --- | ---: |",
+        f"| main process CPU (share of one core) | {main:.2f} |",
+        f"| probe workers CPU (cores) | {worker:.2f} |",
+        f"| relay CPU (cores) | {relay:.2f} |",
+        f"| sum of the three (of {cores} cores) | **{main + worker + relay:.2f}** |",
+        f"| machine busy / idle (cores, every process) | {busy:.2f} / {idle:.2f} |",
+        f"| tests in flight in the workers, p5 / median / p95 | {pct(inflight, .05):.0f} / "
+        f"{pct(inflight, .5):.0f} / {pct(inflight, .95):.0f} |",
+        f"| samples with fewer than 16 tests in flight in the workers | {starved:.0%} |",
+        f"| slots held (p5 / median / p95) | {pct(slots, .05):.0f} / {pct(slots, .5):.0f} / "
+        f"{pct(slots, .95):.0f} |",
+        f"| passes waiting for a slot (median / p95) | {pct(waiting, .5):.0f} / "
+        f"{pct(waiting, .95):.0f} |",
+        f"| event loop lag, median / p95 / max (ms) | {1000 * pct(lag, .5):.1f} / "
+        f"{1000 * pct(lag, .95):.1f} / {1000 * (lag[-1] if lag else 0):.1f} |",
+        "",
+    ]
 
 
 @dataclass
@@ -706,6 +885,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-out", type=Path, help="keep the collapsed stacks here")
     ap.add_argument("--cprofile", action="store_true",
                     help="cProfile (CPU clock) of one first apply's main process")
+    ap.add_argument("--timeline", action="store_true",
+                    help="one more first apply, sampled: CPU of main process, workers and "
+                         "relay, idle CPU, tests in flight, event loop lag")
     ap.add_argument("--growth", help="comma-separated sizes for the growth fit")
     ap.add_argument("--no-second", action="store_true", help="skip the second apply")
     ap.add_argument("--probe-workers", action="append",
@@ -828,6 +1010,17 @@ def main(argv: list[str] | None = None) -> int:
                           "With no probe workers the connection tests run in this process "
                           "and are profiled too."), "",
                        *cprofile_summary(dump), "")
+        if args.timeline:
+            n = min(counts)
+            dump = base / "apply.timeline.json"
+            tl_env = dict(env, FLEET_TIMELINE=str(dump),
+                          FLEET_RELAY_PIDS=",".join(str(p) for p in relay.pids()))
+            tl = run_apply(relay, fleet_of(n), base / "state-timeline", tl_env,
+                           args.concurrency, extra=["--probe-workers", variants[0]])
+            report.add(f"#### Timeline of a first apply of {n:,} (`--timeline`)", "",
+                       f"Wall {tl.wall:.2f} s ({n / tl.wall:.0f} tests/s), load "
+                       f"{tl.load[0]:.1f}/{tl.load[1]:.1f}.", "",
+                       *timeline_summary(dump, n, variants[0]))
         if args.profile:
             n = min(counts)
             prof = (args.profile_out or base) / f"apply-{n}.collapsed.txt"

@@ -514,3 +514,21 @@ def test_ctrl_c_while_a_worker_starts_prints_nothing_from_it(tmp_path: Path) -> 
     assert proc.returncode == 0 and out.strip() == b"closed", err
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
     assert _wait_gone([worker], 20) == []
+
+
+def test_messages_split_anywhere_between_reads_come_out_whole_and_in_order() -> None:
+    """The pipe is read in chunks that end anywhere (inside a header, inside a message, or
+    after several messages): every message comes out once, whole, in order; a header that
+    announces more than MAX_MESSAGE is refused."""
+    msgs = [(i, {"host": "h" * i, "port": i}, None if i % 2 else "x" * 300, "pem")
+            for i in range(7)]
+    stream = b"".join(probepool._frame(m) for m in msgs)
+    for step in (1, 2, 3, 5, 17, 64, len(stream)):
+        buf, got = bytearray(), []
+        for at in range(0, len(stream), step):
+            buf += stream[at:at + step]
+            got += probepool._split(buf)
+        assert got == msgs, step
+        assert buf == bytearray()
+    with pytest.raises(ValueError):
+        probepool._split(bytearray(probepool._HEADER.pack(probepool.MAX_MESSAGE + 1)))

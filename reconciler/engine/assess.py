@@ -68,6 +68,69 @@ class Assessment:
     blocked: Blocked | None = None
 
 
+class HandedOver:
+    """Models the input already validated, for the first assessment of the same manifest.
+
+    ``apply`` validates every document while it reads its input (``inputs.load``), then
+    the first pass over each relay validated the stored copy of it again: a second
+    pydantic validation per resource for nothing.  The input offers (:meth:`offer`) each model
+    it built; :meth:`take` hands it over once, to an assessment of a manifest with exactly
+    the same content (the key is the canonical JSON of the whole manifest, sorted keys,
+    through orjson; a manifest orjson cannot write as plain JSON, e.g. one holding a
+    date, is never cached).  Taken means removed: a model serves one assessment and a
+    later pass validates its own; a changed manifest has another key and is validated.
+    Bounded: past ``limit`` entries nothing more is offered (whatever is not taken costs
+    memory only until the process exits).  Without orjson (an optional dependency) it
+    holds nothing.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self._models: dict[bytes, ExternalSmtp] = {}
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    @staticmethod
+    def _key(manifest: Mapping[str, Any]) -> bytes | None:
+        try:
+            import orjson
+        except ImportError:  # pragma: no cover - orjson comes with the cli extra
+            return None
+        try:
+            return orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS
+                                | orjson.OPT_PASSTHROUGH_DATETIME
+                                | orjson.OPT_PASSTHROUGH_DATACLASS
+                                | orjson.OPT_PASSTHROUGH_SUBCLASS)
+        except TypeError:  # not plain JSON (a date, a non-string key, ...): not cached
+            return None
+
+    def offer(self, manifest: Mapping[str, Any], model: ExternalSmtp) -> None:
+        if len(self._models) >= self.limit:
+            return
+        key = self._key(manifest)
+        if key is not None:
+            self._models[key] = model
+
+    def take(self, manifest: Mapping[str, Any]) -> ExternalSmtp | None:
+        if not self._models:
+            return None
+        key = self._key(manifest)
+        return self._models.pop(key, None) if key is not None else None
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+HANDED_OVER = HandedOver()
+
+
+def _validated(manifest: dict[str, Any]) -> ExternalSmtp:
+    """The manifest's model: handed over by the input, else validated here."""
+    model = HANDED_OVER.take(manifest)
+    return model if model is not None else ExternalSmtp.model_validate(manifest)
+
+
 def render_validation_error(exc: ValidationError, limit: int = 3) -> str:
     """``loc: msg`` pairs only - never ``str(exc)``, which could echo input values."""
     parts = []
@@ -132,7 +195,7 @@ async def assess(obj: StoredObject, world: World, *, force: str | None = None) -
     --force``, the reconcile-request annotation); it never overrides a block.
     """
     try:
-        res = ExternalSmtp.model_validate(obj.manifest)
+        res = _validated(obj.manifest)
     except ValidationError as exc:
         return Assessment("invalid", "invalid",
                           blocked=Blocked.of("InvalidSpec", render_validation_error(exc)))

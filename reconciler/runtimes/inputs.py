@@ -95,12 +95,14 @@ def load(inputs: Inputs, *, allow_status: bool = False, namespace: str | None = 
     from pydantic import ValidationError
 
     from reconciler.credentials.policy import stamp_manifest
+    from reconciler.engine.assess import HANDED_OVER
     from reconciler.engine.reconcile import render_validation_error
-    from reconciler.resources import parse_resource
+    from reconciler.resources import ExternalSmtp, parse_resource
     from reconciler.schema.validate import Options, Validator, _io_message
 
     v = Validator(Options(allow_status=allow_status, keep=True))
     out = Loaded()
+    HANDED_OVER.clear()  # what an earlier load offered and no pass took (a watch)
     for name, exc in inputs.unreadable:
         out.io_errors += 1
         out.diagnostics.append(Diagnostic(name, 0, 0, "", None, None, "error",
@@ -143,6 +145,8 @@ def load(inputs: Inputs, *, allow_status: bool = False, namespace: str | None = 
                 f"{kind} {key[1]}/{key[2]} is defined twice (also in {seen[key]})"))
             continue
         seen[key] = where
+        if isinstance(res, ExternalSmtp):  # the first pass takes it instead of validating
+            HANDED_OVER.offer(manifest, res)
         out.manifests.append(manifest)
         out.sources.append(kept.file)
     return out

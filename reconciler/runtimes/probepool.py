@@ -8,15 +8,17 @@ keeps the engine, the store, selection and everything that writes; so a fleet is
 limited by the relays (or by all the machine's cores), not by one core.
 
 What crosses to a worker, over a pipe between this process and its own child (memory,
-never a file): the spec, the resolved password and the CA bundle of one test - each
-distinct CA bundle once per worker, then its SHA-256 digest (a fleet shares a few
-bundles; a bundle can be a 200 KB public-CA file).  Both sides keep the same bounded
-list of the bundles the worker holds (the :data:`MAX_BUNDLES` most recently used, in
-the order of the pipe's messages), so the parent always knows whether to send the PEM
-or the digest; a replacement worker starts with none and gets each again.  What comes
-back: the verdict.  A passed test's transcript is not sent back (``apply`` keeps
-only failures' transcripts; redacting a transcript is most of a test's CPU); a failed
-test's is redacted in the worker, which knows the secrets it was given.
+never a file): the spec (its wire form, a plain dict: pickling the pydantic model cost this
+process three times as much; the worker builds the model again), the resolved password
+and the CA bundle of one test - each distinct CA bundle once per worker, then its SHA-256
+digest (a fleet shares a few bundles; a bundle can be a 200 KB public-CA file).  Both
+sides keep the same bounded list of the bundles the worker holds (the
+:data:`MAX_BUNDLES` most recently used, in the order of the pipe's messages), so the
+parent always knows whether to send the PEM or the digest; a replacement worker starts
+with none and gets each again.  What comes back: the verdict.  A passed test's
+transcript is not sent back (``apply`` keeps only failures' transcripts; redacting a
+transcript is most of a test's CPU); a failed test's is redacted in the worker, which
+knows the secrets it was given.
 
 Not sent to a worker (tested in this process, as without a pool): OAuth 2.0 relays (the
 token is refreshed by this process's token manager when a server rejects it) and a test
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!I")
 MAX_MESSAGE = 16 * 1024 * 1024  # a verdict is bounded far below this (transcript caps)
+_READ_CHUNK = 256 * 1024  # bytes per read of a pipe (a message may span several reads)
 
 MAX_BUNDLES = 64  # CA bundles a worker keeps by digest (least recently used forgotten)
 
@@ -101,6 +104,28 @@ def _frame(obj: Any) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+def _split(buf: bytearray) -> list[Any]:
+    """The complete messages at the start of ``buf`` (removed from it); an incomplete
+    last one stays for the next read."""
+    out: list[Any] = []
+    at, end = 0, len(buf)
+    view = memoryview(buf)
+    try:
+        while end - at >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(view, at)
+            if size > MAX_MESSAGE:
+                raise ValueError(f"message of {size} bytes")
+            if end - at - _HEADER.size < size:
+                break
+            at += _HEADER.size
+            out.append(pickle.loads(view[at:at + size]))  # noqa: S301 - our own child
+            at += size
+    finally:
+        view.release()
+    del buf[:at]
+    return out
+
+
 # --- the worker process ----------------------------------------------------------------------
 
 
@@ -117,6 +142,12 @@ def worker_main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     asyncio.run(_serve(requests, replies))
+    # The parent closed the pipe: nothing is left to say.  Exit now rather than tearing the
+    # interpreter down (~25 ms, which the parent waits for at the end of every apply);
+    # except under coverage (the test suite), which saves its data at exit.
+    if "coverage" not in sys.modules:
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _serve(requests: int, replies: int) -> None:
@@ -138,11 +169,12 @@ async def _serve(requests: int, replies: int) -> None:
     # it (same insertions, uses and evictions, in the order of the pipe's messages).
     bundles: collections.OrderedDict[str, str] = collections.OrderedDict()
 
-    async def one(rid: int, spec: ExternalSmtpSpec, password: str | None,
+    async def one(rid: int, wire: dict[str, Any], password: str | None,
                   ca_pem: str | None) -> None:
         creds = ProbeCredentials(password=Secret(password) if password is not None else None,
                                  ca_bundle_pem=ca_pem)
         try:
+            spec = ExternalSmtpSpec.model_validate(wire)
             v = await run_probe(spec, creds, policy=policy)
             reply: Any = (rid, {k: getattr(v, k) for k in _FIELDS},
                           None if v.passed else [(t.direction, t.line, t.elapsed_seconds)
@@ -152,20 +184,25 @@ async def _serve(requests: int, replies: int) -> None:
         writer.write(_frame(reply))
         await writer.drain()
 
+    buf = bytearray()
     while True:
         try:
-            rid, spec, password, ca = await _read_message(reader)
-        except (asyncio.IncompleteReadError, ConnectionError):
+            chunk = await reader.read(_READ_CHUNK)
+        except ConnectionError:
+            break
+        if not chunk:
             break  # the parent closed the pipe (or is gone): no new work
-        try:
-            ca_pem = _bundle_received(bundles, ca)
-        except KeyError:  # a digest this worker does not hold: a protocol bug; say so
-            writer.write(_frame((rid, None, "UnknownCaBundle")))
-            await writer.drain()
-            continue
-        task = asyncio.create_task(one(rid, spec, password, ca_pem))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        buf += chunk
+        for rid, wire, password, ca in _split(buf):  # in the pipe's order (bundles)
+            try:
+                ca_pem = _bundle_received(bundles, ca)
+            except KeyError:  # a digest this worker does not hold: a protocol bug; say so
+                writer.write(_frame((rid, None, "UnknownCaBundle")))
+                await writer.drain()
+                continue
+            task = asyncio.create_task(one(rid, wire, password, ca_pem))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
     for task in list(tasks):
         task.cancel()
     with contextlib.suppress(Exception):
@@ -483,7 +520,7 @@ class ProbePool:
             digest = self._digest(creds.ca_bundle_pem)
             ca = digest if digest in worker.bundles else (digest, creds.ca_bundle_pem)
         try:
-            frame = _frame((rid, spec, password, ca))
+            frame = _frame((rid, spec.model_dump(by_alias=True), password, ca))
             if digest is not None:  # nothing between here and the write: same order
                 worker.sent_bundle(digest)
                 self.bundles_sent += isinstance(ca, tuple)
@@ -514,17 +551,24 @@ class ProbePool:
         return digest
 
     async def _replies(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        # Every reply that has arrived is handled per wake-up (not one read per reply).
+        buf = bytearray()
         try:
             while True:
-                rid, fields, extra = await _read_message(reader)
-                future = worker.pending.get(rid)
-                if future is None or future.done():
-                    continue
-                if fields is None:  # the worker's probe raised (a bug): test it here
-                    future.set_exception(_WorkerLost(str(extra)))
-                    continue
-                transcript = tuple(TranscriptLine(d, line, at) for d, line, at in extra or ())
-                future.set_result(Verdict(**fields, transcript=transcript))
+                chunk = await reader.read(_READ_CHUNK)
+                if not chunk:
+                    break  # the worker closed its end: it ended
+                buf += chunk
+                for rid, fields, extra in _split(buf):
+                    future = worker.pending.get(rid)
+                    if future is None or future.done():
+                        continue
+                    if fields is None:  # the worker's probe raised (a bug): test it here
+                        future.set_exception(_WorkerLost(str(extra)))
+                        continue
+                    transcript = tuple(TranscriptLine(d, line, at)
+                                       for d, line, at in extra or ())
+                    future.set_result(Verdict(**fields, transcript=transcript))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError,
                 pickle.UnpicklingError, EOFError):
             pass
