@@ -232,7 +232,7 @@ class Emulator:
             self.proc.wait(10)
 
 
-async def _populate(emu: Emulator, count: int, relay: Relay) -> None:
+async def _populate(emu: Emulator, count: int, relay: Relay, ca_extra: str = "") -> None:
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(base_url=emu.url, timeout=120, limits=limits,
                                  **emu.http) as http:
@@ -244,7 +244,7 @@ async def _populate(emu: Emulator, count: int, relay: Relay) -> None:
                 r = await http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
                                     json=standin_crd(kind, plural))
                 r.raise_for_status()
-        for name, data in (("relay-ca", {"ca.crt": relay.ca_pem}),
+        for name, data in (("relay-ca", {"ca.crt": relay.ca_pem + ca_extra}),
                            ("relay-password", {"password": PASSWORD})):
             r = await http.post(f"/api/v1/namespaces/{NS}/secrets", json={
                 "metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}})
@@ -620,20 +620,22 @@ def attribute(by_verb: dict[str, float], count: int, seconds: float) -> dict[str
 def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
             probe_workers: str = "auto", placement: str = "shared",
-            operator_root: Path = ROOT, profile_rate: int = 100) -> dict[str, Any]:
+            operator_root: Path = ROOT, profile_rate: int = 100,
+            ca_extra: str = "") -> dict[str, Any]:
     place = Placement(placement)
     # This script (its Ready watch, the samplers) runs on the API server's side: on a
     # real cluster whoever waits for Ready is not on the operator's node either.
     with place.on(place.api):
         return _run_one(count, concurrency, work, deadline, stay_up=stay_up,
                         raw_tests=raw_tests, profile=profile, probe_workers=probe_workers,
-                        place=place, operator_root=operator_root, profile_rate=profile_rate)
+                        place=place, operator_root=operator_root, profile_rate=profile_rate,
+                        ca_extra=ca_extra)
 
 
 def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
              stay_up: float, raw_tests: int, profile: Path | None,
              probe_workers: str, place: Placement, operator_root: Path,
-             profile_rate: int) -> dict[str, Any]:
+             profile_rate: int, ca_extra: str) -> dict[str, Any]:
     load_start = os.getloadavg()
     with place.on(place.api):
         emu = Emulator(work)
@@ -643,7 +645,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
     op: Operator | None = None
     try:
         t0 = time.monotonic()
-        asyncio.run(_populate(emu, count, relay))
+        asyncio.run(_populate(emu, count, relay, ca_extra))
         create_s = time.monotonic() - t0
         with place.on(place.rest):  # the raw peer's client processes
             raw = raw_capacity(relay, raw_tests or min(count, 2000), concurrency)
@@ -725,6 +727,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "probe_workers": probe_workers,
             "placement": place.name,
             "operator_root": str(operator_root),
+            "ca_bundle_bytes": len(relay.ca_pem) + len(ca_extra),
             "cpus": cpus_seen,
             "probe_worker_processes": workers_seen,
             "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
@@ -1053,6 +1056,9 @@ def main() -> int:
                         "`git archive main` unpacked) instead of this one; repeatable: a "
                         "before/after A/B in one invocation, each run its own emulator and "
                         "relay (default: this tree)")
+    parser.add_argument("--ca-bundle-extra", type=Path, default=None, metavar="PEM",
+                        help="append this PEM file (e.g. /etc/ssl/certs/ca-certificates.crt, "
+                        "a public-CA bundle) to the relays' CA bundle Secret")
     parser.add_argument("--raw-tests", type=int, default=0,
                         help="connection tests of the raw-capacity peer (default min(N, 2000))")
     parser.add_argument("--json", type=Path, default=None)
@@ -1130,6 +1136,7 @@ def main() -> int:
     runs = [(c, w, pl, root) for c in counts for w in args.probe_workers or ["auto"]
             for pl in placements for root in roots]
     results: list[dict[str, Any]] = []
+    ca_extra = args.ca_bundle_extra.read_text() if args.ca_bundle_extra else ""
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
@@ -1143,7 +1150,8 @@ def main() -> int:
                 r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
                             raw_tests=args.raw_tests, profile=args.profile,
                             probe_workers=workers, placement=placement,
-                            operator_root=root, profile_rate=args.profile_rate)
+                            operator_root=root, profile_rate=args.profile_rate,
+                            ca_extra=ca_extra)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has

@@ -79,12 +79,14 @@ class HandedOver:
     through orjson; a manifest orjson cannot write as plain JSON, e.g. one holding a
     date, is never cached).  Taken means removed: a model serves one assessment and a
     later pass validates its own; a changed manifest has another key and is validated.
-    Bounded: past ``limit`` entries nothing more is offered (whatever is not taken costs
-    memory only until the process exits).  Without orjson (an optional dependency) it
-    holds nothing.
+    Bounded: past ``limit`` entries nothing more is offered, because a held model costs
+    ~3.4 KB until its pass takes it (10,000 held raised a first apply's peak RSS from 213
+    to 247 MB for ~2 % of its CPU): the first 2,048 relays of an input are handed over,
+    the rest validated by their pass as before.  Without orjson (an optional dependency)
+    it holds nothing.
     """
 
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, limit: int = 2048) -> None:
         self.limit = limit
         self._models: dict[bytes, ExternalSmtp] = {}
 

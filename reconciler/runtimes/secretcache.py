@@ -67,6 +67,9 @@ class KubeSecrets:
         self.version_key = version_key  # of the keyed hashes ("secret versions")
         self._referenced = referenced
         self._bodies: dict[Key, KubeObject] = {}
+        # Keys of a kept body already decoded (base64, UTF-8, checks, keyed version): the
+        # body they came from (a new body is a new object) and each key's Resolved.
+        self._decoded: dict[Key, tuple[KubeObject, dict[str, Resolved]]] = {}
         self._missing: set[Key] = set()  # known not to exist (until a watch event)
         self._epoch: dict[Key, int] = {}  # bumped by every watch event for the key
         self._inflight: dict[Key, asyncio.Future[KubeObject | None]] = {}
@@ -83,6 +86,7 @@ class KubeSecrets:
     def observe(self, body: KubeObject, event_type: str | None) -> bool:
         """A Secret watch event; True when a resource references that Secret."""
         key = (namespace_of(body), name_of(body))
+        self._decoded.pop(key, None)
         if not self._referenced(*key):
             self._bodies.pop(key, None)
             self._missing.discard(key)
@@ -101,6 +105,7 @@ class KubeSecrets:
         """Drop entries no resource references any more."""
         for key in [k for k in self._bodies if not self._referenced(*k)]:
             del self._bodies[key]
+            self._decoded.pop(key, None)
         self._missing = {k for k in self._missing if self._referenced(*k)}
         self._epoch = {k: v for k, v in self._epoch.items() if self._referenced(*k)}
         self._stale = {k: v for k, v in self._stale.items() if self._referenced(*k)}
@@ -144,6 +149,7 @@ class KubeSecrets:
             except NotFound:
                 body = None
             if self._epoch.get(key, 0) == epoch and self._referenced(*key):
+                self._decoded.pop(key, None)
                 if body is None:
                     self._bodies.pop(key, None)
                     self._missing.add(key)
@@ -186,8 +192,16 @@ class KubeSecrets:
                                       ) from None
         if body is None:
             raise CredentialError("SecretNotFound", f"{where} does not exist")
-        return resolve_from_secret(cast(dict[str, Any], body), sel, namespace,
-                                   version_key=self.version_key)
+        # Every pass resolves its Secrets: decode each key of a kept body once (a CA
+        # bundle can be 200 KB: base64, UTF-8, checks and a keyed hash on every pass).
+        decoded = self._decoded.get(key)
+        if decoded is None or decoded[0] is not body:
+            decoded = self._decoded[key] = (body, {})
+        got = decoded[1].get(sel.key)
+        if got is None:
+            got = decoded[1][sel.key] = resolve_from_secret(
+                cast(dict[str, Any], body), sel, namespace, version_key=self.version_key)
+        return got
 
     async def write(self, ref: SecretRef, namespace: str, value: Secret) -> str:
         """Merge-patch one key (creating the Secret when missing): a rotated refresh token."""
