@@ -20,6 +20,8 @@ Every row compares the apply with its peer **in the same run, against the same r
 * ``--profile``: a py-spy profile of one first apply (the apply's process and its
   children), summarised by own time and by area; ``--profile-out DIR`` keeps the raw
   collapsed stacks.
+* ``--timeline``: one more first apply, sampled every 25 ms (CPU of main process, workers
+  and relay, idle CPU, tests in flight, passes, event loop lag; see ``_Sampler``).
 * ``--growth``: first apply at several sizes (one raw capacity per size), with a fit of
   CPU time and wall time against N.
 

@@ -115,6 +115,30 @@ def test_a_unit_that_raises_is_undone_alone(tmp_path: Path) -> None:
         assert _committed_status(tmp_path / "s", "b") == {"m": 2}
 
 
+def test_a_status_write_whose_update_fails_is_undone_alone(tmp_path: Path) -> None:
+    """A status write whose UPDATE fails inside a batch is undone alone: the units before
+    and after it commit, the object keeps its version, and the store hands out what is
+    stored (not the refused status)."""
+    with LocalStore(tmp_path / "s") as store:
+        store.upsert_many([_manifest("a"), _manifest("b")])
+        b = ObjectRef("ExternalSmtp", "default", "b")
+        store._db.execute(
+            "CREATE TEMP TRIGGER refuse BEFORE UPDATE OF status ON resources "
+            "WHEN NEW.status LIKE '%refused%' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        with store.remember(), store.batched(max_delay=3600):
+            store.update_status_sync(REF, _set("n", 1))
+            before = store.get_sync(b)
+            with pytest.raises(StoreError):
+                store.update_status_sync(b, _set("x", "refused"))
+            after = store.get_sync(b)
+            assert after is not None and before is not None
+            assert after.version == before.version and after.status == {}
+            written = store.update_status_sync(b, _set("m", 2))
+            assert written is not None and written.status == {"m": 2}
+        assert _committed_status(tmp_path / "s")["n"] == 1
+        assert _committed_status(tmp_path / "s", "b") == {"m": 2}
+
+
 class _FailingCommit:
     """A connection whose next COMMIT fails as a full disk would make it fail."""
 

@@ -151,7 +151,15 @@ def worker_main() -> None:
 
 
 async def _serve(requests: int, replies: int) -> None:
+    import gc
+
     from reconciler.probe import run_probe
+
+    # Its heap is the modules just imported, its garbage almost all acyclic: the modules
+    # frozen, the youngest generation collected every 20,000 allocations instead of 700
+    # (as smtpctl's own process does): ~2 % of a test's CPU (0.05 ms of ~2.3 ms).
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_MESSAGE)
