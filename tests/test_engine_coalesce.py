@@ -328,13 +328,17 @@ async def _started(s: Scope, name: str) -> None:
     await asyncio.wait_for(ev.wait(), WAIT)
 
 
+@pytest.mark.parametrize("index", [True, False])
 async def test_a_cancelled_leader_or_waiter_loses_no_other_verdict(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: bool) -> None:
     """The store's writes yield (as a Kubernetes store's do).  r000's pass leads a run for
     r000, r001 and r002 and is cancelled while the run waits for r001's write; r003's pass,
     queued meanwhile, is cancelled too.  The cancelled passes' verdicts are not written
     (as for any cancelled pass: the next pass tests again); r001's and r002's are, by the
-    next run, with their Selected conditions; never two selected."""
+    next run, with their Selected conditions; never two selected.  Without the index
+    (``index=False``: a store that lists, like the operator's) the same."""
+    if not index:
+        monkeypatch.setattr(selection, "_memos_of", lambda store, namespace: None)
     s, refs = _scope(tmp_path, monkeypatch, [0, 1, 2, 3])
     world = s.world()
     s.hold = {"r001": asyncio.Event()}

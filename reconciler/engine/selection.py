@@ -575,10 +575,9 @@ async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
     choice = decide(pool, now)
     winner = choice.winner
     previous = sorted((c for c in pool if c.selected), key=_ORDER)
-    # What desired_selected reads besides the candidate itself.
-    w = memos[winner].cand if winner else None
-    if w is not None:
-        cands.setdefault(w.name, w)
+    # What desired_selected reads besides the candidate itself (decide picks the winner
+    # from the pool: it is in cands, as previewed).
+    w = cands[winner] if winner else None
     key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
            None if w is None else w.priority)
     if look is not None and idx is not None:
