@@ -177,6 +177,49 @@ def test_after_a_failed_commit_nothing_later_commits(tmp_path: Path) -> None:
         assert _committed_status(tmp_path / "s")["n"] == 4
 
 
+class _AbortingUpdate:
+    """A connection whose next status UPDATE fails the way SQLite fails a statement on a
+    full disk or an I/O error: it rolls the whole open transaction back on its own."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.fail and sql.startswith("UPDATE resources SET status"):
+            self.fail = False
+            self._db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_a_unit_whose_error_rolled_the_batch_back_lets_nothing_later_commit(
+        tmp_path: Path) -> None:
+    # The units before it in the batch are gone with SQLite's own rollback: a later unit
+    # committed after them would leave a state that is not a prefix of the units (a status
+    # without the test record before it).  Every later unit fails, and so does the block.
+    with LocalStore(tmp_path / "s") as store:
+        store.upsert_many([_manifest("a"), _manifest("b")])
+        b = ObjectRef("ExternalSmtp", "default", "b")
+        real = store._db
+        with pytest.raises(StoreError, match="cannot be used"), \
+                store.batched(max_delay=3600):
+            store.update_status_sync(REF, _set("n", 1))  # lost with the rollback
+            store._db = _AbortingUpdate(real)  # type: ignore[assignment]
+            with pytest.raises(StoreError):
+                store.update_status_sync(b, _set("m", 1))
+            with pytest.raises(StoreError):
+                store.update_status_sync(b, _set("m", 2))  # refused: after the failure
+        store._db = real
+        assert _committed_status(tmp_path / "s") == {}
+        assert _committed_status(tmp_path / "s", "b") == {}
+        store.update_status_sync(REF, _set("n", 4))  # usable again after the block
+        assert _committed_status(tmp_path / "s")["n"] == 4
+
+
 def test_unlock_and_close_commit_what_is_open(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "s")
     store.upsert_many([_manifest("a")])

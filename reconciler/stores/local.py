@@ -544,7 +544,14 @@ class LocalStore:
         db.execute("SAVEPOINT unit")
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            if not db.in_transaction:
+                # SQLite rolled the whole transaction back on its own (a full disk, an I/O
+                # error): the units before this one are lost too, so no later unit may
+                # commit after them (not a prefix any more), as after a failed COMMIT.
+                batch.failed = _damaged(self.path, exc)
+                self._epoch = object()  # the journal names writes that were rolled back
+                raise
             db.execute("ROLLBACK TO unit")
             db.execute("RELEASE unit")
             raise
