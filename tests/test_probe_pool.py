@@ -19,32 +19,16 @@ import pytest
 
 from reconciler.probe import run_probe
 from reconciler.probe.egress import EgressPolicy
-from reconciler.probe.verdict import ProbeCredentials, Verdict
+from reconciler.probe.verdict import ProbeCredentials
 from reconciler.resources import ExternalSmtpSpec
 from reconciler.runtimes import probepool
 from reconciler.runtimes.probepool import Prestarted, ProbePool
 from reconciler.secret import Secret
 from tests.support import canary
 from tests.support.engine_env import USER, Env, cond, e2e_fixture  # noqa: F401
+from tests.support.probe_pool import Fallback
+from tests.support.probe_pool import relay_spec as _spec
 from tests.support.tcp_proxy import TcpProxy
-
-
-def _spec(port: int, user: str = USER) -> ExternalSmtpSpec:
-    return ExternalSmtpSpec.model_validate({
-        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
-        "startTLS": True, "username": user, "passwordFrom": {"env": "SMTP_PW"},
-        "connectionTest": {"timeoutSeconds": 10}})
-
-
-class Fallback:
-    """The in-process probe, counting its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
-        self.calls += 1
-        return await run_probe(spec, creds)
 
 
 @pytest.fixture(name="pool")

@@ -15,35 +15,17 @@ import pytest
 from reconciler.devservers.smtp import RelayServer
 from reconciler.probe import run_probe
 from reconciler.probe.egress import EgressPolicy
-from reconciler.probe.verdict import ProbeCredentials, Verdict
-from reconciler.resources import ExternalSmtpSpec
+from reconciler.probe.verdict import ProbeCredentials
 from reconciler.runtimes.probepool import MAX_BUNDLES, ProbePool
 from reconciler.secret import Secret
 from tests.support import canary
-
-USER = "app@example.test"
-
-
-def _spec(port: int) -> ExternalSmtpSpec:
-    return ExternalSmtpSpec.model_validate({
-        "host": "127.0.0.1", "port": port, "authentication": "UsernamePassword",
-        "startTLS": True, "username": USER, "passwordFrom": {"env": "SMTP_PW"},
-        "connectionTest": {"timeoutSeconds": 10}})
+from tests.support.engine_env import USER
+from tests.support.probe_pool import Fallback
+from tests.support.probe_pool import relay_spec as _spec
 
 
 def _creds(pem: str) -> ProbeCredentials:
     return ProbeCredentials(password=Secret(canary.PASSWORD), ca_bundle_pem=pem)
-
-
-class Fallback:
-    """The in-process probe, counting its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
-        self.calls += 1
-        return await run_probe(spec, creds)
 
 
 @pytest.fixture(name="relays")
