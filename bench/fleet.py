@@ -352,7 +352,8 @@ def child(stats_path: str, argv: list[str]) -> int:
     local.LocalStore.close = close  # type: ignore[method-assign]
     timeline = os.environ.pop("FLEET_TIMELINE", None)
     sampler = _Sampler(timeline) if timeline else None
-    from reconciler.cli.main import main, tune_gc
+    from reconciler.cli.main import main
+    from reconciler.gctune import tune_gc
 
     tune_gc()  # as the console script's entry() does, before main()
     cprofile = os.environ.pop("FLEET_CPROFILE", None)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Protocol, cast
 
 from reconciler.cli.common import EXIT_CODES, EXIT_USAGE
+from reconciler.gctune import tune_gc
 
 # command name -> module; the order is the order of `smtpctl --help`.
 COMMANDS: dict[str, str] = {
@@ -166,31 +167,11 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=max(40, width - 2))
 
 
-GC_THRESHOLD = (20_000, 10, 10)  # the youngest generation's; then CPython's defaults
-
-
-def tune_gc() -> None:
-    """Less cyclic garbage collection in an ``smtpctl`` process (:func:`entry` calls it).
-
-    Almost all of a command's garbage is acyclic (freed by reference counting, which this
-    does not change), but with CPython's default thresholds (700, 10, 10) the collector
-    ran ~380 times in a first ``apply`` of 3,000 relays, its full collections traversing
-    every live object: 0.26 s of the main process's 3.9 s of CPU (0.06 s with this).  What
-    is alive at start is frozen (never traversed again) and the youngest generation is
-    collected every 20,000 allocations instead of 700; cycles (an exception's traceback)
-    are still collected, a little later.  Only in the console script's own process, not
-    when :func:`main` is called by a program (or a test) with a heap of its own.  The
-    operator does the same (``cmd_operator.tune_gc``)."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
-
-
 def entry() -> None:
     """The console script: :func:`main`, and a Ctrl-C at any point of it (while the
     command's module is imported or its arguments parsed, not only while it runs) is the
-    one line ``interrupted`` and exit 130, never a traceback."""
+    one line ``interrupted`` and exit 130, never a traceback.  Cyclic garbage is
+    collected less often in this process (:func:`reconciler.gctune.tune_gc`)."""
     tune_gc()
     try:
         code = main()

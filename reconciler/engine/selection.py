@@ -460,7 +460,8 @@ def _scope_of(lock: Any) -> _Scope:
 
 
 class _Stop(Exception):
-    """A write that changes who is selected failed: no further write in this run."""
+    """A write that changes who is selected failed: no further write in this run (the
+    requests not served yet are decided again in the next; see :func:`_select_batch`)."""
 
 
 async def _run(namespace: str, world: Any, scope: _Scope, leader: _Request) -> None:
@@ -531,10 +532,11 @@ async def _select_batch(namespace: str, world: Any, batch: list[_Request],
     idx = _memos_of(world.store, namespace)
     try:
         await _decide_and_write(namespace, world, batch, leader, owns, idx)
-    except BaseException:
+    except BaseException as exc:
         if idx is not None:
-            idx.token = None  # interrupted half-way: list at the next run
-        raise
+            idx.token = None  # stopped or interrupted half-way: list at the next run
+        if not isinstance(exc, _Stop):
+            raise
 
 
 async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
@@ -544,7 +546,6 @@ async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
     # candidates are memoised per object (see _Memo), and with the index (see _Index) only
     # the relays written since the previous run are looked at.
     memos, look = await _view(namespace, world, idx, owns)
-    by_name = {name: m.obj for name, m in memos.items()} if look is None else None
     previews: dict[str, Candidate] = {}
     for name, r in owns.items():
         m = memos.get(name)
@@ -580,15 +581,14 @@ async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
     w = cands[winner] if winner else None
     key = (winner, choice.waiting_for, tuple(sorted(choice.failback_at.items())),
            None if w is None else w.priority)
-    if look is not None and idx is not None:
-        if key != idx.key:  # another choice: every relay's Selected condition may change
-            look = sorted(memos)
-        else:
-            # the relay in use now and the ones it replaces (released first)
-            extra = [o[2] for o in idx.held if o[2] not in look]
-            look = sorted(set(look) | set(extra) | ({winner} if winner else set()))
-        idx.key = key
-    elif idx is not None:
+    if idx is not None:
+        if look is not None:
+            if key != idx.key:  # another choice: every relay's Selected condition may change
+                look = sorted(memos)
+            else:
+                # the relay in use now and the ones it replaces (released first)
+                extra = [o[2] for o in idx.held if o[2] not in look]
+                look = sorted(set(look) | set(extra) | ({winner} if winner else set()))
         idx.key = key
     if look is not None:
         names = look
@@ -607,66 +607,54 @@ async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
             await _own_write(world, ObjectRef(KIND, namespace, name), r, r.own.mutate)
     if idx is not None:
         idx.unsettled = set()
-    try:
-        for name in ordered:
-            c = memos[name].cand if name not in previews else previews[name]
-            req = owns.get(name)
-            mutate: Callable[[StoredObject], StatusWrite | None] | None = None
-            sel = False
-            if (c.requested or c.selected) and (req is not None or not c.pending
-                                                  or c.name == winner):
-                # Not for a relay that neither asks for selection nor holds it, nor for one
-                # whose first verdict is not in yet: its own pass writes its Selected
-                # condition with its status.  Writing it here too raced with that pass
-                # (409, re-read, second write) for every relay of a new fleet whose first
-                # test had not finished yet.
-                if req is not None:
-                    sel, reason, msg = desired_selected(c, choice, namespace, cands)
-                    mutate = selected_mutator(sel, reason, msg, now)
-                elif idx is not None:
-                    m = memos[name]
-                    if m.key != key:  # the same object under the same choice: as before
-                        m.key, m.desired = key, desired_selected(c, choice, namespace, cands)
-                        m.settled = _settled(m.obj, *m.desired)
-                    if m.settled:
-                        continue  # already as desired in the snapshot: no write
-                    sel, reason, msg = m.desired
-                    mutate = selected_mutator(sel, reason, msg, now)
-                else:
-                    sel, reason, msg = desired_selected(c, choice, namespace, cands)
-                    mutate = selected_mutator(sel, reason, msg, now)
-            ref = ObjectRef(KIND, namespace, name)
-            if req is not None:
-                assert req.own is not None
-                await _own_write(world, ref, req, _combined(req.own.mutate, mutate),
-                                 changes=sel or c.selected)
-                continue
-            current = memos[name].obj if by_name is None else by_name[name]
-            if mutate is None or mutate(current) is None:
-                continue  # already as desired in the snapshot: no write (fast re-apply)
-            try:
-                await world.store.update_status(ref, mutate)
-            except StoreError as exc:
-                if sel or c.selected:
-                    # Releasing or acquiring failed: stop before a second winner.  The
-                    # leader's pass reports it (if its request is not served yet, else the
-                    # first one not served); the others are decided again in the next run.
-                    victim = leader if leader.taken and not leader.done else next(
-                        (q for q in batch if not q.done), None)
-                    if victim is not None:
-                        victim.fail(exc)
-                    if idx is not None:
-                        idx.token = None
-                    return
-                # A loser's Selected=False condition only: the selection itself holds.
-                log.warning("could not write the Selected condition of %s/%s: %s",
-                            namespace, c.name, exc)
-                if idx is not None:
-                    idx.unsettled.add(name)
-    except _Stop:
-        if idx is not None:
-            idx.token = None
-        return  # a pass's own selection-changing write failed: the others run again
+    for name in ordered:
+        c = memos[name].cand if name not in previews else previews[name]
+        req = owns.get(name)
+        mutate: Callable[[StoredObject], StatusWrite | None] | None = None
+        sel = False
+        if (c.requested or c.selected) and (req is not None or not c.pending
+                                              or c.name == winner):
+            # Not for a relay that neither asks for selection nor holds it, nor for one
+            # whose first verdict is not in yet: its own pass writes its Selected
+            # condition with its status.  Writing it here too raced with that pass
+            # (409, re-read, second write) for every relay of a new fleet whose first
+            # test had not finished yet.
+            if req is None and idx is not None:
+                m = memos[name]
+                if m.key != key:  # the same object under the same choice: as before
+                    m.key, m.desired = key, desired_selected(c, choice, namespace, cands)
+                    m.settled = _settled(m.obj, *m.desired)
+                if m.settled:
+                    continue  # already as desired in the snapshot: no write
+                sel, reason, msg = m.desired
+            else:
+                sel, reason, msg = desired_selected(c, choice, namespace, cands)
+            mutate = selected_mutator(sel, reason, msg, now)
+        ref = ObjectRef(KIND, namespace, name)
+        if req is not None:
+            assert req.own is not None
+            await _own_write(world, ref, req, _combined(req.own.mutate, mutate),
+                             changes=sel or c.selected)
+            continue
+        if mutate is None or mutate(memos[name].obj) is None:
+            continue  # already as desired in the snapshot: no write (fast re-apply)
+        try:
+            await world.store.update_status(ref, mutate)
+        except StoreError as exc:
+            if sel or c.selected:
+                # Releasing or acquiring failed: stop before a second winner.  The
+                # leader's pass reports it (if its request is not served yet, else the
+                # first one not served); the others are decided again in the next run.
+                victim = leader if leader.taken and not leader.done else next(
+                    (q for q in batch if not q.done), None)
+                if victim is not None:
+                    victim.fail(exc)
+                raise _Stop from exc
+            # A loser's Selected=False condition only: the selection itself holds.
+            log.warning("could not write the Selected condition of %s/%s: %s",
+                        namespace, c.name, exc)
+            if idx is not None:
+                idx.unsettled.add(name)
     for r in batch:
         if not r.done:
             r.finish()

@@ -48,7 +48,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from reconciler.probe.egress import EgressPolicy
 from reconciler.probe.verdict import ProbeCredentials, TranscriptLine, Verdict
@@ -151,15 +151,12 @@ def worker_main() -> None:
 
 
 async def _serve(requests: int, replies: int) -> None:
-    import gc
-
+    from reconciler.gctune import tune_gc
     from reconciler.probe import run_probe
 
-    # Its heap is the modules just imported, its garbage almost all acyclic: the modules
-    # frozen, the youngest generation collected every 20,000 allocations instead of 700
-    # (as smtpctl's own process does): ~2 % of a test's CPU (0.05 ms of ~2.3 ms).
-    gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
+    # Its heap is the modules just imported, its garbage almost all acyclic (as smtpctl's
+    # own process): ~2 % of a test's CPU (0.05 ms of ~2.3 ms).
+    tune_gc()
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_MESSAGE)
@@ -223,14 +220,25 @@ def _bundle_received(bundles: collections.OrderedDict[str, str],
     or ``digest`` (one it holds; ``KeyError`` if not)."""
     if ca is None:
         return None
-    if isinstance(ca, tuple):
-        digest, pem = ca
-        bundles[digest] = pem
-        if len(bundles) > MAX_BUNDLES:
-            bundles.popitem(last=False)
-        return pem
-    bundles.move_to_end(ca)
-    return bundles[ca]
+    digest, pem = ca if isinstance(ca, tuple) else (ca, bundles[ca])
+    _hold(bundles, digest, pem)
+    return pem
+
+
+_V = TypeVar("_V")
+
+
+def _hold(held: collections.OrderedDict[str, _V], digest: str, value: _V) -> None:
+    """``digest`` becomes the most recently used of ``held`` (added with ``value`` when
+    new; past :data:`MAX_BUNDLES`, the least recently used is forgotten).  The worker's
+    bundles and the parent's record of them both change only through this, in the pipe's
+    order, so they stay in step."""
+    if digest in held:
+        held.move_to_end(digest)
+        return
+    held[digest] = value
+    if len(held) > MAX_BUNDLES:
+        held.popitem(last=False)
 
 
 # --- this process ------------------------------------------------------------------------------
@@ -343,12 +351,7 @@ class _Worker:
     def sent_bundle(self, digest: str) -> None:
         """Note that a request naming (or carrying) this bundle was written: the worker
         holds it from then on, as its most recently used."""
-        if digest in self.bundles:
-            self.bundles.move_to_end(digest)
-            return
-        self.bundles[digest] = None
-        if len(self.bundles) > MAX_BUNDLES:
-            self.bundles.popitem(last=False)
+        _hold(self.bundles, digest, None)
 
 
 RESTART_WINDOW = 60.0  # seconds
