@@ -21,8 +21,8 @@ import pytest
 
 from reconciler.engine import selection
 from reconciler.engine.world import BasicWorld
-from reconciler.stores.base import Event, ObjectRef, StoredObject
 from reconciler.runtimes.operator.watching import Reflector
+from reconciler.stores.base import Event, ObjectRef, StoredObject
 from reconciler.stores.kube import KubeStore, ref_of
 from reconciler.stores.kubeapi import Credentials, KubeApi, resource_path
 from reconciler.stores.kubetypes import KubeObject, as_object, name_of, resource_version
