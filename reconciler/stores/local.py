@@ -61,7 +61,6 @@ try:  # the rows' JSON is most of an unchanged re-apply's store time (see _loads
 except ImportError:  # pragma: no cover - an install without the cli extra
     _orjson = None  # type: ignore[assignment]
 
-from reconciler.credentials.policy import MANIFEST_ANNOTATION
 from reconciler.secret import set_version_key
 from reconciler.stores.base import (
     Event,
@@ -271,11 +270,22 @@ def _spec_of(manifest: dict[str, Any]) -> str:
     return _dumps(manifest.get("spec") or {})
 
 
+@functools.cache
+def _manifest_annotation() -> str:
+    """credentials.policy's annotation, imported when first needed: that module loads the
+    resource models (pydantic), which ``apply`` need not wait for before it has opened
+    the store and started its probe workers (reconciler/cli/cmd_apply.py)."""
+    from reconciler.credentials.policy import MANIFEST_ANNOTATION
+
+    return MANIFEST_ANNOTATION
+
+
 def _without_origin(manifest: dict[str, Any]) -> str:
     """The manifest without the loader's record of its file (see credentials.policy)."""
     meta = dict(manifest.get("metadata") or {})
+    origin = _manifest_annotation()
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if k != MANIFEST_ANNOTATION}
+                   if k != origin}
     if annotations:
         meta["annotations"] = annotations
     else:
