@@ -516,9 +516,14 @@ class ProbePool:
         if creds.token_provider is not None or self.closed:
             verdict: Verdict = await self._fallback(spec, creds)
             return verdict
-        await self.start()
-        await self._replenish()
+        starting = self._starting
+        if starting is None or not starting.done() or starting.cancelled() \
+                or starting.exception() is not None:
+            await self.start()
         live = self._live()
+        if len(live) < self.size:  # one ended (or never started): replace it first
+            await self._replenish()
+            live = self._live()
         if not live:
             if not self.closed:
                 self.restarts_refused += 1
