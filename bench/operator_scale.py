@@ -232,7 +232,15 @@ class Emulator:
             self.proc.wait(10)
 
 
-async def _populate(emu: Emulator, count: int, relay: Relay, ca_extra: str = "") -> None:
+def requests_selection(i: int, fraction: float) -> bool:
+    """Does relay ``i`` ask for selection?  Relay 0 always; with ``fraction`` f, one relay
+    in every 1/f, spread evenly (1.0: every relay, the quadratic case of a selection that
+    converts the whole namespace on every run)."""
+    return i == 0 or int((i + 1) * fraction) > int(i * fraction)
+
+
+async def _populate(emu: Emulator, count: int, relay: Relay, ca_extra: str = "",
+                    selected_fraction: float = 0.0) -> None:
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(base_url=emu.url, timeout=120, limits=limits,
                                  **emu.http) as http:
@@ -264,7 +272,7 @@ async def _populate(emu: Emulator, count: int, relay: Relay, ca_extra: str = "")
                                                               "key": "ca.crt"}},
                             "serverName": "localhost"},
                     "connectionTest": {"checkRelay": False},
-                    "selected": i == 0,
+                    "selected": requests_selection(i, selected_fraction),
                     "refreshInterval": "24h",
                 },
             }
@@ -621,7 +629,7 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
             probe_workers: str = "auto", placement: str = "shared",
             operator_root: Path = ROOT, profile_rate: int = 100,
-            ca_extra: str = "") -> dict[str, Any]:
+            ca_extra: str = "", selected_fraction: float = 0.0) -> dict[str, Any]:
     place = Placement(placement)
     # This script (its Ready watch, the samplers) runs on the API server's side: on a
     # real cluster whoever waits for Ready is not on the operator's node either.
@@ -629,13 +637,14 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         return _run_one(count, concurrency, work, deadline, stay_up=stay_up,
                         raw_tests=raw_tests, profile=profile, probe_workers=probe_workers,
                         place=place, operator_root=operator_root, profile_rate=profile_rate,
-                        ca_extra=ca_extra)
+                        ca_extra=ca_extra, selected_fraction=selected_fraction)
 
 
 def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
              stay_up: float, raw_tests: int, profile: Path | None,
              probe_workers: str, place: Placement, operator_root: Path,
-             profile_rate: int, ca_extra: str) -> dict[str, Any]:
+             profile_rate: int, ca_extra: str,
+             selected_fraction: float = 0.0) -> dict[str, Any]:
     load_start = os.getloadavg()
     with place.on(place.api):
         emu = Emulator(work)
@@ -645,7 +654,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
     op: Operator | None = None
     try:
         t0 = time.monotonic()
-        asyncio.run(_populate(emu, count, relay, ca_extra))
+        asyncio.run(_populate(emu, count, relay, ca_extra, selected_fraction))
         create_s = time.monotonic() - t0
         with place.on(place.rest):  # the raw peer's client processes
             raw = raw_capacity(relay, raw_tests or min(count, 2000), concurrency)
@@ -728,6 +737,9 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "placement": place.name,
             "operator_root": str(operator_root),
             "ca_bundle_bytes": len(relay.ca_pem) + len(ca_extra),
+            "selected_fraction": selected_fraction,
+            "requesting_selection": sum(requests_selection(i, selected_fraction)
+                                        for i in range(count)),
             "cpus": cpus_seen,
             "probe_worker_processes": workers_seen,
             "operator_cpu_ms_per_resource_first": round(cpu_op * 1000 / count, 2),
@@ -1059,6 +1071,9 @@ def main() -> int:
     parser.add_argument("--ca-bundle-extra", type=Path, default=None, metavar="PEM",
                         help="append this PEM file (e.g. /etc/ssl/certs/ca-certificates.crt, "
                         "a public-CA bundle) to the relays' CA bundle Secret")
+    parser.add_argument("--selected-fraction", type=float, default=0.0, metavar="F",
+                        help="fraction of the relays that ask for selection (0: only the "
+                             "first; 1: every relay)")
     parser.add_argument("--raw-tests", type=int, default=0,
                         help="connection tests of the raw-capacity peer (default min(N, 2000))")
     parser.add_argument("--json", type=Path, default=None)
@@ -1151,7 +1166,7 @@ def main() -> int:
                             raw_tests=args.raw_tests, profile=args.profile,
                             probe_workers=workers, placement=placement,
                             operator_root=root, profile_rate=args.profile_rate,
-                            ca_extra=ca_extra)
+                            ca_extra=ca_extra, selected_fraction=args.selected_fraction)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has

@@ -85,7 +85,7 @@ class TestMemo:
                    passed=bool(data["passed"]), failures=int(data.get("failures", 0)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # KubeStore keeps them weakly
 class StoredObject:
     """One resource as the store holds it.
 

@@ -22,6 +22,17 @@ It implements :class:`reconciler.stores.base.Store` for the operator:
   last test and every transition, and a failed test's redacted transcript is logged at
   debug level (``smtpctl operator -v``).  (Keeping the last five records per resource in
   memory cost ~8 KB per resource that nothing read.)
+* **Selection reads only what changed**: every change of the cache (a watch event, the
+  answer of our own write, a GET after a miss or a conflict, a deletion) is journaled per
+  scope (kind, namespace), so :meth:`KubeStore.changes_since` names the objects changed
+  since a token and the engine's selection (engine/selection.py) re-reads only those
+  instead of converting every object of the namespace on every run.  A LIST item that
+  changes the cache (the priming list, a re-list after ``410 Gone`` or a watch outage:
+  changes may have been missed) starts a new journal epoch instead: tokens of the old one
+  answer "cannot tell" and the caller lists again.  :meth:`KubeStore.get` and
+  :meth:`KubeStore.list` hand out the same :class:`StoredObject` for an unchanged cached
+  body while anyone still holds it (``shares_objects``; kept weakly, so only what the
+  engine keeps stays in memory).
 * **Memory**: a cached body keeps only what the operator reads (no ``managedFields``, no
   kubectl last-applied annotation), and its keys and short strings are interned, so the
   10,000 copies of ``"observedGeneration"``, ``"True"``, ``"TestPassed"`` ... are one each
@@ -40,6 +51,7 @@ import logging
 import sys
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -72,6 +84,7 @@ log = logging.getLogger(__name__)
 MEMO_ANNOTATION = "smtp.reconciler.dev/last-test"
 PLURALS = {KIND_SMTP: "externalsmtps", KIND_OAUTH2: "oauth2providers"}
 MAX_ATTEMPTS = 8
+JOURNAL_MIN = 4096  # a scope's journal starts a new epoch past max(this, 4 x its objects)
 INTERN_MAX = 64  # strings up to this long are interned in cached bodies
 AWAIT_SECONDS = 60.0  # stop waiting for our own write's watch event after this long
 _META_KEYS = ("name", "namespace", "labels", "annotations", "generation", "uid",
@@ -85,7 +98,8 @@ def ref_of(body: KubeObject) -> ObjectRef:
 
 
 def to_stored(body: KubeObject) -> StoredObject:
-    """The engine's view of a custom resource body."""
+    """The engine's view of a custom resource body (its ``status`` is the body's own dict:
+    cached bodies are never mutated in place, and stored objects are read-only)."""
     meta = meta_of(body)
     memo: TestMemo | None = None
     raw = (meta.get("annotations") or {}).get(MEMO_ANNOTATION)
@@ -103,7 +117,7 @@ def to_stored(body: KubeObject) -> StoredObject:
     }
     return StoredObject(
         ref=ref_of(body), manifest=manifest, generation=int(meta.get("generation") or 1),
-        created_at=str(meta.get("creationTimestamp") or ""), status=dict(body.get("status") or {}),
+        created_at=str(meta.get("creationTimestamp") or ""), status=body.get("status") or {},
         memo=memo, version=resource_version(body), uid=uid_of(body),
     )
 
@@ -128,6 +142,15 @@ class KubeStore:
         self._inflight: dict[Key, list[list[str]]] = {}
         self.clock: Callable[[], float] = time.monotonic
         self.on_event: Callable[[Event], None] | None = None  # metrics hook
+        # (kind, namespace) -> [epoch, names changed in it, in order] (changes_since)
+        self._journal: dict[tuple[str, str], tuple[object, builtins.list[str]]] = {}
+        # key -> the StoredObject handed out for the cached body (while it is held)
+        self._stored: weakref.WeakValueDictionary[Key, StoredObject] = \
+            weakref.WeakValueDictionary()
+
+    #: :meth:`get` and :meth:`list` hand out the same object for an unchanged cached body
+    #: (engine/selection.py keeps its view of a namespace with :meth:`changes_since`).
+    shares_objects = True
 
     # --- cache maintenance (driven by the operator's watches) ---------------------------
     @staticmethod
@@ -156,7 +179,7 @@ class KubeStore:
             # The very version the cache holds (our own write's answer, now on the watch):
             # a resourceVersion names one state of one object, so there is nothing to take.
             return True
-        self._put(key, body)
+        self._put(key, body, listed=listed)
         return True
 
     @contextlib.contextmanager
@@ -191,9 +214,15 @@ class KubeStore:
             self._wrote(key, fresh, seen)
         return fresh
 
-    def _put(self, key: Key, body: KubeObject) -> None:
+    def _put(self, key: Key, body: KubeObject, *, listed: bool = False) -> None:
         self._cache[key] = _slim(body, self._cache.get(key))
-        self._by_scope.setdefault((key[0], key[1]), set()).add(key)
+        self._stored.pop(key, None)
+        keys = self._by_scope.setdefault((key[0], key[1]), set())
+        keys.add(key)
+        if listed:
+            self._new_epoch(key[0], key[1])  # a LIST: what changed meanwhile is unknown
+        else:
+            self._changed(key, len(keys))
         sel = self._selected.setdefault((key[0], key[1]), set())
         if (body.get("status") or {}).get("selected"):
             sel.add(key)
@@ -202,10 +231,58 @@ class KubeStore:
 
     def forget(self, ref: ObjectRef) -> None:
         key = self._key(ref)
-        self._cache.pop(key, None)
+        if self._cache.pop(key, None) is not None:
+            self._changed(key, len(self._by_scope.get((key[0], key[1]), ())))
+        self._stored.pop(key, None)
         self._awaited.pop(key, None)
         self._by_scope.get((key[0], key[1]), set()).discard(key)
         self._selected.get((key[0], key[1]), set()).discard(key)
+
+    # --- what changed (selection's index: engine/selection.py) ----------------------------
+    def _new_epoch(self, kind: str, namespace: str) -> None:
+        self._journal[(kind, namespace)] = (object(), [])
+
+    def _changed(self, key: Key, objects: int) -> None:
+        scope = (key[0], key[1])
+        entry = self._journal.get(scope)
+        if entry is None:
+            return  # nobody asked about this scope yet: nothing to keep
+        names = entry[1]
+        names.append(key[2])
+        if len(names) > max(JOURNAL_MIN, 4 * objects):
+            self._new_epoch(*scope)  # bounded: whoever is behind lists once
+
+    def changes_since(self, kind: str, namespace: str, token: object | None
+                      ) -> tuple[object, set[str] | None]:
+        """``(token, names)``: the names of ``kind`` in ``namespace`` whose cached object
+        changed (watch event, our own write, a re-read, a deletion) since ``token``, which
+        an earlier call returned; ``names`` is None when the store cannot tell - no token,
+        a token of another store or of an older epoch (a LIST changed the cache since, or
+        the journal outgrew its bound) - and the caller lists instead."""
+        scope = (kind, namespace)
+        entry = self._journal.get(scope)
+        if entry is None:
+            self._new_epoch(kind, namespace)
+            entry = self._journal[scope]
+        epoch, names = entry
+        now = (epoch, len(names))
+        if type(token) is not tuple or len(token) != 2 or token[0] is not epoch \
+                or not 0 <= token[1] <= len(names):
+            return now, None
+        return now, set(names[token[1]:])
+
+    def _stored_of(self, key: Key, body: KubeObject) -> StoredObject:
+        """The engine's view of ``body``: the same object as last time while ``body`` is
+        the cached one and that object is still held somewhere."""
+        cached = self._cache.get(key) is body
+        if cached:
+            obj = self._stored.get(key)
+            if obj is not None:
+                return obj
+        obj = to_stored(body)
+        if cached:
+            self._stored[key] = obj
+        return obj
 
     def selected_in(self, kind: str, namespace: str) -> builtins.list[KubeObject]:
         """Cached bodies whose ``status.selected`` is true (normally zero or one)."""
@@ -260,20 +337,24 @@ class KubeStore:
             body = await self._fetch(ref)
         if body is None or is_deleting(body):
             return None  # a resource being deleted no longer takes part
-        return to_stored(body)
+        return self._stored_of(self._key(ref), body)
 
     async def list(self, kind: str, namespace: str | None = None) -> list[StoredObject]:
-        bodies = self.cached_in(kind, namespace) if namespace is not None else [
-            b for (k, _ns, _n), b in sorted(self._cache.items()) if k == kind]
-        return [to_stored(b) for b in bodies
-                if not is_deleting(b)]
+        keys = sorted(self._by_scope.get((kind, namespace), ())) if namespace is not None \
+            else sorted(k for k in self._cache if k[0] == kind)
+        out = []
+        for key in keys:
+            body = self._cache.get(key)
+            if body is not None and not is_deleting(body):
+                out.append(self._stored_of(key, body))
+        return out
 
     async def update_status(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         body = self._cache.get(self._key(ref)) or await self._fetch(ref)
         for _attempt in range(MAX_ATTEMPTS):
             if body is None:
                 return None
-            cur = to_stored(body)
+            cur = self._stored_of(self._key(ref), body)
             write = mutate(cur)
             if write is None:
                 return cur
@@ -298,7 +379,7 @@ class KubeStore:
                     from None
             if write.memo != cur.memo:
                 body = await self._write_memo(ref, write.memo, body) or body
-            return to_stored(body)
+            return self._stored_of(self._key(ref), body)
         raise StoreError(f"cannot write status of {ref}: still conflicting after "
                          f"{MAX_ATTEMPTS} attempts")
 
