@@ -393,10 +393,6 @@ class _Sampler:
     def __init__(self, path: str) -> None:
         import threading
 
-        from reconciler.engine import world as world_mod
-        from reconciler.runtimes import local as local_rt
-        from reconciler.runtimes import probepool
-
         self.path = path
         self.relay_pids = [int(p) for p in os.environ.get("FLEET_RELAY_PIDS", "").split(",")
                            if p]
@@ -406,8 +402,20 @@ class _Sampler:
         self.slots = [0, 0]  # waiting for a slot or holding one, holding one
         self.rows: list[list[float]] = []
         self.lags: list[tuple[float, float]] = []
-        sampler = self
+        # Times are from the apply's spawn (the parent's CLOCK_MONOTONIC before Popen: the
+        # same clock in every process), so the phases include Python's start and imports.
+        self.t0 = float(os.environ.get("FLEET_SPAWNED") or time.monotonic())
+        # smtpctl's modules are wrapped when smtpctl imports them, not imported here: the
+        # apply's start-up (what it imports before it starts its probe workers) stays its own.
+        _after_import({"reconciler.runtimes.probepool": self._wrap_pool,
+                       "reconciler.runtimes.local": self._wrap_passes,
+                       "reconciler.engine.world": self._wrap_slots})
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
 
+    def _wrap_pool(self, probepool: Any) -> None:
+        sampler = self
         init = probepool.ProbePool.__init__
 
         def pool_init(pool: Any, *a: Any, **kw: Any) -> None:
@@ -415,6 +423,9 @@ class _Sampler:
             sampler.pools.append(pool)
 
         setattr(probepool.ProbePool, "__init__", pool_init)  # noqa: B010
+
+    def _wrap_passes(self, local_rt: Any) -> None:
+        sampler = self
         reconcile = getattr(local_rt, "reconcile")  # noqa: B009
 
         async def counted(*a: Any, **kw: Any) -> Any:
@@ -428,6 +439,9 @@ class _Sampler:
                 sampler.passes[1] += 1
 
         setattr(local_rt, "reconcile", counted)  # noqa: B010
+
+    def _wrap_slots(self, world_mod: Any) -> None:
+        sampler = self
         slot = world_mod.Limits.slot
 
         @contextlib.asynccontextmanager
@@ -444,10 +458,6 @@ class _Sampler:
                 sampler.slots[0] -= 1
 
         setattr(world_mod.Limits, "slot", counted_slot)  # noqa: B010
-        self.t0 = time.monotonic()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
 
     @staticmethod
     def _cpu(pid: int | str) -> float:
@@ -489,6 +499,45 @@ class _Sampler:
         Path(self.path).write_text(json.dumps({"rows": self.rows, "lags": self.lags}))
 
 
+def _after_import(hooks: dict[str, Callable[[Any], None]]) -> None:
+    """Call ``hooks[name](module)`` once module ``name`` is imported (now, if it is)."""
+    import importlib.abc
+
+    pending = dict(hooks)
+    for name in list(pending):
+        if name in sys.modules:
+            pending.pop(name)(sys.modules[name])
+    if not pending:
+        return
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+            hook = pending.get(name)
+            if hook is None:
+                return None
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(name, path, target)
+                if spec is not None and spec.loader is not None:
+                    break
+            else:
+                return None
+            loader = spec.loader
+            run = loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                run(module)
+                pending.pop(name, None)
+                hook(module)
+
+            loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
 def timeline_summary(path: Path, n: int, workers: str) -> list[str]:
     """The steady part of a ``--timeline`` run (from the first pass that finished to the
     last), CPU as shares of the machine's cores."""
@@ -528,7 +577,7 @@ def timeline_summary(path: Path, n: int, workers: str) -> list[str]:
         f"Probe workers {workers}; sampled every {_Sampler.PERIOD * 1000:.0f} ms by a thread of "
         f"the apply's main process.  Steady part (5 % to 95 % of the passes done): "
         f"{hi[0] - lo[0]:.2f} s at {0.9 * n / wall:.0f} passes/s.  Phases (s after the "
-        f"sampler started, in the apply's main process after its first imports): first test "
+        f"apply process was spawned, Python's start and imports included): first test "
         f"in flight {first_test:.2f}, first pass done {first_done:.2f}, 5 % done {lo[0]:.2f}, "
         f"95 % done {hi[0]:.2f}, all done {all_done:.2f}, sampler stopped {end:.2f} (the "
         "process exits after that).",
@@ -581,6 +630,7 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
     load0 = load()
     cpu0 = tree_cpu(relay.pids())
     t0 = time.perf_counter()
+    env = dict(env, FLEET_SPAWNED=repr(time.monotonic()))  # --timeline: the phases' zero
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert proc.stderr is not None
     err = proc.stderr.read()

@@ -24,7 +24,7 @@ from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import ExternalSmtp, ExternalSmtpSpec, OAuth2Provider
 from reconciler.secret import Secret
-from reconciler.stores.base import ObjectRef, StatusMutator, StoredObject
+from reconciler.stores.base import ObjectRef, StatusMutator, StoredObject, StoreError
 from reconciler.stores.local import LocalStore
 
 REF = ObjectRef("ExternalSmtp", "default", "a")
@@ -178,3 +178,57 @@ async def test_announcing_can_be_turned_off(env: Env) -> None:
     env.writes.clear()
     await _apply(env, _doc())
     assert env.seen[-1] == (None, "True") and len(env.writes) == 1
+
+
+async def test_a_pass_cancelled_during_a_slow_test_leaves_nothing_running(env: Env) -> None:
+    """The slow-test announcement runs in a task of its own (started by a timer); a pass
+    cancelled during its test and its announcement (the operator stopping) cancels both."""
+    env.world.announce_after = 0.0
+    never = asyncio.Event()
+    announcing = asyncio.Event()
+
+    async def hanging(spec: ExternalSmtpSpec, creds: ProbeCredentials) -> Verdict:
+        await never.wait()
+        raise AssertionError("never released")
+
+    written = env.store.update_status
+
+    async def slow_store(ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
+        announcing.set()  # the only write of this pass is the announcement: it hangs
+        await never.wait()
+        return await written(ref, mutate)
+
+    env.world.probe_fn = hanging
+    env.store.update_status = slow_store  # type: ignore[method-assign]
+    [u] = env.store.upsert_many([_doc()], now=env.now)
+    task = asyncio.ensure_future(reconcile(u.obj.ref, env.world))
+    await asyncio.wait_for(announcing.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    assert env.status() == {}
+
+
+async def test_an_announcement_that_fails_fails_the_pass(env: Env) -> None:
+    """A store error while announcing a slow test is the pass's error (the runtime retries
+    the pass); the verdict of that test is not written without its announcement."""
+    env.world.announce_after = 0.0
+    env.wait_for_announcement = True
+    counting = env.store.update_status
+
+    async def refusing(ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
+        def check(cur: StoredObject) -> Any:
+            out = mutate(cur)
+            if out is not None and cond.attr(out.status, cond.RECONCILING, "reason") == "Testing":
+                raise StoreError("disk full")
+            return out
+        return await counting(ref, check)
+
+    env.store.update_status = refusing  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        await _apply(env, _doc())
+    assert env.writes == []
+    assert env.status() == {}

@@ -11,12 +11,17 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from reconciler.cli.common import EXIT_USAGE
-from reconciler.engine import conditions as cond
 from reconciler.stores.base import StoredObject, StoreError
-from reconciler.stores.local import LocalStore
+
+if TYPE_CHECKING:
+    from reconciler.stores.local import LocalStore
+
+# The store and the engine's conditions are imported where used: `apply` imports this
+# module for its options, and starts its probe workers before it loads the resource
+# models (pydantic) that those modules pull in (reconciler/cli/cmd_apply.py).
 
 
 def kind_of(word: str) -> str | None:
@@ -81,6 +86,8 @@ def add_lock_timeout(parser: argparse.ArgumentParser) -> None:
 
 
 def open_store(state: str, *, create: bool) -> LocalStore | None:
+    from reconciler.stores.local import LocalStore
+
     try:
         return LocalStore(state, create=create)
     except (StoreError, OSError) as exc:
@@ -104,6 +111,8 @@ def open_for_read(args: argparse.Namespace) -> LocalStore | None:
         if sd.explicit:
             raise NoStore(sd.missing_message())
         return None
+    from reconciler.stores.local import LocalStore
+
     store = LocalStore(sd.path, create=False)
     return store
 
@@ -150,6 +159,8 @@ def is_tty(stream: TextIO) -> bool:
 
 
 def ready_cell(st: dict[str, Any]) -> tuple[str, str]:
+    from reconciler.engine import conditions as cond
+
     c = cond.find(st.get("conditions") or [], cond.READY)
     if c is None:
         return "Unknown", "Pending"

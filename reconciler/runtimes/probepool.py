@@ -48,12 +48,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from reconciler.probe.egress import EgressPolicy
 from reconciler.probe.verdict import ProbeCredentials, TranscriptLine, Verdict
-from reconciler.resources import ExternalSmtpSpec
 from reconciler.secret import Secret
+
+if TYPE_CHECKING:
+    # Not imported at run time here: the models load pydantic, and `apply` starts its
+    # workers (Prestarted) before it has loaded them; the worker imports them itself.
+    from reconciler.resources import ExternalSmtpSpec
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +157,7 @@ def worker_main() -> None:
 async def _serve(requests: int, replies: int) -> None:
     from reconciler.gctune import tune_gc
     from reconciler.probe import run_probe
+    from reconciler.resources import ExternalSmtpSpec
 
     # Its heap is the modules just imported, its garbage almost all acyclic (as smtpctl's
     # own process): ~2 % of a test's CPU (0.05 ms of ~2.3 ms).
@@ -511,9 +516,14 @@ class ProbePool:
         if creds.token_provider is not None or self.closed:
             verdict: Verdict = await self._fallback(spec, creds)
             return verdict
-        await self.start()
-        await self._replenish()
+        starting = self._starting
+        if starting is None or not starting.done() or starting.cancelled() \
+                or starting.exception() is not None:
+            await self.start()
         live = self._live()
+        if len(live) < self.size:  # one ended (or never started): replace it first
+            await self._replenish()
+            live = self._live()
         if not live:
             if not self.closed:
                 self.restarts_refused += 1

@@ -61,7 +61,6 @@ try:  # the rows' JSON is most of an unchanged re-apply's store time (see _loads
 except ImportError:  # pragma: no cover - an install without the cli extra
     _orjson = None  # type: ignore[assignment]
 
-from reconciler.credentials.policy import MANIFEST_ANNOTATION
 from reconciler.secret import set_version_key
 from reconciler.stores.base import (
     Event,
@@ -82,6 +81,7 @@ LOCK_NAME = "apply.lock"
 HISTORY_KEEP = 10  # test records kept per resource
 INPUT_CACHE_KEEP = 4  # validated input sets kept (apply of an unchanged repo skips YAML)
 EVENTS_KEEP = 50  # events kept per resource
+EVENTS_TRIM_EVERY = 64  # events recorded between two trims (of the resources they name)
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -270,11 +270,22 @@ def _spec_of(manifest: dict[str, Any]) -> str:
     return _dumps(manifest.get("spec") or {})
 
 
+@functools.cache
+def _manifest_annotation() -> str:
+    """credentials.policy's annotation, imported when first needed: that module loads the
+    resource models (pydantic), which ``apply`` need not wait for before it has opened
+    the store and started its probe workers (reconciler/cli/cmd_apply.py)."""
+    from reconciler.credentials.policy import MANIFEST_ANNOTATION
+
+    return MANIFEST_ANNOTATION
+
+
 def _without_origin(manifest: dict[str, Any]) -> str:
     """The manifest without the loader's record of its file (see credentials.policy)."""
     meta = dict(manifest.get("metadata") or {})
+    origin = _manifest_annotation()
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if k != MANIFEST_ANNOTATION}
+                   if k != origin}
     if annotations:
         meta["annotations"] = annotations
     else:
@@ -364,6 +375,9 @@ class LocalStore:
         self._epoch = object()
         self._data_version: object = None
         self._built: set[tuple[str, str, str]] = set()  # statuses built here, not read
+        # Resources this store recorded events for since its last trim (record_event_sync).
+        self._events_touched: set[tuple[str, str, str]] = set()
+        self._events_since_trim = 0
         self.batch_max_delay = 0.05
         self.batch_max_units = 1000
         if not self.state.exists():
@@ -962,15 +976,25 @@ class LocalStore:
     def record_event_sync(self, event: Event) -> None:
         r = event.ref
         with self._tx() as db:
-            cur = db.execute(
+            db.execute(
                 "INSERT INTO events (kind, namespace, name, at, type, reason, message) "
                 "VALUES (?,?,?,?,?,?,?)",
                 (r.kind, r.namespace, r.name, event.at, event.type, event.reason,
                  event.message))
-            if (cur.lastrowid or 0) % 64 == 0:  # trim now and then, not on every insert
-                db.execute(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() "
-                    "OVER (PARTITION BY kind, namespace, name ORDER BY id DESC) AS rn "
-                    "FROM events) WHERE rn > ?)", (EVENTS_KEEP,))
+            # Trimmed now and then, not on every insert: every EVENTS_TRIM_EVERY events,
+            # the resources they name keep their EVENTS_KEEP newest (one index range each).
+            # Not the whole table (a window over every event: O(events) per trim, which
+            # made a first apply of 10,000 quadratic); a resource this process names no
+            # more keeps at most EVENTS_TRIM_EVERY - 1 beyond EVENTS_KEEP until one does.
+            self._events_touched.add((r.kind, r.namespace, r.name))
+            self._events_since_trim += 1
+            if self._events_since_trim >= EVENTS_TRIM_EVERY:
+                touched, self._events_touched = self._events_touched, set()
+                self._events_since_trim = 0
+                db.executemany(
+                    "DELETE FROM events WHERE kind=?1 AND namespace=?2 AND name=?3 AND id < "
+                    "(SELECT id FROM events WHERE kind=?1 AND namespace=?2 AND name=?3 "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+                    [(*key, EVENTS_KEEP - 1) for key in sorted(touched)])
 
 

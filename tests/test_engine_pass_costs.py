@@ -1,0 +1,99 @@
+"""Behaviour kept by the per-pass CPU cuts of issue 15 (engine side).
+
+Each cut replaced a per-pass computation by a cheaper one; these tests pin what the old
+one guaranteed: the CA bundle check (cached by the bundle's text instead of its SHA-256),
+the RFC 3339 stamps (memoised by the whole second), the connection-test slots (a plain
+async context manager instead of a generator) under cancellation.  The plan digest has
+its own file (tests/test_engine_digest.py).  No timing is asserted here: the costs are
+measured by ``./dev bench engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+import trustme
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.credentials.base import CredentialError
+from reconciler.credentials.resolve import check_ca_bundle
+from reconciler.engine.conditions import rfc3339
+from reconciler.engine.world import Limits
+
+
+def _copy(text: str) -> str:
+    """The same text in another string object (as a new pass's file read hands out)."""
+    out = "".join([text[:1], text[1:]])
+    assert out == text and out is not text
+    return out
+
+
+def test_an_invalid_ca_bundle_is_refused_every_time() -> None:
+    bad = "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    for pem in (bad, bad, _copy(bad)):  # a cached answer must refuse too
+        with pytest.raises(CredentialError) as exc:
+            check_ca_bundle(pem, "file /etc/ca.pem")
+        assert exc.value.reason == "CABundleInvalid"
+        assert "file /etc/ca.pem" in exc.value.message
+    good = trustme.CA().cert_pem.bytes().decode()
+    for pem in (good, _copy(good)):
+        check_ca_bundle(pem, "file /etc/ca.pem")
+    # The answer follows the text, not the place: the same name with a broken text fails.
+    with pytest.raises(CredentialError):
+        check_ca_bundle(good[:-40], "file /etc/ca.pem")
+
+
+@given(st.floats(min_value=-2e9, max_value=4e9, allow_nan=False)
+       | st.integers(0, 4_000_000_000).map(lambda s: s + 1 - 1e-7))
+def test_rfc3339_is_what_datetime_writes(epoch: float) -> None:
+    """Memoised by the whole second, and still the text ``datetime`` makes of the float
+    (which rounds to microseconds: 1.9999999 is 00:00:02, not 00:00:01)."""
+    assert rfc3339(epoch) == datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("fair", [False, True])
+async def test_a_test_cancelled_while_waiting_for_a_slot_gives_back_what_it_held(
+        fair: bool) -> None:
+    """Cancelled while waiting for the global slot (its host slot already taken), a test
+    gives its host slot back - the next test of that host gets it - and leaves no
+    bookkeeping behind."""
+    limits = Limits(concurrency=1, per_host=1, fair=fair)
+    hold, held = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with limits.slot("other.example", "ns"):
+            held.set()
+            await hold.wait()
+
+    first = asyncio.ensure_future(holder())
+    await asyncio.wait_for(held.wait(), 10)
+    a = asyncio.ensure_future(_enter(limits, "relay.example"))
+    for _ in range(50):  # A takes relay.example's one slot and queues for the global one
+        await asyncio.sleep(0)
+    b = asyncio.ensure_future(_enter(limits, "relay.example"))  # B waits for A's host slot
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not a.done() and not b.done()
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    hold.set()
+    await asyncio.wait_for(asyncio.gather(first, b), 10)
+    assert limits._hosts == {} and limits._users == {}
+
+
+async def test_an_exception_inside_a_slot_releases_it() -> None:
+    limits = Limits(concurrency=1, per_host=1)
+    with pytest.raises(RuntimeError):
+        async with limits.slot("relay.example"):
+            raise RuntimeError("boom")
+    await asyncio.wait_for(_enter(limits, "RELAY.example"), 10)  # not held any more
+    assert limits._hosts == {} and limits._users == {}
+
+
+async def _enter(limits: Limits, host: str) -> None:
+    async with limits.slot(host, "ns"):
+        pass
