@@ -22,7 +22,7 @@ import pytest
 from reconciler.engine import selection
 from reconciler.engine.world import BasicWorld
 from reconciler.runtimes.operator.watching import Reflector
-from reconciler.stores.base import Event, ObjectRef, StoredObject
+from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, TestMemo
 from reconciler.stores.kube import KubeStore, ref_of
 from reconciler.stores.kubeapi import Credentials, KubeApi, resource_path
 from reconciler.stores.kubetypes import KubeObject, as_object, name_of, resource_version
@@ -239,3 +239,23 @@ async def _fresh(api: KubeApi) -> list[StoredObject]:
     store = KubeStore(api)
     await store.prime()
     return await store.list(KIND, "default")
+
+
+async def test_a_write_hands_back_the_object_get_hands_out(api: KubeApi) -> None:
+    """The object a status write returns is the one the next read hands out (the cached
+    copy of the write's answer, converted once): selection, which keeps the objects it
+    wrote, then finds them unchanged instead of converting each relay twice."""
+    path = resource_path(API, "externalsmtps", "default")
+    await api.post(path, {"apiVersion": API, "kind": KIND, "metadata": {"name": "a"},
+                          "spec": {"host": "smtp.example.com"}})
+    store = KubeStore(api, finalizer="smtp.reconciler.dev/finalizer")
+    await store.prime()
+    ref = ObjectRef(KIND, "default", "a")
+    memo = TestMemo(digest="sha256:abc", generation=1, tested_at=1.0, due_at=2.0, passed=True)
+    out = await store.update_status(ref, lambda cur: StatusWrite({"observedGeneration": 1},
+                                                                 memo))
+    assert out is not None and out.memo == memo and out.status == {"observedGeneration": 1}
+    assert await store.get(ref) is out
+    body = store.cached(ref)
+    assert body is not None and "managedFields" not in body["metadata"]
+    assert body["metadata"].get("finalizers") == ["smtp.reconciler.dev/finalizer"]

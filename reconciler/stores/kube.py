@@ -328,7 +328,19 @@ class KubeStore:
             return None
         except ApiError as exc:
             raise StoreError(f"cannot read {ref}: {exc.code} {exc.reason}") from None
-        self._put(self._key(ref), body)
+        key = self._key(ref)
+        self._put(key, body)
+        return self._as_cached(key, body)
+
+    def _as_cached(self, key: Key, body: KubeObject) -> KubeObject:
+        """The cached body when it holds the very version of ``body`` (a write's answer or
+        a re-read just taken into the cache): converted once and handed out as the same
+        object by :meth:`get`, instead of a conversion of the raw reply for this caller
+        and another of the cached copy for the next."""
+        cached = self._cache.get(key)
+        if cached is not None and resource_version(cached) == resource_version(body) \
+                and uid_of(cached) == uid_of(body):
+            return cached
         return body
 
     async def get(self, ref: ObjectRef) -> StoredObject | None:
@@ -367,7 +379,7 @@ class KubeStore:
                         stored = as_object(await self.api.put(self.path(ref, "status"),
                                                               new_body))
                         self._wrote(key, stored, seen)
-                    body = stored
+                    body = self._as_cached(key, stored)
             except Conflict:  # someone else wrote: re-read, re-decide
                 body = await self._fetch(ref)
                 continue
@@ -378,7 +390,9 @@ class KubeStore:
                 raise StoreError(f"cannot write status of {ref}: {exc.code} {exc.reason}") \
                     from None
             if write.memo != cur.memo:
-                body = await self._write_memo(ref, write.memo, body) or body
+                fresh = await self._write_memo(ref, write.memo, body)
+                if fresh is not None:
+                    body = self._as_cached(self._key(ref), fresh)
             return self._stored_of(self._key(ref), body)
         raise StoreError(f"cannot write status of {ref}: still conflicting after "
                          f"{MAX_ATTEMPTS} attempts")
