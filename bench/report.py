@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "docs" / "benchmarks"
-PARTS = ("validate", "probe", "pipelining", "fleet", "operator", "emulator")
+PARTS = ("validate", "probe", "pipelining", "fleet", "engine", "operator", "emulator")
 OUT = ROOT / "docs" / "benchmarks.md"
 INTRO = RECORDS / "intro.md"
 COLUMNS = ("measure", "command", "target", "result", "status")
