@@ -331,6 +331,11 @@ async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials,
     """The probe within the limits; ``on_slow`` runs when the test (started: its slot
     acquired) is still running after ``world.announce_after`` seconds.
 
+    ``on_slow`` runs in a task of its own beside the test and is awaited before the
+    verdict is returned (its write comes before the verdict's); if it fails, the pass
+    fails with its error once the test has ended (the test is bounded by its timeout) and
+    the verdict is not written; a cancelled pass cancels both.
+
     A rejected OAuth token is not retried here: the probe itself fetches a fresh token
     once and retries AUTH (or reconnects) before it reports ``token_rejected`` - retrying
     again would only add failed logins that servers throttle on.
