@@ -18,8 +18,8 @@ from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, TestMem
 from reconciler.stores.kube import MEMO_ANNOTATION, KubeStore
 from reconciler.stores.kubeapi import Credentials, KubeApi, NotFound, Unreachable, resource_path
 from reconciler.stores.kubetypes import KubeObject, as_object
-from tests.support.kube_emulator import KubeEmulator, running_emulator
-from tests.support.kube_operator import standin_crd
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.kube_operator import standin_api
 
 API = "smtp.reconciler.dev/v1alpha1"
 REF = ObjectRef("ExternalSmtp", "default", "relay")
@@ -27,15 +27,8 @@ REF = ObjectRef("ExternalSmtp", "default", "relay")
 
 @pytest.fixture()
 async def kube() -> AsyncIterator[tuple[KubeEmulator, KubeApi]]:
-    async with running_emulator() as (emu, url):
-        emu.install_crd(standin_crd("ExternalSmtp", "externalsmtps"))
-        emu.install_crd(standin_crd("OAuth2Provider", "oauth2providers"))
-        api = KubeApi(Credentials(server=url, token=emu.admin_token,
-                                  ssl_context=emu.client_ssl_context()))
-        try:
-            yield emu, api
-        finally:
-            await api.close()
+    async with standin_api() as pair:
+        yield pair
 
 
 async def _create(api: KubeApi, name: str = "relay") -> dict[str, Any]:

@@ -26,8 +26,7 @@ from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, 
 from reconciler.stores.kube import KubeStore, ref_of
 from reconciler.stores.kubeapi import Credentials, KubeApi, resource_path
 from reconciler.stores.kubetypes import KubeObject, as_object, name_of, resource_version
-from tests.support.kube_emulator import running_emulator
-from tests.support.kube_operator import standin_crd
+from tests.support.kube_operator import standin_api
 
 API = "smtp.reconciler.dev/v1alpha1"
 KIND = "ExternalSmtp"
@@ -152,15 +151,8 @@ def _ready(ready: bool) -> dict[str, Any]:
 
 @pytest.fixture()
 async def api() -> AsyncIterator[KubeApi]:
-    async with running_emulator() as (emu, url):
-        emu.install_crd(standin_crd("ExternalSmtp", "externalsmtps"))
-        emu.install_crd(standin_crd("OAuth2Provider", "oauth2providers"))
-        api = KubeApi(Credentials(server=url, token=emu.admin_token,
-                                  ssl_context=emu.client_ssl_context()))
-        try:
-            yield api
-        finally:
-            await api.close()
+    async with standin_api() as (_emu, client):
+        yield client
 
 
 async def _unexpected(*_args: Any) -> Any:

@@ -16,16 +16,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import kubernetes
 import yaml
 
+from reconciler.stores.kubeapi import Credentials, KubeApi
 from tests.support import canary
-from tests.support.kube_emulator import EmulatorThread
+from tests.support.kube_emulator import EmulatorThread, KubeEmulator, running_emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "smtp.reconciler.dev", "v1alpha1"
@@ -66,6 +67,21 @@ def standin_crd(kind: str, plural: str) -> dict[str, Any]:
             ],
         },
     }
+
+
+@asynccontextmanager
+async def standin_api() -> AsyncIterator[tuple[KubeEmulator, KubeApi]]:
+    """The emulator on the current loop with the stand-in ExternalSmtp and OAuth2Provider
+    CRDs installed, and an admin :class:`KubeApi` client of it (closed on exit)."""
+    async with running_emulator() as (emu, url):
+        emu.install_crd(standin_crd("ExternalSmtp", "externalsmtps"))
+        emu.install_crd(standin_crd("OAuth2Provider", "oauth2providers"))
+        api = KubeApi(Credentials(server=url, token=emu.admin_token,
+                                  ssl_context=emu.client_ssl_context()))
+        try:
+            yield emu, api
+        finally:
+            await api.close()
 
 
 OPERATOR_NS, OPERATOR_SA = "smtpctl-system", "smtpctl-operator"
