@@ -196,8 +196,26 @@ def serialize_pe(pe: PE) -> str:
 
 
 def to_fields_v1(paths: FieldSet) -> Obj:
-    """``Set.ToJSON``: a member with children carries ``"."``."""
-    out: Obj = json.loads(_fields_v1_json(paths))  # a fresh copy of a cached encoding
+    """``Set.ToJSON``: a member with children carries ``"."``.
+
+    The same set gives the same object, shared by the objects that store it (the emulator
+    never changes a stored object in place): no copy per write, and decoding it back
+    (:func:`from_fields_v1`) is a look-up."""
+    return _fields_v1_obj(paths)
+
+
+# id -> (object, set) of the FieldsV1 objects handed out (the object is held, so its id is
+# not reused while it is here); bounded: a miss only means decoding the JSON again.
+_HANDED_OUT: dict[int, tuple[Obj, FieldSet]] = {}
+HANDED_OUT_LIMIT = 16384
+
+
+@functools.lru_cache(maxsize=8192)
+def _fields_v1_obj(paths: FieldSet) -> Obj:
+    out: Obj = json.loads(_fields_v1_json(paths))
+    if len(_HANDED_OUT) >= HANDED_OUT_LIMIT:
+        _HANDED_OUT.clear()
+    _HANDED_OUT[id(out)] = (out, paths)
     return out
 
 
@@ -236,6 +254,9 @@ def parse_pe(text: str) -> PE:
 
 def from_fields_v1(fields: Mapping[str, Any]) -> FieldSet:
     """``Set.FromJSON``: ``{}`` and ``"."`` mark members."""
+    known = _HANDED_OUT.get(id(fields))
+    if known is not None and known[0] is fields:
+        return known[1]
     return _from_fields_v1_json(json.dumps(fields))
 
 
