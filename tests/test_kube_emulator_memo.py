@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from tests.support import kube_ssa
 from tests.support.kube_emulator import KubeEmulator, running_emulator
 from tests.support.kube_schema import StructuralSchema
 
@@ -313,3 +314,21 @@ async def test_each_watcher_gets_the_event_type_its_selector_calls_for() -> None
                 ("MODIFIED", "a"), ("MODIFIED", "b"), ("MODIFIED", "a"), ("DELETED", "a")]
             assert await watch(labelSelector="t=b") == [
                 ("DELETED", "a"), ("ADDED", "b"), ("DELETED", "a")]
+
+
+def test_recursive_difference_drops_what_the_long_way_drops() -> None:
+    """``Set.RecursiveDifference`` by the lengths of the excluded paths only: the same
+    result as testing every prefix of every path."""
+    rng = random.Random(10)
+    pes = [("f", "spec"), ("f", "status"), ("f", "metadata"), ("f", "a"), ("k", (("t", '"x"'),)),
+           ("i", 0), ("v", '"y"')]
+
+    def path(n: int) -> tuple[Any, ...]:
+        return tuple(rng.choice(pes) for _ in range(n))
+
+    for _ in range(300):
+        paths = frozenset(path(rng.randint(0, 4)) for _ in range(rng.randint(0, 12)))
+        exclude = frozenset(path(rng.choice([0, 1, 1, 1, 2, 3])) for _ in range(rng.randint(0, 3)))
+        long_way = frozenset(p for p in paths if not any(
+            p[:i] in exclude for i in range(1, len(p) + 1))) if exclude else paths
+        assert kube_ssa.recursive_difference(paths, exclude) == long_way, (paths, exclude)

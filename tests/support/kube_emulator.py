@@ -1451,13 +1451,17 @@ class KubeEmulator(KubernetesEmulator):
                 if key == "status" and kind.status_subresource:
                     continue
                 if key in incoming:
-                    new[key] = copy.deepcopy(incoming[key])
+                    # a part a patch left alone is the stored (never changed) part itself
+                    new[key] = old[key] if incoming[key] is old.get(key) \
+                        else copy.deepcopy(incoming[key])
                 else:
                     new.pop(key, None)
             in_meta = incoming.get("metadata") or {}
             for field in ("labels", "annotations", "finalizers", "ownerReferences"):
                 if in_meta.get(field):
-                    new["metadata"][field] = copy.deepcopy(in_meta[field])
+                    new["metadata"][field] = old_meta[field] \
+                        if in_meta[field] is old_meta.get(field) \
+                        else copy.deepcopy(in_meta[field])
                 else:
                     new["metadata"].pop(field, None)
             if old_meta.get("deletionTimestamp"):

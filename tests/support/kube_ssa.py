@@ -284,7 +284,13 @@ def recursive_difference(paths: FieldSet, exclude: FieldSet) -> FieldSet:
     """``Set.RecursiveDifference``: drop paths in ``exclude`` and everything below them."""
     if not exclude:
         return paths
-    return frozenset(p for p in paths if not any(p[:i] in exclude for i in range(1, len(p) + 1)))
+    # only the prefixes as long as an excluded path can be in ``exclude``
+    lengths = sorted({len(e) for e in exclude})
+    if lengths == [1]:
+        tops = {e[0] for e in exclude}
+        return frozenset(p for p in paths if not p or p[0] not in tops)
+    return frozenset(p for p in paths
+                     if not any(p[:i] in exclude for i in lengths if 1 <= i <= len(p)))
 
 
 def with_prefix(paths: FieldSet, pe: PE) -> FieldSet:
