@@ -332,3 +332,22 @@ def test_recursive_difference_drops_what_the_long_way_drops() -> None:
         long_way = frozenset(p for p in paths if not any(
             p[:i] in exclude for i in range(1, len(p) + 1))) if exclude else paths
         assert kube_ssa.recursive_difference(paths, exclude) == long_way, (paths, exclude)
+
+
+def test_compare_skips_only_parts_that_are_the_same(monkeypatch: Any) -> None:
+    """The field manager's comparison skips an unchanged top-level part: the same removed /
+    modified / added paths as walking every part, also where Python's ``==`` says
+    ``True == 1`` (Go's ``value.Equals`` does not)."""
+    t = kube_ssa.crd_type(SCHEMA)
+    parts: list[Any] = [
+        {"size": 1}, {"size": True}, {"size": 1.0}, {"size": 1, "mode": "a"},
+        {"mode": "a", "size": 1}, {"tags": ["a", "b"]}, {"tags": ["a", True]},
+        {"tags": ["a", 1]}, {"conditions": [{"type": "A", "status": "True"}]},
+        {"conditions": [{"type": "A", "status": True}]}, {}, [], [1], [True], "x", None]
+    pairs = [({"spec": a, "status": b}, {"spec": c, "status": b})
+             for a, b, c in itertools.product(parts, parts[:6], parts)]
+    shortcut = [kube_ssa.compare(lhs, rhs, t) for lhs, rhs in pairs]
+    monkeypatch.setattr(kube_ssa, "_unchanged", lambda a, b: False)
+    walked = [kube_ssa.compare(lhs, rhs, t) for lhs, rhs in pairs]
+    assert shortcut == walked
+    assert any(c.modified for c in walked) and any(not c.changed for c in walked)
