@@ -351,3 +351,59 @@ def test_compare_skips_only_parts_that_are_the_same(monkeypatch: Any) -> None:
     walked = [kube_ssa.compare(lhs, rhs, t) for lhs, rhs in pairs]
     assert shortcut == walked
     assert any(c.modified for c in walked) and any(not c.changed for c in walked)
+
+
+ADMIT_SCHEMA: Obj = {
+    "type": "object",
+    "properties": {
+        "metadata": {"type": "object"},
+        "spec": {"type": "object", "properties": {
+            "size": {"type": "integer", "default": 1},
+            "mode": {"type": "string", "nullable": True, "default": "a"},
+            "inner": {"type": "object", "default": {}, "properties": {
+                "x": {"type": "integer", "default": 2}, "y": {"type": "string"}}},
+            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                     "properties": {"n": {"type": "integer", "default": 3}}},
+            "map": {"type": "object", "additionalProperties": {
+                "type": "object", "properties": {"z": {"type": "integer", "default": 4}}}},
+            "list": {"type": "array", "items": {"type": "object", "properties": {
+                "k": {"type": "string", "default": "d"}}}}}},
+        "status": {"type": "object", "properties": {"phase": {"type": "string"}}},
+        "extra": {"type": "object", "default": {"e": 1}, "properties": {
+            "e": {"type": "integer"}}},
+        "empty": {},
+    },
+}
+
+
+def test_admission_answers_as_the_four_walks() -> None:
+    """prune, drop nulls, default and the unknown fields, memoised per property: the same
+    object (key order included) and the same unknown fields as the four walks, cold and
+    warm, for objects with nulls, unknown fields, root defaults and odd top-level keys."""
+    plain = StructuralSchema(ADMIT_SCHEMA, memo_size=0)
+    memo = StructuralSchema(ADMIT_SCHEMA)
+    specs: list[Any] = [
+        {}, {"size": 5}, {"size": None, "mode": None}, {"mode": "b", "bogus": 1},
+        {"inner": {"y": "q", "w": 1}}, {"inner": None}, {"free": {"n": None, "keep": [1]}},
+        {"map": {"a": {}, "b": {"z": 9, "u": 1}}}, {"list": [{}, {"k": "x", "v": 1}, None]},
+        None, "text", [1, None]]
+    statuses: list[Any] = [..., None, {}, {"phase": "x", "u": 2}, {"phase": None}]
+    tops: list[Obj] = [
+        {"apiVersion": "t/v1", "kind": "W", "metadata": {"name": "w", "labels": None}},
+        {"metadata": {"name": "w"}, "kind": "W"}, {"apiVersion": None, "kind": "W"},
+        {"metadata": None}, {"extra": {"e": 2, "f": 3}}, {"extra": None}, {"unknown": 1},
+        {"empty": {"a": 1}}, {"empty": None}]
+    seen = 0
+    for _round in range(2):
+        for top, spec, status in itertools.product(tops, specs, statuses):
+            obj: Obj = {**top, "spec": spec}
+            if status is not ...:
+                obj["status"] = status
+            for shape in (obj, {k: obj[k] for k in reversed(list(obj))}):
+                want = (plain.default(plain.drop_nulls(plain.prune(copy.deepcopy(shape)))),
+                        plain.unknown_fields(shape))
+                got = memo.admit(copy.deepcopy(shape))
+                assert repr(got) == repr(want), shape
+                assert repr(plain.admit(copy.deepcopy(shape))) == repr(want)
+                seen += 1
+    assert seen > 1000 and memo.admit_memo.hits > 0

@@ -1072,8 +1072,8 @@ class KubeEmulator(KubernetesEmulator):
             if causes:
                 raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
             return obj
-        self._unknown_fields(kind, kind.schema.unknown_fields(obj), ctx)
-        obj = kind.schema.default(kind.schema.drop_nulls(kind.schema.prune(obj)))
+        obj, unknown = kind.schema.admit(obj)  # prune, drop nulls, default
+        self._unknown_fields(kind, unknown, ctx)
         causes = kind.schema.validate(obj, old)
         if old is not None:
             causes = kube_validation.validate_common(obj.get("metadata") or {}) + causes

@@ -16,7 +16,9 @@ Validation answers are memoised per schema (``StructuralSchema`` is rebuilt when
 changes): each top-level property's OpenAPI errors and CEL causes are pure functions of
 that property's value (and, for a subtree holding a transition rule, of its old value), so
 they are kept, keyed by a 128-bit BLAKE2b digest of ``repr`` of the value(s), in a bounded
-map.  A status write does not re-check an unchanged ``spec``, a metadata PATCH re-checks
+map; so is what pruning, dropping nulls and defaulting make of each top-level property
+(:meth:`StructuralSchema.admit`; the result is shared, as stored objects are never changed
+in place).  A status write does not re-check an unchanged ``spec``, a metadata PATCH re-checks
 neither ``spec`` nor ``status``; every write still runs every check on what changed, and
 the answers are the same as without the memo (tests/test_kube_schema_memo.py).
 
@@ -194,6 +196,7 @@ class StructuralSchema:
                            _Validator(after) if after else None)
         self.openapi_memo = _Memo(memo_size)
         self.cel_memo = _Memo(memo_size)
+        self.admit_memo = _Memo(memo_size)
         self._transition: dict[int, bool] = {}
 
     def _compile(self, node: Any, decl: kube_cel.DeclType | None) -> None:
@@ -311,6 +314,39 @@ class StructuralSchema:
         if isinstance(value, list) and isinstance(schema.get("items"), dict):
             return [self._default(v, schema["items"]) for v in value]
         return value
+
+    def admit(self, obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """``default(drop_nulls(prune(obj)))`` and ``unknown_fields(obj)`` (what a write of
+        ``obj`` stores and the fields it drops), each top-level property the schema declares
+        through the memo: the same answer, in the same key order, as the four walks."""
+        props = self.schema.get("properties")
+        top = ("apiVersion", "kind", "metadata")
+        if not self._split or not isinstance(props, dict) or any(
+                (obj[k] is None) if k in top else not (props.get(k) and obj[k] is not None)
+                for k in obj):
+            return self.default(self.drop_nulls(self.prune(obj))), self.unknown_fields(obj)
+        # Only declared, non-null properties besides apiVersion/kind/metadata: pruning drops
+        # nothing at the root, dropping nulls drops nothing at the root, and the root's
+        # defaults only add absent properties (at the end, in the schema's order).
+        head = self.default(self.drop_nulls({k: v for k, v in obj.items() if k in top}))
+        out: dict[str, Any] = {}
+        unknown: list[str] = []
+        for k, v in obj.items():
+            if k in top:
+                out[k] = head[k]
+                continue
+            sub = props[k]
+            key = _digest("admit", k, v)
+            answer: tuple[Any, list[str]] | None = self.admit_memo.get(key)
+            if answer is None:
+                found: list[str] = []
+                self._unknown(v, sub, k, found)
+                answer = (self._default(self._drop_nulls(self._prune(v, sub), sub), sub), found)
+                self.admit_memo.put(key, answer)
+            out[k] = answer[0]  # shared: stored objects are never changed in place
+            unknown += answer[1]
+        out.update((k, v) for k, v in head.items() if k not in obj)
+        return out, unknown
 
     # --- validation ------------------------------------------------------------------
     def validate(self, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> list[Cause]:
