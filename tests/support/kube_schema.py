@@ -20,7 +20,7 @@ map; so is what pruning, dropping nulls and defaulting make of each top-level pr
 (:meth:`StructuralSchema.admit`; the result is shared, as stored objects are never changed
 in place).  A status write does not re-check an unchanged ``spec``, a metadata PATCH re-checks
 neither ``spec`` nor ``status``; every write still runs every check on what changed, and
-the answers are the same as without the memo (tests/test_kube_schema_memo.py).
+the answers are the same as without the memo (tests/test_kube_emulator_memo.py).
 
 Deliberate deviation: the real server echoes offending string values in messages; we say
 ``Invalid value: "string"`` instead, because a value in a manifest might be a secret that
