@@ -155,9 +155,12 @@ def resolve(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None
     the pipe carries it once per worker)."""
     env: dict[str, str | None] = {}
     files: dict[str, str] = {}
+    specs: dict[str, dict[str, Any]] = {}
     out = []
     for doc in docs:
-        spec = doc["spec"]
+        # Identical specs (a fleet's differ in their names only) become one object: the
+        # pipe carries it once (pickle's memo), the worker builds its model once.
+        spec = specs.setdefault(json.dumps(doc["spec"], sort_keys=True), doc["spec"])
         ref = (spec.get("passwordFrom") or {}).get("env")
         if ref is not None and ref not in env:
             env[ref] = os.environ.get(ref)
@@ -281,15 +284,14 @@ def cold_worker() -> None:
         os._exit(0)
     tests, inflight = pickle.loads(raw)  # our own parent
     cpu0 = _cpu()
-    models: dict[str, ExternalSmtpSpec] = {}
+    models: dict[int, ExternalSmtpSpec] = {}
     summary: dict[str, Any] = {"passed": 0, "failed": 0, "tests": len(tests)}
 
     def model(spec: dict[str, Any]) -> ExternalSmtpSpec:
-        # Identical specs (the fleet's differ only in their names) share one model.
-        key = json.dumps(spec, sort_keys=True)
-        if key not in models:
-            models[key] = ExternalSmtpSpec.model_validate(spec)
-        return models[key]
+        # One model per spec object (identical specs arrive as one object: see resolve).
+        if id(spec) not in models:
+            models[id(spec)] = ExternalSmtpSpec.model_validate(spec)
+        return models[id(spec)]
 
     async def run() -> None:
         sem = asyncio.Semaphore(inflight)
