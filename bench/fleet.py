@@ -9,11 +9,19 @@ Every row compares the apply with its peer **in the same run, against the same r
   no store, no YAML) in ``--clients`` separate processes at once (default: CPUs + 1), so
   that the client is not the limit the way one process of it is.  Each process warms up,
   then all start together; tests per second of wall time over all processes.
-* ``first apply``: ``python -m reconciler apply -f fleet.yaml`` in a subprocess (fresh
-  state): every resource tested (asserted through the relay's connection counter).  Wall
-  time, tests/s, the ratio to the raw capacity, the CPU time of the apply process and
-  everything it started (per resource), its peak RSS, and the number of SQLite write
-  transactions it committed (per resource; counted by wrapping ``LocalStore.close``).
+* ``first apply``: ``smtpctl apply -f fleet.yaml`` in a subprocess
+  (``bench/fleet_spawned.py apply``; fresh state): every resource tested (asserted
+  through the relay's connection counter).  Wall time, tests/s, the ratio to the raw
+  capacity, the CPU time of the apply process and everything it started (per
+  resource), its peak RSS, and the number of SQLite write transactions it committed
+  (per resource; counted by wrapping ``LocalStore.close``).
+* ``bound peer`` (on unless ``--no-cold-peer``): what any correct apply of the fleet must
+  do and nothing else, spawned as the apply is (``bench/fleet_spawned.py cold``): Python's
+  start, the whole input read and validated before any relay is contacted, its client
+  processes (``--cold-workers``, default 1: the fastest here, and what ``apply`` uses on 2
+  CPUs), ``run_probe`` once per relay with the same concurrency.  No engine, no store.
+  Reported as **cold:raw** (what validating first and starting cold cost at all) and
+  **apply:cold** (what smtpctl costs on top of that).
 * ``second apply``: the same again, unchanged: must run **zero** tests (asserted).
 * the CPU time of the relay process(es) during each phase (``/proc``): how busy the relay
   was, per test and as a share of one core.
@@ -70,7 +78,7 @@ USER = "fleet@example.test"
 PASSWORD = "bench-password-not-secret"  # the bench relay's own test login
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SPAWNED = Path(__file__).resolve().with_name("fleet_spawned.py")  # the apply, the bound peer
-COLD_WORKERS = 2  # the bound peer's client processes (docs/benchmarks/fleet.md, round 8)
+COLD_WORKERS = 1  # the bound peer's client processes: 1 was fastest on 2 CPUs (fleet.md, round 8)
 
 
 # --- CPU accounting from /proc ------------------------------------------------------------
