@@ -10,13 +10,18 @@ separately"), in two parts:
   compiled once when the CRD is installed).  Also the whole schema check per write
   (OpenAPI + CEL) as the emulator runs it.  Microseconds per write, median of runs.
 * **The emulator under the operator's request mix**, in its own process (strict: HTTPS,
-  tokens, RBAC), its CPU time read from ``/proc/PID/stat`` around each phase: per resource
-  the operator's requests (create, finalizer PATCH, memo PATCH, ``Reconciling`` status PUT,
-  final status PUT with conditions, an Event, a GET), each phase for every resource at
-  ``--concurrency`` in flight, with two watches open (ExternalSmtps and Secrets, all
-  namespaces, as the operator's reflectors).  CPU milliseconds per request per phase, and
-  per resource.  ``--profile DIR`` runs the emulator under py-spy and prints where its CPU
-  goes (the raw collapsed stacks are kept in DIR).
+  tokens, RBAC), its CPU time read from ``/proc/PID/stat`` around each phase, each phase for
+  every resource at ``--concurrency`` in flight, with two watches open (ExternalSmtps and
+  Secrets, all namespaces, as the operator's reflectors).  ``--mix operator`` (the default)
+  is what the operator sends now per resource, after the benchmark's create: the status PUT
+  with the verdict and ``Selected``, then one merge PATCH with the memo annotation and the
+  finalizer.  ``--mix full`` is the older seven-request mix (create, GET, finalizer PATCH,
+  ``Reconciling`` status PUT, final status PUT, memo PATCH, an Event).  CPU milliseconds per
+  request per phase, and per resource.  ``--emulator-root DIR`` (repeatable) runs the
+  emulator from another source tree (e.g. ``git archive main`` unpacked): an A/B in one
+  invocation, ``--repeat`` rounds alternating the trees.  ``--profile DIR`` runs the
+  emulator under py-spy and prints where its CPU goes (the raw collapsed stacks are kept in
+  DIR).
 * **Small requests while big ones run** (``--fairness-count N``, default 3000; 0 skips it;
   ``--only-fairness`` runs only this part): a leader in its own process renews a Lease
   back to back while two full LISTs of N ExternalSmtps and a watch replaying them run;
@@ -187,15 +192,15 @@ def cel_cost(writes: int, runs: int) -> dict[str, Any]:
 
 
 class EmulatorProcess:
-    def __init__(self, work: Path, profile: Path | None) -> None:
+    def __init__(self, work: Path, profile: Path | None, root: Path = ROOT) -> None:
         args = [sys.executable, "-m", "tests.support.kube_emulator", "--crd-dir",
-                str(ROOT / "manifests" / "crds"), "--workdir", str(work / "emulator")]
+                str(root / "manifests" / "crds"), "--workdir", str(work / "emulator")]
         self.profile = profile
         if profile is not None:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             args = [spy, "record", "--format", "raw", "--rate", "200", "--nonblocking",
                     "-o", str(profile / "emulator.collapsed"), "--", *args]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(args, cwd=root, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         lines: list[str] = []
@@ -261,7 +266,8 @@ async def _watch(http: httpx.AsyncClient, path: str, seen: collections.Counter[s
                 return
 
 
-async def drive(emu: EmulatorProcess, count: int, concurrency: int) -> dict[str, Any]:
+async def drive(emu: EmulatorProcess, count: int, concurrency: int,
+                mix: str = "operator") -> dict[str, Any]:
     limits = httpx.Limits(max_connections=concurrency + 4)
     phases: dict[str, dict[str, float]] = {}
     seen: collections.Counter[str] = collections.Counter()
@@ -302,8 +308,21 @@ async def drive(emu: EmulatorProcess, count: int, concurrency: int) -> dict[str,
             return obj
 
         await phase("create (POST)", lambda i: http.post(BASE, json=smtp_body(i)))
-        await phase("read (GET)", lambda i: http.get(f"{BASE}/relay-{i:05d}"))
         merge = {"Content-Type": "application/merge-patch+json"}
+        if mix == "operator":
+            await phase("status with verdict and Selected (PUT)", lambda i: http.put(
+                f"{BASE}/relay-{i:05d}/status", json=status(i, 1, True),
+                params={"fieldManager": "smtpctl-operator"}))
+            await phase("memo + finalizer (merge PATCH)", lambda i: http.patch(
+                f"{BASE}/relay-{i:05d}", headers=merge,
+                params={"fieldManager": "smtpctl-operator"},
+                content=json.dumps({"metadata": {
+                    "finalizers": ["smtp.reconciler.dev/finalizer"],
+                    "annotations": {"smtp.reconciler.dev/last-test": json.dumps(
+                        {"generation": 1, "passed": True})},
+                    "resourceVersion": objs[i]["metadata"]["resourceVersion"]}})))
+            return await _finish(phases, seen, stop, watches, count, concurrency, mix)
+        await phase("read (GET)", lambda i: http.get(f"{BASE}/relay-{i:05d}"))
         await phase("finalizer (PATCH)", lambda i: http.patch(
             f"{BASE}/relay-{i:05d}", headers=merge, params={"fieldManager": "smtpctl-operator"},
             content=json.dumps({"metadata": {
@@ -328,12 +347,18 @@ async def drive(emu: EmulatorProcess, count: int, concurrency: int) -> dict[str,
                                    "name": f"relay-{i:05d}", "namespace": NS},
                 "firstTimestamp": "2026-01-01T00:00:00Z", "count": 1,
                 "source": {"component": "smtpctl-operator"}}))
-        stop.set()
-        for w in watches:
-            w.cancel()
-        await asyncio.gather(*watches, return_exceptions=True)
+        return await _finish(phases, seen, stop, watches, count, concurrency, mix)
+
+
+async def _finish(phases: dict[str, dict[str, float]], seen: collections.Counter[str],
+                  stop: asyncio.Event, watches: list[asyncio.Task[None]], count: int,
+                  concurrency: int, mix: str) -> dict[str, Any]:
+    stop.set()
+    for w in watches:
+        w.cancel()
+    await asyncio.gather(*watches, return_exceptions=True)
     total = sum(p["cpu_ms_per_request"] for p in phases.values())
-    return {"count": count, "concurrency": concurrency, "phases": phases,
+    return {"count": count, "concurrency": concurrency, "mix": mix, "phases": phases,
             "requests_per_resource": len(phases),
             "cpu_ms_per_resource": round(total, 2),
             "cpu_ms_per_request": round(total / len(phases), 3),
@@ -510,6 +535,15 @@ def main() -> int:
     parser.add_argument("--fairness-rounds", type=int, default=3)
     parser.add_argument("--only-fairness", action="store_true",
                         help="run only the Lease-renewal part")
+    parser.add_argument("--mix", choices=("operator", "full"), default="operator",
+                        help="operator: create, status PUT, memo+finalizer PATCH (what the "
+                             "operator sends now); full: the older seven requests")
+    parser.add_argument("--emulator-root", type=Path, action="append", default=None,
+                        metavar="DIR", help="run the emulator from this source tree "
+                        "(repeatable: an A/B in one invocation; default: this tree)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of the load part (the trees alternate in each round)")
+    parser.add_argument("--skip-cel", action="store_true", help="skip the CEL part")
     args = parser.parse_args()
     out: dict[str, Any] = {"machine": machine()}
     if args.fairness_count:
@@ -527,19 +561,35 @@ def main() -> int:
         if args.json is not None:
             args.json.write_text(json.dumps(out, indent=1))
         return 0
-    print("== CEL per ExternalSmtp write", flush=True)
-    out["cel"] = cel_cost(args.cel_writes, args.runs)
-    print(json.dumps(out["cel"], indent=1), flush=True)
-    print(f"== emulator process, {args.count} resources", flush=True)
+    if not args.skip_cel:
+        print("== CEL per ExternalSmtp write", flush=True)
+        out["cel"] = cel_cost(args.cel_writes, args.runs)
+        print(json.dumps(out["cel"], indent=1), flush=True)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="smtpctl-bench-emulator-") as tmp:
-        emu = EmulatorProcess(Path(tmp), args.profile)
-        try:
-            out["load"] = asyncio.run(drive(emu, args.count, args.concurrency))
-        finally:
-            emu.close()
-    print(json.dumps(out["load"], indent=1), flush=True)
+    roots = [r.resolve() for r in args.emulator_root or [ROOT]]
+    runs: list[dict[str, Any]] = []
+    for rnd in range(args.repeat):
+        for root in roots:
+            print(f"== emulator process ({root}), {args.count} resources, mix {args.mix}, "
+                  f"round {rnd + 1}", flush=True)
+            with tempfile.TemporaryDirectory(prefix="smtpctl-bench-emulator-") as tmp:
+                load0 = machine()["loadavg"][0]
+                emu = EmulatorProcess(Path(tmp), args.profile, root)
+                try:
+                    run = asyncio.run(drive(emu, args.count, args.concurrency, args.mix))
+                finally:
+                    emu.close()
+            run.update(root=str(root), round=rnd + 1, load_1min=[load0,
+                                                                 machine()["loadavg"][0]])
+            runs.append(run)
+            print(json.dumps(run, indent=1), flush=True)
+    out["load"] = runs[0] if len(runs) == 1 else runs
+    if len(runs) > 1:
+        print("\n  round  load 1-min   emulator ms/res  root", flush=True)
+        for run in runs:
+            print(f"  {run['round']:5}  {'-'.join(run['load_1min']):11}  "
+                  f"{run['cpu_ms_per_resource']:15}  {run['root']}", flush=True)
     if args.profile is not None:
         out["profile"] = summarize(args.profile / "emulator.collapsed")
         print(json.dumps(out["profile"], indent=1), flush=True)

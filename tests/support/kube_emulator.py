@@ -219,6 +219,15 @@ class _Event:
     type: str
     obj: Obj
     prev: Obj | None
+    # the event as the stream carries it, by event type (a watch whose selector the object
+    # starts or stops matching sends it as ADDED or DELETED): encoded once for every watcher
+    lines: dict[str, bytes] = dataclasses.field(default_factory=dict)
+
+    def line(self, type_: str) -> bytes:
+        encoded = self.lines.get(type_)
+        if encoded is None:
+            encoded = self.lines[type_] = _event_line(type_, self.obj)
+        return encoded
 
 
 BUILTIN_KINDS = (
@@ -918,16 +927,24 @@ class KubeEmulator(KubernetesEmulator):
         deadline = loop.time() + timeout if timeout else None
         epoch = self._epoch
         size = 0  # bytes sent in this slice (events are encoded here, one line each)
+        # Events go out in batches: every event ready is written with the others in one
+        # chunk (one TLS record, one send) of up to about SLICE_BYTES, not one each.
+        batch: list[bytes] = []
         if raw_rv in (None, "", "0") or initial:
             cursor = self._rv
             for _k, obj in sorted(self._data[kind.key].items()):  # one instant, as a list
                 if match(obj):
                     line = _event_line("ADDED", obj)
-                    yield line
+                    batch.append(line)
                     size += len(line)
                     if size >= SLICE_BYTES:
+                        yield b"".join(batch)
+                        batch.clear()
                         size = 0
                         await self._slice()
+            if batch:
+                yield b"".join(batch)
+                batch.clear()
             if initial:
                 yield {
                     "type": "BOOKMARK",
@@ -962,20 +979,25 @@ class KubeEmulator(KubernetesEmulator):
                 cursor = ev.rv
                 now, before = match(ev.obj), ev.prev is not None and match(ev.prev)
                 if ev.type == "MODIFIED" and now and not before:
-                    line = _event_line("ADDED", ev.obj)
+                    line = ev.line("ADDED")
                 elif ev.type == "MODIFIED" and before and not now:
-                    line = _event_line("DELETED", ev.obj)
+                    line = ev.line("DELETED")
                 elif now:
-                    line = _event_line(ev.type, ev.obj)
+                    line = ev.line(ev.type)
                 else:
                     continue
-                yield line
+                batch.append(line)
                 size += len(line)
                 if size >= SLICE_BYTES:
+                    yield b"".join(batch)
+                    batch.clear()
                     size = 0
                     await self._slice()
                     if epoch != self._epoch:
                         return
+            if batch:
+                yield b"".join(batch)
+                batch.clear()
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return
@@ -1050,8 +1072,8 @@ class KubeEmulator(KubernetesEmulator):
             if causes:
                 raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
             return obj
-        self._unknown_fields(kind, kind.schema.unknown_fields(obj), ctx)
-        obj = kind.schema.default(kind.schema.drop_nulls(kind.schema.prune(obj)))
+        obj, unknown = kind.schema.admit(obj)  # prune, drop nulls, default
+        self._unknown_fields(kind, unknown, ctx)
         causes = kind.schema.validate(obj, old)
         if old is not None:
             causes = kube_validation.validate_common(obj.get("metadata") or {}) + causes
@@ -1412,7 +1434,10 @@ class KubeEmulator(KubernetesEmulator):
         """Replace ``old`` by ``incoming`` as the (sub)resource's strategy allows; the
         writer owns what it changed (``managed``: what server-side apply computed)."""
         ctx = ctx or _WriteCtx()
-        new: Obj = copy.deepcopy(old)
+        # Stored objects are never changed in place, so the new object starts as a copy of
+        # the old one's top level and metadata (each part this write changes is replaced,
+        # never edited; admission rebuilds what it prunes and defaults), not a deep copy.
+        new: Obj = {**old, "metadata": dict(old["metadata"])}
         old_meta = old["metadata"]
         if subresource == "status":
             if "status" in incoming:
@@ -1426,13 +1451,17 @@ class KubeEmulator(KubernetesEmulator):
                 if key == "status" and kind.status_subresource:
                     continue
                 if key in incoming:
-                    new[key] = copy.deepcopy(incoming[key])
+                    # a part a patch left alone is the stored (never changed) part itself
+                    new[key] = old[key] if incoming[key] is old.get(key) \
+                        else copy.deepcopy(incoming[key])
                 else:
                     new.pop(key, None)
             in_meta = incoming.get("metadata") or {}
             for field in ("labels", "annotations", "finalizers", "ownerReferences"):
                 if in_meta.get(field):
-                    new["metadata"][field] = copy.deepcopy(in_meta[field])
+                    new["metadata"][field] = old_meta[field] \
+                        if in_meta[field] is old_meta.get(field) \
+                        else copy.deepcopy(in_meta[field])
                 else:
                     new["metadata"].pop(field, None)
             if old_meta.get("deletionTimestamp"):

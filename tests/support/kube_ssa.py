@@ -196,8 +196,26 @@ def serialize_pe(pe: PE) -> str:
 
 
 def to_fields_v1(paths: FieldSet) -> Obj:
-    """``Set.ToJSON``: a member with children carries ``"."``."""
-    out: Obj = json.loads(_fields_v1_json(paths))  # a fresh copy of a cached encoding
+    """``Set.ToJSON``: a member with children carries ``"."``.
+
+    The same set gives the same object, shared by the objects that store it (the emulator
+    never changes a stored object in place): no copy per write, and decoding it back
+    (:func:`from_fields_v1`) is a look-up."""
+    return _fields_v1_obj(paths)
+
+
+# id -> (object, set) of the FieldsV1 objects handed out (the object is held, so its id is
+# not reused while it is here); bounded: a miss only means decoding the JSON again.
+_HANDED_OUT: dict[int, tuple[Obj, FieldSet]] = {}
+HANDED_OUT_LIMIT = 16384
+
+
+@functools.lru_cache(maxsize=8192)
+def _fields_v1_obj(paths: FieldSet) -> Obj:
+    out: Obj = json.loads(_fields_v1_json(paths))
+    if len(_HANDED_OUT) >= HANDED_OUT_LIMIT:
+        _HANDED_OUT.clear()
+    _HANDED_OUT[id(out)] = (out, paths)
     return out
 
 
@@ -236,6 +254,9 @@ def parse_pe(text: str) -> PE:
 
 def from_fields_v1(fields: Mapping[str, Any]) -> FieldSet:
     """``Set.FromJSON``: ``{}`` and ``"."`` mark members."""
+    known = _HANDED_OUT.get(id(fields))
+    if known is not None and known[0] is fields:
+        return known[1]
     return _from_fields_v1_json(json.dumps(fields))
 
 
@@ -263,7 +284,13 @@ def recursive_difference(paths: FieldSet, exclude: FieldSet) -> FieldSet:
     """``Set.RecursiveDifference``: drop paths in ``exclude`` and everything below them."""
     if not exclude:
         return paths
-    return frozenset(p for p in paths if not any(p[:i] in exclude for i in range(1, len(p) + 1)))
+    # only the prefixes as long as an excluded path can be in ``exclude``
+    lengths = sorted({len(e) for e in exclude})
+    if lengths == [1]:
+        tops = {e[0] for e in exclude}
+        return frozenset(p for p in paths if not p or p[0] not in tops)
+    return frozenset(p for p in paths
+                     if not any(p[:i] in exclude for i in lengths if 1 <= i <= len(p)))
 
 
 def with_prefix(paths: FieldSet, pe: PE) -> FieldSet:
@@ -609,6 +636,20 @@ def _index(t: Type, items: list[Any]) -> tuple[list[PE], dict[PE, list[Any]]]:
     return order, groups
 
 
+def _unchanged(a: Any, b: Any) -> bool:
+    """A sure ``same(a, b)`` for containers, cheaper than walking them: equal in Python and
+    in JSON text (which tells ``true`` from ``1``, the one thing Python's ``==`` confuses
+    that ``value.Equals`` does not).  False only means "walk them"."""
+    if a is b:
+        return isinstance(a, dict | list)
+    if not isinstance(a, dict | list) or type(a) is not type(b) or a != b:
+        return False
+    try:
+        return json.dumps(a) == json.dumps(b)
+    except (TypeError, ValueError):  # not JSON (a YAML timestamp): walk
+        return False
+
+
 def compare(lhs: Any, rhs: Any, t: Type) -> Comparison:
     """``TypedValue.Compare``: what an update removed, modified and added."""
     res = Comparison()
@@ -622,6 +663,8 @@ def compare(lhs: Any, rhs: Any, t: Type) -> Comparison:
             res.modified.add(path)
 
     def walk(l_: Any, r: Any, tt: Type, path: Path) -> None:
+        if len(path) == 1 and _unchanged(l_, r):
+            return  # a top-level part (spec, status) the write left as it was
         lt = _resolve(tt, None if l_ is MISSING else l_)
         rt = _resolve(tt, None if r is MISSING else r)
         if lt is not rt and l_ is not MISSING and r is not MISSING \
