@@ -9,11 +9,19 @@ Every row compares the apply with its peer **in the same run, against the same r
   no store, no YAML) in ``--clients`` separate processes at once (default: CPUs + 1), so
   that the client is not the limit the way one process of it is.  Each process warms up,
   then all start together; tests per second of wall time over all processes.
-* ``first apply``: ``python -m reconciler apply -f fleet.yaml`` in a subprocess (fresh
-  state): every resource tested (asserted through the relay's connection counter).  Wall
-  time, tests/s, the ratio to the raw capacity, the CPU time of the apply process and
-  everything it started (per resource), its peak RSS, and the number of SQLite write
-  transactions it committed (per resource; counted by wrapping ``LocalStore.close``).
+* ``first apply``: ``smtpctl apply -f fleet.yaml`` in a subprocess
+  (``bench/fleet_spawned.py apply``; fresh state): every resource tested (asserted
+  through the relay's connection counter).  Wall time, tests/s, the ratio to the raw
+  capacity, the CPU time of the apply process and everything it started (per
+  resource), its peak RSS, and the number of SQLite write transactions it committed
+  (per resource; counted by wrapping ``LocalStore.close``).
+* ``bound peer`` (on unless ``--no-cold-peer``): what any correct apply of the fleet must
+  do and nothing else, spawned as the apply is (``bench/fleet_spawned.py cold``): Python's
+  start, the whole input read and validated before any relay is contacted, its client
+  processes (``--cold-workers``, default 1: the fastest here, and what ``apply`` uses on 2
+  CPUs), ``run_probe`` once per relay with the same concurrency.  No engine, no store.
+  Reported as **cold:raw** (what validating first and starting cold cost at all) and
+  **apply:cold** (what smtpctl costs on top of that).
 * ``second apply``: the same again, unchanged: must run **zero** tests (asserted).
 * the CPU time of the relay process(es) during each phase (``/proc``): how busy the relay
   was, per test and as a share of one core.
@@ -69,6 +77,8 @@ from bench_records import write_block  # noqa: E402 - bench/, the record files
 USER = "fleet@example.test"
 PASSWORD = "bench-password-not-secret"  # the bench relay's own test login
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SPAWNED = Path(__file__).resolve().with_name("fleet_spawned.py")  # the apply, the bound peer
+COLD_WORKERS = 1  # the bound peer's client processes: 1 was fastest on 2 CPUs (fleet.md, round 8)
 
 
 # --- CPU accounting from /proc ------------------------------------------------------------
@@ -334,51 +344,6 @@ def raw_capacity(relay: RelayInfo, count: int, concurrency: int = 32,
 # --- the apply process -------------------------------------------------------------------------
 
 
-def child(stats_path: str, argv: list[str]) -> int:
-    """Run ``smtpctl ARGV`` in this process and write its counters to ``stats_path``.
-
-    The counters are read where the store keeps them (``LocalStore.write_transactions``)
-    when the CLI closes the store; nothing in smtpctl's behaviour changes.
-    """
-    from reconciler.stores import local
-
-    totals: list[int] = []
-    orig_close = local.LocalStore.close
-
-    def close(self: local.LocalStore) -> None:
-        totals.append(int(getattr(self, "write_transactions", -1)))
-        orig_close(self)
-
-    local.LocalStore.close = close  # type: ignore[method-assign]
-    timeline = os.environ.pop("FLEET_TIMELINE", None)
-    sampler = _Sampler(timeline) if timeline else None
-    from reconciler.cli.main import main
-    from reconciler.gctune import tune_gc
-
-    tune_gc()  # as the console script's entry() does, before main()
-    cprofile = os.environ.pop("FLEET_CPROFILE", None)
-    profiler = None
-    if cprofile:  # --cprofile: this process only, on its CPU clock (not wall time)
-        import cProfile
-
-        profiler = cProfile.Profile(time.process_time)
-        profiler.enable()
-    try:
-        return main(argv)
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        if profiler is not None and cprofile:
-            profiler.disable()
-            profiler.dump_stats(cprofile)
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        Path(stats_path).write_text(json.dumps({
-            "write_transactions": sum(totals) if totals and min(totals) >= 0 else None,
-            "self_cpu": me.ru_utime + me.ru_stime, "children_cpu": kids.ru_utime + kids.ru_stime,
-            "self_maxrss_kib": me.ru_maxrss}))
-
-
 class _Sampler:
     """``--timeline``: what the apply's processes do, every ``PERIOD`` seconds, sampled by a
     thread of the apply's main process (bench only; smtpctl is not changed, its functions
@@ -619,7 +584,7 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
               concurrency: int, *, profile: Path | None = None,
               extra: Sequence[str] = ()) -> ApplyResult:
     stats = state.with_suffix(".stats.json")
-    cmd = [sys.executable, "-P", str(Path(__file__).resolve()), "_child", str(stats),
+    cmd = [sys.executable, "-P", str(SPAWNED), "apply", str(stats),
            "apply", "-f", str(fleet), "--state", str(state), "--concurrency", str(concurrency),
            "--per-host", str(concurrency), "--lock-timeout", "5", *extra]
     if profile is not None:
@@ -648,6 +613,54 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
         self_cpu=data.get("self_cpu"), maxrss_kib=int(usage.ru_maxrss),
         tests=relay.connections - c0, write_transactions=data.get("write_transactions"),
         relay_cpu=relay_cpu, load=(load0, load()))
+
+
+@dataclass
+class ColdResult:
+    """One run of the bound peer (``fleet_spawned.cold_peer``)."""
+
+    wall: float
+    cpu: float  # the peer's main process and its client processes (wait4)
+    self_cpu: float
+    tests: int  # connections the relay accepted during the run
+    relay_cpu: float
+    workers: int
+    phases: dict[str, float]  # s after the spawn: workers_spawned, validated, sent, done
+    first_test: float | None
+    load: tuple[float, float]
+
+
+def run_cold(relay: RelayInfo, fleet: Path, env: dict[str, str], concurrency: int,
+             workers: int, stats: Path) -> ColdResult:
+    """The bound peer on ``fleet``, spawned as the apply is (this interpreter, ``-P``,
+    the same environment, timed from ``Popen`` to its exit): Python's start, the whole
+    input validated before any relay is contacted, ``workers`` client processes (started
+    first, as apply starts its probe workers), ``run_probe`` once per relay with
+    ``concurrency`` tests in flight over all of them.  Raises unless every relay of the
+    fleet was tested once and passed."""
+    cmd = [sys.executable, "-P", str(SPAWNED), "cold", str(stats), str(fleet),
+           "--workers", str(workers), "--concurrency", str(concurrency)]
+    c0 = relay.connections
+    load0 = load()
+    cpu0 = tree_cpu(relay.pids())
+    t0 = time.perf_counter()
+    env = dict(env, FLEET_SPAWNED=repr(time.monotonic()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    relay_cpu = tree_cpu(relay.pids()) - cpu0
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    if code != 0:
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-15:]
+        raise RuntimeError(f"the bound peer exited {code}:\n" + "\n".join(tail))
+    data = json.loads(stats.read_text())
+    return ColdResult(wall=wall, cpu=usage.ru_utime + usage.ru_stime,
+                      self_cpu=float(data["self_cpu"]), tests=relay.connections - c0,
+                      relay_cpu=relay_cpu, workers=workers, phases=data["phases"],
+                      first_test=data.get("first_test"), load=(load0, load()))
 
 
 def is_requested(i: int, fraction: float) -> bool:
@@ -807,10 +820,25 @@ class Round:
     second: ApplyResult | None
     raw_after: RawResult | None = None
     workers: str = "auto"  # apply's --probe-workers
+    cold: ColdResult | None = None  # the bound peer, same round (--cold-peer)
 
     @property
     def rate(self) -> float:
         return self.n / self.first.wall
+
+    @property
+    def cold_rate(self) -> float | None:
+        return self.n / self.cold.wall if self.cold is not None else None
+
+    @property
+    def cold_ratio(self) -> float | None:
+        """The bound peer against the raw capacity (cold:raw)."""
+        return self.cold_rate / self.raw_rate if self.cold_rate is not None else None
+
+    @property
+    def apply_cold(self) -> float | None:
+        """The apply against the bound peer (apply:cold)."""
+        return self.rate / self.cold_rate if self.cold_rate is not None else None
 
     @property
     def raw_rate(self) -> float:
@@ -877,11 +905,12 @@ def machine() -> list[str]:
 ROUND_HEADER = (
     "| N | round | probe workers | raw tests/s before / after (clients) | relay busy raw | "
     "first apply s | "
-    "apply tests/s | **ratio apply:raw** | idle projection | apply CPU ms/resource "
+    "apply tests/s | **ratio apply:raw** | bound peer tests/s (clients; first test s) | "
+    "**cold:raw** | **apply:cold** | idle projection | apply CPU ms/resource "
     "(main) | raw client CPU ms/test | relay CPU ms/test raw / apply | relay busy apply | "
     "write tx/resource | peak RSS first | second apply s (CPU s) | tests in second | "
     "peak RSS second | load before/after |",
-    "|" + " ---: |" * 19)
+    "|" + " ---: |" * 22)
 
 
 def round_row(r: Round, i: int) -> str:
@@ -891,13 +920,33 @@ def round_row(r: Round, i: int) -> str:
     second = (f"{s.wall:.2f} ({s.cpu:.2f}) | {s.tests} | {s.maxrss_kib / 1024:.0f} MB"
               if s is not None else "- | - | -")
     after = f" / {r.raw_after.rate:.0f}" if r.raw_after is not None else ""
+    c = r.cold
+    cold = (f"{r.cold_rate:.0f} ({c.workers}; {c.first_test or float('nan'):.2f}) | "
+            f"**{r.cold_ratio:.2f}** | **{r.apply_cold:.2f}**"
+            if c is not None and r.cold_rate and r.cold_ratio and r.apply_cold
+            else "- | - | -")
     return (f"| {r.n:,} | {i} | {r.workers} | {raw.rate:.0f}{after} ({raw.processes}) | "
             f"{raw.relay_cpu / raw.wall:.2f} | {f.wall:.2f} | {r.rate:.0f} | "
-            f"**{r.ratio:.2f}** | {r.cpu_ratio:.2f} | {1000 * f.cpu / r.n:.2f}{main} | "
+            f"**{r.ratio:.2f}** | {cold} | {r.cpu_ratio:.2f} | {1000 * f.cpu / r.n:.2f}{main} | "
             f"{1000 * raw.client_cpu / raw.tests:.2f} | "
             f"{1000 * raw.relay_cpu / raw.tests:.2f} / {1000 * f.relay_cpu / r.n:.2f} | "
             f"{f.relay_cpu / f.wall:.2f} | {tx} | {f.maxrss_kib / 1024:.0f} MB | {second} | "
             f"{raw.load[0]:.1f}/{(r.raw_after or f).load[1]:.1f} |")
+
+
+def _cold_summary(rs: list[Round]) -> str:
+    cold = [r for r in rs if r.cold is not None]
+    if not cold:
+        return ""
+    cr = [r.cold_ratio or 0.0 for r in cold]
+    ac = [r.apply_cold or 0.0 for r in cold]
+    first = [r.cold.first_test for r in cold if r.cold is not None and r.cold.first_test]
+    return (f"; bound peer ({cold[0].cold.workers if cold[0].cold else '?'} clients): "
+            f"**cold:raw** median {statistics.median(cr):.2f} (min {min(cr):.2f}, max "
+            f"{max(cr):.2f}), **apply:cold** median {statistics.median(ac):.2f} (min "
+            f"{min(ac):.2f}, max {max(ac):.2f})"
+            + (f", its first test {statistics.median(first):.2f} s after its spawn"
+               if first else ""))
 
 
 def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float, float]:
@@ -947,6 +996,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-workers", action="append",
                     help="apply's --probe-workers (default: auto); repeat it to compare "
                          "settings in each round, between the same two raw measurements")
+    ap.add_argument("--no-cold-peer", dest="cold_peer", action="store_false",
+                    help="skip the bound peer (run by default in every round: see "
+                         "bench/fleet_spawned.py)")
+    ap.add_argument("--cold-workers", type=int, default=COLD_WORKERS,
+                    help=f"client processes of the bound peer ({COLD_WORKERS})")
     ap.add_argument("--selected-fraction", type=float, default=0.0, metavar="F",
                     help="share of the relays with spec.selected: true (0: relay 0 only; "
                          "1: all)")
@@ -985,6 +1039,12 @@ def main(argv: list[str] | None = None) -> int:
                       settings: Sequence[str] = variants) -> list[Round]:
             """A raw capacity, a first (and second) apply per setting, a raw capacity."""
             raw = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
+            cold = None
+            if args.cold_peer:
+                cold = run_cold(relay, fleet_of(n), env, args.concurrency, args.cold_workers,
+                                base / "cold.stats.json")
+                if cold.tests != n:
+                    raise RuntimeError(f"the bound peer ran {cold.tests} tests, expected {n}")
             done = []
             for workers in settings:
                 extra = ["--probe-workers", workers]
@@ -1001,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "expected 0")
                 done.append((workers, first, again))
             after = raw_capacity(relay, min(n, args.raw_tests), args.concurrency, args.clients)
-            return [Round(n, raw, first, again, after, workers)
+            return [Round(n, raw, first, again, after, workers, cold)
                     for workers, first, again in done]
 
         if args.repeat > 0:
@@ -1032,7 +1092,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{max(cpu):.2f}) vs raw client {statistics.median(raw_cpu):.2f} ms/test; "
                 f"peak RSS {max(rss):.0f} MB; write transactions/resource "
                 + (f"{rs[0].first.write_transactions / n:.3f}"
-                   if rs[0].first.write_transactions is not None else "?"))
+                   if rs[0].first.write_transactions is not None else "?")
+                + _cold_summary(rs))
         report.add("")
         if growth:
             report.add("#### Growth", "", *ROUND_HEADER)
@@ -1095,6 +1156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "_child":
-        sys.exit(child(sys.argv[2], sys.argv[3:]))
     sys.exit(main())

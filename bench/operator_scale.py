@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import calendar
 import contextlib
 import json
 import os
@@ -314,6 +315,7 @@ class ReadyWatch:
     def __init__(self, emu: Emulator) -> None:
         self.emu = emu
         self.ready: set[str] = set()
+        self.first_ready: dict[str, float] = {}  # name -> when first seen Ready (monotonic)
         self.events = 0
         self._lock = threading.Lock()
         self._target = 0
@@ -331,6 +333,7 @@ class ReadyWatch:
         with self._lock:
             if ready:
                 self.ready.add(name)
+                self.first_ready.setdefault(name, time.monotonic())
             else:
                 self.ready.discard(name)
             if self._target and len(self.ready) >= self._target and not self._reached.is_set():
@@ -374,7 +377,7 @@ class ReadyWatch:
         finally:
             await api.close()
 
-    def wait(self, count: int, seconds: float, alive: Any = None) -> float:
+    def wait(self, count: int, seconds: float, alive: Any = None, tick: float = 0.5) -> float:
         """Seconds from now until ``count`` are Ready (SystemExit after ``seconds``)."""
         t0 = time.monotonic()
         with self._lock:
@@ -382,7 +385,7 @@ class ReadyWatch:
             if len(self.ready) >= count:
                 self.reached_at = t0
                 self._reached.set()
-        while not self._reached.wait(0.5):
+        while not self._reached.wait(tick):
             if alive is not None:
                 alive()
             if time.monotonic() - t0 > seconds:
@@ -625,6 +628,112 @@ def attribute(by_verb: dict[str, float], count: int, seconds: float) -> dict[str
     }
 
 
+# --- where the first pass's time goes -----------------------------------------------------
+
+# Operator log lines that mark a start-up phase (the first of each).
+MARKS = {"connecting": "connecting", "leader": "became leader", "primed": "primed cache",
+         "first_reconciled": "reconciled", "first_event": "event"}
+
+
+def _log_marks(log: Path, t0_wall: float) -> dict[str, float]:
+    """Seconds after the operator's start (wall clock ``t0_wall``) at which the
+    operator first logged each of :data:`MARKS` (its JSON log's ``ts``, milliseconds)."""
+    out: dict[str, float] = {}
+    with log.open("rb") as fh:
+        for line in fh:
+            if len(out) == len(MARKS):
+                break
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            for key, msg in MARKS.items():
+                if key not in out and rec.get("msg") == msg:
+                    ts = str(rec.get("ts", ""))
+                    try:
+                        when = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) \
+                            + float("0" + ts[19:-1])
+                    except ValueError:
+                        continue
+                    out[key] = round(when - t0_wall, 3)
+    return out
+
+
+def cpu_busy_seconds() -> list[float]:
+    """Busy CPU seconds of each CPU since boot (``/proc/stat``: everything but idle and
+    iowait), to see what else ran on the operator's core during a phase."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
+    with open("/proc/stat") as fh:
+        for line in fh:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in vals]
+                out.append((sum(v[:8]) - v[3] - v[4]) / tick)
+    return out
+
+
+Sample = tuple[float, dict[str, float]]  # (monotonic time, CPU seconds by process or "cpuN")
+
+
+def phases(ready_times: list[float], samples: list[Sample], t0: float, count: int,
+           raw_rate: float, rest_cpus: list[int] | None = None) -> dict[str, Any]:
+    """The first pass cut into phases from the Ready watch's times (seconds after the
+    operator's start): until the first Ready, the ramp (to 10 % Ready), the steady part
+    (10 % -> 90 % Ready) and the tail (90 % -> 100 %); the CPU seconds of the operator,
+    the emulator and the relay in each (from ``samples``, every ~0.25 s) and, pinned, the
+    busy seconds of the operator's core(s) that were none of ours ("others"); and the
+    seconds each phase lost against the steady rate (what the pass would save if it ran
+    at the steady rate)."""
+    ts = sorted(t - t0 for t in ready_times)
+    if len(ts) < count or count < 10:
+        return {}
+
+    def at(frac: float) -> float:
+        return ts[max(0, min(count - 1, round(frac * count) - 1))]
+
+    t_first, t10, t50, t90, t_all = ts[0], at(0.1), at(0.5), at(0.9), ts[-1]
+    steady = (0.8 * count) / (t90 - t10) if t90 > t10 else float("inf")
+
+    def value_at(key: str, when: float) -> float:
+        before = [x[key] for t, x in samples if t - t0 <= when and key in x]
+        if before:
+            return before[-1]
+        first = [x[key] for _t, x in samples if key in x]
+        return first[0] if first else float("nan")
+
+    def between(key: str, a: float, b: float) -> float:
+        return round(value_at(key, b) - value_at(key, a), 3)
+
+    cuts = {"to_first_ready": (0.0, t_first), "ramp": (t_first, t10),
+            "steady": (t10, t90), "tail": (t90, t_all)}
+    cpu: dict[str, dict[str, float]] = {}
+    for name, (a, b) in cuts.items():
+        row = {k: between(k, a, b) for k in ("operator", "emulator", "relay")}
+        if rest_cpus:
+            busy = sum(between(f"cpu{c}", a, b) for c in rest_cpus)
+            row["rest_cores_busy"] = round(busy, 3)
+            row["others_on_rest_cores"] = round(busy - row["operator"] - row["relay"], 3)
+        row["seconds"] = round(b - a, 3)
+        cpu[name] = row
+    return {
+        "first_ready_s": round(t_first, 3), "t10_s": round(t10, 3), "t50_s": round(t50, 3),
+        "t90_s": round(t90, 3), "all_ready_s": round(t_all, 3),
+        "steady_ready_per_s": round(steady, 1),
+        "steady_to_raw_ratio": round(steady / raw_rate, 3) if raw_rate else None,
+        "tail_ready_per_s": round(0.1 * count / (t_all - t90), 1) if t_all > t90 else None,
+        # seconds more than the steady rate would have taken for that share of resources
+        "lost_before_first_ready_s": round(t_first, 3),
+        "lost_ramp_s": round((t10 - t_first) - 0.1 * count / steady, 3),
+        "lost_tail_s": round((t_all - t90) - 0.1 * count / steady, 3),
+        "cpu_s": cpu,
+        "operator_cpu_ms_per_resource_steady": round(
+            between("operator", t10, t90) * 1000 / (0.8 * count), 2),
+        "emulator_cpu_ms_per_resource_steady": round(
+            between("emulator", t10, t90) * 1000 / (0.8 * count), 2),
+    }
+
+
 def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
             probe_workers: str = "auto", placement: str = "shared",
@@ -663,15 +772,29 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         relay_tests0 = relay.connections
         emu_cpu0, relay_cpu0 = cpu_seconds(emu.pid), cpu_seconds(relay.pid)
         t_start = time.monotonic()
+        t_start_wall = time.time()
         with place.on(place.rest):
             op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
                           probe_workers=probe_workers, root=operator_root)
+        op_first = op
+        samples: list[Sample] = []
+
+        def alive() -> None:
+            op_first.sample()
+            row = {"operator": cpu_seconds(op_first.pid), "emulator": cpu_seconds(emu.pid),
+                   "relay": cpu_seconds(relay.pid)}
+            row.update((f"cpu{i}", v) for i, v in enumerate(cpu_busy_seconds()))
+            samples.append((time.monotonic(), row))
+
+        alive()
         profilers = [Profiler(op.pid, profile / f"operator-{count}-{place.name}.raw",
                               profile_rate),
                      Profiler(emu.pid, profile / f"emulator-{count}-{place.name}.raw",
                               profile_rate)] if profile else []
-        ready_s = watch.wait(count, deadline.left(7200), alive=op.sample)
+        ready_s = watch.wait(count, deadline.left(7200), alive=alive, tick=0.25)
         cpu_op = cpu_seconds(op.pid)
+        alive()
+        first_ready = list(watch.first_ready.values())
         cpu_workers = op.sample_workers()
         workers_seen = len(op.worker_cpu)
         cpus_seen = {"emulator": affinity(emu.pid), "relay": affinity(relay.pid),
@@ -761,6 +884,10 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "operator_requests_per_resource_first": round(sum(by_resource.values()) / count, 3),
             "requests_attributed_first": attribute(by_resource, count, op_seconds),
             "events_first": events_first,
+            "phases_first": dict(phases(first_ready, samples, t_start, count,
+                                        raw["tests_per_second"],
+                                        sorted(place.rest) if place.rest else None),
+                                 operator_log=_log_marks(op_first.log, t_start_wall)),
             "emulator_requests_first_by_method": {
                 k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()},
             "watch_events_seen_by_bench": watch.events,

@@ -79,6 +79,10 @@ class Scope:
     decided: int = 0  # candidates looked at by decisions, summed over all of them
     decisions: int = 0
     selected_at_once: int = 0
+    started: list[str] = field(default_factory=list)  # status writes, as they begin
+    yields: int = 0  # scheduler turns each status write waits (a round trip)
+    in_flight: int = 0
+    most_in_flight: int = 0
 
     async def emit(self, event: Event) -> None:
         self.events.append((event.ref.name, event.type, event.reason, event.message))
@@ -122,10 +126,15 @@ def _doc(i: int, priority: int = 0, selected: bool = True) -> dict[str, Any]:
                      "refreshInterval": "1h", "selected": selected, "priority": priority}}
 
 
-def _scope(path: Path, monkeypatch: pytest.MonkeyPatch, priorities: list[int]) -> tuple[
-        Scope, list[ObjectRef]]:
+def _scope(path: Path, monkeypatch: pytest.MonkeyPatch, priorities: list[int],
+           writes_at_once: int = 1) -> tuple[Scope, list[ObjectRef]]:
+    """``writes_at_once`` > 1: the store declares that many concurrent status writes (as
+    the Kubernetes store does) and each write yields a few turns, so that they overlap."""
     path.mkdir(parents=True, exist_ok=True)
     s = Scope(LocalStore(path / "state"))
+    if writes_at_once > 1:
+        s.store.concurrent_writes = writes_at_once  # type: ignore[attr-defined]
+        s.yields = 3
     refs = [u.obj.ref for u in s.store.upsert_many(
         [_doc(i, p) for i, p in enumerate(priorities)], now=s.now)]
     decide = selection.decide
@@ -149,11 +158,20 @@ def _scope(path: Path, monkeypatch: pytest.MonkeyPatch, priorities: list[int]) -
         return await original_get(ref)
 
     async def gated_update(ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
-        if ref.name in s.hold:
-            s.holding.setdefault(ref.name, asyncio.Event()).set()
-            await asyncio.wait_for(s.hold[ref.name].wait(), WAIT)
-        if ref.name in s.broken:
-            raise StoreError(f"status of {ref.name} cannot be written")
+        s.started.append(ref.name)
+        s.in_flight += 1
+        s.most_in_flight = max(s.most_in_flight, s.in_flight)
+        try:
+            for _ in range(s.yields):
+                await asyncio.sleep(0)
+            if ref.name in s.hold:
+                s.holding.setdefault(ref.name, asyncio.Event()).set()
+                await asyncio.wait_for(s.hold[ref.name].wait(), WAIT)
+            if ref.name in s.broken:
+                raise StoreError(f"status of {ref.name} cannot be written")
+        finally:
+            s.in_flight -= 1
+
         def logged(cur: StoredObject) -> Any:
             out = mutate(cur)
             if out is not None and out.status != cur.status:
@@ -215,9 +233,11 @@ async def test_selection_work_per_apply_is_linear(
     assert [e[2] for e in s.selection_events()] == ["Active"]
 
 
+@pytest.mark.parametrize("writes_at_once", [1, 4])
 @pytest.mark.parametrize("seed", range(4))
 async def test_coalesced_passes_end_in_the_state_of_sequential_ones(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int,
+        writes_at_once: int) -> None:
     """The same two applies - a first apply (a fifth of the relays fail), then a forced
     re-test in which the relay in use and a few others fail - once with every test ending
     at the same moment (passes coalesced) and once one pass at a time (each pass its own
@@ -232,7 +252,7 @@ async def test_coalesced_passes_end_in_the_state_of_sequential_ones(
     finals, scopes = [], []
     for one_at_a_time in (False, True):
         with monkeypatch.context() as mp:
-            s, refs = _scope(tmp_path / str(one_at_a_time), mp, prios)
+            s, refs = _scope(tmp_path / str(one_at_a_time), mp, prios, writes_at_once)
             names = [r.name for r in refs]
             tasks = 1 if one_at_a_time else None
             s.fail = set(fail1)
@@ -284,15 +304,17 @@ async def test_events_say_each_change_of_the_relay_in_use_once(
     assert not any(e[2] == "ActiveRelayFailing" for e in s.events)
 
 
+@pytest.mark.parametrize("writes_at_once", [1, 4])
 @pytest.mark.parametrize("who", ["standby", "in-use"])
 async def test_a_failing_write_loses_no_other_verdict(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, who: str) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, who: str,
+        writes_at_once: int) -> None:
     """A batch in which one pass's status write fails (a store error): that pass reports
     it (and is retried by the runtime), every other verdict of the batch is written with
     its Selected condition.  For the relay in use (its failing verdict would release it)
     the run stops before any winner is written, and the others are decided again without
     that verdict: the relay in use stays, never two selected."""
-    s, refs = _scope(tmp_path, monkeypatch, [0, 1, 2, 3])
+    s, refs = _scope(tmp_path, monkeypatch, [0, 1, 2, 3], writes_at_once)
     names = [r.name for r in refs]
     _open_all(s, names)
     await asyncio.wait_for(reconcile_objects(refs, s.world()), WAIT)
@@ -383,6 +405,137 @@ async def test_a_cancelled_leader_or_waiter_loses_no_other_verdict(
     s.hold = {}
     await asyncio.wait_for(reconcile_objects([refs[0], refs[3]], world), WAIT)
     assert s.selected() == ["r000"] and s.selected_at_once == 1
+
+
+async def _turns_until(cond: Any, turns: int = 500) -> bool:
+    """Let the event loop run until ``cond()`` (bounded in turns; no sleep)."""
+    for _ in range(turns):
+        if cond():
+            return True
+        await asyncio.sleep(0)
+    return bool(cond())
+
+
+async def _failover_batch(s: Scope, refs: list[ObjectRef],
+                          hold: list[str]) -> asyncio.Task[Any]:
+    """r000 (priority 0) in use and r001-r005 (priority 1) standbys; then a forced re-test
+    in which r000 fails (the writes of ``hold`` waiting): r000's release, r001's acquire
+    and four standby verdicts."""
+    _open_all(s, [r.name for r in refs])
+    await asyncio.wait_for(reconcile_objects(refs, s.world()), WAIT)
+    assert s.selected() == ["r000"]
+    s.gates, s.events = {}, []
+    s.fail = {"r000"}
+    s.now += 7200
+    run = asyncio.create_task(reconcile_objects(refs, s.world(), force=True))
+    assert await _turns_until(lambda: len(s.gates) == len(refs))  # every test started
+    s.started = []
+    s.hold = {name: asyncio.Event() for name in hold}
+    _open_all(s, [r.name for r in refs])
+    return run
+
+
+async def test_writes_that_keep_selection_go_alongside_a_release(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a store that declares concurrent writes (the Kubernetes store), the verdicts
+    of relays that neither hold nor take selection are written while the release of the
+    relay in use waits for the server; the winner's acquire waits for the release (never
+    two selected).  Before, a run wrote every queued verdict one after another: the four
+    standby verdicts waited behind r000's release (this test failed)."""
+    s, refs = _scope(tmp_path, monkeypatch, [0, 1, 1, 1, 1, 1], writes_at_once=4)
+    run = await _failover_batch(s, refs, ["r000"])
+    await _started(s, "r000")  # r000's release waits for the server
+    standbys = {"r002", "r003", "r004", "r005"}
+    assert await _turns_until(lambda: standbys <= set(s.started)), s.started
+    assert "r001" not in s.started  # the acquire waits for the release
+    s.hold["r000"].set()
+    await asyncio.wait_for(run, WAIT)
+    assert s.selected() == ["r001"] and s.selected_at_once == 1
+    assert s.started.index("r001") > s.started.index("r000")
+    assert sorted((e[0], e[2]) for e in s.selection_events()) == [
+        ("r000", "Failover"), ("r001", "Failover")]
+    for name, o in s.objects().items():
+        sel = next(c for c in o.status["conditions"] if c["type"] == "Selected")
+        assert (sel["status"], sel["reason"]) == (
+            ("True", "Active") if name == "r001" else
+            ("False", "NotReady") if name == "r000" else ("False", "SelectionConflict"))
+        assert o.memo is not None and o.memo.tested_at == s.now
+
+
+@pytest.mark.parametrize("limit", [2, 3, 8])
+async def test_writes_in_flight_stay_within_the_stores_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """48 requested relays whose tests end together, a store that declares ``limit``
+    concurrent writes: a run has at most ``limit`` status writes in flight (the changes of
+    who is selected one at a time, the others up to ``limit - 1``), and more than one
+    (before: exactly one, this test failed); the outcome is the sequential one."""
+    n = 48
+    s, refs = _scope(tmp_path, monkeypatch, [i % 3 for i in range(n)], writes_at_once=limit)
+    _open_all(s, [r.name for r in refs])
+    await asyncio.wait_for(reconcile_objects(refs, s.world()), WAIT)
+    assert 2 <= s.most_in_flight <= limit, s.most_in_flight
+    assert s.selected() == ["r000"] and s.selected_at_once == 1
+    for name, o in s.objects().items():
+        sel = next(c for c in o.status["conditions"] if c["type"] == "Selected")
+        assert (sel["status"], sel["reason"]) == (
+            ("True", "Active") if name == "r000" else
+            ("False", "SelectionConflict") if int(name[1:]) % 3 == 0 else ("False", "Standby"))
+    assert [e[2] for e in s.selection_events()] == ["Active"]
+
+
+async def test_a_cancelled_run_cancels_its_writes_in_flight_and_loses_no_verdict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent writes: the pass leading a failover run is cancelled while r000's
+    release and r003's standby verdict wait for the server.  The run's writes in flight
+    are cancelled with it and the requests they served go back to the queue: every pass
+    but the cancelled one ends with its verdict written (r003's by a later run), nothing
+    is left queued or in flight, never two relays are selected."""
+    s, refs = _scope(tmp_path, monkeypatch, [0, 1, 1, 1, 1, 1], writes_at_once=4)
+    world = s.world()
+    _open_all(s, [r.name for r in refs])
+    await asyncio.wait_for(reconcile_objects(refs, world), WAIT)
+    leaders: list[str | None] = []
+    run = selection._run
+
+    async def recording(namespace: str, world: Any, scope: Any, leader: Any) -> None:
+        leaders.append(leader.own.name if leader.own is not None else None)
+        await run(namespace, world, scope, leader)
+
+    monkeypatch.setattr(selection, "_run", recording)
+    s.gates = {}
+    s.fail = {"r000"}
+    s.now += 7200
+    passes = {r.name: asyncio.create_task(reconcile(r, world, force=True)) for r in refs}
+    assert await _turns_until(lambda: len(s.gates) == len(refs))  # every test started
+    s.started = []
+    s.hold = {"r000": asyncio.Event(), "r003": asyncio.Event()}
+    _open_all(s, [r.name for r in refs])
+    await _started(s, "r000")
+    await _started(s, "r003")
+    lead = leaders[-1]
+    assert lead is not None, leaders
+    passes[lead].cancel()
+    assert await _turns_until(lambda: passes[lead].done())
+    for ev in s.hold.values():
+        ev.set()
+    done: dict[str, Any] = {}
+    for name, task in passes.items():
+        try:
+            done[name] = await asyncio.wait_for(task, WAIT)
+        except asyncio.CancelledError as exc:
+            done[name] = exc
+    assert isinstance(done[lead], asyncio.CancelledError)
+    objs = s.objects()
+    for name in sorted(set(passes) - {lead}):
+        res = done[name]
+        assert isinstance(res, ReconcileResult) and res.action == "tested", (name, res)
+        memo = objs[name].memo
+        assert memo is not None and memo.tested_at == s.now, name
+    assert s.in_flight == 0
+    assert all(not sc.queue for sc in selection._SCOPES.values())
+    assert s.selected_at_once == 1 and len(s.selected()) == 1
+    await asyncio.wait_for(reconcile_objects(refs, world), WAIT)
+    assert s.selected() == ["r001"] and s.selected_at_once == 1
 
 
 async def _story(s: Scope, seed: int) -> None:

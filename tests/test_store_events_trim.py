@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from reconciler.stores import local as local_mod
-from reconciler.stores.base import Event, ObjectRef
+from reconciler.stores.base import Event, ObjectRef, StoreError
 from reconciler.stores.local import LocalStore
 
 
@@ -68,3 +71,74 @@ def test_a_resource_is_trimmed_again_when_a_later_run_names_it(tmp_path: Path) -
             store.record_event_sync(Event(ref, "Normal", "X", "m", f"new{j:04d}"))
         ats = _ats(store, ref)
     assert ats == [f"new{j:04d}" for j in range(every)][-keep:]  # every old one gone
+
+
+def _count(state: Path, name: str) -> int:
+    db = sqlite3.connect(state / local_mod.DB_NAME)
+    try:
+        (n,) = db.execute("SELECT count(*) FROM events WHERE name=?", (name,)).fetchone()
+    finally:
+        db.close()
+    return int(n)
+
+
+def test_a_trim_that_rolled_back_is_done_at_the_next_trim(tmp_path: Path) -> None:
+    # The trim's transaction failed (here a trigger refuses the DELETE, as a full disk
+    # would): its resources must stay to be trimmed.  Before the fix the set of resources
+    # to trim was emptied inside the failed write, so `a` kept more than EVENTS_KEEP events
+    # until it was named again.
+    keep, every = local_mod.EVENTS_KEEP, local_mod.EVENTS_TRIM_EVERY
+    state = tmp_path / "s"
+    with LocalStore(state) as store:
+        a, b = (u.obj.ref for u in store.upsert_many([_doc("a"), _doc("b")]))
+        for j in range(every - 1):
+            store.record_event_sync(Event(a, "Normal", "X", "m", f"a{j:04d}"))
+        store._db.execute("CREATE TEMP TRIGGER refuse BEFORE DELETE ON events "
+                          "BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+        with pytest.raises(StoreError):
+            store.record_event_sync(Event(a, "Normal", "X", "m", "a-lost"))
+        store._db.execute("DROP TRIGGER refuse")
+        assert _count(state, "a") == every - 1  # the failed unit wrote nothing
+        store.record_event_sync(Event(b, "Normal", "X", "m", "b0000"))  # the next trim
+        assert _count(state, "a") == keep
+        assert _ats(store, a) == [f"a{j:04d}" for j in range(every - 1)][-keep:]
+
+
+class _FailingCommit:
+    """A connection whose next COMMIT fails as a full disk would make it fail."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.fail = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.fail and sql == "COMMIT":
+            self.fail = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_a_trim_lost_with_a_failed_group_commit_is_done_later(tmp_path: Path) -> None:
+    # Inside a group commit the trim is durable only at the batch's COMMIT: when that
+    # fails, the resources it trimmed must be trimmed again later (before the fix they
+    # were forgotten once the unit ran).
+    keep, every = local_mod.EVENTS_KEEP, local_mod.EVENTS_TRIM_EVERY
+    state = tmp_path / "s"
+    with LocalStore(state) as store:
+        a, b = (u.obj.ref for u in store.upsert_many([_doc("a"), _doc("b")]))
+        for j in range(every - 1):  # committed one by one
+            store.record_event_sync(Event(a, "Normal", "X", "m", f"a{j:04d}"))
+        real = store._db
+        with pytest.raises(StoreError), store.batched(max_delay=3600, max_units=1000):
+            store.record_event_sync(Event(a, "Normal", "X", "m", "a-lost"))  # trims a
+            store._db = _FailingCommit(real)  # type: ignore[assignment]
+            store.flush()
+        store._db = real
+        assert _count(state, "a") == every - 1  # the batch (its event, its trim) is lost
+        for j in range(every):  # b only, up to the next trim point
+            store.record_event_sync(Event(b, "Normal", "X", "m", f"b{j:04d}"))
+        assert _count(state, "a") == keep
+        assert _count(state, "b") == keep

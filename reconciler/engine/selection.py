@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import itertools
 import logging
 import operator
@@ -607,6 +608,8 @@ async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
             await _own_write(world, ObjectRef(KIND, namespace, name), r, r.own.mutate)
     if idx is not None:
         idx.unsettled = set()
+    # (changes who is selected, the write) in the order above: releases, then the winner.
+    writes: list[tuple[bool, Callable[[], Awaitable[None]]]] = []
     for name in ordered:
         c = memos[name].cand if name not in previews else previews[name]
         req = owns.get(name)
@@ -631,30 +634,18 @@ async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
                 sel, reason, msg = desired_selected(c, choice, namespace, cands)
             mutate = selected_mutator(sel, reason, msg, now)
         ref = ObjectRef(KIND, namespace, name)
+        changes = sel or c.selected
         if req is not None:
             assert req.own is not None
-            await _own_write(world, ref, req, _combined(req.own.mutate, mutate),
-                             changes=sel or c.selected)
+            writes.append((changes, functools.partial(
+                _own_write, world, ref, req, _combined(req.own.mutate, mutate),
+                changes=changes)))
             continue
         if mutate is None or mutate(memos[name].obj) is None:
             continue  # already as desired in the snapshot: no write (fast re-apply)
-        try:
-            await world.store.update_status(ref, mutate)
-        except StoreError as exc:
-            if sel or c.selected:
-                # Releasing or acquiring failed: stop before a second winner.  The
-                # leader's pass reports it (if its request is not served yet, else the
-                # first one not served); the others are decided again in the next run.
-                victim = leader if leader.taken and not leader.done else next(
-                    (q for q in batch if not q.done), None)
-                if victim is not None:
-                    victim.fail(exc)
-                raise _Stop from exc
-            # A loser's Selected=False condition only: the selection itself holds.
-            log.warning("could not write the Selected condition of %s/%s: %s",
-                        namespace, c.name, exc)
-            if idx is not None:
-                idx.unsettled.add(name)
+        writes.append((changes, functools.partial(
+            _selected_write, world, ref, mutate, changes, batch, leader, idx)))
+    await _write_all(writes, _write_limit(world.store))
     for r in batch:
         if not r.done:
             r.finish()
@@ -686,6 +677,90 @@ async def _own_write(world: Any, ref: ObjectRef, r: _Request,
             r.fail(exc)
             return
     r.finish(written)
+
+
+async def _selected_write(world: Any, ref: ObjectRef,
+                          mutate: Callable[[StoredObject], StatusWrite | None], changes: bool,
+                          batch: list[_Request], leader: _Request,
+                          idx: _Index | None) -> None:
+    """The Selected condition of a relay with no verdict in this run."""
+    try:
+        await world.store.update_status(ref, mutate)
+    except StoreError as exc:
+        if changes:
+            # Releasing or acquiring failed: stop before a second winner.  The leader's
+            # pass reports it (if its request is not served yet, else the first one not
+            # served); the others are decided again in the next run.
+            victim = leader if leader.taken and not leader.done else next(
+                (q for q in batch if not q.done), None)
+            if victim is not None:
+                victim.fail(exc)
+            raise _Stop from exc
+        # A loser's Selected=False condition only: the selection itself holds.
+        log.warning("could not write the Selected condition of %s/%s: %s",
+                    ref.namespace, ref.name, exc)
+        if idx is not None:
+            idx.unsettled.add(ref.name)
+
+
+def _write_limit(store: Any) -> int:
+    """How many status writes a selection run may have in flight at once: the store's
+    ``concurrent_writes`` (a store whose writes wait for a server declares it), else 1."""
+    limit = getattr(store, "concurrent_writes", 1)
+    return limit if isinstance(limit, int) and limit > 1 else 1
+
+
+async def _write_all(writes: list[tuple[bool, Callable[[], Awaitable[None]]]],
+                     limit: int) -> None:
+    """Make a run's writes: ``(changes, write)`` in order, ``changes`` when the write
+    changes who is selected (a release, the winner's acquire).
+
+    With ``limit`` 1 one after another, as listed.  Otherwise the writes that change who
+    is selected still go one after another in their order (every release is stored before
+    the winner is written: never two selected), while the others - verdicts and Selected
+    conditions of relays that neither hold nor take selection - go alongside, up to
+    ``limit - 1`` at once: a batch of N standby verdicts costs about N / (limit - 1)
+    round trips instead of N.  A failed release or acquire (:class:`_Stop`) starts no
+    further write (those in flight finish; the requests not served go back to the queue);
+    a cancelled run cancels the writes in flight, like the one it was waiting for."""
+    if limit <= 1:
+        for _, write in writes:
+            await write()
+        return
+    chain = [w for changes, w in writes if changes]
+    free = iter([w for changes, w in writes if not changes])
+    halted: list[BaseException] = []
+
+    async def drain() -> None:
+        for write in free:
+            if halted:
+                return
+            try:
+                await write()
+            except Exception as exc:  # noqa: BLE001 - re-raised by the run (as in order)
+                halted.append(exc)
+                return
+
+    n = min(limit - 1, len(writes) - len(chain))
+    lanes = [asyncio.create_task(drain()) for _ in range(n)]
+    try:
+        for write in chain:
+            if halted:
+                break
+            await write()
+    except _Stop as exc:
+        halted.append(exc)  # no further write; the ones in flight finish
+    except BaseException:
+        halted.append(asyncio.CancelledError())
+        for lane in lanes:
+            lane.cancel()
+        if lanes:
+            await asyncio.wait(lanes)
+        raise
+    if lanes:
+        await asyncio.gather(*lanes)  # cancelled with the run if it is
+    if halted:
+        raise halted[0]
 
 
 async def _emit_selection_events(world: Any, namespace: str, cands: dict[str, Candidate],

@@ -152,6 +152,12 @@ class KubeStore:
     #: (engine/selection.py keeps its view of a namespace with :meth:`changes_since`).
     shares_objects = True
 
+    #: Status writes a selection run may have in flight at once (engine/selection.py:
+    #: the verdicts and Selected conditions that do not change who is selected go
+    #: alongside each other; each write waits for the API server).  Half of the client's
+    #: connection pool: the passes keep the rest.
+    concurrent_writes = 16
+
     # --- cache maintenance (driven by the operator's watches) ---------------------------
     @staticmethod
     def _key(ref: ObjectRef) -> Key:

@@ -52,7 +52,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -334,6 +334,9 @@ class _Batch:
     timer: asyncio.TimerHandle | None = None
     failed: StoreError | None = None
     ended: bool = False  # the store was closed
+    # Resources whose events a unit of this batch trimmed: durable at the next COMMIT;
+    # if that fails (or SQLite rolls the batch back), they are to be trimmed again.
+    trimmed: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 def _filter(kind: str | None, namespace: str | None) -> tuple[str, list[Any]]:
@@ -565,6 +568,7 @@ class LocalStore:
                 # commit after them (not a prefix any more), as after a failed COMMIT.
                 batch.failed = _damaged(self.path, exc)
                 self._epoch = object()  # the journal names writes that were rolled back
+                self._trims_lost(batch)
                 raise
             db.execute("ROLLBACK TO unit")
             db.execute("RELEASE unit")
@@ -587,12 +591,20 @@ class LocalStore:
         except sqlite3.DatabaseError as exc:
             batch.failed = _damaged(self.path, exc)
             self._epoch = object()  # the journal names writes that were rolled back
+            self._trims_lost(batch)
             with contextlib.suppress(sqlite3.DatabaseError):
                 self._db.execute("ROLLBACK")
             if not quiet:
                 raise batch.failed from None
             return
+        batch.trimmed.clear()
         self.write_transactions += 1
+
+    def _trims_lost(self, batch: _Batch) -> None:
+        """The batch's event trims were rolled back: their resources are trimmed again at
+        the next trim."""
+        self._events_touched |= batch.trimmed
+        batch.trimmed.clear()
 
     def lock(self, timeout: float) -> None:
         """Take the exclusive apply lock, waiting up to ``timeout`` seconds."""
@@ -975,26 +987,35 @@ class LocalStore:
     @_guarded
     def record_event_sync(self, event: Event) -> None:
         r = event.ref
+        key = (r.kind, r.namespace, r.name)
+        # Trimmed now and then, not on every insert: every EVENTS_TRIM_EVERY events, the
+        # resources they name keep their EVENTS_KEEP newest (one index range each).  Not the
+        # whole table (a window over every event: O(events) per trim, which made a first
+        # apply of 10,000 quadratic); a resource this process names no more keeps at most
+        # EVENTS_TRIM_EVERY - 1 beyond EVENTS_KEEP until one does.
+        trim = self._events_since_trim + 1 >= EVENTS_TRIM_EVERY
+        touched = self._events_touched | {key} if trim else self._events_touched
         with self._tx() as db:
             db.execute(
                 "INSERT INTO events (kind, namespace, name, at, type, reason, message) "
                 "VALUES (?,?,?,?,?,?,?)",
                 (r.kind, r.namespace, r.name, event.at, event.type, event.reason,
                  event.message))
-            # Trimmed now and then, not on every insert: every EVENTS_TRIM_EVERY events,
-            # the resources they name keep their EVENTS_KEEP newest (one index range each).
-            # Not the whole table (a window over every event: O(events) per trim, which
-            # made a first apply of 10,000 quadratic); a resource this process names no
-            # more keeps at most EVENTS_TRIM_EVERY - 1 beyond EVENTS_KEEP until one does.
-            self._events_touched.add((r.kind, r.namespace, r.name))
-            self._events_since_trim += 1
-            if self._events_since_trim >= EVENTS_TRIM_EVERY:
-                touched, self._events_touched = self._events_touched, set()
-                self._events_since_trim = 0
+            if trim:
                 db.executemany(
                     "DELETE FROM events WHERE kind=?1 AND namespace=?2 AND name=?3 AND id < "
                     "(SELECT id FROM events WHERE kind=?1 AND namespace=?2 AND name=?3 "
                     "ORDER BY id DESC LIMIT 1 OFFSET ?4)",
-                    [(*key, EVENTS_KEEP - 1) for key in sorted(touched)])
+                    [(*k, EVENTS_KEEP - 1) for k in sorted(touched)])
+        # Only once the unit is written: a unit that rolled back (its trim with it) leaves
+        # its resources to the next trim (tests/test_store_events_trim.py).
+        if not trim:
+            touched.add(key)
+            self._events_since_trim += 1
+            return
+        self._events_touched = set()
+        self._events_since_trim = 0
+        if self._batch is not None and self._db.in_transaction:
+            self._batch.trimmed |= touched  # durable at the batch's commit (_Batch.trimmed)
 
 

@@ -15,7 +15,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,10 +56,12 @@ log = logging.getLogger("smtpctl.operator")
 
 
 def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetrics,
-                sources: SecretSource) -> tuple[BasicWorld, Any, ProbePool | None]:
-    """The engine's world; also the OAuth token manager and the probe worker pool (None
-    with ``--probe-workers 0``; its workers start at the first test that can use them,
-    ``world.aclose()`` stops them)."""
+                sources: SecretSource) -> tuple[BasicWorld, Callable[[], Any],
+                                                 ProbePool | None]:
+    """The engine's world; also the OAuth token manager's getter (the manager, and the
+    OAuth stack's imports - httpx, authlib: ~0.16 s - only when a resource needs a
+    token) and the probe worker pool (None with ``--probe-workers 0``; its workers start
+    at the first test that can use them, ``world.aclose()`` stops them)."""
     live = live_functions(sources, allow_loopback=config.allow_loopback, egress=config.egress)
     probe_fn, pool = live.probe_fn, None
     if config.probe_workers > 0:
@@ -86,7 +88,7 @@ def build_world(store: KubeStore, config: OperatorConfig, metrics: OperatorMetri
                        limits=Limits(config.concurrency, config.per_host, fair=True),
                        announce_testing=config.announce_testing,
                        close_fn=pool.aclose if pool is not None else None)
-    return world, live.tokens, pool
+    return world, live.token_manager, pool
 
 
 @dataclass
@@ -123,9 +125,10 @@ def build(config: OperatorConfig, metrics: OperatorMetrics, creds: Credentials, 
         if body is None:
             raise CredentialError("OAuth2ProviderNotFound", f"OAuth2Provider {name!r} not found")
         provider = OAuth2Provider.model_validate(to_stored(body).manifest)
-        token: Secret = await tokens.token(provider)
+        manager = tokens()
+        token: Secret = await manager.token(provider)
         metrics.token_fetches.labels("ok").inc()
-        return token, tokens.expires_in(provider), tokens.provider_version(provider)
+        return token, manager.expires_in(provider), manager.provider_version(provider)
 
     publisher = Publisher(api, store, sources, name=config.publish_secret, token_fn=token_fn,
                           on_write=lambda op: metrics.published.labels(op).inc())
