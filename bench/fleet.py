@@ -905,7 +905,8 @@ def machine() -> list[str]:
 ROUND_HEADER = (
     "| N | round | probe workers | raw tests/s before / after (clients) | relay busy raw | "
     "first apply s | "
-    "apply tests/s | **ratio apply:raw** | bound peer tests/s (clients; first test s) | "
+    "apply tests/s | **ratio apply:raw** | bound peer tests/s (clients; first test s; "
+    "CPU ms/test) | "
     "**cold:raw** | **apply:cold** | idle projection | apply CPU ms/resource "
     "(main) | raw client CPU ms/test | relay CPU ms/test raw / apply | relay busy apply | "
     "write tx/resource | peak RSS first | second apply s (CPU s) | tests in second | "
@@ -921,7 +922,8 @@ def round_row(r: Round, i: int) -> str:
               if s is not None else "- | - | -")
     after = f" / {r.raw_after.rate:.0f}" if r.raw_after is not None else ""
     c = r.cold
-    cold = (f"{r.cold_rate:.0f} ({c.workers}; {c.first_test or float('nan'):.2f}) | "
+    cold = (f"{r.cold_rate:.0f} ({c.workers}; {c.first_test or float('nan'):.2f}; "
+            f"{1000 * c.cpu / r.n:.2f}) | "
             f"**{r.cold_ratio:.2f}** | **{r.apply_cold:.2f}**"
             if c is not None and r.cold_rate and r.cold_ratio and r.apply_cold
             else "- | - | -")
@@ -946,7 +948,9 @@ def _cold_summary(rs: list[Round]) -> str:
             f"{max(cr):.2f}), **apply:cold** median {statistics.median(ac):.2f} (min "
             f"{min(ac):.2f}, max {max(ac):.2f})"
             + (f", its first test {statistics.median(first):.2f} s after its spawn"
-               if first else ""))
+               if first else "")
+            + f", its CPU {statistics.median(1000 * r.cold.cpu / r.n for r in cold if r.cold):.2f}"
+            " ms/test (main process and client)")
 
 
 def _lstsq2(xs: list[tuple[float, float]], ys: list[float]) -> tuple[float, float, float]:
