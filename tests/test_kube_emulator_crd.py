@@ -262,3 +262,47 @@ def test_deleting_a_crd_deletes_its_objects_honouring_finalizers() -> None:
         assert r.status_code == 200, r.text
         assert httpx.get(f"{base}/widgets.test.example.dev").status_code == 404
         assert httpx.get(objs).status_code == 404  # the kind is no longer served
+
+
+def test_a_crd_keeps_its_cleanup_finalizer_through_updates() -> None:
+    """apiextensions-apiserver validates a CRD's metadata with apimachinery's generic
+    ValidateObjectMeta (no "fully qualified" finalizer rule): updating a CRD that carries its
+    own ``customresourcecleanup.apiextensions.k8s.io`` finalizer (``kubectl apply`` of a
+    changed CRD) succeeds. Custom resources get a warning, not an error, for a finalizer
+    without a ``/`` (pkg/registry/customresource/validator.go); built-in kinds still refuse
+    it (tests/test_kube_emulator_validation.py). Both were 422 before."""
+    import httpx
+
+    from tests.support.kube_emulator import CRD_CLEANUP, EmulatorThread
+
+    good = crd({"type": "object", "properties": {"size": {"type": "integer"}}})
+    with EmulatorThread(lenient=True) as kube:
+        base = f"{kube.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        assert httpx.post(base, json=good).status_code == 201
+        live = httpx.get(f"{base}/widgets.test.example.dev").json()
+        assert CRD_CLEANUP in live["metadata"]["finalizers"]
+        changed = copy.deepcopy(live)
+        props = changed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+        props["spec"]["properties"]["colour"] = {"type": "string"}
+        r = httpx.put(f"{base}/widgets.test.example.dev", json=changed)
+        assert r.status_code == 200, r.text
+        assert r.json()["metadata"]["finalizers"] == live["metadata"]["finalizers"]
+        r = httpx.patch(f"{base}/widgets.test.example.dev",
+                        json={"metadata": {"labels": {"app": "smtpctl"}}},
+                        headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 200, r.text
+        objs = f"{kube.url}/apis/test.example.dev/v1/namespaces/default/widgets"
+        r = httpx.post(objs, json={"apiVersion": "test.example.dev/v1", "kind": "Widget",
+                                   "metadata": {"name": "w", "finalizers": ["hold"]},
+                                   "spec": {"size": 1, "colour": "red"}})
+        assert r.status_code == 201, r.text
+        assert r.json()["spec"]["colour"] == "red"  # the updated schema is in force
+        assert ('metadata.finalizers[0]: \\"hold\\": prefer a domain-qualified finalizer name'
+                in r.headers["Warning"])
+        r = httpx.patch(f"{objs}/w", json={"metadata": {"labels": {"a": "b"}}},
+                        headers={"Content-Type": "application/merge-patch+json"})
+        assert r.status_code == 200 and "Warning" not in r.headers  # not a new finalizer
+        r = httpx.post(objs, json={"apiVersion": "test.example.dev/v1", "kind": "Widget",
+                                   "metadata": {"name": "bad", "finalizers": ["a b"]},
+                                   "spec": {"size": 1}})
+        assert r.status_code == 422  # still a qualified name

@@ -1068,7 +1068,10 @@ class KubeEmulator(KubernetesEmulator):
             obj = _drop_nulls(obj)  # a null decodes to Go's zero value: omitted
             causes = kube_validation.validate_builtin(kind.group, kind.kind, obj, old)
             if old is not None:
-                causes = kube_validation.validate_common(obj.get("metadata") or {}) + causes
+                causes = kube_validation.validate_common(
+                    obj.get("metadata") or {},
+                    kube_validation.uses_kube_finalizer_rule(kind.group, custom=False)
+                ) + causes
             if causes:
                 raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
             return obj
@@ -1076,9 +1079,12 @@ class KubeEmulator(KubernetesEmulator):
         self._unknown_fields(kind, unknown, ctx)
         causes = kind.schema.validate(obj, old)
         if old is not None:
-            causes = kube_validation.validate_common(obj.get("metadata") or {}) + causes
+            causes = kube_validation.validate_common(obj.get("metadata") or {},
+                                                     kube_finalizers=False) + causes
         if causes:
             raise self._invalid(kind, obj["metadata"].get("name", ""), causes)
+        ctx.warnings += kube_validation.finalizer_warnings(
+            obj.get("metadata") or {}, None if old is None else old.get("metadata"))
         return obj
 
     @staticmethod
@@ -1211,7 +1217,9 @@ class KubeEmulator(KubernetesEmulator):
                                                               _random_suffix)
                 if (meta.get("namespace", ""), meta["name"]) not in self._data[kind.key]:
                     break
-        causes = kube_validation.validate_metadata(kind.group, kind.kind, kind.namespaced, obj)
+        causes = kube_validation.validate_metadata(
+            kind.group, kind.kind, kind.namespaced, obj,
+            kube_validation.uses_kube_finalizer_rule(kind.group, custom=kind.schema is not None))
         if causes:
             raise self._invalid(kind, str(meta.get("name") or ""), causes)
         key = (meta.get("namespace", ""), meta["name"])

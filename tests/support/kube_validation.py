@@ -182,9 +182,10 @@ def _mask_trailing_dash(name: str) -> str:
     return name[:-1] + "a" if len(name) > 1 and name.endswith("-") else name
 
 
-def validate_metadata(group: str, kind: str, namespaced: bool, obj: Mapping[str, Any]
-                      ) -> list[Cause]:
-    """``ValidateObjectMetaAccessor`` with the kind's name rule (a created object)."""
+def validate_metadata(group: str, kind: str, namespaced: bool, obj: Mapping[str, Any],
+                      kube_finalizers: bool = True) -> list[Cause]:
+    """``ValidateObjectMetaAccessor`` with the kind's name rule (a created object);
+    ``kube_finalizers``: see :func:`validate_common`."""
     meta = obj.get("metadata") or {}
     causes: list[Cause] = []
     rule = name_rule(group, kind)
@@ -205,11 +206,33 @@ def validate_metadata(group: str, kind: str, namespaced: bool, obj: Mapping[str,
             causes.append(required("metadata.namespace"))
         else:
             causes += [invalid("metadata.namespace", ns, m) for m in is_dns1123_label(str(ns))]
-    return causes + validate_common(meta)
+    return causes + validate_common(meta, kube_finalizers)
 
 
-def validate_common(meta: Mapping[str, Any]) -> list[Cause]:
-    """Labels, annotations, finalizers and ownerReferences (create and update)."""
+def uses_kube_finalizer_rule(group: str, custom: bool) -> bool:
+    """Whether a finalizer must be fully qualified (contain a ``/``) unless standard: the
+    built-in kinds validate their metadata with ``pkg/apis/core/validation``, which adds
+    ``validateKubeFinalizerName`` as an error; CustomResourceDefinitions use apimachinery's
+    generic ``ValidateObjectMeta`` (their own ``customresourcecleanup.apiextensions.k8s.io``
+    has no ``/``), and custom resources only get a warning (:func:`finalizer_warnings`)."""
+    return not custom and group != "apiextensions.k8s.io"
+
+
+def finalizer_warnings(meta: Mapping[str, Any],
+                       old: Mapping[str, Any] | None = None) -> list[str]:
+    """apiextensions-apiserver's warnings for a custom resource's finalizers that are
+    neither standard nor fully qualified (on create, and for those an update adds)."""
+    before = set((old or {}).get("finalizers") or [])
+    return [f'metadata.finalizers[{i}]: "{f}": prefer a domain-qualified finalizer name to '
+            "avoid accidental conflicts with other finalizer writers"
+            for i, f in enumerate(meta.get("finalizers") or [])
+            if "/" not in str(f) and f not in STANDARD_FINALIZERS and f not in before]
+
+
+def validate_common(meta: Mapping[str, Any], kube_finalizers: bool = True) -> list[Cause]:
+    """Labels, annotations, finalizers and ownerReferences (create and update).
+    ``kube_finalizers``: a finalizer must also be fully qualified unless standard
+    (:func:`uses_kube_finalizer_rule`)."""
     causes: list[Cause] = []
     for k, v in (meta.get("labels") or {}).items():
         causes += [invalid("metadata.labels", k, m) for m in is_qualified_name(str(k))]
@@ -223,7 +246,8 @@ def validate_common(meta: Mapping[str, Any]) -> list[Cause]:
     for f in meta.get("finalizers") or []:
         msgs = is_qualified_name(str(f))
         causes += [invalid("metadata.finalizers", f, m) for m in msgs]
-        if not msgs and "/" not in str(f) and f not in STANDARD_FINALIZERS:
+        if kube_finalizers and not msgs and "/" not in str(f) \
+                and f not in STANDARD_FINALIZERS:
             causes.append(invalid("metadata.finalizers", f, "name is neither a standard "
                                   "finalizer name nor is it fully qualified"))
     for i, ref in enumerate(meta.get("ownerReferences") or []):
