@@ -591,11 +591,37 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
         cmd = ["py-spy", "record", "--subprocesses", "--rate", "200", "--format", "raw",
                "--output", str(profile), "--", *cmd]
         cmd[0] = str(Path(sys.executable).with_name("py-spy"))
+    run = spawn_measured(cmd, relay, env, "apply")
+    data = json.loads(stats.read_text()) if stats.exists() else {}
+    return ApplyResult(
+        code=0, wall=run.wall, cpu=run.usage.ru_utime + run.usage.ru_stime,
+        self_cpu=data.get("self_cpu"), maxrss_kib=int(run.usage.ru_maxrss),
+        tests=run.tests, write_transactions=data.get("write_transactions"),
+        relay_cpu=run.relay_cpu, load=(run.load0, load()))
+
+
+@dataclass
+class Spawned:
+    """One spawned child timed from ``Popen`` to its exit (``spawn_measured``)."""
+
+    wall: float
+    usage: resource.struct_rusage  # the child and its reaped children (wait4)
+    tests: int  # connections the relay accepted meanwhile
+    relay_cpu: float
+    load0: float
+
+
+def spawn_measured(cmd: list[str], relay: RelayInfo, env: dict[str, str],
+                   what: str) -> Spawned:
+    """Run ``cmd`` (the apply or the bound peer) to its exit: wall time from ``Popen``,
+    its CPU (``wait4``), the relay's CPU and connections meanwhile.  ``FLEET_SPAWNED`` is
+    the phases' zero for ``--timeline``.  Raises with the tail of its stderr unless it
+    exits 0."""
     c0 = relay.connections
     load0 = load()
     cpu0 = tree_cpu(relay.pids())
     t0 = time.perf_counter()
-    env = dict(env, FLEET_SPAWNED=repr(time.monotonic()))  # --timeline: the phases' zero
+    env = dict(env, FLEET_SPAWNED=repr(time.monotonic()))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert proc.stderr is not None
     err = proc.stderr.read()
@@ -606,13 +632,9 @@ def run_apply(relay: RelayInfo, fleet: Path, state: Path, env: dict[str, str],
     proc.returncode = code
     if code != 0:
         tail = err.decode("utf-8", "replace").strip().splitlines()[-15:]
-        raise RuntimeError(f"apply exited {code}:\n" + "\n".join(tail))
-    data = json.loads(stats.read_text()) if stats.exists() else {}
-    return ApplyResult(
-        code=code, wall=wall, cpu=usage.ru_utime + usage.ru_stime,
-        self_cpu=data.get("self_cpu"), maxrss_kib=int(usage.ru_maxrss),
-        tests=relay.connections - c0, write_transactions=data.get("write_transactions"),
-        relay_cpu=relay_cpu, load=(load0, load()))
+        raise RuntimeError(f"{what} exited {code}:\n" + "\n".join(tail))
+    return Spawned(wall=wall, usage=usage, tests=relay.connections - c0,
+                   relay_cpu=relay_cpu, load0=load0)
 
 
 @dataclass
@@ -640,27 +662,12 @@ def run_cold(relay: RelayInfo, fleet: Path, env: dict[str, str], concurrency: in
     fleet was tested once and passed."""
     cmd = [sys.executable, "-P", str(SPAWNED), "cold", str(stats), str(fleet),
            "--workers", str(workers), "--concurrency", str(concurrency)]
-    c0 = relay.connections
-    load0 = load()
-    cpu0 = tree_cpu(relay.pids())
-    t0 = time.perf_counter()
-    env = dict(env, FLEET_SPAWNED=repr(time.monotonic()))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    relay_cpu = tree_cpu(relay.pids()) - cpu0
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
-    if code != 0:
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-15:]
-        raise RuntimeError(f"the bound peer exited {code}:\n" + "\n".join(tail))
+    run = spawn_measured(cmd, relay, env, "the bound peer")
     data = json.loads(stats.read_text())
-    return ColdResult(wall=wall, cpu=usage.ru_utime + usage.ru_stime,
-                      self_cpu=float(data["self_cpu"]), tests=relay.connections - c0,
-                      relay_cpu=relay_cpu, workers=workers, phases=data["phases"],
-                      first_test=data.get("first_test"), load=(load0, load()))
+    return ColdResult(wall=run.wall, cpu=run.usage.ru_utime + run.usage.ru_stime,
+                      self_cpu=float(data["self_cpu"]), tests=run.tests,
+                      relay_cpu=run.relay_cpu, workers=workers, phases=data["phases"],
+                      first_test=data.get("first_test"), load=(run.load0, load()))
 
 
 def is_requested(i: int, fraction: float) -> bool:

@@ -19,6 +19,7 @@ from reconciler.runtimes.local import apply_manifests, build_world
 from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, StoreError
 from reconciler.stores.local import LocalStore
 from tests.support.engine_env import Env, cond, e2e_fixture  # noqa: F401
+from tests.support.store_faults import FailingCommit
 
 REF = ObjectRef("ExternalSmtp", "default", "a")
 
@@ -139,23 +140,6 @@ def test_a_status_write_whose_update_fails_is_undone_alone(tmp_path: Path) -> No
         assert _committed_status(tmp_path / "s", "b") == {"m": 2}
 
 
-class _FailingCommit:
-    """A connection whose next COMMIT fails as a full disk would make it fail."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.fail = True
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if self.fail and sql == "COMMIT":
-            self.fail = False
-            raise sqlite3.OperationalError("database or disk is full")
-        return self._db.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
 def test_after_a_failed_commit_nothing_later_commits(tmp_path: Path) -> None:
     # A test record lost with a failed commit must not be followed by a committed status
     # that claims its result: every later unit of the block fails, and so does the block.
@@ -164,7 +148,7 @@ def test_after_a_failed_commit_nothing_later_commits(tmp_path: Path) -> None:
         real = store._db
         with pytest.raises(StoreError, match="cannot be used"), \
                 store.batched(max_delay=3600, max_units=2):
-            store._db = _FailingCommit(real)  # type: ignore[assignment]
+            store._db = FailingCommit(real)  # type: ignore[assignment]
             store.update_status_sync(REF, _set("n", 1))
             with pytest.raises(StoreError):
                 store.update_status_sync(REF, _set("n", 2))  # its commit fails

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from reconciler.stores import local as local_mod
 from reconciler.stores.base import Event, ObjectRef, StoreError
 from reconciler.stores.local import LocalStore
+from tests.support.store_faults import FailingCommit
 
 
 def _doc(name: str) -> dict[str, object]:
@@ -104,23 +104,6 @@ def test_a_trim_that_rolled_back_is_done_at_the_next_trim(tmp_path: Path) -> Non
         assert _ats(store, a) == [f"a{j:04d}" for j in range(every - 1)][-keep:]
 
 
-class _FailingCommit:
-    """A connection whose next COMMIT fails as a full disk would make it fail."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.fail = True
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if self.fail and sql == "COMMIT":
-            self.fail = False
-            raise sqlite3.OperationalError("database or disk is full")
-        return self._db.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
 def test_a_trim_lost_with_a_failed_group_commit_is_done_later(tmp_path: Path) -> None:
     # Inside a group commit the trim is durable only at the batch's COMMIT: when that
     # fails, the resources it trimmed must be trimmed again later (before the fix they
@@ -134,7 +117,7 @@ def test_a_trim_lost_with_a_failed_group_commit_is_done_later(tmp_path: Path) ->
         real = store._db
         with pytest.raises(StoreError), store.batched(max_delay=3600, max_units=1000):
             store.record_event_sync(Event(a, "Normal", "X", "m", "a-lost"))  # trims a
-            store._db = _FailingCommit(real)  # type: ignore[assignment]
+            store._db = FailingCommit(real)  # type: ignore[assignment]
             store.flush()
         store._db = real
         assert _count(state, "a") == every - 1  # the batch (its event, its trim) is lost
