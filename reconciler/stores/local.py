@@ -994,7 +994,7 @@ class LocalStore:
         # apply of 10,000 quadratic); a resource this process names no more keeps at most
         # EVENTS_TRIM_EVERY - 1 beyond EVENTS_KEEP until one does.
         trim = self._events_since_trim + 1 >= EVENTS_TRIM_EVERY
-        touched = self._events_touched | {key} if trim else self._events_touched
+        touched = self._events_touched | {key} if trim else set()  # what this unit trims
         with self._tx() as db:
             db.execute(
                 "INSERT INTO events (kind, namespace, name, at, type, reason, message) "
@@ -1010,7 +1010,7 @@ class LocalStore:
         # Only once the unit is written: a unit that rolled back (its trim with it) leaves
         # its resources to the next trim (tests/test_store_events_trim.py).
         if not trim:
-            touched.add(key)
+            self._events_touched.add(key)
             self._events_since_trim += 1
             return
         self._events_touched = set()
