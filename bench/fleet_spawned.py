@@ -308,13 +308,16 @@ def cold_peer(stats_path: str, argv: list[str]) -> int:
 
 
 def cold_worker() -> None:
-    """A client process of the bound peer: imports the probe (as an apply's probe worker
-    does, with the same GC tuning), then waits for its tests on stdin: ``(tests, inflight)``
-    (EOF first: exit quietly); runs them, ``inflight`` at a time; writes a summary to
-    stdout."""
+    """A client process of the bound peer: imports the probe and its SMTP stack (as an
+    apply's probe worker does, with the same GC tuning), then waits for its tests on
+    stdin: ``(tests, inflight)`` (EOF first: exit quietly); runs them, ``inflight`` at a
+    time; writes a summary to stdout."""
     import asyncio
     import pickle
 
+    # As apply's worker does: the test's own modules (aiosmtplib, tenacity) before the
+    # tests arrive, not at the first test (reconciler.probe.run_probe imports them lazily).
+    import reconciler.probe.runner  # noqa: F401 - see above
     from reconciler.gctune import tune_gc
     from reconciler.probe import run_probe
     from reconciler.probe.verdict import ProbeCredentials
@@ -364,6 +367,9 @@ if __name__ == "__main__":
     elif len(sys.argv) > 2 and sys.argv[1] == "cold":
         sys.exit(cold_peer(sys.argv[2], sys.argv[3:]))
     elif len(sys.argv) > 2 and sys.argv[1] == "apply":
-        sys.exit(child(sys.argv[2], sys.argv[3:]))
+        code = child(sys.argv[2], sys.argv[3:])
+        from reconciler.cli.main import exit_now
+
+        exit_now(code)  # as the console script (reconciler.cli.main.entry) ends
     else:
         sys.exit("usage: fleet_spawned.py apply|cold STATS ARGS... | cold-worker")
