@@ -368,8 +368,10 @@ if __name__ == "__main__":
         sys.exit(cold_peer(sys.argv[2], sys.argv[3:]))
     elif len(sys.argv) > 2 and sys.argv[1] == "apply":
         code = child(sys.argv[2], sys.argv[3:])
-        from reconciler.cli.main import exit_now
+        from reconciler.cli import main as cli_main
 
-        exit_now(code)  # as the console script (reconciler.cli.main.entry) ends
+        # As the console script (reconciler.cli.main.entry) ends; an older tree (an A/B
+        # against an earlier commit) has no exit_now and ends the way it did then.
+        getattr(cli_main, "exit_now", sys.exit)(code)
     else:
         sys.exit("usage: fleet_spawned.py apply|cold STATS ARGS... | cold-worker")

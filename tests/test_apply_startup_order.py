@@ -27,7 +27,7 @@ from reconciler.runtimes import probepool
 real = probepool.Prestarted.__init__
 heavy = ("pydantic", "reconciler.resources", "reconciler.engine.reconcile",
          "reconciler.engine.assess", "reconciler.credentials.sources",
-         "reconciler.stores.local", "sqlite3")
+         "reconciler.stores.local")  # not sqlite3: coverage imports it in subprocesses
 
 def init(self, count):
     print("AT_PRESTART", sorted(m for m in heavy if m in sys.modules), file=sys.stderr)
@@ -66,7 +66,7 @@ def test_a_changed_input_starts_workers_once_the_input_cache_missed(e2e: Env) ->
     changed = e2e.write("fleet.yaml", *(e2e.smtp(f"r{i}", selected=i == 0) for i in range(4)))
     out = _apply(e2e, changed)
     assert out.returncode == 0, out.stderr
-    assert out.stderr.count("AT_PRESTART ['reconciler.stores.local', 'sqlite3']") == 1, \
+    assert out.stderr.count("AT_PRESTART ['reconciler.stores.local']") == 1, \
         out.stderr
     assert "4 resources: 1 created, 3 unchanged; 1 tested" in out.stdout, out.stdout
 
