@@ -128,3 +128,47 @@ def test_a_trimming_event_whose_trim_fails_is_undone_whole(tmp_path: Path) -> No
         rows = _committed(tmp_path / "s", "SELECT message FROM events ORDER BY id")
         assert [m for (m,) in rows] == [f"e{i}" for i in range(EVENTS_TRIM_EVERY - 1)]
         assert _status(tmp_path / "s", "b") == {"n": 1}
+
+
+def _other_process_writes(state: Path, sql: str, *args: Any) -> None:
+    db = sqlite3.connect(state / "state.db")
+    try:
+        db.execute(sql, args)
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_a_status_write_mutates_the_row_as_stored_when_another_process_changed_it(
+        tmp_path: Path) -> None:
+    """Inside ``remember()`` a status write mutates the object the store remembers and
+    writes it only if the row still has that version; when another process changed the
+    row meanwhile, the mutator runs again on the row as stored (its change is kept, not
+    overwritten with the remembered status), and a row deleted meanwhile is not written."""
+    seen: list[dict[str, Any]] = []
+
+    def add_m(cur: StoredObject) -> StatusWrite:
+        seen.append(dict(cur.status))
+        return StatusWrite(status={**cur.status, "m": 2}, memo=cur.memo)
+
+    state = tmp_path / "s"
+    with LocalStore(state) as store, store.remember():
+        store.upsert_many([_manifest("a"), _manifest("b")])
+        first = store.update_status_sync(A, _set("n", 1))
+        assert first is not None
+        _other_process_writes(state, "UPDATE resources SET status=?, version=version+1 "
+                                     "WHERE name='a'", json.dumps({"other": 1}))
+        written = store.update_status_sync(A, add_m)
+        assert written is not None and written.status == {"other": 1, "m": 2}
+        assert seen[-1] == {"other": 1}  # the last call saw the row as stored
+        assert int(written.version) == int(first.version) + 2
+        assert _status(state, "a") == {"other": 1, "m": 2}
+        # unchanged since: one call, on the remembered object
+        seen.clear()
+        again = store.update_status_sync(A, _set("k", 3))
+        assert again is not None and again.status == {"other": 1, "m": 2, "k": 3}
+        # deleted by another process: nothing written, None
+        store.update_status_sync(B, _set("n", 1))
+        _other_process_writes(state, "DELETE FROM resources WHERE name='b'")
+        assert store.update_status_sync(B, _set("x", 1)) is None
+        assert _committed(state, "SELECT name FROM resources ORDER BY name") == [("a",)]

@@ -977,18 +977,33 @@ class LocalStore:
 
     @_guarded
     def update_status_sync(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
-        with self._tx(one_statement=True):  # reads, then one UPDATE
-            cur = self._current(ref)
-            if cur is None:
-                return None
-            write = mutate(cur)
-            if write is None:
-                return cur
-            self._db.execute(
-                "UPDATE resources SET status=?, memo=?, version=version+1 "
-                "WHERE kind=? AND namespace=? AND name=?",
-                (_dumps(write.status), _dumps(write.memo.to_json()) if write.memo else None,
-                 ref.kind, ref.namespace, ref.name))
+        with self._tx(one_statement=True):  # reads, then one UPDATE that writes
+            # Inside remember(): the object as this store last wrote or read it is mutated
+            # and written only if the row still has its version (one statement instead of
+            # a SELECT of the version, then the UPDATE); a row changed since (or gone) is
+            # read and mutated again, as outside remember() (mutators are pure).
+            known = self._known.get(_key(ref)) if self._known is not None else None
+            write = mutate(known) if known is not None else None
+            if write is not None and known is not None and self._db.execute(
+                    "UPDATE resources SET status=?, memo=?, version=version+1 "
+                    "WHERE kind=? AND namespace=? AND name=? AND version=?",
+                    (_dumps(write.status), _dumps(write.memo.to_json()) if write.memo else None,
+                     ref.kind, ref.namespace, ref.name, int(known.version))).rowcount == 1:
+                cur: StoredObject = known
+            else:
+                now = self._current(ref)
+                if now is None:
+                    return None
+                if now is not known:
+                    write = mutate(now)
+                cur = now
+                if write is None:
+                    return now
+                self._db.execute(
+                    "UPDATE resources SET status=?, memo=?, version=version+1 "
+                    "WHERE kind=? AND namespace=? AND name=?",
+                    (_dumps(write.status), _dumps(write.memo.to_json()) if write.memo else None,
+                     ref.kind, ref.namespace, ref.name))
         obj = StoredObject(ref=cur.ref, manifest=cur.manifest, generation=cur.generation,
                            created_at=cur.created_at, status=write.status, memo=write.memo,
                            version=str(int(cur.version) + 1), uid=cur.uid)
@@ -1037,11 +1052,13 @@ class LocalStore:
                 "record) VALUES (?,?,?,?,?,?,?,?)",
                 (r.kind, r.namespace, r.name, record.generation, record.at,
                  int(record.passed), record.reason, _dumps(record.to_json())))
+            # The HISTORY_KEEP newest stay: everything up to the next older one goes (one
+            # index seek; nothing when there are fewer - the subquery is NULL).
             db.execute(
-                "DELETE FROM tests WHERE kind=? AND namespace=? AND name=? AND id NOT IN "
-                "(SELECT id FROM tests WHERE kind=? AND namespace=? AND name=? "
-                "ORDER BY id DESC LIMIT ?)",
-                (r.kind, r.namespace, r.name, r.kind, r.namespace, r.name, HISTORY_KEEP))
+                "DELETE FROM tests WHERE kind=?1 AND namespace=?2 AND name=?3 AND id <= "
+                "(SELECT id FROM tests WHERE kind=?1 AND namespace=?2 AND name=?3 "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?4)",
+                (r.kind, r.namespace, r.name, HISTORY_KEEP))
 
     async def record_event(self, event: Event) -> None:
         self.record_event_sync(event)
