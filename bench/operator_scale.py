@@ -291,8 +291,9 @@ def raw_capacity(relay: Relay, count: int, concurrency: int) -> dict[str, Any]:
     """Tests/s the relay sustains (perf's peer, ``fleet.raw_capacity``: several client
     processes so no single client's CPU is the limit, the operator's concurrency in flight);
     the relay's CPU share is reported too (near 1.0 = the relay process is the limit)."""
-    r = fleet_raw_capacity(relay, count, concurrency=concurrency)
+    r = fleet_raw_capacity(relay, count, concurrency=concurrency, event_loop=RAW_EVENT_LOOP)
     return {"tests": r.tests, "processes": r.processes, "concurrency": concurrency,
+            "event_loop": RAW_EVENT_LOOP,
             "tests_per_second": round(r.rate, 1),
             "relay_cpu_share": round(r.relay_cpu / r.wall, 2),
             "relay_cpu_ms_per_test": round(r.relay_cpu * 1000 / r.tests, 2),
@@ -418,6 +419,10 @@ def children(pid: int) -> list[int]:
 # ``--kubeconfig`` (which also imports the kubernetes package's kubeconfig loader, ~0.08 s
 # of the operator's start-up that a pod does not pay).
 CREDENTIALS = "in-cluster"
+# The raw peer's client loop (``--raw-event-loop``): uvloop, as the operator's default loop
+# (``smtpctl operator --event-loop``), so both sides run the connection test on the same
+# loop; "asyncio" for runs comparable with records before uvloop.
+RAW_EVENT_LOOP = "uvloop"
 
 
 def operator_credentials(emu: Emulator, log: Path) -> tuple[list[str], dict[str, str]]:
@@ -1232,6 +1237,9 @@ def main() -> int:
                         default="in-cluster",
                         help="how the operator finds the API server: as in a pod (the "
                         "default: a ServiceAccount token and CA file) or --kubeconfig")
+    parser.add_argument("--raw-event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the raw peer's client loop (default uvloop, the operator's "
+                        "default; asyncio: as the records before uvloop)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the operator logs here (default: a temporary directory)")
@@ -1258,8 +1266,8 @@ def main() -> int:
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
     args = parser.parse_args()
-    global CREDENTIALS
-    CREDENTIALS = args.credentials
+    global CREDENTIALS, RAW_EVENT_LOOP
+    CREDENTIALS, RAW_EVENT_LOOP = args.credentials, args.raw_event_loop
     deadline = Deadline(args.max_seconds)
     if args.memory is not None:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
