@@ -97,3 +97,16 @@ async def test_an_exception_inside_a_slot_releases_it() -> None:
 async def _enter(limits: Limits, host: str) -> None:
     async with limits.slot(host, "ns"):
         pass
+
+
+@given(st.text() | st.sampled_from([
+    "generation 3 passed its connection test in 0.05s", " lead", "trail ", "two  spaces",
+    "tab\there", "line\nbreak", "cr\r\nlf", "\u202eevil", "nbsp\u00a0here", "zwsp\u200bhere",
+    "\x85next", "\u2028ls", "", " ", "ok"]))
+def test_condition_messages_are_sanitised_as_before(text: str) -> None:
+    """The fast path of condition messages gives exactly what ``sanitize(one_line=True)``
+    gives, for any text (a message that needs rewriting takes sanitize's own path)."""
+    from reconciler.engine.conditions import one_line
+    from reconciler.probe.redact import sanitize
+
+    assert one_line(text) == sanitize(text, one_line=True)
