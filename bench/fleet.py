@@ -244,7 +244,7 @@ def postfix_relay() -> Iterator[RelayInfo]:
 
 
 def _raw_worker(conn: Connection, port: int, ca_pem: str, user: str, password: str,
-                count: int, concurrency: int) -> None:
+                count: int, concurrency: int, event_loop: str = "asyncio") -> None:
     from reconciler.probe import run_probe
     from reconciler.probe.verdict import ProbeCredentials
     from reconciler.resources import ExternalSmtpSpec
@@ -278,7 +278,12 @@ def _raw_worker(conn: Connection, port: int, ca_pem: str, user: str, password: s
         cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
         conn.send(("done", (end, cpu, failures)))
 
-    asyncio.run(run())
+    if event_loop == "uvloop":  # the operator's default loop (bench/operator_scale.py)
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
 
 
 @dataclass
@@ -296,7 +301,7 @@ class RawResult:
 
 
 def raw_capacity(relay: RelayInfo, count: int, concurrency: int = 32,
-                 processes: int | None = None) -> RawResult:
+                 processes: int | None = None, event_loop: str = "asyncio") -> RawResult:
     """The raw relay capacity: ``count`` connection tests (``run_probe`` alone: no engine,
     no store, no YAML) split over ``processes`` client processes (default: CPUs + 1) that
     warm up, then start together, ``concurrency`` tests in flight over all of them.
@@ -313,7 +318,7 @@ def raw_capacity(relay: RelayInfo, count: int, concurrency: int = 32,
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_raw_worker, daemon=True, args=(
             child, relay.port, relay.ca_pem, relay.user, relay.password, per,
-            max(1, concurrency // processes)))
+            max(1, concurrency // processes), event_loop))
         proc.start()
         workers.append((proc, parent))
     try:

@@ -74,6 +74,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -290,8 +291,9 @@ def raw_capacity(relay: Relay, count: int, concurrency: int) -> dict[str, Any]:
     """Tests/s the relay sustains (perf's peer, ``fleet.raw_capacity``: several client
     processes so no single client's CPU is the limit, the operator's concurrency in flight);
     the relay's CPU share is reported too (near 1.0 = the relay process is the limit)."""
-    r = fleet_raw_capacity(relay, count, concurrency=concurrency)
+    r = fleet_raw_capacity(relay, count, concurrency=concurrency, event_loop=RAW_EVENT_LOOP)
     return {"tests": r.tests, "processes": r.processes, "concurrency": concurrency,
+            "event_loop": RAW_EVENT_LOOP,
             "tests_per_second": round(r.rate, 1),
             "relay_cpu_share": round(r.relay_cpu / r.wall, 2),
             "relay_cpu_ms_per_test": round(r.relay_cpu * 1000 / r.tests, 2),
@@ -411,6 +413,32 @@ def children(pid: int) -> list[int]:
         return []
 
 
+# How the operator finds the API server (``--credentials``): "in-cluster" (the default) as
+# a deployed operator does - a ServiceAccount directory (token, ca.crt, namespace) and
+# KUBERNETES_SERVICE_HOST/PORT, through the SMTPCTL_SERVICEACCOUNT_DIR hook; "kubeconfig":
+# ``--kubeconfig`` (which also imports the kubernetes package's kubeconfig loader, ~0.08 s
+# of the operator's start-up that a pod does not pay).
+CREDENTIALS = "in-cluster"
+# The raw peer's client loop (``--raw-event-loop``): uvloop, as the operator's default loop
+# (``smtpctl operator --event-loop``), so both sides run the connection test on the same
+# loop; "asyncio" for runs comparable with records before uvloop.
+RAW_EVENT_LOOP = "uvloop"
+
+
+def operator_credentials(emu: Emulator, log: Path) -> tuple[list[str], dict[str, str]]:
+    """The operator's arguments and environment for ``CREDENTIALS``."""
+    if CREDENTIALS == "kubeconfig":
+        return ["--kubeconfig", str(emu.kubeconfig)], {}
+    sa = log.parent / "serviceaccount"
+    sa.mkdir(parents=True, exist_ok=True)
+    (sa / "token").write_text(emu.token)
+    (sa / "ca.crt").write_text(Path(emu.ca).read_text())
+    (sa / "namespace").write_text(NS)
+    url = urlsplit(emu.url)
+    return [], {"KUBERNETES_SERVICE_HOST": str(url.hostname),
+                "KUBERNETES_SERVICE_PORT": str(url.port), "SMTPCTL_SERVICEACCOUNT_DIR": str(sa)}
+
+
 class Operator:
     def __init__(self, emu: Emulator, log: Path, concurrency: int,
                  all_namespaces: bool = False, probe_workers: str = "auto",
@@ -418,10 +446,11 @@ class Operator:
         self.log = log
         self.metrics_port = free_port()
         scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
+        where, env = operator_credentials(emu, log)
         self.fh = log.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "operator",
-             "--kubeconfig", str(emu.kubeconfig), *scope,
+             *where, *scope,
              "--identity", "bench", "--lease-namespace", NS,
              "--health-host", "127.0.0.1", "--health-port", "-1",
              "--metrics-port", str(self.metrics_port),
@@ -429,7 +458,7 @@ class Operator:
              "--per-host", str(concurrency), "--probe-workers", probe_workers],
             # cwd first on sys.path (``-m``): ``root``'s reconciler package is the one run
             cwd=root, stdout=self.fh, stderr=subprocess.STDOUT,
-            env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key"),
+            env=dict(os.environ, SMTPCTL_VERSION_KEY="bench-key", **env),
         )
         self.rss_peak = 0.0
         self.worker_cpu: dict[int, float] = {}  # probe worker pid -> CPU seen last
@@ -859,6 +888,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "probe_workers": probe_workers,
             "placement": place.name,
             "operator_root": str(operator_root),
+            "credentials": CREDENTIALS,
             "ca_bundle_bytes": len(relay.ca_pem) + len(ca_extra),
             "selected_fraction": selected_fraction,
             "requesting_selection": sum(requests_selection(i, selected_fraction)
@@ -1203,6 +1233,13 @@ def main() -> int:
                              "first; 1: every relay)")
     parser.add_argument("--raw-tests", type=int, default=0,
                         help="connection tests of the raw-capacity peer (default min(N, 2000))")
+    parser.add_argument("--credentials", choices=("in-cluster", "kubeconfig"),
+                        default="in-cluster",
+                        help="how the operator finds the API server: as in a pod (the "
+                        "default: a ServiceAccount token and CA file) or --kubeconfig")
+    parser.add_argument("--raw-event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="the raw peer's client loop (default uvloop, the operator's "
+                        "default; asyncio: as the records before uvloop)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the operator logs here (default: a temporary directory)")
@@ -1229,6 +1266,8 @@ def main() -> int:
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
     args = parser.parse_args()
+    global CREDENTIALS, RAW_EVENT_LOOP
+    CREDENTIALS, RAW_EVENT_LOOP = args.credentials, args.raw_event_loop
     deadline = Deadline(args.max_seconds)
     if args.memory is not None:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:

@@ -50,6 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="connection tests at once, in total")
     parser.add_argument("--per-host", type=int, default=4,
                         help="connection tests at once against one relay host")
+    parser.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"),
+                        default="auto",
+                        help="the operator's event loop: uvloop (libuv; its sockets, TLS "
+                        "records and timers in compiled code), asyncio (the standard "
+                        "library's); auto (the default): uvloop when it is installed")
     parser.add_argument("--probe-workers", default="auto", metavar="N",
                         help="run connection tests in N worker processes (0: on the "
                         "operator's event loop); auto (the default): one per CPU beyond "
@@ -112,20 +117,42 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         logging.getLogger("smtpctl.operator").error(str(exc))
         return EXIT_USAGE
+    try:
+        loop = new_event_loop(args.event_loop)
+    except ImportError:
+        logging.getLogger("smtpctl.operator").error(
+            "--event-loop uvloop: uvloop is not installed (pip install 'smtpctl[operator]')")
+        return EXIT_USAGE
     tune_gc()  # again: what the operator's modules allocated is frozen too
     try:
-        return _run(run_operator(config))
+        return _run(run_operator(config), loop)
     except OSError as exc:
         logging.getLogger("smtpctl.operator").error("cannot start", extra={
             "error": type(exc).__name__})
         return EXIT_USAGE
 
 
-def _run(main: Coroutine[Any, Any, int]) -> int:
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """The operator's event loop (``--event-loop``): uvloop's when it is installed (or
+    asked for: ImportError without it), else the standard library's.  Only the operator's
+    main loop: the Lease thread's loop and the probe workers keep asyncio's."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _run(main: Coroutine[Any, Any, int], loop: asyncio.AbstractEventLoop | None = None,
+         ) -> int:
     """``asyncio.run`` with a bounded clean-up: a leftover task that does not finish within
     5 s of being cancelled must not keep a stopped operator (e.g. one that lost its Lease)
     from exiting."""
-    loop = asyncio.new_event_loop()
+    loop = loop or asyncio.new_event_loop()
     try:
         return loop.run_until_complete(main)
     finally:

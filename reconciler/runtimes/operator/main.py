@@ -265,6 +265,11 @@ async def _bounded(coro: Coroutine[Any, Any, None], seconds: float, what: str) -
         log.warning(f"{what} took more than {seconds:.0f}s; exiting anyway")
 
 
+def loop_kind(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: which event loop runs the operator (logged at start)."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = None) -> int:
     """Run until ``stop`` is set or a signal arrives (0), or leadership is lost (1)."""
     stop = stop or asyncio.Event()
@@ -279,7 +284,8 @@ async def run_operator(config: OperatorConfig, *, stop: asyncio.Event | None = N
     except ConfigError as exc:
         log.error(f"cannot configure the Kubernetes client: {exc}")
         return 2
-    log.info("connecting", extra={"server": describe_server(creds), "via": creds.source})
+    log.info("connecting", extra={"server": describe_server(creds), "via": creds.source,
+                                  "loop": loop_kind(loop)})
     api = KubeApi(creds, on_request=lambda verb, resource:
                   metrics.kube_requests_of(verb, resource).inc())
     parts: Parts | None = None
