@@ -73,6 +73,7 @@ if str(ROOT / "bench") not in sys.path:
     sys.path.append(str(ROOT / "bench"))
 
 from bench_records import write_block  # noqa: E402 - bench/, the record files
+from fleet_spawned import after_import as _after_import  # noqa: E402 - bench/
 
 USER = "fleet@example.test"
 PASSWORD = "bench-password-not-secret"  # the bench relay's own test login
@@ -467,45 +468,6 @@ class _Sampler:
         self.done.set()
         self.thread.join()
         Path(self.path).write_text(json.dumps({"rows": self.rows, "lags": self.lags}))
-
-
-def _after_import(hooks: dict[str, Callable[[Any], None]]) -> None:
-    """Call ``hooks[name](module)`` once module ``name`` is imported (now, if it is)."""
-    import importlib.abc
-
-    pending = dict(hooks)
-    for name in list(pending):
-        if name in sys.modules:
-            pending.pop(name)(sys.modules[name])
-    if not pending:
-        return
-
-    class Finder(importlib.abc.MetaPathFinder):
-        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-            hook = pending.get(name)
-            if hook is None:
-                return None
-            for finder in sys.meta_path:
-                find = getattr(finder, "find_spec", None)
-                if finder is self or find is None:
-                    continue
-                spec = find(name, path, target)
-                if spec is not None and spec.loader is not None:
-                    break
-            else:
-                return None
-            loader = spec.loader
-            run = loader.exec_module
-
-            def exec_module(module: Any) -> None:
-                run(module)
-                pending.pop(name, None)
-                hook(module)
-
-            loader.exec_module = exec_module
-            return spec
-
-    sys.meta_path.insert(0, Finder())
 
 
 def timeline_summary(path: Path, n: int, workers: str) -> list[str]:

@@ -50,22 +50,65 @@ def _cpu() -> float:
 # --- the apply ---------------------------------------------------------------------------------
 
 
+def after_import(hooks: dict[str, Any]) -> None:
+    """Call ``hooks[name](module)`` once module ``name`` is imported (now, if it is), so
+    that wrapping a module of smtpctl does not import it earlier than smtpctl would.
+    (A plain finder on ``sys.meta_path``: ``importlib.abc`` costs a few ms to import.)"""
+    pending = dict(hooks)
+    for name in list(pending):
+        if name in sys.modules:
+            pending.pop(name)(sys.modules[name])
+    if not pending:
+        return
+
+    class Finder:
+        def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+            hook = pending.get(name)
+            if hook is None:
+                return None
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(name, path, target)
+                if spec is not None and spec.loader is not None:
+                    break
+            else:
+                return None
+            loader = spec.loader
+            run = loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                run(module)
+                pending.pop(name, None)
+                hook(module)
+
+            loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
 def child(stats_path: str, argv: list[str]) -> int:
     """Run ``smtpctl ARGV`` in this process and write its counters to ``stats_path``.
 
     The counters are read where the store keeps them (``LocalStore.write_transactions``)
     when the CLI closes the store; nothing in smtpctl's behaviour changes.
     """
-    from reconciler.stores import local
-
     totals: list[int] = []
-    orig_close = local.LocalStore.close
 
-    def close(self: local.LocalStore) -> None:
-        totals.append(int(getattr(self, "write_transactions", -1)))
-        orig_close(self)
+    def count_writes(local: Any) -> None:
+        orig_close = local.LocalStore.close
 
-    local.LocalStore.close = close  # type: ignore[method-assign]
+        def close(self: Any) -> None:
+            totals.append(int(getattr(self, "write_transactions", -1)))
+            orig_close(self)
+
+        local.LocalStore.close = close
+
+    # Wrapped when smtpctl imports it, not imported here: apply starts its probe workers
+    # before it imports the store (a first apply), which an import here would undo.
+    after_import({"reconciler.stores.local": count_writes})
     timeline = os.environ.pop("FLEET_TIMELINE", None)
     sampler = None
     if timeline:  # --timeline only: the sampler lives in bench/fleet.py
@@ -265,13 +308,16 @@ def cold_peer(stats_path: str, argv: list[str]) -> int:
 
 
 def cold_worker() -> None:
-    """A client process of the bound peer: imports the probe (as an apply's probe worker
-    does, with the same GC tuning), then waits for its tests on stdin: ``(tests, inflight)``
-    (EOF first: exit quietly); runs them, ``inflight`` at a time; writes a summary to
-    stdout."""
+    """A client process of the bound peer: imports the probe and its SMTP stack (as an
+    apply's probe worker does, with the same GC tuning), then waits for its tests on
+    stdin: ``(tests, inflight)`` (EOF first: exit quietly); runs them, ``inflight`` at a
+    time; writes a summary to stdout."""
     import asyncio
     import pickle
 
+    # As apply's worker does: the test's own modules (aiosmtplib, tenacity) before the
+    # tests arrive, not at the first test (reconciler.probe.run_probe imports them lazily).
+    import reconciler.probe.runner  # noqa: F401 - see above
     from reconciler.gctune import tune_gc
     from reconciler.probe import run_probe
     from reconciler.probe.verdict import ProbeCredentials
@@ -321,6 +367,11 @@ if __name__ == "__main__":
     elif len(sys.argv) > 2 and sys.argv[1] == "cold":
         sys.exit(cold_peer(sys.argv[2], sys.argv[3:]))
     elif len(sys.argv) > 2 and sys.argv[1] == "apply":
-        sys.exit(child(sys.argv[2], sys.argv[3:]))
+        code = child(sys.argv[2], sys.argv[3:])
+        from reconciler.cli import main as cli_main
+
+        # As the console script (reconciler.cli.main.entry) ends; an older tree (an A/B
+        # against an earlier commit) has no exit_now and ends the way it did then.
+        getattr(cli_main, "exit_now", sys.exit)(code)
     else:
         sys.exit("usage: fleet_spawned.py apply|cold STATS ARGS... | cold-worker")

@@ -170,14 +170,16 @@ class EventLog:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Start-up order matters for a large first apply: read the input, open the store and
-    # check its input cache, start the probe workers (cache miss), and only then load the
-    # resource models (pydantic) and the engine: the workers start ~0.13 s earlier, on the
-    # other core, instead of after those imports (localcmd and the store import them
-    # where they are used; tests/test_apply_startup_order.py).
+    # Start-up order matters for a large first apply: read the input, start the probe
+    # workers, and only then open the store and load the resource models (pydantic) and
+    # the engine: the workers start on the other core while this process imports and
+    # validates, instead of after.  With no state directory yet nothing can be cached and
+    # every resource is new: they start right after the read, before the store's own
+    # imports; else once the store's input cache missed (an unchanged re-apply starts
+    # none).  localcmd and the store import the models where they are used
+    # (tests/test_apply_startup_order.py).
     from reconciler.cli.output import Result
     from reconciler.runtimes import inputs
-    from reconciler.stores.local import LocalStore
 
     result = Result("apply")
     if args.concurrency < 1 or args.per_host < 1:
@@ -190,6 +192,19 @@ def run(args: argparse.Namespace) -> int:
         return _usage(args, result, str(exc))
     raw = inputs.read(args.files)
     sd = state_dir(args)
+    ahead = _Ahead(args, raw)
+    if not sd.exists:
+        ahead.start()
+    try:
+        return _run_read(args, result, raw, sd, ahead)
+    finally:
+        ahead.close()
+
+
+def _run_read(args: argparse.Namespace, result: Any, raw: Any, sd: Any, ahead: _Ahead) -> int:
+    from reconciler.runtimes import inputs
+    from reconciler.stores.local import LocalStore
+
     store = None
     if not args.dry_run and sd.exists:
         try:
@@ -200,17 +215,32 @@ def run(args: argparse.Namespace) -> int:
     # reuse the validated manifests instead of parsing YAML again (the 10,000-relay re-apply).
     digest = raw.digest(CACHE_TAG, args.allow_status, args.namespace)
     loaded = _cached(store, digest) if store is not None and not raw.unreadable else None
-    warm = None
     if loaded is None:
-        # Not applied before as it is: tests are likely.  Probe workers start now, on
-        # another core, while the input is parsed (their ~0.2 s start is not waited for).
-        warm = _prestart(args, raw)
+        # Not applied before as it is: tests are likely.  Probe workers start now (unless
+        # they already did), on another core, while the input is parsed (their ~0.2 s
+        # start is not waited for).
+        ahead.start()
         loaded = inputs.load(raw, allow_status=args.allow_status, namespace=args.namespace)
-    try:
-        return _run_loaded(args, result, raw, sd, store, digest, loaded, warm)
-    finally:
-        if warm is not None:
-            warm.close()
+    return _run_loaded(args, result, raw, sd, store, digest, loaded, ahead.warm)
+
+
+class _Ahead:
+    """The probe workers of this input started ahead (:func:`_prestart`): at most once;
+    ``close`` closes those the apply did not take."""
+
+    def __init__(self, args: argparse.Namespace, raw: Any) -> None:
+        self.args, self.raw = args, raw
+        self.started = False
+        self.warm: Any = None
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.warm = _prestart(self.args, self.raw)
+
+    def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
 
 
 def _prestart(args: argparse.Namespace, raw: Any) -> Any:

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import NoReturn, Protocol, cast
 
 from reconciler.cli.common import EXIT_CODES, EXIT_USAGE
 from reconciler.gctune import tune_gc
@@ -178,7 +178,40 @@ def entry() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    if getattr(sys.modules.get("__main__"), "entry", None) is entry:
+        # This process is smtpctl (its console script, ``python -m reconciler``), not a
+        # program that called entry() (a test): nothing runs after us.
+        exit_now(code)
     sys.exit(code)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` as :func:`sys.exit` would, less the interpreter's
+    teardown: the exit handlers run (``atexit``: logging's flush, coverage's data, ...)
+    and the output is flushed, but the objects and modules are not freed one by one (a
+    first apply of 1,000 relays spent ~30-40 ms on that after its report, for nothing).
+    Python's own exit whenever that would not be the same: another thread still running
+    (Python would wait for it), or the output cannot be flushed (a closed pipe: Python
+    reports it and exits 120)."""
+    import atexit
+    import contextlib
+    import os
+
+    threading = sys.modules.get("threading")
+    if threading is not None and any(
+            t.is_alive() and not t.daemon and t is not threading.main_thread()
+            for t in threading.enumerate()):
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    with contextlib.suppress(OSError, ValueError):  # what the handlers printed, if any
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

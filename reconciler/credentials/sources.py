@@ -606,7 +606,9 @@ class SourceRouter:
             checked_now = ref.file is None
         try:
             # shield: a caller that is cancelled does not cancel the read others wait for
-            resolved = await asyncio.shield(pending)
+            # (a read already done is taken as it is: the same result or error, without
+            # shield's futures; nearly every relay of a pass finds it done)
+            resolved = pending.result() if pending.done() else await asyncio.shield(pending)
         except CredentialError:
             if not checked_now:  # a resource that may not read the file learns nothing
                 self.policy.check_read(ref, namespace, owner, self._file_path(ref))

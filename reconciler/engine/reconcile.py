@@ -619,6 +619,10 @@ def _stalled(reason: str) -> bool:
     return bool(entry and entry.stalled)
 
 
+# A tuple, not ``str | int | float | bool``: isinstance with a union type is ~2.5x slower.
+_PLAIN = (str, int, float, bool)
+
+
 def _record(ref: ObjectRef, gen: int, now: float, v: Verdict, digest: str) -> TestRecord:
     return TestRecord(ref=ref, generation=gen, at=cond.rfc3339(now), passed=v.passed,
                       stage=v.stage, reason=v.reason, message=v.message,
@@ -630,7 +634,7 @@ def _record(ref: ObjectRef, gen: int, now: float, v: Verdict, digest: str) -> Te
                       transcript=[] if v.passed else [t.to_json() for t in v.transcript],
                       warnings=list(v.warnings),
                       details={k: val for k, val in v.details.items()
-                               if isinstance(val, str | int | float | bool)})
+                               if isinstance(val, _PLAIN)})
 
 
 async def _emit_test_events(world: World, ref: ObjectRef, v: Verdict, before: SmtpStatus,

@@ -155,6 +155,10 @@ def worker_main() -> None:
 
 
 async def _serve(requests: int, replies: int) -> None:
+    # The test's own modules (aiosmtplib, tenacity, the session) too: ``run_probe`` imports
+    # them at its first call, which in a worker was its first test, after the parent had
+    # sent it; imported now, while the parent still validates its input.
+    import reconciler.probe.runner  # noqa: F401 - see above
     from reconciler.gctune import tune_gc
     from reconciler.probe import run_probe
     from reconciler.resources import ExternalSmtpSpec
