@@ -11,23 +11,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.credentials.base import CredentialError, Resolved
-from reconciler.credentials.sources import FileSource, SourceRouter
+from reconciler.credentials.sources import SourceRouter
 from reconciler.resources import SecretRef
-
-
-class CountingFiles(FileSource):
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-        self.gate: asyncio.Event | None = None
-
-    async def resolve(self, ref: SecretRef, namespace: str, *, public: bool = False
-                      ) -> Resolved:
-        self.reads += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        return await super().resolve(ref, namespace, public=public)
-
+from tests.support.counting_files import CountingFiles
 
 PEM = "-----BEGIN CERTIFICATE-----\nnot really\n-----END CERTIFICATE-----\n"
 

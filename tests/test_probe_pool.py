@@ -516,3 +516,30 @@ def test_messages_split_anywhere_between_reads_come_out_whole_and_in_order() -> 
         assert buf == bytearray()
     with pytest.raises(ValueError):
         probepool._split(bytearray(probepool._HEADER.pack(probepool.MAX_MESSAGE + 1)))
+
+
+@pytest.mark.parametrize("error", [
+    ValueError("unexpected kwargs: process_group"),  # uvloop's answer to process_group=
+    NotImplementedError(),  # an event loop without subprocess support
+    OSError(24, "Too many open files"),
+], ids=lambda e: type(e).__name__)
+async def test_workers_that_cannot_start_leave_the_tests_to_this_process(
+        e2e: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        error: Exception) -> None:
+    """A pool whose workers cannot be spawned runs every test in this process.  Failed
+    before for ValueError and NotImplementedError: only OSError was caught, the failed
+    start was kept and re-raised by every later test, so each relay was reported as failed
+    without being tested."""
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refuse)
+    fallback = Fallback()
+    pool = ProbePool(2, policy=EgressPolicy(), fallback=fallback)
+    try:
+        verdicts = [await pool.probe(_spec(e2e.relay.port), _creds(e2e)) for _ in range(3)]
+    finally:
+        await pool.aclose()
+    assert [v.passed for v in verdicts] == [True, True, True]
+    assert fallback.calls == 3 and pool.offloaded == 0 and pool.pids() == []
+    assert f"probe workers could not start ({type(error).__name__})" in caplog.text

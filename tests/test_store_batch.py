@@ -20,20 +20,11 @@ from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, 
 from reconciler.stores.local import LocalStore
 from tests.support.engine_env import Env, cond, e2e_fixture  # noqa: F401
 from tests.support.store_faults import FailingCommit
+from tests.support.store_rows import manifest as _manifest
+from tests.support.store_rows import set_status as _set
 
 REF = ObjectRef("ExternalSmtp", "default", "a")
 
-
-def _manifest(name: str) -> dict[str, Any]:
-    return {"apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": "ExternalSmtp",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"host": "127.0.0.1", "port": 25, "authentication": "None"}}
-
-
-def _set(key: str, value: Any) -> Any:
-    def mutate(cur: StoredObject) -> StatusWrite:
-        return StatusWrite(status={**cur.status, key: value}, memo=cur.memo)
-    return mutate
 
 
 def _committed_status(state: Path, name: str = "a") -> dict[str, Any]:

@@ -18,21 +18,12 @@ import pytest
 
 from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, StoreError
 from reconciler.stores.local import EVENTS_TRIM_EVERY, LocalStore
+from tests.support.store_rows import manifest as _manifest
+from tests.support.store_rows import set_status as _set
 
 A = ObjectRef("ExternalSmtp", "default", "a")
 B = ObjectRef("ExternalSmtp", "default", "b")
 
-
-def _manifest(name: str) -> dict[str, Any]:
-    return {"apiVersion": "smtp.reconciler.dev/v1alpha1", "kind": "ExternalSmtp",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"host": "127.0.0.1", "port": 25, "authentication": "None"}}
-
-
-def _set(key: str, value: Any) -> Any:
-    def mutate(cur: StoredObject) -> StatusWrite:
-        return StatusWrite(status={**cur.status, key: value}, memo=cur.memo)
-    return mutate
 
 
 def _committed(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -470,7 +470,11 @@ class ProbePool:
             prestarted = []
             for _ in range(self.size - len(self._workers)):
                 await self._spawn(env)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to start: test in this process
+            # Not only OSError: an event loop can refuse the spawn itself (uvloop rejected
+            # ``process_group=`` with ValueError; a loop without subprocesses raises
+            # NotImplementedError).  Left to propagate, the failed start was cached and
+            # re-raised by every later test, each one reported as failed instead of run.
             log.warning("probe workers could not start (%s): testing in this process",
                         type(exc).__name__)
             await _close_popens(prestarted)
@@ -503,7 +507,7 @@ class ProbePool:
             self._refusing = False
             try:
                 await self._spawn(env)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - as at start: test in this process
                 log.warning("a probe worker could not be restarted (%s)", type(exc).__name__)
                 return
             self.restarts += 1
