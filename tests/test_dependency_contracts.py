@@ -22,6 +22,10 @@ objects finds them): a new one without a contract fails review.
   ``parsing.parse_path``.
 * hypothesis-jsonschema drives Hypothesis' internal ``many``: see
   ``tests/test_fuzz_validate.py::test_hypothesis_jsonschema_contract``.
+* CPython's ``atexit._run_exitfuncs`` (``reconciler/cli/main.py``, ``exit_now``): smtpctl
+  runs the exit handlers itself, then ends with ``os._exit`` (no interpreter teardown).
+  Not capped by a dependency: the interpreter is ours to choose (``requires-python``);
+  ``test_cpython_atexit_run_exitfuncs`` states what it must do.
 """
 
 from __future__ import annotations
@@ -206,3 +210,27 @@ def test_private_api_dependencies_are_capped(dist: str, cap: str) -> None:
             *(r for extra in data["project"]["optional-dependencies"].values() for r in extra)]
     spec = next(Requirement(r).specifier for r in reqs if Requirement(r).name == dist)
     assert f"<{cap}" in {str(s) for s in spec}, (dist, str(spec))
+
+
+# --- CPython ------------------------------------------------------------------------------
+
+
+def test_cpython_atexit_run_exitfuncs() -> None:
+    """``exit_now`` relies on ``atexit._run_exitfuncs`` running every registered handler,
+    last registered first, once, in the calling thread, with what they print reaching a
+    flushed stdout before ``os._exit``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, os, sys\n"
+        "atexit.register(print, 'first registered')\n"
+        "atexit.register(print, 'second registered')\n"
+        "atexit._run_exitfuncs()\n"
+        "atexit._run_exitfuncs()\n"  # the handlers ran already: nothing more
+        "sys.stdout.flush()\n"
+        "os._exit(7)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 7, out.stderr
+    assert out.stdout.splitlines() == ["second registered", "first registered"], out.stdout
