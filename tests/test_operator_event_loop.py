@@ -20,12 +20,11 @@ import pytest
 from reconciler.cli.cmd_operator import new_event_loop
 from reconciler.devservers.smtp import RelayServer
 from reconciler.runtimes.operator.main import loop_kind
-from tests.support import canary
 from tests.support.kube_operator import (
     Cluster,
     OperatorProcess,
-    cluster,
     condition,
+    relay_cluster,
     relay_spec,
     wait_for,
 )
@@ -74,12 +73,7 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_a_usage_error(
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
-    with (
-        cluster(tmp_path) as c,
-        RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as relay,
-    ):
-        c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
-        c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    with relay_cluster(tmp_path, NS) as (c, relay):
         yield c, relay
 
 

@@ -24,14 +24,13 @@ import pytest
 
 from reconciler.devservers.smtp import RelayServer
 from reconciler.stores.kube import MEMO_ANNOTATION
-from tests.support import canary
 from tests.support.kube_operator import (
     OPERATOR_NS,
     ROOT,
     Cluster,
     OperatorProcess,
-    cluster,
     condition,
+    relay_cluster,
     relay_spec,
     wait_for,
 )
@@ -45,12 +44,7 @@ CRD = "externalsmtps.smtp.reconciler.dev"
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
-    with (
-        cluster(tmp_path) as c,
-        RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as relay,
-    ):
-        c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
-        c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    with relay_cluster(tmp_path, NS) as (c, relay):
         yield c, relay
 
 

@@ -32,6 +32,7 @@ from tests.support.kube_operator import (
     OperatorProcess,
     cluster,
     condition,
+    relay_cluster,
     relay_spec,
     wait_for,
 )
@@ -95,12 +96,7 @@ def test_a_bad_probe_workers_value_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
-    with (
-        cluster(tmp_path) as c,
-        RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as relay,
-    ):
-        c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
-        c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    with relay_cluster(tmp_path, NS) as (c, relay):
         c.put_secret(NS, "wrong-password", {"password": canary.canary("wrong")})
         yield c, relay
 

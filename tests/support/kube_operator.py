@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import kubernetes
 import yaml
 
+from reconciler.devservers.smtp import RelayServer
 from reconciler.stores.kubeapi import Credentials, KubeApi
 from tests.support import canary
 from tests.support.kube_emulator import EmulatorThread, KubeEmulator, running_emulator
@@ -136,6 +137,24 @@ def cluster(tmp_path: Path, namespaces: tuple[str, ...] = ("mail",)) -> Iterator
             yield Cluster(kube, cfg, client, tmp_path, sa_dir, env)
         finally:
             client.close()
+
+
+RELAY_USER = "user@example.test"
+
+
+@contextmanager
+def relay_cluster(tmp_path: Path, namespace: str = "mail",
+                  ) -> Iterator[tuple[Cluster, RelayServer]]:
+    """:func:`cluster` and a loopback STARTTLS relay accepting ``RELAY_USER`` with the
+    canary password, whose CA and password are the Secrets ``relay-ca`` (``ca.crt``) and
+    ``relay-password`` (``password``) in ``namespace`` (what :func:`relay_spec` refers to)."""
+    with (
+        cluster(tmp_path) as c,
+        RelayServer(mode="starttls", users={RELAY_USER: canary.PASSWORD}) as relay,
+    ):
+        c.put_secret(namespace, "relay-ca", {"ca.crt": relay.ca_pem})
+        c.put_secret(namespace, "relay-password", {"password": canary.PASSWORD})
+        yield c, relay
 
 
 class Cluster:
