@@ -21,6 +21,7 @@ from reconciler.cli.cmd_operator import new_event_loop
 from reconciler.devservers.smtp import RelayServer
 from reconciler.runtimes.operator.main import loop_kind
 from tests.support.kube_operator import (
+    ROOT,
     Cluster,
     OperatorProcess,
     condition,
@@ -29,7 +30,6 @@ from tests.support.kube_operator import (
     wait_for,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 NS = "mail"
 USER = "user@example.test"
 

@@ -18,12 +18,16 @@ from tests.support.counting_files import CountingFiles
 PEM = "-----BEGIN CERTIFICATE-----\nnot really\n-----END CERTIFICATE-----\n"
 
 
-def test_callers_after_the_read_get_its_value_without_reading_again(tmp_path: Path) -> None:
+
+def _ca_file(tmp_path: Path) -> tuple[CountingFiles, SourceRouter, SecretRef]:
+    """A CA file with ``PEM``, its counting source, a router with the pass cache, its ref."""
     ca = tmp_path / "ca.pem"
     ca.write_text(PEM)
     files = CountingFiles()
-    router = SourceRouter(file=files, pass_cache=True)
-    ref = SecretRef(file=str(ca))
+    return files, SourceRouter(file=files, pass_cache=True), SecretRef(file=str(ca))
+
+def test_callers_after_the_read_get_its_value_without_reading_again(tmp_path: Path) -> None:
+    files, router, ref = _ca_file(tmp_path)
 
     async def run() -> list[Resolved]:
         first = await router.resolve(ref, "default", public=True)  # read, done
@@ -54,11 +58,7 @@ def test_a_failed_read_is_not_handed_to_later_callers(tmp_path: Path) -> None:
 
 
 def test_a_cancelled_waiter_does_not_cancel_the_read(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.pem"
-    ca.write_text(PEM)
-    files = CountingFiles()
-    router = SourceRouter(file=files, pass_cache=True)
-    ref = SecretRef(file=str(ca))
+    files, router, ref = _ca_file(tmp_path)
 
     async def run() -> tuple[Resolved, Resolved]:
         files.gate = asyncio.Event()

@@ -254,9 +254,9 @@ def _hold(held: collections.OrderedDict[str, _V], digest: str, value: _V) -> Non
 
 
 _WORKER_CODE = "from reconciler.runtimes.probepool import worker_main; worker_main()"
-# Workers run in a process group of their own (``process_group=0``; spawned by a running
-# pool: ``start_new_session=True``, which the operator's uvloop supports too, a session and
-# so a group of their own): Ctrl-C at a terminal
+# Workers run in a session, and so a process group, of their own
+# (``start_new_session=True``, the one spawn option asyncio's, uvloop's and Popen's
+# spawns all take; uvloop rejects ``process_group``): Ctrl-C at a terminal
 # signals its foreground group, the apply, which closes their pipes (they exit then).  In
 # the apply's group, a Ctrl-C while a worker was still importing (the first ~0.2 s; with
 # workers started ahead, while the input is parsed) printed its KeyboardInterrupt traceback.
@@ -286,7 +286,7 @@ class Prestarted:
             for _ in range(count):
                 self._procs.append(subprocess.Popen(
                     _worker_argv(), stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, env=env, bufsize=0, process_group=0))
+                    stdout=subprocess.PIPE, env=env, bufsize=0, start_new_session=True))
         except OSError as exc:
             log.warning("probe workers could not start ahead (%s): started when needed",
                         type(exc).__name__)
@@ -435,7 +435,7 @@ class ProbePool:
     async def _spawn(self, env: dict[str, str]) -> None:
         proc = await asyncio.create_subprocess_exec(
             *_worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-            start_new_session=True)  # a group of its own; uvloop has no ``process_group``
+            start_new_session=True)  # a group of its own (see _WORKER_CODE)
         assert proc.stdin is not None and proc.stdout is not None
         self._add(_Worker(proc, proc.stdin), proc.stdout)
 

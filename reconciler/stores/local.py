@@ -75,6 +75,8 @@ from reconciler.stores.base import (
 if TYPE_CHECKING:
     import asyncio
 
+    from reconciler.stores.base import StatusWrite
+
 DB_NAME = "state.db"
 KEY_NAME = "version.key"
 LOCK_NAME = "apply.lock"
@@ -975,6 +977,20 @@ class LocalStore:
             return None
         return obj if str(row[0]) == obj.version else self.get_sync(ref)
 
+    def _put_status(self, ref: ObjectRef, write: StatusWrite, version: int | None = None,
+                    ) -> bool:
+        """Write ``write`` to ``ref``'s row (only while the row has ``version``, if given):
+        one UPDATE; False when no row was written."""
+        sql = ("UPDATE resources SET status=?, memo=?, version=version+1 "
+               "WHERE kind=? AND namespace=? AND name=?")
+        args: list[Any] = [_dumps(write.status),
+                           _dumps(write.memo.to_json()) if write.memo else None,
+                           ref.kind, ref.namespace, ref.name]
+        if version is not None:
+            sql += " AND version=?"
+            args.append(version)
+        return bool(self._db.execute(sql, args).rowcount == 1)
+
     @_guarded
     def update_status_sync(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
         with self._tx(one_statement=True):  # reads, then one UPDATE that writes
@@ -984,11 +1000,8 @@ class LocalStore:
             # read and mutated again, as outside remember() (mutators are pure).
             known = self._known.get(_key(ref)) if self._known is not None else None
             write = mutate(known) if known is not None else None
-            if write is not None and known is not None and self._db.execute(
-                    "UPDATE resources SET status=?, memo=?, version=version+1 "
-                    "WHERE kind=? AND namespace=? AND name=? AND version=?",
-                    (_dumps(write.status), _dumps(write.memo.to_json()) if write.memo else None,
-                     ref.kind, ref.namespace, ref.name, int(known.version))).rowcount == 1:
+            if write is not None and known is not None \
+                    and self._put_status(ref, write, int(known.version)):
                 cur: StoredObject = known
             else:
                 now = self._current(ref)
@@ -996,14 +1009,10 @@ class LocalStore:
                     return None
                 if now is not known:
                     write = mutate(now)
-                cur = now
                 if write is None:
                     return now
-                self._db.execute(
-                    "UPDATE resources SET status=?, memo=?, version=version+1 "
-                    "WHERE kind=? AND namespace=? AND name=?",
-                    (_dumps(write.status), _dumps(write.memo.to_json()) if write.memo else None,
-                     ref.kind, ref.namespace, ref.name))
+                cur = now
+                self._put_status(ref, write)
         obj = StoredObject(ref=cur.ref, manifest=cur.manifest, generation=cur.generation,
                            created_at=cur.created_at, status=write.status, memo=write.memo,
                            version=str(int(cur.version) + 1), uid=cur.uid)
