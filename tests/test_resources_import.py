@@ -63,6 +63,20 @@ def test_importing_the_models_compiles_no_tokenizer_and_builds_no_oauth_model() 
         assert out["tokenize_patterns"] == 0
 
 
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the count is CPython 3.11's")
+def test_the_tokenize_count_sees_what_it_counts() -> None:
+    """The counter above is not blind: ``inspect.signature(list)`` (what pydantic did for
+    ``default_factory=list``) fills tokenize's pattern cache."""
+    code = ("import inspect, tokenize\n"
+            "before = tokenize._compile.cache_info().currsize\n"
+            "inspect.signature(list)\n"
+            "print(before, tokenize._compile.cache_info().currsize)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    before, after = map(int, done.stdout.split())
+    assert before == 0 and after >= 1
+
+
 def test_default_factories_give_a_new_empty_value_each_time() -> None:
     a, b = ExternalSmtpStatus(), ExternalSmtpStatus()
     assert a.conditions == [] and a.warnings == [] and a.conditions is not b.conditions
