@@ -31,7 +31,8 @@ instead of the small test CA.
 Reported: CPU (``time.process_time``, this process only) per resource for each pass,
 median and min over ``--repeat`` rounds (a fresh store each round), and the load.
 ``--profile``: a cProfile (CPU clock) of one more first and second pass, top functions by
-own and cumulative time.
+own and cumulative time.  ``--store local`` also counts the SQLite statements per resource
+of each pass, by kind, in one more (untimed) round.
 """
 
 from __future__ import annotations
