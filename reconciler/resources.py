@@ -87,6 +87,19 @@ def valid_host(host: str) -> bool:
         return False
 
 
+def _empty_list() -> list[Any]:
+    """``default_factory=list``, as a Python function: pydantic asks for a default
+    factory's signature (``inspect.signature``), which for the built-in ``list`` parses its
+    text signature with ``tokenize`` - compiling tokenize's patterns, ~4 ms of every
+    process that imports this module (tests/test_resources_import.py)."""
+    return []
+
+
+def _empty_dict() -> dict[str, Any]:
+    """``default_factory=dict`` (see :func:`_empty_list`)."""
+    return {}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         hide_input_in_errors=True, populate_by_name=True, extra="forbid", frozen=True
@@ -272,7 +285,15 @@ class ExternalSmtpSpec(_Model):
 # --- OAuth2Provider ---------------------------------------------------------------------
 
 
+# The OAuth2Provider models are built at their first use (``defer_build``), not at import:
+# a run over ExternalSmtp resources only never builds them.  Same models, same validation,
+# same JSON Schema (tests/test_resources_import.py).
+_DEFERRED = ConfigDict(defer_build=True)
+
+
 class OAuth2ProviderSpec(_Model):
+    model_config = ConfigDict(**_Model.model_config, **_DEFERRED)
+
     grant_type: GrantType = Field(alias="grantType")
     client_id: str = Field(alias="clientId", min_length=1, max_length=16000)
     client_secret_from: SecretRef | None = Field(default=None, alias="clientSecretFrom")
@@ -284,7 +305,7 @@ class OAuth2ProviderSpec(_Model):
     test_endpoint: str | None = Field(default=None, alias="testEndpoint", max_length=2048)
     # The CRD types scopes as a list (maxItems 64, items maxLength 1024); local manifests
     # may also give one space/comma separated string (at most 1024 characters).
-    scopes: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list)
+    scopes: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=_empty_list)
     token_endpoint_auth_method: TokenEndpointAuthMethod = Field(
         default="client_secret_basic", alias="tokenEndpointAuthMethod"
     )
@@ -340,8 +361,8 @@ class ObjectMeta(BaseModel):
     )
     namespace: str = Field(
         default="default", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=_empty_dict)
+    annotations: dict[str, str] = Field(default_factory=_empty_dict)
     generation: StrictInt | None = None
     uid: str | None = None
     resource_version: str | None = Field(default=None, alias="resourceVersion")
@@ -370,7 +391,7 @@ class TestSummary(BaseModel):
     message: str | None = None
     duration_seconds: float | None = Field(default=None, alias="durationSeconds", strict=True)
     generation: StrictInt | None = None
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=_empty_list)
 
 
 class ActiveTLS(BaseModel):
@@ -422,24 +443,25 @@ class ExternalSmtpStatus(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
 
     observed_generation: StrictInt | None = Field(default=None, alias="observedGeneration")
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=_empty_list)
     selected: StrictBool = False
     active_generation: StrictInt | None = Field(default=None, alias="activeGeneration")
     active: ActiveRelay | None = None
     last_test_time: str | None = Field(default=None, alias="lastTestTime")
     last_successful_test_time: str | None = Field(default=None, alias="lastSuccessfulTestTime")
     last_test: TestSummary | None = Field(default=None, alias="lastTest")
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=_empty_list)
     last_handled_reconcile_at: str | None = Field(default=None, alias="lastHandledReconcileAt")
 
 
 class OAuth2ProviderStatus(BaseModel):
-    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow")
+    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="allow",
+                              **_DEFERRED)
 
     observed_generation: StrictInt | None = Field(default=None, alias="observedGeneration")
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=_empty_list)
     last_token_time: str | None = Field(default=None, alias="lastTokenTime")
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=_empty_list)
     last_handled_reconcile_at: str | None = Field(default=None, alias="lastHandledReconcileAt")
 
 
@@ -460,7 +482,8 @@ class ExternalSmtp(BaseModel):
 
 
 class OAuth2Provider(BaseModel):
-    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(hide_input_in_errors=True, populate_by_name=True, extra="forbid",
+                              **_DEFERRED)
 
     api_version: Literal["smtp.reconciler.dev/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["OAuth2Provider"]

@@ -84,6 +84,7 @@ HISTORY_KEEP = 10  # test records kept per resource
 INPUT_CACHE_KEEP = 4  # validated input sets kept (apply of an unchanged repo skips YAML)
 EVENTS_KEEP = 50  # events kept per resource
 EVENTS_TRIM_EVERY = 64  # events recorded between two trims (of the resources they name)
+UPSERT_READ_CHUNK = 500  # names per query when upsert_many reads the rows already there
 
 MIGRATIONS: list[str] = [
     # 1: the initial schema
@@ -857,8 +858,14 @@ class LocalStore:
         """Insert or update manifests in one transaction (the generation rule of Kubernetes:
         it increments only when ``spec`` changes).  Returns the objects as stored."""
         now = time.time() if now is None else now
+        created_now = _rfc3339(now)
         out: list[Upserted] = []
         with self._tx() as db:
+            # The rows already there, read in a few queries (one per UPSERT_READ_CHUNK
+            # names of a kind and namespace) instead of one per manifest; a row this loop
+            # writes replaces its entry, so a manifest given twice sees the first one's
+            # write, as a query per manifest would.
+            rows = self._rows_of(db, manifests)
             for m in manifests:
                 meta = m.get("metadata") or {}
                 ref = ObjectRef(str(m["kind"]), str(meta.get("namespace", "default")),
@@ -869,17 +876,16 @@ class LocalStore:
                                      if k not in ("generation", "uid", "resourceVersion",
                                                   "creationTimestamp")}
                 clean["metadata"].setdefault("namespace", ref.namespace)
-                row = db.execute(
-                    f"SELECT {self._COLS} FROM resources "  # noqa: S608
-                    "WHERE kind=? AND namespace=? AND name=?",
-                    (ref.kind, ref.namespace, ref.name)).fetchone()
+                key = (ref.kind, ref.namespace, ref.name)
+                row = rows.get(key)
                 text = _dumps(clean)
                 if row is None:
-                    uid, created = str(uuid.uuid4()), _rfc3339(now)
+                    uid, created = str(uuid.uuid4()), created_now
                     db.execute(
                         "INSERT INTO resources (kind, namespace, name, uid, generation, "
                         "created_at, manifest) VALUES (?,?,?,?,?,?,?)",
                         (ref.kind, ref.namespace, ref.name, uid, 1, created, text))
+                    rows[key] = (*key, uid, 1, created, text, "{}", None, 1)
                     out.append(Upserted(StoredObject(ref, clean, 1, created, {}, None, "1", uid),
                                         "created"))
                     continue
@@ -903,6 +909,7 @@ class LocalStore:
                         "WHERE kind=? AND namespace=? AND name=?",
                         (text, gen, version, ref.kind, ref.namespace, ref.name))
                     change = "configured" if spec_changed else "metadata"
+                rows[key] = (*key, uid, gen, created, text, status, memo, version)
                 obj = StoredObject(
                     ref, clean, gen, created, _loads(status),
                     TestMemo.from_json(_loads(memo)) if memo else None, str(version), uid)
@@ -910,6 +917,26 @@ class LocalStore:
         for u in out:
             self._remember(u.obj, built=False)
         return out
+
+    def _rows_of(self, db: sqlite3.Connection, manifests: list[dict[str, Any]]
+                 ) -> dict[tuple[str, str, str], tuple[Any, ...]]:
+        """The rows of the resources ``manifests`` name that exist, by key: one query per
+        :data:`UPSERT_READ_CHUNK` names of a kind and namespace (a name list, not a scan of
+        the namespace: a small input in a large store reads only its own rows)."""
+        names: dict[tuple[str, str], list[str]] = {}
+        for m in manifests:
+            meta = m.get("metadata") or {}
+            names.setdefault((str(m["kind"]), str(meta.get("namespace", "default"))),
+                             []).append(str(meta["name"]))
+        rows: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        for (kind, ns), group in names.items():
+            for i in range(0, len(group), UPSERT_READ_CHUNK):
+                chunk = group[i:i + UPSERT_READ_CHUNK]
+                for row in db.execute(
+                        f"SELECT {self._COLS} FROM resources WHERE kind=? AND namespace=? "  # noqa: S608
+                        f"AND name IN ({','.join('?' * len(chunk))})", (kind, ns, *chunk)):
+                    rows[(row[0], row[1], row[2])] = row
+        return rows
 
     def _mac(self, digest: str, text: str) -> str:
         return hmac.new(self._cache_key, digest.encode() + b"\0" + text.encode(),
