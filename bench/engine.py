@@ -31,7 +31,8 @@ instead of the small test CA.
 Reported: CPU (``time.process_time``, this process only) per resource for each pass,
 median and min over ``--repeat`` rounds (a fresh store each round), and the load.
 ``--profile``: a cProfile (CPU clock) of one more first and second pass, top functions by
-own and cumulative time.
+own and cumulative time.  ``--store local`` also counts the SQLite statements per resource
+of each pass, by kind, in one more (untimed) round.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -217,7 +219,11 @@ def one_pass(world: BasicWorld, refs: list[ObjectRef],
 
 def one_round(kind: str, fleet: Fleet, tmp: Path, i: int,
               profile: Callable[[str], cProfile.Profile | None] = lambda _: None,
+              statements: dict[str, Counter[str]] | None = None,
               ) -> tuple[PassCost, PassCost]:
+    """One fresh store, a first and a second pass.  ``statements`` (``--store local``):
+    count the SQLite statements of each pass by their first word (an untimed round: the
+    trace callback costs CPU)."""
     from reconciler.engine.assess import HANDED_OVER
 
     HANDED_OVER.clear()  # no model handed over: every first pass validates its manifest
@@ -231,9 +237,18 @@ def one_round(kind: str, fleet: Fleet, tmp: Path, i: int,
         store = LocalStore(tmp / f"state-{i}")
         refs = [u.obj.ref for u in store.upsert_many(fleet.manifests, now=time.time())]
         close = store.close
+    counting: list[Counter[str]] = []
+    if statements is not None and kind == "local":
+        store._db.set_trace_callback(
+            lambda sql: counting[-1].update([sql.split(None, 1)[0].upper()]) if counting
+            else None)
     try:
         world = world_for(store, fleet.ca_file.parent)
+        if statements is not None:
+            counting.append(statements.setdefault("first", Counter()))
         first = one_pass(world, refs, profile("first"))
+        if statements is not None:
+            counting.append(statements.setdefault("second", Counter()))
         second = one_pass(world, refs, profile("second"))
     finally:
         close()
@@ -304,6 +319,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"- second pass (nothing changed, no test): "
                   f"**{statistics.median(seconds):.3f}** ms/resource median "
                   f"(min {min(seconds):.3f}, max {max(seconds):.3f})", ""]
+        if args.store == "local":
+            counts: dict[str, Counter[str]] = {}
+            one_round(args.store, fleet, tmp, args.repeat + 2, statements=counts)
+            for name, c in counts.items():
+                kinds = ", ".join(f"{k} {v / n:.2f}" for k, v in c.most_common())
+                lines.append(f"- SQLite statements per resource, {name} pass (an untimed "
+                             f"round): **{sum(c.values()) / n:.2f}** ({kinds})")
+            lines.append("")
         if args.profile:
             profs: dict[str, cProfile.Profile] = {}
 

@@ -26,6 +26,9 @@ objects finds them): a new one without a contract fails review.
   runs the exit handlers itself, then ends with ``os._exit`` (no interpreter teardown).
   Not capped by a dependency: the interpreter is ours to choose (``requires-python``);
   ``test_cpython_atexit_run_exitfuncs`` states what it must do.
+* CPython's ``tokenize._compile`` (an ``lru_cache``): ``tests/test_resources_import.py``
+  reads its size to count whether importing the models compiled tokenize's patterns; only
+  a measurement, read only where it exists, its own test checks it counts on 3.11.
 """
 
 from __future__ import annotations

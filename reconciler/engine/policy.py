@@ -46,7 +46,7 @@ def epoch(rfc3339: str) -> float | None:
 
     The form this code writes (``2026-12-02T02:26:52Z``) is read field by field; any other
     text goes to ``datetime.strptime`` as before, which accepts more (offsets, one-digit
-    fields) and whose first use imports and compiles ``_strptime`` (~3 ms of a process's
+    fields) and whose first use imports and compiles ``_strptime`` (~1.5 ms of a process's
     start; the first pass of every apply and operator met it).  Both give the same answer
     on the common form (``tests/test_engine_pass_costs.py``)."""
     if len(rfc3339) == len(_SHAPE) and all(
