@@ -22,6 +22,13 @@ objects finds them): a new one without a contract fails review.
   ``parsing.parse_path``.
 * hypothesis-jsonschema drives Hypothesis' internal ``many``: see
   ``tests/test_fuzz_validate.py::test_hypothesis_jsonschema_contract``.
+* aiohttp (``reconciler/stores/aiohttpimport.py``): no private name in the code, but the
+  operator's start-up relies on ``aiohttp.connector`` building its fallback contexts
+  (``_SSL_CONTEXT_VERIFIED``, ``_SSL_CONTEXT_UNVERIFIED``) at import from the default CA
+  file, which ``SSL_CERT_FILE`` redirects.  Not capped: if aiohttp stops doing that, the
+  import just costs less and ``test_aiohttp_builds_its_fallback_contexts_at_import`` says
+  the redirection can go; correctness never depends on it (every ``KubeApi`` connection
+  passes its own context).
 * CPython's ``atexit._run_exitfuncs`` (``reconciler/cli/main.py``, ``exit_now``): smtpctl
   runs the exit handlers itself, then ends with ``os._exit`` (no interpreter teardown).
   Not capped by a dependency: the interpreter is ours to choose (``requires-python``);
@@ -213,6 +220,34 @@ def test_private_api_dependencies_are_capped(dist: str, cap: str) -> None:
             *(r for extra in data["project"]["optional-dependencies"].values() for r in extra)]
     spec = next(Requirement(r).specifier for r in reqs if Requirement(r).name == dist)
     assert f"<{cap}" in {str(s) for s in spec}, (dist, str(spec))
+
+
+# --- aiohttp ------------------------------------------------------------------------------
+
+
+def test_aiohttp_builds_its_fallback_contexts_at_import() -> None:
+    """What ``reconciler/stores/aiohttpimport.py`` saves: importing aiohttp builds two SSL
+    contexts in ``aiohttp.connector`` that load the default CA file (``SSL_CERT_FILE``,
+    when set, instead of the system's).  (That a connector given its own context uses it
+    is public behaviour: every operator test connects with the emulator's own CA.)"""
+    import os
+    import ssl
+    import subprocess
+    import sys
+
+    code = (
+        "import aiohttp.connector as c\n"
+        "print(c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'],"
+        " c._SSL_CONTEXT_UNVERIFIED.cert_store_stats()['x509_ca'])\n")
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True, env=env).stdout.split()
+    assert out == [str(system), str(system)], out
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True, env={**env, "SSL_CERT_FILE": os.devnull}
+                         ).stdout.split()
+    assert out == ["0", "0"], out
 
 
 # --- CPython ------------------------------------------------------------------------------

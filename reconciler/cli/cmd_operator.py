@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import importlib
 import logging
 import os
 import signal
@@ -75,7 +76,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
 
 
+def import_operator() -> None:
+    """The operator's modules, aiohttp first and without the CA-bundle loads it does at
+    import (``reconciler/stores/aiohttpimport.py``: 0.05 s of the start-up)."""
+    from reconciler.stores.aiohttpimport import import_aiohttp
+
+    import_aiohttp()
+    importlib.import_module("reconciler.runtimes.operator")
+
+
 def run(args: argparse.Namespace) -> int:
+    import_operator()
     from reconciler.runtimes import logjson
     from reconciler.runtimes.operator import OperatorConfig, run_operator
 

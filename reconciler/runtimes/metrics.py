@@ -7,7 +7,7 @@ names and condition types - never resource spec values, never secrets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -64,6 +64,22 @@ class _RelayHealthCollector:
         yield from (ready, last, expiry)
 
 
+class _ResourceConditionsCollector:
+    """``smtpctl_resources{kind,condition,status}``: the cached resources counted by
+    condition status when scraped.  (It was refreshed every 5 s whether anyone scraped or
+    not: 41 ms a time at 10,000 resources, ~0.8 % of the operator's core.)"""
+
+    def __init__(self, source: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("smtpctl_resources", "Resources by condition status",
+                                   labels=["kind", "condition", "status"])
+        for (kind, condition, status), n in sorted(self._source().items()):
+            family.add_metric([kind, condition, status], float(n))
+        yield family
+
+
 M = TypeVar("M", Counter, Histogram)
 
 
@@ -113,8 +129,6 @@ class OperatorMetrics:
             "and the restart budget was spent", registry=r)
         self.reconciles = Counter("smtpctl_reconciles_total", "Reconcile passes, by action",
                                   ["kind", "action"], registry=r)
-        self.resources = Gauge("smtpctl_resources", "Resources by condition status",
-                               ["kind", "condition", "status"], registry=r)
         self.queue_depth = Gauge("smtpctl_queue_depth",
                                  "Resources whose reconcile is due or running", registry=r)
         self.workers = Gauge("smtpctl_workers", "Per-resource workers", registry=r)
@@ -148,6 +162,10 @@ class OperatorMetrics:
         # runtime sets ``relay_health`` (default: none).
         self.relay_health: Callable[[], Iterable[RelayHealth]] = lambda: ()
         r.register(_RelayHealthCollector(lambda: self.relay_health()))
+        # Resources by condition status, counted when scraped: the runtime sets
+        # ``resource_conditions`` ((kind, condition type, status) -> count; default none).
+        self.resource_conditions: Callable[[], Mapping[tuple[str, str, str], int]] = dict
+        r.register(_ResourceConditionsCollector(lambda: self.resource_conditions()))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -69,6 +69,7 @@ class Controller:
         self.publisher = publisher
         self.metrics = metrics
         metrics.relay_health = self.relay_health
+        metrics.resource_conditions = self.condition_counts
         self.index = index
         self.secrets = secrets
         self.pool = WorkerPool(self._pass, metrics,
@@ -196,15 +197,15 @@ class Controller:
             "resource": str(result.ref), "generation": gen, "action": result.action,
             "reason": _ready_reason(result.status), "requeueAfter": result.requeue_after})
 
-    def refresh_condition_gauges(self) -> None:
+    def condition_counts(self) -> dict[tuple[str, str, str], int]:
+        """Cached resources by (kind, condition type, status), for ``smtpctl_resources``
+        (computed when ``/metrics`` is scraped)."""
         counts: dict[tuple[str, str, str], int] = {}
         for body in self.store.cached_objects():
             for c in conditions_of(body):
                 key = (str(body.get("kind")), str(c.get("type")), str(c.get("status")))
                 counts[key] = counts.get(key, 0) + 1
-        self.metrics.resources.clear()
-        for (kind, ctype, status), n in counts.items():
-            self.metrics.resources.labels(kind, ctype, status).set(n)
+        return counts
 
     def relay_health(self) -> Iterator[HealthSample]:
         """The relays' health samples from the active records (engine/active.py), for the

@@ -186,8 +186,7 @@ async def _gauges(parts: Parts, refl: list[Reflector], state: health.Readiness,
             metrics.probe_worker_restarts.inc(pool.restarts - restarts)
             metrics.probe_worker_unavailable.inc(pool.restarts_refused - unavailable)
             counted, restarts, unavailable = pool.offloaded, pool.restarts, pool.restarts_refused
-        if tick % 5 == 0:  # the rest scans the caches: every 5 s
-            parts.controller.refresh_condition_gauges()
+        if tick % 5 == 0:  # every 5 s (smtpctl_resources is counted when scraped)
             parts.secrets.prune()
         await asyncio.sleep(1)
 
