@@ -358,7 +358,7 @@ async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
     """
     world.begin_pass()
     errors = errors if errors is not None else ErrorBackoff()
-    limit = max_tasks or task_limit(world.limits)
+    limit = max_tasks or max(64, world.limits.concurrency * 4)
     results: list[ReconcileResult] = []
     todo = list(dict.fromkeys(refs))
 
@@ -396,26 +396,6 @@ async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
     order = {r: i for i, r in enumerate(todo)}
     results.sort(key=lambda r: order.get(r.ref, 0))
     return results
-
-
-SPARE_TASKS = 4  # passes preparing their test while every slot is taken (task_limit)
-
-
-def task_limit(limits: Limits) -> int:
-    """How many passes :func:`reconcile_objects` runs at once.
-
-    A pass waiting for a test slot holds its task.  When a host's limit is below the
-    global one (or slots are shared fairly between namespaces), passes of a busy host can
-    hold every task while other hosts' slots are free: four times the global limit (at
-    least 64) keep a fleet of mostly one host from starving the others.  Otherwise a pass
-    can only wait for the global limit, and tasks beyond it only queue on it: the limit
-    and :data:`SPARE_TASKS` more (the next tests prepared while the slots are busy).
-    Waking 96 queued passes one by one cost ~5 % of the main process's CPU in a first
-    apply of 1,000 at ``--concurrency 32 --per-host 32``.
-    """
-    if limits.per_host >= limits.concurrency and not limits.fair:
-        return limits.concurrency + SPARE_TASKS
-    return max(64, limits.concurrency * 4)
 
 
 async def _each(items: list[ObjectRef], fn: Callable[[ObjectRef], Any], limit: int) -> None:
