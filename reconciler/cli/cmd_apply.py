@@ -32,6 +32,7 @@ from reconciler.cli.localcmd import (
     add_probe_workers,
     is_tty,
     print_table,
+    ready_cell,
     row,
     run_locked,
     sort_key,
@@ -71,7 +72,12 @@ def _structured(args: argparse.Namespace) -> bool:
 class Progress:
     """A rich progress bar on a terminal, plain lines on stderr otherwise.
 
-    ``stamp`` prefixes every line with the time (``--watch``: a log of what happened)."""
+    ``stamp`` prefixes every line with the time (``--watch``: a log of what happened) and
+    writes it at once.  Without it the lines of one apply are written together, at most
+    :data:`LINES_EVERY` seconds after the first of them (and all at the end): one write per
+    line to a pipe woke its reader (a CI runner, a pager) up to 300 times a second, and
+    each wake-up could take this process's CPU at once, while tests were waiting for it.
+    """
 
     def __init__(self, total: int, *, enabled: bool, stamp: bool = False) -> None:
         self.total = total
@@ -81,6 +87,8 @@ class Progress:
         self.enabled = enabled
         self._bar: Any = None
         self._task: Any = None
+        self._lines: list[str] = []  # not written yet (see the class docstring)
+        self._timer: asyncio.TimerHandle | None = None
 
     def __enter__(self) -> Progress:
         if self.tty:
@@ -93,8 +101,33 @@ class Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.flush()
         if self._bar is not None:
             self._bar.stop()
+
+    def flush(self) -> None:
+        """Write the lines not written yet (one write)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    def _line(self, line: str) -> None:
+        if self.stamp:
+            say(line, stamp=True)
+            return
+        self._lines.append(line)
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not called from a pass: nothing will come to flush it
+                self.flush()
+                return
+            self._timer = loop.call_later(LINES_EVERY, self.flush)
 
     def __call__(self, result: Any) -> None:
         self.done += 1
@@ -104,8 +137,6 @@ class Progress:
             return
         if not self.enabled or result.action == "skipped":
             return
-        from reconciler.cli.localcmd import ready_cell
-
         ready, reason = ready_cell(result.status)
         outcome = _test_word(result)
         line = f"{outcome:8} {ref.kind}/{ref.namespace}/{ref.name}: Ready={ready} ({reason})"
@@ -113,14 +144,17 @@ class Progress:
             msg = _ready_message(result.status)
             if msg:
                 line += f": {msg}"
-        say(line, stamp=self.stamp)
+        self._line(line)
 
     def event(self, e: Any) -> None:
         """A selection change while watching (Active, Failover, NotRequested)."""
         if self.enabled and e.reason in SELECTION_EVENTS:
-            say(f"{'selection':8} {e.ref.kind}/{e.ref.namespace}/{e.ref.name}: {e.reason}: "
-                f"{e.message}", stamp=self.stamp)
+            self._line(f"{'selection':8} {e.ref.kind}/{e.ref.namespace}/{e.ref.name}: "
+                       f"{e.reason}: {e.message}")
 
+
+# Seconds a progress line may wait to be written with the next ones (Progress).
+LINES_EVERY = 0.1
 
 SELECTION_EVENTS = ("Active", "Failover", "NotRequested", "Failback", "NoRelayInUse",
                     "ActiveRelayFailing", "PruneDeferred")
