@@ -48,7 +48,7 @@ from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.refresh import REFRESH_FLOOR
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, parse_resource
 from reconciler.secret import Secret
-from reconciler.stores.base import Event, ObjectRef, StoredObject, StoreError
+from reconciler.stores.base import Event, ObjectRef, StoredObject, StoreError, manifest_ref
 from reconciler.stores.local import LocalStore, Upserted
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -211,10 +211,7 @@ def validate_documents(docs: list[Document]) -> list[dict[str, Any]]:
     return manifests
 
 
-def ref_of(manifest: dict[str, Any]) -> ObjectRef:
-    meta = manifest.get("metadata") or {}
-    return ObjectRef(str(manifest["kind"]), str(meta.get("namespace", "default")),
-                     str(meta["name"]))
+ref_of = manifest_ref  # the name the CLI commands use
 
 
 # --- the world -------------------------------------------------------------------------

@@ -53,6 +53,13 @@ class ObjectRef:
         return f"{self.kind}/{self.namespace}/{self.name}"
 
 
+def manifest_ref(manifest: dict[str, Any]) -> ObjectRef:
+    """The identity of a manifest as written (no namespace: ``default``)."""
+    meta = manifest.get("metadata") or {}
+    return ObjectRef(str(manifest["kind"]), str(meta.get("namespace", "default")),
+                     str(meta["name"]))
+
+
 @dataclass(frozen=True, slots=True)
 class TestMemo:
     """What the engine remembers about the last connection test of a resource.

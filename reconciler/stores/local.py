@@ -70,6 +70,7 @@ from reconciler.stores.base import (
     StoreError,
     TestMemo,
     TestRecord,
+    manifest_ref,
 )
 
 if TYPE_CHECKING:
@@ -865,11 +866,10 @@ class LocalStore:
             # names of a kind and namespace) instead of one per manifest; a row this loop
             # writes replaces its entry, so a manifest given twice sees the first one's
             # write, as a query per manifest would.
-            rows = self._rows_of(db, manifests)
-            for m in manifests:
+            refs = [manifest_ref(m) for m in manifests]
+            rows = self._rows_of(db, refs)
+            for m, ref in zip(manifests, refs, strict=True):
                 meta = m.get("metadata") or {}
-                ref = ObjectRef(str(m["kind"]), str(meta.get("namespace", "default")),
-                                str(meta["name"]))
                 clean: dict[str, Any] = {k: m[k] for k in ("apiVersion", "kind", "metadata",
                                                            "spec") if k in m}
                 clean["metadata"] = {k: v for k, v in meta.items()
@@ -918,16 +918,14 @@ class LocalStore:
             self._remember(u.obj, built=False)
         return out
 
-    def _rows_of(self, db: sqlite3.Connection, manifests: list[dict[str, Any]]
+    def _rows_of(self, db: sqlite3.Connection, refs: list[ObjectRef]
                  ) -> dict[tuple[str, str, str], tuple[Any, ...]]:
-        """The rows of the resources ``manifests`` name that exist, by key: one query per
+        """The rows of ``refs`` that exist, by key: one query per
         :data:`UPSERT_READ_CHUNK` names of a kind and namespace (a name list, not a scan of
         the namespace: a small input in a large store reads only its own rows)."""
         names: dict[tuple[str, str], list[str]] = {}
-        for m in manifests:
-            meta = m.get("metadata") or {}
-            names.setdefault((str(m["kind"]), str(meta.get("namespace", "default"))),
-                             []).append(str(meta["name"]))
+        for ref in refs:
+            names.setdefault((ref.kind, ref.namespace), []).append(ref.name)
         rows: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         for (kind, ns), group in names.items():
             for i in range(0, len(group), UPSERT_READ_CHUNK):
