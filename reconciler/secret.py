@@ -9,9 +9,11 @@ place that handles the clear text easy to grep for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
+import sys
 from typing import Any, NoReturn
 
 MASK = "******"
@@ -110,12 +112,8 @@ def keyed_version(value: str | Secret, *, key: bytes | None = None) -> str:
     return "h:" + digest[:24]
 
 
-def _register_yaml() -> None:
-    """YAML dumps of a Secret show the mask (PyYAML is a dependency; loaded by every CLI)."""
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - PyYAML is a hard dependency
-        return
+def _register_yaml(yaml: Any) -> None:
+    """YAML dumps of a Secret show the mask, with every PyYAML dumper."""
 
     def represent(dumper: Any, _value: Secret) -> Any:
         return dumper.represent_str(MASK)
@@ -128,4 +126,42 @@ def _register_yaml() -> None:
             yaml.add_representer(Secret, represent, Dumper=cdumper)
 
 
-_register_yaml()
+class _AfterYamlImport:
+    """A ``sys.meta_path`` entry that registers the representers right after PyYAML is
+    imported, by whoever imports it: importing PyYAML here (~20 ms) was most of what
+    the operator - which never writes YAML - paid for this module at start (issue 15).
+
+    It only answers for ``yaml``: it asks the finders after it for the spec, wraps the
+    loader's ``exec_module`` so the representers are added before the import returns,
+    and takes itself out of ``sys.meta_path`` once PyYAML is loaded."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "yaml":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader: Any = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None or isinstance(loader, type):  # pragma: no cover
+            return None  # not a source or extension module's loader: left alone
+
+        def exec_and_register(module: Any) -> None:
+            exec_module(module)
+            _register_yaml(module)
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+
+        loader.exec_module = exec_and_register
+        return spec
+
+
+if "yaml" in sys.modules:
+    _register_yaml(sys.modules["yaml"])
+else:
+    sys.meta_path.insert(0, _AfterYamlImport())
