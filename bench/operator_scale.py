@@ -22,6 +22,10 @@ Per count (default 1,000 and 10,000), with ``--repeat`` runs of each:
 * **API requests per resource**: counted at the emulator (every request) and by verb and
   resource at the operator (``smtpctl_kube_requests_total``);
 * **peak RSS** (``VmHWM``) of the operator;
+* ``--start warm`` (besides the default ``cold``, which is the above): the operator runs
+  first (Lease held, caches primed, idle with 0 resources), then the bench creates the N
+  resources; **create -> all Ready** runs from the first create to the last resource
+  first seen Ready (the GitOps path: a running operator, new resources);
 * **restart catch-up**: the operator is stopped and started again; the time until it has
   reconciled all N, the connection tests (must be 0) and resource writes (must be 0)
   meanwhile; ``--stay-up S`` keeps it running S more seconds: it must keep its Lease;
@@ -242,23 +246,14 @@ def requests_selection(i: int, fraction: float) -> bool:
 
 
 async def _populate(emu: Emulator, count: int, relay: Relay, ca_extra: str = "",
-                    selected_fraction: float = 0.0) -> None:
+                    selected_fraction: float = 0.0, *, setup: bool = True) -> None:
+    """The namespace, the CRDs (stand-ins without generated ones) and the two Secrets
+    (``setup``), then ``count`` ExternalSmtps, 16 creates in flight."""
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(base_url=emu.url, timeout=120, limits=limits,
                                  **emu.http) as http:
-        r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
-        r.raise_for_status()
-        if not emu.generated_crds:
-            for kind, plural in (("ExternalSmtp", "externalsmtps"),
-                                 ("OAuth2Provider", "oauth2providers")):
-                r = await http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                                    json=standin_crd(kind, plural))
-                r.raise_for_status()
-        for name, data in (("relay-ca", {"ca.crt": relay.ca_pem + ca_extra}),
-                           ("relay-password", {"password": PASSWORD})):
-            r = await http.post(f"/api/v1/namespaces/{NS}/secrets", json={
-                "metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}})
-            r.raise_for_status()
+        if setup:
+            await _setup(http, emu, relay, ca_extra)
         sem = asyncio.Semaphore(16)
 
         async def one(i: int) -> None:
@@ -283,6 +278,22 @@ async def _populate(emu: Emulator, count: int, relay: Relay, ca_extra: str = "",
                 r.raise_for_status()
 
         await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def _setup(http: httpx.AsyncClient, emu: Emulator, relay: Relay, ca_extra: str) -> None:
+    r = await http.post("/api/v1/namespaces", json={"metadata": {"name": NS}})
+    r.raise_for_status()
+    if not emu.generated_crds:
+        for kind, plural in (("ExternalSmtp", "externalsmtps"),
+                             ("OAuth2Provider", "oauth2providers")):
+            r = await http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                                json=standin_crd(kind, plural))
+            r.raise_for_status()
+    for name, data in (("relay-ca", {"ca.crt": relay.ca_pem + ca_extra}),
+                       ("relay-password", {"password": PASSWORD})):
+        r = await http.post(f"/api/v1/namespaces/{NS}/secrets", json={
+            "metadata": {"name": name}, "data": {k: _b64(v) for k, v in data.items()}})
+        r.raise_for_status()
 
 
 # --- the relay's capacity: the peer the operator is compared with -------------------------
@@ -423,6 +434,9 @@ CREDENTIALS = "in-cluster"
 # (``smtpctl operator --event-loop``), so both sides run the connection test on the same
 # loop; "asyncio" for runs comparable with records before uvloop.
 RAW_EVENT_LOOP = "uvloop"
+# ``--raw-after`` (the default; ``--no-raw-after``): the raw peer again right after the
+# first pass, as well as right before it.
+RAW_AFTER = True
 
 
 def operator_credentials(emu: Emulator, log: Path) -> tuple[list[str], dict[str, str]]:
@@ -745,7 +759,15 @@ def phases(ready_times: list[float], samples: list[Sample], t0: float, count: in
             row["others_on_rest_cores"] = round(busy - row["operator"] - row["relay"], 3)
         row["seconds"] = round(b - a, 3)
         cpu[name] = row
+    # Per second of the pass: resources first seen Ready, and the CPU seconds of the
+    # operator, the emulator and the relay in that second (where a tail comes from).
+    timeline = []
+    for sec in range(int(t_all) + 1):
+        timeline.append([sec, sum(1 for t in ts if sec <= t < sec + 1),
+                         *(between(k, sec, sec + 1)
+                           for k in ("operator", "emulator", "relay"))])
     return {
+        "timeline_per_second": timeline,
         "first_ready_s": round(t_first, 3), "t10_s": round(t10, 3), "t50_s": round(t50, 3),
         "t90_s": round(t90, 3), "all_ready_s": round(t_all, 3),
         "steady_ready_per_s": round(steady, 1),
@@ -767,7 +789,8 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             stay_up: float = 0, raw_tests: int = 0, profile: Path | None = None,
             probe_workers: str = "auto", placement: str = "shared",
             operator_root: Path = ROOT, profile_rate: int = 100,
-            ca_extra: str = "", selected_fraction: float = 0.0) -> dict[str, Any]:
+            ca_extra: str = "", selected_fraction: float = 0.0,
+            start: str = "cold") -> dict[str, Any]:
     place = Placement(placement)
     # This script (its Ready watch, the samplers) runs on the API server's side: on a
     # real cluster whoever waits for Ready is not on the operator's node either.
@@ -775,14 +798,20 @@ def run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         return _run_one(count, concurrency, work, deadline, stay_up=stay_up,
                         raw_tests=raw_tests, profile=profile, probe_workers=probe_workers,
                         place=place, operator_root=operator_root, profile_rate=profile_rate,
-                        ca_extra=ca_extra, selected_fraction=selected_fraction)
+                        ca_extra=ca_extra, selected_fraction=selected_fraction,
+                        start=start)
 
 
 def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
              stay_up: float, raw_tests: int, profile: Path | None,
              probe_workers: str, place: Placement, operator_root: Path,
              profile_rate: int, ca_extra: str,
-             selected_fraction: float = 0.0) -> dict[str, Any]:
+             selected_fraction: float = 0.0, start: str = "cold") -> dict[str, Any]:
+    """One run.  ``start`` "cold": the N resources exist, then the operator starts (its
+    start-up is part of the time to Ready); "warm": the operator runs first (Lease held,
+    caches primed, nothing to do), then the bench creates the N resources and the time
+    runs from the first create to the last Ready (the GitOps path)."""
+    warm = start == "warm"
     load_start = os.getloadavg()
     with place.on(place.api):
         emu = Emulator(work)
@@ -792,19 +821,35 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
     op: Operator | None = None
     try:
         t0 = time.monotonic()
-        asyncio.run(_populate(emu, count, relay, ca_extra, selected_fraction))
+        asyncio.run(_populate(emu, 0 if warm else count, relay, ca_extra, selected_fraction))
         create_s = time.monotonic() - t0
         with place.on(place.rest):  # the raw peer's client processes
             raw = raw_capacity(relay, raw_tests or min(count, 2000), concurrency)
         watch = ReadyWatch(emu)
+        op_cpu0 = 0.0
+        if warm:  # the operator first: running, Lease held, primed, idle
+            with place.on(place.rest):
+                op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
+                              probe_workers=probe_workers, root=operator_root)
+            idle_op = op
+            _wait("the idle operator's primed cache",
+                  lambda: b'"msg":"primed cache"' in idle_op.log.read_bytes(),
+                  deadline.left(120), idle_op.sample)
+            time.sleep(1.0)  # its watches open; nothing else to do
+            op_cpu0 = cpu_seconds(op.pid)
         base = emu.stats()
         relay_tests0 = relay.connections
         emu_cpu0, relay_cpu0 = cpu_seconds(emu.pid), cpu_seconds(relay.pid)
         t_start = time.monotonic()
         t_start_wall = time.time()
-        with place.on(place.rest):
-            op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
-                          probe_workers=probe_workers, root=operator_root)
+        if warm:
+            assert op is not None
+            asyncio.run(_populate(emu, count, relay, ca_extra, selected_fraction, setup=False))
+            create_s = time.monotonic() - t_start
+        else:
+            with place.on(place.rest):
+                op = Operator(emu, work / f"operator-{count}-a.log", concurrency,
+                              probe_workers=probe_workers, root=operator_root)
         op_first = op
         samples: list[Sample] = []
 
@@ -821,9 +866,11 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
                      Profiler(emu.pid, profile / f"emulator-{count}-{place.name}.raw",
                               profile_rate)] if profile else []
         ready_s = watch.wait(count, deadline.left(7200), alive=alive, tick=0.25)
-        cpu_op = cpu_seconds(op.pid)
+        cpu_op = cpu_seconds(op.pid) - op_cpu0
         alive()
         first_ready = list(watch.first_ready.values())
+        if warm:  # from the first create to the last resource first seen Ready
+            ready_s = max(first_ready) - t_start
         cpu_workers = op.sample_workers()
         workers_seen = len(op.worker_cpu)
         cpus_seen = {"emulator": affinity(emu.pid), "relay": affinity(relay.pid),
@@ -844,6 +891,11 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         op.stop()
         first = emu.stats()
         tests_first = relay.connections - relay_tests0
+        raw_after = None
+        if RAW_AFTER:  # the same peer again, right after the pass (the host's speed drifts)
+            with place.on(place.rest):
+                raw_after = raw_capacity(relay, raw_tests or min(count, 2000), concurrency)
+        relay_tests1 = relay.connections
         with place.on(place.rest):
             op2 = op = Operator(emu, work / f"operator-{count}-b.log", concurrency,
                                 probe_workers=probe_workers, root=operator_root)
@@ -869,21 +921,32 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         rss_restart = op2.rss_peak
         op2.stop()
         op = None
-        tests_restart = relay.connections - relay_tests0 - tests_first
+        tests_restart = relay.connections - relay_tests1
         writes_restart = sum(  # Lease renewals are writes too, but not of resources
             v - first["writes_by_plural"].get(k, 0)
             for k, v in second["writes_by_plural"].items() if k != "leases")
-        req_first = first["requests"] - base["requests"]
+        # (warm: the bench's own N creates are requests at the emulator too, not the
+        # operator's)
+        req_first = first["requests"] - base["requests"] - (count if warm else 0)
         req_restart = second["requests"] - first["requests"]
         ready_per_s = count / ready_s if ready_s > 0 else float("inf")
         out: dict[str, Any] = {
             "count": count,
+            "start": start,
             "load_average_start": [round(x, 2) for x in load_start],
             "create_seconds": round(create_s, 2),
             "raw_relay": raw,
             "ready_seconds": round(ready_s, 2),
             "ready_per_second": round(ready_per_s, 1),
             "ready_to_raw_ratio": round(ready_per_s / raw["tests_per_second"], 3),
+            # The raw peer measured again right after the pass, and the ratio against the
+            # mean of both (the host's speed drifts by up to ~1.5x within a minute here)
+            "raw_relay_after": raw_after,
+            "ready_to_raw_after_ratio": round(
+                ready_per_s / raw_after["tests_per_second"], 3) if raw_after else None,
+            "ready_to_raw_mean_ratio": round(ready_per_s / (
+                (raw["tests_per_second"] + raw_after["tests_per_second"]) / 2), 3)
+            if raw_after else None,
             "tests_first": tests_first,
             "probe_workers": probe_workers,
             "placement": place.name,
@@ -1197,7 +1260,10 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release()}
 
 
-def _median_spread(values: list[float]) -> str:
+def _median_spread(maybe: list[float | None]) -> str:
+    values = [v for v in maybe if v is not None]
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]}"
     return f"{statistics.median(values):.4g} ({min(values):.4g}-{max(values):.4g})"
@@ -1225,6 +1291,11 @@ def main() -> int:
                         "`git archive main` unpacked) instead of this one; repeatable: a "
                         "before/after A/B in one invocation, each run its own emulator and "
                         "relay (default: this tree)")
+    parser.add_argument("--start", action="append", default=None, choices=("cold", "warm"),
+                        help="cold (the default): the resources exist, then the operator "
+                        "starts; warm: the operator runs idle (Lease held, primed), then the "
+                        "bench creates the resources - time from the first create to the "
+                        "last Ready (the GitOps path); repeatable: both in one invocation")
     parser.add_argument("--ca-bundle-extra", type=Path, default=None, metavar="PEM",
                         help="append this PEM file (e.g. /etc/ssl/certs/ca-certificates.crt, "
                         "a public-CA bundle) to the relays' CA bundle Secret")
@@ -1240,6 +1311,10 @@ def main() -> int:
     parser.add_argument("--raw-event-loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="the raw peer's client loop (default uvloop, the operator's "
                         "default; asyncio: as the records before uvloop)")
+    parser.add_argument("--raw-after", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the raw peer again right after the first pass and "
+                        "report the ratio against it and against the mean of both (the "
+                        "default; the host's speed drifts within a run)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the operator logs here (default: a temporary directory)")
@@ -1266,8 +1341,9 @@ def main() -> int:
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
     args = parser.parse_args()
-    global CREDENTIALS, RAW_EVENT_LOOP
+    global CREDENTIALS, RAW_EVENT_LOOP, RAW_AFTER
     CREDENTIALS, RAW_EVENT_LOOP = args.credentials, args.raw_event_loop
+    RAW_AFTER = args.raw_after
     deadline = Deadline(args.max_seconds)
     if args.memory is not None:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
@@ -1314,25 +1390,28 @@ def main() -> int:
     for root in roots:
         if not (root / "reconciler" / "__main__.py").is_file():
             raise SystemExit(f"bench: {root} holds no reconciler package")
-    runs = [(c, w, pl, root) for c in counts for w in args.probe_workers or ["auto"]
-            for pl in placements for root in roots]
+    starts: list[str] = list(dict.fromkeys(args.start or ["cold"]))
+    runs = [(c, w, pl, root, st) for c in counts for w in args.probe_workers or ["auto"]
+            for pl in placements for st in starts for root in roots]
     results: list[dict[str, Any]] = []
     ca_extra = args.ca_bundle_extra.read_text() if args.ca_bundle_extra else ""
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:
         for rep in range(args.repeat):
-            for i, (count, workers, placement, root) in enumerate(runs):
+            for i, (count, workers, placement, root, start) in enumerate(runs):
                 work = (args.workdir or Path(tmp_dir)) / f"{count}-{workers}-{placement}-{i}-{rep}"
                 work.mkdir(parents=True, exist_ok=True)
                 print(f"== {count} resources, --probe-workers {workers}, {placement}, "
-                      f"operator from {root}, run {rep + 1}/{args.repeat}", flush=True)
+                      f"{start} start, operator from {root}, run {rep + 1}/{args.repeat}",
+                      flush=True)
                 stay_up = args.stay_up if count >= args.stay_up_from else 0
                 r = run_one(count, args.concurrency, work, deadline, stay_up=stay_up,
                             raw_tests=args.raw_tests, profile=args.profile,
                             probe_workers=workers, placement=placement,
                             operator_root=root, profile_rate=args.profile_rate,
-                            ca_extra=ca_extra, selected_fraction=args.selected_fraction)
+                            ca_extra=ca_extra, selected_fraction=args.selected_fraction,
+                            start=start)
                 results.append(r)
                 print(json.dumps(r, indent=1), flush=True)
                 if args.json:  # after every run: a long run that stops keeps what it has
@@ -1342,7 +1421,7 @@ def main() -> int:
     if len(set(counts)) >= 2:
         for placement in placements:
             rs = [r for r in results if r["placement"] == placement
-                  and r["operator_root"] == str(roots[0])]
+                  and r["operator_root"] == str(roots[0]) and r["start"] == starts[0]]
             growth[placement] = {
                 "operator_cpu_seconds_first": fit([
                     (r["count"], r["operator_cpu_seconds_first"]) for r in rs]),
@@ -1368,6 +1447,7 @@ def main() -> int:
                                          "growth": growth}, indent=1))
     print()
     cols = [("ready/s", "ready_per_second"), ("raw/s", None), ("ratio", "ready_to_raw_ratio"),
+            ("ratio to mean raw", "ready_to_raw_mean_ratio"),
             ("idle proj.", "idle_projection_ratio"),
             ("op ms/res", "operator_cpu_ms_per_resource_first"),
             ("workers ms/res", "probe_workers_cpu_ms_per_resource_first"),
@@ -1377,7 +1457,7 @@ def main() -> int:
             ("fixed req", "fixed_requests"), ("lease req", "lease_requests"),
             ("RSS MB", "rss_first_mb"),
             ("catch-up s", "catchup_seconds")]
-    print(f"{'count':>7} {'workers':>7} {'placement':>9} {'root':>4} "
+    print(f"{'count':>7} {'workers':>7} {'placement':>9} {'start':>5} {'root':>4} "
           + " ".join(f"{c:>22}" for c, _ in cols))
 
     def cell(r: dict[str, Any], key: str | None) -> Any:
@@ -1390,13 +1470,14 @@ def main() -> int:
             return att[key]
         return r[key]
 
-    for count, workers, placement, root in runs:
+    for count, workers, placement, root, start in runs:
         rows = [r for r in results if r["count"] == count and r["probe_workers"] == workers
-                and r["placement"] == placement and r["operator_root"] == str(root)]
+                and r["placement"] == placement and r["operator_root"] == str(root)
+                and r["start"] == start]
         if not rows:
             continue
         cells = [f"{_median_spread([cell(r, key) for r in rows]):>22}" for _n, key in cols]
-        print(f"{count:>7} {workers:>7} {placement:>9} {roots.index(root):>4} "
+        print(f"{count:>7} {workers:>7} {placement:>9} {start:>5} {roots.index(root):>4} "
               + " ".join(cells))
     if len(roots) > 1:
         print("root: " + ", ".join(f"{i} = {r}" for i, r in enumerate(roots)))
