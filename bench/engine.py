@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import os
@@ -227,6 +228,7 @@ def one_round(kind: str, fleet: Fleet, tmp: Path, i: int,
     from reconciler.engine.assess import HANDED_OVER
 
     HANDED_OVER.clear()  # no model handed over: every first pass validates its manifest
+    first_apply: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if kind == "memory":
         store: Any = MemoryStore()
         refs = [store.put(m) for m in fleet.manifests]
@@ -235,18 +237,26 @@ def one_round(kind: str, fleet: Fleet, tmp: Path, i: int,
         from reconciler.stores.local import LocalStore
 
         store = LocalStore(tmp / f"state-{i}")
+        # As `smtpctl apply` does (runtimes.local.apply_manifests): the upsert and the
+        # passes of one apply share the store's memory of the objects it wrote; the second
+        # pass stands for the next apply, a new process that remembers nothing.
+        first_apply = store.remember()
+        first_apply.__enter__()
         refs = [u.obj.ref for u in store.upsert_many(fleet.manifests, now=time.time())]
         close = store.close
     counting: list[Counter[str]] = []
     if statements is not None and kind == "local":
-        store._db.set_trace_callback(
-            lambda sql: counting[-1].update([sql.split(None, 1)[0].upper()]) if counting
-            else None)
+        # The statements the store runs (not SQLite's trace callback: it reports every
+        # trigger program a statement runs too, under the statement's text).
+        store._db = _CountingConnection(store._db, counting)
     try:
         world = world_for(store, fleet.ca_file.parent)
         if statements is not None:
             counting.append(statements.setdefault("first", Counter()))
-        first = one_pass(world, refs, profile("first"))
+        try:
+            first = one_pass(world, refs, profile("first"))
+        finally:
+            first_apply.__exit__(None, None, None)
         if statements is not None:
             counting.append(statements.setdefault("second", Counter()))
         second = one_pass(world, refs, profile("second"))
@@ -257,6 +267,29 @@ def one_round(kind: str, fleet: Fleet, tmp: Path, i: int,
         raise RuntimeError(f"expected {n} tests then 0, got {first.tested} and "
                            f"{second.tested} ({first.actions}, {second.actions})")
     return first, second
+
+
+class _CountingConnection:
+    """A store's sqlite3 connection, counting each statement it is asked to run (each row
+    of an ``executemany``) by its first word into ``counting[-1]``."""
+
+    def __init__(self, db: Any, counting: list[Counter[str]]) -> None:
+        self._inner = db
+        self._counting = counting
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self._counting:
+            self._counting[-1][sql.split(None, 1)[0].upper()] += 1
+        return self._inner.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        rows = list(rows)
+        if self._counting:
+            self._counting[-1][sql.split(None, 1)[0].upper()] += len(rows)
+        return self._inner.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def top(prof: cProfile.Profile, n: int, key: str, per: int) -> list[str]:

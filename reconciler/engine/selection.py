@@ -248,11 +248,13 @@ class _Memo:
 
     __slots__ = ("cand", "desired", "key", "obj", "settled")
 
-    def __init__(self, obj: StoredObject) -> None:
+    def __init__(self, obj: StoredObject, cand: Candidate | None = None) -> None:
+        """``cand``: ``candidate(obj)``, when the caller has built it already."""
         self.obj = obj
         # None for a bystander (neither asks for selection nor holds it: no rule reads it
         # and no Selected write is made for it here); built when something asks (full()).
-        self.cand: Candidate | None = None if _bystander(obj) else candidate(obj)
+        self.cand: Candidate | None = (
+            None if _bystander(obj) else cand if cand is not None else candidate(obj))
         self.key: tuple[Any, ...] | None = None
         self.desired: tuple[bool, str, str] = (False, "", "")
         self.settled = False
@@ -591,10 +593,10 @@ async def _decide_and_write(namespace: str, world: Any, batch: list[_Request],
             continue
         if preview is not None:  # decide on the verdict as it will be written
             obj = replace(m.obj, status=preview.status, memo=preview.memo)
-            previews[name] = candidate(obj)
+            previews[name] = pc = candidate(obj)
             if idx is not None:
                 idx.dirty.add(name)  # read again at the next run, written or not
-                pm = _Memo(obj)
+                pm = _Memo(obj, pc)  # (its candidate was built once per preview, not twice)
                 idx.put(pm)
                 memos[name] = pm
     if look is None:
