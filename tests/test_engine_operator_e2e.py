@@ -66,14 +66,6 @@ def reverify(c: Cluster, name: str) -> tuple[int, str]:
                    str(c.kubeconfig), "--wait", "--timeout", "60")
 
 
-def selected(c: Cluster, name: str) -> bool:
-    return bool(((c.smtp(NS, name) or {}).get("status") or {}).get("selected"))
-
-
-def ready(c: Cluster, name: str) -> bool:
-    return condition(c.smtp(NS, name), "Ready").get("status") == "True"
-
-
 def metrics(op: OperatorProcess) -> str:
     url = next(f"http://127.0.0.1:{r['port']}/metrics" for r in op.logs()
                if r.get("msg") == "listening" and "/metrics" in (r.get("paths") or []))
@@ -103,7 +95,7 @@ def test_published_record_failover_and_the_relay_in_use_failing(
     backup["priority"] = 10
     c.create_smtp(NS, "standby", backup)
     with OperatorProcess(c, "op", "--namespace", NS, "--metrics-port", "0") as op:
-        wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
+        wait_for("primary in use", lambda: c.selected(NS, "primary") and c.ready(NS, "standby"),
                  timeout=60)
         # the standby's Selected condition follows its verdict in a second write
         wait_for("standby waits", lambda: _with_reason(
@@ -129,7 +121,7 @@ def test_published_record_failover_and_the_relay_in_use_failing(
         p = c.smtp(NS, "primary")
         assert p is not None and p["status"]["active"]["health"] == "Failing"
         assert p["status"]["lastHandledReconcileAt"]
-        wait_for("standby took over", lambda: selected(c, "standby"))
+        wait_for("standby took over", lambda: c.selected(NS, "standby"))
         wait_for("published follows", lambda: (c.secret_data(NS, PUBLISHED) or {}).get(
             "SMTP_RELAY") == f"{NS}/standby")
         wait_for("Failover event", lambda: "Failover" in {e["reason"] for e in c.events(NS)})
@@ -170,7 +162,7 @@ def test_first_pass_picks_the_preferred_relay_whichever_verdict_comes_first(
         backup["priority"] = 10
         c.create_smtp(NS, "standby", backup)
         with OperatorProcess(c, "op", "--namespace", NS):
-            wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
+            wait_for("primary in use", lambda: c.selected(NS, "primary") and c.ready(NS, "standby"),
                      timeout=90)
             sel = wait_for("standby waits", lambda: _with_reason(
                 condition(c.smtp(NS, "standby"), "Selected"), "Standby"))
@@ -201,18 +193,18 @@ def test_failback_after_the_delay_on_the_operators_own_schedule(
     backup["priority"] = 10
     c.create_smtp(NS, "standby", backup)
     with OperatorProcess(c, "op", "--namespace", NS):
-        wait_for("primary in use", lambda: selected(c, "primary") and ready(c, "standby"),
+        wait_for("primary in use", lambda: c.selected(NS, "primary") and c.ready(NS, "standby"),
                  timeout=60)
         primary.stop()
         code, out = reverify(c, "primary")
         assert code == 1, out
-        wait_for("standby took over", lambda: selected(c, "standby"))
+        wait_for("standby took over", lambda: c.selected(NS, "standby"))
         primary.start()  # back on the same port
         code, out = reverify(c, "primary")
         assert code == 0, out
         back = condition(c.smtp(NS, "primary"), "Ready")
         assert back["status"] == "True"
-        wait_for("fail-back", lambda: selected(c, "primary") and not selected(c, "standby"),
+        wait_for("fail-back", lambda: c.selected(NS, "primary") and not c.selected(NS, "standby"),
                  timeout=60)
         took = condition(c.smtp(NS, "primary"), "Selected")
         assert took["reason"] == "Active"

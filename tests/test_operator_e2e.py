@@ -42,18 +42,9 @@ def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
         yield c, relay
 
 
-def ready(c: Cluster, name: str, status: str = "True", reason: str | None = None) -> bool:
-    cond = condition(c.smtp(NS, name), "Ready")
-    return cond.get("status") == status and (reason is None or cond.get("reason") == reason)
-
-
 def has_memo(c: Cluster, name: str) -> bool:
     meta = (c.smtp(NS, name) or {}).get("metadata") or {}
     return MEMO_ANNOTATION in (meta.get("annotations") or {})
-
-
-def selected(c: Cluster, name: str) -> bool:
-    return bool(((c.smtp(NS, name) or {}).get("status") or {}).get("selected"))
 
 
 def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None:
@@ -61,12 +52,12 @@ def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None
     c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
     c.create_smtp(NS, "first", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS) as op:
-        wait_for("first Ready", lambda: ready(c, "first"))
+        wait_for("first Ready", lambda: c.ready(NS, "first"))
         c.create_smtp(NS, "second", relay_spec(relay.port))
-        wait_for("second Ready", lambda: ready(c, "second"))
-        wait_for("first selected", lambda: selected(c, "first"))
+        wait_for("second Ready", lambda: c.ready(NS, "second"))
+        wait_for("first selected", lambda: c.selected(NS, "first"))
         # Exactly one selected: the older relay keeps it, the other says who won.
-        assert not selected(c, "second")
+        assert not c.selected(NS, "second")
         sel = wait_for("second told who won", lambda: condition(c.smtp(NS, "second"), "Selected"))
         assert sel.get("status") == "False" and "first" in sel.get("message", "")
         first = c.smtp(NS, "first")
@@ -111,7 +102,7 @@ def test_secret_created_after_resource(env: tuple[Cluster, RelayServer]) -> None
     c, relay = env
     c.create_smtp(NS, "early", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS) as op:
-        wait_for("SecretNotFound", lambda: ready(c, "early", "False", "SecretNotFound"))
+        wait_for("SecretNotFound", lambda: c.ready(NS, "early", "False", "SecretNotFound"))
         obj = c.smtp(NS, "early")
         # Missing Secret: it may appear later - Reconciling, not Stalled.
         assert condition(obj, "Reconciling").get("status") == "True"
@@ -126,7 +117,7 @@ def test_secret_created_after_resource(env: tuple[Cluster, RelayServer]) -> None
             r for r in op.logs() if r.get("msg") == "reconciled"
             and r.get("resource") == "ExternalSmtp/mail/early"
             and r.get("reason") == "TestPassed"], timeout=60)
-        assert ready(c, "early")
+        assert c.ready(NS, "early")
         woke = [r for r in op.logs() if r.get("msg") == "referenced Secret changed"
                 and r.get("secret") == f"{NS}/relay-password"]
         assert woke and passed, "no wake-up by the Secret watch"
@@ -138,7 +129,7 @@ def test_rotation_good_then_bad_keeps_last_known_good(env: tuple[Cluster, RelayS
     c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
     c.create_smtp(NS, "rot", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS):
-        wait_for("Ready", lambda: ready(c, "rot"))
+        wait_for("Ready", lambda: c.ready(NS, "rot"))
         wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
         before = relay.connections
         new_password = canary.canary("rotated")
@@ -150,12 +141,12 @@ def test_rotation_good_then_bad_keeps_last_known_good(env: tuple[Cluster, RelayS
             lambda: (c.secret_data(NS, PUBLISHED) or {}).get("SMTP_PASSWORD") == new_password,
             timeout=10,
         )
-        assert ready(c, "rot")
+        assert c.ready(NS, "rot")
         # A rotation to a wrong password fails; the last good configuration stays in use.
         wrong = canary.canary("wrong")
         c.put_secret(NS, "relay-password", {"password": wrong})
         wait_for(
-            "auth failure", lambda: ready(c, "rot", "False", "AuthenticationFailed"), timeout=10
+            "auth failure", lambda: c.ready(NS, "rot", "False", "AuthenticationFailed"), timeout=10
         )
         obj = c.smtp(NS, "rot")
         assert obj is not None and obj["status"]["activeGeneration"] == 1
@@ -170,7 +161,7 @@ def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, Relay
         c.create_smtp(NS, name, relay_spec(relay.port))
     with OperatorProcess(c, "op1", "--namespace", NS):
         for name in ("r1", "r2", "r3"):
-            wait_for(f"{name} Ready", lambda n=name: ready(c, n))  # type: ignore[misc]
+            wait_for(f"{name} Ready", lambda n=name: c.ready(NS, n))  # type: ignore[misc]
             # The memo is written after the status (docs: a stop in between costs one
             # re-test): op1 stops only once every pass has written it.
             wait_for(f"{name} memo", lambda n=name: has_memo(c, n))  # type: ignore[misc]
@@ -203,7 +194,7 @@ def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, Relay
         wait_for(
             "re-tested after rotation", lambda: relay.connections >= connections + 3, timeout=20
         )
-        wait_for("all Ready", lambda: all(ready(c, n) for n in rvs))
+        wait_for("all Ready", lambda: all(c.ready(NS, n) for n in rvs))
 
 
 def _holder(c: Cluster) -> str | None:
@@ -216,7 +207,7 @@ def test_leader_handover(env: tuple[Cluster, RelayServer]) -> None:
     c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
     c.create_smtp(NS, "lead", relay_spec(relay.port))
     with OperatorProcess(c, "alpha", "--namespace", NS) as a:
-        wait_for("Ready", lambda: ready(c, "lead"))
+        wait_for("Ready", lambda: c.ready(NS, "lead"))
         with OperatorProcess(c, "beta", "--namespace", NS) as b:
             assert _holder(c) == "alpha"
             assert not any(r.get("msg") == "reconciled" for r in b.logs())  # standby is idle
@@ -236,12 +227,12 @@ def test_deletion_fails_over_and_cleans_up(env: tuple[Cluster, RelayServer]) -> 
     c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
     c.create_smtp(NS, "one", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS):
-        wait_for("one selected", lambda: selected(c, "one"))
+        wait_for("one selected", lambda: c.selected(NS, "one"))
         c.create_smtp(NS, "two", relay_spec(relay.port))
-        wait_for("two Ready", lambda: ready(c, "two"))
+        wait_for("two Ready", lambda: c.ready(NS, "two"))
         c.delete_smtp(NS, "one")
         wait_for("one gone (finalizer removed)", lambda: c.smtp(NS, "one") is None)
-        wait_for("two took over", lambda: selected(c, "two"))
+        wait_for("two took over", lambda: c.selected(NS, "two"))
         wait_for(
             "published follows",
             lambda: (c.secret_data(NS, PUBLISHED) or {}).get("SMTP_RELAY") == f"{NS}/two",
@@ -259,7 +250,7 @@ def test_oauth2_relay_publishes_a_fresh_access_token(tmp_path: Path) -> None:
         env.install(c, NS)
         c.create_smtp(NS, "oauth", env.relay_spec())
         with OperatorProcess(c, "op", "--namespace", NS):
-            wait_for("OAuth relay Ready", lambda: ready(c, "oauth"), timeout=30)
+            wait_for("OAuth relay Ready", lambda: c.ready(NS, "oauth"), timeout=30)
             data = wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
             assert data["SMTP_AUTH"] == "OAuth2" and data["SMTP_OAUTH2_PROVIDER"] == "idp"
             token = data.get("SMTP_OAUTH2_TOKEN", "")
@@ -276,7 +267,7 @@ def test_label_selector_shards_the_fleet(env: tuple[Cluster, RelayServer]) -> No
     with OperatorProcess(
         c, "shard-a", "--namespace", NS, "--selector", "shard=a", "--lease-name", "smtpctl-shard-a"
     ):
-        wait_for("own shard Ready", lambda: ready(c, "mine"))
+        wait_for("own shard Ready", lambda: c.ready(NS, "mine"))
         c.patch_smtp(NS, "theirs", {"spec": {"refreshInterval": "2h"}})
         c.patch_smtp(NS, "mine", {"spec": {"refreshInterval": "2h"}})
         wait_for(

@@ -20,35 +20,26 @@ from tests.support import canary
 from tests.support.kube_operator import (
     OPERATOR_NS,
     OPERATOR_SA,
+    RELAY_USER,
     Cluster,
     OperatorProcess,
-    cluster,
     condition,
+    relay_cluster,
     relay_spec,
     wait_for,
 )
 from tests.support.tcp_proxy import TcpProxy
 
-USER = "user@example.test"
 NS = "mail"
 
 
 @pytest.fixture()
 def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer, TcpProxy, dict[str, str]]]:
-    with (
-        cluster(tmp_path) as c,
-        RelayServer(mode="starttls", users={USER: canary.PASSWORD}) as relay,
-    ):
-        c.put_secret(NS, "relay-ca", {"ca.crt": relay.ca_pem})
-        c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    with relay_cluster(tmp_path, NS) as (c, relay):
         host, port = c.kube.url.removeprefix("https://").rsplit(":", 1)
         with TcpProxy(host, int(port)) as proxy:
             # The simulated pod reaches the API server through the proxy (TLS passes it).
             yield c, relay, proxy, {"KUBERNETES_SERVICE_PORT": str(proxy.port)}
-
-
-def ready(c: Cluster, name: str) -> bool:
-    return condition(c.smtp(NS, name), "Ready").get("status") == "True"
 
 
 def test_outage_at_start_then_recovery(
@@ -67,7 +58,7 @@ def test_outage_at_start_then_recovery(
         assert op.readyz() == 503
         assert "Traceback" not in op.log_text()
         proxy.set_down(False)
-        wait_for("Ready after the API came back", lambda: ready(c, "early"), timeout=30)
+        wait_for("Ready after the API came back", lambda: c.ready(NS, "early"), timeout=30)
         wait_for("ready", lambda: op.readyz() == 200, timeout=20)
 
 
@@ -78,23 +69,23 @@ def test_outage_while_watching_then_resync(
     c.create_smtp(NS, "first", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS, env=via, health_port=0,
                          lease_duration=60) as op:
-        wait_for("first Ready", lambda: ready(c, "first"))
+        wait_for("first Ready", lambda: c.ready(NS, "first"))
         wait_for("published", lambda: c.secret_data(NS, "smtp-active-relay"))
         wait_for("ready", lambda: op.readyz() == 200, timeout=20)
         proxy.set_down(True)
         # While the operator cannot see the API: a new resource and a password rotation.
         c.create_smtp(NS, "during", relay_spec(relay.port))
         rotated = canary.canary("rotated-during-outage")
-        relay.users[USER] = rotated
+        relay.users[RELAY_USER] = rotated
         c.put_secret(NS, "relay-password", {"password": rotated})
         wait_for("not ready during the outage", lambda: op.readyz() == 503, timeout=20)
         before = relay.connections
         proxy.set_down(False)
-        wait_for("the new resource reconciled", lambda: ready(c, "during"), timeout=30)
+        wait_for("the new resource reconciled", lambda: c.ready(NS, "during"), timeout=30)
         # The rotation made during the gap is seen (kept Secrets are re-read) and re-tested.
         wait_for("re-tested with the rotated password",
                  lambda: relay.connections > before + 1, timeout=30)
-        wait_for("first still Ready", lambda: ready(c, "first"), timeout=30)
+        wait_for("first still Ready", lambda: c.ready(NS, "first"), timeout=30)
         wait_for("republished", lambda: (c.secret_data(NS, "smtp-active-relay") or {})
                  .get("SMTP_PASSWORD") == rotated, timeout=30)
         # The Secrets kept from before the outage are re-read before use: "during" is
@@ -127,12 +118,12 @@ def test_token_rotation_and_revocation(
     c, relay, _proxy, _via = env
     c.create_smtp(NS, "first", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS) as op:
-        wait_for("first Ready", lambda: ready(c, "first"))
+        wait_for("first Ready", lambda: c.ready(NS, "first"))
         for _ in range(2):
             c.kube.rotate_in_cluster_token(c.sa_dir, OPERATOR_NS, OPERATOR_SA, revoke_old=True)
         c.create_smtp(NS, "after", relay_spec(relay.port))
         wait_for("a resource created after the rotation is reconciled",
-                 lambda: ready(c, "after"), timeout=30)
+                 lambda: c.ready(NS, "after"), timeout=30)
         c.patch_smtp(NS, "first", {"spec": {"refreshInterval": "2h"}})
         wait_for("and changes are still seen", lambda: condition(
             c.smtp(NS, "first"), "Ready").get("observedGeneration") == 2, timeout=30)

@@ -29,7 +29,6 @@ from tests.support.kube_operator import (
     ROOT,
     Cluster,
     OperatorProcess,
-    condition,
     relay_cluster,
     relay_spec,
     wait_for,
@@ -48,10 +47,6 @@ def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
         yield c, relay
 
 
-def ready(c: Cluster, name: str) -> bool:
-    return condition(c.smtp(NS, name), "Ready").get("status") == "True"
-
-
 def crd_exists(c: Cluster) -> bool:
     assert c.kube.emu is not None
     return c.kube.emu.get_object("apiextensions.k8s.io/v1", "customresourcedefinitions", "",
@@ -67,7 +62,7 @@ def test_uninstall_while_running_leaves_nothing_stuck(env: tuple[Cluster, RelayS
     c, relay = env
     c.create_smtp(NS, "one", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS):
-        wait_for("Ready", lambda: ready(c, "one"))
+        wait_for("Ready", lambda: c.ready(NS, "one"))
         wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
         c.delete_smtp(NS, "one")  # step 1 of the documented uninstall
         wait_for("gone", lambda: c.smtp(NS, "one") is None)
@@ -109,7 +104,7 @@ def test_foreign_secret_with_the_published_name_is_left_alone(
     c.put_secret(NS, PUBLISHED, {"owner": "someone-else"})
     c.create_smtp(NS, "one", relay_spec(relay.port))
     with OperatorProcess(c, "op", "--namespace", NS) as op:
-        wait_for("Ready", lambda: ready(c, "one"))
+        wait_for("Ready", lambda: c.ready(NS, "one"))
         wait_for("warning", lambda: any("did not create" in str(r.get("msg"))
                                         for r in op.logs()))
         assert c.secret_data(NS, PUBLISHED) == {"owner": "someone-else"}
@@ -128,7 +123,7 @@ def test_version_key_is_created_once_and_shared(env: tuple[Cluster, RelayServer]
         # Ready, and the pass finished: its test memo (written after the status) is stored.
         # Stopping between the two writes costs one re-test after the restart (by design),
         # which is not what this test is about (a full run under load hit that window).
-        wait_for("Ready and memo", lambda: ready(c, "one") and MEMO_ANNOTATION in (
+        wait_for("Ready and memo", lambda: c.ready(NS, "one") and MEMO_ANNOTATION in (
             (c.smtp(NS, "one") or {}).get("metadata", {}).get("annotations") or {}))
     assert c.kube.emu is not None
     key = c.kube.emu.get_object("v1", "secrets", OPERATOR_NS, "smtpctl-version-key")

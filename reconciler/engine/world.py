@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -188,52 +187,8 @@ def _limiter(total: int, fair: bool) -> _Limiter:
     """``limiter(namespace)`` -> an async context manager holding one of ``total`` slots."""
     if fair:
         return FairSlots(total).acquire
-    sem = _Fifo(total)
+    sem = asyncio.Semaphore(total)
     return lambda _namespace: sem
-
-
-class _Fifo:
-    """``total`` slots, handed out first come first served (``asyncio.Semaphore``'s
-    order: a newcomer never overtakes a waiter), as an async context manager.
-
-    What asyncio's does per wait, without its extra work: no event-loop check per
-    acquire, no scan of the waiters for cancelled ones, no second coroutine for
-    ``__aenter__``; a freed slot goes straight to the next waiter (the waiter does not
-    take it again when it wakes).  The CLI's passes wait here for every connection test
-    (128 passes for 32 slots)."""
-
-    __slots__ = ("_free", "_waiters")
-
-    def __init__(self, total: int) -> None:
-        self._free = total
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def __aenter__(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self._release()  # handed a slot, then cancelled before using it
-            elif fut in self._waiters:  # (a release meanwhile may have dropped it)
-                self._waiters.remove(fut)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the slot passes to it
-                return
-        self._free += 1
 
 
 class World(Protocol):

@@ -209,6 +209,15 @@ class Cluster:
         assert self.kube.emu is not None
         return self.kube.emu.get_object(f"{GROUP}/{VERSION}", "externalsmtps", ns, name)
 
+    def ready(self, ns: str, name: str, status: str = "True", reason: str | None = None) -> bool:
+        """Whether the ExternalSmtp's ``Ready`` condition has ``status`` (and ``reason``)."""
+        cond = condition(self.smtp(ns, name), "Ready")
+        return cond.get("status") == status and (reason is None or cond.get("reason") == reason)
+
+    def selected(self, ns: str, name: str) -> bool:
+        """Whether the ExternalSmtp's ``status.selected`` is true."""
+        return bool(((self.smtp(ns, name) or {}).get("status") or {}).get("selected"))
+
     def secret_data(self, ns: str, name: str) -> dict[str, str] | None:
         assert self.kube.emu is not None
         obj = self.kube.emu.get_object("v1", "secrets", ns, name)
