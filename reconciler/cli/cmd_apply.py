@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections import Counter
 from typing import Any
 
 from reconciler.cli.common import (
@@ -523,8 +524,8 @@ def summarize(objs: list[Any], results: dict[Any, Any], operations: dict[Any, st
                               "message": e.message, "time": e.at})
     if not_ready_changed or (getattr(args, "require_ready", False) and not_ready):
         code = EXIT_FAILED
-    counts = {op: sum(1 for i in result.items if i.get("operation") == op)
-              for op in ("create", "update", "metadata", "unchanged", "prune")}
+    ops = Counter(i.get("operation") for i in result.items)  # one pass, not one per op
+    counts = {op: ops[op] for op in ("create", "update", "metadata", "unchanged", "prune")}
     result.summary.update({
         "resources": len(objs), **counts,
         "tested": sum(1 for r in results.values() if r.tested),
