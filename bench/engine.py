@@ -71,6 +71,7 @@ from reconciler.stores.base import (  # noqa: E402
     StoredObject,
     TestRecord,
 )
+from tests.support.store_rows import CountingConnection  # noqa: E402 - also the tests'
 
 ENV = "BENCH_ENGINE_PW"
 
@@ -244,21 +245,20 @@ def one_round(kind: str, fleet: Fleet, tmp: Path, i: int,
         first_apply.__enter__()
         refs = [u.obj.ref for u in store.upsert_many(fleet.manifests, now=time.time())]
         close = store.close
-    counting: list[Counter[str]] = []
+    counter: CountingConnection | None = None
     if statements is not None and kind == "local":
-        # The statements the store runs (not SQLite's trace callback: it reports every
-        # trigger program a statement runs too, under the statement's text).
-        store._db = _CountingConnection(store._db, counting)
+        # The statements the store runs, each pass apart (not the upsert before them).
+        store._db = counter = CountingConnection(store._db)
     try:
         world = world_for(store, fleet.ca_file.parent)
-        if statements is not None:
-            counting.append(statements.setdefault("first", Counter()))
+        if counter is not None and statements is not None:
+            counter.seen = statements.setdefault("first", Counter())
         try:
             first = one_pass(world, refs, profile("first"))
         finally:
             first_apply.__exit__(None, None, None)
-        if statements is not None:
-            counting.append(statements.setdefault("second", Counter()))
+        if counter is not None and statements is not None:
+            counter.seen = statements.setdefault("second", Counter())
         second = one_pass(world, refs, profile("second"))
     finally:
         close()
@@ -267,29 +267,6 @@ def one_round(kind: str, fleet: Fleet, tmp: Path, i: int,
         raise RuntimeError(f"expected {n} tests then 0, got {first.tested} and "
                            f"{second.tested} ({first.actions}, {second.actions})")
     return first, second
-
-
-class _CountingConnection:
-    """A store's sqlite3 connection, counting each statement it is asked to run (each row
-    of an ``executemany``) by its first word into ``counting[-1]``."""
-
-    def __init__(self, db: Any, counting: list[Counter[str]]) -> None:
-        self._inner = db
-        self._counting = counting
-
-    def execute(self, sql: str, *args: Any) -> Any:
-        if self._counting:
-            self._counting[-1][sql.split(None, 1)[0].upper()] += 1
-        return self._inner.execute(sql, *args)
-
-    def executemany(self, sql: str, rows: Any) -> Any:
-        rows = list(rows)
-        if self._counting:
-            self._counting[-1][sql.split(None, 1)[0].upper()] += len(rows)
-        return self._inner.executemany(sql, rows)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def top(prof: cProfile.Profile, n: int, key: str, per: int) -> list[str]:

@@ -26,6 +26,7 @@ from reconciler.engine.world import BasicWorld, Limits, StoreEventSink
 from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, StoreError
 from reconciler.stores.local import LocalStore
 from tests.support.store_faults import FailingCommit
+from tests.support.store_rows import CountingConnection
 
 KIND = "ExternalSmtp"
 
@@ -46,26 +47,6 @@ def _ref(name: str) -> ObjectRef:
     return ObjectRef(KIND, "default", name)
 
 
-class _Counting:
-    """The store's connection, counting the statements the store runs by first word."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.seen: Counter[str] = Counter()
-
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        self.seen[sql.split(None, 1)[0].upper()] += 1
-        return self.db.execute(sql, *args)
-
-    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-        rows = list(rows)
-        self.seen[sql.split(None, 1)[0].upper()] += len(rows)
-        return self.db.executemany(sql, rows)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.db, name)
-
-
 def _other_process(state: Path, name: str, status: dict[str, Any]) -> None:
     other = sqlite3.connect(state / "state.db")
     with other:
@@ -82,7 +63,7 @@ def test_the_relays_a_pass_wrote_are_handed_back_without_a_scan(tmp_path: Path) 
         with store.remember(), store.batched(max_delay=3600):
             written = {f"r{i}": store.update_status_sync(_ref(f"r{i}"), _set(i))
                        for i in range(40)}
-            counting = _Counting(store._db)
+            counting = CountingConnection(store._db)
             store._db = counting  # type: ignore[assignment]
             try:
                 got = store.current_in(KIND, "default", [*written, "gone"])
@@ -156,7 +137,7 @@ def test_the_final_selection_of_a_pass_reads_no_row(tmp_path: Path) -> None:
         assert await select_scope("default", world) == "r00"  # the index is built
         for i in range(1, 40):
             store.update_status_sync(_ref(f"r{i:02d}"), _set(i))
-        counting = _Counting(store._db)
+        counting = CountingConnection(store._db)
         store._db = counting  # type: ignore[assignment]
         try:
             assert await select_scope("default", world) == "r00"
@@ -200,7 +181,7 @@ def test_a_listing_of_remembered_objects_reads_no_row(tmp_path: Path, kind: str 
                     lambda cur: StatusWrite(status={"z": 1, "a": [2, {"y": 3, "b": 4}]},
                                             memo=None))
             expected = store.list_sync(kind, namespace)
-            counting = _Counting(store._db)
+            counting = CountingConnection(store._db)
             store._db = counting  # type: ignore[assignment]
             try:
                 got = store.list_current_sync(kind, namespace)

@@ -18,6 +18,7 @@ import pytest
 
 from reconciler.stores.base import Event, ObjectRef, StatusWrite, StoredObject, StoreError
 from reconciler.stores.local import EVENTS_TRIM_EVERY, LocalStore
+from tests.support.store_rows import committed
 from tests.support.store_rows import manifest as _manifest
 from tests.support.store_rows import set_status as _set
 
@@ -26,17 +27,8 @@ B = ObjectRef("ExternalSmtp", "default", "b")
 
 
 
-def _committed(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Rows as another process sees them: committed ones only."""
-    db = sqlite3.connect(state / "state.db")
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
-
-
 def _status(state: Path, name: str) -> dict[str, Any]:
-    [(text,)] = _committed(state, "SELECT status FROM resources WHERE name=?", name)
+    [(text,)] = committed(state, "SELECT status FROM resources WHERE name=?", name)
     return dict(json.loads(text))
 
 
@@ -80,7 +72,7 @@ def test_a_failed_event_is_undone_alone(tmp_path: Path) -> None:
             with pytest.raises(StoreError):
                 store.record_event_sync(Event(A, "Warning", "X", "refused", "t"))
             store.record_event_sync(Event(A, "Normal", "TestPassed", "after", "t"))
-        rows = _committed(tmp_path / "s", "SELECT message FROM events ORDER BY id")
+        rows = committed(tmp_path / "s", "SELECT message FROM events ORDER BY id")
         assert rows == [("before",), ("after",)]
         assert _status(tmp_path / "s", "b") == {"n": 1}
         assert [e.message for e in store.events_sync(A)] == ["before", "after"]
@@ -116,7 +108,7 @@ def test_a_trimming_event_whose_trim_fails_is_undone_whole(tmp_path: Path) -> No
             with pytest.raises(StoreError):  # the 64th trims: its DELETE is refused
                 store.record_event_sync(Event(A, "Warning", "X", "trimming", "t"))
             store.update_status_sync(B, _set("n", 1))
-        rows = _committed(tmp_path / "s", "SELECT message FROM events ORDER BY id")
+        rows = committed(tmp_path / "s", "SELECT message FROM events ORDER BY id")
         assert [m for (m,) in rows] == [f"e{i}" for i in range(EVENTS_TRIM_EVERY - 1)]
         assert _status(tmp_path / "s", "b") == {"n": 1}
 
@@ -162,4 +154,4 @@ def test_a_status_write_mutates_the_row_as_stored_when_another_process_changed_i
         store.update_status_sync(B, _set("n", 1))
         _other_process_writes(state, "DELETE FROM resources WHERE name='b'")
         assert store.update_status_sync(B, _set("x", 1)) is None
-        assert _committed(state, "SELECT name FROM resources ORDER BY name") == [("a",)]
+        assert committed(state, "SELECT name FROM resources ORDER BY name") == [("a",)]

@@ -11,16 +11,15 @@ contents only, never a time.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from reconciler.stores import local as local_mod
 from reconciler.stores.base import ObjectRef, StoreError, TestRecord
 from reconciler.stores.local import HISTORY_KEEP, LocalStore
+from tests.support.store_rows import CountingConnection, committed
 from tests.support.store_rows import manifest as _manifest
 from tests.support.store_rows import set_status as _set
 
@@ -28,38 +27,8 @@ A = ObjectRef("ExternalSmtp", "default", "a")
 B = ObjectRef("ExternalSmtp", "default", "b")
 
 
-class _Counting:
-    """The store's connection, counting the statements the store runs (``execute`` and
-    each row of ``executemany``) by their first word.  Not SQLite's trace callback: it
-    also reports each trigger program a statement runs, under the statement's text."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.seen: Counter[str] = Counter()
-
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        self.seen[sql.split(None, 1)[0].upper()] += 1
-        return self.db.execute(sql, *args)
-
-    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-        rows = list(rows)
-        self.seen[sql.split(None, 1)[0].upper()] += len(rows)
-        return self.db.executemany(sql, rows)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.db, name)
-
-
 def _record(ref: ObjectRef, at: str) -> TestRecord:
     return TestRecord(ref, 1, at, True, "quit", "TestPassed", "ok", 0.1, "d")
-
-
-def _committed(state: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(state / "state.db")
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
 
 
 def test_a_record_in_a_group_commit_is_one_statement(tmp_path: Path) -> None:
@@ -69,7 +38,7 @@ def test_a_record_in_a_group_commit_is_one_statement(tmp_path: Path) -> None:
         store.upsert_many([_manifest("a")])
         with store.batched(max_delay=3600, max_units=10_000):
             store.record_test_sync(_record(A, "t-first"))  # opens the transaction
-            counting = _Counting(store._db)
+            counting = CountingConnection(store._db)
             store._db = counting  # type: ignore[assignment]
             try:
                 for i in range(3 * HISTORY_KEEP):
@@ -91,7 +60,7 @@ def test_the_history_keeps_the_newest_records_of_each_resource(tmp_path: Path) -
         assert [t["at"] for t in store.tests_sync(A, limit=100)] == \
             [f"a{i}" for i in reversed(range(7, HISTORY_KEEP + 7))]
         assert [t["at"] for t in store.tests_sync(B, limit=100)] == ["b2", "b1", "b0"]
-        rows = _committed(tmp_path / "s", "SELECT name, COUNT(*) FROM tests GROUP BY name")
+        rows = committed(tmp_path / "s", "SELECT name, COUNT(*) FROM tests GROUP BY name")
         assert sorted(rows) == [("a", HISTORY_KEEP), ("b", 3)]
 
 
@@ -111,9 +80,9 @@ def test_a_record_whose_trim_fails_is_undone_alone(tmp_path: Path) -> None:
                 store.record_test_sync(_record(A, "refused"))
             store._db.execute("DROP TRIGGER temp.refuse_trim")
             store.update_status_sync(B, _set("m", 2))
-        rows = _committed(tmp_path / "s", "SELECT at FROM tests ORDER BY id")
+        rows = committed(tmp_path / "s", "SELECT at FROM tests ORDER BY id")
         assert [at for (at,) in rows] == [f"a{i}" for i in range(HISTORY_KEEP)]
-        [(status,)] = _committed(tmp_path / "s", "SELECT status FROM resources WHERE name='b'")
+        [(status,)] = committed(tmp_path / "s", "SELECT status FROM resources WHERE name='b'")
         assert status == '{"m":2,"n":1}'
 
 
@@ -143,9 +112,9 @@ def test_the_files_schema_is_unchanged(tmp_path: Path) -> None:
         assert store._db.execute(
             "SELECT name FROM sqlite_temp_master WHERE type='trigger'").fetchall() == \
             [("smtpctl_tests_trim",)]
-    assert _committed(tmp_path / "s", "SELECT name FROM sqlite_master WHERE type='trigger'") \
+    assert committed(tmp_path / "s", "SELECT name FROM sqlite_master WHERE type='trigger'") \
         == []
-    assert _committed(tmp_path / "s", "PRAGMA user_version") == \
+    assert committed(tmp_path / "s", "PRAGMA user_version") == \
         [(local_mod.SCHEMA_VERSION,)]
     with LocalStore(tmp_path / "s") as again:
         for i in range(HISTORY_KEEP + 2):

@@ -439,8 +439,8 @@ class _Unit:
             store._commit_open(batch)
 
 
-def _filter(kind: str | None, namespace: str | None) -> tuple[str, list[Any]]:
-    """The WHERE and ORDER BY of a listing by kind and namespace (None: any), and its
+def _where(kind: str | None, namespace: str | None) -> tuple[str, list[Any]]:
+    """The WHERE of the resources of ``kind`` in ``namespace`` (None: any), and its
     arguments."""
     where, args = " WHERE 1=1", []
     if kind is not None:
@@ -449,6 +449,13 @@ def _filter(kind: str | None, namespace: str | None) -> tuple[str, list[Any]]:
     if namespace is not None:
         where += " AND namespace=?"
         args.append(namespace)
+    return where, args
+
+
+def _filter(kind: str | None, namespace: str | None) -> tuple[str, list[Any]]:
+    """The WHERE and ORDER BY of a listing by kind and namespace (None: any), and its
+    arguments."""
+    where, args = _where(kind, namespace)
     return where + " ORDER BY namespace, name, kind", args
 
 
@@ -904,14 +911,7 @@ class LocalStore:
         if not self._all_known_current():
             return None
         assert self._known is not None
-        where = " WHERE 1=1"
-        args: list[Any] = []
-        if kind is not None:
-            where += " AND kind=?"
-            args.append(kind)
-        if namespace is not None:
-            where += " AND namespace=?"
-            args.append(namespace)
+        where, args = _where(kind, namespace)
         objs = [o for (k, ns, _), o in self._known.items()
                 if (kind is None or k == kind) and (namespace is None or ns == namespace)]
         (rows,) = self._db.execute("SELECT COUNT(*) FROM resources" + where,  # noqa: S608
