@@ -9,12 +9,11 @@ refresh token on every grant, a relay that accepts only that server's live token
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import kmock
 
-from reconciler.stores.kube import MEMO_ANNOTATION
+from reconciler.stores.kube import MEMO_FIELD
 from tests.support import canary
 from tests.support.kube_operator import (
     GROUP,
@@ -93,7 +92,7 @@ def test_a_record_of_an_earlier_smtpctl_keeps_being_published(tmp_path: Path) ->
             provider = c.co.get_namespaced_custom_object(
                 GROUP, VERSION, NS, "oauth2providers", "idp")
             assert isinstance(provider, dict)
-            memo = json.loads(provider["metadata"]["annotations"][MEMO_ANNOTATION])
+            memo = provider["status"][MEMO_FIELD]
             assert memo["digest"].startswith("sha256:")
             relay = c.co.get_namespaced_custom_object(GROUP, VERSION, NS, "externalsmtps",
                                                       "oauth")
