@@ -647,7 +647,8 @@ def idle_projection(raw: dict[str, Any], main_ms: float, workers_ms: float,
 # --- which API requests are whose -----------------------------------------------------------
 
 # "VERB resource" (as the operator counts them) of the requests every new resource costs:
-# its status write (verdict and Selected), its memo+finalizer PATCH, its Event.
+# its status write (verdict, Selected and, since session 12, the test memo), its Event; a
+# PATCH is the selected relay's finalizer (before session 12: every relay's memo+finalizer).
 PER_RESOURCE = ("PUT externalsmtps/status", "PATCH externalsmtps", "POST events",
                 "PUT oauth2providers/status", "PATCH oauth2providers")
 

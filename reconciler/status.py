@@ -95,6 +95,18 @@ class LastTest(TypedDict, total=False):
     warnings: list[str]
 
 
+class MemoStatus(TypedDict, total=False):
+    """``status.testMemo``: written by the Kubernetes store (``stores/kube.py``), never by
+    the engine, which sees it as ``StoredObject.memo``."""
+
+    digest: str
+    generation: int
+    testedAt: float
+    dueAt: float
+    passed: bool
+    failures: int
+
+
 class SmtpStatus(TypedDict, total=False):
     """``ExternalSmtp.status``."""
 
@@ -108,6 +120,7 @@ class SmtpStatus(TypedDict, total=False):
     lastTest: LastTest
     warnings: list[str]
     lastHandledReconcileAt: str
+    testMemo: MemoStatus
 
 
 class ProviderStatus(TypedDict, total=False):
@@ -118,3 +131,4 @@ class ProviderStatus(TypedDict, total=False):
     lastTokenTime: str
     warnings: list[str]
     lastHandledReconcileAt: str
+    testMemo: MemoStatus

@@ -251,6 +251,31 @@ def test_status_subresource_is_separate(kube: Any, ns: str) -> None:
     assert o["status"] == {"phase": "three"} and o["spec"]["size"] == 4
 
 
+def test_status_write_keeps_metadata_as_stored(kube: Any, ns: str) -> None:
+    """A ``/status`` write changes only ``.status``: labels, annotations and finalizers sent
+    with it are ignored, as apiextensions' ``statusStrategy.PrepareForUpdate`` copies the
+    old object and keeps only the new status (and managedFields).  The operator relies on
+    it: its finalizer needs a write of its own, before the status write that selects."""
+    co = _co(kube)
+    meta = {"labels": {"a": "1"}, "annotations": {"x.example/n": "1"},
+            "finalizers": ["x.example/keep"]}
+    created = co.create_namespaced_custom_object(
+        G, V, ns, P, {**widget("m"), "metadata": {"name": "m", **meta}})
+    o = dict(created)
+    o["metadata"] = {**created["metadata"], "labels": {"a": "2", "b": "1"},
+                     "annotations": {"x.example/n": "2"}, "finalizers": ["x.example/other"]}
+    o["status"] = {"phase": "put"}
+    got = co.replace_namespaced_custom_object_status(G, V, ns, P, "m", o)
+    assert got["status"] == {"phase": "put"}
+    assert {k: got["metadata"].get(k) for k in meta} == meta
+    got = co.patch_namespaced_custom_object_status(G, V, ns, P, "m", {
+        "metadata": {"labels": None, "finalizers": None, "annotations": {"y.example/z": "1"}},
+        "status": {"phase": "patched"}})
+    assert got["status"] == {"phase": "patched"}
+    assert {k: got["metadata"].get(k) for k in meta} == meta
+    co.patch_namespaced_custom_object(G, V, ns, P, "m", {"metadata": {"finalizers": None}})
+
+
 # --- list and watch ------------------------------------------------------------------------
 
 

@@ -289,7 +289,7 @@ def test_kubectl_story_with_the_operator(tmp_path: Path) -> None:
         assert events[1].split() == ["Type", "Reason", "Age", "From", "Message"]
         assert any(line.split()[:2] == ["Normal", "TestPassed"] and "smtpctl-operator" in line
                    for line in events[3:])
-        assert "smtp.reconciler.dev/finalizer" in out
+        assert "smtp.reconciler.dev/finalizer" not in out  # not selected: none needed
 
         # server-side apply: an update (the operator reconciles the new generation; its
         # status ownership never conflicts with the applier's spec) and a create
@@ -315,7 +315,14 @@ def test_kubectl_story_with_the_operator(tmp_path: Path) -> None:
         run("wait", "--for=condition=Ready", "esmtp/sendgrid-ssa", "-n", "mail",
             "--timeout=60s", timeout=90)
 
-        # delete --wait completes once the operator has removed its finalizer
+        # asked for selection: the operator puts its finalizer on before selecting it, and
+        # delete --wait completes once the operator has handled the deletion and removed it
+        run("patch", "esmtp", "sendgrid", "-n", "mail", "--type", "merge",
+            "-p", '{"spec":{"selected":true}}')
+        run("wait", "--for=jsonpath={.status.selected}=true", "esmtp/sendgrid",
+            "-n", "mail", "--timeout=60s", timeout=90)
+        obj = json.loads(run("get", "esmtp", "sendgrid", "-n", "mail", "-o", "json").stdout)
+        assert "smtp.reconciler.dev/finalizer" in obj["metadata"]["finalizers"]
         r = run("delete", "esmtp", "sendgrid", "-n", "mail", "--wait", "--timeout=60s",
                 timeout=90)
         assert 'externalsmtp.smtp.reconciler.dev "sendgrid" deleted' in r.stdout

@@ -1,5 +1,5 @@
-"""The OAuth relay in use is published by the operator whatever order its provider's two
-writes (the status, then the test memo) reach the relay's pass in.
+"""The OAuth relay in use is published by the operator: its provider's status (Ready) and
+test memo reach the relay's pass together.
 
 The real ``smtpctl operator`` on the strict API emulator, the dev OAuth server rotating the
 refresh token on every grant, a relay that accepts only that server's live tokens
@@ -8,13 +8,11 @@ refresh token on every grant, a relay that accepts only that server's live token
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 
-import kmock
+import kubernetes
 
-from reconciler.stores.kube import MEMO_ANNOTATION
+from reconciler.stores.kube import MEMO_FIELD
 from tests.support import canary
 from tests.support.kube_operator import (
     GROUP,
@@ -30,30 +28,20 @@ NS = "mail"
 PUBLISHED = "smtp-active-relay"
 
 
-def test_relay_tested_before_its_providers_memo_is_written_is_published(
+def test_a_ready_provider_carries_its_memo_and_its_relay_is_published(
         tmp_path: Path) -> None:
-    """The operator writes an OAuth2Provider's status (Ready) and then, in a second request,
-    its test memo.  A relay pass in between recorded no tested version of the provider, and
-    the publisher then refused the relay in use until its next re-verification (an hour
-    here), logging "no recorded tested version (it was tested by an older smtpctl)": nothing
-    woke the relay when the memo came.  Here the API server holds the memo write until the
-    relay's test has passed (a slow API server can do the same); before the fix the Secret
-    was never published."""
+    """Before session 12 the operator wrote an OAuth2Provider's status (Ready) and then, in a
+    second request, its test memo; a relay pass in between recorded no tested version of the
+    provider and the publisher refused the relay in use (a test held that second write at
+    the API server to provoke it).  Now the memo is in the same status write: every version
+    of the provider the API server stored with Ready=True carries ``status.testMemo``, no
+    PATCH of the provider is sent, and the relay in use is published."""
     with cluster(tmp_path) as c, oauth_relay(grant="RefreshToken", rotate=True) as env:
         emu = c.kube.emu
         assert emu is not None
-        released: asyncio.Event = c.kube.call(asyncio.Event)
-        held: list[str] = []
-
-        async def hold() -> None:  # returns nothing: the API server then handles the PATCH
-            held.append("memo")
-            try:
-                await asyncio.wait_for(released.wait(), 60)
-            except TimeoutError:
-                pass
-
-        c.kube.call(lambda: emu["patch", kmock.resource(GROUP, VERSION, "oauth2providers")]
-                    << hold)
+        listed = c.co.list_namespaced_custom_object(GROUP, VERSION, NS, "oauth2providers")
+        assert isinstance(listed, dict)
+        since = listed["metadata"]["resourceVersion"]
         env.install(c, NS)
         c.create_smtp(NS, "oauth", env.relay_spec())
 
@@ -64,8 +52,6 @@ def test_relay_tested_before_its_providers_memo_is_written_is_published(
 
         with OperatorProcess(c, "op", "--namespace", NS) as op:
             wait_for("the relay Ready and selected", in_use, timeout=60)
-            assert held, "the provider's memo write was not held: the race was not set up"
-            c.kube.call(released.set)
             data = wait_for("the relay in use published", lambda: c.secret_data(NS, PUBLISHED),
                             timeout=30)
             assert data["SMTP_AUTH"] == "OAuth2" and data["SMTP_OAUTH2_PROVIDER"] == "idp"
@@ -74,8 +60,18 @@ def test_relay_tested_before_its_providers_memo_is_written_is_published(
             assert rotated and rotated != canary.REFRESH_TOKEN, "no refresh token was rotated"
             refused = [r for r in op.logs() if "untested" in str(r.get("msg"))]
             assert not refused, refused
+            requests = c.kube.call(lambda: [(str(r.method.value), r.url.path) for r in emu])
         active = (c.smtp(NS, "oauth") or {})["status"]["active"]
         assert str(active.get("credentialVersion", "")).startswith("o:"), active
+        assert not [p for m, p in requests if m == "PATCH" and "/oauth2providers/" in p]
+        ready = []
+        for ev in kubernetes.watch.Watch().stream(  # type: ignore[no-untyped-call]
+                c.co.list_namespaced_custom_object, GROUP, VERSION, NS, "oauth2providers",
+                resource_version=since, timeout_seconds=1):
+            status = ev["object"].get("status") or {}
+            if condition(ev["object"], "Ready").get("status") == "True":
+                ready.append(MEMO_FIELD in status)
+        assert ready and all(ready)
 
 
 def test_a_record_of_an_earlier_smtpctl_keeps_being_published(tmp_path: Path) -> None:
@@ -93,7 +89,7 @@ def test_a_record_of_an_earlier_smtpctl_keeps_being_published(tmp_path: Path) ->
             provider = c.co.get_namespaced_custom_object(
                 GROUP, VERSION, NS, "oauth2providers", "idp")
             assert isinstance(provider, dict)
-            memo = json.loads(provider["metadata"]["annotations"][MEMO_ANNOTATION])
+            memo = provider["status"][MEMO_FIELD]
             assert memo["digest"].startswith("sha256:")
             relay = c.co.get_namespaced_custom_object(GROUP, VERSION, NS, "externalsmtps",
                                                       "oauth")

@@ -3,22 +3,30 @@ aiosmtpd relay (STARTTLS + AUTH, trustme CA) on loopback.
 
 Each scenario of the issue is one test: apply -> Ready, selection and the published
 Secret; a Secret created after its ExternalSmtp; password rotation (good and bad, with
-last-known-good); watch interruption and 410 re-list; operator restart without re-test;
-leader handover between two processes; deletion with finalizer cleanup and failover.
+last-known-good); watch interruption and 410 re-list; operator restart without re-test
+(also over objects an operator before session 12 wrote); leader handover between two
+processes; deletion with finalizer cleanup and failover; one write per new relay, the
+finalizer only on the selected one.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import kubernetes
 import pytest
 
 from reconciler.devservers.smtp import RelayServer
-from reconciler.stores.kube import MEMO_ANNOTATION
+from reconciler.runtimes.operator.settings import FINALIZER
+from reconciler.stores.kube import MEMO_ANNOTATION, MEMO_FIELD
 from tests.support import canary
 from tests.support.kube_operator import (
+    GROUP,
     OPERATOR_NS,
+    VERSION,
     Cluster,
     OperatorProcess,
     cluster,
@@ -43,8 +51,25 @@ def env(tmp_path: Path) -> Iterator[tuple[Cluster, RelayServer]]:
 
 
 def has_memo(c: Cluster, name: str) -> bool:
-    meta = (c.smtp(NS, name) or {}).get("metadata") or {}
-    return MEMO_ANNOTATION in (meta.get("annotations") or {})
+    return MEMO_FIELD in ((c.smtp(NS, name) or {}).get("status") or {})
+
+
+def as_an_older_operator_left_it(c: Cluster, name: str) -> None:
+    """Rewrite ``name`` as operators before session 12 wrote it: the memo in the annotation
+    (not in the status) and our finalizer on every relay."""
+    body = c.smtp(NS, name)
+    assert body is not None
+    memo = body["status"].pop(MEMO_FIELD)
+    c.patch_smtp(NS, name, {"metadata": {
+        "annotations": {MEMO_ANNOTATION: json.dumps(memo, sort_keys=True)},
+        "finalizers": sorted({*(body["metadata"].get("finalizers") or []), FINALIZER})}})
+    fresh = c.smtp(NS, name)
+    assert fresh is not None
+    fresh["status"] = body["status"]
+    c.co.replace_namespaced_custom_object_status(GROUP, VERSION, NS, "externalsmtps", name,
+                                                 fresh)
+    after = c.smtp(NS, name)
+    assert after is not None and MEMO_FIELD not in after["status"]
 
 
 def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None:
@@ -62,7 +87,9 @@ def test_apply_ready_selection_publish(env: tuple[Cluster, RelayServer]) -> None
         assert sel.get("status") == "False" and "first" in sel.get("message", "")
         first = c.smtp(NS, "first")
         assert first is not None
-        assert "smtp.reconciler.dev/finalizer" in first["metadata"]["finalizers"]
+        assert FINALIZER in first["metadata"]["finalizers"]
+        # Only the selected relay's deletion needs handling: the standby has no finalizer.
+        assert not (c.smtp(NS, "second") or {})["metadata"].get("finalizers")
         assert first["status"]["observedGeneration"] == first["metadata"]["generation"] == 1
         assert condition(first, "Ready")["observedGeneration"] == 1
         data = wait_for("published Secret", lambda: c.secret_data(NS, PUBLISHED))
@@ -162,17 +189,20 @@ def test_restart_does_not_retest_and_relists_after_410(env: tuple[Cluster, Relay
     with OperatorProcess(c, "op1", "--namespace", NS):
         for name in ("r1", "r2", "r3"):
             wait_for(f"{name} Ready", lambda n=name: c.ready(NS, n))  # type: ignore[misc]
-            # The memo is written after the status (docs: a stop in between costs one
-            # re-test): op1 stops only once every pass has written it.
-            wait_for(f"{name} memo", lambda n=name: has_memo(c, n))  # type: ignore[misc]
+            assert has_memo(c, name)  # in the same write as Ready
         wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
+    # r2 and r3 as an operator before session 12 left them (memo annotation, finalizer):
+    # the restart must not test or write them either.
+    for name in ("r2", "r3"):
+        as_an_older_operator_left_it(c, name)
     rvs = {n: c.smtp(NS, n)["metadata"]["resourceVersion"] for n in ("r1", "r2", "r3")}  # type: ignore[index]
     connections = relay.connections
     with OperatorProcess(c, "op2", "--namespace", NS) as op:
         wait_for(
             "caught up", lambda: sum(1 for r in op.logs() if r.get("msg") == "reconciled") >= 3
         )
-        # Zero connection tests, zero writes: the digest survived in the annotation.
+        # Zero connection tests, zero writes: the digest survived in the status (r1) or
+        # in the older annotation (r2, r3).
         assert relay.connections == connections
         assert {n: c.smtp(NS, n)["metadata"]["resourceVersion"] for n in rvs} == rvs  # type: ignore[index]
         assert all(r.get("action") == "skipped" for r in op.logs() if r.get("msg") == "reconciled")
@@ -220,6 +250,52 @@ def test_leader_handover(env: tuple[Cluster, RelayServer]) -> None:
                 timeout=15,
             )
             assert any(r.get("msg") == "became leader" for r in b.logs())
+
+
+def test_a_new_relay_costs_one_write_and_only_the_selected_one_a_finalizer(
+        env: tuple[Cluster, RelayServer]) -> None:
+    """Session 12, counted at the API server: a new relay that is not selected costs one
+    write of its own (the status PUT with verdict and test memo; before: that PUT and a
+    PATCH with the memo annotation and our finalizer), and gets no finalizer.  The selected
+    relay gets the finalizer before the write that selects it: every version of it the
+    watch delivered with ``status.selected`` carries the finalizer."""
+    c, relay = env
+    c.put_secret(NS, "relay-password", {"password": canary.PASSWORD})
+    listed = c.co.list_namespaced_custom_object(GROUP, VERSION, NS, "externalsmtps")
+    assert isinstance(listed, dict)
+    since = listed["metadata"]["resourceVersion"]
+    c.create_smtp(NS, "main", relay_spec(relay.port))
+    for name in ("spare-1", "spare-2"):
+        c.create_smtp(NS, name, relay_spec(relay.port, selected=False))
+    with OperatorProcess(c, "op", "--namespace", NS):
+        for name in ("main", "spare-1", "spare-2"):
+            wait_for(f"{name} Ready", lambda n=name: c.ready(NS, n))  # type: ignore[misc]
+        wait_for("main selected", lambda: c.selected(NS, "main"))
+        wait_for("published", lambda: c.secret_data(NS, PUBLISHED))
+        assert c.kube.emu is not None
+        emu = c.kube.emu
+        requests = c.kube.call(lambda: [(str(r.method.value), r.url.path) for r in emu])
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/externalsmtps/"
+
+    def writes(name: str) -> list[tuple[str, str]]:
+        return [(m, p[len(base):]) for m, p in requests
+                if m != "GET" and p in (base + name, base + name + "/status")]
+
+    for name in ("spare-1", "spare-2"):
+        assert writes(name) == [("PUT", f"{name}/status")]
+        obj = c.smtp(NS, name)
+        assert obj is not None and not obj["metadata"].get("finalizers")
+        assert has_memo(c, name)
+    assert writes("main")[0] == ("PATCH", "main")  # the finalizer, before any status write
+    assert FINALIZER in c.smtp(NS, "main")["metadata"]["finalizers"]  # type: ignore[index]
+    seen: list[Any] = []
+    for ev in kubernetes.watch.Watch().stream(  # type: ignore[no-untyped-call]
+            c.co.list_namespaced_custom_object, GROUP, VERSION, NS, "externalsmtps",
+            resource_version=since, timeout_seconds=1):
+        obj = ev["object"]
+        if obj["metadata"]["name"] == "main" and (obj.get("status") or {}).get("selected"):
+            seen.append(obj["metadata"].get("finalizers"))
+    assert seen and all(FINALIZER in (f or []) for f in seen)
 
 
 def test_deletion_fails_over_and_cleans_up(env: tuple[Cluster, RelayServer]) -> None:

@@ -28,7 +28,7 @@ from reconciler.runtimes.operator import finalizers
 from reconciler.runtimes.operator.main import Parts, build
 from reconciler.runtimes.operator.settings import FINALIZER, OperatorConfig
 from reconciler.runtimes.secretcache import KubeSecrets
-from reconciler.stores.base import ObjectRef
+from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, TestMemo
 from reconciler.stores.kubeapi import Credentials, KubeApi, Unreachable, resource_path
 from reconciler.stores.kubetypes import as_object
 from tests.support.kube_emulator import KubeEmulator, running_emulator
@@ -240,35 +240,126 @@ async def test_concurrent_syncs_write_the_published_secret_once(env: Any) -> Non
     assert base64.b64decode(data["data"]["SMTP_RELAY"]).decode() == "default/relay"
 
 
-async def test_first_memo_write_carries_the_finalizer_in_the_same_patch(env: Any) -> None:
-    """Issue 15: finalizer and memo in one PATCH (they were two), and still with the
-    precondition: a finalizer another controller added after our read is kept."""
-    from reconciler.stores.base import StatusWrite, TestMemo
+MEMO = TestMemo(digest="sha256:abc", generation=1, tested_at=1.0, due_at=2.0, passed=True)
 
-    _emu, parts = env
+
+def _selecting(cur: StoredObject) -> StatusWrite:
+    return StatusWrite({**cur.status, "observedGeneration": 1, "selected": True}, MEMO)
+
+
+async def test_an_unselected_relay_costs_one_write_and_no_finalizer(env: Any) -> None:
+    """Session 12: verdict and memo are one status PUT, and a relay that is not selected
+    gets no finalizer (its deletion needs no handling beyond the DELETED event).  Before:
+    the PUT, then a PATCH with the memo annotation and our finalizer - two writes."""
+    emu, parts = env
+    api, store = parts.api, parts.store
+    await _create(api, [])
+    await store.prime()
+    before = _writes(emu)
+    out = await store.update_status(REF, lambda cur: StatusWrite(
+        {"observedGeneration": 1, "selected": False}, MEMO))
+    assert out is not None and out.memo == MEMO
+    assert _writes(emu)[len(before):] == [("PUT", PATH + "/status")]
+    body = await api.get(PATH)
+    assert not body["metadata"].get("finalizers")
+    assert not store.needs_finalizer(REF, store.cached(REF))
+
+
+async def test_the_finalizer_is_on_the_relay_before_the_write_that_selects_it(
+        env: Any) -> None:
+    """The write that makes a relay selected finds our finalizer already on the object
+    (so its deletion is handed over: failover, the published Secret); the finalizer PATCH
+    carries its precondition, so a finalizer another controller added after our read is
+    kept (409, re-read, recomputed)."""
+    emu, parts = env
     api, store = parts.api, parts.store
     await _create(api, [])
     await store.prime()
     await api.patch(PATH, {"metadata": {"finalizers": ["other.example/keep"]}})  # after our read
-    memo = TestMemo(digest="sha256:abc", generation=1, tested_at=1.0, due_at=2.0, passed=True)
-    patches: list[Any] = []
-    real_patch = api.patch
+    at_put: list[Any] = []
+    real_put = api.put
 
-    async def counting_patch(path: str, body: Any) -> dict[str, Any]:
-        patches.append(body)
-        return cast(dict[str, Any], await real_patch(path, body))
+    async def watching_put(path: str, body: Any) -> dict[str, Any]:
+        stored = emu.get_object(API, "externalsmtps", "default", "relay")
+        at_put.append((stored["metadata"].get("finalizers"), body["status"].get("selected")))
+        return cast(dict[str, Any], await real_put(path, body))
 
-    api.patch = counting_patch
-    await store.update_status(REF, lambda cur: StatusWrite({"observedGeneration": 1}, memo))
+    api.put = watching_put
+    before = _writes(emu)
+    out = await store.update_status(REF, _selecting)
+    assert out is not None and out.status["selected"] is True and out.memo == MEMO
+    assert at_put == [(["other.example/keep", FINALIZER], True)]
+    assert [m for m, _ in _writes(emu)[len(before):]] == ["PATCH", "GET", "PATCH", "PUT"]
     body = await api.get(PATH)
     assert body["metadata"]["finalizers"] == ["other.example/keep", FINALIZER]
-    assert "smtp.reconciler.dev/last-test" in body["metadata"]["annotations"]
-    # One PATCH carried memo and finalizer together (the stale status write had already
-    # been answered 409 and re-read, so the list it computed includes theirs).
-    assert len(patches) == 1
-    assert patches[0]["metadata"]["finalizers"] == ["other.example/keep", FINALIZER]
-    assert patches[0]["metadata"]["resourceVersion"]  # the precondition
-    assert not store.needs_finalizer(REF, store.cached(REF))
+    # Deselected later: the finalizer stays until a deletion is handled.
+    await store.update_status(REF, lambda cur: StatusWrite({**cur.status, "selected": False},
+                                                           cur.memo))
+    assert (await api.get(PATH))["metadata"]["finalizers"] == ["other.example/keep", FINALIZER]
+
+
+async def test_a_relay_being_deleted_is_never_selected(env: Any) -> None:
+    """Deletion started after our read (another controller's finalizer holds the object):
+    the API refuses a new finalizer (422), the store re-reads and does not write the
+    selecting status; the DELETED event's selection run will not see the relay."""
+    emu, parts = env
+    api, store = parts.api, parts.store
+    await _create(api, ["other.example/keep"])
+    await store.prime()
+    await api.delete(PATH)
+    before = _writes(emu)
+    assert await store.update_status(REF, _selecting) is None
+    assert [m for m, _ in _writes(emu)[len(before):]] == ["PATCH", "GET"]
+    body = await api.get(PATH)
+    assert body["metadata"]["finalizers"] == ["other.example/keep"]
+    assert not (body.get("status") or {}).get("selected")
+
+
+async def test_a_selected_relay_that_lost_our_finalizer_gets_it_back(
+        env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user removes our finalizer from the selected relay: its watch event wakes the
+    relay's worker and the pass puts the finalizer back (a relay that is not selected is
+    not woken and gets none)."""
+    from reconciler.engine.reconcile import ReconcileAction, ReconcileResult
+    from reconciler.runtimes.operator import controller as controller_module
+
+    _emu, parts = env
+    api, store, ctl = parts.api, parts.store, parts.controller
+    await _create(api, [])
+    await store.prime()
+    await store.update_status(REF, _selecting)
+    ours = await api.get(PATH)
+    assert ours["metadata"]["finalizers"] == [FINALIZER]
+    woken: list[ObjectRef] = []
+    monkeypatch.setattr(ctl.pool, "wake", lambda refs: woken.extend(refs))
+    monkeypatch.setattr(ctl.pool, "ensure", lambda ref, generation: None)
+
+    async def skipped(ref: ObjectRef, world: Any) -> ReconcileResult:
+        return ReconcileResult(ref, {}, 3600.0, ReconcileAction.SKIPPED)
+
+    monkeypatch.setattr(controller_module, "reconcile", skipped)
+    ctl.handle(as_object(ours), "MODIFIED")  # the watch event of our own write
+    assert woken == []
+    removed = await api.patch(PATH, {"metadata": {"finalizers": None}})  # the user
+    ctl.handle(as_object(removed), "MODIFIED")
+    assert woken == [REF]
+    await ctl._pass(REF)
+    assert (await api.get(PATH))["metadata"]["finalizers"] == [FINALIZER]
+    # Not selected: no wake, no finalizer.
+    await store.update_status(REF, lambda cur: StatusWrite({**cur.status, "selected": False},
+                                                           cur.memo))
+    ctl.handle(as_object(await api.get(PATH)), "MODIFIED")
+    removed = await api.patch(PATH, {"metadata": {"finalizers": None}})
+    woken.clear()
+    ctl.handle(as_object(removed), "MODIFIED")
+    await ctl._pass(REF)
+    assert woken == [] and not (await api.get(PATH))["metadata"].get("finalizers")
+
+
+def _writes(emu: KubeEmulator) -> list[tuple[str, str]]:
+    """(method, path) of every request the emulator got for the relay (the watch aside)."""
+    return [(str(r.method.value if hasattr(r.method, "value") else r.method), r.url.path)
+            for r in emu if r.url.path in (PATH, PATH + "/status")]
 
 
 def test_events_are_deduplicated_and_rate_limited_per_object() -> None:

@@ -2,12 +2,14 @@
 
 These pin the concurrency contracts the end-to-end tests cannot provoke on demand: a 409
 on a status write re-reads and re-applies the engine's decision (never a blind
-overwrite), the memo annotation round-trips, and two electors never both lead.
+overwrite), the test memo round-trips in the status write (the older annotation is
+read, never written), and two electors never both lead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from reconciler.runtimes.leader import LeaseElector
 from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, TestMemo
-from reconciler.stores.kube import MEMO_ANNOTATION, KubeStore
+from reconciler.stores.kube import MEMO_ANNOTATION, MEMO_FIELD, KubeStore
 from reconciler.stores.kubeapi import Credentials, KubeApi, NotFound, Unreachable, resource_path
 from reconciler.stores.kubetypes import KubeObject, as_object
 from tests.support.kube_emulator import KubeEmulator
@@ -64,20 +66,27 @@ async def test_conflict_rereads_and_reapplies_the_decision(kube: Any) -> None:
     assert fresh["status"] == {"other": "kept", "mine": True}
 
 
-async def test_memo_goes_to_an_annotation_and_back(kube: Any) -> None:
+async def test_memo_goes_into_the_status_write_and_back(kube: Any) -> None:
+    """Session 12: the test memo is ``status.testMemo``, written in the verdict's own PUT:
+    one request (before: a status PUT, then a PATCH of the memo annotation)."""
     _emu, api = kube
     await _create(api)
     store = KubeStore(api)
     await store.prime()
     memo = TestMemo(digest="sha256:abc", generation=1, tested_at=1.0, due_at=2.0, passed=True)
+    sent: list[tuple[str, str]] = []
+    api.on_request = lambda verb, resource: sent.append((verb, resource))
     out = await store.update_status(
         REF, lambda cur: StatusWrite(status={"observedGeneration": 1}, memo=memo)
     )
-    assert out is not None and out.memo == memo
+    assert sent == [("PUT", "externalsmtps/status")]
+    assert out is not None and out.memo == memo and out.status == {"observedGeneration": 1}
     body = await api.get(resource_path(API, "externalsmtps", "default", "relay"))
-    assert MEMO_ANNOTATION in body["metadata"]["annotations"]
-    assert body["metadata"]["generation"] == 1  # neither write is a spec change
-    # A new store (a restarted operator) reads the memo back from the cluster.
+    assert body["status"] == {"observedGeneration": 1, MEMO_FIELD: memo.to_json()}
+    assert MEMO_ANNOTATION not in (body["metadata"].get("annotations") or {})
+    assert body["metadata"]["generation"] == 1  # not a spec change
+    # A new store (a restarted operator) reads the memo back from the cluster; the engine
+    # never sees the field in the status.
     again = KubeStore(api)
     await again.prime()
     got = await again.get(REF)
@@ -85,7 +94,46 @@ async def test_memo_goes_to_an_annotation_and_back(kube: Any) -> None:
     # Nothing to change: no write at all.
     before = api.requests
     await again.update_status(REF, lambda cur: None)
+    await again.update_status(REF, lambda cur: StatusWrite(dict(cur.status), cur.memo))
     assert api.requests == before
+
+
+async def test_an_older_operators_annotation_memo_is_read_and_never_written(kube: Any) -> None:
+    """Objects written before session 12 keep the memo in an annotation: it is the memo
+    while the status has none (a restart writes nothing), the next status write carries it
+    into the status, and the annotation is never written again."""
+    _emu, api = kube
+    await _create(api)
+    path = resource_path(API, "externalsmtps", "default", "relay")
+    old = TestMemo(digest="sha256:old", generation=1, tested_at=1.0, due_at=9.0, passed=True)
+    text = json.dumps(old.to_json(), sort_keys=True)
+    await api.patch(path, {"metadata": {"annotations": {MEMO_ANNOTATION: text}}})
+    await api.patch(path + "/status", {"status": {"observedGeneration": 1}})
+    store = KubeStore(api)
+    await store.prime()
+    got = await store.get(REF)
+    assert got is not None and got.memo == old and got.status == {"observedGeneration": 1}
+    before = api.requests
+    await store.update_status(REF, lambda cur: None)
+    await store.update_status(REF, lambda cur: StatusWrite(dict(cur.status), cur.memo))
+    assert api.requests == before  # unchanged: no write (no migration write either)
+    sent: list[tuple[str, str]] = []
+    api.on_request = lambda verb, resource: sent.append((verb, resource))
+    out = await store.update_status(REF, lambda cur: StatusWrite(
+        {**cur.status, "selected": False}, cur.memo))
+    assert sent == [("PUT", "externalsmtps/status")]
+    assert out is not None and out.memo == old
+    body = await api.get(path)
+    assert body["status"][MEMO_FIELD] == old.to_json()
+    assert body["metadata"]["annotations"][MEMO_ANNOTATION] == text  # left as it was
+    # The status memo wins over the annotation from now on.
+    new = TestMemo(digest="sha256:new", generation=1, tested_at=5.0, due_at=20.0, passed=True)
+    await store.update_status(REF, lambda cur: StatusWrite(dict(cur.status), new))
+    again = KubeStore(api)
+    await again.prime()
+    got = await again.get(REF)
+    assert got is not None and got.memo == new
+    assert (await api.get(path))["metadata"]["annotations"][MEMO_ANNOTATION] == text
 
 
 async def test_missing_and_deleting_objects_are_none(kube: Any) -> None:

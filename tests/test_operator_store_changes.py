@@ -244,9 +244,9 @@ async def test_a_write_hands_back_the_object_get_hands_out(api: KubeApi) -> None
     await store.prime()
     ref = ObjectRef(KIND, "default", "a")
     memo = TestMemo(digest="sha256:abc", generation=1, tested_at=1.0, due_at=2.0, passed=True)
-    out = await store.update_status(ref, lambda cur: StatusWrite({"observedGeneration": 1},
-                                                                 memo))
-    assert out is not None and out.memo == memo and out.status == {"observedGeneration": 1}
+    status = {"observedGeneration": 1, "selected": True}  # selected: the finalizer first
+    out = await store.update_status(ref, lambda cur: StatusWrite(status, memo))
+    assert out is not None and out.memo == memo and out.status == status
     assert await store.get(ref) is out
     body = store.cached(ref)
     assert body is not None and "managedFields" not in body["metadata"]

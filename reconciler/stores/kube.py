@@ -12,11 +12,28 @@ It implements :class:`reconciler.stores.base.Store` for the operator:
   ``resourceVersion``.  On ``409 Conflict`` the store re-reads the object and calls the
   engine's mutator again on the fresh object (re-applying the *decision*, never blindly
   overwriting what another writer did), up to :data:`MAX_ATTEMPTS` times.
-* **The test memo** (last tested digest, due time, failures) lives in the annotation
-  :data:`MEMO_ANNOTATION`, written with a merge patch *after* the status (carrying the
-  operator's finalizer too when the object does not have it yet: one PATCH, not two), so a crash in
-  between costs at most one extra test after restart, never a Ready without a test.  The
-  digest also appears in ``status.active.digest`` (last-known-good).
+* **The test memo** (last tested digest, due time, failures) is ``status.testMemo``
+  (:data:`MEMO_FIELD`), written in the *same* status PUT as the verdict it belongs to: one
+  write per resource and pass, and the memo can never disagree with the conditions it was
+  decided with.  The engine never sees the field in ``StoredObject.status`` (the store
+  takes it out and hands it over as ``StoredObject.memo``, and puts ``StatusWrite.memo``
+  back in when it writes).  Objects written by operators before session 12 carry the memo
+  in the annotation :data:`MEMO_ANNOTATION` instead: it is read when the status has no
+  memo, carried into the status by the next status write, and never written again, so a
+  restart over such objects still tests nothing and writes nothing.  The digest is over
+  the spec and the secrets' keyed *versions* (the same value as ``status.active.digest``):
+  no secret and nothing a secret can be recovered from.
+* **The finalizer** (``finalizer=``, ExternalSmtps only) goes only where a deletion needs
+  handling: on a relay that is, or is about to be, *selected* (its deletion fails over
+  and changes the published Secret).  The one place that makes a relay selected is a
+  status write, so :meth:`KubeStore.update_status` adds the finalizer *before* a write
+  whose status says ``selected`` (a merge patch of the list with the object's
+  ``resourceVersion`` as precondition: another controller's finalizer is never dropped;
+  on 409 re-read and re-decide), and the operator's pass re-adds it to a selected relay
+  that lost it (:meth:`KubeStore.needs_finalizer`).  It is not removed when the relay is
+  deselected, only when its deletion has been handled.  An unselected relay's deletion
+  needs nothing but what the DELETED watch event does (selection recomputed; a published
+  Secret has an owner reference).
 * ``record_event`` posts a core/v1 Event on the object.  ``record_test`` keeps nothing:
   Kubernetes has no place for a test history, ``status.lastTest`` and the Events carry the
   last test and every transition, and a failed test's redacted transcript is logged at
@@ -45,7 +62,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import copy
 import json
 import logging
 import sys
@@ -60,12 +76,20 @@ from reconciler.stores.base import (
     Event,
     ObjectRef,
     StatusMutator,
+    StatusWrite,
     StoredObject,
     StoreError,
     TestMemo,
     TestRecord,
 )
-from reconciler.stores.kubeapi import ApiError, Conflict, KubeApi, NotFound, resource_path
+from reconciler.stores.kubeapi import (
+    ApiError,
+    Conflict,
+    Invalid,
+    KubeApi,
+    NotFound,
+    resource_path,
+)
 from reconciler.stores.kubetypes import (
     KubeObject,
     ObjectMeta,
@@ -81,7 +105,8 @@ from reconciler.stores.kubetypes import (
 
 log = logging.getLogger(__name__)
 
-MEMO_ANNOTATION = "smtp.reconciler.dev/last-test"
+MEMO_FIELD = "testMemo"  # status.testMemo: the test memo (see the module doc)
+MEMO_ANNOTATION = "smtp.reconciler.dev/last-test"  # where operators before session 12 kept it
 PLURALS = {KIND_SMTP: "externalsmtps", KIND_OAUTH2: "oauth2providers"}
 MAX_ATTEMPTS = 8
 JOURNAL_MIN = 4096  # a scope's journal starts a new epoch past max(this, 4 x its objects)
@@ -97,17 +122,27 @@ def ref_of(body: KubeObject) -> ObjectRef:
     return ObjectRef(str(body.get("kind")), namespace_of(body) or "default", name_of(body))
 
 
+def _memo_of(raw: Any) -> TestMemo | None:
+    try:
+        return TestMemo.from_json(raw if isinstance(raw, dict) else json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # a mangled memo only costs a re-test
+
+
 def to_stored(body: KubeObject) -> StoredObject:
-    """The engine's view of a custom resource body (its ``status`` is the body's own dict:
-    cached bodies are never mutated in place, and stored objects are read-only)."""
+    """The engine's view of a custom resource body (its ``status`` is the body's own dict
+    unless it holds the memo, which is taken out: cached bodies are never mutated in
+    place, and stored objects are read-only)."""
     meta = meta_of(body)
     memo: TestMemo | None = None
-    raw = (meta.get("annotations") or {}).get(MEMO_ANNOTATION)
-    if raw:
-        try:
-            memo = TestMemo.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError):
-            memo = None  # a mangled memo only costs a re-test
+    status = body.get("status") or {}
+    if MEMO_FIELD in status:
+        memo = _memo_of(status[MEMO_FIELD])
+        status = {k: v for k, v in status.items() if k != MEMO_FIELD}
+    else:  # written by an operator before session 12: the annotation, read only
+        raw = (meta.get("annotations") or {}).get(MEMO_ANNOTATION)
+        if raw:
+            memo = _memo_of(raw)
     manifest = {
         "apiVersion": body.get("apiVersion", API_VERSION), "kind": body.get("kind"),
         "metadata": {k: v for k, v in meta.items() if k in (
@@ -117,9 +152,18 @@ def to_stored(body: KubeObject) -> StoredObject:
     }
     return StoredObject(
         ref=ref_of(body), manifest=manifest, generation=int(meta.get("generation") or 1),
-        created_at=str(meta.get("creationTimestamp") or ""), status=body.get("status") or {},
+        created_at=str(meta.get("creationTimestamp") or ""), status=status,
         memo=memo, version=resource_version(body), uid=uid_of(body),
     )
+
+
+def status_body(write: StatusWrite) -> dict[str, Any]:
+    """The ``status`` a write sends: the engine's status with the memo in it."""
+    status = dict(write.status)
+    status.pop(MEMO_FIELD, None)
+    if write.memo is not None:
+        status[MEMO_FIELD] = write.memo.to_json()
+    return status
 
 
 class KubeStore:
@@ -128,7 +172,7 @@ class KubeStore:
     def __init__(self, api: KubeApi, *, namespaces: list[str] | None = None,
                  label_selector: str | None = None, finalizer: str | None = None) -> None:
         self.api = api
-        self.finalizer = finalizer  # added to ExternalSmtps with the first memo write
+        self.finalizer = finalizer  # added to a relay before it is selected (module doc)
         self.namespaces = namespaces  # None: all namespaces
         self.label_selector = label_selector
         self._cache: dict[Key, KubeObject] = {}
@@ -368,24 +412,32 @@ class KubeStore:
         return out
 
     async def update_status(self, ref: ObjectRef, mutate: StatusMutator) -> StoredObject | None:
-        body = self._cache.get(self._key(ref)) or await self._fetch(ref)
+        """One status PUT (verdict, conditions and the test memo together); before a write
+        that makes the relay selected, our finalizer (see the module doc)."""
+        key = self._key(ref)
+        body = self._cache.get(key) or await self._fetch(ref)
         for _attempt in range(MAX_ATTEMPTS):
             if body is None:
                 return None
-            cur = self._stored_of(self._key(ref), body)
+            cur = self._stored_of(key, body)
             write = mutate(cur)
             if write is None:
                 return cur
-            new_body = copy.copy(body)
-            new_body["status"] = dict(write.status)
+            if write.status == cur.status and write.memo == cur.memo:
+                return cur  # (a memo still in the old annotation stays there: no write)
             try:
-                if write.status != cur.status:
-                    key = self._key(ref)
-                    with self._writing(key) as seen:
-                        stored = as_object(await self.api.put(self.path(ref, "status"),
-                                                              new_body))
-                        self._wrote(key, stored, seen)
-                    body = self._as_cached(key, stored)
+                if write.status.get("selected") and self._lacks_finalizer(ref, body):
+                    if is_deleting(body):
+                        return None  # being deleted: never selected (get() agrees)
+                    # Our finalizer first, then decide again on the answer (the status a
+                    # deletion would have to hand over is never written without it).
+                    body = await self._add_finalizer(ref, body)
+                    continue
+                with self._writing(key) as seen:
+                    stored = as_object(await self.api.put(
+                        self.path(ref, "status"), {**body, "status": status_body(write)}))
+                    self._wrote(key, stored, seen)
+                body = self._as_cached(key, stored)
             except Conflict:  # someone else wrote: re-read, re-decide
                 body = await self._fetch(ref)
                 continue
@@ -395,44 +447,36 @@ class KubeStore:
             except ApiError as exc:
                 raise StoreError(f"cannot write status of {ref}: {exc.code} {exc.reason}") \
                     from None
-            if write.memo != cur.memo:
-                fresh = await self._write_memo(ref, write.memo, body)
-                if fresh is not None:
-                    body = self._as_cached(self._key(ref), fresh)
-            return self._stored_of(self._key(ref), body)
+            return self._stored_of(key, body)
         raise StoreError(f"cannot write status of {ref}: still conflicting after "
                          f"{MAX_ATTEMPTS} attempts")
 
-    def needs_finalizer(self, ref: ObjectRef, body: KubeObject | None) -> bool:
-        """Is the store's finalizer (``finalizer=``, ExternalSmtps only) still to add?"""
-        return bool(self.finalizer and ref.kind == KIND_SMTP and body is not None
-                    and not is_deleting(body) and self.finalizer not in finalizers_of(body))
+    def _lacks_finalizer(self, ref: ObjectRef, body: KubeObject) -> bool:
+        return bool(self.finalizer and ref.kind == KIND_SMTP
+                    and self.finalizer not in finalizers_of(body))
 
-    async def _write_memo(self, ref: ObjectRef, memo: TestMemo | None,
-                          body: KubeObject) -> KubeObject | None:
-        """The memo annotation - and, when still missing, the finalizer in the same PATCH
-        (one request instead of two; the list is patched with the resourceVersion it was
-        computed from, so another controller's finalizer is never dropped)."""
-        value = None if memo is None else json.dumps(memo.to_json(), sort_keys=True)
-        for _attempt in range(MAX_ATTEMPTS):
-            patch: dict[str, Any] = {"metadata": {"annotations": {MEMO_ANNOTATION: value}}}
-            if self.needs_finalizer(ref, body):
-                patch["metadata"]["finalizers"] = [*finalizers_of(body), self.finalizer]
-                patch["metadata"]["resourceVersion"] = resource_version(body)
-            try:
-                fresh = await self.patch(ref, patch)
-            except NotFound:
-                return None
-            except Conflict:  # only with the finalizer's precondition: re-read, recompute
-                again = await self._fetch(ref)
-                if again is None:
-                    return None
-                body = again
-                continue
-            except ApiError as exc:
-                raise StoreError(f"cannot write the test memo of {ref}: {exc.code}") from None
-            return fresh
-        raise StoreError(f"cannot write the test memo of {ref}: still conflicting")
+    def needs_finalizer(self, ref: ObjectRef, body: KubeObject | None) -> bool:
+        """Is the store's finalizer (``finalizer=``) still to add: a selected ExternalSmtp
+        without it, not being deleted (one whose finalizer a user removed, or selected by
+        an older operator that crashed before its finalizer PATCH)?"""
+        return bool(body is not None and (body.get("status") or {}).get("selected")
+                    and not is_deleting(body) and self._lacks_finalizer(ref, body))
+
+    async def _add_finalizer(self, ref: ObjectRef, body: KubeObject) -> KubeObject | None:
+        """Our finalizer on ``body``'s object: a merge patch of the list read from ``body``
+        with ``body``'s resourceVersion as precondition (409: someone else wrote - another
+        controller's finalizer - so the caller re-reads and decides again)."""
+        patch = {"metadata": {"finalizers": [*finalizers_of(body), self.finalizer],
+                              "resourceVersion": resource_version(body)}}
+        try:
+            fresh = await self.patch(ref, patch)
+        except Invalid as exc:  # 422: deletion started since our read (no new finalizers)
+            again = await self._fetch(ref)
+            if again is None or is_deleting(again):
+                return again
+            raise StoreError(f"cannot add the finalizer to {ref}: {exc.code} {exc.reason}") \
+                from None
+        return self._as_cached(self._key(ref), fresh)
 
     async def record_test(self, record: TestRecord) -> None:
         """No history is kept (see the module doc); a failure's transcript goes to the
@@ -481,10 +525,10 @@ def _slim(body: KubeObject, old: KubeObject | None = None) -> KubeObject:
 
     ``old``: the cached body this one replaces; its ``spec`` and ``status`` are kept (the
     same objects) when equal to the new ones, instead of interning equal copies again (a
-    status write leaves the spec as it was, a memo write the status: half of the cache's
-    interning work per write).  Cached bodies are never mutated in place, so sharing is
-    safe; :class:`~reconciler.runtimes.operator.controller.Controller` relies on an
-    unchanged spec being the same object."""
+    status write leaves the spec as it was, a finalizer patch both).  Cached bodies are
+    never mutated in place, so sharing is safe;
+    :class:`~reconciler.runtimes.operator.controller.Controller` relies on an unchanged
+    spec being the same object."""
     slim_meta = ObjectMeta(**{k: v for k, v in meta_of(body).items()  # type: ignore[typeddict-item]
                               if k in _META_KEYS})
     ann = slim_meta.get("annotations")

@@ -4,8 +4,9 @@
 objects), keeps the store's cache and the dependency index current, starts or wakes the
 resource's worker and starts the finalizer work of a resource being deleted.
 :meth:`Controller.handle_secret` takes Secret events and wakes the resources that use
-the Secret.  Our own status and annotation writes do not wake a worker (they do not
-change the generation).
+the Secret.  Our own status writes and finalizer patches do not wake a worker (they do
+not change the generation); a selected relay that lost our finalizer does (the pass puts
+it back).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Controller:
         self.pool.ensure(ref, int(meta_of(body).get("generation") or 0))
         if _reconcile_request(before) != _reconcile_request(body):
             self.pool.wake([ref])  # `smtpctl reconcile NAME --kubeconfig`: re-verify now
+        elif event_type is not None and self.store.needs_finalizer(ref, body):
+            self.pool.wake([ref])  # the selected relay lost our finalizer: the pass re-adds it
         if ref.kind == KIND_OAUTH2 and _ready(before) != _ready(body):
             self.pool.wake(self.index.provider_users(ref.namespace, ref.name))
 
@@ -170,9 +173,10 @@ class Controller:
         if result.action == ReconcileAction.GONE:
             return None
         if self.store.needs_finalizer(ref, self.store.cached(ref)):
-            # Normally added with the pass's memo write (one PATCH); a pass that wrote no
-            # memo adds it here - under the pass slots, not at the event, so 10,000 new
-            # resources never become 10,000 concurrent PATCHes.
+            # A selected relay without our finalizer (a user removed it; or an older
+            # operator selected it and stopped before its finalizer PATCH).  The store adds
+            # it before any write that selects a relay; this is the repair, under the pass
+            # slots.
             await finalizers.add_finalizer(self.store, ref)
         self._observe(result)
         delay = result.requeue_after if result.requeue_after is not None else IDLE_REQUEUE

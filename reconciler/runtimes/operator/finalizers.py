@@ -1,11 +1,16 @@
-"""The finalizer ``smtp.reconciler.dev/finalizer`` on each ExternalSmtp.
+"""The finalizer ``smtp.reconciler.dev/finalizer`` on the ExternalSmtps whose deletion needs
+handling: the selected relays (their deletion fails over and changes the published
+Secret).  An unselected relay's deletion needs only what its DELETED watch event does.
 
-* **Added** inside a worker's pass (under the pass slots, so 10,000 new resources do not
-  become 10,000 concurrent PATCHes), by a merge patch of the list read from the object
-  *with that object's resourceVersion as a precondition*: if anyone changed the object
-  since (another controller adding or removing its own finalizer), the API answers 409,
-  the object is re-read and the patch recomputed - another controller's finalizer is
-  never dropped.
+* **Added** before the status write that selects a relay
+  (:meth:`reconciler.stores.kube.KubeStore.update_status`), and by a pass
+  (:func:`add_finalizer`) to a selected relay that lost it; kept when the relay is
+  deselected.  Both are a merge patch of the list read from the object *with that
+  object's resourceVersion as a precondition*: if anyone changed the object since
+  (another controller adding or removing its own finalizer), the API answers 409, the
+  object is re-read and the patch recomputed - another controller's finalizer is never
+  dropped.  (Operators before session 12 put it on every ExternalSmtp; those objects keep
+  it until their deletion is handled.)
 * **Removed** when the deletion has been handled (selection recomputed in the namespace -
   failover - and the published Secret updated), the same way (precondition, re-read on
   409).  The whole handling is retried with a per-object exponential backoff until it
