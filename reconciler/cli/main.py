@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn, Protocol, cast
@@ -102,6 +103,11 @@ def _top_usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # No pydantic plugins in smtpctl's processes (docs/cli.md): pydantic otherwise reads the
+    # entry points of every installed distribution at its first model (~8-10 ms of each
+    # start that builds the resource models; more with more packages installed).  A value
+    # set by the user is kept.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     if not args or args[0] in ("-h", "--help", "help"):
         print(_top_usage())
         return 0 if args else EXIT_USAGE

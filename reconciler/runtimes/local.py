@@ -355,7 +355,7 @@ async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
     """
     world.begin_pass()
     errors = errors if errors is not None else ErrorBackoff()
-    limit = max_tasks or max(64, world.limits.concurrency * 4)
+    limit = max_tasks or pass_tasks(world.limits)
     results: list[ReconcileResult] = []
     todo = list(dict.fromkeys(refs))
 
@@ -393,6 +393,19 @@ async def reconcile_objects(refs: Iterable[ObjectRef], world: BasicWorld, *,
     order = {r: i for i, r in enumerate(todo)}
     results.sort(key=lambda r: order.get(r.ref, 0))
     return results
+
+
+def pass_tasks(limits: Limits) -> int:
+    """How many passes run at once: the global test limit + 4 when no host limit is below
+    it (every pass that can test has a slot, and four more are ready to take one as a test
+    ends), else ``max(64, 4 x concurrency)``: passes waiting for a busy host's slot must not
+    keep the other hosts' relays waiting for a task (the CLI's default, ``--per-host 4``
+    below ``--concurrency 16``).  Every extra pass does its work up to the test before the
+    first tests are sent, and waits on a slot; 128 passes for 32 slots made the first test
+    wait for 128 of them."""
+    if limits.per_host >= limits.concurrency:
+        return limits.concurrency + 4
+    return max(64, limits.concurrency * 4)
 
 
 async def _each(items: list[ObjectRef], fn: Callable[[ObjectRef], Any], limit: int) -> None:
