@@ -142,6 +142,18 @@ class SecretRef(_Model):
             return f"environment variable {self.env}"
         return f"file {self.file}"
 
+    def wire(self) -> dict[str, Any]:
+        """The reference in its wire form, as ``model_dump(by_alias=True,
+        exclude_none=True)`` writes it (exactly one key), built without pydantic's
+        serializer: the engine writes it into every passed test's ``status.active``
+        (tests/test_engine_record_dumps.py checks the two agree)."""
+        sel = self.secret_key_ref
+        if sel is not None:
+            return {"secretKeyRef": {"name": sel.name, "key": sel.key}}
+        if self.env is not None:
+            return {"env": self.env}
+        return {"file": self.file}
+
 
 class LocalObjectReference(_Model):
     name: str = Field(min_length=1, max_length=253)

@@ -75,6 +75,22 @@ def one_line(message: str) -> str:
     return sanitize(message, one_line=True)
 
 
+_ORDER = {READY: 0, STALLED: 1, RECONCILING: 2, SELECTED: 3}
+
+
+def _order(c: Mapping[str, Any]) -> int:
+    return _ORDER.get(str(c.get("type")), 9)
+
+
+def _new(conditions: Sequence[Mapping[str, Any]], ctype: str, status: ConditionStatus,
+         reason: str, message: str, generation: int, now: float) -> Condition:
+    message = cap(one_line(message), MAX_MESSAGE)
+    old = find(conditions, ctype)
+    ltt = str(old["lastTransitionTime"]) if old and old.get("status") == status else rfc3339(now)
+    return {"type": ctype, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": ltt, "observedGeneration": generation}
+
+
 def set_condition(
     conditions: Sequence[Mapping[str, Any]], ctype: str, status: ConditionStatus, reason: str,
     message: str, *, generation: int, now: float,
@@ -83,15 +99,30 @@ def set_condition(
 
     The message is capped at ``MAX_MESSAGE`` (4,096) characters, well under the CRD's
     32,768: above it a status write fails (422) and would be retried for ever."""
-    message = cap(one_line(message), MAX_MESSAGE)
-    old = find(conditions, ctype)
-    ltt = str(old["lastTransitionTime"]) if old and old.get("status") == status else rfc3339(now)
-    new: Condition = {"type": ctype, "status": status, "reason": reason, "message": message,
-                      "lastTransitionTime": ltt, "observedGeneration": generation}
+    new = _new(conditions, ctype, status, reason, message, generation, now)
     out = [cast(Condition, c) for c in conditions if c.get("type") != ctype]
     out.append(new)
-    order = {READY: 0, STALLED: 1, RECONCILING: 2, SELECTED: 3}
-    out.sort(key=lambda c: order.get(str(c.get("type")), 9))
+    out.sort(key=_order)
+    return out
+
+
+# set_conditions: (status, reason, message) sets a condition, None removes it.
+Change = tuple[ConditionStatus, str, str] | None
+
+
+def set_conditions(conditions: Sequence[Mapping[str, Any]], changes: Mapping[str, Change],
+                   *, generation: int, now: float) -> list[Condition]:
+    """Several :func:`set_condition` / :func:`remove_condition` calls in one: one new list
+    (and one sort) for a verdict's conditions instead of one per condition.  The result
+    is the one of applying the changes one after another, in any order (each names
+    another type; ``tests/test_engine_conditions_once.py`` checks the equality)."""
+    out = [cast(Condition, c) for c in conditions if c.get("type") not in changes]
+    n = len(out)
+    for ctype, change in changes.items():
+        if change is not None:
+            out.append(_new(conditions, ctype, *change, generation, now))
+    if len(out) > n:  # as set_condition does; a removal alone keeps the order
+        out.sort(key=_order)
     return out
 
 

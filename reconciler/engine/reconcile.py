@@ -67,6 +67,7 @@ from reconciler.engine.digest import plan_digest
 from reconciler.engine.policy import certificate_expiring, config_warnings, refresh_seconds
 from reconciler.engine.record import failing_record, passed_record
 from reconciler.engine.selection import OwnWrite, candidate, select_scope, select_scope_with
+from reconciler.engine.slowwatch import watch_of
 from reconciler.engine.world import World
 from reconciler.probe.verdict import ProbeCredentials, Verdict
 from reconciler.resources import KIND_OAUTH2, KIND_SMTP, ExternalSmtp, OAuth2Provider
@@ -243,37 +244,39 @@ def _lkg_suffix(status: SmtpStatus, generation: int, digest: str) -> str:
     return f"; generation {agen} is the last-known-good, and it is failing now"
 
 
+# The Selected condition of a relay that does not ask to be selected.
+_NOT_REQUESTED: cond.Change = ("False", "NotRequested", "spec.selected is false")
+
+
 def _failure_status(st: Status, *, generation: int, block: Blocked, message: str,
-                    now: float, digest: str, what: str) -> Status:
+                    now: float, digest: str, what: str, not_requested: bool = False) -> Status:
+    """``st`` with the conditions of a failure (and, ``not_requested``, the Selected
+    condition of a relay that does not ask to be selected: one list for both)."""
     stalled = block.stalled and not block.retryable
     lkg = _lkg_suffix(cast(SmtpStatus, st), generation, digest) if digest else ""
     text = f"{what} failed ({block.reason}): {message}{lkg}"
-    conds = list(st.get("conditions") or [])
-    conds = cond.set_condition(conds, cond.READY, "False", block.reason, text,
-                               generation=generation, now=now)
+    changes: dict[str, cond.Change] = {cond.READY: ("False", block.reason, text)}
     if stalled:
         entry = catalog.CATALOG.get(block.reason)
         action = entry.action if entry else ""
-        conds = cond.set_condition(conds, cond.STALLED, "True", block.reason,
-                                   f"only a change can help: {action}",
-                                   generation=generation, now=now)
+        changes[cond.STALLED] = ("True", block.reason, f"only a change can help: {action}")
     else:
-        conds = cond.remove_condition(conds, cond.STALLED)
-    if block.retryable:
-        conds = cond.set_condition(conds, cond.RECONCILING, "True", block.reason,
-                                   "retrying with backoff", generation=generation, now=now)
-    else:
-        conds = cond.remove_condition(conds, cond.RECONCILING)
-    st["conditions"] = conds
+        changes[cond.STALLED] = None
+    changes[cond.RECONCILING] = (("True", block.reason, "retrying with backoff")
+                                 if block.retryable else None)
+    if not_requested:
+        changes[cond.SELECTED] = _NOT_REQUESTED
+    st["conditions"] = cond.set_conditions(st.get("conditions") or [], changes,
+                                           generation=generation, now=now)
     st["observedGeneration"] = generation
     return st
 
 
 def _not_requested(st: SmtpStatus, generation: int, now: float) -> SmtpStatus:
     """A relay that does not ask to be selected gets its Selected condition here."""
-    st["conditions"] = cond.set_condition(
-        list(st.get("conditions") or []), cond.SELECTED, "False", "NotRequested",
-        "spec.selected is false", generation=generation, now=now)
+    st["conditions"] = cond.set_conditions(st.get("conditions") or [],
+                                           {cond.SELECTED: _NOT_REQUESTED},
+                                           generation=generation, now=now)
     st["selected"] = False
     return st
 
@@ -295,12 +298,14 @@ async def _blocked(obj: StoredObject, world: World, block: Blocked, *,
     request = reconcile_request(obj)
 
     def build(cur: StoredObject) -> tuple[Status, TestMemo | None]:
+        not_requested = cur.ref.kind == KIND_SMTP and not _requested(cur)
         st: Status = _failure_status(cast(Status, dict(cur.status)), generation=generation,
                                      block=block, message=block.message, now=now, digest="",
-                                     what=f"generation {generation}")
+                                     what=f"generation {generation}",
+                                     not_requested=not_requested)
         st = _handled(st, request)
-        if cur.ref.kind == KIND_SMTP and not _requested(cur):
-            st = _not_requested(cast(SmtpStatus, st), generation, now)
+        if not_requested:
+            cast(SmtpStatus, st)["selected"] = False
         old = cur.memo
         # due_at=0: whatever blocked us, the next pass after it is fixed must test again.
         memo = TestMemo(digest=old.digest if old else "", generation=generation,
@@ -343,24 +348,24 @@ async def _probe(world: World, res: ExternalSmtp, creds: ProbeCredentials,
     async with world.limits.slot(res.spec.host, res.metadata.namespace):
         if on_slow is None:
             return await _guarded_probe(world, res, creds)
-        # The test runs in this task; a timer starts the announcement in a task of its own
-        # only when the test is still running then (it used to be a task and a timed wait
-        # per test: ~6 % of the engine's CPU per pass, for an announcement that is rare).
-        loop = asyncio.get_running_loop()
+        # The test runs in this task; the loop's one slow-test timer (engine/slowwatch.py)
+        # starts the announcement in a task of its own only when the test is still running
+        # then (it used to be a task and a timed wait per test, then a timer per test).
         slow: list[asyncio.Future[object]] = []
 
         def start_announcing() -> None:
             slow.append(asyncio.ensure_future(on_slow()))
 
-        timer = loop.call_later(float(getattr(world, "announce_after", ANNOUNCE_AFTER)),
-                                start_announcing)
+        watch = watch_of(asyncio.get_running_loop())
+        entry = watch.add(float(getattr(world, "announce_after", ANNOUNCE_AFTER)),
+                          start_announcing)
         try:
             verdict = await _guarded_probe(world, res, creds)
             if slow:  # the announcement is written before the verdict is
                 await slow[0]
             return verdict
         finally:
-            timer.cancel()
+            watch.discard(entry)
             for task in slow:
                 if not task.done():  # this pass was cancelled during the test
                     task.cancel()
@@ -579,21 +584,23 @@ def _commit_status(cur: StoredObject, v: Verdict, gen: int, digest: str, now: fl
                            "durationSeconds": round(v.duration_seconds, 3),
                            "generation": gen, "warnings": list(v.warnings)}
     st = smtp_status(cur)
+    not_requested = not _requested(cur)
     if v.passed:
         assert record is not None
-        conds = list(st.get("conditions") or [])
         warn = f" (warnings: {', '.join(v.warnings)})" if v.warnings else ""
         via = ""
         if record.get("fallbackUsed"):
             via = (f" over the socketFactory fallback (port {record['port']}, "
                    f"{record['tlsMode']}); that is the connection handed out")
-        conds = cond.set_condition(
-            conds, cond.READY, "True", "TestPassed",
-            f"generation {gen} passed its connection test in {v.duration_seconds:.2f}s"
-            f"{via}{warn}", generation=gen, now=now)
-        conds = cond.remove_condition(conds, cond.STALLED)
-        conds = cond.remove_condition(conds, cond.RECONCILING)
-        st["conditions"] = conds
+        changes: dict[str, cond.Change] = {
+            cond.READY: ("True", "TestPassed",
+                         f"generation {gen} passed its connection test in "
+                         f"{v.duration_seconds:.2f}s{via}{warn}"),
+            cond.STALLED: None, cond.RECONCILING: None}
+        if not_requested:
+            changes[cond.SELECTED] = _NOT_REQUESTED
+        st["conditions"] = cond.set_conditions(st.get("conditions") or [], changes,
+                                               generation=gen, now=now)
         st["observedGeneration"] = gen
         st["activeGeneration"] = gen
         st["active"] = record
@@ -603,14 +610,14 @@ def _commit_status(cur: StoredObject, v: Verdict, gen: int, digest: str, now: fl
             st, generation=gen, block=Blocked(v.reason, v.message, v.retryable,
                                               _stalled(v.reason)),
             message=f"{v.message} (stage {v.stage})", now=now, digest=digest,
-            what=f"generation {gen}"))
+            what=f"generation {gen}", not_requested=not_requested))
         active = st.get("active")
         if active is not None and active.get("digest") == digest:
             st["active"] = failing_record(active, v.reason, v.message, now)
     st["lastTestTime"] = when
     st["lastTest"] = last_test
-    if not _requested(cur):
-        st = _not_requested(st, gen, now)
+    if not_requested:  # its Selected condition is in the conditions set above
+        st["selected"] = False
     return st
 
 

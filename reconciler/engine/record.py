@@ -69,8 +69,7 @@ def passed_record(res: ExternalSmtp, generation: int, digest: str, verdict: Verd
     if s.sender:
         rec["from"] = s.sender
     if s.password_from is not None:
-        rec["passwordFrom"] = cast(SecretRefDict, s.password_from.model_dump(
-            by_alias=True, exclude_none=True))
+        rec["passwordFrom"] = cast(SecretRefDict, s.password_from.wire())
     if s.oauth2_provider_ref is not None:
         rec["oauth2Provider"] = s.oauth2_provider_ref.name
     version = credential_version(res, versions)
@@ -80,8 +79,7 @@ def passed_record(res: ExternalSmtp, generation: int, digest: str, verdict: Verd
         tls: ActiveTls = {"verify": s.tls.verify, "serverName": s.tls.server_name or s.host,
                           "minVersion": s.tls.min_version}
         if s.tls.ca_bundle_from is not None:
-            tls["caBundleFrom"] = cast(SecretRefDict, s.tls.ca_bundle_from.model_dump(
-                by_alias=True, exclude_none=True))
+            tls["caBundleFrom"] = cast(SecretRefDict, s.tls.ca_bundle_from.wire())
             ca_version = versions.get("tls.caBundleFrom")
             if ca_version:
                 tls["caBundleVersion"] = ca_version

@@ -112,12 +112,20 @@ class Limits:
         self.per_host = per_host
         self.fair = fair
         self._global = _limiter(concurrency, fair)
+        # FIFO semaphores and a host limit no lower than the global one (the CLI's
+        # ``--per-host N --concurrency N``): the host limit can never bind - at most
+        # ``concurrency`` tests run at all - so a slot is the global semaphore alone (one
+        # acquire per test instead of two, tests/test_engine_slots.py).
+        self._only: asyncio.Semaphore | None = (
+            asyncio.Semaphore(concurrency) if not fair and per_host >= concurrency else None)
         self._hosts: dict[str, _Limiter] = {}
         self._users: dict[str, int] = {}
 
     def slot(self, host: str, namespace: str = "") -> AbstractAsyncContextManager[None]:
         """``async with limits.slot(host, namespace):`` holds a slot of ``host`` and a
         global one (in that order) for one connection test."""
+        if self._only is not None:
+            return self._only
         return _Slot(self, host.lower(), namespace)
 
     def _enter(self, key: str, namespace: str) -> AbstractAsyncContextManager[object]:

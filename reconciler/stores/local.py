@@ -368,9 +368,7 @@ class _OwnTx:
         self.store = store
 
     def __enter__(self) -> sqlite3.Connection:
-        db = self.store._db
-        db.execute("BEGIN IMMEDIATE")
-        return db
+        return self.store._begin()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
@@ -405,7 +403,7 @@ class _Unit:
         self.bare = batch.one_statement
         batch.one_statement = False
         if not db.in_transaction:
-            db.execute("BEGIN IMMEDIATE")
+            store._begin()
             batch.opened = time.monotonic()
             batch.units = 0
             if batch.loop is not None:
@@ -484,6 +482,12 @@ class LocalStore:
         self._journal: list[tuple[str, str, str]] = []
         self._epoch = object()
         self._data_version: object = None
+        # A new object at each BEGIN IMMEDIATE of this connection (the transaction's
+        # token), and the token of the transaction in which _all_known_current last found
+        # every remembered object current: while that transaction is open, this connection
+        # holds SQLite's write lock, so no other connection can have committed since.
+        self._tx_token: object = object()
+        self._verified_tx: object = None
         self._remember_epoch: object | None = None  # the epoch remember() began with
         self._built: set[tuple[str, str, str]] = set()  # statuses built here, not read
         # Resources this store recorded events for since its last trim (record_event_sync).
@@ -607,6 +611,15 @@ class LocalStore:
             self._batch.one_statement = one_statement
             return self._unit(self._batch)
         return _OwnTx(self)
+
+    def _begin(self) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE``: this connection takes SQLite's write lock (one writer at a
+        time; in WAL mode the transaction also reads the latest commit) and holds it until
+        its COMMIT or ROLLBACK.  Every transaction this store writes in starts here."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        self._tx_token = object()
+        return db
 
     # --- group commit -----------------------------------------------------------------
 
@@ -935,11 +948,19 @@ class LocalStore:
         from the store is never handed out: a delete forgets it."""
         if self._known is None or self._epoch is not self._remember_epoch:
             return False
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        db = self._db
+        in_tx = db.in_transaction
+        if in_tx and self._verified_tx is self._tx_token:
+            # Checked inside this transaction, which holds the write lock (_begin): no
+            # other connection can have committed since; no statement.
+            return True
+        version = db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._data_version:  # another connection committed: start over
             self._data_version = version
             self._epoch = object()
             return False
+        if in_tx:
+            self._verified_tx = self._tx_token
         return True
 
     @_guarded
@@ -1078,12 +1099,18 @@ class LocalStore:
     def _current(self, ref: ObjectRef) -> StoredObject | None:
         """:meth:`get_sync`, but inside :meth:`remember` an object whose row still has the
         version this store last wrote or read is handed back as it is (one indexed read of
-        the version instead of decoding the row).  Shared: read it, never change it (the
-        engine's mutators copy what they change; tests/test_store_remember.py checks)."""
+        the version instead of decoding the row; inside a write transaction not even that
+        once :meth:`_all_known_current` has checked it, tests/test_store_reads_in_write_tx.py).
+        Shared: read it, never change it (the engine's mutators copy what they change;
+        tests/test_store_remember.py checks)."""
         known = self._known
         obj = known.get(_key(ref)) if known is not None else None
         if obj is None:
             return self.get_sync(ref)
+        if self._db.in_transaction and self._all_known_current():
+            # Inside a write transaction (a group commit's, nearly every pass of an
+            # apply): checked once per transaction, then no statement per object.
+            return obj
         row = self._db.execute(
             "SELECT version FROM resources WHERE kind=? AND namespace=? AND name=?",
             (ref.kind, ref.namespace, ref.name)).fetchone()
