@@ -14,9 +14,12 @@ separately"), in two parts:
   tokens, RBAC), its CPU time read from ``/proc/PID/stat`` around each phase, each phase for
   every resource at ``--concurrency`` in flight, with two watches open (ExternalSmtps and
   Secrets, all namespaces, as the operator's reflectors).  ``--mix operator`` (the default)
-  is what the operator sends now per resource, after the benchmark's create: the status PUT
-  with the verdict and ``Selected``, then one merge PATCH with the memo annotation and the
-  finalizer.  ``--mix full`` is the older seven-request mix (create, GET, finalizer PATCH,
+  is what the operator sends now per new resource that is not selected, after the
+  benchmark's create: one status PUT with the verdict, ``Selected`` and the test memo
+  (``status.testMemo``; since session 12 - the finalizer goes only on a relay about to be
+  selected, one per namespace).  ``--mix memo-patch`` is the operator's mix before session
+  12 (that status PUT without the memo, then a merge PATCH with the memo annotation and the
+  finalizer); ``--mix full`` the older seven-request mix (create, GET, finalizer PATCH,
   ``Reconciling`` status PUT, final status PUT, memo PATCH, an Event).  CPU milliseconds per
   request per phase, and per resource.  ``--emulator-root DIR`` (repeatable) runs the
   emulator from another source tree (e.g. ``git archive main`` unpacked): an A/B in one
@@ -89,6 +92,12 @@ def written_objects() -> list[dict[str, Any]]:
             assert not causes, (path, causes)
             out.append(obj)
     return out
+
+
+# status.testMemo as the operator writes it with the verdict (reconciler/stores/kube.py;
+# the digest covers the spec and the secrets' keyed versions, never a secret)
+MEMO = {"digest": "sha256:" + "0" * 64, "generation": 1, "testedAt": 1767225600.0,
+        "dueAt": 1767312000.0, "passed": True, "failures": 0}
 
 
 def status_body(obj: dict[str, Any], generation: int) -> dict[str, Any]:
@@ -316,9 +325,19 @@ async def drive(emu: EmulatorProcess, count: int, concurrency: int,
             obj["status"] = st
             return obj
 
+        def with_memo(i: int) -> dict[str, Any]:
+            obj = status(i, 1, True)
+            obj["status"]["testMemo"] = MEMO
+            return obj
+
         await phase("create (POST)", lambda i: http.post(BASE, json=smtp_body(i)))
         merge = {"Content-Type": "application/merge-patch+json"}
         if mix == "operator":
+            await phase("status with verdict, Selected and test memo (PUT)", lambda i: http.put(
+                f"{BASE}/relay-{i:05d}/status", json=with_memo(i),
+                params={"fieldManager": "smtpctl-operator"}))
+            return await _finish(phases, seen, stop, watches, count, concurrency, mix)
+        if mix == "memo-patch":
             await phase("status with verdict and Selected (PUT)", lambda i: http.put(
                 f"{BASE}/relay-{i:05d}/status", json=status(i, 1, True),
                 params={"fieldManager": "smtpctl-operator"}))
@@ -544,9 +563,12 @@ def main() -> int:
     parser.add_argument("--fairness-rounds", type=int, default=3)
     parser.add_argument("--only-fairness", action="store_true",
                         help="run only the Lease-renewal part")
-    parser.add_argument("--mix", choices=("operator", "full"), default="operator",
-                        help="operator: create, status PUT, memo+finalizer PATCH (what the "
-                             "operator sends now); full: the older seven requests")
+    parser.add_argument("--mix", choices=("operator", "memo-patch", "full"),
+                        default="operator",
+                        help="operator: create, one status PUT with the verdict and the test "
+                             "memo (what the operator sends now); memo-patch: create, status "
+                             "PUT, memo+finalizer PATCH (before session 12); full: the older "
+                             "seven requests")
     parser.add_argument("--emulator-root", type=Path, action="append", default=None,
                         metavar="DIR", help="run the emulator from this source tree "
                         "(repeatable: an A/B in one invocation; default: this tree)")

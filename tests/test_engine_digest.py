@@ -1,6 +1,6 @@
 """The plan digest is unchanged by writing its JSON with orjson (issue 15, engine CPU).
 
-A stored digest (the local store's memo column, the operator's memo annotation) decides
+A stored digest (the local store's memo column, the operator's status.testMemo) decides
 whether a pass tests again: if the digest of unchanged settings changed between versions,
 the first apply or operator start after an upgrade would re-test every relay (guarantee 8:
 an unchanged re-apply runs no test).  So ``canonical_bytes`` must write exactly the bytes

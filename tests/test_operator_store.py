@@ -337,6 +337,48 @@ def test_unchanged_spec_and_status_are_kept_as_the_same_objects() -> None:
     assert last["spec"] is not after["spec"] and last["status"] is after["status"]
 
 
+def test_caching_a_body_interns_leaves_inline_one_call_per_container() -> None:
+    """Every status write's answer and watch event is slimmed and interned into the cache:
+    the interning makes one Python call per dict or list, not one per value (a call per
+    value cost ~8 % of the store's instructions per new resource: the session 12 round 2
+    record in docs/benchmarks/operator.md)."""
+    import sys
+
+    from reconciler.stores import kube
+
+    now = "2026-12-02T08:00:00Z"
+    status: dict[str, Any] = {
+        "observedGeneration": 1, "selected": False, "lastTestTime": now,
+        "conditions": [{"type": t, "status": "True", "reason": "".join(("Test", "Passed")),
+                        "message": "x" * 80, "observedGeneration": 1,
+                        "lastTransitionTime": now} for t in ("Ready", "Selected")],
+        "active": {"host": "".join(("smtp.", "example.com")), "port": 587,
+                   "tlsMode": "starttls", "warnings": ["a", "b"]},
+        MEMO_FIELD: {"digest": "sha256:" + "0" * 64, "generation": 1, "testedAt": 1.5,
+                     "dueAt": 2.5, "passed": True, "failures": 0}}
+    containers = 1 + 1 + 2 + 1 + 1 + 1  # status, conditions, 2 conditions, active, warnings, memo
+    calls = 0
+
+    def count(frame: Any, event: str, _arg: Any) -> None:
+        nonlocal calls
+        if event == "call" and frame.f_code is kube._interned.__code__:
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        out = kube._interned(status)
+    finally:
+        sys.setprofile(None)
+    assert out == status and out is not status
+    assert calls == containers  # before: one per value too (33 here)
+    # Equal short strings built apart are one object now; long ones are kept as they are.
+    conds = out["conditions"]
+    assert status["conditions"][0]["reason"] is not status["conditions"][1]["reason"]
+    assert conds[0]["reason"] is conds[1]["reason"] is sys.intern("TestPassed")
+    assert out["active"]["host"] is sys.intern("smtp.example.com")
+    assert conds[0]["message"] is status["conditions"][0]["message"]
+
+
 def test_the_index_follows_a_spec_the_cache_got_before_its_event() -> None:
     """The controller indexes the cached body at each event, and the index skips a spec it
     has indexed (the same object).  A new spec can reach the cache before its watch event
