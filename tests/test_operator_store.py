@@ -66,6 +66,21 @@ async def test_conflict_rereads_and_reapplies_the_decision(kube: Any) -> None:
     assert fresh["status"] == {"other": "kept", "mine": True}
 
 
+async def _restart_reads_the_memo_and_writes_nothing(api: KubeApi, memo: TestMemo) -> KubeStore:
+    """A new store (a restarted operator) reads ``memo`` back and hands the engine a status
+    without it; a mutator that decides nothing, or the same status and memo, writes
+    nothing (no migration write either)."""
+    store = KubeStore(api)
+    await store.prime()
+    got = await store.get(REF)
+    assert got is not None and got.memo == memo and got.status == {"observedGeneration": 1}
+    before = api.requests
+    await store.update_status(REF, lambda cur: None)
+    await store.update_status(REF, lambda cur: StatusWrite(dict(cur.status), cur.memo))
+    assert api.requests == before
+    return store
+
+
 async def test_memo_goes_into_the_status_write_and_back(kube: Any) -> None:
     """Session 12: the test memo is ``status.testMemo``, written in the verdict's own PUT:
     one request (before: a status PUT, then a PATCH of the memo annotation)."""
@@ -87,15 +102,7 @@ async def test_memo_goes_into_the_status_write_and_back(kube: Any) -> None:
     assert body["metadata"]["generation"] == 1  # not a spec change
     # A new store (a restarted operator) reads the memo back from the cluster; the engine
     # never sees the field in the status.
-    again = KubeStore(api)
-    await again.prime()
-    got = await again.get(REF)
-    assert got is not None and got.memo == memo and got.status == {"observedGeneration": 1}
-    # Nothing to change: no write at all.
-    before = api.requests
-    await again.update_status(REF, lambda cur: None)
-    await again.update_status(REF, lambda cur: StatusWrite(dict(cur.status), cur.memo))
-    assert api.requests == before
+    await _restart_reads_the_memo_and_writes_nothing(api, memo)
 
 
 async def test_an_older_operators_annotation_memo_is_read_and_never_written(kube: Any) -> None:
@@ -109,14 +116,7 @@ async def test_an_older_operators_annotation_memo_is_read_and_never_written(kube
     text = json.dumps(old.to_json(), sort_keys=True)
     await api.patch(path, {"metadata": {"annotations": {MEMO_ANNOTATION: text}}})
     await api.patch(path + "/status", {"status": {"observedGeneration": 1}})
-    store = KubeStore(api)
-    await store.prime()
-    got = await store.get(REF)
-    assert got is not None and got.memo == old and got.status == {"observedGeneration": 1}
-    before = api.requests
-    await store.update_status(REF, lambda cur: None)
-    await store.update_status(REF, lambda cur: StatusWrite(dict(cur.status), cur.memo))
-    assert api.requests == before  # unchanged: no write (no migration write either)
+    store = await _restart_reads_the_memo_and_writes_nothing(api, old)
     sent: list[tuple[str, str]] = []
     api.on_request = lambda verb, resource: sent.append((verb, resource))
     out = await store.update_status(REF, lambda cur: StatusWrite(
