@@ -276,6 +276,21 @@ def test_status_write_keeps_metadata_as_stored(kube: Any, ns: str) -> None:
     co.patch_namespaced_custom_object(G, V, ns, P, "m", {"metadata": {"finalizers": None}})
 
 
+def test_empty_metadata_lists_and_maps_are_not_kept_on_create(kube: Any, ns: str) -> None:
+    """ObjectMeta's ``labels``, ``annotations``, ``finalizers`` and ``ownerReferences`` are
+    ``omitempty``: a real API server answers a create that sent them empty without the key,
+    so no client may rely on ``metadata.finalizers`` being there (an update already
+    dropped them; a create kept ``[]``)."""
+    co = _co(kube)
+    empty: dict[str, Any] = {"labels": {}, "annotations": {}, "finalizers": [],
+                             "ownerReferences": []}
+    created = co.create_namespaced_custom_object(
+        G, V, ns, P, {**widget("e"), "metadata": {"name": "e", **empty}})
+    stored = co.get_namespaced_custom_object(G, V, ns, P, "e")
+    for got in (created, stored):
+        assert not set(empty) & set(got["metadata"]), got["metadata"]
+
+
 # --- list and watch ------------------------------------------------------------------------
 
 

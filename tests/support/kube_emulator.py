@@ -1234,6 +1234,9 @@ class KubeEmulator(KubernetesEmulator):
             obj.pop("status", None)
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
+        for field in ("labels", "annotations", "finalizers", "ownerReferences"):
+            if not meta.get(field):  # ObjectMeta's omitempty: an empty list or map is not kept
+                meta.pop(field, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now()
         if kind.generation:
