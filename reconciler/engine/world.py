@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from reconciler.engine.fairslots import FairSlots
 from reconciler.probe.verdict import ProbeCredentials, Verdict
@@ -116,8 +116,8 @@ class Limits:
         # ``--per-host N --concurrency N``): the host limit can never bind - at most
         # ``concurrency`` tests run at all - so a slot is the global semaphore alone (one
         # acquire per test instead of two, tests/test_engine_slots.py).
-        self._only: asyncio.Semaphore | None = (
-            asyncio.Semaphore(concurrency) if not fair and per_host >= concurrency else None)
+        self._only = (cast(asyncio.Semaphore, self._global(""))
+                      if not fair and per_host >= concurrency else None)
         self._hosts: dict[str, _Limiter] = {}
         self._users: dict[str, int] = {}
 
