@@ -47,8 +47,7 @@ PROVIDERS: tuple[Provider, ...] = (
              ("register an app in Entra ID with the application permission SMTP.SendAsApp, "
               "grant admin consent and register its service principal in Exchange Online "
               "(New-ServicePrincipal, Add-MailboxPermission)",
-              "SMTP AUTH must be enabled for the mailbox (else 535 5.7.139)",
-              "replace TENANT in tokenEndpoint with your tenant id or domain"),
+              "SMTP AUTH must be enabled for the mailbox (else 535 5.7.139)"),
              token_endpoint="https://login.microsoftonline.com/TENANT/oauth2/v2.0/token",  # noqa: S106
              scopes=("https://outlook.office365.com/.default",), grant="ClientCredentials",
              other_hosts=("smtp-mail.outlook.com",)),

@@ -89,6 +89,10 @@ def test_init_knows_what_each_provider_needs(tmp_path: Path) -> None:
     assert m365["authentication"] == "OAuth2" and m365["oauth2ProviderRef"] == {
         "name": "microsoft365-idp"}
     assert {d["metadata"]["namespace"] for d in docs} == {"mail"}
+    # The "replace TENANT" note stayed in "Before you apply" after --tenant had replaced it.
+    assert "TENANT" not in run("init", "microsoft365", "--tenant", "contoso.com")[1]
+    code, out, _ = run("init", "microsoft365")
+    assert "TENANT/oauth2" in out and "replace TENANT in tokenEndpoint" in out
     assert run("init", "nope")[0] == 2
     assert run("init", "gmail", "--secret", "vault:x")[0] == 2
     code, out, _ = run("init", "--list")

@@ -229,8 +229,10 @@ def _oauth_provider(p: Any, name: str, namespace: str | None, secret: dict[str, 
     if tenant:
         url = url.replace("TENANT", tenant)
     spec["tokenEndpoint"] = url
-    if "TENANT" in url:
+    if "TENANT" in url:  # the note only while the URL still has the placeholder
         comments[("spec", "tokenEndpoint")] = "replace TENANT (or pass --tenant)"
+        notes.append("replace TENANT in tokenEndpoint with your tenant id or domain "
+                     "(or pass --tenant)")
     spec["scopes"] = list(p.scopes)
     doc = {"apiVersion": API_VERSION, "kind": "OAuth2Provider",
            "metadata": _meta(name, namespace), "spec": spec}
