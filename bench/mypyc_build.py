@@ -16,10 +16,10 @@ sources, where Python's import system prefers them to the ``.py``.  Point a run 
   OUT).
 
 mypyc is run with the ``[tool.mypy]`` settings of ``pyproject.toml`` minus the pydantic
-plugin (the plugin changes no type mypyc relies on here), written to a separate config
-file, and with ``pyproject.toml`` moved aside while it runs: mypyc builds through
-setuptools, and the pinned setuptools rejects the project's ``license = "Apache-2.0"``
-table.
+plugin (no pydantic model is compiled), written to a separate config file, and with
+``pyproject.toml`` moved aside while it runs: mypyc builds through the virtualenv's
+setuptools (65.5; the isolated build's ``setuptools>=77`` would not), which rejects the
+project's ``license = "Apache-2.0"``.
 
 Excluded by default, because mypyc cannot compile them as they are:
 ``reconciler/engine/fairslots.py`` (an ``asynccontextmanager`` async generator:
