@@ -1,6 +1,6 @@
 """Experiment: compile the engine's and the local store's modules with mypyc, outside the build.
 
-    .venv/bin/python -P bench/mypyc_build.py --out /work/scratch/eng-mypyc [--module M ...]
+    .venv/bin/python -P bench/mypyc_build.py --out /tmp/smtpctl-mypyc [--module M ...]
                      [--opt-level 3] [--check-imports]
 
 Session 13's feasibility experiment (``docs/benchmarks/engine.md``, Round 13).  Nothing of
