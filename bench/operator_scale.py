@@ -45,6 +45,12 @@ cluster (``--placement pinned`` alone runs only that one).  The operator's
 pass (raw collapsed stacks in DIR, a summary in the output); CPU numbers of profiled runs
 are marked, because sampling costs the sampled process a little.
 
+``--gc`` runs the operator under a hook (``GC_HOOK``: ``gc.callbacks`` around CPython's
+cyclic collector, then ``runpy`` of ``reconciler``) that counts collections per generation
+and the thread CPU each took; the output's ``gc_first`` gives them for the first
+operator's life (start-up, first pass, stop) per 1,000 resources and as a share of that
+process's CPU (session 13).
+
 ``--unrelated-secrets-mb 0 --unrelated-secrets-mb 10 --unrelated-secrets-mb 100`` instead
 measures the operator's peak RSS (cluster-wide mode, 100 resources) with that much Secret
 data no resource references.
@@ -437,6 +443,32 @@ RAW_EVENT_LOOP = "uvloop"
 # ``--raw-after`` (the default; ``--no-raw-after``): the raw peer again right after the
 # first pass, as well as right before it.
 RAW_AFTER = True
+GC_ACCOUNT = False  # --gc: the operator under GC_HOOK (collections and their CPU)
+
+# Run as ``python -c GC_HOOK operator ...`` (cwd: the operator's tree, as ``-m``): every
+# collection's generation, objects collected and thread CPU (the collector runs in the
+# thread that triggered it), written to $SMTPCTL_BENCH_GC_OUT at exit.
+GC_HOOK = """
+import atexit, gc, json, os, runpy, time
+_out = os.environ["SMTPCTL_BENCH_GC_OUT"]
+_st = {"collections": [0, 0, 0], "collected": [0, 0, 0], "cpu_seconds": [0.0, 0.0, 0.0]}
+_t = [0.0]
+def _cb(phase, info, _st=_st, _t=_t, _now=time.thread_time):
+    if phase == "start":
+        _t[0] = _now()
+        return
+    g = info["generation"]
+    _st["collections"][g] += 1
+    _st["collected"][g] += info["collected"]
+    _st["cpu_seconds"][g] += _now() - _t[0]
+def _dump():
+    _st["process_cpu_seconds"] = time.process_time()
+    with open(_out, "w") as f:
+        json.dump(_st, f)
+gc.callbacks.append(_cb)
+atexit.register(_dump)
+runpy.run_module("reconciler", run_name="__main__", alter_sys=True)
+"""
 
 
 def operator_credentials(emu: Emulator, log: Path) -> tuple[list[str], dict[str, str]]:
@@ -462,8 +494,12 @@ class Operator:
         scope = ["--all-namespaces"] if all_namespaces else ["--namespace", NS]
         where, env = operator_credentials(emu, log)
         self.fh = log.open("wb")
+        self.gc_out = log.with_suffix(".gc.json") if GC_ACCOUNT else None
+        if self.gc_out is not None:
+            env = dict(env, SMTPCTL_BENCH_GC_OUT=str(self.gc_out))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "operator",
+            [sys.executable, *(("-c", GC_HOOK) if self.gc_out is not None
+                               else ("-m", "reconciler")), "operator",
              *where, *scope,
              "--identity", "bench", "--lease-namespace", NS,
              "--health-host", "127.0.0.1", "--health-port", "-1",
@@ -543,6 +579,22 @@ class Operator:
             self.proc.kill()
             self.proc.wait(10)
         self.fh.close()
+
+    def gc_stats(self, count: int) -> dict[str, Any] | None:
+        """After :meth:`stop`, with ``--gc``: the collector's work over the process's life,
+        per generation, per 1,000 resources and as a share of the process's CPU."""
+        if self.gc_out is None or not self.gc_out.exists():
+            return None
+        st = json.loads(self.gc_out.read_text())
+        cpu = sum(st["cpu_seconds"])
+        return {"collections": st["collections"], "collected": st["collected"],
+                "cpu_seconds": [round(x, 3) for x in st["cpu_seconds"]],
+                "collections_per_1000_resources": [round(c * 1000 / count, 2)
+                                                   for c in st["collections"]],
+                "cpu_us_per_resource": round(cpu * 1e6 / count, 1),
+                "share_of_process_cpu": round(cpu / st["process_cpu_seconds"], 4)
+                if st["process_cpu_seconds"] else None,
+                "process_cpu_seconds": round(st["process_cpu_seconds"], 2)}
 
 
 def _wait(what: str, fn: Any, seconds: float, tick: Any = None) -> float:
@@ -899,6 +951,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
         op.sample()
         rss_first = op.rss_peak
         op.stop()
+        gc_first = op.gc_stats(count)
         first = emu.stats()
         tests_first = relay.connections - relay_tests0
         raw_after = None
@@ -930,6 +983,7 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             exited = op2.proc.poll()
         rss_restart = op2.rss_peak
         op2.stop()
+        gc_restart = op2.gc_stats(count)
         op = None
         tests_restart = relay.connections - relay_tests1
         writes_restart = sum(  # Lease renewals are writes too, but not of resources
@@ -994,6 +1048,8 @@ def _run_one(count: int, concurrency: int, work: Path, deadline: Deadline, *,
             "emulator_requests_first_by_method": {
                 k: v - base["by_method"].get(k, 0) for k, v in first["by_method"].items()},
             "watch_events_seen_by_bench": watch.events,
+            "gc_first": gc_first,
+            "gc_restart": gc_restart,
             "catchup_seconds": round(catchup_s, 2),
             "tests_during_catchup": tests_restart,
             "writes_during_catchup": writes_restart,
@@ -1330,6 +1386,9 @@ def main() -> int:
                         help="keep the operator logs here (default: a temporary directory)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy the operator and the emulator during the first pass")
+    parser.add_argument("--gc", action="store_true",
+                        help="count the operator's garbage collections and their CPU "
+                        "(gc_first / gc_restart in the output)")
     parser.add_argument("--profile-rate", type=int, default=100, metavar="HZ",
                         help="py-spy's sampling rate with --profile (default 100)")
     parser.add_argument("--stay-up", type=float, default=0, metavar="SECONDS",
@@ -1351,9 +1410,10 @@ def main() -> int:
                         help="instead: peak RSS with this many MB of unrelated Secrets "
                         "(repeatable, e.g. 0 10 100; 100 resources, cluster-wide mode)")
     args = parser.parse_args()
-    global CREDENTIALS, RAW_EVENT_LOOP, RAW_AFTER
+    global CREDENTIALS, RAW_EVENT_LOOP, RAW_AFTER, GC_ACCOUNT
     CREDENTIALS, RAW_EVENT_LOOP = args.credentials, args.raw_event_loop
     RAW_AFTER = args.raw_after
+    GC_ACCOUNT = args.gc
     deadline = Deadline(args.max_seconds)
     if args.memory is not None:
         with tempfile.TemporaryDirectory(prefix="smtpctl-bench-operator-") as tmp_dir:

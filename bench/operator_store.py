@@ -19,6 +19,12 @@ bench/operator_store.py --bodies FILE --count 400 [--setup-only] [--root DIR]``:
 difference of the two runs / N is the store's instructions per resource.  ``--root DIR``
 imports ``reconciler`` from another source tree (an A/B; ``python -m compileall -q
 reconciler`` in both).  The record is docs/benchmarks/operator.md (session 12, round 2).
+
+``--controller`` (session 13): the two watch events go the operator's whole way instead of
+straight into the store - a ``Reflector``'s ``dispatch`` and ``Controller.handle`` of the
+controller ``runtimes/operator/main.build`` wires (the dependency index, the worker pool:
+the ADDED event starts a pass task that never runs here) - and the output splits the CPU
+per resource into the ADDED event, the status write (store side) and the echo.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import importlib
 import json
 import sys
 import tempfile
@@ -68,6 +75,9 @@ def main() -> int:
                         help="write the emulator's bodies to FILE and exit")
     parser.add_argument("--setup-only", action="store_true",
                         help="build the N bodies but run nothing (the baseline to subtract)")
+    parser.add_argument("--controller", action="store_true",
+                        help="watch events through a Reflector and Controller.handle, "
+                        "and the CPU per step")
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="import reconciler from this source tree (default: this one)")
     args = parser.parse_args()
@@ -83,7 +93,7 @@ def main() -> int:
     import orjson
 
     from reconciler.stores import kube
-    from reconciler.stores.base import StatusWrite, StoredObject, TestMemo
+    from reconciler.stores.base import ObjectRef, StatusWrite, StoredObject, TestMemo
     from reconciler.stores.kubeapi import _watch_event
 
     doc = json.loads(bodies.read_text())
@@ -113,6 +123,7 @@ def main() -> int:
     api = Api()
     store = kube.KubeStore(api)  # type: ignore[arg-type]
     held: list[StoredObject | None] = []
+    steps = {"added": 0.0, "write": 0.0, "echo": 0.0}  # CPU seconds (--controller)
 
     async def run() -> None:
         for i in range(n):
@@ -125,17 +136,61 @@ def main() -> int:
             store.observe(_watch_event(echoes[i], "watch")["object"])
             held.clear()
 
+    async def run_controller() -> None:
+        """The same through the operator's reflector and controller."""
+        from reconciler.runtimes.metrics import OperatorMetrics
+        from reconciler.runtimes.operator.main import build
+        from reconciler.runtimes.operator.settings import OperatorConfig
+        from reconciler.runtimes.operator.watching import Reflector
+        from reconciler.stores.kubeapi import Credentials, KubeApi
+
+        creds = Credentials(server="https://127.0.0.1:9", token="bench")  # never contacted
+        parts = build(OperatorConfig(namespaces=[created["metadata"]["namespace"]]),
+                      OperatorMetrics(), creds, version_key=b"bench",
+                      api=KubeApi(creds))
+        ctl, cstore = parts.controller, parts.store
+        cstore.api = api  # type: ignore[assignment]
+        refl = Reflector(parts.api, "watch", ctl.handle, kind=created["kind"],
+                         api_version=created["apiVersion"])
+        clock = time.process_time
+        for i in range(n):
+            t0 = clock()
+            refl.dispatch(_watch_event(added[i], "watch"))
+            t1 = clock()
+            ref = ObjectRef(created["kind"], created["metadata"]["namespace"],
+                            f"relay-{i:05d}")
+            held.append(await cstore.get(ref))
+            api.i = i
+            held.append(await cstore.update_status(ref, lambda _cur: write))
+            t2 = clock()
+            refl.dispatch(_watch_event(echoes[i], "watch"))
+            t3 = clock()
+            held.clear()
+            steps["added"] += t1 - t0
+            steps["write"] += t2 - t1
+            steps["echo"] += t3 - t2
+        assert len(cstore.cached_objects()) == n
+        await ctl.stop()
+        await parts.api.close()
+
     if args.setup_only:
         return 0
+    if args.controller:  # its imports before the clock starts
+        importlib.import_module("reconciler.runtimes.operator.main")
     t0, c0 = time.perf_counter(), time.process_time()
-    asyncio.run(run())
+    asyncio.run(run_controller() if args.controller else run())
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    assert len(store.cached_objects()) == n
-    print(json.dumps({"count": n, "root": str(args.root), "bytes": {
+    if not args.controller:
+        assert len(store.cached_objects()) == n
+    out: dict[str, Any] = {"count": n, "root": str(args.root), "bytes": {
         "added_line": len(added[0]), "status_put_answer": len(answers[0]),
         "echo_line": len(echoes[0])},
         "cpu_us_per_resource": round(cpu / n * 1e6, 1),
-        "wall_us_per_resource": round(wall / n * 1e6, 1)}, indent=1))
+        "wall_us_per_resource": round(wall / n * 1e6, 1)}
+    if args.controller:
+        out["controller_cpu_us_per_resource"] = {k: round(v / n * 1e6, 1)
+                                                 for k, v in steps.items()}
+    print(json.dumps(out, indent=1))
     return 0
 
 

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 from reconciler.stores.kubeapi import ApiError, Gone, KubeApi, describe_server
 from reconciler.stores.kubetypes import (
@@ -157,6 +158,23 @@ class Reflector:
                            "code": exc.code, "reason": exc.reason})
         await asyncio.sleep(delay)
 
+    def dispatch(self, event: dict[str, Any]) -> None:
+        """One decoded watch event: where to resume from, then ``on_event`` (bookmarks
+        and events without an object only move the start point)."""
+        etype = str(event.get("type") or "")
+        raw = event.get("object")
+        if not isinstance(raw, dict):
+            return
+        obj = as_object(raw)
+        rv = resource_version(obj)
+        if rv:
+            self.resource_version = rv
+        if etype == "BOOKMARK":
+            return
+        self._fill(obj)
+        self._remember(obj, etype == "DELETED")
+        self.on_event(obj, etype)
+
     async def run(self) -> None:
         """Watch forever (after :meth:`list`); re-list after 410 Gone."""
         if not self.listed.is_set():
@@ -167,19 +185,7 @@ class Reflector:
                 async for event in self.api.watch(self.path, params, on_open=self._ok,
                                                   timeout_seconds=WATCH_TIMEOUT):
                     self._ok()
-                    etype = str(event.get("type") or "")
-                    raw = event.get("object")
-                    if not isinstance(raw, dict):
-                        continue
-                    obj = as_object(raw)
-                    rv = resource_version(obj)
-                    if rv:
-                        self.resource_version = rv
-                    if etype == "BOOKMARK":
-                        continue
-                    self._fill(obj)
-                    self._remember(obj, etype == "DELETED")
-                    self.on_event(obj, etype)
+                    self.dispatch(event)
                 self._ok()  # the server ended the watch (timeout): resume
             except Gone:
                 log.info("watch expired; re-listing", extra={"watch": self.what})
