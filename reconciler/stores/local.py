@@ -1173,7 +1173,7 @@ class LocalStore:
             "SELECT at, type, reason, message FROM events WHERE kind=? AND namespace=? "
             "AND name=? ORDER BY id DESC LIMIT ?",
             (ref.kind, ref.namespace, ref.name, limit)).fetchall()
-        return [Event(ref, t, reason, msg, at) for at, t, reason, msg in reversed(rows)]
+        return [Event(ref, t, reason, msg, at) for at, t, reason, msg in rows[::-1]]
 
     # --- the Store protocol ---------------------------------------------------------
 
