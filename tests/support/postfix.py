@@ -8,7 +8,7 @@ takes everything down again.  The decisions are written down here
 * **Private everything.**  ``postfix -c ROOT/etc`` with its own ``queue_directory``,
   ``data_directory`` and maillog, and ``dovecot -c ROOT/dovecot/dovecot.conf`` with its own
   ``base_dir``/``state_dir``/``instance_name``: nothing reads or writes ``/etc/postfix``,
-  ``/var/spool/postfix`` or ``/run/dovecot``, so two instances (``pytest -n 2``: one per
+  ``/var/spool/postfix`` or ``/run/dovecot``, so several instances (``pytest -n 3``: one per
   worker) coexist, each on its own free ports.  No file lock is needed.
 * **Nothing leaves the machine.**  Listeners on ``127.0.0.1`` only, every transport is
   ``error:``: the one message a test sends (``--send-test-message``) bounces in the
