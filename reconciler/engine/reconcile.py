@@ -731,12 +731,11 @@ async def _reconcile_provider(obj: StoredObject, world: World) -> ReconcileResul
             return cast(ProviderStatus, cur.status), old
         st = cast(ProviderStatus, dict(cur.status))
         if block is None:
-            conds = cond.set_condition(list(st.get("conditions") or []), cond.READY, "True",
-                                       reason or "TokenObtained", message or "token obtained",
-                                       generation=gen, now=now)
-            conds = cond.remove_condition(conds, cond.STALLED)
-            conds = cond.remove_condition(conds, cond.RECONCILING)
-            st["conditions"] = conds
+            st["conditions"] = cond.set_conditions(
+                st.get("conditions") or [],
+                {cond.READY: ("True", reason or "TokenObtained", message or "token obtained"),
+                 cond.STALLED: None, cond.RECONCILING: None},
+                generation=gen, now=now)
             st["observedGeneration"] = gen
             if memo is not old or "lastTokenTime" not in st:
                 st["lastTokenTime"] = cond.rfc3339(now)
